@@ -1,0 +1,186 @@
+//! Event fan-out: a subscriber replays a watch's durable log after its
+//! `after_seq`, then follows live events. The live path is a bounded
+//! broadcast per watch; a subscriber that falls behind (or sees a gap) re-reads
+//! the log from its last `seq`, so nothing is skipped and nothing repeats.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+};
+
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    clock::{Clock, Timestamp},
+    error::Error,
+    store::Store,
+    watch::{EventKind, Watch, WatchEvent, WatchKey},
+};
+
+/// Live events buffered per watch before a slow subscriber lags.
+const LIVE_CAPACITY: usize = 256;
+/// Events sent to one subscriber's connection before it must read.
+const SUBSCRIBER_BUFFER: usize = 64;
+/// Events read from the log per store call.
+const LOG_PAGE: usize = 1000;
+
+pub struct Hub {
+    store: Arc<dyn Store>,
+    clock: Clock,
+    channels: Mutex<HashMap<WatchKey, broadcast::Sender<Arc<WatchEvent>>>>,
+    shutdown: CancellationToken,
+    /// Times a subscriber fell behind the live path and caught up from the log.
+    pub lagged_total: AtomicU64,
+}
+
+impl Hub {
+    pub fn new(store: Arc<dyn Store>, clock: Clock, shutdown: CancellationToken) -> Self {
+        Self { store, clock, channels: Mutex::new(HashMap::new()), shutdown, lagged_total: AtomicU64::new(0) }
+    }
+
+    /// Hands committed events to the live subscribers of their watch.
+    pub fn publish(&self, events: &[WatchEvent]) {
+        let Some(first) = events.first() else { return };
+        let key = WatchKey { tenant: first.tenant.clone(), id: first.watch_id.clone() };
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(sender) = channels.get(&key) else { return };
+        if sender.receiver_count() == 0 {
+            channels.remove(&key);
+            return;
+        }
+        for event in events {
+            // No receivers left is fine: they re-read the log when they return.
+            let _ = sender.send(Arc::new(event.clone()));
+        }
+    }
+
+    fn live(&self, key: &WatchKey) -> broadcast::Receiver<Arc<WatchEvent>> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.entry(key.clone()).or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0).subscribe()
+    }
+
+    /// Streams `watch`'s events after `after_seq`: the log first, then live.
+    /// Ends after the terminal event once no late window is open; ends with
+    /// UNAVAILABLE when the server shuts down.
+    pub fn subscribe(self: &Arc<Self>, watch: &Watch, after_seq: u64) -> ReceiverStream<Result<WatchEvent, Error>> {
+        let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
+        let live = self.live(&watch.key());
+        let subscription = Subscription {
+            hub: self.clone(),
+            key: watch.key(),
+            late_window: watch.policy.late_window,
+            cursor: after_seq,
+            ends_at: None,
+            tx,
+        };
+        tokio::spawn(subscription.run(live));
+        ReceiverStream::new(rx)
+    }
+}
+
+struct Subscription {
+    hub: Arc<Hub>,
+    key: WatchKey,
+    late_window: Option<std::time::Duration>,
+    /// The last `seq` delivered.
+    cursor: u64,
+    /// When the stream may end: set by a terminal event, cleared by REOPENED.
+    ends_at: Option<Timestamp>,
+    tx: mpsc::Sender<Result<WatchEvent, Error>>,
+}
+
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Subscription {
+    async fn run(mut self, mut live: broadcast::Receiver<Arc<WatchEvent>>) {
+        if let Flow::Stop = self.catch_up().await {
+            return;
+        }
+        loop {
+            let hub = self.hub.clone();
+            let ends_at = self.ends_at.map(|at| hub.clock.instant_at(at));
+            let flow = tokio::select! {
+                biased;
+                () = hub.shutdown.cancelled() => {
+                    let _ = self.tx.send(Err(Error::Unavailable("the server is shutting down; resume with after_seq".into()))).await;
+                    Flow::Stop
+                }
+                () = self.tx.closed() => Flow::Stop,
+                received = live.recv() => match received {
+                    Ok(event) if event.seq <= self.cursor => Flow::Continue,
+                    Ok(event) if event.seq == self.cursor + 1 => self.deliver((*event).clone()).await,
+                    Ok(_) => self.catch_up().await,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        self.hub.lagged_total.fetch_add(1, Ordering::Relaxed);
+                        self.catch_up().await
+                    }
+                    Err(broadcast::error::RecvError::Closed) => Flow::Stop,
+                },
+                () = sleep_until(ends_at) => {
+                    // Anything committed before the window closed is in the log.
+                    match self.catch_up().await {
+                        Flow::Stop => Flow::Stop,
+                        Flow::Continue if self.closed_now() => Flow::Stop,
+                        Flow::Continue => Flow::Continue,
+                    }
+                }
+            };
+            if let Flow::Stop = flow {
+                return;
+            }
+        }
+    }
+
+    fn closed_now(&self) -> bool {
+        self.ends_at.is_some_and(|at| self.hub.clock.now() >= at)
+    }
+
+    /// Delivers every logged event after the cursor.
+    async fn catch_up(&mut self) -> Flow {
+        loop {
+            let page = match self.hub.store.events_after(&self.key.tenant, &self.key.id, self.cursor, LOG_PAGE).await {
+                Ok(page) => page,
+                Err(e) => {
+                    let _ = self.tx.send(Err(e.into())).await;
+                    return Flow::Stop;
+                }
+            };
+            let full = page.len() == LOG_PAGE;
+            for event in page {
+                if let Flow::Stop = self.deliver(event).await {
+                    return Flow::Stop;
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+        if self.closed_now() { Flow::Stop } else { Flow::Continue }
+    }
+
+    async fn deliver(&mut self, event: WatchEvent) -> Flow {
+        self.cursor = event.seq;
+        match &event.kind {
+            EventKind::Completed { .. } => self.ends_at = Some(self.late_window.map_or(event.time, |w| event.time.add(w))),
+            EventKind::TimedOut { .. } | EventKind::Cancelled { .. } => self.ends_at = Some(event.time),
+            EventKind::Reopened { .. } => self.ends_at = None,
+            _ => {}
+        }
+        if self.tx.send(Ok(event)).await.is_err() { Flow::Stop } else { Flow::Continue }
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,369 @@
+//! Storage notifications in: parses notification documents (S3 `Records`,
+//! SNS envelopes, EventBridge events, `s3:TestEvent`) into activities,
+//! authorizes each bucket for the caller, routes each key to the watches whose
+//! prefix it falls under, and records them through the store in one batch.
+//!
+//! [`Routes`] is the in-memory routing table (which watches want which
+//! bucket); the observer keeps it current. It also tracks batches that are
+//! routed but not yet recorded, so the observer never calls a watch quiet
+//! while activity for it is still on its way.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, RwLock},
+};
+
+use aws_lambda_events::{
+    eventbridge::EventBridgeEvent,
+    s3::S3Event,
+    sns::{SnsEvent, SnsMessage},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    auth::Tenants,
+    clock::Clock,
+    error::Error,
+    hub::Hub,
+    observer::ObserverHandle,
+    store::{Activity, ActivityKind, Recorded, Store},
+    watch::{Bucket, Prefix, TenantId, WatchKey},
+};
+
+/// Largest notification document accepted (SQS and SNS cap bodies at 256 KiB).
+pub const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
+/// Most documents in one IngestS3Events call.
+pub const MAX_DOCUMENTS: usize = 1000;
+/// Most records across the documents of one call.
+pub const MAX_RECORDS: usize = 10_000;
+/// How deep SNS envelopes may nest.
+const MAX_DEPTH: usize = 2;
+
+/// One object-level fact from a notification.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Notification {
+    pub bucket: String,
+    /// Decoded: `+` is a space and `%XX` escapes are resolved.
+    pub key: String,
+    pub kind: NotificationKind,
+    pub sequencer: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotificationKind {
+    Created,
+    Removed,
+    /// Restores, replication, tagging...: not object activity.
+    Other(String),
+}
+
+/// What one document held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Document {
+    Records(Vec<Notification>),
+    /// `s3:TestEvent`, sent when a notification configuration is saved.
+    Test,
+}
+
+/// The S3 part of an EventBridge `Object Created` / `Object Deleted` event.
+#[derive(Debug, Deserialize, Serialize)]
+struct S3Detail {
+    bucket: DetailBucket,
+    object: DetailObject,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct DetailBucket {
+    name: String,
+}
+
+#[derive(Debug, Deserialize, Serialize)]
+struct DetailObject {
+    key: String,
+    #[serde(default)]
+    sequencer: Option<String>,
+}
+
+/// Decodes a key as S3 writes it into notifications (form-encoded: `+` is a space).
+pub fn decode_key(raw: &str) -> Result<String, String> {
+    let spaced = raw.replace('+', " ");
+    percent_encoding::percent_decode_str(&spaced)
+        .decode_utf8()
+        .map(|k| k.into_owned())
+        .map_err(|_| format!("key {raw:?} does not decode to UTF-8"))
+}
+
+fn kind_of(event_name: &str) -> NotificationKind {
+    let name = event_name.strip_prefix("s3:").unwrap_or(event_name);
+    if name.starts_with("ObjectCreated:") {
+        NotificationKind::Created
+    } else if name.starts_with("ObjectRemoved:") || name == "LifecycleExpiration:Delete" {
+        NotificationKind::Removed
+    } else {
+        NotificationKind::Other(event_name.to_owned())
+    }
+}
+
+/// Parses one notification document.
+pub fn parse_document(raw: &str) -> Result<Document, String> {
+    if raw.len() > MAX_DOCUMENT_BYTES {
+        return Err(format!("document is {} bytes; at most {MAX_DOCUMENT_BYTES}", raw.len()));
+    }
+    let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
+    parse_value(&value, 0)
+}
+
+fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, String> {
+    let obj = value.as_object().ok_or("a notification document must be a JSON object")?;
+    if obj.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
+        return Ok(Document::Test);
+    }
+    if let Some(records) = obj.get("Records") {
+        let is_sns = records.as_array().and_then(|r| r.first()).is_some_and(|r| r.get("Sns").is_some());
+        if is_sns {
+            let event = SnsEvent::deserialize(value).map_err(|e| format!("invalid SNS event: {e}"))?;
+            let mut out = Vec::new();
+            for record in event.records {
+                if let Document::Records(mut inner) = parse_sns_message(&record.sns.message, depth)? {
+                    out.append(&mut inner);
+                }
+            }
+            return Ok(Document::Records(out));
+        }
+        let event = S3Event::deserialize(value).map_err(|e| format!("invalid S3 event: {e}"))?;
+        let mut out = Vec::with_capacity(event.records.len());
+        for (i, record) in event.records.into_iter().enumerate() {
+            let bucket = record.s3.bucket.name.filter(|b| !b.is_empty());
+            let bucket = bucket.ok_or_else(|| format!("Records[{i}].s3.bucket.name is missing"))?;
+            let key = record.s3.object.key.ok_or_else(|| format!("Records[{i}].s3.object.key is missing"))?;
+            let name = record.event_name.ok_or_else(|| format!("Records[{i}].eventName is missing"))?;
+            out.push(Notification {
+                bucket,
+                key: decode_key(&key).map_err(|e| format!("Records[{i}].s3.object.{e}"))?,
+                kind: kind_of(&name),
+                sequencer: record.s3.object.sequencer.unwrap_or_default(),
+            });
+        }
+        return Ok(Document::Records(out));
+    }
+    if obj.get("Type").and_then(|t| t.as_str()) == Some("Notification") && obj.contains_key("Message") {
+        let message = SnsMessage::deserialize(value).map_err(|e| format!("invalid SNS envelope: {e}"))?;
+        return parse_sns_message(&message.message, depth);
+    }
+    if obj.contains_key("detail-type") && obj.contains_key("detail") {
+        let event = EventBridgeEvent::<S3Detail>::deserialize(value)
+            .map_err(|e| format!("invalid EventBridge S3 event: {e}"))?;
+        if event.source != "aws.s3" {
+            return Err(format!("EventBridge source {:?} is not aws.s3", event.source));
+        }
+        let kind = match event.detail_type.as_str() {
+            "Object Created" => NotificationKind::Created,
+            "Object Deleted" => NotificationKind::Removed,
+            other => NotificationKind::Other(other.to_owned()),
+        };
+        return Ok(Document::Records(vec![Notification {
+            bucket: event.detail.bucket.name,
+            key: decode_key(&event.detail.object.key).map_err(|e| format!("detail.object.{e}"))?,
+            kind,
+            sequencer: event.detail.object.sequencer.unwrap_or_default(),
+        }]));
+    }
+    Err("not a storage notification: expected S3 Records, an SNS envelope, an EventBridge event or s3:TestEvent".into())
+}
+
+fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
+    if depth >= MAX_DEPTH {
+        return Err("SNS envelopes nested too deep".into());
+    }
+    let inner: serde_json::Value =
+        serde_json::from_str(message).map_err(|e| format!("SNS Message is not JSON: {e}"))?;
+    parse_value(&inner, depth + 1)
+}
+
+#[derive(Clone, Debug)]
+struct Route {
+    key: WatchKey,
+    prefix: Prefix,
+}
+
+/// Which watches want which bucket, and which have activity on its way.
+#[derive(Default)]
+pub struct Routes {
+    by_bucket: RwLock<HashMap<Bucket, Vec<Route>>>,
+    in_flight: Mutex<HashMap<WatchKey, usize>>,
+}
+
+impl Routes {
+    pub fn add(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
+        let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
+        let routes = map.entry(bucket.clone()).or_default();
+        if !routes.iter().any(|r| &r.key == key) {
+            routes.push(Route { key: key.clone(), prefix: prefix.clone() });
+        }
+    }
+
+    pub fn remove(&self, bucket: &Bucket, key: &WatchKey) {
+        let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(routes) = map.get_mut(bucket) {
+            routes.retain(|r| &r.key != key);
+            if routes.is_empty() {
+                map.remove(bucket);
+            }
+        }
+    }
+
+    /// Whether a routed batch for `key` is not yet recorded.
+    pub fn in_flight(&self, key: &WatchKey) -> bool {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(|n| *n > 0)
+    }
+
+    fn begin(self: &Arc<Self>, keys: Vec<WatchKey>) -> InFlight {
+        let mut map = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &keys {
+            *map.entry(k.clone()).or_default() += 1;
+        }
+        InFlight { routes: self.clone(), keys }
+    }
+}
+
+/// Marks watches as having a batch on its way until dropped.
+struct InFlight {
+    routes: Arc<Routes>,
+    keys: Vec<WatchKey>,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut map = self.routes.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        for k in &self.keys {
+            if let Some(n) = map.get_mut(k) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(k);
+                }
+            }
+        }
+    }
+}
+
+/// The outcome of one ingest call.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IngestReport {
+    pub records: u64,
+    pub matched: u64,
+    pub counted: u64,
+    pub duplicates: u64,
+    pub ignored: u64,
+    /// `(document index, reason)`; a rejected document changes nothing.
+    pub rejected: Vec<(u32, String)>,
+}
+
+pub struct Ingest {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) routes: Arc<Routes>,
+    pub(crate) observer: ObserverHandle,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) clock: Clock,
+}
+
+impl Ingest {
+    /// Parses, authorizes, routes and records `documents` sent by `caller`.
+    pub async fn ingest(&self, caller: &TenantId, documents: &[String]) -> Result<IngestReport, Error> {
+        if documents.len() > MAX_DOCUMENTS {
+            return Err(Error::invalid("documents", format!("{} documents; at most {MAX_DOCUMENTS}", documents.len())));
+        }
+        let mut report = IngestReport::default();
+        let mut notifications = Vec::new();
+        for (i, raw) in documents.iter().enumerate() {
+            let index = u32::try_from(i).unwrap_or(u32::MAX);
+            match parse_document(raw) {
+                Ok(Document::Test) => report.ignored += 1,
+                Ok(Document::Records(records)) => {
+                    if let Some(b) = records.iter().find(|n| !self.tenants.allows(caller, &n.bucket)) {
+                        report.rejected.push((index, format!("bucket {:?} is not allowed for this tenant", b.bucket)));
+                        continue;
+                    }
+                    notifications.extend(records);
+                    if notifications.len() > MAX_RECORDS {
+                        return Err(Error::invalid(
+                            "documents",
+                            format!("more than {MAX_RECORDS} records in one call; nothing was recorded"),
+                        ));
+                    }
+                }
+                Err(reason) => report.rejected.push((index, reason)),
+            }
+        }
+        report.records = notifications.len() as u64;
+
+        let mut activities = Vec::new();
+        let mut owners = Vec::new();
+        {
+            let map = self.routes.by_bucket.read().unwrap_or_else(|p| p.into_inner());
+            for (i, n) in notifications.iter().enumerate() {
+                let kind = match n.kind {
+                    NotificationKind::Created => ActivityKind::Created,
+                    NotificationKind::Removed => ActivityKind::Removed,
+                    NotificationKind::Other(_) => {
+                        report.ignored += 1;
+                        continue;
+                    }
+                };
+                let routes = Bucket::parse("bucket", &n.bucket).ok().and_then(|b| map.get(&b));
+                let mut matched = false;
+                for route in routes.into_iter().flatten() {
+                    if route.prefix.matches(&n.key) && self.tenants.allows(&route.key.tenant, &n.bucket) {
+                        matched = true;
+                        owners.push(i);
+                        activities.push(Activity {
+                            tenant: route.key.tenant.clone(),
+                            watch_id: route.key.id.clone(),
+                            kind,
+                            key: n.key.clone(),
+                            sequencer: n.sequencer.clone(),
+                        });
+                    }
+                }
+                if matched {
+                    report.matched += 1;
+                } else {
+                    report.ignored += 1;
+                }
+            }
+        }
+        if activities.is_empty() {
+            return Ok(report);
+        }
+        let mut keys: Vec<WatchKey> =
+            activities.iter().map(|a| WatchKey { tenant: a.tenant.clone(), id: a.watch_id.clone() }).collect();
+        keys.sort();
+        keys.dedup();
+        let in_flight = self.routes.begin(keys.clone());
+        let recorded = self.store.record(activities, self.clock.now()).await;
+        // Settle before telling the observer: from here on it either sees the
+        // new counters or its guarded write conflicts and re-reads them.
+        drop(in_flight);
+        let outcome = match recorded {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                self.observer.activity(Vec::new(), keys).await;
+                return Err(e.into());
+            }
+        };
+        for result in &outcome.results {
+            match result {
+                Recorded::Counted => report.counted += 1,
+                Recorded::Duplicate => report.duplicates += 1,
+                Recorded::NotLive => {}
+            }
+        }
+        let mut watches = Vec::with_capacity(outcome.updated.len());
+        for (watch, events) in outcome.updated {
+            self.hub.publish(&events);
+            watches.push(watch);
+        }
+        self.observer.activity(watches, keys).await;
+        Ok(report)
+    }
+}

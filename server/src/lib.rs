@@ -1,0 +1,137 @@
+//! streamwatch-server: counts object-created notifications per watched
+//! bucket/prefix, decides when each data set has finished landing, and
+//! streams every watch event to subscribers over gRPC.
+//!
+//! Modules, one per concept: [`ingest`] (notifications in), [`store`] (state),
+//! [`policy`] (pure completion rules), [`observer`] (timers), [`hub`] (event
+//! fan-out), [`service`] (the operations), [`api`] (protobuf mapping),
+//! [`auth`] (tenants), [`config`], [`telemetry`].
+
+pub mod api;
+pub mod auth;
+pub mod clock;
+pub mod config;
+pub mod error;
+pub mod hub;
+pub mod ingest;
+pub mod observer;
+pub mod policy;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod watch;
+
+use std::{future::Future, sync::Arc};
+
+use anyhow::Context;
+use streamwatch::v1::{ingest_service_server::IngestServiceServer, watch_service_server::WatchServiceServer};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    api::{IngestApi, WatchApi},
+    auth::{AuthInterceptor, Tenants},
+    clock::Clock,
+    config::Config,
+    hub::Hub,
+    ingest::{Ingest, Routes},
+    observer::Observer,
+    service::Service,
+    store::{Store, sqlite::SqliteStore},
+};
+
+/// Serves on `listener` until `shutdown` resolves, then ends open streams with
+/// UNAVAILABLE, drains calls for up to `config.shutdown_grace`, and flushes the store.
+pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    serve_with_clock(config, listener, Clock::new(), shutdown).await
+}
+
+/// [`serve`] with a given clock (tests anchor it).
+pub async fn serve_with_clock(
+    config: Config,
+    listener: TcpListener,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let tenants = match &config.tenants {
+        Some(path) => Tenants::load(path)?,
+        None => Tenants::open(),
+    };
+    let addr = listener.local_addr()?;
+    if tenants.is_open() && !addr.ip().is_loopback() {
+        anyhow::bail!(
+            "refusing to serve on {addr} without a tenants file: anyone could call it; \
+             pass --tenants FILE or listen on a loopback address"
+        );
+    }
+    let tenants = Arc::new(tenants);
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&config.data).with_context(|| format!("cannot open the store {}", config.data.display()))?,
+    );
+    let streams_end = CancellationToken::new();
+    let observer_end = CancellationToken::new();
+    let routes = Arc::new(Routes::default());
+    let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
+    let (mut observer, observer_handle) = Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
+    let recovered = observer.recover().await.context("cannot resume the live watches")?;
+    tracing::info!(live_watches = recovered, live_now = observer.len(), "observer resumed");
+    let observer_task = tokio::spawn(observer.run(observer_end.clone()));
+
+    let ingest = Ingest {
+        store: store.clone(),
+        routes,
+        observer: observer_handle.clone(),
+        hub: hub.clone(),
+        tenants: tenants.clone(),
+        clock,
+    };
+    let service = Arc::new(Service { store: store.clone(), hub, observer: observer_handle, ingest, tenants: tenants.clone(), clock });
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<WatchServiceServer<WatchApi>>().await;
+    health.set_serving::<IngestServiceServer<IngestApi>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(streamwatch::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(streamwatch::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let auth = AuthInterceptor::new(tenants);
+
+    let server_end = streams_end.clone();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(WatchServiceServer::with_interceptor(WatchApi::new(service.clone()), auth.clone()))
+        .add_service(IngestServiceServer::with_interceptor(IngestApi::new(service), auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_end.cancelled().await });
+    tracing::info!(%addr, data = %config.data.display(), "serving");
+
+    tokio::pin!(server);
+    let served = tokio::select! {
+        served = &mut server => served,
+        () = shutdown => {
+            tracing::info!("shutting down: ending streams and draining calls");
+            health.set_not_serving::<WatchServiceServer<WatchApi>>().await;
+            health.set_not_serving::<IngestServiceServer<IngestApi>>().await;
+            streams_end.cancel();
+            match tokio::time::timeout(config.shutdown_grace, &mut server).await {
+                Ok(served) => served,
+                Err(_) => {
+                    tracing::warn!(grace = ?config.shutdown_grace, "calls still open after the grace period; closing");
+                    Ok(())
+                }
+            }
+        }
+    };
+    streams_end.cancel();
+    observer_end.cancel();
+    let _ = observer_task.await;
+    store.close().await.context("cannot flush the store")?;
+    tracing::info!("stopped");
+    served.context("the gRPC server failed")
+}

@@ -1,0 +1,295 @@
+//! Observer timers: one task owns one timer queue with an entry per live
+//! watch, wakes each watch at its deadline, asks the policy what happens, and
+//! appends the outcome through the store. Everything else talks to it through
+//! [`ObserverHandle`]; it is the only writer of lifecycle transitions, so each
+//! generation gets exactly one terminal event.
+
+use std::{collections::HashMap, sync::Arc, time::Duration};
+
+use futures::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::{
+    sync::CancellationToken,
+    time::{DelayQueue, delay_queue},
+};
+
+use crate::{
+    clock::{Clock, Timestamp},
+    error::Error,
+    hub::Hub,
+    ingest::Routes,
+    policy,
+    store::{Applied, Guard, Store, StoreError},
+    watch::{Lifecycle, Watch, WatchKey, WatchState},
+};
+
+/// How long to wait before retrying a watch whose store write failed.
+const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How often one evaluation re-reads a watch that changed under it.
+const MAX_CONFLICTS: usize = 16;
+
+enum Command {
+    Arm(Box<Watch>, oneshot::Sender<()>),
+    Activity { updated: Vec<Watch>, touched: Vec<WatchKey> },
+    Cancel { key: WatchKey, reason: String, reply: oneshot::Sender<Result<Watch, Error>> },
+}
+
+/// The way in to the observer task.
+#[derive(Clone)]
+pub struct ObserverHandle {
+    tx: mpsc::Sender<Command>,
+}
+
+impl ObserverHandle {
+    /// Starts timing a new watch; returns once ingest routes to it.
+    pub async fn arm(&self, watch: Watch) -> Result<(), Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Arm(Box::new(watch), reply)).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())
+    }
+
+    /// Reports recorded activity: watches whose counters moved, and every
+    /// watch a batch was routed to (settled now, whatever the outcome).
+    pub async fn activity(&self, updated: Vec<Watch>, touched: Vec<WatchKey>) {
+        // A stopped observer means the server is shutting down; the counts are durable.
+        let _ = self.tx.send(Command::Activity { updated, touched }).await;
+    }
+
+    pub async fn cancel(&self, key: WatchKey, reason: String) -> Result<Watch, Error> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Command::Cancel { key, reason, reply }).await.map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> Error {
+    Error::Unavailable("the server is shutting down".into())
+}
+
+struct Entry {
+    watch: Watch,
+    timer: Option<delay_queue::Key>,
+}
+
+pub struct Observer {
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    routes: Arc<Routes>,
+    clock: Clock,
+    rx: mpsc::Receiver<Command>,
+    queue: DelayQueue<WatchKey>,
+    watches: HashMap<WatchKey, Entry>,
+}
+
+impl Observer {
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, routes: Arc<Routes>, clock: Clock) -> (Self, ObserverHandle) {
+        let (tx, rx) = mpsc::channel(1024);
+        let observer =
+            Self { store, hub, routes, clock, rx, queue: DelayQueue::new(), watches: HashMap::new() };
+        (observer, ObserverHandle { tx })
+    }
+
+    /// Arms every watch the store says is live (after a restart: with its
+    /// stored deadlines, so overdue watches are decided at once).
+    pub async fn recover(&mut self) -> Result<usize, StoreError> {
+        let live = self.store.live_watches(self.clock.now()).await?;
+        let n = live.len();
+        for watch in live {
+            self.insert(watch);
+        }
+        let keys: Vec<WatchKey> = self.watches.keys().cloned().collect();
+        for key in keys {
+            self.evaluate(&key).await;
+        }
+        Ok(n)
+    }
+
+    /// Runs until `shutdown` is cancelled.
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                command = self.rx.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => break,
+                },
+                Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
+                    let key = expired.into_inner();
+                    if let Some(entry) = self.watches.get_mut(&key) {
+                        entry.timer = None;
+                    }
+                    // Activity reported while the timer fired comes first.
+                    while let Ok(command) = self.rx.try_recv() {
+                        self.handle(command).await;
+                    }
+                    self.evaluate(&key).await;
+                }
+            }
+        }
+    }
+
+    /// Live watches the observer is timing.
+    pub fn len(&self) -> usize {
+        self.watches.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.watches.is_empty()
+    }
+
+    async fn handle(&mut self, command: Command) {
+        match command {
+            Command::Arm(watch, reply) => {
+                let key = watch.key();
+                self.insert(*watch);
+                let _ = reply.send(());
+                self.evaluate(&key).await;
+            }
+            Command::Activity { updated, touched } => {
+                for watch in updated {
+                    let key = watch.key();
+                    match self.watches.get_mut(&key) {
+                        Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
+                        Some(_) => {}
+                        None if watch.accepts_activity(self.clock.now()) => self.insert(watch),
+                        None => {}
+                    }
+                }
+                for key in touched {
+                    self.evaluate(&key).await;
+                }
+            }
+            Command::Cancel { key, reason, reply } => {
+                let _ = reply.send(self.cancel(&key, reason).await);
+            }
+        }
+    }
+
+    fn insert(&mut self, watch: Watch) {
+        let key = watch.key();
+        self.routes.add(&watch.bucket, &key, &watch.prefix);
+        match self.watches.get_mut(&key) {
+            Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
+            Some(_) => {}
+            None => {
+                self.watches.insert(key, Entry { watch, timer: None });
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &WatchKey) {
+        if let Some(entry) = self.watches.remove(key) {
+            if let Some(timer) = entry.timer {
+                self.queue.remove(&timer);
+            }
+            self.routes.remove(&entry.watch.bucket, key);
+        }
+    }
+
+    fn schedule(&mut self, key: &WatchKey, at: Timestamp) {
+        let instant = self.clock.instant_at(at);
+        let Some(entry) = self.watches.get_mut(key) else { return };
+        match &entry.timer {
+            Some(timer) => self.queue.reset_at(timer, instant),
+            None => entry.timer = Some(self.queue.insert_at(key.clone(), instant)),
+        }
+    }
+
+    fn unschedule(&mut self, key: &WatchKey) {
+        if let Some(timer) = self.watches.get_mut(key).and_then(|e| e.timer.take()) {
+            self.queue.remove(&timer);
+        }
+    }
+
+    /// Asks the policy about one watch and carries out its decision.
+    async fn evaluate(&mut self, key: &WatchKey) {
+        for _ in 0..MAX_CONFLICTS {
+            let Some(entry) = self.watches.get(key) else { return };
+            if self.routes.in_flight(key) {
+                // The batch on its way reports back when recorded; decide then.
+                return;
+            }
+            let now = self.clock.now();
+            let decision = policy::evaluate(&entry.watch, now);
+            let watch = match decision.lifecycle {
+                None => entry.watch.clone(),
+                Some(lifecycle) => {
+                    let guard = Guard::exact(&entry.watch);
+                    let (tenant, id) = (entry.watch.tenant.clone(), entry.watch.id.clone());
+                    match self.store.apply(&tenant, &id, guard, lifecycle, decision.events, now).await {
+                        Ok(Some(Applied::Done { watch, events })) => {
+                            if let Some(e) = events.iter().find(|e| e.kind.is_terminal()) {
+                                tracing::info!(tenant = %tenant, watch_id = %id, seq = e.seq,
+                                    event = e.kind.name(), reason = %watch.lifecycle.reason, "watch finished");
+                            }
+                            self.hub.publish(&events);
+                            watch
+                        }
+                        Ok(Some(Applied::Conflict(current))) => {
+                            self.insert(current);
+                            continue;
+                        }
+                        Ok(None) => {
+                            self.forget(key);
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::error!(tenant = %tenant, watch_id = %id, error = %e, "cannot record a watch transition; retrying");
+                            self.schedule(key, now.add(RETRY_AFTER));
+                            return;
+                        }
+                    }
+                }
+            };
+            let live = watch.state() == WatchState::Active || decision.wake_at.is_some();
+            if let Some(entry) = self.watches.get_mut(key) {
+                entry.watch = watch;
+            }
+            match decision.wake_at {
+                Some(at) => self.schedule(key, at),
+                None if live => self.unschedule(key),
+                None => self.forget(key),
+            }
+            return;
+        }
+        tracing::warn!(watch = ?key, "watch kept changing during evaluation; retrying shortly");
+        let at = self.clock.now().add(RETRY_AFTER);
+        self.schedule(key, at);
+    }
+
+    async fn cancel(&mut self, key: &WatchKey, reason: String) -> Result<Watch, Error> {
+        let mut current = match self.watches.get(key) {
+            Some(entry) => entry.watch.clone(),
+            None => self.store.get_watch(&key.tenant, &key.id).await?.ok_or(Error::NotFound)?,
+        };
+        for _ in 0..MAX_CONFLICTS {
+            if current.state() != WatchState::Active {
+                return Err(Error::FailedPrecondition(format!(
+                    "watch {} is {}; only an ACTIVE watch can be cancelled",
+                    current.id,
+                    current.state().as_str()
+                )));
+            }
+            let now = self.clock.now();
+            let lifecycle = Lifecycle {
+                state: WatchState::Cancelled,
+                completed_at: Some(now),
+                reason: reason.clone(),
+                ..current.lifecycle.clone()
+            };
+            let guard = Guard { state: WatchState::Active, generation: current.lifecycle.generation, activity: None };
+            let events = vec![crate::watch::EventKind::Cancelled { reason: reason.clone() }];
+            match self.store.apply(&key.tenant, &key.id, guard, lifecycle, events, now).await? {
+                Some(Applied::Done { watch, events }) => {
+                    self.hub.publish(&events);
+                    self.forget(key);
+                    return Ok(watch);
+                }
+                Some(Applied::Conflict(now_is)) => current = now_is,
+                None => return Err(Error::NotFound),
+            }
+        }
+        Err(Error::Unavailable("the watch is changing too fast to cancel; retry".into()))
+    }
+}

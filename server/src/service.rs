@@ -1,0 +1,140 @@
+//! The operations the RPCs expose, in domain types: start, read, list,
+//! cancel and follow watches, and ingest notifications. Tenancy is enforced
+//! here: every call names its tenant, and another tenant's watch is simply
+//! not found.
+
+use std::sync::Arc;
+
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::{
+    auth::Tenants,
+    clock::Clock,
+    error::Error,
+    hub::Hub,
+    ingest::{Ingest, IngestReport},
+    observer::ObserverHandle,
+    policy::Policy,
+    store::{Created, ListQuery, NewWatch, Store},
+    watch::{Bucket, Labels, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchKey, WatchState},
+};
+
+/// Watches per ListWatches page when the caller does not say.
+pub const DEFAULT_PAGE_SIZE: usize = 100;
+pub const MAX_PAGE_SIZE: usize = 1000;
+
+/// A validated StartWatch.
+#[derive(Clone, Debug)]
+pub struct StartWatch {
+    pub bucket: Bucket,
+    pub prefix: Prefix,
+    pub policy: Policy,
+    pub labels: Labels,
+    pub client_token: Option<String>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListWatches {
+    pub state: Option<WatchState>,
+    pub labels: Labels,
+    pub page_size: usize,
+    pub page_token: Option<WatchId>,
+}
+
+pub struct Service {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) hub: Arc<Hub>,
+    pub(crate) observer: ObserverHandle,
+    pub(crate) ingest: Ingest,
+    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) clock: Clock,
+}
+
+impl Service {
+    /// Starts a watch (or returns the one `client_token` already started).
+    /// Once this returns, every notification ingested counts into the watch.
+    pub async fn start_watch(&self, tenant: &TenantId, start: StartWatch) -> Result<(Watch, bool), Error> {
+        if !self.tenants.allows(tenant, start.bucket.as_str()) {
+            return Err(Error::PermissionDenied(format!("bucket {} is not allowed for this tenant", start.bucket)));
+        }
+        let new = NewWatch {
+            tenant: tenant.clone(),
+            id: WatchId::generate(),
+            bucket: start.bucket,
+            prefix: start.prefix,
+            policy: start.policy,
+            labels: start.labels,
+            client_token: start.client_token,
+            created_at: self.clock.now(),
+        };
+        match self.store.create_watch(new.clone()).await? {
+            Created::New { watch, events } => {
+                self.hub.publish(&events);
+                self.observer.arm(watch.clone()).await?;
+                tracing::info!(tenant = %tenant, watch_id = %watch.id, bucket = %watch.bucket,
+                    prefix = watch.prefix.as_str(), "watch started");
+                Ok((watch, true))
+            }
+            Created::Existing(watch) => {
+                let same = watch.bucket == new.bucket
+                    && watch.prefix == new.prefix
+                    && watch.policy == new.policy
+                    && watch.labels == new.labels;
+                if !same {
+                    return Err(Error::invalid(
+                        "client_token",
+                        format!("already started watch {} with a different request", watch.id),
+                    ));
+                }
+                Ok((watch, false))
+            }
+        }
+    }
+
+    pub async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Watch, Error> {
+        self.store.get_watch(tenant, id).await?.ok_or(Error::NotFound)
+    }
+
+    /// One page of the tenant's watches and the token of the next page.
+    pub async fn list_watches(
+        &self,
+        tenant: &TenantId,
+        list: ListWatches,
+    ) -> Result<(Vec<Watch>, Option<WatchId>), Error> {
+        let limit = match list.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n if n > MAX_PAGE_SIZE => {
+                return Err(Error::invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}")));
+            }
+            n => n,
+        };
+        let query = ListQuery { state: list.state, labels: list.labels, limit: limit + 1, after: list.page_token };
+        let mut watches = self.store.list_watches(tenant, &query).await?;
+        let next = if watches.len() > limit {
+            watches.truncate(limit);
+            watches.last().map(|w| w.id.clone())
+        } else {
+            None
+        };
+        Ok((watches, next))
+    }
+
+    pub async fn cancel_watch(&self, tenant: &TenantId, id: &WatchId, reason: String) -> Result<Watch, Error> {
+        let reason = if reason.is_empty() { "cancelled by request".to_owned() } else { reason };
+        self.observer.cancel(WatchKey { tenant: tenant.clone(), id: id.clone() }, reason).await
+    }
+
+    pub async fn stream_events(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        after_seq: u64,
+    ) -> Result<ReceiverStream<Result<WatchEvent, Error>>, Error> {
+        let watch = self.get_watch(tenant, id).await?;
+        Ok(self.hub.subscribe(&watch, after_seq))
+    }
+
+    pub async fn ingest(&self, tenant: &TenantId, documents: &[String]) -> Result<IngestReport, Error> {
+        self.ingest.ingest(tenant, documents).await
+    }
+}

@@ -1,0 +1,164 @@
+//! State: watches, their counters, the keys they have seen and their event
+//! logs. [`Store`] is the only way the rest of the service reads or changes
+//! state, and every call is scoped to a tenant. Backends: [`sqlite`] (the
+//! embedded default).
+//!
+//! A store assigns each event its `seq` (the watch's `last_seq + 1`) in the
+//! same transaction that changes the watch, so the log has no gaps and every
+//! committed change is in it.
+
+pub mod sqlite;
+
+use async_trait::async_trait;
+
+use crate::{
+    clock::Timestamp,
+    policy::Policy,
+    watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState},
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sqlite: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+    #[error("transaction failed: {0}")]
+    Transaction(String),
+    #[error("the store is closed")]
+    Closed,
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A watch to create.
+#[derive(Clone, Debug)]
+pub struct NewWatch {
+    pub tenant: TenantId,
+    pub id: WatchId,
+    pub bucket: Bucket,
+    pub prefix: Prefix,
+    pub policy: Policy,
+    pub labels: Labels,
+    pub client_token: Option<String>,
+    pub created_at: Timestamp,
+}
+
+/// The result of [`Store::create_watch`].
+#[derive(Clone, Debug)]
+pub enum Created {
+    /// A new watch, with its STARTED event.
+    New { watch: Watch, events: Vec<WatchEvent> },
+    /// The tenant already has a watch with this client token.
+    Existing(Watch),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ActivityKind {
+    Created,
+    Removed,
+}
+
+/// One notification routed to one watch.
+#[derive(Clone, Debug)]
+pub struct Activity {
+    pub tenant: TenantId,
+    pub watch_id: WatchId,
+    pub kind: ActivityKind,
+    pub key: String,
+    /// S3's per-key ordering token; empty when the notification had none.
+    pub sequencer: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Recorded {
+    /// Accepted: the counters moved.
+    Counted,
+    /// Already seen (same key and sequencer): nothing changed.
+    Duplicate,
+    /// The watch no longer takes activity (finished, or gone).
+    NotLive,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct RecordOutcome {
+    /// One per activity, in order.
+    pub results: Vec<Recorded>,
+    /// Each watch whose counters moved, after the change, with its PROGRESS event.
+    pub updated: Vec<(Watch, Vec<WatchEvent>)>,
+}
+
+/// What a lifecycle change expects the watch to still be; a store applies the
+/// change only when all of it holds (optimistic concurrency).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Guard {
+    pub state: WatchState,
+    pub generation: u32,
+    /// `None` accepts any counters (cancellation does not care).
+    pub activity: Option<u64>,
+}
+
+impl Guard {
+    /// Expects `watch` exactly as it is, counters included.
+    pub fn exact(watch: &Watch) -> Self {
+        Self {
+            state: watch.lifecycle.state,
+            generation: watch.lifecycle.generation,
+            activity: Some(watch.counters.activity()),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ListQuery {
+    pub state: Option<WatchState>,
+    pub labels: Labels,
+    pub limit: usize,
+    /// Start after this watch (the previous page's last).
+    pub after: Option<WatchId>,
+}
+
+#[derive(Clone, Debug)]
+pub enum Applied {
+    Done { watch: Watch, events: Vec<WatchEvent> },
+    /// The guard did not hold; here is the watch as it is now.
+    Conflict(Watch),
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Creates a watch with its STARTED event, unless the tenant already has
+    /// one with the same client token.
+    async fn create_watch(&self, new: NewWatch) -> Result<Created>;
+
+    async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>>;
+
+    /// The tenant's watches, newest first.
+    async fn list_watches(&self, tenant: &TenantId, query: &ListQuery) -> Result<Vec<Watch>>;
+
+    /// Records routed activities exactly once each, durably, at `now`.
+    async fn record(&self, activities: Vec<Activity>, now: Timestamp) -> Result<RecordOutcome>;
+
+    /// Sets the watch's lifecycle and appends `events`, if `guard` holds.
+    /// `Err`s only on failure; a missing watch is `Ok(None)`.
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Applied>>;
+
+    /// Up to `limit` events with `seq > after_seq`, in order.
+    async fn events_after(&self, tenant: &TenantId, id: &WatchId, after_seq: u64, limit: usize)
+    -> Result<Vec<WatchEvent>>;
+
+    /// Every watch that still takes activity at `now` (ACTIVE, or completed
+    /// with its late window open), for the observer to arm at startup.
+    async fn live_watches(&self, now: Timestamp) -> Result<Vec<Watch>>;
+
+    /// Makes everything committed durable and stops accepting writes.
+    async fn close(&self) -> Result<()>;
+}

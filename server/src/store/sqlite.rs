@@ -1,0 +1,657 @@
+//! The embedded store: one SQLite file in WAL mode. All writes go through one
+//! writer thread that commits whatever has queued up in a single transaction
+//! (group commit), each command inside its own savepoint so one failing
+//! command never undoes another. Reads use a small pool of read connections.
+//!
+//! Tables: `watches` (one row per watch), `watch_labels` (for label filters),
+//! `seen_keys` (one row per watch, activity kind and key: the exactness of
+//! counting), `events` (the per-watch log, keyed by `seq`).
+
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, params, types::Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store,
+    StoreError,
+};
+use crate::{
+    clock::Timestamp,
+    policy,
+    watch::{Counters, EventKind, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState},
+};
+
+/// Commands one transaction may carry at most.
+const MAX_GROUP: usize = 512;
+const READERS: usize = 4;
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS watches (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    bucket TEXT NOT NULL,
+    prefix TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    labels TEXT NOT NULL,
+    client_token TEXT,
+    created_at INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    generation INTEGER NOT NULL,
+    generation_started_at INTEGER NOT NULL,
+    completed_at INTEGER,
+    reason TEXT NOT NULL,
+    polling TEXT NOT NULL,
+    late_window_ms INTEGER NOT NULL,
+    object_count INTEGER NOT NULL,
+    event_count INTEGER NOT NULL,
+    removed_count INTEGER NOT NULL,
+    last_activity_at INTEGER,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (tenant, watch_id)
+) WITHOUT ROWID;
+CREATE UNIQUE INDEX IF NOT EXISTS watches_by_client_token ON watches (tenant, client_token)
+    WHERE client_token IS NOT NULL;
+CREATE INDEX IF NOT EXISTS watches_by_state ON watches (state);
+CREATE TABLE IF NOT EXISTS watch_labels (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    value TEXT NOT NULL,
+    PRIMARY KEY (tenant, watch_id, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_keys (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    sequencer TEXT NOT NULL,
+    PRIMARY KEY (tenant, watch_id, kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    time INTEGER NOT NULL,
+    generation INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    PRIMARY KEY (tenant, watch_id, seq)
+) WITHOUT ROWID;
+";
+
+const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
+     generation, generation_started_at, completed_at, reason, polling, object_count, event_count, removed_count, \
+     last_activity_at, last_seq";
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+enum Command {
+    Create(Box<NewWatch>, Reply<Created>),
+    Record(Vec<Activity>, Timestamp, Reply<RecordOutcome>),
+    Apply(Box<ApplyArgs>, Reply<Option<Applied>>),
+    Close(Reply<()>),
+}
+
+struct ApplyArgs {
+    tenant: TenantId,
+    id: WatchId,
+    guard: Guard,
+    lifecycle: Lifecycle,
+    events: Vec<EventKind>,
+    now: Timestamp,
+}
+
+/// A finished command waiting for its transaction to commit.
+enum Pending {
+    Create(Reply<Created>, Result<Created>),
+    Record(Reply<RecordOutcome>, Result<RecordOutcome>),
+    Apply(Reply<Option<Applied>>, Result<Option<Applied>>),
+}
+
+impl Pending {
+    fn send(self, commit: &std::result::Result<(), String>) {
+        fn out<T>(reply: Reply<T>, result: Result<T>, commit: &std::result::Result<(), String>) {
+            let result = match commit {
+                Ok(()) => result,
+                Err(e) => Err(StoreError::Transaction(e.clone())),
+            };
+            // The caller may have gone away; the change is committed regardless.
+            let _ = reply.send(result);
+        }
+        match self {
+            Self::Create(r, v) => out(r, v, commit),
+            Self::Record(r, v) => out(r, v, commit),
+            Self::Apply(r, v) => out(r, v, commit),
+        }
+    }
+}
+
+pub struct SqliteStore {
+    writer: mpsc::Sender<Command>,
+    readers: Arc<Readers>,
+}
+
+struct Readers {
+    conns: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl Readers {
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+        let conn = self.conns[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&conn)
+    }
+}
+
+fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the store file at `path`.
+    pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
+        let path = path.into();
+        let mut conn = open(&path, OpenFlags::default())?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // WAL with NORMAL survives a killed process; only an OS crash can lose the last commits.
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{} has schema version {version}; this server knows up to {SCHEMA_VERSION}",
+                path.display()
+            )));
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(SCHEMA)?;
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+
+        let conns = (0..READERS)
+            .map(|_| open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map(Mutex::new))
+            .collect::<Result<Vec<_>>>()?;
+        let (writer, rx) = mpsc::channel(4096);
+        std::thread::Builder::new()
+            .name("sqlite-writer".into())
+            .spawn(move || run_writer(conn, rx))
+            .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { writer, readers: Arc::new(Readers { conns, next: AtomicUsize::new(0) }) })
+    }
+
+    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.writer.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let readers = self.readers.clone();
+        tokio::task::spawn_blocking(move || readers.with(f))
+            .await
+            .map_err(|e| StoreError::Transaction(format!("read task failed: {e}")))?
+    }
+}
+
+fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    while let Some(first) = rx.blocking_recv() {
+        let mut commands = vec![first];
+        while commands.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(c) => commands.push(c),
+                Err(_) => break,
+            }
+        }
+        let mut closing = Vec::new();
+        let mut pending = Vec::with_capacity(commands.len());
+        let commit = match conn.transaction() {
+            Ok(mut tx) => {
+                for command in commands {
+                    match command {
+                        Command::Create(new, reply) => {
+                            pending.push(Pending::Create(reply, in_savepoint(&mut tx, |tx| create(tx, *new))))
+                        }
+                        Command::Record(activities, now, reply) => pending
+                            .push(Pending::Record(reply, in_savepoint(&mut tx, |tx| record(tx, &activities, now)))),
+                        Command::Apply(args, reply) => {
+                            pending.push(Pending::Apply(reply, in_savepoint(&mut tx, |tx| apply(tx, *args))))
+                        }
+                        Command::Close(reply) => closing.push(reply),
+                    }
+                }
+                tx.commit().map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = &commit {
+            tracing::error!(error = %e, "sqlite commit failed");
+        }
+        for p in pending {
+            p.send(&commit);
+        }
+        if !closing.is_empty() {
+            rx.close();
+            let checkpoint = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(StoreError::from);
+            if let Err(e) = &checkpoint {
+                tracing::warn!(error = %e, "final checkpoint failed");
+            }
+            for reply in closing {
+                let _ = reply.send(Ok(()));
+            }
+            // Commands that raced the close are answered with Closed by dropping them.
+            while rx.try_recv().is_ok() {}
+            return;
+        }
+    }
+}
+
+fn in_savepoint<T>(tx: &mut Transaction<'_>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let sp = tx.savepoint()?;
+    let value = f(&sp)?;
+    sp.commit()?;
+    Ok(value)
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Rebuilds a name newtype from its stored text (validated when it was written).
+fn stored<T: serde::de::DeserializeOwned>(raw: String) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(raw)).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
+    let text = |i: usize| -> Result<String> { Ok(row.get::<_, String>(i)?) };
+    let ts = |i: usize| -> Result<Option<Timestamp>> { Ok(row.get::<_, Option<i64>>(i)?.map(Timestamp::from_millis)) };
+    let count = |i: usize| -> Result<u64> { Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0)) };
+    let state_raw = text(8)?;
+    let state = WatchState::from_str_opt(&state_raw)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown watch state {state_raw:?}")))?;
+    Ok(Watch {
+        tenant: stored(text(0)?)?,
+        id: stored(text(1)?)?,
+        bucket: stored(text(2)?)?,
+        prefix: stored::<Prefix>(text(3)?)?,
+        policy: from_json(&text(4)?)?,
+        labels: from_json(&text(5)?)?,
+        client_token: row.get(6)?,
+        created_at: Timestamp::from_millis(row.get(7)?),
+        lifecycle: Lifecycle {
+            state,
+            generation: row.get(9)?,
+            generation_started_at: Timestamp::from_millis(row.get(10)?),
+            completed_at: ts(11)?,
+            reason: text(12)?,
+            polling: from_json(&text(13)?)?,
+        },
+        counters: Counters {
+            object_count: count(14)?,
+            event_count: count(15)?,
+            removed_count: count(16)?,
+            last_activity_at: ts(17)?,
+        },
+        last_seq: count(18)?,
+    })
+}
+
+fn load_watch(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {WATCH_COLUMNS} FROM watches WHERE tenant = ?1 AND watch_id = ?2"))?;
+    let mut rows = stmt.query(params![tenant.as_str(), id.as_str()])?;
+    match rows.next()? {
+        Some(row) => Ok(Some(row_to_watch(row)?)),
+        None => Ok(None),
+    }
+}
+
+fn append_events(
+    conn: &Connection,
+    watch: &mut Watch,
+    kinds: Vec<EventKind>,
+    now: Timestamp,
+) -> Result<Vec<WatchEvent>> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO events (tenant, watch_id, seq, time, generation, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?;
+    let mut events = Vec::with_capacity(kinds.len());
+    for kind in kinds {
+        watch.last_seq += 1;
+        stmt.execute(params![
+            watch.tenant.as_str(),
+            watch.id.as_str(),
+            to_i64(watch.last_seq),
+            now.as_millis(),
+            watch.lifecycle.generation,
+            kind.name(),
+            json(&kind)?,
+        ])?;
+        events.push(WatchEvent {
+            tenant: watch.tenant.clone(),
+            watch_id: watch.id.clone(),
+            seq: watch.last_seq,
+            time: now,
+            generation: watch.lifecycle.generation,
+            kind,
+        });
+    }
+    Ok(events)
+}
+
+fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
+    if let Some(token) = &new.client_token {
+        let existing: Option<String> = conn
+            .prepare_cached("SELECT watch_id FROM watches WHERE tenant = ?1 AND client_token = ?2")?
+            .query_row(params![new.tenant.as_str(), token], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            let id: WatchId = stored(id)?;
+            let watch = load_watch(conn, &new.tenant, &id)?
+                .ok_or_else(|| StoreError::Corrupt("client token names a missing watch".into()))?;
+            return Ok(Created::Existing(watch));
+        }
+    }
+    let mut watch = Watch {
+        tenant: new.tenant,
+        id: new.id,
+        bucket: new.bucket,
+        prefix: new.prefix,
+        policy: new.policy,
+        labels: new.labels,
+        client_token: new.client_token,
+        created_at: new.created_at,
+        lifecycle: policy::fresh_lifecycle(1, new.created_at, 0),
+        counters: Counters::default(),
+        last_seq: 0,
+    };
+    let late_window_ms = watch.policy.late_window.map_or(0, |w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+    conn.prepare_cached(
+        "INSERT INTO watches (tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
+         generation, generation_started_at, completed_at, reason, polling, late_window_ms, object_count, event_count, \
+         removed_count, last_activity_at, last_seq) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1)",
+    )?
+    .execute(params![
+        watch.tenant.as_str(),
+        watch.id.as_str(),
+        watch.bucket.as_str(),
+        watch.prefix.as_str(),
+        json(&watch.policy)?,
+        json(&watch.labels)?,
+        watch.client_token,
+        watch.created_at.as_millis(),
+        watch.lifecycle.state.as_str(),
+        watch.lifecycle.generation,
+        watch.lifecycle.generation_started_at.as_millis(),
+        json(&watch.lifecycle.polling)?,
+        late_window_ms,
+    ])?;
+    let mut label_stmt =
+        conn.prepare_cached("INSERT INTO watch_labels (tenant, watch_id, key, value) VALUES (?1, ?2, ?3, ?4)")?;
+    for (k, v) in &watch.labels {
+        label_stmt.execute(params![watch.tenant.as_str(), watch.id.as_str(), k, v])?;
+    }
+    let mut snapshot = watch.clone();
+    snapshot.last_seq = 1;
+    let at = watch.created_at;
+    let events = append_events(conn, &mut watch, vec![EventKind::Started { watch: Box::new(snapshot) }], at)?;
+    Ok(Created::New { watch, events })
+}
+
+fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<RecordOutcome> {
+    let mut watches: HashMap<(TenantId, WatchId), Option<(Watch, bool)>> = HashMap::new();
+    let mut order = Vec::new();
+    let mut results = Vec::with_capacity(activities.len());
+    let mut seen = conn.prepare_cached(
+        "SELECT sequencer FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2 AND kind = ?3 AND key = ?4",
+    )?;
+    let mut remember = conn.prepare_cached(
+        "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer) VALUES (?1, ?2, ?3, ?4, ?5) \
+         ON CONFLICT (tenant, watch_id, kind, key) DO UPDATE SET sequencer = excluded.sequencer",
+    )?;
+    for a in activities {
+        let slot = match watches.entry((a.tenant.clone(), a.watch_id.clone())) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let loaded = load_watch(conn, &a.tenant, &a.watch_id)?.filter(|w| w.accepts_activity(now));
+                if loaded.is_some() {
+                    order.push(e.key().clone());
+                }
+                e.insert(loaded.map(|w| (w, false)))
+            }
+        };
+        let Some((watch, changed)) = slot else {
+            results.push(Recorded::NotLive);
+            continue;
+        };
+        let kind = match a.kind {
+            ActivityKind::Created => 0,
+            ActivityKind::Removed => 1,
+        };
+        let previous: Option<String> = seen
+            .query_row(params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key], |r| r.get(0))
+            .optional()?;
+        let outcome = match previous {
+            None => {
+                if a.kind == ActivityKind::Created {
+                    watch.counters.object_count += 1;
+                }
+                Recorded::Counted
+            }
+            // A new version of a key already seen: new activity, not a new object.
+            Some(old) if !a.sequencer.is_empty() && old != a.sequencer => Recorded::Counted,
+            Some(_) => Recorded::Duplicate,
+        };
+        if outcome == Recorded::Counted {
+            remember.execute(params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key, a.sequencer])?;
+            match a.kind {
+                ActivityKind::Created => watch.counters.event_count += 1,
+                ActivityKind::Removed => watch.counters.removed_count += 1,
+            }
+            watch.counters.last_activity_at = Some(now);
+            *changed = true;
+        }
+        results.push(outcome);
+    }
+    let mut updated = Vec::new();
+    let mut update = conn.prepare_cached(
+        "UPDATE watches SET object_count = ?3, event_count = ?4, removed_count = ?5, last_activity_at = ?6, \
+         last_seq = ?7 WHERE tenant = ?1 AND watch_id = ?2",
+    )?;
+    for key in order {
+        let Some(Some((mut watch, true))) = watches.remove(&key) else { continue };
+        let counters = watch.counters;
+        let events = append_events(conn, &mut watch, vec![EventKind::Progress { counters }], now)?;
+        update.execute(params![
+            watch.tenant.as_str(),
+            watch.id.as_str(),
+            to_i64(counters.object_count),
+            to_i64(counters.event_count),
+            to_i64(counters.removed_count),
+            counters.last_activity_at.map(Timestamp::as_millis),
+            to_i64(watch.last_seq),
+        ])?;
+        updated.push((watch, events));
+    }
+    Ok(RecordOutcome { results, updated })
+}
+
+fn apply(conn: &Connection, args: ApplyArgs) -> Result<Option<Applied>> {
+    let Some(mut watch) = load_watch(conn, &args.tenant, &args.id)? else { return Ok(None) };
+    let holds = watch.lifecycle.state == args.guard.state
+        && watch.lifecycle.generation == args.guard.generation
+        && args.guard.activity.is_none_or(|a| a == watch.counters.activity());
+    if !holds {
+        return Ok(Some(Applied::Conflict(watch)));
+    }
+    watch.lifecycle = args.lifecycle;
+    let events = append_events(conn, &mut watch, args.events, args.now)?;
+    let life = &watch.lifecycle;
+    conn.prepare_cached(
+        "UPDATE watches SET state = ?3, generation = ?4, generation_started_at = ?5, completed_at = ?6, reason = ?7, \
+         polling = ?8, last_seq = ?9 WHERE tenant = ?1 AND watch_id = ?2",
+    )?
+    .execute(params![
+        watch.tenant.as_str(),
+        watch.id.as_str(),
+        life.state.as_str(),
+        life.generation,
+        life.generation_started_at.as_millis(),
+        life.completed_at.map(Timestamp::as_millis),
+        life.reason,
+        json(&life.polling)?,
+        to_i64(watch.last_seq),
+    ])?;
+    Ok(Some(Applied::Done { watch, events }))
+}
+
+fn row_to_event(row: &Row<'_>) -> Result<WatchEvent> {
+    Ok(WatchEvent {
+        tenant: stored(row.get(0)?)?,
+        watch_id: stored(row.get(1)?)?,
+        seq: u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0),
+        time: Timestamp::from_millis(row.get(3)?),
+        generation: row.get(4)?,
+        kind: from_json(&row.get::<_, String>(5)?)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_watch(&self, new: NewWatch) -> Result<Created> {
+        self.call(|reply| Command::Create(Box::new(new), reply)).await
+    }
+
+    async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |conn| load_watch(conn, &tenant, &id)).await
+    }
+
+    async fn list_watches(&self, tenant: &TenantId, query: &ListQuery) -> Result<Vec<Watch>> {
+        let tenant = tenant.clone();
+        let query = query.clone();
+        self.read(move |conn| {
+            let mut sql = format!("SELECT {WATCH_COLUMNS} FROM watches w WHERE tenant = ?1");
+            let mut args: Vec<Value> = vec![Value::Text(tenant.as_str().to_owned())];
+            if let Some(state) = query.state {
+                args.push(Value::Text(state.as_str().to_owned()));
+                sql.push_str(&format!(" AND state = ?{}", args.len()));
+            }
+            if let Some(after) = &query.after {
+                args.push(Value::Text(after.as_str().to_owned()));
+                sql.push_str(&format!(" AND watch_id < ?{}", args.len()));
+            }
+            for (k, v) in &query.labels {
+                args.push(Value::Text(k.clone()));
+                args.push(Value::Text(v.clone()));
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM watch_labels l WHERE l.tenant = w.tenant AND l.watch_id = w.watch_id \
+                     AND l.key = ?{} AND l.value = ?{})",
+                    args.len() - 1,
+                    args.len()
+                ));
+            }
+            args.push(Value::Integer(i64::try_from(query.limit).unwrap_or(i64::MAX)));
+            sql.push_str(&format!(" ORDER BY watch_id DESC LIMIT ?{}", args.len()));
+            let mut stmt = conn.prepare_cached(&sql)?;
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(row_to_watch(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn record(&self, activities: Vec<Activity>, now: Timestamp) -> Result<RecordOutcome> {
+        if activities.is_empty() {
+            return Ok(RecordOutcome::default());
+        }
+        self.call(|reply| Command::Record(activities, now, reply)).await
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Applied>> {
+        let args = ApplyArgs { tenant: tenant.clone(), id: id.clone(), guard, lifecycle, events, now };
+        self.call(|reply| Command::Apply(Box::new(args), reply)).await
+    }
+
+    async fn events_after(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<WatchEvent>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT tenant, watch_id, seq, time, generation, payload FROM events \
+                 WHERE tenant = ?1 AND watch_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let mut rows = stmt.query(params![
+                tenant.as_str(),
+                id.as_str(),
+                to_i64(after_seq),
+                i64::try_from(limit).unwrap_or(i64::MAX)
+            ])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(row_to_event(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn live_watches(&self, now: Timestamp) -> Result<Vec<Watch>> {
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(&format!(
+                "SELECT {WATCH_COLUMNS} FROM watches WHERE state = 'ACTIVE' \
+                 OR (state = 'COMPLETED' AND late_window_ms > 0 AND completed_at + late_window_ms >= ?1)"
+            ))?;
+            let mut rows = stmt.query(params![now.as_millis()])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(row_to_watch(row)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.call(Command::Close).await
+    }
+}

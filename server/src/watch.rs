@@ -1,0 +1,321 @@
+//! The watch and its events in domain terms: typed ids and names that are
+//! validated once at the edge, the watch record the store keeps, and the
+//! events in its log. No I/O and no protobuf here.
+
+use std::{collections::BTreeMap, fmt};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{clock::Timestamp, error::Error, policy::Policy};
+
+/// Longest prefix S3 could ever match: a key is at most 1024 bytes.
+pub const MAX_PREFIX_BYTES: usize = 1024;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY_BYTES: usize = 63;
+pub const MAX_LABEL_VALUE_BYTES: usize = 256;
+pub const MAX_CLIENT_TOKEN_BYTES: usize = 128;
+pub const MAX_REASON_BYTES: usize = 1024;
+
+fn invalid(field: &str, message: impl Into<String>) -> Error {
+    Error::InvalidArgument { field: field.to_owned(), message: message.into() }
+}
+
+/// An authenticated caller; owns its watches.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct TenantId(String);
+
+impl TenantId {
+    /// Tenant ids come from the tenants file: 1-64 of `[A-Za-z0-9._-]`.
+    pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
+        let ok = (1..=64).contains(&raw.len())
+            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok { Ok(Self(raw.to_owned())) } else { Err(invalid(field, "must be 1-64 characters of A-Z a-z 0-9 . _ -")) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for TenantId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A watch's id: a UUIDv7 (time-ordered) in its hyphenated form.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct WatchId(String);
+
+impl WatchId {
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().hyphenated().to_string())
+    }
+
+    pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
+        if raw.is_empty() {
+            return Err(invalid(field, "is required"));
+        }
+        uuid::Uuid::try_parse(raw)
+            .map(|id| Self(id.hyphenated().to_string()))
+            .map_err(|_| invalid(field, "is not a watch id (a UUID)"))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for WatchId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// An S3 bucket name, checked against the S3 naming rules.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Bucket(String);
+
+impl Bucket {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
+        if raw.is_empty() {
+            return Err(invalid(field, "is required"));
+        }
+        if !(3..=63).contains(&raw.len()) {
+            return Err(invalid(field, "must be 3-63 characters long"));
+        }
+        if !raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
+            return Err(invalid(field, "may hold only lowercase letters, digits, '.' and '-'"));
+        }
+        let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        if !edge_ok(raw.as_bytes()[0]) || !edge_ok(raw.as_bytes()[raw.len() - 1]) {
+            return Err(invalid(field, "must begin and end with a letter or digit"));
+        }
+        if raw.contains("..") {
+            return Err(invalid(field, "must not contain '..'"));
+        }
+        if raw.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(invalid(field, "must not be formatted as an IP address"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Bucket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A key prefix; empty watches the whole bucket.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Prefix(String);
+
+impl Prefix {
+    pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
+        if raw.len() > MAX_PREFIX_BYTES {
+            return Err(invalid(field, format!("is {} bytes; at most {MAX_PREFIX_BYTES}", raw.len())));
+        }
+        if raw.chars().any(|c| c == '\0') {
+            return Err(invalid(field, "must not contain NUL"));
+        }
+        Ok(Self(raw.to_owned()))
+    }
+
+    pub fn matches(&self, key: &str) -> bool {
+        key.starts_with(&self.0)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Free-form labels a caller attaches to a watch and filters by.
+pub type Labels = BTreeMap<String, String>;
+
+pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {
+    if labels.len() > MAX_LABELS {
+        return Err(invalid(field, format!("has {} labels; at most {MAX_LABELS}", labels.len())));
+    }
+    for (key, value) in labels {
+        let key_ok = (1..=MAX_LABEL_KEY_BYTES).contains(&key.len())
+            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+        if !key_ok {
+            return Err(invalid(
+                field,
+                format!("key {key:?} must be 1-{MAX_LABEL_KEY_BYTES} characters of A-Z a-z 0-9 . _ - /"),
+            ));
+        }
+        if value.len() > MAX_LABEL_VALUE_BYTES {
+            return Err(invalid(field, format!("value of {key:?} is over {MAX_LABEL_VALUE_BYTES} bytes")));
+        }
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum WatchState {
+    Active,
+    Completed,
+    TimedOut,
+    Cancelled,
+    Failed,
+}
+
+impl WatchState {
+    pub fn is_terminal(self) -> bool {
+        self != Self::Active
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "ACTIVE",
+            Self::Completed => "COMPLETED",
+            Self::TimedOut => "TIMED_OUT",
+            Self::Cancelled => "CANCELLED",
+            Self::Failed => "FAILED",
+        }
+    }
+
+    pub fn from_str_opt(raw: &str) -> Option<Self> {
+        [Self::Active, Self::Completed, Self::TimedOut, Self::Cancelled, Self::Failed]
+            .into_iter()
+            .find(|s| s.as_str() == raw)
+    }
+}
+
+/// What the ingest path has accepted into a watch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Distinct keys created under the prefix.
+    pub object_count: u64,
+    /// Accepted object-created notifications (overwrites count, redeliveries do not).
+    pub event_count: u64,
+    /// Accepted object-removed notifications.
+    pub removed_count: u64,
+    pub last_activity_at: Option<Timestamp>,
+}
+
+impl Counters {
+    /// Every accepted activity so far; the polling rule samples this.
+    pub fn activity(&self) -> u64 {
+        self.event_count + self.removed_count
+    }
+}
+
+/// Where the polling rule is in its cycle; persisted so restarts resume it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PollingProgress {
+    pub repeated: u32,
+    pub last_sample: u64,
+    pub next_sample_at: Option<Timestamp>,
+}
+
+/// The fields of a watch that only the policy changes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    pub state: WatchState,
+    /// Starts at 1; bumped by each reopening.
+    pub generation: u32,
+    pub generation_started_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+    pub reason: String,
+    pub polling: PollingProgress,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Watch {
+    pub tenant: TenantId,
+    pub id: WatchId,
+    pub bucket: Bucket,
+    pub prefix: Prefix,
+    pub policy: Policy,
+    pub labels: Labels,
+    pub client_token: Option<String>,
+    pub created_at: Timestamp,
+    pub lifecycle: Lifecycle,
+    pub counters: Counters,
+    pub last_seq: u64,
+}
+
+impl Watch {
+    pub fn key(&self) -> WatchKey {
+        WatchKey { tenant: self.tenant.clone(), id: self.id.clone() }
+    }
+
+    pub fn state(&self) -> WatchState {
+        self.lifecycle.state
+    }
+
+    /// The end of the late window, for a completed watch that has one.
+    pub fn late_window_end(&self) -> Option<Timestamp> {
+        match (self.lifecycle.state, self.lifecycle.completed_at, self.policy.late_window) {
+            (WatchState::Completed, Some(at), Some(window)) => Some(at.add(window)),
+            _ => None,
+        }
+    }
+
+    /// Whether activity at `now` still counts into this watch.
+    pub fn accepts_activity(&self, now: Timestamp) -> bool {
+        self.lifecycle.state == WatchState::Active || self.late_window_end().is_some_and(|end| now <= end)
+    }
+}
+
+/// A watch's identity across the service: ids are unique per tenant.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct WatchKey {
+    pub tenant: TenantId,
+    pub id: WatchId,
+}
+
+/// What happened to a watch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum EventKind {
+    Started { watch: Box<Watch> },
+    Progress { counters: Counters },
+    QuietTick { object_count: u64, repeated: u32, max_repeats: u32 },
+    Completed { object_count: u64, reason: String },
+    TimedOut { object_count: u64, reason: String },
+    Cancelled { reason: String },
+    Reopened { object_count: u64, reason: String },
+}
+
+impl EventKind {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Self::Completed { .. } | Self::TimedOut { .. } | Self::Cancelled { .. })
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Started { .. } => "started",
+            Self::Progress { .. } => "progress",
+            Self::QuietTick { .. } => "quiet_tick",
+            Self::Completed { .. } => "completed",
+            Self::TimedOut { .. } => "timed_out",
+            Self::Cancelled { .. } => "cancelled",
+            Self::Reopened { .. } => "reopened",
+        }
+    }
+}
+
+/// One entry of a watch's event log.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WatchEvent {
+    pub tenant: TenantId,
+    pub watch_id: WatchId,
+    /// Per watch, from 1, without gaps.
+    pub seq: u64,
+    pub time: Timestamp,
+    pub generation: u32,
+    pub kind: EventKind,
+}

@@ -1,0 +1,30 @@
+//! The streamwatch gRPC contract, shared by the server and every client:
+//! generated protobuf types, the descriptor set for reflection, the defaults
+//! both sides agree on, and a `connect` helper. Nothing heavy lives here, so a
+//! client links cheaply.
+
+/// Generated protobuf and gRPC code for `streamwatch.v1`.
+pub mod proto {
+    pub mod v1 {
+        tonic::include_proto!("streamwatch.v1");
+    }
+}
+
+pub use proto::v1;
+
+/// The encoded `FileDescriptorSet` of `proto/`, served by gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streamwatch_descriptor");
+
+/// The port the server listens on when none is given.
+pub const DEFAULT_PORT: u16 = 50051;
+/// The address the server listens on when none is given: loopback only.
+pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:50051";
+/// The endpoint clients use when none is given.
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
+/// The metadata key carrying the caller's token, as `Bearer <token>`.
+pub const AUTHORIZATION_HEADER: &str = "authorization";
+
+/// Opens a channel to `endpoint` (for example [`DEFAULT_ENDPOINT`]).
+pub async fn connect(endpoint: impl Into<String>) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(endpoint.into())?.connect().await
+}
