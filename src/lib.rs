@@ -13,7 +13,8 @@ pub mod proto {
 pub use proto::v1;
 
 /// The encoded `FileDescriptorSet` of `proto/`, served by gRPC reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("streamwatch_descriptor");
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    tonic::include_file_descriptor_set!("streamwatch_descriptor");
 
 /// The port the server listens on when none is given.
 pub const DEFAULT_PORT: u16 = 50051;
@@ -25,6 +26,10 @@ pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 pub const AUTHORIZATION_HEADER: &str = "authorization";
 
 /// Opens a channel to `endpoint` (for example [`DEFAULT_ENDPOINT`]).
-pub async fn connect(endpoint: impl Into<String>) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(endpoint.into())?.connect().await
+pub async fn connect(
+    endpoint: impl Into<String>,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
+    tonic::transport::Endpoint::from_shared(endpoint.into())?
+        .connect()
+        .await
 }

@@ -5,7 +5,9 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::{Stream, StreamExt};
-use streamwatch::v1::{self, ingest_service_server::IngestService, watch_service_server::WatchService};
+use streamwatch::v1::{
+    self, ingest_service_server::IngestService, watch_service_server::WatchService,
+};
 use tonic::{Request, Response, Status};
 
 use crate::{
@@ -14,8 +16,8 @@ use crate::{
     policy::{self, DelaySchedule, Policy, Rule},
     service::{ListWatches, Service, StartWatch},
     watch::{
-        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Prefix, TenantId, Watch, WatchEvent,
-        WatchId, WatchState,
+        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Prefix, TenantId, Watch,
+        WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -43,10 +45,18 @@ impl IngestApi {
 
 fn tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
     // The auth layer always sets it; its absence is a wiring bug, not the caller's.
-    request.extensions().get::<TenantId>().cloned().ok_or_else(|| Status::unauthenticated("no tenant"))
+    request
+        .extensions()
+        .get::<TenantId>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no tenant"))
 }
 
-fn duration(field: &str, d: Option<&prost_types::Duration>, max: Duration) -> Result<Option<Duration>, Error> {
+fn duration(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+    max: Duration,
+) -> Result<Option<Duration>, Error> {
     let Some(d) = d else { return Ok(None) };
     if d.seconds < 0 || d.nanos < 0 {
         return Err(Error::invalid(field, "must not be negative"));
@@ -55,25 +65,41 @@ fn duration(field: &str, d: Option<&prost_types::Duration>, max: Duration) -> Re
         return Err(Error::invalid(field, "nanos must be below 1e9"));
     }
     let seconds = u64::try_from(d.seconds).unwrap_or(u64::MAX);
-    let std = Duration::new(seconds.min(max.as_secs() + 1), u32::try_from(d.nanos).unwrap_or(0));
+    let std = Duration::new(
+        seconds.min(max.as_secs() + 1),
+        u32::try_from(d.nanos).unwrap_or(0),
+    );
     policy::check_duration(field, std, max).map(Some)
 }
 
-fn required(field: &str, d: Option<&prost_types::Duration>, max: Duration) -> Result<Duration, Error> {
+fn required(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+    max: Duration,
+) -> Result<Duration, Error> {
     duration(field, d, max)?.ok_or_else(|| Error::invalid(field, "is required"))
 }
 
 /// Parses a protobuf policy; an absent policy is the default quiet period.
 pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
-    let Some(p) = p else { return Ok(Policy::default()) };
+    let Some(p) = p else {
+        return Ok(Policy::default());
+    };
     let rule = match &p.rule {
         None => Policy::default().rule,
         Some(v1::policy::Rule::Polling(r)) => {
             let schedule = match v1::DelaySchedule::try_from(r.schedule) {
-                Ok(v1::DelaySchedule::Unspecified | v1::DelaySchedule::Fixed) => DelaySchedule::Fixed,
+                Ok(v1::DelaySchedule::Unspecified | v1::DelaySchedule::Fixed) => {
+                    DelaySchedule::Fixed
+                }
                 Ok(v1::DelaySchedule::Divide) => DelaySchedule::Divide,
                 Ok(v1::DelaySchedule::Exponential) => DelaySchedule::Exponential,
-                Err(_) => return Err(Error::invalid("policy.polling.schedule", format!("unknown value {}", r.schedule))),
+                Err(_) => {
+                    return Err(Error::invalid(
+                        "policy.polling.schedule",
+                        format!("unknown value {}", r.schedule),
+                    ));
+                }
             };
             Rule::Polling {
                 delay: required("policy.polling.delay", r.delay.as_ref(), policy::MAX_WINDOW)?,
@@ -81,19 +107,31 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
                 schedule,
             }
         }
-        Some(v1::policy::Rule::QuietPeriod(r)) => {
-            Rule::QuietPeriod { window: required("policy.quiet_period.window", r.window.as_ref(), policy::MAX_WINDOW)? }
-        }
+        Some(v1::policy::Rule::QuietPeriod(r)) => Rule::QuietPeriod {
+            window: required(
+                "policy.quiet_period.window",
+                r.window.as_ref(),
+                policy::MAX_WINDOW,
+            )?,
+        },
         Some(v1::policy::Rule::ExpectedCount(r)) => Rule::ExpectedCount {
             objects: r.objects,
-            quiet_window: duration("policy.expected_count.quiet_window", r.quiet_window.as_ref(), policy::MAX_WINDOW)?,
+            quiet_window: duration(
+                "policy.expected_count.quiet_window",
+                r.quiet_window.as_ref(),
+                policy::MAX_WINDOW,
+            )?,
         },
     };
     let policy = Policy {
         rule,
         min_objects: p.min_objects,
         timeout: duration("policy.timeout", p.timeout.as_ref(), policy::MAX_TIMEOUT)?,
-        late_window: duration("policy.late_window", p.late_window.as_ref(), policy::MAX_WINDOW)?,
+        late_window: duration(
+            "policy.late_window",
+            p.late_window.as_ref(),
+            policy::MAX_WINDOW,
+        )?,
     };
     policy.validate()?;
     Ok(policy)
@@ -116,7 +154,11 @@ fn proto_timestamp(t: Timestamp) -> prost_types::Timestamp {
 
 pub fn policy_to_proto(p: &Policy) -> v1::Policy {
     let rule = match &p.rule {
-        Rule::Polling { delay, max_repeats, schedule } => v1::policy::Rule::Polling(v1::PollingRule {
+        Rule::Polling {
+            delay,
+            max_repeats,
+            schedule,
+        } => v1::policy::Rule::Polling(v1::PollingRule {
             delay: Some(proto_duration(*delay)),
             max_repeats: *max_repeats,
             schedule: match schedule {
@@ -125,10 +167,13 @@ pub fn policy_to_proto(p: &Policy) -> v1::Policy {
                 DelaySchedule::Exponential => v1::DelaySchedule::Exponential,
             } as i32,
         }),
-        Rule::QuietPeriod { window } => {
-            v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule { window: Some(proto_duration(*window)) })
-        }
-        Rule::ExpectedCount { objects, quiet_window } => v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+        Rule::QuietPeriod { window } => v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule {
+            window: Some(proto_duration(*window)),
+        }),
+        Rule::ExpectedCount {
+            objects,
+            quiet_window,
+        } => v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
             objects: *objects,
             quiet_window: quiet_window.map(proto_duration),
         }),
@@ -174,28 +219,48 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
 pub fn event_to_proto(e: &WatchEvent) -> v1::WatchEvent {
     use v1::watch_event::{self as we, Kind};
     let kind = match &e.kind {
-        EventKind::Started { watch } => Kind::Started(we::Started { watch: Some(watch_to_proto(watch)) }),
+        EventKind::Started { watch } => Kind::Started(we::Started {
+            watch: Some(watch_to_proto(watch)),
+        }),
         EventKind::Progress { counters } => Kind::Progress(we::Progress {
             object_count: counters.object_count,
             event_count: counters.event_count,
             removed_count: counters.removed_count,
             last_activity_at: counters.last_activity_at.map(proto_timestamp),
         }),
-        EventKind::QuietTick { object_count, repeated, max_repeats } => Kind::QuietTick(we::QuietTick {
+        EventKind::QuietTick {
+            object_count,
+            repeated,
+            max_repeats,
+        } => Kind::QuietTick(we::QuietTick {
             object_count: *object_count,
             repeated: *repeated,
             max_repeats: *max_repeats,
         }),
-        EventKind::Completed { object_count, reason } => {
-            Kind::Completed(we::Completed { object_count: *object_count, reason: reason.clone() })
-        }
-        EventKind::TimedOut { object_count, reason } => {
-            Kind::TimedOut(we::TimedOut { object_count: *object_count, reason: reason.clone() })
-        }
-        EventKind::Cancelled { reason } => Kind::Cancelled(we::Cancelled { reason: reason.clone() }),
-        EventKind::Reopened { object_count, reason } => {
-            Kind::Reopened(we::Reopened { object_count: *object_count, reason: reason.clone() })
-        }
+        EventKind::Completed {
+            object_count,
+            reason,
+        } => Kind::Completed(we::Completed {
+            object_count: *object_count,
+            reason: reason.clone(),
+        }),
+        EventKind::TimedOut {
+            object_count,
+            reason,
+        } => Kind::TimedOut(we::TimedOut {
+            object_count: *object_count,
+            reason: reason.clone(),
+        }),
+        EventKind::Cancelled { reason } => Kind::Cancelled(we::Cancelled {
+            reason: reason.clone(),
+        }),
+        EventKind::Reopened {
+            object_count,
+            reason,
+        } => Kind::Reopened(we::Reopened {
+            object_count: *object_count,
+            reason: reason.clone(),
+        }),
     };
     v1::WatchEvent {
         watch_id: e.watch_id.to_string(),
@@ -210,7 +275,10 @@ pub fn start_from_proto(r: &v1::StartWatchRequest) -> Result<StartWatch, Error> 
     let labels: watch::Labels = r.labels.clone().into_iter().collect();
     watch::validate_labels("labels", &labels)?;
     if r.client_token.len() > MAX_CLIENT_TOKEN_BYTES {
-        return Err(Error::invalid("client_token", format!("must be at most {MAX_CLIENT_TOKEN_BYTES} bytes")));
+        return Err(Error::invalid(
+            "client_token",
+            format!("must be at most {MAX_CLIENT_TOKEN_BYTES} bytes"),
+        ));
     }
     Ok(StartWatch {
         bucket: Bucket::parse("bucket", &r.bucket)?,
@@ -232,14 +300,22 @@ impl WatchService for WatchApi {
         let tenant = tenant(&request)?;
         let start = start_from_proto(request.get_ref())?;
         let (watch, created) = self.service.start_watch(&tenant, start).await?;
-        Ok(Response::new(v1::StartWatchResponse { watch: Some(watch_to_proto(&watch)), created }))
+        Ok(Response::new(v1::StartWatchResponse {
+            watch: Some(watch_to_proto(&watch)),
+            created,
+        }))
     }
 
-    async fn get_watch(&self, request: Request<v1::GetWatchRequest>) -> Result<Response<v1::GetWatchResponse>, Status> {
+    async fn get_watch(
+        &self,
+        request: Request<v1::GetWatchRequest>,
+    ) -> Result<Response<v1::GetWatchResponse>, Status> {
         let tenant = tenant(&request)?;
         let id = WatchId::parse("watch_id", &request.get_ref().watch_id)?;
         let watch = self.service.get_watch(&tenant, &id).await?;
-        Ok(Response::new(v1::GetWatchResponse { watch: Some(watch_to_proto(&watch)) }))
+        Ok(Response::new(v1::GetWatchResponse {
+            watch: Some(watch_to_proto(&watch)),
+        }))
     }
 
     async fn list_watches(
@@ -255,7 +331,9 @@ impl WatchService for WatchApi {
             Ok(v1::WatchState::TimedOut) => Some(WatchState::TimedOut),
             Ok(v1::WatchState::Cancelled) => Some(WatchState::Cancelled),
             Ok(v1::WatchState::Failed) => Some(WatchState::Failed),
-            Err(_) => return Err(Error::invalid("state", format!("unknown value {}", r.state)).into()),
+            Err(_) => {
+                return Err(Error::invalid("state", format!("unknown value {}", r.state)).into());
+            }
         };
         let labels: watch::Labels = r.labels.clone().into_iter().collect();
         watch::validate_labels("labels", &labels)?;
@@ -263,7 +341,12 @@ impl WatchService for WatchApi {
             "" => None,
             token => Some(WatchId::parse("page_token", token)?),
         };
-        let list = ListWatches { state, labels, page_size: r.page_size as usize, page_token };
+        let list = ListWatches {
+            state,
+            labels,
+            page_size: r.page_size as usize,
+            page_token,
+        };
         let (watches, next) = self.service.list_watches(&tenant, list).await?;
         Ok(Response::new(v1::ListWatchesResponse {
             watches: watches.iter().map(watch_to_proto).collect(),
@@ -279,10 +362,19 @@ impl WatchService for WatchApi {
         let r = request.get_ref();
         let id = WatchId::parse("watch_id", &r.watch_id)?;
         if r.reason.len() > MAX_REASON_BYTES {
-            return Err(Error::invalid("reason", format!("must be at most {MAX_REASON_BYTES} bytes")).into());
+            return Err(Error::invalid(
+                "reason",
+                format!("must be at most {MAX_REASON_BYTES} bytes"),
+            )
+            .into());
         }
-        let watch = self.service.cancel_watch(&tenant, &id, r.reason.clone()).await?;
-        Ok(Response::new(v1::CancelWatchResponse { watch: Some(watch_to_proto(&watch)) }))
+        let watch = self
+            .service
+            .cancel_watch(&tenant, &id, r.reason.clone())
+            .await?;
+        Ok(Response::new(v1::CancelWatchResponse {
+            watch: Some(watch_to_proto(&watch)),
+        }))
     }
 
     type StreamWatchEventsStream = EventStream;
@@ -294,7 +386,10 @@ impl WatchService for WatchApi {
         let tenant = tenant(&request)?;
         let r = request.get_ref();
         let id = WatchId::parse("watch_id", &r.watch_id)?;
-        let events = self.service.stream_events(&tenant, &id, r.after_seq).await?;
+        let events = self
+            .service
+            .stream_events(&tenant, &id, r.after_seq)
+            .await?;
         let stream = events.map(|item| item.map(|e| event_to_proto(&e)).map_err(Status::from));
         Ok(Response::new(Box::pin(stream)))
     }
@@ -307,7 +402,10 @@ impl IngestService for IngestApi {
         request: Request<v1::IngestS3EventsRequest>,
     ) -> Result<Response<v1::IngestS3EventsResponse>, Status> {
         let tenant = tenant(&request)?;
-        let report = self.service.ingest(&tenant, &request.get_ref().documents).await?;
+        let report = self
+            .service
+            .ingest(&tenant, &request.get_ref().documents)
+            .await?;
         Ok(Response::new(v1::IngestS3EventsResponse {
             records: report.records,
             matched: report.matched,

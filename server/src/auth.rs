@@ -48,7 +48,10 @@ pub struct Tenants {
 #[derive(Debug, thiserror::Error)]
 pub enum TenantsError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
 }
@@ -56,44 +59,75 @@ pub enum TenantsError {
 impl Tenants {
     /// One tenant, `default`, allowed every bucket, with no token.
     pub fn open() -> Self {
-        let id = TenantId::parse("tenant", DEFAULT_TENANT).unwrap_or_else(|_| unreachable!("constant is valid"));
-        Self { tenants: vec![Tenant { id, token_digests: Vec::new(), buckets: vec![WildMatch::new("*")] }], open: true }
+        let id = TenantId::parse("tenant", DEFAULT_TENANT)
+            .unwrap_or_else(|_| unreachable!("constant is valid"));
+        Self {
+            tenants: vec![Tenant {
+                id,
+                token_digests: Vec::new(),
+                buckets: vec![WildMatch::new("*")],
+            }],
+            open: true,
+        }
     }
 
     pub fn load(path: &Path) -> Result<Self, TenantsError> {
         let shown = path.display().to_string();
-        let raw = std::fs::read_to_string(path).map_err(|source| TenantsError::Read { path: shown.clone(), source })?;
-        Self::parse(&raw).map_err(|message| TenantsError::Invalid { path: shown, message })
+        let raw = std::fs::read_to_string(path).map_err(|source| TenantsError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        Self::parse(&raw).map_err(|message| TenantsError::Invalid {
+            path: shown,
+            message,
+        })
     }
 
     pub fn parse(raw: &str) -> Result<Self, String> {
         let file: TenantsFile = toml::from_str(raw).map_err(|e| e.to_string())?;
         let mut tenants: Vec<Tenant> = Vec::new();
         for (i, entry) in file.tenant.into_iter().enumerate() {
-            let id = TenantId::parse(&format!("tenant[{i}].id"), &entry.id).map_err(|e| e.to_string())?;
+            let id = TenantId::parse(&format!("tenant[{i}].id"), &entry.id)
+                .map_err(|e| e.to_string())?;
             if tenants.iter().any(|t| t.id == id) {
                 return Err(format!("tenant[{i}].id: {id} appears twice"));
             }
             let mut token_digests = Vec::new();
             for (j, hex_digest) in entry.token_sha256.iter().enumerate() {
-                let bytes = hex::decode(hex_digest.trim()).ok().and_then(|b| <[u8; 32]>::try_from(b).ok());
-                let digest =
-                    bytes.ok_or_else(|| format!("tenant[{i}].token_sha256[{j}]: not a hex SHA-256 digest (64 hex digits)"))?;
+                let bytes = hex::decode(hex_digest.trim())
+                    .ok()
+                    .and_then(|b| <[u8; 32]>::try_from(b).ok());
+                let digest = bytes.ok_or_else(|| {
+                    format!(
+                        "tenant[{i}].token_sha256[{j}]: not a hex SHA-256 digest (64 hex digits)"
+                    )
+                })?;
                 token_digests.push(digest);
             }
             if token_digests.is_empty() {
-                return Err(format!("tenant[{i}].token_sha256: a tenant needs at least one token"));
+                return Err(format!(
+                    "tenant[{i}].token_sha256: a tenant needs at least one token"
+                ));
             }
             if entry.buckets.is_empty() {
-                return Err(format!("tenant[{i}].buckets: a tenant needs at least one bucket pattern"));
+                return Err(format!(
+                    "tenant[{i}].buckets: a tenant needs at least one bucket pattern"
+                ));
             }
             let buckets = entry.buckets.iter().map(|p| WildMatch::new(p)).collect();
-            tenants.push(Tenant { id, token_digests, buckets });
+            tenants.push(Tenant {
+                id,
+                token_digests,
+                buckets,
+            });
         }
         if tenants.is_empty() {
             return Err("no [[tenant]] entries".into());
         }
-        Ok(Self { tenants, open: false })
+        Ok(Self {
+            tenants,
+            open: false,
+        })
     }
 
     /// Whether this is the token-less single-tenant mode.
@@ -106,11 +140,15 @@ impl Tenants {
         if self.open {
             return Ok(self.tenants[0].id.clone());
         }
-        let header = authorization.ok_or_else(|| Error::Unauthenticated("missing authorization: Bearer <token>".into()))?;
+        let header = authorization.ok_or_else(|| {
+            Error::Unauthenticated("missing authorization: Bearer <token>".into())
+        })?;
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
-            .ok_or_else(|| Error::Unauthenticated("authorization must be `Bearer <token>`".into()))?;
+            .ok_or_else(|| {
+                Error::Unauthenticated("authorization must be `Bearer <token>`".into())
+            })?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
         // Compare against every digest, so timing does not tell which tenant came close.
         let mut found = None;
@@ -121,12 +159,16 @@ impl Tenants {
                 }
             }
         }
-        found.cloned().ok_or_else(|| Error::Unauthenticated("unknown token".into()))
+        found
+            .cloned()
+            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
     }
 
     /// Whether `tenant` may watch (and ingest notifications for) `bucket`.
     pub fn allows(&self, tenant: &TenantId, bucket: &str) -> bool {
-        self.tenants.iter().any(|t| &t.id == tenant && t.buckets.iter().any(|p| p.matches(bucket)))
+        self.tenants
+            .iter()
+            .any(|t| &t.id == tenant && t.buckets.iter().any(|p| p.matches(bucket)))
     }
 }
 
@@ -143,11 +185,19 @@ impl AuthInterceptor {
 }
 
 impl tonic::service::Interceptor for AuthInterceptor {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        let header = request.metadata().get(streamwatch::AUTHORIZATION_HEADER).map(|v| v.to_str());
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        let header = request
+            .metadata()
+            .get(streamwatch::AUTHORIZATION_HEADER)
+            .map(|v| v.to_str());
         let header = match header {
             Some(Ok(v)) => Some(v),
-            Some(Err(_)) => return Err(tonic::Status::unauthenticated("authorization is not ASCII")),
+            Some(Err(_)) => {
+                return Err(tonic::Status::unauthenticated("authorization is not ASCII"));
+            }
             None => None,
         };
         let tenant = self.tenants.authenticate(header)?;
@@ -177,11 +227,32 @@ mod tests {
     #[test]
     fn tokens_map_to_their_tenant() {
         let tenants = two_tenants();
-        assert_eq!(tenants.authenticate(Some("Bearer acme-secret")).unwrap().as_str(), "acme");
-        assert_eq!(tenants.authenticate(Some("Bearer globex-secret")).unwrap().as_str(), "globex");
-        assert!(matches!(tenants.authenticate(Some("Bearer nope")), Err(Error::Unauthenticated(_))));
-        assert!(matches!(tenants.authenticate(None), Err(Error::Unauthenticated(_))));
-        assert!(matches!(tenants.authenticate(Some("acme-secret")), Err(Error::Unauthenticated(_))));
+        assert_eq!(
+            tenants
+                .authenticate(Some("Bearer acme-secret"))
+                .unwrap()
+                .as_str(),
+            "acme"
+        );
+        assert_eq!(
+            tenants
+                .authenticate(Some("Bearer globex-secret"))
+                .unwrap()
+                .as_str(),
+            "globex"
+        );
+        assert!(matches!(
+            tenants.authenticate(Some("Bearer nope")),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            tenants.authenticate(None),
+            Err(Error::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            tenants.authenticate(Some("acme-secret")),
+            Err(Error::Unauthenticated(_))
+        ));
     }
 
     #[test]
@@ -197,9 +268,16 @@ mod tests {
 
     #[test]
     fn bad_files_name_what_is_wrong() {
-        let err = Tenants::parse("[[tenant]]\nid = \"a\"\ntoken_sha256 = [\"xyz\"]\nbuckets = [\"*\"]\n").err().unwrap();
+        let err =
+            Tenants::parse("[[tenant]]\nid = \"a\"\ntoken_sha256 = [\"xyz\"]\nbuckets = [\"*\"]\n")
+                .err()
+                .unwrap();
         assert!(err.contains("token_sha256[0]"), "{err}");
-        let err = Tenants::parse("[[tenant]]\nid = \"a\"\ntoken_sha256 = []\nbuckets = [\"*\"]\nextra = 1\n").err().unwrap();
+        let err = Tenants::parse(
+            "[[tenant]]\nid = \"a\"\ntoken_sha256 = []\nbuckets = [\"*\"]\nextra = 1\n",
+        )
+        .err()
+        .unwrap();
         assert!(err.contains("extra"), "{err}");
         let err = Tenants::parse("").err().unwrap();
         assert!(err.contains("no [[tenant]]"), "{err}");

@@ -5,7 +5,19 @@
 use std::{fmt, time::Duration};
 
 /// Milliseconds since the Unix epoch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 #[serde(transparent)]
 pub struct Timestamp(i64);
 
@@ -20,7 +32,10 @@ impl Timestamp {
 
     /// `self + d`, saturating (validated durations never come close).
     pub fn add(self, d: Duration) -> Self {
-        Self(self.0.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        Self(
+            self.0
+                .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+        )
     }
 
     /// How long from `self` until `later`; zero when `later` is not after `self`.
@@ -31,7 +46,8 @@ impl Timestamp {
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let system = std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
+        let system =
+            std::time::UNIX_EPOCH + Duration::from_millis(u64::try_from(self.0).unwrap_or(0));
         write!(f, "{}", humantime::format_rfc3339_millis(system))
     }
 }
@@ -49,12 +65,17 @@ impl Clock {
         let wall = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        Self::starting_at(Timestamp::from_millis(i64::try_from(wall.as_millis()).unwrap_or(i64::MAX)))
+        Self::starting_at(Timestamp::from_millis(
+            i64::try_from(wall.as_millis()).unwrap_or(i64::MAX),
+        ))
     }
 
     /// Anchors at `wall` (tests use this for reproducible instants).
     pub fn starting_at(wall: Timestamp) -> Self {
-        Self { anchor_wall: wall, anchor: tokio::time::Instant::now() }
+        Self {
+            anchor_wall: wall,
+            anchor: tokio::time::Instant::now(),
+        }
     }
 
     pub fn now(&self) -> Timestamp {

@@ -28,7 +28,10 @@ pub enum Error {
 
 impl Error {
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Self::InvalidArgument { field: field.to_owned(), message: message.into() }
+        Self::InvalidArgument {
+            field: field.to_owned(),
+            message: message.into(),
+        }
     }
 }
 
@@ -41,7 +44,9 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::Unavailable(m) => tonic::Status::unavailable(m),
-            Error::Store(StoreError::Closed) => tonic::Status::unavailable("the server is shutting down"),
+            Error::Store(StoreError::Closed) => {
+                tonic::Status::unavailable("the server is shutting down")
+            }
             Error::Store(e) => {
                 tracing::error!(error = %e, "store failure");
                 tonic::Status::internal("internal error")

@@ -40,15 +40,26 @@ pub struct Hub {
 
 impl Hub {
     pub fn new(store: Arc<dyn Store>, clock: Clock, shutdown: CancellationToken) -> Self {
-        Self { store, clock, channels: Mutex::new(HashMap::new()), shutdown, lagged_total: AtomicU64::new(0) }
+        Self {
+            store,
+            clock,
+            channels: Mutex::new(HashMap::new()),
+            shutdown,
+            lagged_total: AtomicU64::new(0),
+        }
     }
 
     /// Hands committed events to the live subscribers of their watch.
     pub fn publish(&self, events: &[WatchEvent]) {
         let Some(first) = events.first() else { return };
-        let key = WatchKey { tenant: first.tenant.clone(), id: first.watch_id.clone() };
+        let key = WatchKey {
+            tenant: first.tenant.clone(),
+            id: first.watch_id.clone(),
+        };
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sender) = channels.get(&key) else { return };
+        let Some(sender) = channels.get(&key) else {
+            return;
+        };
         if sender.receiver_count() == 0 {
             channels.remove(&key);
             return;
@@ -61,13 +72,20 @@ impl Hub {
 
     fn live(&self, key: &WatchKey) -> broadcast::Receiver<Arc<WatchEvent>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels.entry(key.clone()).or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0).subscribe()
+        channels
+            .entry(key.clone())
+            .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+            .subscribe()
     }
 
     /// Streams `watch`'s events after `after_seq`: the log first, then live.
     /// Ends after the terminal event once no late window is open; ends with
     /// UNAVAILABLE when the server shuts down.
-    pub fn subscribe(self: &Arc<Self>, watch: &Watch, after_seq: u64) -> ReceiverStream<Result<WatchEvent, Error>> {
+    pub fn subscribe(
+        self: &Arc<Self>,
+        watch: &Watch,
+        after_seq: u64,
+    ) -> ReceiverStream<Result<WatchEvent, Error>> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let live = self.live(&watch.key());
         let subscription = Subscription {
@@ -146,7 +164,12 @@ impl Subscription {
     /// Delivers every logged event after the cursor.
     async fn catch_up(&mut self) -> Flow {
         loop {
-            let page = match self.hub.store.events_after(&self.key.tenant, &self.key.id, self.cursor, LOG_PAGE).await {
+            let page = match self
+                .hub
+                .store
+                .events_after(&self.key.tenant, &self.key.id, self.cursor, LOG_PAGE)
+                .await
+            {
                 Ok(page) => page,
                 Err(e) => {
                     let _ = self.tx.send(Err(e.into())).await;
@@ -163,18 +186,30 @@ impl Subscription {
                 break;
             }
         }
-        if self.closed_now() { Flow::Stop } else { Flow::Continue }
+        if self.closed_now() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
     }
 
     async fn deliver(&mut self, event: WatchEvent) -> Flow {
         self.cursor = event.seq;
         match &event.kind {
-            EventKind::Completed { .. } => self.ends_at = Some(self.late_window.map_or(event.time, |w| event.time.add(w))),
-            EventKind::TimedOut { .. } | EventKind::Cancelled { .. } => self.ends_at = Some(event.time),
+            EventKind::Completed { .. } => {
+                self.ends_at = Some(self.late_window.map_or(event.time, |w| event.time.add(w)))
+            }
+            EventKind::TimedOut { .. } | EventKind::Cancelled { .. } => {
+                self.ends_at = Some(event.time)
+            }
             EventKind::Reopened { .. } => self.ends_at = None,
             _ => {}
         }
-        if self.tx.send(Ok(event)).await.is_err() { Flow::Stop } else { Flow::Continue }
+        if self.tx.send(Ok(event)).await.is_err() {
+            Flow::Stop
+        } else {
+            Flow::Continue
+        }
     }
 }
 

@@ -107,24 +107,35 @@ fn kind_of(event_name: &str) -> NotificationKind {
 /// Parses one notification document.
 pub fn parse_document(raw: &str) -> Result<Document, String> {
     if raw.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!("document is {} bytes; at most {MAX_DOCUMENT_BYTES}", raw.len()));
+        return Err(format!(
+            "document is {} bytes; at most {MAX_DOCUMENT_BYTES}",
+            raw.len()
+        ));
     }
-    let value: serde_json::Value = serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
     parse_value(&value, 0)
 }
 
 fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, String> {
-    let obj = value.as_object().ok_or("a notification document must be a JSON object")?;
+    let obj = value
+        .as_object()
+        .ok_or("a notification document must be a JSON object")?;
     if obj.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
         return Ok(Document::Test);
     }
     if let Some(records) = obj.get("Records") {
-        let is_sns = records.as_array().and_then(|r| r.first()).is_some_and(|r| r.get("Sns").is_some());
+        let is_sns = records
+            .as_array()
+            .and_then(|r| r.first())
+            .is_some_and(|r| r.get("Sns").is_some());
         if is_sns {
-            let event = SnsEvent::deserialize(value).map_err(|e| format!("invalid SNS event: {e}"))?;
+            let event =
+                SnsEvent::deserialize(value).map_err(|e| format!("invalid SNS event: {e}"))?;
             let mut out = Vec::new();
             for record in event.records {
-                if let Document::Records(mut inner) = parse_sns_message(&record.sns.message, depth)? {
+                if let Document::Records(mut inner) = parse_sns_message(&record.sns.message, depth)?
+                {
                     out.append(&mut inner);
                 }
             }
@@ -135,8 +146,14 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
         for (i, record) in event.records.into_iter().enumerate() {
             let bucket = record.s3.bucket.name.filter(|b| !b.is_empty());
             let bucket = bucket.ok_or_else(|| format!("Records[{i}].s3.bucket.name is missing"))?;
-            let key = record.s3.object.key.ok_or_else(|| format!("Records[{i}].s3.object.key is missing"))?;
-            let name = record.event_name.ok_or_else(|| format!("Records[{i}].eventName is missing"))?;
+            let key = record
+                .s3
+                .object
+                .key
+                .ok_or_else(|| format!("Records[{i}].s3.object.key is missing"))?;
+            let name = record
+                .event_name
+                .ok_or_else(|| format!("Records[{i}].eventName is missing"))?;
             out.push(Notification {
                 bucket,
                 key: decode_key(&key).map_err(|e| format!("Records[{i}].s3.object.{e}"))?,
@@ -146,15 +163,21 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
         }
         return Ok(Document::Records(out));
     }
-    if obj.get("Type").and_then(|t| t.as_str()) == Some("Notification") && obj.contains_key("Message") {
-        let message = SnsMessage::deserialize(value).map_err(|e| format!("invalid SNS envelope: {e}"))?;
+    if obj.get("Type").and_then(|t| t.as_str()) == Some("Notification")
+        && obj.contains_key("Message")
+    {
+        let message =
+            SnsMessage::deserialize(value).map_err(|e| format!("invalid SNS envelope: {e}"))?;
         return parse_sns_message(&message.message, depth);
     }
     if obj.contains_key("detail-type") && obj.contains_key("detail") {
         let event = EventBridgeEvent::<S3Detail>::deserialize(value)
             .map_err(|e| format!("invalid EventBridge S3 event: {e}"))?;
         if event.source != "aws.s3" {
-            return Err(format!("EventBridge source {:?} is not aws.s3", event.source));
+            return Err(format!(
+                "EventBridge source {:?} is not aws.s3",
+                event.source
+            ));
         }
         let kind = match event.detail_type.as_str() {
             "Object Created" => NotificationKind::Created,
@@ -198,7 +221,10 @@ impl Routes {
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
         let routes = map.entry(bucket.clone()).or_default();
         if !routes.iter().any(|r| &r.key == key) {
-            routes.push(Route { key: key.clone(), prefix: prefix.clone() });
+            routes.push(Route {
+                key: key.clone(),
+                prefix: prefix.clone(),
+            });
         }
     }
 
@@ -214,7 +240,11 @@ impl Routes {
 
     /// Whether a routed batch for `key` is not yet recorded.
     pub fn in_flight(&self, key: &WatchKey) -> bool {
-        self.in_flight.lock().unwrap_or_else(|p| p.into_inner()).get(key).is_some_and(|n| *n > 0)
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(key)
+            .is_some_and(|n| *n > 0)
     }
 
     fn begin(self: &Arc<Self>, keys: Vec<WatchKey>) -> InFlight {
@@ -222,7 +252,10 @@ impl Routes {
         for k in &keys {
             *map.entry(k.clone()).or_default() += 1;
         }
-        InFlight { routes: self.clone(), keys }
+        InFlight {
+            routes: self.clone(),
+            keys,
+        }
     }
 }
 
@@ -234,7 +267,11 @@ struct InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut map = self.routes.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self
+            .routes
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         for k in &self.keys {
             if let Some(n) = map.get_mut(k) {
                 *n -= 1;
@@ -269,9 +306,16 @@ pub struct Ingest {
 
 impl Ingest {
     /// Parses, authorizes, routes and records `documents` sent by `caller`.
-    pub async fn ingest(&self, caller: &TenantId, documents: &[String]) -> Result<IngestReport, Error> {
+    pub async fn ingest(
+        &self,
+        caller: &TenantId,
+        documents: &[String],
+    ) -> Result<IngestReport, Error> {
         if documents.len() > MAX_DOCUMENTS {
-            return Err(Error::invalid("documents", format!("{} documents; at most {MAX_DOCUMENTS}", documents.len())));
+            return Err(Error::invalid(
+                "documents",
+                format!("{} documents; at most {MAX_DOCUMENTS}", documents.len()),
+            ));
         }
         let mut report = IngestReport::default();
         let mut notifications = Vec::new();
@@ -280,15 +324,23 @@ impl Ingest {
             match parse_document(raw) {
                 Ok(Document::Test) => report.ignored += 1,
                 Ok(Document::Records(records)) => {
-                    if let Some(b) = records.iter().find(|n| !self.tenants.allows(caller, &n.bucket)) {
-                        report.rejected.push((index, format!("bucket {:?} is not allowed for this tenant", b.bucket)));
+                    if let Some(b) = records
+                        .iter()
+                        .find(|n| !self.tenants.allows(caller, &n.bucket))
+                    {
+                        report.rejected.push((
+                            index,
+                            format!("bucket {:?} is not allowed for this tenant", b.bucket),
+                        ));
                         continue;
                     }
                     notifications.extend(records);
                     if notifications.len() > MAX_RECORDS {
                         return Err(Error::invalid(
                             "documents",
-                            format!("more than {MAX_RECORDS} records in one call; nothing was recorded"),
+                            format!(
+                                "more than {MAX_RECORDS} records in one call; nothing was recorded"
+                            ),
                         ));
                     }
                 }
@@ -300,7 +352,11 @@ impl Ingest {
         let mut activities = Vec::new();
         let mut owners = Vec::new();
         {
-            let map = self.routes.by_bucket.read().unwrap_or_else(|p| p.into_inner());
+            let map = self
+                .routes
+                .by_bucket
+                .read()
+                .unwrap_or_else(|p| p.into_inner());
             for (i, n) in notifications.iter().enumerate() {
                 let kind = match n.kind {
                     NotificationKind::Created => ActivityKind::Created,
@@ -310,10 +366,14 @@ impl Ingest {
                         continue;
                     }
                 };
-                let routes = Bucket::parse("bucket", &n.bucket).ok().and_then(|b| map.get(&b));
+                let routes = Bucket::parse("bucket", &n.bucket)
+                    .ok()
+                    .and_then(|b| map.get(&b));
                 let mut matched = false;
                 for route in routes.into_iter().flatten() {
-                    if route.prefix.matches(&n.key) && self.tenants.allows(&route.key.tenant, &n.bucket) {
+                    if route.prefix.matches(&n.key)
+                        && self.tenants.allows(&route.key.tenant, &n.bucket)
+                    {
                         matched = true;
                         owners.push(i);
                         activities.push(Activity {
@@ -335,8 +395,13 @@ impl Ingest {
         if activities.is_empty() {
             return Ok(report);
         }
-        let mut keys: Vec<WatchKey> =
-            activities.iter().map(|a| WatchKey { tenant: a.tenant.clone(), id: a.watch_id.clone() }).collect();
+        let mut keys: Vec<WatchKey> = activities
+            .iter()
+            .map(|a| WatchKey {
+                tenant: a.tenant.clone(),
+                id: a.watch_id.clone(),
+            })
+            .collect();
         keys.sort();
         keys.dedup();
         let in_flight = self.routes.begin(keys.clone());

@@ -24,7 +24,9 @@ pub mod watch;
 use std::{future::Future, sync::Arc};
 
 use anyhow::Context;
-use streamwatch::v1::{ingest_service_server::IngestServiceServer, watch_service_server::WatchServiceServer};
+use streamwatch::v1::{
+    ingest_service_server::IngestServiceServer, watch_service_server::WatchServiceServer,
+};
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
@@ -43,7 +45,11 @@ use crate::{
 
 /// Serves on `listener` until `shutdown` resolves, then ends open streams with
 /// UNAVAILABLE, drains calls for up to `config.shutdown_grace`, and flushes the store.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     serve_with_clock(config, listener, Clock::new(), shutdown).await
 }
 
@@ -67,15 +73,24 @@ pub async fn serve_with_clock(
     }
     let tenants = Arc::new(tenants);
     let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data).with_context(|| format!("cannot open the store {}", config.data.display()))?,
+        SqliteStore::open(&config.data)
+            .with_context(|| format!("cannot open the store {}", config.data.display()))?,
     );
     let streams_end = CancellationToken::new();
     let observer_end = CancellationToken::new();
     let routes = Arc::new(Routes::default());
     let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
-    let (mut observer, observer_handle) = Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
-    let recovered = observer.recover().await.context("cannot resume the live watches")?;
-    tracing::info!(live_watches = recovered, live_now = observer.len(), "observer resumed");
+    let (mut observer, observer_handle) =
+        Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
+    let recovered = observer
+        .recover()
+        .await
+        .context("cannot resume the live watches")?;
+    tracing::info!(
+        live_watches = recovered,
+        live_now = observer.len(),
+        "observer resumed"
+    );
     let observer_task = tokio::spawn(observer.run(observer_end.clone()));
 
     let ingest = Ingest {
@@ -86,7 +101,14 @@ pub async fn serve_with_clock(
         tenants: tenants.clone(),
         clock,
     };
-    let service = Arc::new(Service { store: store.clone(), hub, observer: observer_handle, ingest, tenants: tenants.clone(), clock });
+    let service = Arc::new(Service {
+        store: store.clone(),
+        hub,
+        observer: observer_handle,
+        ingest,
+        tenants: tenants.clone(),
+        clock,
+    });
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
@@ -106,9 +128,17 @@ pub async fn serve_with_clock(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WatchServiceServer::with_interceptor(WatchApi::new(service.clone()), auth.clone()))
-        .add_service(IngestServiceServer::with_interceptor(IngestApi::new(service), auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_end.cancelled().await });
+        .add_service(WatchServiceServer::with_interceptor(
+            WatchApi::new(service.clone()),
+            auth.clone(),
+        ))
+        .add_service(IngestServiceServer::with_interceptor(
+            IngestApi::new(service),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            server_end.cancelled().await
+        });
     tracing::info!(%addr, data = %config.data.display(), "serving");
 
     tokio::pin!(server);

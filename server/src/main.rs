@@ -9,8 +9,9 @@ use streamwatch_server::{config::Config, serve, telemetry};
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     telemetry::init(&config.log_format);
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.with_context(|| format!("cannot listen on {}", config.listen))?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
     serve(config, listener, shutdown_signal()).await
 }
 

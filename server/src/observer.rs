@@ -30,8 +30,15 @@ const MAX_CONFLICTS: usize = 16;
 
 enum Command {
     Arm(Box<Watch>, oneshot::Sender<()>),
-    Activity { updated: Vec<Watch>, touched: Vec<WatchKey> },
-    Cancel { key: WatchKey, reason: String, reply: oneshot::Sender<Result<Watch, Error>> },
+    Activity {
+        updated: Vec<Watch>,
+        touched: Vec<WatchKey>,
+    },
+    Cancel {
+        key: WatchKey,
+        reason: String,
+        reply: oneshot::Sender<Result<Watch, Error>>,
+    },
 }
 
 /// The way in to the observer task.
@@ -44,7 +51,10 @@ impl ObserverHandle {
     /// Starts timing a new watch; returns once ingest routes to it.
     pub async fn arm(&self, watch: Watch) -> Result<(), Error> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Arm(Box::new(watch), reply)).await.map_err(|_| stopped())?;
+        self.tx
+            .send(Command::Arm(Box::new(watch), reply))
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())
     }
 
@@ -57,7 +67,10 @@ impl ObserverHandle {
 
     pub async fn cancel(&self, key: WatchKey, reason: String) -> Result<Watch, Error> {
         let (reply, rx) = oneshot::channel();
-        self.tx.send(Command::Cancel { key, reason, reply }).await.map_err(|_| stopped())?;
+        self.tx
+            .send(Command::Cancel { key, reason, reply })
+            .await
+            .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 }
@@ -82,10 +95,22 @@ pub struct Observer {
 }
 
 impl Observer {
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, routes: Arc<Routes>, clock: Clock) -> (Self, ObserverHandle) {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        routes: Arc<Routes>,
+        clock: Clock,
+    ) -> (Self, ObserverHandle) {
         let (tx, rx) = mpsc::channel(1024);
-        let observer =
-            Self { store, hub, routes, clock, rx, queue: DelayQueue::new(), watches: HashMap::new() };
+        let observer = Self {
+            store,
+            hub,
+            routes,
+            clock,
+            rx,
+            queue: DelayQueue::new(),
+            watches: HashMap::new(),
+        };
         (observer, ObserverHandle { tx })
     }
 
@@ -150,7 +175,9 @@ impl Observer {
                 for watch in updated {
                     let key = watch.key();
                     match self.watches.get_mut(&key) {
-                        Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
+                        Some(entry) if entry.watch.last_seq <= watch.last_seq => {
+                            entry.watch = watch
+                        }
                         Some(_) => {}
                         None if watch.accepts_activity(self.clock.now()) => self.insert(watch),
                         None => {}
@@ -189,7 +216,9 @@ impl Observer {
 
     fn schedule(&mut self, key: &WatchKey, at: Timestamp) {
         let instant = self.clock.instant_at(at);
-        let Some(entry) = self.watches.get_mut(key) else { return };
+        let Some(entry) = self.watches.get_mut(key) else {
+            return;
+        };
         match &entry.timer {
             Some(timer) => self.queue.reset_at(timer, instant),
             None => entry.timer = Some(self.queue.insert_at(key.clone(), instant)),
@@ -205,7 +234,9 @@ impl Observer {
     /// Asks the policy about one watch and carries out its decision.
     async fn evaluate(&mut self, key: &WatchKey) {
         for _ in 0..MAX_CONFLICTS {
-            let Some(entry) = self.watches.get(key) else { return };
+            let Some(entry) = self.watches.get(key) else {
+                return;
+            };
             if self.routes.in_flight(key) {
                 // The batch on its way reports back when recorded; decide then.
                 return;
@@ -217,7 +248,11 @@ impl Observer {
                 Some(lifecycle) => {
                     let guard = Guard::exact(&entry.watch);
                     let (tenant, id) = (entry.watch.tenant.clone(), entry.watch.id.clone());
-                    match self.store.apply(&tenant, &id, guard, lifecycle, decision.events, now).await {
+                    match self
+                        .store
+                        .apply(&tenant, &id, guard, lifecycle, decision.events, now)
+                        .await
+                    {
                         Ok(Some(Applied::Done { watch, events })) => {
                             if let Some(e) = events.iter().find(|e| e.kind.is_terminal()) {
                                 tracing::info!(tenant = %tenant, watch_id = %id, seq = e.seq,
@@ -261,7 +296,11 @@ impl Observer {
     async fn cancel(&mut self, key: &WatchKey, reason: String) -> Result<Watch, Error> {
         let mut current = match self.watches.get(key) {
             Some(entry) => entry.watch.clone(),
-            None => self.store.get_watch(&key.tenant, &key.id).await?.ok_or(Error::NotFound)?,
+            None => self
+                .store
+                .get_watch(&key.tenant, &key.id)
+                .await?
+                .ok_or(Error::NotFound)?,
         };
         for _ in 0..MAX_CONFLICTS {
             if current.state() != WatchState::Active {
@@ -278,9 +317,19 @@ impl Observer {
                 reason: reason.clone(),
                 ..current.lifecycle.clone()
             };
-            let guard = Guard { state: WatchState::Active, generation: current.lifecycle.generation, activity: None };
-            let events = vec![crate::watch::EventKind::Cancelled { reason: reason.clone() }];
-            match self.store.apply(&key.tenant, &key.id, guard, lifecycle, events, now).await? {
+            let guard = Guard {
+                state: WatchState::Active,
+                generation: current.lifecycle.generation,
+                activity: None,
+            };
+            let events = vec![crate::watch::EventKind::Cancelled {
+                reason: reason.clone(),
+            }];
+            match self
+                .store
+                .apply(&key.tenant, &key.id, guard, lifecycle, events, now)
+                .await?
+            {
                 Some(Applied::Done { watch, events }) => {
                     self.hub.publish(&events);
                     self.forget(key);
@@ -290,6 +339,8 @@ impl Observer {
                 None => return Err(Error::NotFound),
             }
         }
-        Err(Error::Unavailable("the watch is changing too fast to cancel; retry".into()))
+        Err(Error::Unavailable(
+            "the watch is changing too fast to cancel; retry".into(),
+        ))
     }
 }

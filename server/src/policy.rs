@@ -38,7 +38,9 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Self {
-            rule: Rule::QuietPeriod { window: DEFAULT_QUIET_WINDOW },
+            rule: Rule::QuietPeriod {
+                window: DEFAULT_QUIET_WINDOW,
+            },
             min_objects: 0,
             timeout: None,
             late_window: None,
@@ -49,11 +51,18 @@ impl Default for Policy {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Rule {
     /// Sample the activity count every delay; complete after `max_repeats` unchanged samples.
-    Polling { delay: Duration, max_repeats: u32, schedule: DelaySchedule },
+    Polling {
+        delay: Duration,
+        max_repeats: u32,
+        schedule: DelaySchedule,
+    },
     /// Complete exactly `window` after the last activity.
     QuietPeriod { window: Duration },
     /// Complete once `objects` distinct objects landed (or, optionally, after a quiet window).
-    ExpectedCount { objects: u64, quiet_window: Option<Duration> },
+    ExpectedCount {
+        objects: u64,
+        quiet_window: Option<Duration>,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,7 +95,10 @@ pub fn check_duration(field: &str, d: Duration, max: Duration) -> Result<Duratio
         return Err(Error::invalid(field, "must be at least 1ms"));
     }
     if d > max {
-        return Err(Error::invalid(field, format!("must be at most {}", humantime::format_duration(max))));
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
     }
     Ok(d)
 }
@@ -95,18 +107,29 @@ impl Policy {
     /// Checks the limits a parsed policy must respect.
     pub fn validate(&self) -> Result<(), Error> {
         match &self.rule {
-            Rule::Polling { delay, max_repeats, .. } => {
+            Rule::Polling {
+                delay, max_repeats, ..
+            } => {
                 check_duration("policy.polling.delay", *delay, MAX_WINDOW)?;
                 if *max_repeats == 0 || *max_repeats > MAX_REPEATS {
-                    return Err(Error::invalid("policy.polling.max_repeats", format!("must be 1-{MAX_REPEATS}")));
+                    return Err(Error::invalid(
+                        "policy.polling.max_repeats",
+                        format!("must be 1-{MAX_REPEATS}"),
+                    ));
                 }
             }
             Rule::QuietPeriod { window } => {
                 check_duration("policy.quiet_period.window", *window, MAX_WINDOW)?;
             }
-            Rule::ExpectedCount { objects, quiet_window } => {
+            Rule::ExpectedCount {
+                objects,
+                quiet_window,
+            } => {
                 if *objects == 0 || *objects > MAX_OBJECTS {
-                    return Err(Error::invalid("policy.expected_count.objects", format!("must be 1-{MAX_OBJECTS}")));
+                    return Err(Error::invalid(
+                        "policy.expected_count.objects",
+                        format!("must be 1-{MAX_OBJECTS}"),
+                    ));
                 }
                 if let Some(w) = quiet_window {
                     check_duration("policy.expected_count.quiet_window", *w, MAX_WINDOW)?;
@@ -114,7 +137,10 @@ impl Policy {
             }
         }
         if self.min_objects > MAX_OBJECTS {
-            return Err(Error::invalid("policy.min_objects", format!("must be at most {MAX_OBJECTS}")));
+            return Err(Error::invalid(
+                "policy.min_objects",
+                format!("must be at most {MAX_OBJECTS}"),
+            ));
         }
         if let Some(t) = self.timeout {
             check_duration("policy.timeout", t, MAX_TIMEOUT)?;
@@ -144,7 +170,11 @@ pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecyc
         generation_started_at: at,
         completed_at: None,
         reason: String::new(),
-        polling: PollingProgress { repeated: 0, last_sample: activity, next_sample_at: None },
+        polling: PollingProgress {
+            repeated: 0,
+            last_sample: activity,
+            next_sample_at: None,
+        },
     }
 }
 
@@ -158,22 +188,42 @@ pub fn evaluate(watch: &Watch, now: Timestamp) -> Decision {
 }
 
 fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
-    let (Some(end), Some(completed_at)) = (watch.late_window_end(), watch.lifecycle.completed_at) else {
+    let (Some(end), Some(completed_at)) = (watch.late_window_end(), watch.lifecycle.completed_at)
+    else {
         return Decision::default();
     };
-    let late = watch.counters.last_activity_at.filter(|at| *at > completed_at && *at <= end);
+    let late = watch
+        .counters
+        .last_activity_at
+        .filter(|at| *at > completed_at && *at <= end);
     let Some(late_at) = late else {
-        return Decision { wake_at: (now < end).then_some(end), ..Decision::default() };
+        return Decision {
+            wake_at: (now < end).then_some(end),
+            ..Decision::default()
+        };
     };
-    let lifecycle = fresh_lifecycle(watch.lifecycle.generation + 1, now, watch.counters.activity());
+    let lifecycle = fresh_lifecycle(
+        watch.lifecycle.generation + 1,
+        now,
+        watch.counters.activity(),
+    );
     let reason = format!(
         "activity at {late_at}, {} after completion, within the late window of {}",
         humantime::format_duration(completed_at.until(late_at)),
         humantime::format_duration(watch.policy.late_window.unwrap_or_default()),
     );
-    let reopened = Watch { lifecycle, ..watch.clone() };
+    let reopened = Watch {
+        lifecycle,
+        ..watch.clone()
+    };
     let mut next = evaluate_active(&reopened, now);
-    next.events.insert(0, EventKind::Reopened { object_count: watch.counters.object_count, reason });
+    next.events.insert(
+        0,
+        EventKind::Reopened {
+            object_count: watch.counters.object_count,
+            reason,
+        },
+    );
     next.lifecycle.get_or_insert(reopened.lifecycle);
     next
 }
@@ -185,7 +235,10 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
     let objects = counters.object_count;
     let enough = objects >= policy.min_objects;
     let timeout_at = policy.timeout.map(|t| life.generation_started_at.add(t));
-    let quiet_since = counters.last_activity_at.unwrap_or(life.generation_started_at).max(life.generation_started_at);
+    let quiet_since = counters
+        .last_activity_at
+        .unwrap_or(life.generation_started_at)
+        .max(life.generation_started_at);
 
     let complete = |reason: String, polling: PollingProgress| Decision {
         lifecycle: Some(Lifecycle {
@@ -195,21 +248,33 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             polling,
             ..life.clone()
         }),
-        events: vec![EventKind::Completed { object_count: objects, reason }],
+        events: vec![EventKind::Completed {
+            object_count: objects,
+            reason,
+        }],
         wake_at: policy.late_window.map(|w| now.add(w)),
     };
 
     let mut polling = life.polling;
     let mut events = Vec::new();
     let rule_wake = match &policy.rule {
-        Rule::ExpectedCount { objects: expected, quiet_window } => {
+        Rule::ExpectedCount {
+            objects: expected,
+            quiet_window,
+        } => {
             if objects >= *expected && enough {
-                return complete(format!("expected count reached: {objects} of {expected} objects"), polling);
+                return complete(
+                    format!("expected count reached: {objects} of {expected} objects"),
+                    polling,
+                );
             }
             match quiet_window.map(|w| quiet_since.add(w)) {
                 Some(deadline) if now >= deadline && enough => {
                     let w = humantime::format_duration(quiet_window.unwrap_or_default());
-                    return complete(format!("no activity for {w}; {objects} of {expected} expected objects"), polling);
+                    return complete(
+                        format!("no activity for {w}; {objects} of {expected} expected objects"),
+                        polling,
+                    );
                 }
                 Some(deadline) if now < deadline => Some(deadline),
                 _ => None,
@@ -224,8 +289,14 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             // Below min_objects only new activity (or the timeout) can change the outcome.
             (now < deadline).then_some(deadline)
         }
-        Rule::Polling { delay, max_repeats, schedule } => {
-            let due = polling.next_sample_at.unwrap_or_else(|| life.generation_started_at.add(schedule.delay(*delay, 0)));
+        Rule::Polling {
+            delay,
+            max_repeats,
+            schedule,
+        } => {
+            let due = polling
+                .next_sample_at
+                .unwrap_or_else(|| life.generation_started_at.add(schedule.delay(*delay, 0)));
             if now >= due {
                 let sample = counters.activity();
                 if sample == polling.last_sample {
@@ -241,8 +312,14 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
                 }
                 if polling.repeated >= *max_repeats && enough {
                     let mut done = complete(
-                        format!("count unchanged for {} samples; {objects} objects", polling.repeated),
-                        PollingProgress { next_sample_at: None, ..polling },
+                        format!(
+                            "count unchanged for {} samples; {objects} objects",
+                            polling.repeated
+                        ),
+                        PollingProgress {
+                            next_sample_at: None,
+                            ..polling
+                        },
                     );
                     events.append(&mut done.events);
                     done.events = events;
@@ -259,11 +336,20 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
     if timeout_at.is_some_and(|at| now >= at) {
         let t = humantime::format_duration(policy.timeout.unwrap_or_default());
         let reason = if enough {
-            format!("timed out after {t} with {objects} objects; min_objects ({}) was met", policy.min_objects)
+            format!(
+                "timed out after {t} with {objects} objects; min_objects ({}) was met",
+                policy.min_objects
+            )
         } else {
-            format!("timed out after {t} with {objects} objects; min_objects ({}) was not met", policy.min_objects)
+            format!(
+                "timed out after {t} with {objects} objects; min_objects ({}) was not met",
+                policy.min_objects
+            )
         };
-        events.push(EventKind::TimedOut { object_count: objects, reason: reason.clone() });
+        events.push(EventKind::TimedOut {
+            object_count: objects,
+            reason: reason.clone(),
+        });
         return Decision {
             lifecycle: Some(Lifecycle {
                 state: WatchState::TimedOut,
@@ -281,6 +367,469 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let lifecycle = (polling != life.polling).then(|| Lifecycle { polling, ..life.clone() });
-    Decision { lifecycle, events, wake_at }
+    let lifecycle = (polling != life.polling).then(|| Lifecycle {
+        polling,
+        ..life.clone()
+    });
+    Decision {
+        lifecycle,
+        events,
+        wake_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::{Bucket, Counters, Prefix, TenantId, WatchId};
+
+    const S: i64 = 1000;
+
+    fn at(secs: i64) -> Timestamp {
+        Timestamp::from_millis(secs * S)
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    fn watch(rule: Rule) -> Watch {
+        Watch {
+            tenant: TenantId::parse("t", "acme").unwrap(),
+            id: WatchId::generate(),
+            bucket: Bucket::parse("b", "data-lake").unwrap(),
+            prefix: Prefix::parse("p", "day=1/").unwrap(),
+            policy: Policy {
+                rule,
+                min_objects: 0,
+                timeout: None,
+                late_window: None,
+            },
+            labels: Default::default(),
+            client_token: None,
+            created_at: at(0),
+            lifecycle: fresh_lifecycle(1, at(0), 0),
+            counters: Counters::default(),
+            last_seq: 1,
+        }
+    }
+
+    /// Lands `n` new objects at `t`.
+    fn land(w: &mut Watch, n: u64, t: i64) {
+        w.counters.object_count += n;
+        w.counters.event_count += n;
+        w.counters.last_activity_at = Some(at(t));
+    }
+
+    /// Applies a decision the way the observer does.
+    fn apply(w: &mut Watch, d: &Decision) {
+        if let Some(l) = &d.lifecycle {
+            w.lifecycle = l.clone();
+        }
+    }
+
+    fn completed(d: &Decision) -> bool {
+        d.events
+            .iter()
+            .any(|e| matches!(e, EventKind::Completed { .. }))
+    }
+
+    #[test]
+    fn quiet_period_completes_exactly_at_last_activity_plus_window() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        land(&mut w, 3, 10);
+        let d = evaluate(&w, at(20));
+        assert!(d.events.is_empty());
+        assert_eq!(d.wake_at, Some(at(40)));
+        assert!(
+            !completed(&evaluate(&w, Timestamp::from_millis(40 * S - 1))),
+            "never a millisecond early"
+        );
+        let d = evaluate(&w, at(40));
+        assert!(completed(&d));
+        let life = d.lifecycle.unwrap();
+        assert_eq!(life.state, WatchState::Completed);
+        assert_eq!(life.completed_at, Some(at(40)));
+        assert!(
+            life.reason.contains("no activity for 30s"),
+            "{}",
+            life.reason
+        );
+    }
+
+    #[test]
+    fn quiet_period_deadline_moves_with_activity() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        land(&mut w, 1, 10);
+        assert_eq!(evaluate(&w, at(11)).wake_at, Some(at(40)));
+        land(&mut w, 1, 35);
+        let d = evaluate(&w, at(40));
+        assert!(!completed(&d));
+        assert_eq!(d.wake_at, Some(at(65)));
+    }
+
+    #[test]
+    fn quiet_period_with_no_activity_counts_from_the_start() {
+        let w = watch(Rule::QuietPeriod { window: secs(30) });
+        assert_eq!(evaluate(&w, at(0)).wake_at, Some(at(30)));
+        assert!(completed(&evaluate(&w, at(30))));
+    }
+
+    #[test]
+    fn min_objects_holds_completion_until_enough_objects_land() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        w.policy.min_objects = 5;
+        land(&mut w, 4, 10);
+        let d = evaluate(&w, at(100));
+        assert!(!completed(&d));
+        assert_eq!(
+            d.wake_at, None,
+            "only new activity can help; no timer needed"
+        );
+        land(&mut w, 1, 100);
+        assert!(!completed(&evaluate(&w, at(129))));
+        assert!(completed(&evaluate(&w, at(130))));
+    }
+
+    #[test]
+    fn expected_count_completes_the_moment_it_is_reached() {
+        let mut w = watch(Rule::ExpectedCount {
+            objects: 10,
+            quiet_window: None,
+        });
+        land(&mut w, 9, 5);
+        let d = evaluate(&w, at(5));
+        assert!(!completed(&d));
+        assert_eq!(d.wake_at, None);
+        land(&mut w, 1, 6);
+        let d = evaluate(&w, at(6));
+        assert!(completed(&d));
+        assert!(d.lifecycle.unwrap().reason.contains("10 of 10"));
+    }
+
+    #[test]
+    fn expected_count_falls_back_to_its_quiet_window() {
+        let mut w = watch(Rule::ExpectedCount {
+            objects: 10,
+            quiet_window: Some(secs(60)),
+        });
+        land(&mut w, 7, 5);
+        assert_eq!(evaluate(&w, at(6)).wake_at, Some(at(65)));
+        let d = evaluate(&w, at(65));
+        assert!(completed(&d));
+        assert!(d.lifecycle.unwrap().reason.contains("7 of 10 expected"));
+    }
+
+    #[test]
+    fn timeout_ends_the_watch_and_says_whether_min_objects_was_met() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        w.policy.timeout = Some(secs(100));
+        w.policy.min_objects = 10;
+        land(&mut w, 3, 90);
+        assert_eq!(
+            evaluate(&w, at(95)).wake_at,
+            Some(at(100)),
+            "the earlier of timeout and quiet deadline"
+        );
+        let d = evaluate(&w, at(100));
+        let life = d.lifecycle.clone().unwrap();
+        assert_eq!(life.state, WatchState::TimedOut);
+        assert!(life.reason.contains("was not met"), "{}", life.reason);
+        assert!(matches!(
+            d.events.as_slice(),
+            [EventKind::TimedOut {
+                object_count: 3,
+                ..
+            }]
+        ));
+
+        let mut w = watch(Rule::ExpectedCount {
+            objects: 100,
+            quiet_window: None,
+        });
+        w.policy.timeout = Some(secs(100));
+        land(&mut w, 50, 1);
+        let life = evaluate(&w, at(100)).lifecycle.unwrap();
+        assert!(
+            life.reason.contains("min_objects (0) was met"),
+            "{}",
+            life.reason
+        );
+    }
+
+    #[test]
+    fn polling_counts_unchanged_samples_and_resets_on_change() {
+        let rule = Rule::Polling {
+            delay: secs(10),
+            max_repeats: 3,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        assert_eq!(
+            evaluate(&w, at(0)).wake_at,
+            Some(at(10)),
+            "first sample one delay after start"
+        );
+        land(&mut w, 2, 5);
+        let d = evaluate(&w, at(10));
+        assert!(d.events.is_empty(), "a changed sample is no quiet tick");
+        apply(&mut w, &d);
+        assert_eq!(
+            w.lifecycle.polling,
+            PollingProgress {
+                repeated: 0,
+                last_sample: 2,
+                next_sample_at: Some(at(20))
+            }
+        );
+        for (t, k) in [(20, 1), (30, 2)] {
+            let d = evaluate(&w, at(t));
+            assert_eq!(
+                d.events,
+                vec![EventKind::QuietTick {
+                    object_count: 2,
+                    repeated: k,
+                    max_repeats: 3
+                }],
+                "sample at {t}s"
+            );
+            apply(&mut w, &d);
+        }
+        land(&mut w, 1, 35);
+        let d = evaluate(&w, at(40));
+        apply(&mut w, &d);
+        assert_eq!(
+            w.lifecycle.polling.repeated, 0,
+            "activity resets the repeat count"
+        );
+        let mut done = None;
+        for t in [50, 60, 70] {
+            let d = evaluate(&w, at(t));
+            apply(&mut w, &d);
+            if completed(&d) {
+                done = Some(t);
+                let kinds: Vec<_> = d.events.iter().map(EventKind::name).collect();
+                assert_eq!(kinds, ["quiet_tick", "completed"]);
+            }
+        }
+        assert_eq!(done, Some(70), "third unchanged sample completes");
+    }
+
+    #[test]
+    fn polling_before_its_sample_is_due_only_waits() {
+        let rule = Rule::Polling {
+            delay: secs(10),
+            max_repeats: 1,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        w.lifecycle.polling.next_sample_at = Some(at(10));
+        let d = evaluate(&w, at(9));
+        assert_eq!(
+            d,
+            Decision {
+                lifecycle: None,
+                events: vec![],
+                wake_at: Some(at(10))
+            }
+        );
+    }
+
+    #[test]
+    fn delay_schedules_follow_the_classic_formulas() {
+        let d = secs(60);
+        assert_eq!(DelaySchedule::Fixed.delay(d, 5), secs(60));
+        assert_eq!(DelaySchedule::Divide.delay(d, 0), secs(60));
+        assert_eq!(DelaySchedule::Divide.delay(d, 1), secs(60));
+        assert_eq!(DelaySchedule::Divide.delay(d, 4), secs(15));
+        assert_eq!(DelaySchedule::Exponential.delay(d, 0), secs(60));
+        // ceil(60 * e^-1) = ceil(22.07) = 23; ceil(60 * e^-3) = ceil(2.98) = 3
+        assert_eq!(DelaySchedule::Exponential.delay(d, 1), secs(23));
+        assert_eq!(DelaySchedule::Exponential.delay(d, 3), secs(3));
+        assert_eq!(DelaySchedule::Exponential.delay(d, 20), secs(1));
+    }
+
+    #[test]
+    fn polling_uses_its_schedule_between_samples() {
+        let rule = Rule::Polling {
+            delay: secs(60),
+            max_repeats: 10,
+            schedule: DelaySchedule::Divide,
+        };
+        let mut w = watch(rule);
+        let mut t = 60;
+        let mut waits = Vec::new();
+        for _ in 0..4 {
+            let d = evaluate(&w, at(t));
+            apply(&mut w, &d);
+            let next = d.wake_at.unwrap();
+            waits.push((next.as_millis() / S) - t);
+            t = next.as_millis() / S;
+        }
+        assert_eq!(waits, [60, 30, 20, 15]);
+    }
+
+    #[test]
+    fn polling_respects_min_objects() {
+        let rule = Rule::Polling {
+            delay: secs(1),
+            max_repeats: 2,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        w.policy.min_objects = 1;
+        for t in 1..=5 {
+            let d = evaluate(&w, at(t));
+            assert!(!completed(&d), "no objects at {t}s");
+            apply(&mut w, &d);
+        }
+        land(&mut w, 1, 5);
+        let mut t = 6;
+        loop {
+            let d = evaluate(&w, at(t));
+            apply(&mut w, &d);
+            if completed(&d) {
+                break;
+            }
+            t += 1;
+        }
+        assert_eq!(t, 8, "changed at 6s, unchanged at 7s and 8s");
+    }
+
+    #[test]
+    fn late_activity_reopens_a_completed_watch_within_the_window() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        w.policy.late_window = Some(secs(600));
+        land(&mut w, 5, 10);
+        let d = evaluate(&w, at(40));
+        assert_eq!(
+            d.wake_at,
+            Some(at(640)),
+            "keeps watching until the late window closes"
+        );
+        apply(&mut w, &d);
+        assert_eq!(w.lifecycle.state, WatchState::Completed);
+        assert_eq!(
+            evaluate(&w, at(100)),
+            Decision {
+                wake_at: Some(at(640)),
+                ..Decision::default()
+            }
+        );
+
+        land(&mut w, 1, 200);
+        let d = evaluate(&w, at(200));
+        assert!(matches!(
+            d.events.first(),
+            Some(EventKind::Reopened {
+                object_count: 6,
+                ..
+            })
+        ));
+        apply(&mut w, &d);
+        assert_eq!(w.lifecycle.state, WatchState::Active);
+        assert_eq!(w.lifecycle.generation, 2);
+        assert_eq!(d.wake_at, Some(at(230)));
+        let d = evaluate(&w, at(230));
+        assert!(completed(&d));
+        apply(&mut w, &d);
+        assert_eq!(
+            (w.lifecycle.state, w.lifecycle.generation),
+            (WatchState::Completed, 2)
+        );
+    }
+
+    #[test]
+    fn activity_after_the_late_window_does_not_reopen() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        w.policy.late_window = Some(secs(60));
+        let d = evaluate(&w, at(30));
+        apply(&mut w, &d);
+        land(&mut w, 1, 91);
+        assert_eq!(
+            evaluate(&w, at(91)),
+            Decision::default(),
+            "window closed at 90s: forget the watch"
+        );
+    }
+
+    #[test]
+    fn without_late_window_a_completed_watch_is_done() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        let d = evaluate(&w, at(30));
+        assert_eq!(d.wake_at, None);
+        apply(&mut w, &d);
+        land(&mut w, 1, 31);
+        assert_eq!(evaluate(&w, at(31)), Decision::default());
+    }
+
+    #[test]
+    fn terminal_states_never_emit_again() {
+        for state in [
+            WatchState::TimedOut,
+            WatchState::Cancelled,
+            WatchState::Failed,
+        ] {
+            let mut w = watch(Rule::QuietPeriod { window: secs(1) });
+            w.lifecycle.state = state;
+            w.policy.late_window = Some(secs(60));
+            land(&mut w, 1, 5);
+            assert_eq!(evaluate(&w, at(6)), Decision::default(), "{state:?}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let cases = [
+            (
+                Rule::Polling {
+                    delay: secs(0),
+                    max_repeats: 1,
+                    schedule: DelaySchedule::Fixed,
+                },
+                "policy.polling.delay",
+            ),
+            (
+                Rule::Polling {
+                    delay: secs(1),
+                    max_repeats: 0,
+                    schedule: DelaySchedule::Fixed,
+                },
+                "policy.polling.max_repeats",
+            ),
+            (
+                Rule::QuietPeriod {
+                    window: secs(10 * 365 * 24 * 3600),
+                },
+                "policy.quiet_period.window",
+            ),
+            (
+                Rule::ExpectedCount {
+                    objects: 0,
+                    quiet_window: None,
+                },
+                "policy.expected_count.objects",
+            ),
+        ];
+        for (rule, field) in cases {
+            let p = Policy {
+                rule,
+                min_objects: 0,
+                timeout: None,
+                late_window: None,
+            };
+            match p.validate() {
+                Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),
+                other => panic!("{field}: {other:?}"),
+            }
+        }
+        let p = Policy {
+            timeout: Some(Duration::ZERO),
+            ..Policy::default()
+        };
+        assert!(
+            matches!(p.validate(), Err(Error::InvalidArgument { field, .. }) if field == "policy.timeout")
+        );
+        assert!(Policy::default().validate().is_ok());
+    }
 }

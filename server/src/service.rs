@@ -53,9 +53,16 @@ pub struct Service {
 impl Service {
     /// Starts a watch (or returns the one `client_token` already started).
     /// Once this returns, every notification ingested counts into the watch.
-    pub async fn start_watch(&self, tenant: &TenantId, start: StartWatch) -> Result<(Watch, bool), Error> {
+    pub async fn start_watch(
+        &self,
+        tenant: &TenantId,
+        start: StartWatch,
+    ) -> Result<(Watch, bool), Error> {
         if !self.tenants.allows(tenant, start.bucket.as_str()) {
-            return Err(Error::PermissionDenied(format!("bucket {} is not allowed for this tenant", start.bucket)));
+            return Err(Error::PermissionDenied(format!(
+                "bucket {} is not allowed for this tenant",
+                start.bucket
+            )));
         }
         let new = NewWatch {
             tenant: tenant.clone(),
@@ -83,7 +90,10 @@ impl Service {
                 if !same {
                     return Err(Error::invalid(
                         "client_token",
-                        format!("already started watch {} with a different request", watch.id),
+                        format!(
+                            "already started watch {} with a different request",
+                            watch.id
+                        ),
                     ));
                 }
                 Ok((watch, false))
@@ -92,7 +102,10 @@ impl Service {
     }
 
     pub async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Watch, Error> {
-        self.store.get_watch(tenant, id).await?.ok_or(Error::NotFound)
+        self.store
+            .get_watch(tenant, id)
+            .await?
+            .ok_or(Error::NotFound)
     }
 
     /// One page of the tenant's watches and the token of the next page.
@@ -104,11 +117,19 @@ impl Service {
         let limit = match list.page_size {
             0 => DEFAULT_PAGE_SIZE,
             n if n > MAX_PAGE_SIZE => {
-                return Err(Error::invalid("page_size", format!("must be at most {MAX_PAGE_SIZE}")));
+                return Err(Error::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_PAGE_SIZE}"),
+                ));
             }
             n => n,
         };
-        let query = ListQuery { state: list.state, labels: list.labels, limit: limit + 1, after: list.page_token };
+        let query = ListQuery {
+            state: list.state,
+            labels: list.labels,
+            limit: limit + 1,
+            after: list.page_token,
+        };
         let mut watches = self.store.list_watches(tenant, &query).await?;
         let next = if watches.len() > limit {
             watches.truncate(limit);
@@ -119,9 +140,26 @@ impl Service {
         Ok((watches, next))
     }
 
-    pub async fn cancel_watch(&self, tenant: &TenantId, id: &WatchId, reason: String) -> Result<Watch, Error> {
-        let reason = if reason.is_empty() { "cancelled by request".to_owned() } else { reason };
-        self.observer.cancel(WatchKey { tenant: tenant.clone(), id: id.clone() }, reason).await
+    pub async fn cancel_watch(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        reason: String,
+    ) -> Result<Watch, Error> {
+        let reason = if reason.is_empty() {
+            "cancelled by request".to_owned()
+        } else {
+            reason
+        };
+        self.observer
+            .cancel(
+                WatchKey {
+                    tenant: tenant.clone(),
+                    id: id.clone(),
+                },
+                reason,
+            )
+            .await
     }
 
     pub async fn stream_events(
@@ -134,7 +172,11 @@ impl Service {
         Ok(self.hub.subscribe(&watch, after_seq))
     }
 
-    pub async fn ingest(&self, tenant: &TenantId, documents: &[String]) -> Result<IngestReport, Error> {
+    pub async fn ingest(
+        &self,
+        tenant: &TenantId,
+        documents: &[String],
+    ) -> Result<IngestReport, Error> {
         self.ingest.ingest(tenant, documents).await
     }
 }

@@ -17,7 +17,10 @@ pub const MAX_CLIENT_TOKEN_BYTES: usize = 128;
 pub const MAX_REASON_BYTES: usize = 1024;
 
 fn invalid(field: &str, message: impl Into<String>) -> Error {
-    Error::InvalidArgument { field: field.to_owned(), message: message.into() }
+    Error::InvalidArgument {
+        field: field.to_owned(),
+        message: message.into(),
+    }
 }
 
 /// An authenticated caller; owns its watches.
@@ -29,8 +32,17 @@ impl TenantId {
     /// Tenant ids come from the tenants file: 1-64 of `[A-Za-z0-9._-]`.
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
         let ok = (1..=64).contains(&raw.len())
-            && raw.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
-        if ok { Ok(Self(raw.to_owned())) } else { Err(invalid(field, "must be 1-64 characters of A-Z a-z 0-9 . _ -")) }
+            && raw
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        if ok {
+            Ok(Self(raw.to_owned()))
+        } else {
+            Err(invalid(
+                field,
+                "must be 1-64 characters of A-Z a-z 0-9 . _ -",
+            ))
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -87,8 +99,14 @@ impl Bucket {
         if !(3..=63).contains(&raw.len()) {
             return Err(invalid(field, "must be 3-63 characters long"));
         }
-        if !raw.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-') {
-            return Err(invalid(field, "may hold only lowercase letters, digits, '.' and '-'"));
+        if !raw
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        {
+            return Err(invalid(
+                field,
+                "may hold only lowercase letters, digits, '.' and '-'",
+            ));
         }
         let edge_ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
         if !edge_ok(raw.as_bytes()[0]) || !edge_ok(raw.as_bytes()[raw.len() - 1]) {
@@ -122,7 +140,10 @@ pub struct Prefix(String);
 impl Prefix {
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
         if raw.len() > MAX_PREFIX_BYTES {
-            return Err(invalid(field, format!("is {} bytes; at most {MAX_PREFIX_BYTES}", raw.len())));
+            return Err(invalid(
+                field,
+                format!("is {} bytes; at most {MAX_PREFIX_BYTES}", raw.len()),
+            ));
         }
         if raw.chars().any(|c| c == '\0') {
             return Err(invalid(field, "must not contain NUL"));
@@ -144,19 +165,29 @@ pub type Labels = BTreeMap<String, String>;
 
 pub fn validate_labels(field: &str, labels: &Labels) -> Result<(), Error> {
     if labels.len() > MAX_LABELS {
-        return Err(invalid(field, format!("has {} labels; at most {MAX_LABELS}", labels.len())));
+        return Err(invalid(
+            field,
+            format!("has {} labels; at most {MAX_LABELS}", labels.len()),
+        ));
     }
     for (key, value) in labels {
         let key_ok = (1..=MAX_LABEL_KEY_BYTES).contains(&key.len())
-            && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
+            && key
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'/'));
         if !key_ok {
             return Err(invalid(
                 field,
-                format!("key {key:?} must be 1-{MAX_LABEL_KEY_BYTES} characters of A-Z a-z 0-9 . _ - /"),
+                format!(
+                    "key {key:?} must be 1-{MAX_LABEL_KEY_BYTES} characters of A-Z a-z 0-9 . _ - /"
+                ),
             ));
         }
         if value.len() > MAX_LABEL_VALUE_BYTES {
-            return Err(invalid(field, format!("value of {key:?} is over {MAX_LABEL_VALUE_BYTES} bytes")));
+            return Err(invalid(
+                field,
+                format!("value of {key:?} is over {MAX_LABEL_VALUE_BYTES} bytes"),
+            ));
         }
     }
     Ok(())
@@ -187,9 +218,15 @@ impl WatchState {
     }
 
     pub fn from_str_opt(raw: &str) -> Option<Self> {
-        [Self::Active, Self::Completed, Self::TimedOut, Self::Cancelled, Self::Failed]
-            .into_iter()
-            .find(|s| s.as_str() == raw)
+        [
+            Self::Active,
+            Self::Completed,
+            Self::TimedOut,
+            Self::Cancelled,
+            Self::Failed,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == raw)
     }
 }
 
@@ -249,7 +286,10 @@ pub struct Watch {
 
 impl Watch {
     pub fn key(&self) -> WatchKey {
-        WatchKey { tenant: self.tenant.clone(), id: self.id.clone() }
+        WatchKey {
+            tenant: self.tenant.clone(),
+            id: self.id.clone(),
+        }
     }
 
     pub fn state(&self) -> WatchState {
@@ -258,7 +298,11 @@ impl Watch {
 
     /// The end of the late window, for a completed watch that has one.
     pub fn late_window_end(&self) -> Option<Timestamp> {
-        match (self.lifecycle.state, self.lifecycle.completed_at, self.policy.late_window) {
+        match (
+            self.lifecycle.state,
+            self.lifecycle.completed_at,
+            self.policy.late_window,
+        ) {
             (WatchState::Completed, Some(at), Some(window)) => Some(at.add(window)),
             _ => None,
         }
@@ -266,7 +310,8 @@ impl Watch {
 
     /// Whether activity at `now` still counts into this watch.
     pub fn accepts_activity(&self, now: Timestamp) -> bool {
-        self.lifecycle.state == WatchState::Active || self.late_window_end().is_some_and(|end| now <= end)
+        self.lifecycle.state == WatchState::Active
+            || self.late_window_end().is_some_and(|end| now <= end)
     }
 }
 
@@ -281,18 +326,40 @@ pub struct WatchKey {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum EventKind {
-    Started { watch: Box<Watch> },
-    Progress { counters: Counters },
-    QuietTick { object_count: u64, repeated: u32, max_repeats: u32 },
-    Completed { object_count: u64, reason: String },
-    TimedOut { object_count: u64, reason: String },
-    Cancelled { reason: String },
-    Reopened { object_count: u64, reason: String },
+    Started {
+        watch: Box<Watch>,
+    },
+    Progress {
+        counters: Counters,
+    },
+    QuietTick {
+        object_count: u64,
+        repeated: u32,
+        max_repeats: u32,
+    },
+    Completed {
+        object_count: u64,
+        reason: String,
+    },
+    TimedOut {
+        object_count: u64,
+        reason: String,
+    },
+    Cancelled {
+        reason: String,
+    },
+    Reopened {
+        object_count: u64,
+        reason: String,
+    },
 }
 
 impl EventKind {
     pub fn is_terminal(&self) -> bool {
-        matches!(self, Self::Completed { .. } | Self::TimedOut { .. } | Self::Cancelled { .. })
+        matches!(
+            self,
+            Self::Completed { .. } | Self::TimedOut { .. } | Self::Cancelled { .. }
+        )
     }
 
     pub fn name(&self) -> &'static str {

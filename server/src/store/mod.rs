@@ -14,7 +14,10 @@ use async_trait::async_trait;
 use crate::{
     clock::Timestamp,
     policy::Policy,
-    watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState},
+    watch::{
+        Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId,
+        WatchState,
+    },
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -48,7 +51,10 @@ pub struct NewWatch {
 #[derive(Clone, Debug)]
 pub enum Created {
     /// A new watch, with its STARTED event.
-    New { watch: Watch, events: Vec<WatchEvent> },
+    New {
+        watch: Watch,
+        events: Vec<WatchEvent>,
+    },
     /// The tenant already has a watch with this client token.
     Existing(Watch),
 }
@@ -120,7 +126,10 @@ pub struct ListQuery {
 
 #[derive(Clone, Debug)]
 pub enum Applied {
-    Done { watch: Watch, events: Vec<WatchEvent> },
+    Done {
+        watch: Watch,
+        events: Vec<WatchEvent>,
+    },
     /// The guard did not hold; here is the watch as it is now.
     Conflict(Watch),
 }
@@ -152,8 +161,13 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Option<Applied>>;
 
     /// Up to `limit` events with `seq > after_seq`, in order.
-    async fn events_after(&self, tenant: &TenantId, id: &WatchId, after_seq: u64, limit: usize)
-    -> Result<Vec<WatchEvent>>;
+    async fn events_after(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<WatchEvent>>;
 
     /// Every watch that still takes activity at `now` (ACTIVE, or completed
     /// with its late window open), for the observer to arm at startup.

@@ -22,13 +22,15 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store,
-    StoreError,
+    Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded,
+    Result, Store, StoreError,
 };
 use crate::{
     clock::Timestamp,
     policy,
-    watch::{Counters, EventKind, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState},
+    watch::{
+        Counters, EventKind, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState,
+    },
 };
 
 /// Commands one transaction may carry at most.
@@ -150,7 +152,9 @@ struct Readers {
 impl Readers {
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
-        let conn = self.conns[i].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let conn = self.conns[i]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
     }
 }
@@ -183,23 +187,41 @@ impl SqliteStore {
         tx.commit()?;
 
         let conns = (0..READERS)
-            .map(|_| open(&path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX).map(Mutex::new))
+            .map(|_| {
+                open(
+                    &path,
+                    OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+                )
+                .map(Mutex::new)
+            })
             .collect::<Result<Vec<_>>>()?;
         let (writer, rx) = mpsc::channel(4096);
         std::thread::Builder::new()
             .name("sqlite-writer".into())
             .spawn(move || run_writer(conn, rx))
             .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { writer, readers: Arc::new(Readers { conns, next: AtomicUsize::new(0) }) })
+        Ok(Self {
+            writer,
+            readers: Arc::new(Readers {
+                conns,
+                next: AtomicUsize::new(0),
+            }),
+        })
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T> {
         let (tx, rx) = oneshot::channel();
-        self.writer.send(make(tx)).await.map_err(|_| StoreError::Closed)?;
+        self.writer
+            .send(make(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Connection) -> Result<T> + Send + 'static) -> Result<T> {
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.with(f))
             .await
@@ -222,14 +244,18 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
             Ok(mut tx) => {
                 for command in commands {
                     match command {
-                        Command::Create(new, reply) => {
-                            pending.push(Pending::Create(reply, in_savepoint(&mut tx, |tx| create(tx, *new))))
-                        }
-                        Command::Record(activities, now, reply) => pending
-                            .push(Pending::Record(reply, in_savepoint(&mut tx, |tx| record(tx, &activities, now)))),
-                        Command::Apply(args, reply) => {
-                            pending.push(Pending::Apply(reply, in_savepoint(&mut tx, |tx| apply(tx, *args))))
-                        }
+                        Command::Create(new, reply) => pending.push(Pending::Create(
+                            reply,
+                            in_savepoint(&mut tx, |tx| create(tx, *new)),
+                        )),
+                        Command::Record(activities, now, reply) => pending.push(Pending::Record(
+                            reply,
+                            in_savepoint(&mut tx, |tx| record(tx, &activities, now)),
+                        )),
+                        Command::Apply(args, reply) => pending.push(Pending::Apply(
+                            reply,
+                            in_savepoint(&mut tx, |tx| apply(tx, *args)),
+                        )),
                         Command::Close(reply) => closing.push(reply),
                     }
                 }
@@ -261,7 +287,10 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
-fn in_savepoint<T>(tx: &mut Transaction<'_>, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+fn in_savepoint<T>(
+    tx: &mut Transaction<'_>,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
     let sp = tx.savepoint()?;
     let value = f(&sp)?;
     sp.commit()?;
@@ -278,7 +307,8 @@ fn from_json<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
 
 /// Rebuilds a name newtype from its stored text (validated when it was written).
 fn stored<T: serde::de::DeserializeOwned>(raw: String) -> Result<T> {
-    serde_json::from_value(serde_json::Value::String(raw)).map_err(|e| StoreError::Corrupt(e.to_string()))
+    serde_json::from_value(serde_json::Value::String(raw))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 fn to_i64(v: u64) -> i64 {
@@ -287,7 +317,9 @@ fn to_i64(v: u64) -> i64 {
 
 fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
     let text = |i: usize| -> Result<String> { Ok(row.get::<_, String>(i)?) };
-    let ts = |i: usize| -> Result<Option<Timestamp>> { Ok(row.get::<_, Option<i64>>(i)?.map(Timestamp::from_millis)) };
+    let ts = |i: usize| -> Result<Option<Timestamp>> {
+        Ok(row.get::<_, Option<i64>>(i)?.map(Timestamp::from_millis))
+    };
     let count = |i: usize| -> Result<u64> { Ok(u64::try_from(row.get::<_, i64>(i)?).unwrap_or(0)) };
     let state_raw = text(8)?;
     let state = WatchState::from_str_opt(&state_raw)
@@ -320,7 +352,9 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
 }
 
 fn load_watch(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {WATCH_COLUMNS} FROM watches WHERE tenant = ?1 AND watch_id = ?2"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {WATCH_COLUMNS} FROM watches WHERE tenant = ?1 AND watch_id = ?2"
+    ))?;
     let mut rows = stmt.query(params![tenant.as_str(), id.as_str()])?;
     match rows.next()? {
         Some(row) => Ok(Some(row_to_watch(row)?)),
@@ -387,7 +421,10 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         counters: Counters::default(),
         last_seq: 0,
     };
-    let late_window_ms = watch.policy.late_window.map_or(0, |w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
+    let late_window_ms = watch
+        .policy
+        .late_window
+        .map_or(0, |w| i64::try_from(w.as_millis()).unwrap_or(i64::MAX));
     conn.prepare_cached(
         "INSERT INTO watches (tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
          generation, generation_started_at, completed_at, reason, polling, late_window_ms, object_count, event_count, \
@@ -409,15 +446,23 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         json(&watch.lifecycle.polling)?,
         late_window_ms,
     ])?;
-    let mut label_stmt =
-        conn.prepare_cached("INSERT INTO watch_labels (tenant, watch_id, key, value) VALUES (?1, ?2, ?3, ?4)")?;
+    let mut label_stmt = conn.prepare_cached(
+        "INSERT INTO watch_labels (tenant, watch_id, key, value) VALUES (?1, ?2, ?3, ?4)",
+    )?;
     for (k, v) in &watch.labels {
         label_stmt.execute(params![watch.tenant.as_str(), watch.id.as_str(), k, v])?;
     }
     let mut snapshot = watch.clone();
     snapshot.last_seq = 1;
     let at = watch.created_at;
-    let events = append_events(conn, &mut watch, vec![EventKind::Started { watch: Box::new(snapshot) }], at)?;
+    let events = append_events(
+        conn,
+        &mut watch,
+        vec![EventKind::Started {
+            watch: Box::new(snapshot),
+        }],
+        at,
+    )?;
     Ok(Created::New { watch, events })
 }
 
@@ -436,7 +481,8 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
         let slot = match watches.entry((a.tenant.clone(), a.watch_id.clone())) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => {
-                let loaded = load_watch(conn, &a.tenant, &a.watch_id)?.filter(|w| w.accepts_activity(now));
+                let loaded =
+                    load_watch(conn, &a.tenant, &a.watch_id)?.filter(|w| w.accepts_activity(now));
                 if loaded.is_some() {
                     order.push(e.key().clone());
                 }
@@ -452,7 +498,10 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             ActivityKind::Removed => 1,
         };
         let previous: Option<String> = seen
-            .query_row(params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key], |r| r.get(0))
+            .query_row(
+                params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key],
+                |r| r.get(0),
+            )
             .optional()?;
         let outcome = match previous {
             None => {
@@ -466,7 +515,13 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             Some(_) => Recorded::Duplicate,
         };
         if outcome == Recorded::Counted {
-            remember.execute(params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key, a.sequencer])?;
+            remember.execute(params![
+                a.tenant.as_str(),
+                a.watch_id.as_str(),
+                kind,
+                a.key,
+                a.sequencer
+            ])?;
             match a.kind {
                 ActivityKind::Created => watch.counters.event_count += 1,
                 ActivityKind::Removed => watch.counters.removed_count += 1,
@@ -482,9 +537,16 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
          last_seq = ?7 WHERE tenant = ?1 AND watch_id = ?2",
     )?;
     for key in order {
-        let Some(Some((mut watch, true))) = watches.remove(&key) else { continue };
+        let Some(Some((mut watch, true))) = watches.remove(&key) else {
+            continue;
+        };
         let counters = watch.counters;
-        let events = append_events(conn, &mut watch, vec![EventKind::Progress { counters }], now)?;
+        let events = append_events(
+            conn,
+            &mut watch,
+            vec![EventKind::Progress { counters }],
+            now,
+        )?;
         update.execute(params![
             watch.tenant.as_str(),
             watch.id.as_str(),
@@ -500,10 +562,15 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
 }
 
 fn apply(conn: &Connection, args: ApplyArgs) -> Result<Option<Applied>> {
-    let Some(mut watch) = load_watch(conn, &args.tenant, &args.id)? else { return Ok(None) };
+    let Some(mut watch) = load_watch(conn, &args.tenant, &args.id)? else {
+        return Ok(None);
+    };
     let holds = watch.lifecycle.state == args.guard.state
         && watch.lifecycle.generation == args.guard.generation
-        && args.guard.activity.is_none_or(|a| a == watch.counters.activity());
+        && args
+            .guard
+            .activity
+            .is_none_or(|a| a == watch.counters.activity());
     if !holds {
         return Ok(Some(Applied::Conflict(watch)));
     }
@@ -542,7 +609,8 @@ fn row_to_event(row: &Row<'_>) -> Result<WatchEvent> {
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_watch(&self, new: NewWatch) -> Result<Created> {
-        self.call(|reply| Command::Create(Box::new(new), reply)).await
+        self.call(|reply| Command::Create(Box::new(new), reply))
+            .await
     }
 
     async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
@@ -591,7 +659,8 @@ impl Store for SqliteStore {
         if activities.is_empty() {
             return Ok(RecordOutcome::default());
         }
-        self.call(|reply| Command::Record(activities, now, reply)).await
+        self.call(|reply| Command::Record(activities, now, reply))
+            .await
     }
 
     async fn apply(
@@ -603,8 +672,16 @@ impl Store for SqliteStore {
         events: Vec<EventKind>,
         now: Timestamp,
     ) -> Result<Option<Applied>> {
-        let args = ApplyArgs { tenant: tenant.clone(), id: id.clone(), guard, lifecycle, events, now };
-        self.call(|reply| Command::Apply(Box::new(args), reply)).await
+        let args = ApplyArgs {
+            tenant: tenant.clone(),
+            id: id.clone(),
+            guard,
+            lifecycle,
+            events,
+            now,
+        };
+        self.call(|reply| Command::Apply(Box::new(args), reply))
+            .await
     }
 
     async fn events_after(
