@@ -432,3 +432,97 @@ impl Ingest {
         Ok(report)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn records(raw: &str) -> Vec<Notification> {
+        match parse_document(raw) {
+            Ok(Document::Records(r)) => r,
+            other => panic!("expected records, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn s3_records_decode_keys_and_kinds() {
+        let r = records(include_str!("../tests/fixtures/s3_put.json"));
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[0].bucket, "data-lake");
+        assert_eq!(r[0].key, "day=1/part 0001 + more.json", "'+' is a space, %2B a plus");
+        assert_eq!(r[0].kind, NotificationKind::Created);
+        assert_eq!(r[0].sequencer, "0055AED6DCD90281E5");
+        assert_eq!(r[1].kind, NotificationKind::Removed);
+        assert_eq!(r[2].kind, NotificationKind::Other("ObjectRestore:Completed".into()));
+    }
+
+    #[test]
+    fn sns_envelopes_unwrap_to_the_s3_document() {
+        for fixture in [include_str!("../tests/fixtures/sns_envelope.json"), include_str!("../tests/fixtures/sns_lambda_event.json")] {
+            let r = records(fixture);
+            assert_eq!(r.len(), 1);
+            assert_eq!(r[0].key, "day=1/part 0001 + more.json");
+            assert_eq!(r[0].kind, NotificationKind::Created);
+        }
+    }
+
+    #[test]
+    fn eventbridge_events_carry_bucket_and_key_under_detail() {
+        let r = records(include_str!("../tests/fixtures/eventbridge_created.json"));
+        assert_eq!(
+            r,
+            vec![Notification {
+                bucket: "data-lake".into(),
+                key: "day=1/eb file.json".into(),
+                kind: NotificationKind::Created,
+                sequencer: "00617F08299329D189".into(),
+            }]
+        );
+        let r = records(include_str!("../tests/fixtures/eventbridge_deleted.json"));
+        assert_eq!(r[0].kind, NotificationKind::Removed);
+    }
+
+    #[test]
+    fn test_events_are_recognised() {
+        assert_eq!(parse_document(include_str!("../tests/fixtures/s3_test_event.json")), Ok(Document::Test));
+    }
+
+    #[test]
+    fn bad_documents_say_what_is_wrong() {
+        let cases = [
+            ("{not json", "malformed JSON"),
+            ("[1, 2]", "must be a JSON object"),
+            ("{\"hello\": 1}", "not a storage notification"),
+            ("{\"Records\": [{\"eventName\": \"ObjectCreated:Put\"}]}", "invalid S3 event"),
+            ("{\"Type\": \"Notification\", \"Message\": \"x\"}", "invalid SNS envelope"),
+            (
+                "{\"detail-type\": \"Object Created\", \"source\": \"aws.ec2\", \"detail\": {\"bucket\": {\"name\": \"b\"}, \"object\": {\"key\": \"k\"}}}",
+                "not aws.s3",
+            ),
+        ];
+        for (doc, expected) in cases {
+            let err = parse_document(doc).expect_err(doc);
+            assert!(err.contains(expected), "{doc}: {err}");
+        }
+        let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_DOCUMENT_BYTES));
+        assert!(parse_document(&huge).unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn sns_nesting_is_bounded() {
+        let mut doc = include_str!("../tests/fixtures/s3_test_event.json").to_owned();
+        for _ in 0..4 {
+            doc = serde_json::json!({"Type": "Notification", "MessageId": "m", "TopicArn": "t", "Message": doc,
+                "Timestamp": "2026-11-26T10:00:00Z", "SignatureVersion": "1", "Signature": "s",
+                "SigningCertURL": "c", "UnsubscribeURL": "u"})
+            .to_string();
+        }
+        assert!(parse_document(&doc).unwrap_err().contains("nested too deep"));
+    }
+
+    #[test]
+    fn keys_that_are_not_utf8_are_rejected() {
+        assert!(decode_key("bad%FF").is_err());
+        assert_eq!(decode_key("a%2Fb+c").unwrap(), "a/b c");
+    }
+}

@@ -43,72 +43,90 @@ use crate::{
     store::{Store, sqlite::SqliteStore},
 };
 
+/// The running service without its gRPC front: store, observer, hub and the
+/// operations over them. [`serve`] puts gRPC in front; tests drive it directly.
+pub struct Core {
+    pub service: Arc<Service>,
+    pub tenants: Arc<Tenants>,
+    store: Arc<dyn Store>,
+    streams_end: CancellationToken,
+    observer_end: CancellationToken,
+    observer_task: tokio::task::JoinHandle<()>,
+}
+
+impl Core {
+    /// Opens the store, resumes every live watch and starts the observer.
+    pub async fn start(config: &Config, clock: Clock) -> anyhow::Result<Self> {
+        let tenants = Arc::new(match &config.tenants {
+            Some(path) => Tenants::load(path)?,
+            None => Tenants::open(),
+        });
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open(&config.data)
+                .with_context(|| format!("cannot open the store {}", config.data.display()))?,
+        );
+        let streams_end = CancellationToken::new();
+        let observer_end = CancellationToken::new();
+        let routes = Arc::new(Routes::default());
+        let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
+        let (mut observer, observer_handle) = Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
+        let recovered = observer.recover().await.context("cannot resume the live watches")?;
+        tracing::info!(live_watches = recovered, "observer resumed");
+        let observer_task = tokio::spawn(observer.run(observer_end.clone()));
+        let ingest = Ingest {
+            store: store.clone(),
+            routes,
+            observer: observer_handle.clone(),
+            hub: hub.clone(),
+            tenants: tenants.clone(),
+            clock,
+        };
+        let service = Arc::new(Service {
+            store: store.clone(),
+            hub,
+            observer: observer_handle,
+            ingest,
+            tenants: tenants.clone(),
+            clock,
+        });
+        Ok(Self { service, tenants, store, streams_end, observer_end, observer_task })
+    }
+
+    /// Ends every open event stream with UNAVAILABLE.
+    pub fn end_streams(&self) {
+        self.streams_end.cancel();
+    }
+
+    /// Stops the observer and flushes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.streams_end.cancel();
+        self.observer_end.cancel();
+        let _ = self.observer_task.await;
+        self.store.close().await.context("cannot flush the store")
+    }
+}
+
 /// Serves on `listener` until `shutdown` resolves, then ends open streams with
 /// UNAVAILABLE, drains calls for up to `config.shutdown_grace`, and flushes the store.
-pub async fn serve(
-    config: Config,
-    listener: TcpListener,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     serve_with_clock(config, listener, Clock::new(), shutdown).await
 }
 
-/// [`serve`] with a given clock (tests anchor it).
+/// [`serve`] with a given clock.
 pub async fn serve_with_clock(
     config: Config,
     listener: TcpListener,
     clock: Clock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let tenants = match &config.tenants {
-        Some(path) => Tenants::load(path)?,
-        None => Tenants::open(),
-    };
     let addr = listener.local_addr()?;
-    if tenants.is_open() && !addr.ip().is_loopback() {
+    if config.tenants.is_none() && !addr.ip().is_loopback() {
         anyhow::bail!(
             "refusing to serve on {addr} without a tenants file: anyone could call it; \
              pass --tenants FILE or listen on a loopback address"
         );
     }
-    let tenants = Arc::new(tenants);
-    let store: Arc<dyn Store> = Arc::new(
-        SqliteStore::open(&config.data)
-            .with_context(|| format!("cannot open the store {}", config.data.display()))?,
-    );
-    let streams_end = CancellationToken::new();
-    let observer_end = CancellationToken::new();
-    let routes = Arc::new(Routes::default());
-    let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
-    let (mut observer, observer_handle) =
-        Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
-    let recovered = observer
-        .recover()
-        .await
-        .context("cannot resume the live watches")?;
-    tracing::info!(
-        live_watches = recovered,
-        live_now = observer.len(),
-        "observer resumed"
-    );
-    let observer_task = tokio::spawn(observer.run(observer_end.clone()));
-
-    let ingest = Ingest {
-        store: store.clone(),
-        routes,
-        observer: observer_handle.clone(),
-        hub: hub.clone(),
-        tenants: tenants.clone(),
-        clock,
-    };
-    let service = Arc::new(Service {
-        store: store.clone(),
-        hub,
-        observer: observer_handle,
-        ingest,
-        tenants: tenants.clone(),
-        clock,
-    });
+    let core = Core::start(&config, clock).await?;
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<WatchServiceServer<WatchApi>>().await;
@@ -121,24 +139,17 @@ pub async fn serve_with_clock(
         .register_encoded_file_descriptor_set(streamwatch::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let auth = AuthInterceptor::new(tenants);
+    let auth = AuthInterceptor::new(core.tenants.clone());
 
-    let server_end = streams_end.clone();
+    let stop_accepting = CancellationToken::new();
+    let server_end = stop_accepting.clone();
     let server = tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WatchServiceServer::with_interceptor(
-            WatchApi::new(service.clone()),
-            auth.clone(),
-        ))
-        .add_service(IngestServiceServer::with_interceptor(
-            IngestApi::new(service),
-            auth,
-        ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            server_end.cancelled().await
-        });
+        .add_service(WatchServiceServer::with_interceptor(WatchApi::new(core.service.clone()), auth.clone()))
+        .add_service(IngestServiceServer::with_interceptor(IngestApi::new(core.service.clone()), auth))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_end.cancelled().await });
     tracing::info!(%addr, data = %config.data.display(), "serving");
 
     tokio::pin!(server);
@@ -148,7 +159,8 @@ pub async fn serve_with_clock(
             tracing::info!("shutting down: ending streams and draining calls");
             health.set_not_serving::<WatchServiceServer<WatchApi>>().await;
             health.set_not_serving::<IngestServiceServer<IngestApi>>().await;
-            streams_end.cancel();
+            core.end_streams();
+            stop_accepting.cancel();
             match tokio::time::timeout(config.shutdown_grace, &mut server).await {
                 Ok(served) => served,
                 Err(_) => {
@@ -158,10 +170,7 @@ pub async fn serve_with_clock(
             }
         }
     };
-    streams_end.cancel();
-    observer_end.cancel();
-    let _ = observer_task.await;
-    store.close().await.context("cannot flush the store")?;
+    core.shutdown().await?;
     tracing::info!("stopped");
     served.context("the gRPC server failed")
 }
