@@ -19,7 +19,7 @@ use crate::{
     clock::{Clock, Timestamp},
     error::Error,
     store::Store,
-    watch::{EventKind, Watch, WatchEvent, WatchKey},
+    watch::{EventKind, Watch, WatchEvent, WatchKey, WatchState},
 };
 
 /// Live events buffered per watch before a slow subscriber lags.
@@ -93,7 +93,11 @@ impl Hub {
             key: watch.key(),
             late_window: watch.policy.late_window,
             cursor: after_seq,
-            ends_at: None,
+            // A finished watch ends the stream even when no event is left after `after_seq`.
+            ends_at: match watch.state() {
+                WatchState::Active => None,
+                _ => watch.late_window_end().or(watch.lifecycle.completed_at),
+            },
             tx,
         };
         tokio::spawn(subscription.run(live));

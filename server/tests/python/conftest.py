@@ -219,4 +219,5 @@ def server(pb, tmp_path_factory):
         channel.close()
         _stop(proc)
         log.close()
-        print(f"\nstreamwatch-server exited with {proc.returncode}")
+    # A clean SIGTERM shutdown ends the process with status 0.
+    assert proc.returncode == 0, f"server exited with {proc.returncode}:\n{srv.log()}"
