@@ -20,7 +20,10 @@ pub use streamwatch::{DEFAULT_ENDPOINT, v1 as proto};
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to {endpoint}: {source}")]
-    Connect { endpoint: String, source: tonic::transport::Error },
+    Connect {
+        endpoint: String,
+        source: tonic::transport::Error,
+    },
     #[error("the token is not valid ASCII metadata")]
     InvalidToken,
     #[error(transparent)]
@@ -34,7 +37,9 @@ pub struct Bearer(Option<AsciiMetadataValue>);
 impl Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
         if let Some(token) = &self.0 {
-            request.metadata_mut().insert(streamwatch::AUTHORIZATION_HEADER, token.clone());
+            request
+                .metadata_mut()
+                .insert(streamwatch::AUTHORIZATION_HEADER, token.clone());
         }
         Ok(request)
     }
@@ -53,7 +58,10 @@ impl Client {
     pub async fn connect(endpoint: impl Into<String>, token: Option<&str>) -> Result<Self, Error> {
         let endpoint = endpoint.into();
         let channel = Endpoint::from_shared(endpoint.clone())
-            .map_err(|source| Error::Connect { endpoint: endpoint.clone(), source })?
+            .map_err(|source| Error::Connect {
+                endpoint: endpoint.clone(),
+                source,
+            })?
             .connect_timeout(Duration::from_secs(10))
             .connect()
             .await
@@ -63,7 +71,11 @@ impl Client {
 
     pub fn from_channel(channel: Channel, token: Option<&str>) -> Result<Self, Error> {
         let bearer = match token {
-            Some(t) => Some(format!("Bearer {t}").parse::<AsciiMetadataValue>().map_err(|_| Error::InvalidToken)?),
+            Some(t) => Some(
+                format!("Bearer {t}")
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| Error::InvalidToken)?,
+            ),
             None => None,
         };
         let bearer = Bearer(bearer);
@@ -73,23 +85,47 @@ impl Client {
         })
     }
 
-    pub async fn start_watch(&mut self, request: v1::StartWatchRequest) -> Result<v1::StartWatchResponse, Status> {
+    pub async fn start_watch(
+        &mut self,
+        request: v1::StartWatchRequest,
+    ) -> Result<v1::StartWatchResponse, Status> {
         Ok(self.watches.start_watch(request).await?.into_inner())
     }
 
     pub async fn get_watch(&mut self, watch_id: &str) -> Result<v1::Watch, Status> {
-        let response = self.watches.get_watch(v1::GetWatchRequest { watch_id: watch_id.to_owned() }).await?;
-        response.into_inner().watch.ok_or_else(|| Status::internal("GetWatch answered without a watch"))
+        let response = self
+            .watches
+            .get_watch(v1::GetWatchRequest {
+                watch_id: watch_id.to_owned(),
+            })
+            .await?;
+        response
+            .into_inner()
+            .watch
+            .ok_or_else(|| Status::internal("GetWatch answered without a watch"))
     }
 
-    pub async fn list_watches(&mut self, request: v1::ListWatchesRequest) -> Result<v1::ListWatchesResponse, Status> {
+    pub async fn list_watches(
+        &mut self,
+        request: v1::ListWatchesRequest,
+    ) -> Result<v1::ListWatchesResponse, Status> {
         Ok(self.watches.list_watches(request).await?.into_inner())
     }
 
-    pub async fn cancel_watch(&mut self, watch_id: &str, reason: &str) -> Result<v1::Watch, Status> {
-        let request = v1::CancelWatchRequest { watch_id: watch_id.to_owned(), reason: reason.to_owned() };
+    pub async fn cancel_watch(
+        &mut self,
+        watch_id: &str,
+        reason: &str,
+    ) -> Result<v1::Watch, Status> {
+        let request = v1::CancelWatchRequest {
+            watch_id: watch_id.to_owned(),
+            reason: reason.to_owned(),
+        };
         let response = self.watches.cancel_watch(request).await?;
-        response.into_inner().watch.ok_or_else(|| Status::internal("CancelWatch answered without a watch"))
+        response
+            .into_inner()
+            .watch
+            .ok_or_else(|| Status::internal("CancelWatch answered without a watch"))
     }
 
     /// One StreamWatchEvents call: events with `seq > after_seq`, then live.
@@ -98,12 +134,26 @@ impl Client {
         watch_id: &str,
         after_seq: u64,
     ) -> Result<tonic::Streaming<v1::WatchEvent>, Status> {
-        let request = v1::StreamWatchEventsRequest { watch_id: watch_id.to_owned(), after_seq };
-        Ok(self.watches.stream_watch_events(request).await?.into_inner())
+        let request = v1::StreamWatchEventsRequest {
+            watch_id: watch_id.to_owned(),
+            after_seq,
+        };
+        Ok(self
+            .watches
+            .stream_watch_events(request)
+            .await?
+            .into_inner())
     }
 
-    pub async fn ingest_s3_events(&mut self, documents: Vec<String>) -> Result<v1::IngestS3EventsResponse, Status> {
-        Ok(self.ingest.ingest_s3_events(v1::IngestS3EventsRequest { documents }).await?.into_inner())
+    pub async fn ingest_s3_events(
+        &mut self,
+        documents: Vec<String>,
+    ) -> Result<v1::IngestS3EventsResponse, Status> {
+        Ok(self
+            .ingest
+            .ingest_s3_events(v1::IngestS3EventsRequest { documents })
+            .await?
+            .into_inner())
     }
 
     /// Follows a watch's events from `after_seq` until its stream ends,

@@ -449,16 +449,25 @@ mod tests {
         let r = records(include_str!("../tests/fixtures/s3_put.json"));
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].bucket, "data-lake");
-        assert_eq!(r[0].key, "day=1/part 0001 + more.json", "'+' is a space, %2B a plus");
+        assert_eq!(
+            r[0].key, "day=1/part 0001 + more.json",
+            "'+' is a space, %2B a plus"
+        );
         assert_eq!(r[0].kind, NotificationKind::Created);
         assert_eq!(r[0].sequencer, "0055AED6DCD90281E5");
         assert_eq!(r[1].kind, NotificationKind::Removed);
-        assert_eq!(r[2].kind, NotificationKind::Other("ObjectRestore:Completed".into()));
+        assert_eq!(
+            r[2].kind,
+            NotificationKind::Other("ObjectRestore:Completed".into())
+        );
     }
 
     #[test]
     fn sns_envelopes_unwrap_to_the_s3_document() {
-        for fixture in [include_str!("../tests/fixtures/sns_envelope.json"), include_str!("../tests/fixtures/sns_lambda_event.json")] {
+        for fixture in [
+            include_str!("../tests/fixtures/sns_envelope.json"),
+            include_str!("../tests/fixtures/sns_lambda_event.json"),
+        ] {
             let r = records(fixture);
             assert_eq!(r.len(), 1);
             assert_eq!(r[0].key, "day=1/part 0001 + more.json");
@@ -484,7 +493,10 @@ mod tests {
 
     #[test]
     fn test_events_are_recognised() {
-        assert_eq!(parse_document(include_str!("../tests/fixtures/s3_test_event.json")), Ok(Document::Test));
+        assert_eq!(
+            parse_document(include_str!("../tests/fixtures/s3_test_event.json")),
+            Ok(Document::Test)
+        );
     }
 
     #[test]
@@ -493,8 +505,14 @@ mod tests {
             ("{not json", "malformed JSON"),
             ("[1, 2]", "must be a JSON object"),
             ("{\"hello\": 1}", "not a storage notification"),
-            ("{\"Records\": [{\"eventName\": \"ObjectCreated:Put\"}]}", "invalid S3 event"),
-            ("{\"Type\": \"Notification\", \"Message\": \"x\"}", "invalid SNS envelope"),
+            (
+                "{\"Records\": [{\"eventName\": \"ObjectCreated:Put\"}]}",
+                "invalid S3 event",
+            ),
+            (
+                "{\"Type\": \"Notification\", \"Message\": \"x\"}",
+                "invalid SNS envelope",
+            ),
             (
                 "{\"detail-type\": \"Object Created\", \"source\": \"aws.ec2\", \"detail\": {\"bucket\": {\"name\": \"b\"}, \"object\": {\"key\": \"k\"}}}",
                 "not aws.s3",
@@ -517,7 +535,11 @@ mod tests {
                 "SigningCertURL": "c", "UnsubscribeURL": "u"})
             .to_string();
         }
-        assert!(parse_document(&doc).unwrap_err().contains("nested too deep"));
+        assert!(
+            parse_document(&doc)
+                .unwrap_err()
+                .contains("nested too deep")
+        );
     }
 
     #[test]

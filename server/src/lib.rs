@@ -30,6 +30,7 @@ use streamwatch::v1::{
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 
 use crate::{
     api::{IngestApi, WatchApi},
@@ -42,6 +43,9 @@ use crate::{
     service::Service,
     store::{Store, sqlite::SqliteStore},
 };
+
+/// Largest IngestS3Events request accepted (room for [`ingest::MAX_RECORDS`] records).
+pub const MAX_INGEST_REQUEST_BYTES: usize = 16 * 1024 * 1024;
 
 /// The running service without its gRPC front: store, observer, hub and the
 /// operations over them. [`serve`] puts gRPC in front; tests drive it directly.
@@ -69,8 +73,12 @@ impl Core {
         let observer_end = CancellationToken::new();
         let routes = Arc::new(Routes::default());
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
-        let (mut observer, observer_handle) = Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
-        let recovered = observer.recover().await.context("cannot resume the live watches")?;
+        let (mut observer, observer_handle) =
+            Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
+        let recovered = observer
+            .recover()
+            .await
+            .context("cannot resume the live watches")?;
         tracing::info!(live_watches = recovered, "observer resumed");
         let observer_task = tokio::spawn(observer.run(observer_end.clone()));
         let ingest = Ingest {
@@ -89,7 +97,14 @@ impl Core {
             tenants: tenants.clone(),
             clock,
         });
-        Ok(Self { service, tenants, store, streams_end, observer_end, observer_task })
+        Ok(Self {
+            service,
+            tenants,
+            store,
+            streams_end,
+            observer_end,
+            observer_task,
+        })
     }
 
     /// Ends every open event stream with UNAVAILABLE.
@@ -108,7 +123,11 @@ impl Core {
 
 /// Serves on `listener` until `shutdown` resolves, then ends open streams with
 /// UNAVAILABLE, drains calls for up to `config.shutdown_grace`, and flushes the store.
-pub async fn serve(config: Config, listener: TcpListener, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     serve_with_clock(config, listener, Clock::new(), shutdown).await
 }
 
@@ -147,9 +166,18 @@ pub async fn serve_with_clock(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WatchServiceServer::with_interceptor(WatchApi::new(core.service.clone()), auth.clone()))
-        .add_service(IngestServiceServer::with_interceptor(IngestApi::new(core.service.clone()), auth))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move { server_end.cancelled().await });
+        .add_service(WatchServiceServer::with_interceptor(
+            WatchApi::new(core.service.clone()),
+            auth.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            IngestServiceServer::new(IngestApi::new(core.service.clone()))
+                .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES),
+            auth,
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            server_end.cancelled().await
+        });
     tracing::info!(%addr, data = %config.data.display(), "serving");
 
     tokio::pin!(server);

@@ -169,6 +169,15 @@ impl Service {
         after_seq: u64,
     ) -> Result<ReceiverStream<Result<WatchEvent, Error>>, Error> {
         let watch = self.get_watch(tenant, id).await?;
+        if after_seq > watch.last_seq {
+            return Err(Error::invalid(
+                "after_seq",
+                format!(
+                    "is {after_seq}, past the watch's last seq {}",
+                    watch.last_seq
+                ),
+            ));
+        }
         Ok(self.hub.subscribe(&watch, after_seq))
     }
 

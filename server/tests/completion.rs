@@ -15,7 +15,11 @@ async fn quiet_period_completes_after_the_last_object_lands() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let watch = client
-        .start_watch(start_request("data-lake", "day=1/", quiet_period(Duration::from_millis(500))))
+        .start_watch(start_request(
+            "data-lake",
+            "day=1/",
+            quiet_period(Duration::from_millis(500)),
+        ))
         .await
         .unwrap()
         .watch
@@ -31,20 +35,40 @@ async fn quiet_period_completes_after_the_last_object_lands() {
         ])
         .await
         .unwrap();
-    assert_eq!((report.records, report.matched, report.counted, report.ignored), (4, 2, 2, 2));
+    assert_eq!(
+        (
+            report.records,
+            report.matched,
+            report.counted,
+            report.ignored
+        ),
+        (4, 2, 2, 2)
+    );
 
     let events = read_to_end(stream, LIMIT).await;
     assert_eq!(kinds(&events), ["started", "progress", "completed"]);
     assert_gapless(&events, 1);
-    let Some(v1::watch_event::Kind::Completed(done)) = &events[2].kind else { unreachable!() };
+    let Some(v1::watch_event::Kind::Completed(done)) = &events[2].kind else {
+        unreachable!()
+    };
     assert_eq!(done.object_count, 2);
-    assert!(done.reason.contains("no activity for 500ms"), "{}", done.reason);
+    assert!(
+        done.reason.contains("no activity for 500ms"),
+        "{}",
+        done.reason
+    );
 
     let watch = client.get_watch(&watch.watch_id).await.unwrap();
     assert_eq!(watch.state, v1::WatchState::Completed as i32);
-    assert_eq!((watch.object_count, watch.event_count, watch.last_seq), (2, 2, 3));
+    assert_eq!(
+        (watch.object_count, watch.event_count, watch.last_seq),
+        (2, 2, 3)
+    );
     let quiet = to_millis(watch.completed_at.unwrap()) - to_millis(watch.last_activity_at.unwrap());
-    assert!(quiet >= 500, "completed {quiet}ms after the last activity, before the window");
+    assert!(
+        quiet >= 500,
+        "completed {quiet}ms after the last activity, before the window"
+    );
 }
 
 fn to_millis(t: prost_types::Timestamp) -> i64 {
@@ -56,18 +80,40 @@ async fn expected_count_completes_on_the_last_expected_object() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let policy = v1::Policy {
-        rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule { objects: 3, quiet_window: None })),
+        rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+            objects: 3,
+            quiet_window: None,
+        })),
         ..Default::default()
     };
-    let watch = client.start_watch(start_request("data-lake", "run-7/", policy)).await.unwrap().watch.unwrap();
+    let watch = client
+        .start_watch(start_request("data-lake", "run-7/", policy))
+        .await
+        .unwrap()
+        .watch
+        .unwrap();
     let stream = client.events(&watch.watch_id, 0).await.unwrap();
-    client.ingest_s3_events(vec![created("data-lake", &["run-7/1", "run-7/2"])]).await.unwrap();
-    assert_eq!(client.get_watch(&watch.watch_id).await.unwrap().state, v1::WatchState::Active as i32);
-    client.ingest_s3_events(vec![created("data-lake", &["run-7/3"])]).await.unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["run-7/1", "run-7/2"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        client.get_watch(&watch.watch_id).await.unwrap().state,
+        v1::WatchState::Active as i32
+    );
+    client
+        .ingest_s3_events(vec![created("data-lake", &["run-7/3"])])
+        .await
+        .unwrap();
 
     let events = read_to_end(stream, LIMIT).await;
-    assert_eq!(kinds(&events), ["started", "progress", "progress", "completed"]);
-    assert!(matches!(&events[3].kind, Some(v1::watch_event::Kind::Completed(c)) if c.object_count == 3));
+    assert_eq!(
+        kinds(&events),
+        ["started", "progress", "progress", "completed"]
+    );
+    assert!(
+        matches!(&events[3].kind, Some(v1::watch_event::Kind::Completed(c)) if c.object_count == 3)
+    );
 }
 
 #[tokio::test]
@@ -83,13 +129,24 @@ async fn polling_emits_quiet_ticks_then_completes() {
         min_objects: 1,
         ..Default::default()
     };
-    let watch = client.start_watch(start_request("data-lake", "", policy)).await.unwrap().watch.unwrap();
+    let watch = client
+        .start_watch(start_request("data-lake", "", policy))
+        .await
+        .unwrap()
+        .watch
+        .unwrap();
     let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
     // Below min_objects the rule keeps sampling; wait for a tick, then land data.
     read_until(&mut stream, LIMIT, |e| kind(e) == "quiet_tick").await;
-    client.ingest_s3_events(vec![created("data-lake", &["x"])]).await.unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["x"])])
+        .await
+        .unwrap();
     let events = read_to_end(stream, LIMIT).await;
-    let after_progress: Vec<_> = kinds(&events).into_iter().skip_while(|k| *k != "progress").collect();
+    let after_progress: Vec<_> = kinds(&events)
+        .into_iter()
+        .skip_while(|k| *k != "progress")
+        .collect();
     assert_eq!(after_progress.last(), Some(&"completed"));
     let ticks: Vec<u32> = events
         .iter()
@@ -98,7 +155,10 @@ async fn polling_emits_quiet_ticks_then_completes() {
             _ => None,
         })
         .collect();
-    assert!(ticks.ends_with(&[1, 2, 3]), "the last three samples count up to max_repeats: {ticks:?}");
+    assert!(
+        ticks.ends_with(&[1, 2, 3]),
+        "the last three samples count up to max_repeats: {ticks:?}"
+    );
 }
 
 #[tokio::test]
@@ -108,13 +168,25 @@ async fn timeout_ends_a_watch_that_never_gets_enough_objects() {
     let mut policy = quiet_period(Duration::from_millis(100));
     policy.min_objects = 5;
     policy.timeout = Some(duration(Duration::from_millis(600)));
-    let watch = client.start_watch(start_request("data-lake", "", policy)).await.unwrap().watch.unwrap();
-    client.ingest_s3_events(vec![created("data-lake", &["only-one"])]).await.unwrap();
+    let watch = client
+        .start_watch(start_request("data-lake", "", policy))
+        .await
+        .unwrap()
+        .watch
+        .unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["only-one"])])
+        .await
+        .unwrap();
     let events = read_to_end(client.events(&watch.watch_id, 0).await.unwrap(), LIMIT).await;
     assert_eq!(kinds(&events), ["started", "progress", "timed_out"]);
     let watch = client.get_watch(&watch.watch_id).await.unwrap();
     assert_eq!(watch.state, v1::WatchState::TimedOut as i32);
-    assert!(watch.reason.contains("min_objects (5) was not met"), "{}", watch.reason);
+    assert!(
+        watch.reason.contains("min_objects (5) was not met"),
+        "{}",
+        watch.reason
+    );
 }
 
 #[tokio::test]
@@ -123,16 +195,33 @@ async fn late_data_reopens_a_completed_watch() {
     let mut client = server.client().await;
     let mut policy = quiet_period(Duration::from_millis(300));
     policy.late_window = Some(duration(Duration::from_secs(30)));
-    let watch = client.start_watch(start_request("data-lake", "", policy)).await.unwrap().watch.unwrap();
+    let watch = client
+        .start_watch(start_request("data-lake", "", policy))
+        .await
+        .unwrap()
+        .watch
+        .unwrap();
     let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
-    client.ingest_s3_events(vec![created("data-lake", &["a"])]).await.unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a"])])
+        .await
+        .unwrap();
     read_until(&mut stream, LIMIT, |e| kind(e) == "completed").await;
 
-    let report = client.ingest_s3_events(vec![created("data-lake", &["late"])]).await.unwrap();
-    assert_eq!(report.counted, 1, "a completed watch inside its late window still counts");
+    let report = client
+        .ingest_s3_events(vec![created("data-lake", &["late"])])
+        .await
+        .unwrap();
+    assert_eq!(
+        report.counted, 1,
+        "a completed watch inside its late window still counts"
+    );
     let events = read_until(&mut stream, LIMIT, |e| kind(e) == "completed").await;
     assert_eq!(kinds(&events), ["progress", "reopened", "completed"]);
-    assert!(events.iter().skip(1).all(|e| e.generation == 2), "{events:?}");
+    assert!(
+        events.iter().skip(1).all(|e| e.generation == 2),
+        "{events:?}"
+    );
     let watch = client.get_watch(&watch.watch_id).await.unwrap();
     assert_eq!((watch.generation, watch.object_count), (2, 2));
     assert_eq!(watch.state, v1::WatchState::Completed as i32);
@@ -143,20 +232,30 @@ async fn cancel_ends_an_active_watch_once() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let watch = client
-        .start_watch(start_request("data-lake", "", quiet_period(Duration::from_secs(3600))))
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(3600)),
+        ))
         .await
         .unwrap()
         .watch
         .unwrap();
     let stream = client.events(&watch.watch_id, 0).await.unwrap();
-    let cancelled = client.cancel_watch(&watch.watch_id, "job aborted").await.unwrap();
+    let cancelled = client
+        .cancel_watch(&watch.watch_id, "job aborted")
+        .await
+        .unwrap();
     assert_eq!(cancelled.state, v1::WatchState::Cancelled as i32);
     assert_eq!(cancelled.reason, "job aborted");
     let events = read_to_end(stream, LIMIT).await;
     assert_eq!(kinds(&events), ["started", "cancelled"]);
     let again = client.cancel_watch(&watch.watch_id, "").await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
-    let report = client.ingest_s3_events(vec![created("data-lake", &["after"])]).await.unwrap();
+    let report = client
+        .ingest_s3_events(vec![created("data-lake", &["after"])])
+        .await
+        .unwrap();
     assert_eq!(report.counted, 0, "a cancelled watch counts nothing");
 }
 
@@ -169,7 +268,10 @@ async fn client_token_makes_start_idempotent() {
     let first = client.start_watch(request.clone()).await.unwrap();
     let second = client.start_watch(request.clone()).await.unwrap();
     assert!(first.created && !second.created);
-    assert_eq!(first.watch.unwrap().watch_id, second.watch.unwrap().watch_id);
+    assert_eq!(
+        first.watch.unwrap().watch_id,
+        second.watch.unwrap().watch_id
+    );
     request.prefix = "q/".into();
     let err = client.start_watch(request).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);

@@ -17,26 +17,42 @@ async fn a_restart_mid_watch_still_completes_it() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let id = client
-        .start_watch(start_request("data-lake", "", quiet_period(Duration::from_secs(2))))
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(2)),
+        ))
         .await
         .unwrap()
         .watch
         .unwrap()
         .watch_id;
-    client.ingest_s3_events(vec![created("data-lake", &["a", "b"])]).await.unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a", "b"])])
+        .await
+        .unwrap();
     let before = client.get_watch(&id).await.unwrap();
 
     let server = server.restart().await;
     let mut client = server.client().await;
     let resumed = client.get_watch(&id).await.unwrap();
     assert_eq!(resumed.state, v1::WatchState::Active as i32);
-    assert_eq!((resumed.object_count, resumed.last_activity_at), (2, before.last_activity_at));
+    assert_eq!(
+        (resumed.object_count, resumed.last_activity_at),
+        (2, before.last_activity_at)
+    );
     // The restarted server still routes to it and still counts exactly.
-    let report = client.ingest_s3_events(vec![created("data-lake", &["a", "c"])]).await.unwrap();
+    let report = client
+        .ingest_s3_events(vec![created("data-lake", &["a", "c"])])
+        .await
+        .unwrap();
     assert_eq!((report.counted, report.duplicates), (1, 1));
 
     let events = read_to_end(client.events(&id, 0).await.unwrap(), LIMIT).await;
-    assert_eq!(kinds(&events), ["started", "progress", "progress", "completed"]);
+    assert_eq!(
+        kinds(&events),
+        ["started", "progress", "progress", "completed"]
+    );
     assert_gapless(&events, 1);
     assert_eq!(client.get_watch(&id).await.unwrap().object_count, 3);
 }
@@ -46,7 +62,11 @@ async fn a_deadline_that_passed_while_down_is_decided_at_startup() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let id = client
-        .start_watch(start_request("data-lake", "", quiet_period(Duration::from_millis(200))))
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_millis(200)),
+        ))
         .await
         .unwrap()
         .watch
@@ -65,7 +85,11 @@ async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let id = client
-        .start_watch(start_request("data-lake", "", quiet_period(Duration::from_secs(1))))
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(1)),
+        ))
         .await
         .unwrap()
         .watch
@@ -79,19 +103,30 @@ async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
     let followed = tokio::spawn(async move {
         let mut seen = Vec::new();
         let last = follower
-            .follow(&follow_id, 0, Duration::from_millis(50), |e| seen.push(e.clone()))
+            .follow(&follow_id, 0, Duration::from_millis(50), |e| {
+                seen.push(e.clone())
+            })
             .await
             .expect("follow ends cleanly");
         (last, seen)
     });
 
     let server = server.restart().await;
-    let status = stream.message().await.expect_err("the stream ends with an error");
+    let status = stream
+        .message()
+        .await
+        .expect_err("the stream ends with an error");
     assert_eq!(status.code(), tonic::Code::Unavailable);
 
     let mut client = server.client().await;
-    client.ingest_s3_events(vec![created("data-lake", &["x"])]).await.unwrap();
-    let (last, seen) = tokio::time::timeout(LIMIT, followed).await.expect("follow finished").unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["x"])])
+        .await
+        .unwrap();
+    let (last, seen) = tokio::time::timeout(LIMIT, followed)
+        .await
+        .expect("follow finished")
+        .unwrap();
     assert_eq!(kinds(&seen), ["started", "progress", "completed"]);
     assert_gapless(&seen, 1);
     assert_eq!(last, 3);
@@ -99,7 +134,11 @@ async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
 
 /// Starts the server binary on `dir`, returning it and its address.
 async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let listen = format!("127.0.0.1:{port}");
     let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"))
         .args(["--listen", &listen, "--data"])
@@ -112,10 +151,16 @@ async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
     let endpoint = format!("http://{listen}");
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        if streamwatch_client::Client::connect(endpoint.clone(), None).await.is_ok() {
+        if streamwatch_client::Client::connect(endpoint.clone(), None)
+            .await
+            .is_ok()
+        {
             return (child, endpoint);
         }
-        assert!(tokio::time::Instant::now() < deadline, "server did not come up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await; // polling a port that is not open yet
     }
 }
@@ -124,9 +169,15 @@ async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
 async fn kill_9_loses_nothing_that_was_acknowledged() {
     let dir = DataDir::new();
     let (mut child, endpoint) = spawn_binary(&dir).await;
-    let mut client = streamwatch_client::Client::connect(endpoint.clone(), None).await.unwrap();
+    let mut client = streamwatch_client::Client::connect(endpoint.clone(), None)
+        .await
+        .unwrap();
     let id = client
-        .start_watch(start_request("data-lake", "", quiet_period(Duration::from_secs(3600))))
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(3600)),
+        ))
         .await
         .unwrap()
         .watch
@@ -156,7 +207,9 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     }
 
     let (_child, endpoint) = spawn_binary(&dir).await;
-    let mut client = streamwatch_client::Client::connect(endpoint, None).await.unwrap();
+    let mut client = streamwatch_client::Client::connect(endpoint, None)
+        .await
+        .unwrap();
     let watch = client.get_watch(&id).await.unwrap();
     assert!(
         watch.object_count >= acked.len() as u64,
@@ -165,12 +218,22 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
         watch.object_count
     );
     // Redelivering everything acknowledged (the same documents) counts nothing new.
-    let documents: Vec<String> = acked.iter().map(|i| created("data-lake", &[&format!("k{i}")])).collect();
+    let documents: Vec<String> = acked
+        .iter()
+        .map(|i| created("data-lake", &[&format!("k{i}")]))
+        .collect();
     for chunk in documents.chunks(100) {
         let r = client.ingest_s3_events(chunk.to_vec()).await.unwrap();
-        assert_eq!((r.counted, r.duplicates), (0, chunk.len() as u64), "acknowledged keys were recorded before the crash");
+        assert_eq!(
+            (r.counted, r.duplicates),
+            (0, chunk.len() as u64),
+            "acknowledged keys were recorded before the crash"
+        );
     }
     assert_eq!(watch.state, v1::WatchState::Active as i32);
-    let events = read_until(&mut client.events(&id, 0).await.unwrap(), LIMIT, |e| e.seq == watch.last_seq).await;
+    let events = read_until(&mut client.events(&id, 0).await.unwrap(), LIMIT, |e| {
+        e.seq == watch.last_seq
+    })
+    .await;
     assert_gapless(&events, 1);
 }

@@ -297,9 +297,6 @@ def test_resume_after_seq_returns_the_rest(server, flow):
         ], f"after_seq={k}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server bug: StreamWatchEvents with after_seq >= the terminal event's seq on a finished watch "
-    "never ends (hub::Subscription only sets ends_at when it delivers the terminal event itself)"))
 def test_resume_after_the_terminal_event_ends(server, flow):
     """after_seq = n: nothing left to replay and the watch is over, so the stream ends OK and empty.
 

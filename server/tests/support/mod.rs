@@ -4,7 +4,12 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
-use std::{net::SocketAddr, path::{Path, PathBuf}, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
 
 use sha2::{Digest, Sha256};
 use streamwatch_client::{Client, proto as v1};
@@ -79,14 +84,27 @@ impl TestServer {
 
     /// Starts on `dir`'s data file, on `addr` if given (to come back on the same port).
     pub async fn start_in(dir: DataDir, tenants: bool, addr: Option<SocketAddr>) -> Self {
-        let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind");
+        let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
         let config = dir.config(tenants);
-        let task = tokio::spawn(streamwatch_server::serve_with_clock(config, listener, Clock::new(), async move {
-            let _ = stopped.await;
-        }));
-        Self { addr, dir, tenants, stop: Some(stop), task: Some(task) }
+        let task = tokio::spawn(streamwatch_server::serve_with_clock(
+            config,
+            listener,
+            Clock::new(),
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self {
+            addr,
+            dir,
+            tenants,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub fn endpoint(&self) -> String {
@@ -94,11 +112,15 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoint(), None).await.expect("connect")
+        Client::connect(self.endpoint(), None)
+            .await
+            .expect("connect")
     }
 
     pub async fn client_with_token(&self, token: &str) -> Client {
-        Client::connect(self.endpoint(), Some(token)).await.expect("connect")
+        Client::connect(self.endpoint(), Some(token))
+            .await
+            .expect("connect")
     }
 
     /// Graceful shutdown; returns the data directory to restart on.
@@ -112,7 +134,9 @@ impl TestServer {
             let _ = stop.send(());
         }
         if let Some(task) = self.task.take() {
-            task.await.expect("server task").expect("server stopped cleanly");
+            task.await
+                .expect("server task")
+                .expect("server stopped cleanly");
         }
     }
 
@@ -161,9 +185,14 @@ pub fn s3_document(bucket: &str, records: &[(&str, &str, &str)]) -> String {
 
 /// Objects created under `keys`, each with its own sequencer.
 pub fn created(bucket: &str, keys: &[&str]) -> String {
-    let sequencers: Vec<String> = (0..keys.len()).map(|i| format!("{:018X}", 0x0055_AED6_DCD9_0281u64 + i as u64)).collect();
-    let records: Vec<(&str, &str, &str)> =
-        keys.iter().zip(&sequencers).map(|(k, s)| ("ObjectCreated:Put", *k, s.as_str())).collect();
+    let sequencers: Vec<String> = (0..keys.len())
+        .map(|i| format!("{:018X}", 0x0055_AED6_DCD9_0281u64 + i as u64))
+        .collect();
+    let records: Vec<(&str, &str, &str)> = keys
+        .iter()
+        .zip(&sequencers)
+        .map(|(k, s)| ("ObjectCreated:Put", *k, s.as_str()))
+        .collect();
     s3_document(bucket, &records)
 }
 
@@ -171,7 +200,9 @@ fn url_encode(key: &str) -> String {
     key.bytes()
         .map(|b| match b {
             b' ' => "+".to_owned(),
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'~' => (b as char).to_string(),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' | b'~' => {
+                (b as char).to_string()
+            }
             _ => format!("%{b:02X}"),
         })
         .collect()
@@ -179,21 +210,34 @@ fn url_encode(key: &str) -> String {
 
 pub fn quiet_period(window: Duration) -> v1::Policy {
     v1::Policy {
-        rule: Some(v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule { window: Some(duration(window)) })),
+        rule: Some(v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule {
+            window: Some(duration(window)),
+        })),
         ..Default::default()
     }
 }
 
 pub fn duration(d: Duration) -> prost_types::Duration {
-    prost_types::Duration { seconds: d.as_secs() as i64, nanos: d.subsec_nanos() as i32 }
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
 }
 
 pub fn start_request(bucket: &str, prefix: &str, policy: v1::Policy) -> v1::StartWatchRequest {
-    v1::StartWatchRequest { bucket: bucket.into(), prefix: prefix.into(), policy: Some(policy), ..Default::default() }
+    v1::StartWatchRequest {
+        bucket: bucket.into(),
+        prefix: prefix.into(),
+        policy: Some(policy),
+        ..Default::default()
+    }
 }
 
 /// Reads a stream to its end, failing the test if it takes over `limit`.
-pub async fn read_to_end(mut stream: tonic::Streaming<v1::WatchEvent>, limit: Duration) -> Vec<v1::WatchEvent> {
+pub async fn read_to_end(
+    mut stream: tonic::Streaming<v1::WatchEvent>,
+    limit: Duration,
+) -> Vec<v1::WatchEvent> {
     let mut events = Vec::new();
     tokio::time::timeout(limit, async {
         while let Some(event) = stream.message().await.expect("stream error") {

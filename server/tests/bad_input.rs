@@ -1,0 +1,280 @@
+//! Bad input gets INVALID_ARGUMENT naming the field, and changes nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use streamwatch_client::proto as v1;
+use support::*;
+
+fn polling(delay: Option<prost_types::Duration>, max_repeats: u32, schedule: i32) -> v1::Policy {
+    v1::Policy {
+        rule: Some(v1::policy::Rule::Polling(v1::PollingRule {
+            delay,
+            max_repeats,
+            schedule,
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn invalid_start_requests_name_the_field_and_create_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let ok_policy = quiet_period(Duration::from_secs(60));
+    let negative = prost_types::Duration {
+        seconds: -5,
+        nanos: 0,
+    };
+    let absurd = prost_types::Duration {
+        seconds: i64::MAX,
+        nanos: 0,
+    };
+    let mut labelled = start_request("data-lake", "", ok_policy.clone());
+    labelled.labels.insert("bad key!".into(), "v".into());
+    let mut with_timeout = ok_policy.clone();
+    with_timeout.timeout = Some(absurd);
+
+    let cases: Vec<(v1::StartWatchRequest, &str)> = vec![
+        (start_request("", "", ok_policy.clone()), "bucket"),
+        (start_request("Bad_Bucket", "", ok_policy.clone()), "bucket"),
+        (start_request("ab", "", ok_policy.clone()), "bucket"),
+        (
+            start_request("192.168.1.1", "", ok_policy.clone()),
+            "bucket",
+        ),
+        (
+            start_request("data-lake", &"p".repeat(1025), ok_policy.clone()),
+            "prefix",
+        ),
+        (
+            start_request(
+                "data-lake",
+                "",
+                polling(Some(duration(Duration::from_secs(1))), 0, 1),
+            ),
+            "policy.polling.max_repeats",
+        ),
+        (
+            start_request("data-lake", "", polling(None, 3, 1)),
+            "policy.polling.delay",
+        ),
+        (
+            start_request(
+                "data-lake",
+                "",
+                polling(Some(duration(Duration::from_secs(1))), 3, 42),
+            ),
+            "policy.polling.schedule",
+        ),
+        (
+            start_request(
+                "data-lake",
+                "",
+                v1::Policy {
+                    rule: Some(v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule {
+                        window: Some(negative),
+                    })),
+                    ..Default::default()
+                },
+            ),
+            "policy.quiet_period.window",
+        ),
+        (
+            start_request(
+                "data-lake",
+                "",
+                v1::Policy {
+                    rule: Some(v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule {
+                        window: Some(prost_types::Duration {
+                            seconds: 0,
+                            nanos: 0,
+                        }),
+                    })),
+                    ..Default::default()
+                },
+            ),
+            "policy.quiet_period.window",
+        ),
+        (
+            start_request("data-lake", "", with_timeout),
+            "policy.timeout",
+        ),
+        (
+            start_request(
+                "data-lake",
+                "",
+                v1::Policy {
+                    rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+                        objects: 0,
+                        quiet_window: None,
+                    })),
+                    ..Default::default()
+                },
+            ),
+            "policy.expected_count.objects",
+        ),
+        (labelled, "labels"),
+    ];
+    for (request, field) in cases {
+        let status = client.start_watch(request.clone()).await.expect_err(field);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(&format!("invalid {field}:")),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert!(
+        client
+            .list_watches(Default::default())
+            .await
+            .unwrap()
+            .watches
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn invalid_ids_and_pages_name_the_field() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for status in [
+        client.get_watch("").await.unwrap_err(),
+        client.get_watch("not-a-uuid").await.unwrap_err(),
+        client.cancel_watch("../../etc", "").await.unwrap_err(),
+        client.events("x", 0).await.unwrap_err(),
+    ] {
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().starts_with("invalid watch_id:"),
+            "{}",
+            status.message()
+        );
+    }
+    let bad_page = v1::ListWatchesRequest {
+        page_token: "zzz".into(),
+        ..Default::default()
+    };
+    let status = client.list_watches(bad_page).await.unwrap_err();
+    assert!(
+        status.message().starts_with("invalid page_token:"),
+        "{}",
+        status.message()
+    );
+    let bad_state = v1::ListWatchesRequest {
+        state: 99,
+        ..Default::default()
+    };
+    assert!(
+        client
+            .list_watches(bad_state)
+            .await
+            .unwrap_err()
+            .message()
+            .starts_with("invalid state:")
+    );
+    let big_page = v1::ListWatchesRequest {
+        page_size: 100_000,
+        ..Default::default()
+    };
+    assert!(
+        client
+            .list_watches(big_page)
+            .await
+            .unwrap_err()
+            .message()
+            .starts_with("invalid page_size:")
+    );
+}
+
+#[tokio::test]
+async fn bad_documents_are_rejected_one_by_one_and_change_nothing() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let id = client
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(3600)),
+        ))
+        .await
+        .unwrap()
+        .watch
+        .unwrap()
+        .watch_id;
+    let good = created("data-lake", &["good"]);
+    let half_bad = {
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&created("data-lake", &["x1", "x2"])).unwrap();
+        doc["Records"][1]["s3"]["object"]["key"] = serde_json::Value::Null;
+        doc.to_string()
+    };
+    let report = client
+        .ingest_s3_events(vec![
+            "{\"Records\": [".into(),
+            good,
+            "{\"Service\":\"Amazon S3\",\"Event\":\"s3:TestEvent\",\"Bucket\":\"data-lake\"}"
+                .into(),
+            half_bad,
+            "{\"something\": \"else\"}".into(),
+            "bad%FF".into(),
+        ])
+        .await
+        .unwrap();
+    let rejected: Vec<u32> = report.rejected.iter().map(|r| r.index).collect();
+    assert_eq!(rejected, [0, 3, 4, 5], "{:?}", report.rejected);
+    assert!(
+        report.rejected[1]
+            .reason
+            .contains("Records[1].s3.object.key"),
+        "{:?}",
+        report.rejected[1]
+    );
+    assert_eq!((report.records, report.counted, report.ignored), (1, 1, 1));
+    let watch = client.get_watch(&id).await.unwrap();
+    assert_eq!(
+        watch.object_count, 1,
+        "nothing of the half-bad document counted"
+    );
+}
+
+#[tokio::test]
+async fn an_oversized_ingest_call_is_refused_whole() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let id = client
+        .start_watch(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(3600)),
+        ))
+        .await
+        .unwrap()
+        .watch
+        .unwrap()
+        .watch_id;
+    let keys: Vec<String> = (0..10_001).map(|i| format!("k{i}")).collect();
+    let documents: Vec<String> = keys
+        .chunks(1000)
+        .map(|c| {
+            created(
+                "data-lake",
+                &c.iter().map(String::as_str).collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let status = client.ingest_s3_events(documents).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert!(
+        status.message().contains("nothing was recorded"),
+        "{}",
+        status.message()
+    );
+    assert_eq!(client.get_watch(&id).await.unwrap().object_count, 0);
+}
