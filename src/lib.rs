@@ -5,6 +5,8 @@
 
 /// Generated protobuf and gRPC code for `streamwatch.v1`.
 pub mod proto {
+    // Generated code: its shapes follow the .proto, not our lint settings.
+    #[allow(clippy::all, clippy::pedantic)]
     pub mod v1 {
         tonic::include_proto!("streamwatch.v1");
     }

@@ -31,7 +31,7 @@ impl Timestamp {
     }
 
     /// `self + d`, saturating (validated durations never come close).
-    pub fn add(self, d: Duration) -> Self {
+    pub fn plus(self, d: Duration) -> Self {
         Self(
             self.0
                 .saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -79,7 +79,7 @@ impl Clock {
     }
 
     pub fn now(&self) -> Timestamp {
-        self.anchor_wall.add(self.anchor.elapsed())
+        self.anchor_wall.plus(self.anchor.elapsed())
     }
 
     /// The tokio instant at which this clock reads `at` (now, if `at` has passed).

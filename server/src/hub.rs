@@ -201,7 +201,7 @@ impl Subscription {
         self.cursor = event.seq;
         match &event.kind {
             EventKind::Completed { .. } => {
-                self.ends_at = Some(self.late_window.map_or(event.time, |w| event.time.add(w)))
+                self.ends_at = Some(self.late_window.map_or(event.time, |w| event.time.plus(w)))
             }
             EventKind::TimedOut { .. } | EventKind::Cancelled { .. } => {
                 self.ends_at = Some(event.time)

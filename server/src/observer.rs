@@ -271,7 +271,7 @@ impl Observer {
                         }
                         Err(e) => {
                             tracing::error!(tenant = %tenant, watch_id = %id, error = %e, "cannot record a watch transition; retrying");
-                            self.schedule(key, now.add(RETRY_AFTER));
+                            self.schedule(key, now.plus(RETRY_AFTER));
                             return;
                         }
                     }
@@ -289,7 +289,7 @@ impl Observer {
             return;
         }
         tracing::warn!(watch = ?key, "watch kept changing during evaluation; retrying shortly");
-        let at = self.clock.now().add(RETRY_AFTER);
+        let at = self.clock.now().plus(RETRY_AFTER);
         self.schedule(key, at);
     }
 

@@ -234,7 +234,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
     let counters = &watch.counters;
     let objects = counters.object_count;
     let enough = objects >= policy.min_objects;
-    let timeout_at = policy.timeout.map(|t| life.generation_started_at.add(t));
+    let timeout_at = policy.timeout.map(|t| life.generation_started_at.plus(t));
     let quiet_since = counters
         .last_activity_at
         .unwrap_or(life.generation_started_at)
@@ -252,7 +252,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             object_count: objects,
             reason,
         }],
-        wake_at: policy.late_window.map(|w| now.add(w)),
+        wake_at: policy.late_window.map(|w| now.plus(w)),
     };
 
     let mut polling = life.polling;
@@ -268,7 +268,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
                     polling,
                 );
             }
-            match quiet_window.map(|w| quiet_since.add(w)) {
+            match quiet_window.map(|w| quiet_since.plus(w)) {
                 Some(deadline) if now >= deadline && enough => {
                     let w = humantime::format_duration(quiet_window.unwrap_or_default());
                     return complete(
@@ -281,7 +281,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             }
         }
         Rule::QuietPeriod { window } => {
-            let deadline = quiet_since.add(*window);
+            let deadline = quiet_since.plus(*window);
             if now >= deadline && enough {
                 let w = humantime::format_duration(*window);
                 return complete(format!("no activity for {w}; {objects} objects"), polling);
@@ -296,7 +296,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
         } => {
             let due = polling
                 .next_sample_at
-                .unwrap_or_else(|| life.generation_started_at.add(schedule.delay(*delay, 0)));
+                .unwrap_or_else(|| life.generation_started_at.plus(schedule.delay(*delay, 0)));
             if now >= due {
                 let sample = counters.activity();
                 if sample == polling.last_sample {
@@ -325,7 +325,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
                     done.events = events;
                     return done;
                 }
-                polling.next_sample_at = Some(now.add(schedule.delay(*delay, polling.repeated)));
+                polling.next_sample_at = Some(now.plus(schedule.delay(*delay, polling.repeated)));
             } else {
                 polling.next_sample_at = Some(due);
             }

@@ -303,7 +303,7 @@ impl Watch {
             self.lifecycle.completed_at,
             self.policy.late_window,
         ) {
-            (WatchState::Completed, Some(at), Some(window)) => Some(at.add(window)),
+            (WatchState::Completed, Some(at), Some(window)) => Some(at.plus(window)),
             _ => None,
         }
     }

@@ -111,7 +111,7 @@ async fn a_shared_bucket_counts_into_each_allowed_tenants_watch() {
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
     let policy = quiet_period(Duration::from_secs(3600));
     let a = acme
-        .start_watch(start_request("shared-lake", "", policy.clone()))
+        .start_watch(start_request("shared-lake", "", policy))
         .await
         .unwrap()
         .watch

@@ -1,5 +1,5 @@
 //! The embedded store: one SQLite file in WAL mode. All writes go through one
-//! writer thread that commits whatever has queued up in a single transaction
+//! writer task that commits whatever has queued up in a single transaction
 //! (group commit), each command inside its own savepoint so one failing
 //! command never undoes another. Reads use a small pool of read connections.
 //!
@@ -167,7 +167,7 @@ fn open(path: &Path, flags: OpenFlags) -> Result<Connection> {
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the store file at `path`.
+    /// Opens (creating if needed) the store file at `path`. Needs a tokio runtime.
     pub fn open(path: impl Into<PathBuf>) -> Result<Self> {
         let path = path.into();
         let mut conn = open(&path, OpenFlags::default())?;
@@ -196,10 +196,7 @@ impl SqliteStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let (writer, rx) = mpsc::channel(4096);
-        std::thread::Builder::new()
-            .name("sqlite-writer".into())
-            .spawn(move || run_writer(conn, rx))
-            .map_err(|e| StoreError::Transaction(format!("cannot start the writer thread: {e}")))?;
+        tokio::spawn(run_writer(conn, rx));
         Ok(Self {
             writer,
             readers: Arc::new(Readers {
@@ -229,8 +226,12 @@ impl SqliteStore {
     }
 }
 
-fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
-    while let Some(first) = rx.blocking_recv() {
+/// The writer task: takes whatever commands have queued up and runs them as
+/// one transaction on the blocking pool (so a paused test clock never jumps
+/// while a commit is in flight).
+async fn run_writer(conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    let mut conn = Some(conn);
+    while let Some(first) = rx.recv().await {
         let mut commands = vec![first];
         while commands.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -238,53 +239,65 @@ fn run_writer(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
                 Err(_) => break,
             }
         }
-        let mut closing = Vec::new();
-        let mut pending = Vec::with_capacity(commands.len());
-        let commit = match conn.transaction() {
-            Ok(mut tx) => {
-                for command in commands {
-                    match command {
-                        Command::Create(new, reply) => pending.push(Pending::Create(
-                            reply,
-                            in_savepoint(&mut tx, |tx| create(tx, *new)),
-                        )),
-                        Command::Record(activities, now, reply) => pending.push(Pending::Record(
-                            reply,
-                            in_savepoint(&mut tx, |tx| record(tx, &activities, now)),
-                        )),
-                        Command::Apply(args, reply) => pending.push(Pending::Apply(
-                            reply,
-                            in_savepoint(&mut tx, |tx| apply(tx, *args)),
-                        )),
-                        Command::Close(reply) => closing.push(reply),
-                    }
-                }
-                tx.commit().map_err(|e| e.to_string())
+        let Some(mut c) = conn.take() else { return };
+        let group = tokio::task::spawn_blocking(move || {
+            let closing = run_group(&mut c, commands);
+            (c, closing)
+        })
+        .await;
+        match group {
+            Ok((c, false)) => conn = Some(c),
+            Ok((_, true)) => break,
+            Err(e) => {
+                tracing::error!(error = %e, "the sqlite writer failed; the store is closed");
+                break;
             }
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = &commit {
-            tracing::error!(error = %e, "sqlite commit failed");
-        }
-        for p in pending {
-            p.send(&commit);
-        }
-        if !closing.is_empty() {
-            rx.close();
-            let checkpoint = conn
-                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(StoreError::from);
-            if let Err(e) = &checkpoint {
-                tracing::warn!(error = %e, "final checkpoint failed");
-            }
-            for reply in closing {
-                let _ = reply.send(Ok(()));
-            }
-            // Commands that raced the close are answered with Closed by dropping them.
-            while rx.try_recv().is_ok() {}
-            return;
         }
     }
+    // Commands that raced the close are answered with Closed when dropped.
+    rx.close();
+}
+
+/// Runs one group of commands in one transaction; true when the group closed the store.
+fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
+    let mut closing = Vec::new();
+    let mut pending = Vec::with_capacity(commands.len());
+    let commit = match conn.transaction() {
+        Ok(mut tx) => {
+            for command in commands {
+                match command {
+                    Command::Create(new, reply) => {
+                        pending.push(Pending::Create(reply, in_savepoint(&mut tx, |tx| create(tx, *new))))
+                    }
+                    Command::Record(activities, now, reply) => {
+                        pending.push(Pending::Record(reply, in_savepoint(&mut tx, |tx| record(tx, &activities, now))))
+                    }
+                    Command::Apply(args, reply) => {
+                        pending.push(Pending::Apply(reply, in_savepoint(&mut tx, |tx| apply(tx, *args))))
+                    }
+                    Command::Close(reply) => closing.push(reply),
+                }
+            }
+            tx.commit().map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = &commit {
+        tracing::error!(error = %e, "sqlite commit failed");
+    }
+    for p in pending {
+        p.send(&commit);
+    }
+    if closing.is_empty() {
+        return false;
+    }
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "final checkpoint failed");
+    }
+    for reply in closing {
+        let _ = reply.send(Ok(()));
+    }
+    true
 }
 
 fn in_savepoint<T>(

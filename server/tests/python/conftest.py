@@ -1,7 +1,7 @@
 """Fixtures for the black-box gRPC tests of streamwatch-server.
 
-A session fixture generates Python stubs from /work/main/proto (plus the
-standard grpc.health.v1 contract) into a temp dir, starts the real server
+A session fixture generates Python stubs from proto/ into a temp dir (the
+grpc.health.v1 stubs come from grpcio-health-checking), starts the real server
 binary on a free loopback port with a temp SQLite file and a two-tenant
 tenants file, waits for it to report SERVING over grpc.health.v1, and stops
 it with SIGTERM at the end.
@@ -31,24 +31,6 @@ DEFAULT_BIN = REPO / "target" / "debug" / "streamwatch-server"
 STARTUP_DEADLINE_S = 20.0
 RPC_TIMEOUT_S = 5.0
 
-# The standard health contract (grpc/grpc src/proto/grpc/health/v1/health.proto).
-# Written under a private file name so the generated module does not shadow
-# the installed `grpc` package.
-HEALTH_PROTO = """
-syntax = "proto3";
-package grpc.health.v1;
-message HealthCheckRequest { string service = 1; }
-message HealthCheckResponse {
-  enum ServingStatus { UNKNOWN = 0; SERVING = 1; NOT_SERVING = 2; SERVICE_UNKNOWN = 3; }
-  ServingStatus status = 1;
-}
-service Health {
-  rpc Check(HealthCheckRequest) returns (HealthCheckResponse);
-  rpc Watch(HealthCheckRequest) returns (stream HealthCheckResponse);
-}
-"""
-
-
 def _well_known_protos() -> str:
     """The include dir of google/protobuf/*.proto shipped with grpcio-tools."""
     try:
@@ -67,22 +49,16 @@ def pb(tmp_path_factory) -> types.SimpleNamespace:
     from grpc_tools import protoc
 
     out = tmp_path_factory.mktemp("stubs")
-    extra = tmp_path_factory.mktemp("extra_protos")
-    health_dir = extra / "swtest_health"
-    health_dir.mkdir()
-    (health_dir / "health.proto").write_text(HEALTH_PROTO)
 
     protos = [str(p.relative_to(PROTO_ROOT)) for p in sorted(PROTO_ROOT.rglob("*.proto"))]
     assert "streamwatch/v1/watch.proto" in protos and "streamwatch/v1/ingest.proto" in protos
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",
-        f"-I{extra}",
         f"-I{_well_known_protos()}",
         f"--python_out={out}",
         f"--grpc_python_out={out}",
         *protos,
-        "swtest_health/health.proto",
     ]
     rc = protoc.main(args)
     assert rc == 0, f"protoc failed ({rc}): {' '.join(args)}"
@@ -95,8 +71,8 @@ def pb(tmp_path_factory) -> types.SimpleNamespace:
         watch_grpc=importlib.import_module("streamwatch.v1.watch_pb2_grpc"),
         ingest=importlib.import_module("streamwatch.v1.ingest_pb2"),
         ingest_grpc=importlib.import_module("streamwatch.v1.ingest_pb2_grpc"),
-        health=importlib.import_module("swtest_health.health_pb2"),
-        health_grpc=importlib.import_module("swtest_health.health_pb2_grpc"),
+        health=importlib.import_module("grpc_health.v1.health_pb2"),
+        health_grpc=importlib.import_module("grpc_health.v1.health_pb2_grpc"),
     )
 
 
