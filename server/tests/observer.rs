@@ -31,28 +31,47 @@ fn start(rule: Rule) -> StartWatch {
     StartWatch {
         bucket: Bucket::parse("bucket", "data-lake").unwrap(),
         prefix: Prefix::parse("prefix", "").unwrap(),
-        policy: Policy { rule, min_objects: 0, timeout: None, late_window: None },
+        policy: Policy {
+            rule,
+            min_objects: 0,
+            timeout: None,
+            late_window: None,
+        },
         labels: Default::default(),
         client_token: None,
     }
 }
 
 async fn core(dir: &DataDir, clock: Clock) -> Core {
-    Core::start(&dir.config(false), clock).await.expect("core starts")
+    Core::start(&dir.config(false), clock)
+        .await
+        .expect("core starts")
 }
 
 async fn begin(core: &Core, start: StartWatch) -> Watch {
-    core.service.start_watch(&tenant(), start).await.expect("start").0
+    core.service
+        .start_watch(&tenant(), start)
+        .await
+        .expect("start")
+        .0
 }
 
 async fn land(core: &Core, keys: &[&str]) {
-    let report = core.service.ingest(&tenant(), &[created("data-lake", keys)]).await.expect("ingest");
+    let report = core
+        .service
+        .ingest(&tenant(), &[created("data-lake", keys)])
+        .await
+        .expect("ingest");
     assert_eq!(report.counted, keys.len() as u64);
 }
 
 /// Every event of the watch until its stream ends.
 async fn events(core: &Core, watch: &Watch) -> Vec<WatchEvent> {
-    let stream = core.service.stream_events(&tenant(), &watch.id, 0).await.expect("stream");
+    let stream = core
+        .service
+        .stream_events(&tenant(), &watch.id, 0)
+        .await
+        .expect("stream");
     stream.map(|e| e.expect("event")).collect().await
 }
 
@@ -64,14 +83,25 @@ fn timeline(events: &[WatchEvent]) -> Vec<(&'static str, Timestamp)> {
 async fn quiet_period_completes_at_exactly_last_activity_plus_window() {
     let dir = DataDir::new();
     let core = core(&dir, Clock::starting_at(at(0))).await;
-    let watch = begin(&core, start(Rule::QuietPeriod { window: Duration::from_secs(30) })).await;
+    let watch = begin(
+        &core,
+        start(Rule::QuietPeriod {
+            window: Duration::from_secs(30),
+        }),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     land(&core, &["a"]).await;
     tokio::time::sleep(Duration::from_secs(25)).await;
     land(&core, &["b"]).await;
     assert_eq!(
         timeline(&events(&core, &watch).await),
-        [("started", at(0)), ("progress", at(10)), ("progress", at(35)), ("completed", at(65))]
+        [
+            ("started", at(0)),
+            ("progress", at(10)),
+            ("progress", at(35)),
+            ("completed", at(65))
+        ]
     );
     core.shutdown().await.unwrap();
 }
@@ -80,7 +110,11 @@ async fn quiet_period_completes_at_exactly_last_activity_plus_window() {
 async fn exponential_polling_samples_on_the_classic_schedule() {
     let dir = DataDir::new();
     let core = core(&dir, Clock::starting_at(at(0))).await;
-    let rule = Rule::Polling { delay: Duration::from_secs(60), max_repeats: 3, schedule: DelaySchedule::Exponential };
+    let rule = Rule::Polling {
+        delay: Duration::from_secs(60),
+        max_repeats: 3,
+        schedule: DelaySchedule::Exponential,
+    };
     let watch = begin(&core, rule_with_objects(rule)).await;
     land(&core, &["a"]).await;
     // Samples at 60 (changed: 0 -> 1), then waits 60s, 23s, 9s between unchanged samples.
@@ -108,7 +142,10 @@ fn rule_with_objects(rule: Rule) -> StartWatch {
 async fn timeout_fires_at_exactly_its_deadline() {
     let dir = DataDir::new();
     let core = core(&dir, Clock::starting_at(at(0))).await;
-    let mut s = start(Rule::ExpectedCount { objects: 100, quiet_window: None });
+    let mut s = start(Rule::ExpectedCount {
+        objects: 100,
+        quiet_window: None,
+    });
     s.policy.timeout = Some(Duration::from_secs(3600));
     let watch = begin(&core, s).await;
     land(&core, &["a", "b"]).await;
@@ -122,7 +159,13 @@ async fn a_restart_keeps_deadlines_intact() {
     let dir = DataDir::new();
     let clock = Clock::starting_at(at(0));
     let first = core(&dir, clock).await;
-    let watch = begin(&first, start(Rule::QuietPeriod { window: Duration::from_secs(30) })).await;
+    let watch = begin(
+        &first,
+        start(Rule::QuietPeriod {
+            window: Duration::from_secs(30),
+        }),
+    )
+    .await;
     tokio::time::sleep(Duration::from_secs(10)).await;
     land(&first, &["a"]).await;
     tokio::time::sleep(Duration::from_secs(15)).await;
@@ -132,7 +175,11 @@ async fn a_restart_keeps_deadlines_intact() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let second = core(&dir, Clock::starting_at(clock.now())).await;
     let events = events(&second, &watch).await;
-    assert_eq!(timeline(&events).last(), Some(&("completed", at(40))), "deadline stays last activity + window");
+    assert_eq!(
+        timeline(&events).last(),
+        Some(&("completed", at(40))),
+        "deadline stays last activity + window"
+    );
     second.shutdown().await.unwrap();
 }
 
@@ -141,7 +188,11 @@ async fn polling_progress_survives_a_restart() {
     let dir = DataDir::new();
     let clock = Clock::starting_at(at(0));
     let first = core(&dir, clock).await;
-    let rule = Rule::Polling { delay: Duration::from_secs(10), max_repeats: 3, schedule: DelaySchedule::Fixed };
+    let rule = Rule::Polling {
+        delay: Duration::from_secs(10),
+        max_repeats: 3,
+        schedule: DelaySchedule::Fixed,
+    };
     let watch = begin(&first, start(rule)).await;
     tokio::time::sleep(Duration::from_secs(25)).await; // ticks at 10 and 20
     first.shutdown().await.unwrap();
@@ -149,7 +200,13 @@ async fn polling_progress_survives_a_restart() {
     let events = events(&second, &watch).await;
     assert_eq!(
         timeline(&events),
-        [("started", at(0)), ("quiet_tick", at(10)), ("quiet_tick", at(20)), ("quiet_tick", at(30)), ("completed", at(30))]
+        [
+            ("started", at(0)),
+            ("quiet_tick", at(10)),
+            ("quiet_tick", at(20)),
+            ("quiet_tick", at(30)),
+            ("completed", at(30))
+        ]
     );
     second.shutdown().await.unwrap();
 }
@@ -158,11 +215,17 @@ async fn polling_progress_survives_a_restart() {
 async fn a_late_window_keeps_the_stream_open_until_it_closes() {
     let dir = DataDir::new();
     let core = core(&dir, Clock::starting_at(at(0))).await;
-    let mut s = start(Rule::QuietPeriod { window: Duration::from_secs(30) });
+    let mut s = start(Rule::QuietPeriod {
+        window: Duration::from_secs(30),
+    });
     s.policy.late_window = Some(Duration::from_secs(300));
     let watch = begin(&core, s).await;
     land(&core, &["a"]).await;
-    let mut stream = core.service.stream_events(&tenant(), &watch.id, 0).await.unwrap();
+    let mut stream = core
+        .service
+        .stream_events(&tenant(), &watch.id, 0)
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     while let Some(event) = stream.next().await {
         let event = event.unwrap();
@@ -176,10 +239,25 @@ async fn a_late_window_keeps_the_stream_open_until_it_closes() {
     tokio::time::sleep(Duration::from_secs(100)).await;
     land(&core, &["late"]).await;
     let rest: Vec<_> = stream.map(|e| e.unwrap()).collect().await;
-    assert_eq!(timeline(&rest), [("progress", at(130)), ("reopened", at(130)), ("completed", at(160))]);
+    assert_eq!(
+        timeline(&rest),
+        [
+            ("progress", at(130)),
+            ("reopened", at(130)),
+            ("completed", at(160))
+        ]
+    );
     assert!(rest.iter().skip(1).all(|e| e.generation == 2));
     // The stream ended when the second completion's late window closed.
-    assert_eq!(core.service.get_watch(&tenant(), &watch.id).await.unwrap().lifecycle.generation, 2);
+    assert_eq!(
+        core.service
+            .get_watch(&tenant(), &watch.id)
+            .await
+            .unwrap()
+            .lifecycle
+            .generation,
+        2
+    );
     core.shutdown().await.unwrap();
 }
 
@@ -190,13 +268,21 @@ async fn one_timer_queue_decides_many_watches_each_at_its_own_deadline() {
     let mut watches = Vec::new();
     for i in 0..500u64 {
         let window = Duration::from_secs(60 + (i * 7919) % 3600);
-        watches.push((begin(&core, start(Rule::QuietPeriod { window })).await, window));
+        watches.push((
+            begin(&core, start(Rule::QuietPeriod { window })).await,
+            window,
+        ));
     }
     for (watch, window) in &watches {
         let events = events(&core, watch).await;
         let done = events.last().unwrap();
         assert!(matches!(done.kind, EventKind::Completed { .. }));
-        assert_eq!(done.time, at(0).plus(*window), "watch {} decided off its deadline", watch.id);
+        assert_eq!(
+            done.time,
+            at(0).plus(*window),
+            "watch {} decided off its deadline",
+            watch.id
+        );
     }
     core.shutdown().await.unwrap();
 }

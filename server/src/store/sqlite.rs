@@ -266,15 +266,18 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
         Ok(mut tx) => {
             for command in commands {
                 match command {
-                    Command::Create(new, reply) => {
-                        pending.push(Pending::Create(reply, in_savepoint(&mut tx, |tx| create(tx, *new))))
-                    }
-                    Command::Record(activities, now, reply) => {
-                        pending.push(Pending::Record(reply, in_savepoint(&mut tx, |tx| record(tx, &activities, now))))
-                    }
-                    Command::Apply(args, reply) => {
-                        pending.push(Pending::Apply(reply, in_savepoint(&mut tx, |tx| apply(tx, *args))))
-                    }
+                    Command::Create(new, reply) => pending.push(Pending::Create(
+                        reply,
+                        in_savepoint(&mut tx, |tx| create(tx, *new)),
+                    )),
+                    Command::Record(activities, now, reply) => pending.push(Pending::Record(
+                        reply,
+                        in_savepoint(&mut tx, |tx| record(tx, &activities, now)),
+                    )),
+                    Command::Apply(args, reply) => pending.push(Pending::Apply(
+                        reply,
+                        in_savepoint(&mut tx, |tx| apply(tx, *args)),
+                    )),
                     Command::Close(reply) => closing.push(reply),
                 }
             }
