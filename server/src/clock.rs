@@ -22,6 +22,9 @@ use std::{fmt, time::Duration};
 pub struct Timestamp(i64);
 
 impl Timestamp {
+    /// Later than any real instant.
+    pub const MAX: Self = Self(i64::MAX);
+
     pub const fn from_millis(ms: i64) -> Self {
         Self(ms)
     }

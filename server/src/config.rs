@@ -1,6 +1,7 @@
 //! Server configuration: every flag has an environment variable, durations
 //! are human (`10s`, `1m`), and the defaults run the embedded store on
-//! loopback with nothing to install.
+//! loopback with nothing to install; `--store dynamodb` and `--sqs-queue-url`
+//! switch to the AWS backend.
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
@@ -8,6 +9,13 @@ use clap::Parser;
 
 pub const DEFAULT_DATA_FILE: &str = "streamwatch.db";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
+pub const DEFAULT_RETENTION: &str = "30days";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum StoreKind {
+    Sqlite,
+    Dynamodb,
+}
 
 /// streamwatch: tells you when a data set has finished landing in object storage.
 #[derive(Clone, Debug, Parser)]
@@ -29,9 +37,52 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Where state lives: `sqlite` (one file, the default) or `dynamodb` (shared by replicas).
+    #[arg(long, env = "STREAMWATCH_STORE", value_enum, default_value_t = StoreKind::Sqlite)]
+    pub store: StoreKind,
+
+    /// DynamoDB table (with `--store dynamodb`). AWS region, credentials and
+    /// `AWS_ENDPOINT_URL` come from the standard AWS configuration chain.
+    #[arg(long, env = "STREAMWATCH_TABLE", required_if_eq("store", "dynamodb"))]
+    pub table: Option<String>,
+
+    /// Create the DynamoDB table if it does not exist (development; production tables come from deploy/).
+    #[arg(long, env = "STREAMWATCH_CREATE_TABLE")]
+    pub create_table: bool,
+
+    /// How long a finished watch's items stay in DynamoDB (TTL) once it can no longer change.
+    #[arg(long, env = "STREAMWATCH_RETENTION", default_value = DEFAULT_RETENTION, value_parser = humantime::parse_duration)]
+    pub retention: Duration,
+
+    /// SQS queue receiving the bucket's notifications (S3 -> SQS or S3 -> SNS -> SQS). Repeat for several;
+    /// in the environment, separate them with commas.
+    #[arg(
+        long = "sqs-queue-url",
+        env = "STREAMWATCH_SQS_QUEUE_URLS",
+        value_delimiter = ','
+    )]
+    pub sqs_queue_urls: Vec<String>,
+
+    /// Consumers per SQS queue (each long-polls on its own).
+    #[arg(long, env = "STREAMWATCH_SQS_CONSUMERS", default_value_t = 2)]
+    pub sqs_consumers: usize,
+
+    /// How long one SQS receive waits for messages (at most 20s). A watch held
+    /// for a queue to catch up completes at most about this long after its deadline.
+    #[arg(long, env = "STREAMWATCH_SQS_WAIT", default_value = "20s", value_parser = parse_sqs_wait)]
+    pub sqs_wait: Duration,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+}
+
+fn parse_sqs_wait(raw: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
+    if d > Duration::from_secs(20) || d.subsec_nanos() != 0 {
+        return Err("must be whole seconds, at most 20s (SQS long polling)".into());
+    }
+    Ok(d)
 }
 
 impl Config {

@@ -36,12 +36,15 @@ use crate::{
     api::{IngestApi, WatchApi},
     auth::{AuthInterceptor, Tenants},
     clock::Clock,
-    config::Config,
+    config::{Config, StoreKind},
     hub::Hub,
-    ingest::{Ingest, Routes},
+    ingest::{
+        Ingest, Routes, Watermarks,
+        sqs::{QueueConsumer, QueueStats},
+    },
     observer::Observer,
     service::Service,
-    store::{Store, sqlite::SqliteStore},
+    store::{Store, dynamodb::DynamoStore, sqlite::SqliteStore},
 };
 
 /// Largest IngestS3Events request accepted (room for [`ingest::MAX_RECORDS`] records).
@@ -56,6 +59,43 @@ pub struct Core {
     streams_end: CancellationToken,
     observer_end: CancellationToken,
     observer_task: tokio::task::JoinHandle<()>,
+    consumers_end: CancellationToken,
+    consumers: Vec<tokio::task::JoinHandle<()>>,
+    /// Per queue URL, what its consumers did.
+    pub queue_stats: Vec<(String, Arc<QueueStats>)>,
+}
+
+/// Opens the store `config` names.
+async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.store {
+        StoreKind::Sqlite => Arc::new(
+            SqliteStore::open(&config.data)
+                .with_context(|| format!("cannot open the store {}", config.data.display()))?,
+        ),
+        StoreKind::Dynamodb => {
+            let table = config
+                .table
+                .clone()
+                .context("--store dynamodb needs --table")?;
+            let store = DynamoStore::new(
+                DynamoStore::client_from_env().await,
+                &table,
+                config.retention,
+            );
+            if config.create_table && store.check().await.is_err() {
+                store
+                    .create_table()
+                    .await
+                    .with_context(|| format!("cannot create the DynamoDB table {table}"))?;
+                tracing::info!(%table, "created the DynamoDB table");
+            }
+            store
+                .check()
+                .await
+                .with_context(|| format!("cannot reach the DynamoDB table {table}"))?;
+            Arc::new(store)
+        }
+    })
 }
 
 impl Core {
@@ -65,30 +105,61 @@ impl Core {
             Some(path) => Tenants::load(path)?,
             None => Tenants::open(),
         });
-        let store: Arc<dyn Store> = Arc::new(
-            SqliteStore::open(&config.data)
-                .with_context(|| format!("cannot open the store {}", config.data.display()))?,
-        );
+        let store = open_store(config).await?;
+        let consumers_per_queue = config.sqs_consumers.max(1);
+        let watermarks = Arc::new(Watermarks::new(
+            config.sqs_queue_urls.len() * consumers_per_queue,
+        ));
         let streams_end = CancellationToken::new();
         let observer_end = CancellationToken::new();
         let routes = Arc::new(Routes::default());
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
-        let (mut observer, observer_handle) =
-            Observer::new(store.clone(), hub.clone(), routes.clone(), clock);
+        let (mut observer, observer_handle) = Observer::new(
+            store.clone(),
+            hub.clone(),
+            routes.clone(),
+            clock,
+            watermarks.subscribe(),
+        );
         let recovered = observer
             .recover()
             .await
             .context("cannot resume the live watches")?;
         tracing::info!(live_watches = recovered, "observer resumed");
         let observer_task = tokio::spawn(observer.run(observer_end.clone()));
-        let ingest = Ingest {
+        let ingest = Arc::new(Ingest {
             store: store.clone(),
             routes,
             observer: observer_handle.clone(),
             hub: hub.clone(),
             tenants: tenants.clone(),
             clock,
-        };
+        });
+        let consumers_end = CancellationToken::new();
+        let mut consumers = Vec::new();
+        let mut queue_stats = Vec::new();
+        if !config.sqs_queue_urls.is_empty() {
+            let sqs = aws_sdk_sqs::Client::new(
+                &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+            );
+            for (q, url) in config.sqs_queue_urls.iter().enumerate() {
+                let stats = Arc::new(QueueStats::default());
+                queue_stats.push((url.clone(), stats.clone()));
+                for c in 0..consumers_per_queue {
+                    let consumer = QueueConsumer {
+                        client: sqs.clone(),
+                        url: url.clone(),
+                        mark: q * consumers_per_queue + c,
+                        ingest: ingest.clone(),
+                        watermarks: watermarks.clone(),
+                        clock,
+                        wait: config.sqs_wait,
+                        stats: stats.clone(),
+                    };
+                    consumers.push(tokio::spawn(consumer.run(consumers_end.clone())));
+                }
+            }
+        }
         let service = Arc::new(Service {
             store: store.clone(),
             hub,
@@ -104,6 +175,9 @@ impl Core {
             streams_end,
             observer_end,
             observer_task,
+            consumers_end,
+            consumers,
+            queue_stats,
         })
     }
 
@@ -112,8 +186,12 @@ impl Core {
         self.streams_end.cancel();
     }
 
-    /// Stops the observer and flushes the store.
+    /// Stops the queue consumers and the observer, and flushes the store.
     pub async fn shutdown(self) -> anyhow::Result<()> {
+        self.consumers_end.cancel();
+        for consumer in self.consumers {
+            let _ = consumer.await;
+        }
         self.streams_end.cancel();
         self.observer_end.cancel();
         let _ = self.observer_task.await;

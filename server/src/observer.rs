@@ -4,7 +4,11 @@
 //! [`ObserverHandle`]; it is the only writer of lifecycle transitions, so each
 //! generation gets exactly one terminal event.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
@@ -92,6 +96,10 @@ pub struct Observer {
     rx: mpsc::Receiver<Command>,
     queue: DelayQueue<WatchKey>,
     watches: HashMap<WatchKey, Entry>,
+    /// How far ingest has settled (see [`policy::evaluate`]).
+    settled: tokio::sync::watch::Receiver<Timestamp>,
+    /// Watches waiting for ingest to settle past an instant.
+    held: HashSet<WatchKey>,
 }
 
 impl Observer {
@@ -100,6 +108,7 @@ impl Observer {
         hub: Arc<Hub>,
         routes: Arc<Routes>,
         clock: Clock,
+        settled: tokio::sync::watch::Receiver<Timestamp>,
     ) -> (Self, ObserverHandle) {
         let (tx, rx) = mpsc::channel(1024);
         let observer = Self {
@@ -110,6 +119,8 @@ impl Observer {
             rx,
             queue: DelayQueue::new(),
             watches: HashMap::new(),
+            settled,
+            held: HashSet::new(),
         };
         (observer, ObserverHandle { tx })
     }
@@ -149,6 +160,19 @@ impl Observer {
                         self.handle(command).await;
                     }
                     self.evaluate(&key).await;
+                }
+                changed = self.settled.changed(), if !self.held.is_empty() => {
+                    if changed.is_err() {
+                        // The queues stopped (shutdown); nothing will settle further.
+                        self.held.clear();
+                        continue;
+                    }
+                    let settled = *self.settled.borrow_and_update();
+                    let ready: Vec<WatchKey> = self.held.iter().cloned().collect();
+                    tracing::debug!(%settled, held = ready.len(), "ingest settled further");
+                    for key in ready {
+                        self.evaluate(&key).await;
+                    }
                 }
             }
         }
@@ -206,12 +230,27 @@ impl Observer {
     }
 
     fn forget(&mut self, key: &WatchKey) {
+        self.held.remove(key);
         if let Some(entry) = self.watches.remove(key) {
             if let Some(timer) = entry.timer {
                 self.queue.remove(&timer);
             }
             self.routes.remove(&entry.watch.bucket, key);
+            if entry.watch.state().is_terminal() {
+                self.retire(key);
+            }
         }
+    }
+
+    /// Lets the store release what a finished watch no longer needs, off the observer's path.
+    fn retire(&self, key: &WatchKey) {
+        let store = self.store.clone();
+        let (key, now) = (key.clone(), self.clock.now());
+        tokio::spawn(async move {
+            if let Err(e) = store.retire(&key.tenant, &key.id, now).await {
+                tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e, "cannot retire a finished watch");
+            }
+        });
     }
 
     fn schedule(&mut self, key: &WatchKey, at: Timestamp) {
@@ -242,7 +281,8 @@ impl Observer {
                 return;
             }
             let now = self.clock.now();
-            let decision = policy::evaluate(&entry.watch, now);
+            let settled = *self.settled.borrow();
+            let decision = policy::evaluate(&entry.watch, now, settled);
             let watch = match decision.lifecycle {
                 None => entry.watch.clone(),
                 Some(lifecycle) => {
@@ -280,6 +320,11 @@ impl Observer {
             let live = watch.state() == WatchState::Active || decision.wake_at.is_some();
             if let Some(entry) = self.watches.get_mut(key) {
                 entry.watch = watch;
+            }
+            if decision.held_until_settled.is_some() {
+                self.held.insert(key.clone());
+            } else {
+                self.held.remove(key);
             }
             match decision.wake_at {
                 Some(at) => self.schedule(key, at),
@@ -332,6 +377,10 @@ impl Observer {
             {
                 Some(Applied::Done { watch, events }) => {
                     self.hub.publish(&events);
+                    match self.watches.get_mut(key) {
+                        Some(entry) => entry.watch = watch.clone(),
+                        None => self.retire(key),
+                    }
                     self.forget(key);
                     return Ok(watch);
                 }

@@ -160,6 +160,16 @@ pub struct Decision {
     pub events: Vec<EventKind>,
     /// When to evaluate again; `None` with a non-live watch means forget it.
     pub wake_at: Option<Timestamp>,
+    /// The rule would decide now, but activity before this instant may still
+    /// be on its way (a queue behind): evaluate again once ingest has settled past it.
+    pub held_until_settled: Option<Timestamp>,
+}
+
+const HELD_REASON_PREFIX: &str = "waiting for the notification queues";
+
+/// The reason a held watch shows while it waits for ingest to catch up.
+pub fn held_reason(at: Timestamp) -> String {
+    format!("{HELD_REASON_PREFIX} to catch up past {at} before deciding")
 }
 
 /// The lifecycle a watch starts with (or restarts with when reopened at `at`).
@@ -178,10 +188,14 @@ pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecyc
     }
 }
 
-/// Decides what happens to `watch` at `now`.
-pub fn evaluate(watch: &Watch, now: Timestamp) -> Decision {
+/// Decides what happens to `watch` at `now`, given that every notification
+/// sent before `settled_until` has been recorded ([`Timestamp::MAX`] when
+/// nothing can be in flight). Quiet and polling decisions about an instant
+/// wait until ingest has settled past it; a lagging counter looks exactly
+/// like a finished producer.
+pub fn evaluate(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> Decision {
     match watch.lifecycle.state {
-        WatchState::Active => evaluate_active(watch, now),
+        WatchState::Active => evaluate_active(watch, now, settled_until),
         WatchState::Completed => evaluate_completed(watch, now),
         WatchState::TimedOut | WatchState::Cancelled | WatchState::Failed => Decision::default(),
     }
@@ -216,7 +230,7 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
         lifecycle,
         ..watch.clone()
     };
-    let mut next = evaluate_active(&reopened, now);
+    let mut next = evaluate_active(&reopened, now, Timestamp::MAX);
     next.events.insert(
         0,
         EventKind::Reopened {
@@ -228,7 +242,7 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
     next
 }
 
-fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
+fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> Decision {
     let policy = &watch.policy;
     let life = &watch.lifecycle;
     let counters = &watch.counters;
@@ -253,6 +267,21 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             reason,
         }],
         wake_at: policy.late_window.map(|w| now.plus(w)),
+        held_until_settled: None,
+    };
+    let hold = |at: Timestamp, polling: PollingProgress| {
+        let reason = held_reason(at);
+        let lifecycle = (life.reason != reason || life.polling != polling).then(|| Lifecycle {
+            reason,
+            polling,
+            ..life.clone()
+        });
+        Decision {
+            lifecycle,
+            events: Vec::new(),
+            wake_at: timeout_at,
+            held_until_settled: Some(at),
+        }
     };
 
     let mut polling = life.polling;
@@ -269,6 +298,12 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
                 );
             }
             match quiet_window.map(|w| quiet_since.plus(w)) {
+                Some(deadline) if now >= deadline && enough && settled_until < deadline => {
+                    if timeout_at.is_none_or(|t| now < t) {
+                        return hold(deadline, polling);
+                    }
+                    None
+                }
                 Some(deadline) if now >= deadline && enough => {
                     let w = humantime::format_duration(quiet_window.unwrap_or_default());
                     return complete(
@@ -282,7 +317,14 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
         }
         Rule::QuietPeriod { window } => {
             let deadline = quiet_since.plus(*window);
-            if now >= deadline && enough {
+            if now >= deadline
+                && enough
+                && settled_until < deadline
+                && timeout_at.is_none_or(|t| now < t)
+            {
+                return hold(deadline, polling);
+            }
+            if now >= deadline && enough && settled_until >= deadline {
                 let w = humantime::format_duration(*window);
                 return complete(format!("no activity for {w}; {objects} objects"), polling);
             }
@@ -297,7 +339,17 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             let due = polling
                 .next_sample_at
                 .unwrap_or_else(|| life.generation_started_at.plus(schedule.delay(*delay, 0)));
-            if now >= due {
+            let settled = settled_until >= due;
+            if now >= due && !settled && timeout_at.is_none_or(|t| now < t) {
+                return hold(
+                    due,
+                    PollingProgress {
+                        next_sample_at: Some(due),
+                        ..polling
+                    },
+                );
+            }
+            if now >= due && settled {
                 let sample = counters.activity();
                 if sample == polling.last_sample {
                     polling.repeated = polling.repeated.saturating_add(1);
@@ -360,6 +412,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
             }),
             events,
             wake_at: None,
+            held_until_settled: None,
         };
     }
 
@@ -367,14 +420,22 @@ fn evaluate_active(watch: &Watch, now: Timestamp) -> Decision {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let lifecycle = (polling != life.polling).then(|| Lifecycle {
+    // A watch that was held shows no hold reason once it is back to waiting.
+    let reason = if life.reason.starts_with(HELD_REASON_PREFIX) {
+        String::new()
+    } else {
+        life.reason.clone()
+    };
+    let lifecycle = (polling != life.polling || reason != life.reason).then(|| Lifecycle {
         polling,
+        reason,
         ..life.clone()
     });
     Decision {
         lifecycle,
         events,
         wake_at,
+        held_until_settled: None,
     }
 }
 
@@ -438,14 +499,18 @@ mod tests {
     fn quiet_period_completes_exactly_at_last_activity_plus_window() {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
         land(&mut w, 3, 10);
-        let d = evaluate(&w, at(20));
+        let d = evaluate(&w, at(20), Timestamp::MAX);
         assert!(d.events.is_empty());
         assert_eq!(d.wake_at, Some(at(40)));
         assert!(
-            !completed(&evaluate(&w, Timestamp::from_millis(40 * S - 1))),
+            !completed(&evaluate(
+                &w,
+                Timestamp::from_millis(40 * S - 1),
+                Timestamp::MAX
+            )),
             "never a millisecond early"
         );
-        let d = evaluate(&w, at(40));
+        let d = evaluate(&w, at(40), Timestamp::MAX);
         assert!(completed(&d));
         let life = d.lifecycle.unwrap();
         assert_eq!(life.state, WatchState::Completed);
@@ -461,9 +526,9 @@ mod tests {
     fn quiet_period_deadline_moves_with_activity() {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
         land(&mut w, 1, 10);
-        assert_eq!(evaluate(&w, at(11)).wake_at, Some(at(40)));
+        assert_eq!(evaluate(&w, at(11), Timestamp::MAX).wake_at, Some(at(40)));
         land(&mut w, 1, 35);
-        let d = evaluate(&w, at(40));
+        let d = evaluate(&w, at(40), Timestamp::MAX);
         assert!(!completed(&d));
         assert_eq!(d.wake_at, Some(at(65)));
     }
@@ -471,8 +536,8 @@ mod tests {
     #[test]
     fn quiet_period_with_no_activity_counts_from_the_start() {
         let w = watch(Rule::QuietPeriod { window: secs(30) });
-        assert_eq!(evaluate(&w, at(0)).wake_at, Some(at(30)));
-        assert!(completed(&evaluate(&w, at(30))));
+        assert_eq!(evaluate(&w, at(0), Timestamp::MAX).wake_at, Some(at(30)));
+        assert!(completed(&evaluate(&w, at(30), Timestamp::MAX)));
     }
 
     #[test]
@@ -480,15 +545,15 @@ mod tests {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
         w.policy.min_objects = 5;
         land(&mut w, 4, 10);
-        let d = evaluate(&w, at(100));
+        let d = evaluate(&w, at(100), Timestamp::MAX);
         assert!(!completed(&d));
         assert_eq!(
             d.wake_at, None,
             "only new activity can help; no timer needed"
         );
         land(&mut w, 1, 100);
-        assert!(!completed(&evaluate(&w, at(129))));
-        assert!(completed(&evaluate(&w, at(130))));
+        assert!(!completed(&evaluate(&w, at(129), Timestamp::MAX)));
+        assert!(completed(&evaluate(&w, at(130), Timestamp::MAX)));
     }
 
     #[test]
@@ -498,11 +563,11 @@ mod tests {
             quiet_window: None,
         });
         land(&mut w, 9, 5);
-        let d = evaluate(&w, at(5));
+        let d = evaluate(&w, at(5), Timestamp::MAX);
         assert!(!completed(&d));
         assert_eq!(d.wake_at, None);
         land(&mut w, 1, 6);
-        let d = evaluate(&w, at(6));
+        let d = evaluate(&w, at(6), Timestamp::MAX);
         assert!(completed(&d));
         assert!(d.lifecycle.unwrap().reason.contains("10 of 10"));
     }
@@ -514,8 +579,8 @@ mod tests {
             quiet_window: Some(secs(60)),
         });
         land(&mut w, 7, 5);
-        assert_eq!(evaluate(&w, at(6)).wake_at, Some(at(65)));
-        let d = evaluate(&w, at(65));
+        assert_eq!(evaluate(&w, at(6), Timestamp::MAX).wake_at, Some(at(65)));
+        let d = evaluate(&w, at(65), Timestamp::MAX);
         assert!(completed(&d));
         assert!(d.lifecycle.unwrap().reason.contains("7 of 10 expected"));
     }
@@ -527,11 +592,11 @@ mod tests {
         w.policy.min_objects = 10;
         land(&mut w, 3, 90);
         assert_eq!(
-            evaluate(&w, at(95)).wake_at,
+            evaluate(&w, at(95), Timestamp::MAX).wake_at,
             Some(at(100)),
             "the earlier of timeout and quiet deadline"
         );
-        let d = evaluate(&w, at(100));
+        let d = evaluate(&w, at(100), Timestamp::MAX);
         let life = d.lifecycle.clone().unwrap();
         assert_eq!(life.state, WatchState::TimedOut);
         assert!(life.reason.contains("was not met"), "{}", life.reason);
@@ -549,7 +614,7 @@ mod tests {
         });
         w.policy.timeout = Some(secs(100));
         land(&mut w, 50, 1);
-        let life = evaluate(&w, at(100)).lifecycle.unwrap();
+        let life = evaluate(&w, at(100), Timestamp::MAX).lifecycle.unwrap();
         assert!(
             life.reason.contains("min_objects (0) was met"),
             "{}",
@@ -566,12 +631,12 @@ mod tests {
         };
         let mut w = watch(rule);
         assert_eq!(
-            evaluate(&w, at(0)).wake_at,
+            evaluate(&w, at(0), Timestamp::MAX).wake_at,
             Some(at(10)),
             "first sample one delay after start"
         );
         land(&mut w, 2, 5);
-        let d = evaluate(&w, at(10));
+        let d = evaluate(&w, at(10), Timestamp::MAX);
         assert!(d.events.is_empty(), "a changed sample is no quiet tick");
         apply(&mut w, &d);
         assert_eq!(
@@ -583,7 +648,7 @@ mod tests {
             }
         );
         for (t, k) in [(20, 1), (30, 2)] {
-            let d = evaluate(&w, at(t));
+            let d = evaluate(&w, at(t), Timestamp::MAX);
             assert_eq!(
                 d.events,
                 vec![EventKind::QuietTick {
@@ -596,7 +661,7 @@ mod tests {
             apply(&mut w, &d);
         }
         land(&mut w, 1, 35);
-        let d = evaluate(&w, at(40));
+        let d = evaluate(&w, at(40), Timestamp::MAX);
         apply(&mut w, &d);
         assert_eq!(
             w.lifecycle.polling.repeated, 0,
@@ -604,7 +669,7 @@ mod tests {
         );
         let mut done = None;
         for t in [50, 60, 70] {
-            let d = evaluate(&w, at(t));
+            let d = evaluate(&w, at(t), Timestamp::MAX);
             apply(&mut w, &d);
             if completed(&d) {
                 done = Some(t);
@@ -624,13 +689,12 @@ mod tests {
         };
         let mut w = watch(rule);
         w.lifecycle.polling.next_sample_at = Some(at(10));
-        let d = evaluate(&w, at(9));
+        let d = evaluate(&w, at(9), Timestamp::MAX);
         assert_eq!(
             d,
             Decision {
-                lifecycle: None,
-                events: vec![],
-                wake_at: Some(at(10))
+                wake_at: Some(at(10)),
+                ..Decision::default()
             }
         );
     }
@@ -660,7 +724,7 @@ mod tests {
         let mut t = 60;
         let mut waits = Vec::new();
         for _ in 0..4 {
-            let d = evaluate(&w, at(t));
+            let d = evaluate(&w, at(t), Timestamp::MAX);
             apply(&mut w, &d);
             let next = d.wake_at.unwrap();
             waits.push((next.as_millis() / S) - t);
@@ -679,14 +743,14 @@ mod tests {
         let mut w = watch(rule);
         w.policy.min_objects = 1;
         for t in 1..=5 {
-            let d = evaluate(&w, at(t));
+            let d = evaluate(&w, at(t), Timestamp::MAX);
             assert!(!completed(&d), "no objects at {t}s");
             apply(&mut w, &d);
         }
         land(&mut w, 1, 5);
         let mut t = 6;
         loop {
-            let d = evaluate(&w, at(t));
+            let d = evaluate(&w, at(t), Timestamp::MAX);
             apply(&mut w, &d);
             if completed(&d) {
                 break;
@@ -701,7 +765,7 @@ mod tests {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
         w.policy.late_window = Some(secs(600));
         land(&mut w, 5, 10);
-        let d = evaluate(&w, at(40));
+        let d = evaluate(&w, at(40), Timestamp::MAX);
         assert_eq!(
             d.wake_at,
             Some(at(640)),
@@ -710,7 +774,7 @@ mod tests {
         apply(&mut w, &d);
         assert_eq!(w.lifecycle.state, WatchState::Completed);
         assert_eq!(
-            evaluate(&w, at(100)),
+            evaluate(&w, at(100), Timestamp::MAX),
             Decision {
                 wake_at: Some(at(640)),
                 ..Decision::default()
@@ -718,7 +782,7 @@ mod tests {
         );
 
         land(&mut w, 1, 200);
-        let d = evaluate(&w, at(200));
+        let d = evaluate(&w, at(200), Timestamp::MAX);
         assert!(matches!(
             d.events.first(),
             Some(EventKind::Reopened {
@@ -730,7 +794,7 @@ mod tests {
         assert_eq!(w.lifecycle.state, WatchState::Active);
         assert_eq!(w.lifecycle.generation, 2);
         assert_eq!(d.wake_at, Some(at(230)));
-        let d = evaluate(&w, at(230));
+        let d = evaluate(&w, at(230), Timestamp::MAX);
         assert!(completed(&d));
         apply(&mut w, &d);
         assert_eq!(
@@ -743,11 +807,11 @@ mod tests {
     fn activity_after_the_late_window_does_not_reopen() {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
         w.policy.late_window = Some(secs(60));
-        let d = evaluate(&w, at(30));
+        let d = evaluate(&w, at(30), Timestamp::MAX);
         apply(&mut w, &d);
         land(&mut w, 1, 91);
         assert_eq!(
-            evaluate(&w, at(91)),
+            evaluate(&w, at(91), Timestamp::MAX),
             Decision::default(),
             "window closed at 90s: forget the watch"
         );
@@ -756,11 +820,11 @@ mod tests {
     #[test]
     fn without_late_window_a_completed_watch_is_done() {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
-        let d = evaluate(&w, at(30));
+        let d = evaluate(&w, at(30), Timestamp::MAX);
         assert_eq!(d.wake_at, None);
         apply(&mut w, &d);
         land(&mut w, 1, 31);
-        assert_eq!(evaluate(&w, at(31)), Decision::default());
+        assert_eq!(evaluate(&w, at(31), Timestamp::MAX), Decision::default());
     }
 
     #[test]
@@ -774,8 +838,71 @@ mod tests {
             w.lifecycle.state = state;
             w.policy.late_window = Some(secs(60));
             land(&mut w, 1, 5);
-            assert_eq!(evaluate(&w, at(6)), Decision::default(), "{state:?}");
+            assert_eq!(
+                evaluate(&w, at(6), Timestamp::MAX),
+                Decision::default(),
+                "{state:?}"
+            );
         }
+    }
+
+    #[test]
+    fn a_quiet_deadline_waits_for_ingest_to_settle_past_it() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        land(&mut w, 2, 10);
+        let d = evaluate(&w, at(40), at(39));
+        assert!(
+            !completed(&d),
+            "a queue may still hold activity from before 40s"
+        );
+        assert_eq!(d.held_until_settled, Some(at(40)));
+        let life = d.lifecycle.clone().expect("the reason says why it waits");
+        assert!(life.reason.contains("catch up"), "{}", life.reason);
+        apply(&mut w, &d);
+        assert_eq!(
+            evaluate(&w, at(45), at(39)).lifecycle,
+            None,
+            "holding again changes nothing"
+        );
+        let d = evaluate(&w, at(45), at(40));
+        assert!(completed(&d));
+        assert_eq!(d.lifecycle.unwrap().completed_at, Some(at(45)));
+    }
+
+    #[test]
+    fn a_held_watch_that_sees_new_activity_drops_its_hold_reason() {
+        let mut w = watch(Rule::QuietPeriod { window: secs(30) });
+        land(&mut w, 1, 10);
+        let d = evaluate(&w, at(40), at(20));
+        apply(&mut w, &d);
+        land(&mut w, 1, 39); // the queue delivers a late record from before the deadline
+        let d = evaluate(&w, at(41), at(41));
+        assert!(!completed(&d));
+        assert_eq!(d.wake_at, Some(at(69)));
+        assert_eq!(d.lifecycle.unwrap().reason, "");
+    }
+
+    #[test]
+    fn polling_samples_only_what_has_settled_and_timeouts_never_wait() {
+        let rule = Rule::Polling {
+            delay: secs(10),
+            max_repeats: 1,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        let d = evaluate(&w, at(10), at(9));
+        assert!(d.events.is_empty());
+        assert_eq!(d.held_until_settled, Some(at(10)));
+
+        let mut w2 = watch(Rule::QuietPeriod { window: secs(30) });
+        w2.policy.timeout = Some(secs(60));
+        let d = evaluate(&w2, at(60), at(0));
+        assert_eq!(d.lifecycle.unwrap().state, WatchState::TimedOut);
+        w.policy.timeout = Some(secs(10));
+        assert_eq!(
+            evaluate(&w, at(10), at(0)).lifecycle.unwrap().state,
+            WatchState::TimedOut
+        );
     }
 
     #[test]

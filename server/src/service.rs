@@ -45,7 +45,7 @@ pub struct Service {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) hub: Arc<Hub>,
     pub(crate) observer: ObserverHandle,
-    pub(crate) ingest: Ingest,
+    pub(crate) ingest: Arc<Ingest>,
     pub(crate) tenants: Arc<Tenants>,
     pub(crate) clock: Clock,
 }

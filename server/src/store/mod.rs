@@ -1,12 +1,13 @@
 //! State: watches, their counters, the keys they have seen and their event
 //! logs. [`Store`] is the only way the rest of the service reads or changes
 //! state, and every call is scoped to a tenant. Backends: [`sqlite`] (the
-//! embedded default).
+//! embedded default) and [`dynamodb`] (shared by many replicas).
 //!
 //! A store assigns each event its `seq` (the watch's `last_seq + 1`) in the
 //! same transaction that changes the watch, so the log has no gaps and every
 //! committed change is in it.
 
+pub mod dynamodb;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -26,6 +27,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    #[error("dynamodb: {0}")]
+    Dynamo(String),
     #[error("transaction failed: {0}")]
     Transaction(String),
     #[error("the store is closed")]
@@ -172,6 +175,10 @@ pub trait Store: Send + Sync + 'static {
     /// Every watch that still takes activity at `now` (ACTIVE, or completed
     /// with its late window open), for the observer to arm at startup.
     async fn live_watches(&self, now: Timestamp) -> Result<Vec<Watch>>;
+
+    /// Releases what a finished watch no longer needs once no activity can
+    /// count into it (its seen keys; on DynamoDB every item gets its TTL).
+    async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()>;
 
     /// Makes everything committed durable and stops accepting writes.
     async fn close(&self) -> Result<()>;

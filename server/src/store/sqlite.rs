@@ -102,6 +102,7 @@ enum Command {
     Create(Box<NewWatch>, Reply<Created>),
     Record(Vec<Activity>, Timestamp, Reply<RecordOutcome>),
     Apply(Box<ApplyArgs>, Reply<Option<Applied>>),
+    Retire(TenantId, WatchId, Reply<()>),
     Close(Reply<()>),
 }
 
@@ -119,6 +120,7 @@ enum Pending {
     Create(Reply<Created>, Result<Created>),
     Record(Reply<RecordOutcome>, Result<RecordOutcome>),
     Apply(Reply<Option<Applied>>, Result<Option<Applied>>),
+    Retire(Reply<()>, Result<()>),
 }
 
 impl Pending {
@@ -135,6 +137,7 @@ impl Pending {
             Self::Create(r, v) => out(r, v, commit),
             Self::Record(r, v) => out(r, v, commit),
             Self::Apply(r, v) => out(r, v, commit),
+            Self::Retire(r, v) => out(r, v, commit),
         }
     }
 }
@@ -277,6 +280,10 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
                     Command::Apply(args, reply) => pending.push(Pending::Apply(
                         reply,
                         in_savepoint(&mut tx, |tx| apply(tx, *args)),
+                    )),
+                    Command::Retire(tenant, id, reply) => pending.push(Pending::Retire(
+                        reply,
+                        in_savepoint(&mut tx, |tx| retire(tx, &tenant, &id)),
                     )),
                     Command::Close(reply) => closing.push(reply),
                 }
@@ -611,6 +618,12 @@ fn apply(conn: &Connection, args: ApplyArgs) -> Result<Option<Applied>> {
     Ok(Some(Applied::Done { watch, events }))
 }
 
+fn retire(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<()> {
+    conn.prepare_cached("DELETE FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2")?
+        .execute(params![tenant.as_str(), id.as_str()])?;
+    Ok(())
+}
+
 fn row_to_event(row: &Row<'_>) -> Result<WatchEvent> {
     Ok(WatchEvent {
         tenant: stored(row.get(0)?)?,
@@ -742,6 +755,11 @@ impl Store for SqliteStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn retire(&self, tenant: &TenantId, id: &WatchId, _now: Timestamp) -> Result<()> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.call(|reply| Command::Retire(tenant, id, reply)).await
     }
 
     async fn close(&self) -> Result<()> {

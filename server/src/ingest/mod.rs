@@ -3,10 +3,16 @@
 //! authorizes each bucket for the caller, routes each key to the watches whose
 //! prefix it falls under, and records them through the store in one batch.
 //!
+//! [`sqs`] consumes the same documents from SQS queues. [`Watermarks`] says
+//! how far those queues have caught up, so no watch is called quiet while its
+//! notifications may still sit in a queue.
+//!
 //! [`Routes`] is the in-memory routing table (which watches want which
 //! bucket); the observer keeps it current. It also tracks batches that are
 //! routed but not yet recorded, so the observer never calls a watch quiet
 //! while activity for it is still on its way.
+
+pub mod sqs;
 
 use std::{
     collections::HashMap,
@@ -22,7 +28,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     auth::Tenants,
-    clock::Clock,
+    clock::{Clock, Timestamp},
     error::Error,
     hub::Hub,
     observer::ObserverHandle,
@@ -283,6 +289,59 @@ impl Drop for InFlight {
     }
 }
 
+/// How far each notification queue has caught up: every notification sent
+/// to it before its mark has been recorded. With no queues nothing can be in
+/// flight outside the process, and the settled instant is [`Timestamp::MAX`].
+pub struct Watermarks {
+    queues: Mutex<Vec<Option<Timestamp>>>,
+    settled: tokio::sync::watch::Sender<Timestamp>,
+}
+
+impl Watermarks {
+    pub fn new(queues: usize) -> Self {
+        let initial = if queues == 0 {
+            Timestamp::MAX
+        } else {
+            Timestamp::from_millis(0)
+        };
+        Self {
+            queues: Mutex::new(vec![None; queues]),
+            settled: tokio::sync::watch::channel(initial).0,
+        }
+    }
+
+    /// Follows the settled instant (the lowest mark over all queues).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Timestamp> {
+        self.settled.subscribe()
+    }
+
+    pub fn settled_until(&self) -> Timestamp {
+        *self.settled.borrow()
+    }
+
+    /// Queue `queue` has caught up to `to` (marks only move forward).
+    pub fn advance(&self, queue: usize, to: Timestamp) {
+        let mut queues = self.queues.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(mark) = queues.get_mut(queue) else {
+            return;
+        };
+        if mark.is_some_and(|m| m >= to) {
+            return;
+        }
+        *mark = Some(to);
+        let settled = queues
+            .iter()
+            .map(|m| m.unwrap_or(Timestamp::from_millis(0)))
+            .min()
+            .unwrap_or(Timestamp::MAX);
+        self.settled.send_if_modified(|current| {
+            let changed = *current != settled;
+            *current = settled;
+            changed
+        });
+    }
+}
+
 /// The outcome of one ingest call.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct IngestReport {
@@ -348,16 +407,25 @@ impl Ingest {
             }
         }
         report.records = notifications.len() as u64;
+        self.record(&notifications, &mut report).await?;
+        Ok(report)
+    }
 
+    /// Routes parsed notifications to the watches that want them (of tenants
+    /// allowed the bucket) and records them; adds the outcome to `report`.
+    pub async fn record(
+        &self,
+        notifications: &[Notification],
+        report: &mut IngestReport,
+    ) -> Result<(), Error> {
         let mut activities = Vec::new();
-        let mut owners = Vec::new();
         {
             let map = self
                 .routes
                 .by_bucket
                 .read()
                 .unwrap_or_else(|p| p.into_inner());
-            for (i, n) in notifications.iter().enumerate() {
+            for n in notifications {
                 let kind = match n.kind {
                     NotificationKind::Created => ActivityKind::Created,
                     NotificationKind::Removed => ActivityKind::Removed,
@@ -375,7 +443,6 @@ impl Ingest {
                         && self.tenants.allows(&route.key.tenant, &n.bucket)
                     {
                         matched = true;
-                        owners.push(i);
                         activities.push(Activity {
                             tenant: route.key.tenant.clone(),
                             watch_id: route.key.id.clone(),
@@ -393,7 +460,7 @@ impl Ingest {
             }
         }
         if activities.is_empty() {
-            return Ok(report);
+            return Ok(());
         }
         let mut keys: Vec<WatchKey> = activities
             .iter()
@@ -429,7 +496,7 @@ impl Ingest {
             watches.push(watch);
         }
         self.observer.activity(watches, keys).await;
-        Ok(report)
+        Ok(())
     }
 }
 
@@ -446,7 +513,7 @@ mod tests {
 
     #[test]
     fn s3_records_decode_keys_and_kinds() {
-        let r = records(include_str!("../tests/fixtures/s3_put.json"));
+        let r = records(include_str!("../../tests/fixtures/s3_put.json"));
         assert_eq!(r.len(), 3);
         assert_eq!(r[0].bucket, "data-lake");
         assert_eq!(
@@ -465,8 +532,8 @@ mod tests {
     #[test]
     fn sns_envelopes_unwrap_to_the_s3_document() {
         for fixture in [
-            include_str!("../tests/fixtures/sns_envelope.json"),
-            include_str!("../tests/fixtures/sns_lambda_event.json"),
+            include_str!("../../tests/fixtures/sns_envelope.json"),
+            include_str!("../../tests/fixtures/sns_lambda_event.json"),
         ] {
             let r = records(fixture);
             assert_eq!(r.len(), 1);
@@ -477,7 +544,9 @@ mod tests {
 
     #[test]
     fn eventbridge_events_carry_bucket_and_key_under_detail() {
-        let r = records(include_str!("../tests/fixtures/eventbridge_created.json"));
+        let r = records(include_str!(
+            "../../tests/fixtures/eventbridge_created.json"
+        ));
         assert_eq!(
             r,
             vec![Notification {
@@ -487,14 +556,16 @@ mod tests {
                 sequencer: "00617F08299329D189".into(),
             }]
         );
-        let r = records(include_str!("../tests/fixtures/eventbridge_deleted.json"));
+        let r = records(include_str!(
+            "../../tests/fixtures/eventbridge_deleted.json"
+        ));
         assert_eq!(r[0].kind, NotificationKind::Removed);
     }
 
     #[test]
     fn test_events_are_recognised() {
         assert_eq!(
-            parse_document(include_str!("../tests/fixtures/s3_test_event.json")),
+            parse_document(include_str!("../../tests/fixtures/s3_test_event.json")),
             Ok(Document::Test)
         );
     }
@@ -528,7 +599,7 @@ mod tests {
 
     #[test]
     fn sns_nesting_is_bounded() {
-        let mut doc = include_str!("../tests/fixtures/s3_test_event.json").to_owned();
+        let mut doc = include_str!("../../tests/fixtures/s3_test_event.json").to_owned();
         for _ in 0..4 {
             doc = serde_json::json!({"Type": "Notification", "MessageId": "m", "TopicArn": "t", "Message": doc,
                 "Timestamp": "2026-11-26T10:00:00Z", "SignatureVersion": "1", "Signature": "s",

@@ -1,0 +1,236 @@
+//! SQS consumers: long-poll a queue of storage notifications, parse each body
+//! with the same parser as `IngestS3Events`, record, and delete messages only
+//! once what they carried is durable. A body that cannot be parsed is left in
+//! the queue, so its redrive policy moves it to the dead-letter queue; it is
+//! counted and logged, never dropped silently.
+//!
+//! Each consumer also advances its [`Watermarks`] mark: a receive that
+//! started at `t` and came back short of a full batch, after everything
+//! received before it was recorded, means every notification sent before `t`
+//! is counted.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use aws_sdk_sqs::{
+    Client,
+    error::DisplayErrorContext,
+    types::{
+        ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
+        QueueAttributeName,
+    },
+};
+use tokio_util::sync::CancellationToken;
+
+use super::{Document, Ingest, IngestReport, Watermarks, parse_document};
+use crate::clock::Clock;
+
+/// Messages per receive: SQS's maximum.
+pub const BATCH: i32 = 10;
+/// How long one receive waits for messages: SQS's maximum.
+pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+/// Visibility timeout assumed when the queue's cannot be read.
+const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
+/// Pause after a failed receive or record before trying again.
+const BACKOFF: Duration = Duration::from_secs(1);
+
+/// What a queue's consumers have done, for logs and metrics.
+#[derive(Debug, Default)]
+pub struct QueueStats {
+    pub received: AtomicU64,
+    pub deleted: AtomicU64,
+    /// Bodies that were not notifications; left for the dead-letter queue.
+    pub unparseable: AtomicU64,
+    /// Batches whose recording failed and were made visible again.
+    pub failed_batches: AtomicU64,
+    pub counted: AtomicU64,
+}
+
+pub struct QueueConsumer {
+    pub client: Client,
+    pub url: String,
+    /// This consumer's slot in the watermarks.
+    pub mark: usize,
+    pub ingest: Arc<Ingest>,
+    pub watermarks: Arc<Watermarks>,
+    pub clock: Clock,
+    pub wait: Duration,
+    pub stats: Arc<QueueStats>,
+}
+
+fn sqs_error(e: impl std::error::Error + 'static) -> String {
+    DisplayErrorContext(e).to_string()
+}
+
+impl QueueConsumer {
+    /// Consumes until `shutdown` is cancelled.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let visibility = self.visibility().await;
+        tracing::info!(queue = %self.url, ?visibility, wait = ?self.wait, "consuming notifications");
+        while !shutdown.is_cancelled() {
+            let started = self.clock.now();
+            let receive = self
+                .client
+                .receive_message()
+                .queue_url(&self.url)
+                .max_number_of_messages(BATCH)
+                .wait_time_seconds(i32::try_from(self.wait.as_secs()).unwrap_or(20))
+                .send();
+            let messages = tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = receive => match received {
+                    Ok(out) => out.messages.unwrap_or_default(),
+                    Err(e) => {
+                        tracing::warn!(queue = %self.url, error = %sqs_error(e), "receive failed; retrying");
+                        tokio::time::sleep(BACKOFF).await;
+                        continue;
+                    }
+                },
+            };
+            let full = messages.len() >= BATCH as usize;
+            if self.process(messages, visibility).await {
+                if !full {
+                    self.watermarks.advance(self.mark, started);
+                }
+            } else {
+                tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+
+    async fn visibility(&self) -> Duration {
+        let out = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.url)
+            .attribute_names(QueueAttributeName::VisibilityTimeout)
+            .send()
+            .await;
+        match out {
+            Ok(out) => out
+                .attributes
+                .and_then(|a| {
+                    a.get(&QueueAttributeName::VisibilityTimeout)
+                        .and_then(|v| v.parse().ok())
+                })
+                .map_or(DEFAULT_VISIBILITY, Duration::from_secs),
+            Err(e) => {
+                tracing::warn!(queue = %self.url, error = %sqs_error(e), "cannot read the visibility timeout");
+                DEFAULT_VISIBILITY
+            }
+        }
+    }
+
+    /// Records one received batch; true when everything parseable is durable.
+    async fn process(&self, messages: Vec<Message>, visibility: Duration) -> bool {
+        if messages.is_empty() {
+            return true;
+        }
+        self.stats
+            .received
+            .fetch_add(messages.len() as u64, Ordering::Relaxed);
+        let mut notifications = Vec::new();
+        let mut done = Vec::new();
+        for m in &messages {
+            let Some(receipt) = m.receipt_handle() else {
+                continue;
+            };
+            match parse_document(m.body().unwrap_or_default()) {
+                Ok(Document::Records(records)) => {
+                    notifications.extend(records);
+                    done.push(receipt.to_owned());
+                }
+                Ok(Document::Test) => done.push(receipt.to_owned()),
+                Err(reason) => {
+                    self.stats.unparseable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(queue = %self.url, message_id = m.message_id().unwrap_or_default(), %reason,
+                        "not a storage notification; leaving it for the dead-letter queue");
+                }
+            }
+        }
+        let mut report = IngestReport::default();
+        let mut record = Box::pin(self.ingest.record(&notifications, &mut report));
+        let half = (visibility / 2).max(Duration::from_secs(1));
+        let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
+        let recorded = loop {
+            tokio::select! {
+                recorded = &mut record => break recorded,
+                _ = extend.tick() => self.set_visibility(&done, visibility).await,
+            }
+        };
+        drop(record);
+        if let Err(e) = recorded {
+            self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(queue = %self.url, error = %e, "recording a batch failed; making it visible again");
+            self.set_visibility(&done, Duration::ZERO).await;
+            return false;
+        }
+        self.stats
+            .counted
+            .fetch_add(report.counted, Ordering::Relaxed);
+        // A message that could not be deleted comes back as a duplicate: harmless.
+        self.delete(&done).await;
+        true
+    }
+
+    async fn set_visibility(&self, receipts: &[String], to: Duration) {
+        for chunk in receipts.chunks(BATCH as usize) {
+            let entries = chunk.iter().enumerate().filter_map(|(i, r)| {
+                ChangeMessageVisibilityBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .visibility_timeout(i32::try_from(to.as_secs()).unwrap_or(i32::MAX))
+                    .build()
+                    .ok()
+            });
+            let sent = self
+                .client
+                .change_message_visibility_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await;
+            if let Err(e) = sent {
+                tracing::warn!(queue = %self.url, error = %sqs_error(e), "cannot change message visibility");
+            }
+        }
+    }
+
+    async fn delete(&self, receipts: &[String]) {
+        for chunk in receipts.chunks(BATCH as usize) {
+            let entries = chunk.iter().enumerate().filter_map(|(i, r)| {
+                DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(r)
+                    .build()
+                    .ok()
+            });
+            match self
+                .client
+                .delete_message_batch()
+                .queue_url(&self.url)
+                .set_entries(Some(entries.collect()))
+                .send()
+                .await
+            {
+                Ok(out) => {
+                    let failed = out.failed.len();
+                    self.stats
+                        .deleted
+                        .fetch_add((chunk.len() - failed) as u64, Ordering::Relaxed);
+                    if failed > 0 {
+                        tracing::warn!(queue = %self.url, failed, "some recorded messages could not be deleted");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(queue = %self.url, error = %sqs_error(e), "cannot delete recorded messages");
+                }
+            }
+        }
+    }
+}

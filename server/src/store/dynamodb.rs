@@ -1,0 +1,1053 @@
+//! The DynamoDB store: many replicas share one table. Single-table design,
+//! tenant first in every partition key:
+//!
+//! | item | `pk` | `sk` | notes |
+//! |---|---|---|---|
+//! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields; `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
+//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | last `sequencer`; keys over 1000 bytes are stored as `K#c#~{sha256}` |
+//! | event | `W#{tenant}#{watch_id}` | `E#{seq:020}` | `time`, `generation`, `payload` (the event as JSON) |
+//! | client token | `C#{tenant}#{token}` | `TOKEN` | `watch_id` |
+//!
+//! Every change to a watch is one `TransactWriteItems` conditioned on the
+//! watch's `last_seq` being what was read, so concurrent writers (ingest on
+//! any replica, the observer) serialize on it, and the events it appends get
+//! gapless `seq`s. Recording puts each seen key with `attribute_not_exists`
+//! (or `sequencer = old` for an overwrite) in the same transaction as the
+//! counter update, so a redelivery can never count twice; a cancelled
+//! transaction is re-read and retried. Retired watches' items get the
+//! `expires_at` TTL attribute.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use aws_sdk_dynamodb::{
+    Client,
+    error::{DisplayErrorContext, SdkError},
+    operation::transact_write_items::TransactWriteItemsError,
+    types::{
+        AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
+        KeyType, KeysAndAttributes, Projection, ProjectionType, Put, PutRequest,
+        ScalarAttributeType, TimeToLiveSpecification, TransactWriteItem, WriteRequest,
+    },
+};
+use sha2::{Digest, Sha256};
+
+use super::{
+    Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded,
+    Result, Store, StoreError,
+};
+use crate::{
+    clock::Timestamp,
+    policy,
+    watch::{Counters, EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchState},
+};
+
+/// Shards of the `live` index (and of observer ownership when scaled out).
+pub const SHARDS: u32 = 64;
+/// Seen-key items per transaction (one more for the watch, one for its event).
+const KEYS_PER_TRANSACTION: usize = 98;
+/// Attempts at one change before giving up on a hot watch.
+const MAX_ATTEMPTS: usize = 20;
+/// Sort keys longer than this are hashed (DynamoDB allows 1024 bytes).
+const MAX_KEY_BYTES: usize = 1000;
+pub const BY_TENANT_INDEX: &str = "by_tenant";
+pub const LIVE_INDEX: &str = "live";
+pub const TTL_ATTRIBUTE: &str = "expires_at";
+
+/// Counts of what the store asked of DynamoDB, for cost reports.
+#[derive(Debug, Default)]
+pub struct DynamoStats {
+    pub requests: AtomicU64,
+    /// Items read or written by those requests.
+    pub items: AtomicU64,
+    /// Write capacity units by DynamoDB's rules (transactional writes: 2 per item per KiB).
+    pub write_units: AtomicU64,
+    /// Read capacity units by DynamoDB's rules (strongly consistent: 1 per 4 KiB).
+    pub read_units: AtomicU64,
+}
+
+pub struct DynamoStore {
+    client: Client,
+    table: String,
+    retention: Duration,
+    pub stats: DynamoStats,
+}
+
+type Item = HashMap<String, AttributeValue>;
+
+fn s(v: impl Into<String>) -> AttributeValue {
+    AttributeValue::S(v.into())
+}
+
+fn n(v: impl ToString) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
+    StoreError::Dynamo(DisplayErrorContext(e).to_string())
+}
+
+fn corrupt(what: &str) -> StoreError {
+    StoreError::Corrupt(format!("dynamodb item: {what}"))
+}
+
+fn get_s<'a>(item: &'a Item, name: &str) -> Result<&'a str> {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .map(String::as_str)
+        .ok_or_else(|| corrupt(name))
+}
+
+fn get_n<T: std::str::FromStr>(item: &Item, name: &str) -> Result<T> {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| corrupt(name))
+}
+
+fn get_opt_ts(item: &Item, name: &str) -> Result<Option<Timestamp>> {
+    match item.get(name) {
+        None | Some(AttributeValue::Null(_)) => Ok(None),
+        Some(_) => Ok(Some(Timestamp::from_millis(get_n(item, name)?))),
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
+    serde_json::from_str(raw).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn stored<T: serde::de::DeserializeOwned>(raw: &str) -> Result<T> {
+    serde_json::from_value(serde_json::Value::String(raw.to_owned()))
+        .map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+fn watch_pk(tenant: &TenantId, id: &WatchId) -> String {
+    format!("W#{tenant}#{id}")
+}
+
+fn event_sk(seq: u64) -> String {
+    format!("E#{seq:020}")
+}
+
+fn key_sk(kind: ActivityKind, key: &str) -> String {
+    let tag = match kind {
+        ActivityKind::Created => 'c',
+        ActivityKind::Removed => 'r',
+    };
+    if key.len() > MAX_KEY_BYTES {
+        format!("K#{tag}#~{}", hex::encode(Sha256::digest(key.as_bytes())))
+    } else {
+        format!("K#{tag}#{key}")
+    }
+}
+
+/// The shard a watch belongs to: stable across processes and versions.
+pub fn shard_of(id: &WatchId) -> u32 {
+    let digest = Sha256::digest(id.as_str().as_bytes());
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % SHARDS
+}
+
+fn watch_item(w: &Watch) -> Result<Item> {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(watch_pk(&w.tenant, &w.id)));
+    item.insert("sk".into(), s("WATCH"));
+    item.insert("tenant".into(), s(w.tenant.as_str()));
+    item.insert("watch_id".into(), s(w.id.as_str()));
+    item.insert("list_pk".into(), s(format!("T#{}", w.tenant)));
+    item.insert("list_sk".into(), s(w.id.as_str()));
+    item.insert("live_shard".into(), s(format!("LIVE#{}", shard_of(&w.id))));
+    item.insert("bucket".into(), s(w.bucket.as_str()));
+    item.insert("prefix".into(), s(w.prefix.as_str()));
+    item.insert("policy".into(), s(json(&w.policy)?));
+    let labels = w.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect();
+    item.insert("labels".into(), AttributeValue::M(labels));
+    if let Some(token) = &w.client_token {
+        item.insert("client_token".into(), s(token));
+    }
+    item.insert("created_at".into(), n(w.created_at.as_millis()));
+    let life = &w.lifecycle;
+    item.insert("state".into(), s(life.state.as_str()));
+    item.insert("generation".into(), n(life.generation));
+    item.insert(
+        "generation_started_at".into(),
+        n(life.generation_started_at.as_millis()),
+    );
+    if let Some(at) = life.completed_at {
+        item.insert("completed_at".into(), n(at.as_millis()));
+    }
+    item.insert("reason".into(), s(&life.reason));
+    item.insert("polling".into(), s(json(&life.polling)?));
+    let c = &w.counters;
+    item.insert("object_count".into(), n(c.object_count));
+    item.insert("event_count".into(), n(c.event_count));
+    item.insert("removed_count".into(), n(c.removed_count));
+    if let Some(at) = c.last_activity_at {
+        item.insert("last_activity_at".into(), n(at.as_millis()));
+    }
+    item.insert("last_seq".into(), n(w.last_seq));
+    Ok(item)
+}
+
+fn item_watch(item: &Item) -> Result<Watch> {
+    let state_raw = get_s(item, "state")?;
+    let labels = match item.get("labels") {
+        Some(AttributeValue::M(m)) => m
+            .iter()
+            .map(|(k, v)| {
+                v.as_s()
+                    .map(|v| (k.clone(), v.clone()))
+                    .map_err(|_| corrupt("labels"))
+            })
+            .collect::<Result<_>>()?,
+        _ => Default::default(),
+    };
+    Ok(Watch {
+        tenant: stored(get_s(item, "tenant")?)?,
+        id: stored(get_s(item, "watch_id")?)?,
+        bucket: stored(get_s(item, "bucket")?)?,
+        prefix: stored(get_s(item, "prefix")?)?,
+        policy: from_json(get_s(item, "policy")?)?,
+        labels,
+        client_token: item
+            .get("client_token")
+            .and_then(|v| v.as_s().ok())
+            .cloned(),
+        created_at: Timestamp::from_millis(get_n(item, "created_at")?),
+        lifecycle: Lifecycle {
+            state: WatchState::from_str_opt(state_raw).ok_or_else(|| corrupt("state"))?,
+            generation: get_n(item, "generation")?,
+            generation_started_at: Timestamp::from_millis(get_n(item, "generation_started_at")?),
+            completed_at: get_opt_ts(item, "completed_at")?,
+            reason: get_s(item, "reason")?.to_owned(),
+            polling: from_json(get_s(item, "polling")?)?,
+        },
+        counters: Counters {
+            object_count: get_n(item, "object_count")?,
+            event_count: get_n(item, "event_count")?,
+            removed_count: get_n(item, "removed_count")?,
+            last_activity_at: get_opt_ts(item, "last_activity_at")?,
+        },
+        last_seq: get_n(item, "last_seq")?,
+    })
+}
+
+fn event_item(e: &WatchEvent) -> Result<Item> {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(watch_pk(&e.tenant, &e.watch_id)));
+    item.insert("sk".into(), s(event_sk(e.seq)));
+    item.insert("time".into(), n(e.time.as_millis()));
+    item.insert("generation".into(), n(e.generation));
+    item.insert("payload".into(), s(json(&e.kind)?));
+    Ok(item)
+}
+
+fn item_event(tenant: &TenantId, id: &WatchId, item: &Item) -> Result<WatchEvent> {
+    let sk = get_s(item, "sk")?;
+    let seq = sk
+        .strip_prefix("E#")
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| corrupt("event sk"))?;
+    Ok(WatchEvent {
+        tenant: tenant.clone(),
+        watch_id: id.clone(),
+        seq,
+        time: Timestamp::from_millis(get_n(item, "time")?),
+        generation: get_n(item, "generation")?,
+        kind: from_json(get_s(item, "payload")?)?,
+    })
+}
+
+/// Rough DynamoDB item size: attribute names plus values.
+fn item_bytes(item: &Item) -> u64 {
+    fn value_bytes(v: &AttributeValue) -> u64 {
+        match v {
+            AttributeValue::S(s) | AttributeValue::N(s) => s.len() as u64,
+            AttributeValue::M(m) => {
+                m.iter()
+                    .map(|(k, v)| k.len() as u64 + value_bytes(v))
+                    .sum::<u64>()
+                    + 3
+            }
+            _ => 1,
+        }
+    }
+    item.iter()
+        .map(|(k, v)| k.len() as u64 + value_bytes(v))
+        .sum()
+}
+
+/// A watch read and the events to append, as one conditioned transaction.
+struct Change {
+    watch: Watch,
+    expected_last_seq: Option<u64>,
+    events: Vec<EventKind>,
+    extra: Vec<TransactWriteItem>,
+    now: Timestamp,
+}
+
+impl DynamoStore {
+    /// A store on `table`; `retention` is how long a retired watch's items live.
+    pub fn new(client: Client, table: impl Into<String>, retention: Duration) -> Self {
+        Self {
+            client,
+            table: table.into(),
+            retention,
+            stats: DynamoStats::default(),
+        }
+    }
+
+    /// A client from the standard AWS configuration chain (`AWS_ENDPOINT_URL`, region, credentials).
+    pub async fn client_from_env() -> Client {
+        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+        Client::new(&config)
+    }
+
+    fn count(&self, requests: u64, items: u64, write_units: u64, read_units: u64) {
+        self.stats.requests.fetch_add(requests, Ordering::Relaxed);
+        self.stats.items.fetch_add(items, Ordering::Relaxed);
+        self.stats
+            .write_units
+            .fetch_add(write_units, Ordering::Relaxed);
+        self.stats
+            .read_units
+            .fetch_add(read_units, Ordering::Relaxed);
+    }
+
+    /// Creates the table with its indexes and TTL attribute (for development
+    /// and tests; production tables come from the deploy template).
+    pub async fn create_table(&self) -> Result<()> {
+        let attr = |name: &str| {
+            AttributeDefinition::builder()
+                .attribute_name(name)
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(|e| StoreError::Dynamo(e.to_string()))
+        };
+        let key = |name: &str, kind: KeyType| {
+            KeySchemaElement::builder()
+                .attribute_name(name)
+                .key_type(kind)
+                .build()
+                .map_err(|e| StoreError::Dynamo(e.to_string()))
+        };
+        let all = Projection::builder()
+            .projection_type(ProjectionType::All)
+            .build();
+        let by_tenant = GlobalSecondaryIndex::builder()
+            .index_name(BY_TENANT_INDEX)
+            .key_schema(key("list_pk", KeyType::Hash)?)
+            .key_schema(key("list_sk", KeyType::Range)?)
+            .projection(all.clone())
+            .build()
+            .map_err(|e| StoreError::Dynamo(e.to_string()))?;
+        let live = GlobalSecondaryIndex::builder()
+            .index_name(LIVE_INDEX)
+            .key_schema(key("live_shard", KeyType::Hash)?)
+            .key_schema(key("pk", KeyType::Range)?)
+            .projection(all)
+            .build()
+            .map_err(|e| StoreError::Dynamo(e.to_string()))?;
+        self.client
+            .create_table()
+            .table_name(&self.table)
+            .billing_mode(BillingMode::PayPerRequest)
+            .attribute_definitions(attr("pk")?)
+            .attribute_definitions(attr("sk")?)
+            .attribute_definitions(attr("list_pk")?)
+            .attribute_definitions(attr("list_sk")?)
+            .attribute_definitions(attr("live_shard")?)
+            .key_schema(key("pk", KeyType::Hash)?)
+            .key_schema(key("sk", KeyType::Range)?)
+            .global_secondary_indexes(by_tenant)
+            .global_secondary_indexes(live)
+            .send()
+            .await
+            .map_err(aws)?;
+        self.client
+            .update_time_to_live()
+            .table_name(&self.table)
+            .time_to_live_specification(
+                TimeToLiveSpecification::builder()
+                    .enabled(true)
+                    .attribute_name(TTL_ATTRIBUTE)
+                    .build()
+                    .map_err(|e| StoreError::Dynamo(e.to_string()))?,
+            )
+            .send()
+            .await
+            .map_err(aws)?;
+        Ok(())
+    }
+
+    /// Checks that the table exists and is reachable.
+    pub async fn check(&self) -> Result<()> {
+        self.client
+            .describe_table()
+            .table_name(&self.table)
+            .send()
+            .await
+            .map_err(aws)?;
+        Ok(())
+    }
+
+    async fn load(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(watch_pk(tenant, id)))
+            .key("sk", s("WATCH"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        self.count(1, 1, 0, 1);
+        out.item.as_ref().map(item_watch).transpose()
+    }
+
+    fn put(
+        &self,
+        item: Item,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<TransactWriteItem> {
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition);
+        for (k, v) in values {
+            put = put.expression_attribute_values(*k, v.clone());
+        }
+        Ok(TransactWriteItem::builder()
+            .put(put.build().map_err(|e| StoreError::Dynamo(e.to_string()))?)
+            .build())
+    }
+
+    /// Writes `change` if the watch's `last_seq` is still the one read; `None` when it moved.
+    async fn commit(&self, change: Change) -> Result<Option<(Watch, Vec<WatchEvent>)>> {
+        let Change {
+            mut watch,
+            expected_last_seq,
+            events,
+            extra,
+            now,
+        } = change;
+        let mut appended = Vec::with_capacity(events.len());
+        for kind in events {
+            watch.last_seq += 1;
+            appended.push(WatchEvent {
+                tenant: watch.tenant.clone(),
+                watch_id: watch.id.clone(),
+                seq: watch.last_seq,
+                time: now,
+                generation: watch.lifecycle.generation,
+                kind,
+            });
+        }
+        let mut items = Vec::with_capacity(2 + appended.len() + extra.len());
+        items.push(match expected_last_seq {
+            Some(seq) => self.put(
+                watch_item(&watch)?,
+                "last_seq = :expected",
+                &[(":expected", n(seq))],
+            )?,
+            None => self.put(watch_item(&watch)?, "attribute_not_exists(pk)", &[])?,
+        });
+        for e in &appended {
+            items.push(self.put(event_item(e)?, "attribute_not_exists(pk)", &[])?);
+        }
+        items.extend(extra);
+        let units: u64 = items
+            .iter()
+            .filter_map(|i| i.put())
+            .map(|p| 2 * item_bytes(p.item()).div_ceil(1024).max(1))
+            .sum();
+        self.count(1, items.len() as u64, units, 0);
+        match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(Some((watch, appended))),
+            Err(SdkError::ServiceError(e))
+                if matches!(
+                    e.err(),
+                    TransactWriteItemsError::TransactionCanceledException(_)
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(aws(e)),
+        }
+    }
+
+    /// The stored sequencer of each seen key in `sks` (strongly consistent).
+    async fn seen(&self, pk: &str, sks: &[String]) -> Result<HashMap<String, String>> {
+        let mut found = HashMap::new();
+        for chunk in sks.chunks(100) {
+            let mut keys = KeysAndAttributes::builder().consistent_read(true);
+            for sk in chunk {
+                keys = keys.keys(HashMap::from([
+                    ("pk".to_owned(), s(pk)),
+                    ("sk".to_owned(), s(sk)),
+                ]));
+            }
+            let mut request = HashMap::from([(
+                self.table.clone(),
+                keys.build()
+                    .map_err(|e| StoreError::Dynamo(e.to_string()))?,
+            )]);
+            for _ in 0..MAX_ATTEMPTS {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                self.count(1, chunk.len() as u64, 0, chunk.len() as u64);
+                for item in out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default()
+                {
+                    found.insert(
+                        get_s(&item, "sk")?.to_owned(),
+                        get_s(&item, "sequencer")?.to_owned(),
+                    );
+                }
+                request = out.unprocessed_keys.unwrap_or_default();
+                if request.is_empty() {
+                    break;
+                }
+            }
+            if !request.is_empty() {
+                return Err(StoreError::Dynamo(
+                    "BatchGetItem left keys unprocessed".into(),
+                ));
+            }
+        }
+        Ok(found)
+    }
+
+    /// Records one watch's activities (`indexes` into `activities`).
+    async fn record_watch(
+        &self,
+        activities: &[Activity],
+        indexes: Vec<usize>,
+        now: Timestamp,
+    ) -> Result<(Vec<(usize, Recorded)>, Option<(Watch, Vec<WatchEvent>)>)> {
+        // Collapse repeats of one key within the batch: the first stands for all,
+        // later ones with a new sequencer are overwrites, the rest duplicates.
+        struct Rep {
+            index: usize,
+            kind: ActivityKind,
+            sk: String,
+            sequencer: String,
+            overwrites: Vec<usize>,
+            duplicates: Vec<usize>,
+        }
+        let mut reps: Vec<Rep> = Vec::new();
+        let mut by_sk: HashMap<String, usize> = HashMap::new();
+        for i in indexes {
+            let a = &activities[i];
+            let sk = key_sk(a.kind, &a.key);
+            match by_sk.get(&sk) {
+                Some(&r) => {
+                    let rep = &mut reps[r];
+                    if !a.sequencer.is_empty() && a.sequencer != rep.sequencer {
+                        rep.sequencer = a.sequencer.clone();
+                        rep.overwrites.push(i);
+                    } else {
+                        rep.duplicates.push(i);
+                    }
+                }
+                None => {
+                    by_sk.insert(sk.clone(), reps.len());
+                    reps.push(Rep {
+                        index: i,
+                        kind: a.kind,
+                        sk,
+                        sequencer: a.sequencer.clone(),
+                        overwrites: Vec::new(),
+                        duplicates: Vec::new(),
+                    });
+                }
+            }
+        }
+        let first = &activities[reps[0].index];
+        let (tenant, id) = (first.tenant.clone(), first.watch_id.clone());
+        let pk = watch_pk(&tenant, &id);
+        let mut results = Vec::new();
+        let mut last: Option<(Watch, Vec<WatchEvent>)> = None;
+        for chunk in reps.chunks(KEYS_PER_TRANSACTION) {
+            let mut done = false;
+            for _ in 0..MAX_ATTEMPTS {
+                let Some(mut watch) = self
+                    .load(&tenant, &id)
+                    .await?
+                    .filter(|w| w.accepts_activity(now))
+                else {
+                    for rep in chunk {
+                        for i in std::iter::once(rep.index)
+                            .chain(rep.overwrites.iter().copied())
+                            .chain(rep.duplicates.iter().copied())
+                        {
+                            results.push((i, Recorded::NotLive));
+                        }
+                    }
+                    done = true;
+                    break;
+                };
+                let sks: Vec<String> = chunk.iter().map(|r| r.sk.clone()).collect();
+                let seen = self.seen(&pk, &sks).await?;
+                let mut outcome = Vec::new();
+                let mut puts = Vec::new();
+                let before = watch.counters;
+                for rep in chunk {
+                    let stored = seen.get(&rep.sk);
+                    let first_counts = match stored {
+                        None => true,
+                        Some(old) => {
+                            !activities[rep.index].sequencer.is_empty()
+                                && *old != activities[rep.index].sequencer
+                        }
+                    };
+                    let accepted = usize::from(first_counts) + rep.overwrites.len();
+                    if first_counts && stored.is_none() && rep.kind == ActivityKind::Created {
+                        watch.counters.object_count += 1;
+                    }
+                    match rep.kind {
+                        ActivityKind::Created => watch.counters.event_count += accepted as u64,
+                        ActivityKind::Removed => watch.counters.removed_count += accepted as u64,
+                    }
+                    outcome.push((
+                        rep.index,
+                        if first_counts {
+                            Recorded::Counted
+                        } else {
+                            Recorded::Duplicate
+                        },
+                    ));
+                    outcome.extend(rep.overwrites.iter().map(|i| (*i, Recorded::Counted)));
+                    outcome.extend(rep.duplicates.iter().map(|i| (*i, Recorded::Duplicate)));
+                    if accepted > 0 && stored.is_none_or(|old| *old != rep.sequencer) {
+                        let mut item = Item::new();
+                        item.insert("pk".into(), s(&pk));
+                        item.insert("sk".into(), s(&rep.sk));
+                        item.insert("sequencer".into(), s(&rep.sequencer));
+                        puts.push(match stored {
+                            None => self.put(item, "attribute_not_exists(pk)", &[])?,
+                            Some(old) => self.put(item, "sequencer = :old", &[(":old", s(old))])?,
+                        });
+                    }
+                }
+                if watch.counters == before {
+                    results.extend(outcome);
+                    done = true;
+                    break;
+                }
+                watch.counters.last_activity_at = Some(now);
+                let expected = watch.last_seq;
+                let counters = watch.counters;
+                let change = Change {
+                    watch,
+                    expected_last_seq: Some(expected),
+                    events: vec![EventKind::Progress { counters }],
+                    extra: puts,
+                    now,
+                };
+                if let Some((watch, events)) = self.commit(change).await? {
+                    results.extend(outcome);
+                    last = Some(match last.take() {
+                        Some((_, mut earlier)) => {
+                            earlier.extend(events);
+                            (watch, earlier)
+                        }
+                        None => (watch, events),
+                    });
+                    done = true;
+                    break;
+                }
+                // Someone else changed the watch or recorded one of these keys: read again.
+            }
+            if !done {
+                return Err(StoreError::Dynamo(format!(
+                    "watch {id} kept changing; gave up recording after {MAX_ATTEMPTS} attempts"
+                )));
+            }
+        }
+        Ok((results, last))
+    }
+
+    async fn query_all(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(key_condition)
+                .set_exclusive_start_key(start.take());
+            if let Some(index) = index {
+                q = q.index_name(index);
+            } else {
+                q = q.consistent_read(true);
+            }
+            for (k, v) in &values {
+                q = q.expression_attribute_values(*k, v.clone());
+            }
+            let out = q.send().await.map_err(aws)?;
+            let page = out.items.unwrap_or_default();
+            self.count(
+                1,
+                page.len() as u64,
+                0,
+                page.iter()
+                    .map(|i| item_bytes(i).div_ceil(4096))
+                    .sum::<u64>()
+                    .max(1),
+            );
+            items.extend(page);
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Store for DynamoStore {
+    async fn create_watch(&self, new: NewWatch) -> Result<Created> {
+        let token_pk = new
+            .client_token
+            .as_ref()
+            .map(|t| format!("C#{}#{t}", new.tenant));
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(token_pk) = &token_pk {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(token_pk))
+                    .key("sk", s("TOKEN"))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                self.count(1, 1, 0, 1);
+                if let Some(item) = out.item {
+                    let id: WatchId = stored(get_s(&item, "watch_id")?)?;
+                    let watch = self
+                        .load(&new.tenant, &id)
+                        .await?
+                        .ok_or_else(|| corrupt("client token names a missing watch"))?;
+                    return Ok(Created::Existing(watch));
+                }
+            }
+            let watch = Watch {
+                tenant: new.tenant.clone(),
+                id: new.id.clone(),
+                bucket: new.bucket.clone(),
+                prefix: new.prefix.clone(),
+                policy: new.policy.clone(),
+                labels: new.labels.clone(),
+                client_token: new.client_token.clone(),
+                created_at: new.created_at,
+                lifecycle: policy::fresh_lifecycle(1, new.created_at, 0),
+                counters: Counters::default(),
+                last_seq: 0,
+            };
+            let mut snapshot = watch.clone();
+            snapshot.last_seq = 1;
+            let mut extra = Vec::new();
+            if let Some(token_pk) = &token_pk {
+                let mut item = Item::new();
+                item.insert("pk".into(), s(token_pk));
+                item.insert("sk".into(), s("TOKEN"));
+                item.insert("watch_id".into(), s(new.id.as_str()));
+                extra.push(self.put(item, "attribute_not_exists(pk)", &[])?);
+            }
+            let change = Change {
+                watch,
+                expected_last_seq: None,
+                events: vec![EventKind::Started {
+                    watch: Box::new(snapshot),
+                }],
+                extra,
+                now: new.created_at,
+            };
+            if let Some((watch, events)) = self.commit(change).await? {
+                return Ok(Created::New { watch, events });
+            }
+            // The token was taken concurrently: read it on the next round.
+        }
+        Err(StoreError::Dynamo(
+            "could not create the watch: client token kept conflicting".into(),
+        ))
+    }
+
+    async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+        self.load(tenant, id).await
+    }
+
+    async fn list_watches(&self, tenant: &TenantId, query: &ListQuery) -> Result<Vec<Watch>> {
+        let mut filters = Vec::new();
+        let mut names = HashMap::new();
+        let mut values = HashMap::from([(":list_pk".to_owned(), s(format!("T#{tenant}")))]);
+        if let Some(state) = query.state {
+            filters.push("#state = :state".to_owned());
+            names.insert("#state".to_owned(), "state".to_owned());
+            values.insert(":state".to_owned(), s(state.as_str()));
+        }
+        for (i, (k, v)) in query.labels.iter().enumerate() {
+            filters.push(format!("labels.#l{i} = :l{i}"));
+            names.insert(format!("#l{i}"), k.clone());
+            values.insert(format!(":l{i}"), s(v));
+        }
+        let mut key_condition = "list_pk = :list_pk".to_owned();
+        if let Some(after) = &query.after {
+            key_condition.push_str(" AND list_sk < :after");
+            values.insert(":after".to_owned(), s(after.as_str()));
+        }
+        let mut out = Vec::new();
+        let mut start = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .index_name(BY_TENANT_INDEX)
+                .key_condition_expression(&key_condition)
+                .set_expression_attribute_values(Some(values.clone()))
+                .scan_index_forward(false)
+                .limit(i32::try_from(query.limit.max(1)).unwrap_or(i32::MAX))
+                .set_exclusive_start_key(start.take());
+            if !filters.is_empty() {
+                q = q
+                    .filter_expression(filters.join(" AND "))
+                    .set_expression_attribute_names(Some(names.clone()));
+            }
+            let page = q.send().await.map_err(aws)?;
+            let items = page.items.unwrap_or_default();
+            self.count(1, items.len() as u64, 0, 1);
+            for item in &items {
+                out.push(item_watch(item)?);
+                if out.len() == query.limit {
+                    return Ok(out);
+                }
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(out),
+            }
+        }
+    }
+
+    async fn record(&self, activities: Vec<Activity>, now: Timestamp) -> Result<RecordOutcome> {
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        let mut by_watch: HashMap<(&TenantId, &WatchId), usize> = HashMap::new();
+        for (i, a) in activities.iter().enumerate() {
+            let g = *by_watch.entry((&a.tenant, &a.watch_id)).or_insert_with(|| {
+                groups.push(Vec::new());
+                groups.len() - 1
+            });
+            groups[g].push(i);
+        }
+        let recorded = futures::future::try_join_all(
+            groups
+                .into_iter()
+                .map(|g| self.record_watch(&activities, g, now)),
+        )
+        .await?;
+        let mut results = vec![Recorded::NotLive; activities.len()];
+        let mut updated = Vec::new();
+        for (outcomes, watch) in recorded {
+            for (i, r) in outcomes {
+                results[i] = r;
+            }
+            updated.extend(watch);
+        }
+        Ok(RecordOutcome { results, updated })
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Applied>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut watch) = self.load(tenant, id).await? else {
+                return Ok(None);
+            };
+            let holds = watch.lifecycle.state == guard.state
+                && watch.lifecycle.generation == guard.generation
+                && guard
+                    .activity
+                    .is_none_or(|a| a == watch.counters.activity());
+            if !holds {
+                return Ok(Some(Applied::Conflict(watch)));
+            }
+            let expected = watch.last_seq;
+            watch.lifecycle = lifecycle.clone();
+            let change = Change {
+                watch,
+                expected_last_seq: Some(expected),
+                events: events.clone(),
+                extra: Vec::new(),
+                now,
+            };
+            if let Some((watch, events)) = self.commit(change).await? {
+                return Ok(Some(Applied::Done { watch, events }));
+            }
+        }
+        Err(StoreError::Dynamo(format!(
+            "watch {id} kept changing; gave up after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
+    async fn events_after(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<WatchEvent>> {
+        let out = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression("pk = :pk AND sk BETWEEN :from AND :to")
+            .expression_attribute_values(":pk", s(watch_pk(tenant, id)))
+            .expression_attribute_values(":from", s(event_sk(after_seq.saturating_add(1))))
+            .expression_attribute_values(":to", s(event_sk(u64::MAX)))
+            .consistent_read(true)
+            .limit(i32::try_from(limit.max(1)).unwrap_or(i32::MAX))
+            .send()
+            .await
+            .map_err(aws)?;
+        let items = out.items.unwrap_or_default();
+        self.count(
+            1,
+            items.len() as u64,
+            0,
+            items
+                .iter()
+                .map(|i| item_bytes(i).div_ceil(4096))
+                .sum::<u64>()
+                .max(1),
+        );
+        items
+            .iter()
+            .map(|item| item_event(tenant, id, item))
+            .collect()
+    }
+
+    async fn live_watches(&self, _now: Timestamp) -> Result<Vec<Watch>> {
+        let mut out = Vec::new();
+        for shard in 0..SHARDS {
+            let items = self
+                .query_all(
+                    Some(LIVE_INDEX),
+                    "live_shard = :shard",
+                    vec![(":shard", s(format!("LIVE#{shard}")))],
+                )
+                .await?;
+            for item in &items {
+                out.push(item_watch(item)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()> {
+        let expires = now.plus(self.retention).as_millis() / 1000;
+        let pk = watch_pk(tenant, id);
+        let items = self
+            .query_all(None, "pk = :pk", vec![(":pk", s(&pk))])
+            .await?;
+        let mut writes = Vec::new();
+        let mut token = None;
+        for mut item in items {
+            if get_s(&item, "sk")? == "WATCH" {
+                item.remove("live_shard");
+                token = item
+                    .get("client_token")
+                    .and_then(|v| v.as_s().ok())
+                    .cloned();
+            }
+            item.insert(TTL_ATTRIBUTE.into(), n(expires));
+            writes.push(
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(|e| StoreError::Dynamo(e.to_string()))?,
+                    )
+                    .build(),
+            );
+        }
+        if let Some(token) = token {
+            let mut item = Item::new();
+            item.insert("pk".into(), s(format!("C#{tenant}#{token}")));
+            item.insert("sk".into(), s("TOKEN"));
+            item.insert("watch_id".into(), s(id.as_str()));
+            item.insert(TTL_ATTRIBUTE.into(), n(expires));
+            writes.push(
+                WriteRequest::builder()
+                    .put_request(
+                        PutRequest::builder()
+                            .set_item(Some(item))
+                            .build()
+                            .map_err(|e| StoreError::Dynamo(e.to_string()))?,
+                    )
+                    .build(),
+            );
+        }
+        for chunk in writes.chunks(25) {
+            let mut request = HashMap::from([(self.table.clone(), chunk.to_vec())]);
+            for _ in 0..MAX_ATTEMPTS {
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                self.count(1, chunk.len() as u64, chunk.len() as u64, 0);
+                request = out.unprocessed_items.unwrap_or_default();
+                if request.values().all(Vec::is_empty) {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
