@@ -38,7 +38,7 @@ use sha2::{Digest, Sha256};
 
 use super::{
     Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded,
-    Result, Store, StoreError,
+    Result, Store, StoreError, is_later,
 };
 use crate::{
     clock::Timestamp,
@@ -548,50 +548,35 @@ impl DynamoStore {
         indexes: Vec<usize>,
         now: Timestamp,
     ) -> Result<(Vec<(usize, Recorded)>, Option<(Watch, Vec<WatchEvent>)>)> {
-        // Collapse repeats of one key within the batch: the first stands for all,
-        // later ones with a new sequencer are overwrites, the rest duplicates.
-        struct Rep {
-            index: usize,
+        // Group the occurrences of each key; each is judged in order against
+        // what is stored, so one transaction writes each key once.
+        struct Key {
             kind: ActivityKind,
             sk: String,
-            sequencer: String,
-            overwrites: Vec<usize>,
-            duplicates: Vec<usize>,
+            /// `(activity index, sequencer)` in batch order.
+            occurrences: Vec<(usize, String)>,
         }
-        let mut reps: Vec<Rep> = Vec::new();
+        let mut keys: Vec<Key> = Vec::new();
         let mut by_sk: HashMap<String, usize> = HashMap::new();
         for i in indexes {
             let a = &activities[i];
             let sk = key_sk(a.kind, &a.key);
-            match by_sk.get(&sk) {
-                Some(&r) => {
-                    let rep = &mut reps[r];
-                    if !a.sequencer.is_empty() && a.sequencer != rep.sequencer {
-                        rep.sequencer = a.sequencer.clone();
-                        rep.overwrites.push(i);
-                    } else {
-                        rep.duplicates.push(i);
-                    }
-                }
-                None => {
-                    by_sk.insert(sk.clone(), reps.len());
-                    reps.push(Rep {
-                        index: i,
-                        kind: a.kind,
-                        sk,
-                        sequencer: a.sequencer.clone(),
-                        overwrites: Vec::new(),
-                        duplicates: Vec::new(),
-                    });
-                }
-            }
+            let k = *by_sk.entry(sk.clone()).or_insert_with(|| {
+                keys.push(Key {
+                    kind: a.kind,
+                    sk,
+                    occurrences: Vec::new(),
+                });
+                keys.len() - 1
+            });
+            keys[k].occurrences.push((i, a.sequencer.clone()));
         }
-        let first = &activities[reps[0].index];
+        let first = &activities[keys[0].occurrences[0].0];
         let (tenant, id) = (first.tenant.clone(), first.watch_id.clone());
         let pk = watch_pk(&tenant, &id);
         let mut results = Vec::new();
         let mut last: Option<(Watch, Vec<WatchEvent>)> = None;
-        for chunk in reps.chunks(KEYS_PER_TRANSACTION) {
+        for chunk in keys.chunks(KEYS_PER_TRANSACTION) {
             let mut done = false;
             for _ in 0..MAX_ATTEMPTS {
                 let Some(mut watch) = self
@@ -599,54 +584,48 @@ impl DynamoStore {
                     .await?
                     .filter(|w| w.accepts_activity(now))
                 else {
-                    for rep in chunk {
-                        for i in std::iter::once(rep.index)
-                            .chain(rep.overwrites.iter().copied())
-                            .chain(rep.duplicates.iter().copied())
-                        {
-                            results.push((i, Recorded::NotLive));
-                        }
-                    }
+                    results.extend(
+                        chunk.iter().flat_map(|k| {
+                            k.occurrences.iter().map(|(i, _)| (*i, Recorded::NotLive))
+                        }),
+                    );
                     done = true;
                     break;
                 };
-                let sks: Vec<String> = chunk.iter().map(|r| r.sk.clone()).collect();
+                let sks: Vec<String> = chunk.iter().map(|k| k.sk.clone()).collect();
                 let seen = self.seen(&pk, &sks).await?;
                 let mut outcome = Vec::new();
                 let mut puts = Vec::new();
                 let before = watch.counters;
-                for rep in chunk {
-                    let stored = seen.get(&rep.sk);
-                    let first_counts = match stored {
-                        None => true,
-                        Some(old) => {
-                            !activities[rep.index].sequencer.is_empty()
-                                && *old != activities[rep.index].sequencer
+                for key in chunk {
+                    let stored = seen.get(&key.sk);
+                    let mut current: Option<&str> = stored.map(String::as_str);
+                    for (i, sequencer) in &key.occurrences {
+                        let counts = current.is_none_or(|c| is_later(sequencer, c));
+                        if counts {
+                            if current.is_none() && key.kind == ActivityKind::Created {
+                                watch.counters.object_count += 1;
+                            }
+                            match key.kind {
+                                ActivityKind::Created => watch.counters.event_count += 1,
+                                ActivityKind::Removed => watch.counters.removed_count += 1,
+                            }
+                            current = Some(sequencer);
                         }
-                    };
-                    let accepted = usize::from(first_counts) + rep.overwrites.len();
-                    if first_counts && stored.is_none() && rep.kind == ActivityKind::Created {
-                        watch.counters.object_count += 1;
+                        outcome.push((
+                            *i,
+                            if counts {
+                                Recorded::Counted
+                            } else {
+                                Recorded::Duplicate
+                            },
+                        ));
                     }
-                    match rep.kind {
-                        ActivityKind::Created => watch.counters.event_count += accepted as u64,
-                        ActivityKind::Removed => watch.counters.removed_count += accepted as u64,
-                    }
-                    outcome.push((
-                        rep.index,
-                        if first_counts {
-                            Recorded::Counted
-                        } else {
-                            Recorded::Duplicate
-                        },
-                    ));
-                    outcome.extend(rep.overwrites.iter().map(|i| (*i, Recorded::Counted)));
-                    outcome.extend(rep.duplicates.iter().map(|i| (*i, Recorded::Duplicate)));
-                    if accepted > 0 && stored.is_none_or(|old| *old != rep.sequencer) {
+                    if current != stored.map(String::as_str) {
                         let mut item = Item::new();
                         item.insert("pk".into(), s(&pk));
-                        item.insert("sk".into(), s(&rep.sk));
-                        item.insert("sequencer".into(), s(&rep.sequencer));
+                        item.insert("sk".into(), s(&key.sk));
+                        item.insert("sequencer".into(), s(current.unwrap_or_default()));
                         puts.push(match stored {
                             None => self.put(item, "attribute_not_exists(pk)", &[])?,
                             Some(old) => self.put(item, "sequencer = :old", &[(":old", s(old))])?,

@@ -75,15 +75,30 @@ pub struct Activity {
     pub watch_id: WatchId,
     pub kind: ActivityKind,
     pub key: String,
-    /// S3's per-key ordering token; empty when the notification had none.
+    /// S3's per-key ordering token (see [`is_later`]); empty when the notification had none.
     pub sequencer: String,
+}
+
+/// Whether a notification with `sequencer` is a later event for its key than
+/// the one recorded with `stored`. S3 sequencers are hex strings that order
+/// the events of one key; the shorter is padded with zeros on the right before
+/// comparing. A notification without one is never taken as later: without a
+/// sequencer a redelivery and an overwrite look the same, and only the
+/// redelivery is common.
+pub fn is_later(sequencer: &str, stored: &str) -> bool {
+    if sequencer.is_empty() {
+        return false;
+    }
+    let width = sequencer.len().max(stored.len());
+    let pad = |s: &str| format!("{:0<width$}", s.to_ascii_uppercase());
+    pad(sequencer) > pad(stored)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
     /// Accepted: the counters moved.
     Counted,
-    /// Already seen (same key and sequencer): nothing changed.
+    /// Already seen (same key, no later sequencer): nothing changed.
     Duplicate,
     /// The watch no longer takes activity (finished, or gone).
     NotLive,
@@ -182,4 +197,37 @@ pub trait Store: Send + Sync + 'static {
 
     /// Makes everything committed durable and stops accepting writes.
     async fn close(&self) -> Result<()>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_later;
+
+    #[test]
+    fn sequencers_order_events_of_one_key() {
+        assert!(is_later("0055AED6DCD90281E6", "0055AED6DCD90281E5"));
+        assert!(
+            !is_later("0055AED6DCD90281E5", "0055AED6DCD90281E5"),
+            "a redelivery"
+        );
+        assert!(
+            !is_later("0055AED6DCD90281E4", "0055AED6DCD90281E5"),
+            "an older event arriving late"
+        );
+        assert!(
+            is_later("0055AED6DCD90281E501", "0055AED6DCD90281E5"),
+            "padded on the right"
+        );
+        assert!(
+            !is_later("0055AED6DCD90281E500", "0055AED6DCD90281E5"),
+            "equal once padded"
+        );
+        assert!(
+            is_later("0055aed6dcd90281e6", "0055AED6DCD90281E5"),
+            "case does not matter"
+        );
+        assert!(is_later("01", ""), "a sequencer is later than none");
+        assert!(!is_later("", "01"));
+        assert!(!is_later("", ""));
+    }
 }

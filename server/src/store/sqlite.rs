@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded,
-    Result, Store, StoreError,
+    Result, Store, StoreError, is_later,
 };
 use crate::{
     clock::Timestamp,
@@ -533,8 +533,8 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
                 }
                 Recorded::Counted
             }
-            // A new version of a key already seen: new activity, not a new object.
-            Some(old) if !a.sequencer.is_empty() && old != a.sequencer => Recorded::Counted,
+            // A later event for a key already seen: new activity, not a new object.
+            Some(old) if is_later(&a.sequencer, &old) => Recorded::Counted,
             Some(_) => Recorded::Duplicate,
         };
         if outcome == Recorded::Counted {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
+pub mod aws;
+
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},

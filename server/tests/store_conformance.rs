@@ -1,0 +1,537 @@
+//! One conformance suite for every `Store` backend: the same behaviour on
+//! the embedded SQLite file and on DynamoDB (against the AWS emulator the
+//! test run starts; `AWS_ENDPOINT_URL` points at it).
+
+mod support;
+
+use std::{sync::Arc, time::Duration};
+
+use streamwatch_server::{
+    clock::Timestamp,
+    policy::{self, Policy},
+    store::{
+        Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, Recorded, Store,
+        dynamodb::DynamoStore, sqlite::SqliteStore,
+    },
+    watch::{Bucket, EventKind, Lifecycle, Prefix, TenantId, WatchId, WatchState},
+};
+
+const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
+
+fn tenant(name: &str) -> TenantId {
+    TenantId::parse("tenant", name).unwrap()
+}
+
+fn new_watch(tenant_name: &str, token: Option<&str>) -> NewWatch {
+    NewWatch {
+        tenant: tenant(tenant_name),
+        id: WatchId::generate(),
+        bucket: Bucket::parse("bucket", "data-lake").unwrap(),
+        prefix: Prefix::parse("prefix", "day=1/").unwrap(),
+        policy: Policy::default(),
+        labels: [("team".to_owned(), "etl".to_owned())].into(),
+        client_token: token.map(str::to_owned),
+        created_at: NOW,
+    }
+}
+
+fn activity(w: &NewWatch, kind: ActivityKind, key: &str, sequencer: &str) -> Activity {
+    Activity {
+        tenant: w.tenant.clone(),
+        watch_id: w.id.clone(),
+        kind,
+        key: key.to_owned(),
+        sequencer: sequencer.to_owned(),
+    }
+}
+
+async fn create(store: &dyn Store, new: NewWatch) -> streamwatch_server::watch::Watch {
+    match store.create_watch(new).await.unwrap() {
+        Created::New { watch, events } => {
+            assert_eq!(events.len(), 1);
+            assert_eq!(events[0].seq, 1);
+            assert!(matches!(events[0].kind, EventKind::Started { .. }));
+            watch
+        }
+        Created::Existing(w) => panic!("unexpected existing watch {}", w.id),
+    }
+}
+
+async fn creates_reads_and_isolates_tenants(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    let watch = create(&*store, new.clone()).await;
+    assert_eq!(watch.last_seq, 1);
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, watch);
+    assert!(
+        store
+            .get_watch(&tenant("globex"), &new.id)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let events = store
+        .events_after(&tenant("globex"), &new.id, 0, 100)
+        .await
+        .unwrap();
+    assert!(events.is_empty());
+}
+
+async fn client_tokens_are_idempotent_per_tenant(store: Arc<dyn Store>) {
+    let first = create(&*store, new_watch("acme", Some("run-1"))).await;
+    match store
+        .create_watch(new_watch("acme", Some("run-1")))
+        .await
+        .unwrap()
+    {
+        Created::Existing(w) => assert_eq!(w.id, first.id),
+        Created::New { .. } => panic!("the token must return the first watch"),
+    }
+    // Another tenant's identical token is its own.
+    let other = create(&*store, new_watch("globex", Some("run-1"))).await;
+    assert_ne!(other.id, first.id);
+}
+
+async fn records_each_key_exactly_once(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    create(&*store, new.clone()).await;
+    let batch = vec![
+        activity(&new, ActivityKind::Created, "day=1/a", "01"),
+        activity(&new, ActivityKind::Created, "day=1/b", "01"),
+        activity(&new, ActivityKind::Created, "day=1/a", "01"), // redelivered in the same batch
+        activity(&new, ActivityKind::Created, "day=1/b", "02"), // overwritten in the same batch
+        activity(&new, ActivityKind::Removed, "day=1/old", "05"),
+    ];
+    let out = store.record(batch.clone(), NOW).await.unwrap();
+    use Recorded::*;
+    assert_eq!(out.results, [Counted, Counted, Duplicate, Counted, Counted]);
+    let (watch, events) = &out.updated[0];
+    assert_eq!(
+        (
+            watch.counters.object_count,
+            watch.counters.event_count,
+            watch.counters.removed_count
+        ),
+        (2, 3, 1)
+    );
+    assert_eq!(watch.counters.last_activity_at, Some(NOW));
+    assert!(
+        events
+            .iter()
+            .all(|e| matches!(e.kind, EventKind::Progress { .. }))
+    );
+
+    // The whole batch again: nothing is new.
+    let again = store.record(batch, NOW).await.unwrap();
+    assert!(
+        again.results.iter().all(|r| *r == Duplicate),
+        "{:?}",
+        again.results
+    );
+    assert!(again.updated.is_empty());
+    let stored = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.counters, watch.counters);
+
+    // A long key (over DynamoDB's sort-key limit once prefixed) counts once too.
+    let long = format!("day=1/{}", "k".repeat(1018));
+    let key = activity(&new, ActivityKind::Created, &long, "");
+    assert_eq!(
+        store.record(vec![key.clone()], NOW).await.unwrap().results,
+        [Counted]
+    );
+    assert_eq!(
+        store.record(vec![key], NOW).await.unwrap().results,
+        [Duplicate]
+    );
+}
+
+async fn large_batches_span_transactions_and_stay_exact(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    create(&*store, new.clone()).await;
+    let batch: Vec<Activity> = (0..250)
+        .map(|i| activity(&new, ActivityKind::Created, &format!("day=1/{i}"), ""))
+        .collect();
+    let out = store.record(batch.clone(), NOW).await.unwrap();
+    assert!(out.results.iter().all(|r| *r == Recorded::Counted));
+    let watch = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(watch.counters.object_count, 250);
+    let events = store
+        .events_after(&new.tenant, &new.id, 0, 1000)
+        .await
+        .unwrap();
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        seqs,
+        (1..=watch.last_seq).collect::<Vec<_>>(),
+        "gapless log"
+    );
+    // Half old, half new: only the new half counts.
+    let mixed: Vec<Activity> = (125..375)
+        .map(|i| activity(&new, ActivityKind::Created, &format!("day=1/{i}"), ""))
+        .collect();
+    let out = store.record(mixed, NOW).await.unwrap();
+    assert_eq!(
+        out.results
+            .iter()
+            .filter(|r| **r == Recorded::Counted)
+            .count(),
+        125
+    );
+    let watch = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(watch.counters.object_count, 375);
+}
+
+async fn concurrent_recorders_never_double_count(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    create(&*store, new.clone()).await;
+    let batch: Vec<Activity> = (0..60)
+        .map(|i| activity(&new, ActivityKind::Created, &format!("day=1/{i}"), ""))
+        .collect();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (store, batch) = (store.clone(), batch.clone());
+        tasks.push(tokio::spawn(async move {
+            store.record(batch, NOW).await.unwrap()
+        }));
+    }
+    let mut counted = 0;
+    for t in tasks {
+        counted += t
+            .await
+            .unwrap()
+            .results
+            .iter()
+            .filter(|r| **r == Recorded::Counted)
+            .count();
+    }
+    assert_eq!(counted, 60, "each key counted by exactly one recorder");
+    let watch = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(watch.counters.object_count, 60);
+}
+
+async fn finished_watches_take_no_activity(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    let watch = create(&*store, new.clone()).await;
+    let done = Lifecycle {
+        state: WatchState::Cancelled,
+        completed_at: Some(NOW),
+        ..watch.lifecycle.clone()
+    };
+    let guard = Guard {
+        state: WatchState::Active,
+        generation: 1,
+        activity: None,
+    };
+    let applied = store
+        .apply(
+            &new.tenant,
+            &new.id,
+            guard,
+            done,
+            vec![EventKind::Cancelled { reason: "x".into() }],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(applied, Some(Applied::Done { .. })));
+    let out = store
+        .record(
+            vec![activity(&new, ActivityKind::Created, "day=1/a", "")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.results, [Recorded::NotLive]);
+    let missing = NewWatch {
+        id: WatchId::generate(),
+        ..new
+    };
+    let out = store
+        .record(
+            vec![activity(&missing, ActivityKind::Created, "day=1/a", "")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.results, [Recorded::NotLive]);
+}
+
+async fn lifecycle_changes_are_guarded(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    let watch = create(&*store, new.clone()).await;
+    store
+        .record(
+            vec![activity(&new, ActivityKind::Created, "day=1/a", "")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    // A decision taken on the snapshot before that activity must not land.
+    let completed = Lifecycle {
+        state: WatchState::Completed,
+        completed_at: Some(NOW),
+        ..watch.lifecycle.clone()
+    };
+    let stale = store
+        .apply(
+            &new.tenant,
+            &new.id,
+            Guard::exact(&watch),
+            completed.clone(),
+            vec![],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let Some(Applied::Conflict(current)) = stale else {
+        panic!("expected a conflict, got {stale:?}")
+    };
+    assert_eq!(current.counters.object_count, 1);
+    let events = vec![EventKind::Completed {
+        object_count: 1,
+        reason: "done".into(),
+    }];
+    let fresh = store
+        .apply(
+            &new.tenant,
+            &new.id,
+            Guard::exact(&current),
+            completed,
+            events,
+            NOW,
+        )
+        .await
+        .unwrap();
+    let Some(Applied::Done { watch, events }) = fresh else {
+        panic!("expected the change to land")
+    };
+    assert_eq!(
+        (watch.state(), watch.last_seq, events[0].seq),
+        (WatchState::Completed, 3, 3)
+    );
+    let missing = store
+        .apply(
+            &new.tenant,
+            &WatchId::generate(),
+            Guard::exact(&watch),
+            watch.lifecycle.clone(),
+            vec![],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert!(missing.is_none());
+}
+
+async fn events_page_in_order(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    create(&*store, new.clone()).await;
+    for i in 0..30 {
+        store
+            .record(
+                vec![activity(
+                    &new,
+                    ActivityKind::Created,
+                    &format!("day=1/{i}"),
+                    "",
+                )],
+                NOW,
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store
+            .events_after(&new.tenant, &new.id, after, 7)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            break;
+        }
+        assert!(page.len() <= 7);
+        after = page.last().unwrap().seq;
+        seen.extend(page.into_iter().map(|e| e.seq));
+    }
+    assert_eq!(seen, (1..=31).collect::<Vec<_>>());
+}
+
+async fn lists_filter_and_page_newest_first(store: Arc<dyn Store>) {
+    let t = format!("lister{}", rand_suffix());
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let mut new = new_watch(&t, None);
+        new.labels = [(
+            "team".to_owned(),
+            if i % 2 == 0 { "etl" } else { "bi" }.to_owned(),
+        )]
+        .into();
+        ids.push(create(&*store, new).await.id);
+    }
+    let all = store
+        .list_watches(
+            &tenant(&t),
+            &ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let listed: Vec<WatchId> = all.iter().map(|w| w.id.clone()).collect();
+    assert_eq!(listed, ids.iter().rev().cloned().collect::<Vec<_>>());
+    let page = store
+        .list_watches(
+            &tenant(&t),
+            &ListQuery {
+                limit: 2,
+                after: Some(ids[3].clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|w| w.id.clone()).collect::<Vec<_>>(),
+        [ids[2].clone(), ids[1].clone()]
+    );
+    let etl = store
+        .list_watches(
+            &tenant(&t),
+            &ListQuery {
+                limit: 10,
+                labels: [("team".to_owned(), "etl".to_owned())].into(),
+                state: Some(WatchState::Active),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(etl.len(), 3);
+}
+
+async fn live_watches_are_found_for_recovery(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    let watch = create(&*store, new.clone()).await;
+    let live = store.live_watches(NOW).await.unwrap();
+    assert!(live.iter().any(|w| w.id == watch.id));
+    store.retire(&new.tenant, &new.id, NOW).await.unwrap();
+    let cancelled = Lifecycle {
+        state: WatchState::Cancelled,
+        completed_at: Some(NOW),
+        ..watch.lifecycle.clone()
+    };
+    let guard = Guard {
+        state: WatchState::Active,
+        generation: 1,
+        activity: None,
+    };
+    store
+        .apply(&new.tenant, &new.id, guard, cancelled, vec![], NOW)
+        .await
+        .unwrap();
+    store.retire(&new.tenant, &new.id, NOW).await.unwrap();
+    let live = store.live_watches(NOW).await.unwrap();
+    assert!(
+        !live.iter().any(|w| w.id == watch.id),
+        "a retired watch is not recovered"
+    );
+    // Retiring keeps the watch and its log readable.
+    let kept = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.state(), WatchState::Cancelled);
+    assert_eq!(
+        store
+            .events_after(&new.tenant, &new.id, 0, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let _ = policy::DEFAULT_QUIET_WINDOW;
+}
+
+fn rand_suffix() -> String {
+    WatchId::generate().as_str().replace('-', "")[20..].to_owned()
+}
+
+async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path().join("conformance.db")).unwrap();
+    (Arc::new(store), dir)
+}
+
+async fn dynamodb() -> (Arc<dyn Store>, ()) {
+    support::aws::require_emulator();
+    let table = format!("conformance-{}", rand_suffix());
+    let store = DynamoStore::new(
+        DynamoStore::client_from_env().await,
+        table,
+        Duration::from_secs(3600),
+    );
+    store
+        .create_table()
+        .await
+        .expect("create the table in the emulator");
+    (Arc::new(store), ())
+}
+
+macro_rules! conformance {
+    ($($test:ident),* $(,)?) => {
+        mod on_sqlite {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, _guard) = super::sqlite().await;
+                    super::$test(store).await;
+                }
+            )*
+        }
+        mod on_dynamodb {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, _guard) = super::dynamodb().await;
+                    super::$test(store).await;
+                }
+            )*
+        }
+    };
+}
+
+conformance!(
+    creates_reads_and_isolates_tenants,
+    client_tokens_are_idempotent_per_tenant,
+    records_each_key_exactly_once,
+    large_batches_span_transactions_and_stay_exact,
+    concurrent_recorders_never_double_count,
+    finished_watches_take_no_activity,
+    lifecycle_changes_are_guarded,
+    events_page_in_order,
+    lists_filter_and_page_newest_first,
+    live_watches_are_found_for_recovery,
+);
