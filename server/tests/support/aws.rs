@@ -10,3 +10,63 @@ pub fn require_emulator() {
          AWS_REGION, AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
     );
 }
+
+use std::time::Duration;
+
+/// An SQS client on the emulator.
+pub async fn sqs() -> aws_sdk_sqs::Client {
+    require_emulator();
+    aws_sdk_sqs::Client::new(
+        &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
+    )
+}
+
+/// A queue with a dead-letter queue after `max_receives` receives; returns `(queue url, dlq url)`.
+pub async fn queue_with_dlq(
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    max_receives: u32,
+    visibility: Duration,
+) -> (String, String) {
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let dlq = sqs
+        .create_queue()
+        .queue_name(format!("{name}-dlq"))
+        .send()
+        .await
+        .expect("create dlq")
+        .queue_url
+        .unwrap();
+    let dlq_arn = sqs
+        .get_queue_attributes()
+        .queue_url(&dlq)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("dlq arn")
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    let redrive = serde_json::json!({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": max_receives.to_string()});
+    let queue = sqs
+        .create_queue()
+        .queue_name(name)
+        .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+        .attributes(
+            QueueAttributeName::VisibilityTimeout,
+            visibility.as_secs().to_string(),
+        )
+        .send()
+        .await
+        .expect("create queue")
+        .queue_url
+        .unwrap();
+    (queue, dlq)
+}
+
+/// A unique lowercase name for emulator resources.
+pub fn unique(prefix: &str) -> String {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    format!("{prefix}-{}", &id[id.len() - 12..])
+}

@@ -68,7 +68,7 @@ impl DataDir {
 pub struct TestServer {
     pub addr: SocketAddr,
     pub dir: DataDir,
-    tenants: bool,
+    config: Config,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -86,14 +86,19 @@ impl TestServer {
 
     /// Starts on `dir`'s data file, on `addr` if given (to come back on the same port).
     pub async fn start_in(dir: DataDir, tenants: bool, addr: Option<SocketAddr>) -> Self {
+        let config = dir.config(tenants);
+        Self::start_with(dir, config, addr).await
+    }
+
+    /// Starts with `config` (whose files live in `dir`), on `addr` if given.
+    pub async fn start_with(dir: DataDir, config: Config, addr: Option<SocketAddr>) -> Self {
         let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
         let (stop, stopped) = oneshot::channel::<()>();
-        let config = dir.config(tenants);
         let task = tokio::spawn(streamwatch_server::serve_with_clock(
-            config,
+            config.clone(),
             listener,
             Clock::new(),
             async move {
@@ -103,7 +108,7 @@ impl TestServer {
         Self {
             addr,
             dir,
-            tenants,
+            config,
             stop: Some(stop),
             task: Some(task),
         }
@@ -145,7 +150,7 @@ impl TestServer {
     /// Stops and starts again on the same data file and port.
     pub async fn restart(mut self) -> Self {
         self.shutdown().await;
-        Self::start_in(self.dir.clone(), self.tenants, Some(self.addr)).await
+        Self::start_with(self.dir.clone(), self.config.clone(), Some(self.addr)).await
     }
 }
 
