@@ -147,7 +147,8 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
             }
             return Ok(Document::Records(out));
         }
-        let event = S3Event::deserialize(value).map_err(|e| format!("invalid S3 event: {e}"))?;
+        let event = S3Event::deserialize(&*with_optional_parts(value))
+            .map_err(|e| format!("invalid S3 event: {e}"))?;
         let mut out = Vec::with_capacity(event.records.len());
         for (i, record) in event.records.into_iter().enumerate() {
             let bucket = record.s3.bucket.name.filter(|b| !b.is_empty());
@@ -198,6 +199,27 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
         }]));
     }
     Err("not a storage notification: expected S3 Records, an SNS envelope, an EventBridge event or s3:TestEvent".into())
+}
+
+/// Record parts that carry nothing streamwatch reads and that some
+/// S3-compatible senders leave out; filled in empty so their records parse.
+const OPTIONAL_RECORD_PARTS: [&str; 3] = ["userIdentity", "requestParameters", "responseElements"];
+
+fn with_optional_parts(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_json::Value> {
+    let complete = |r: &serde_json::Value| OPTIONAL_RECORD_PARTS.iter().all(|p| r.get(p).is_some());
+    let records = value.get("Records").and_then(|r| r.as_array());
+    if records.is_none_or(|r| r.iter().all(complete)) {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let mut filled = value.clone();
+    if let Some(records) = filled.get_mut("Records").and_then(|r| r.as_array_mut()) {
+        for record in records.iter_mut().filter_map(|r| r.as_object_mut()) {
+            for part in OPTIONAL_RECORD_PARTS {
+                record.entry(part).or_insert_with(|| serde_json::json!({}));
+            }
+        }
+    }
+    std::borrow::Cow::Owned(filled)
 }
 
 fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
@@ -560,6 +582,18 @@ mod tests {
             "../../tests/fixtures/eventbridge_deleted.json"
         ));
         assert_eq!(r[0].kind, NotificationKind::Removed);
+    }
+
+    #[test]
+    fn records_without_identity_parts_still_parse() {
+        // As S3-compatible stores (and the AWS emulator) send them.
+        let doc = r#"{"Records": [{"eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+            "eventTime": "2026-11-26T12:22:32.197Z", "eventName": "ObjectCreated:Put",
+            "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "dbg-bucket"},
+            "object": {"key": "day%3D1%2Fproducer+1%2Fpart+%C3%BC%2B0001.json", "size": 2}}}]}"#;
+        let r = records(doc);
+        assert_eq!(r[0].key, "day=1/producer 1/part ü+0001.json");
+        assert_eq!(r[0].sequencer, "");
     }
 
     #[test]

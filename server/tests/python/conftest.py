@@ -197,3 +197,38 @@ def server(pb, tmp_path_factory):
         log.close()
     # A clean SIGTERM shutdown ends the process with status 0.
     assert proc.returncode == 0, f"server exited with {proc.returncode}:\n{srv.log()}"
+
+
+@pytest.fixture
+def launch(pb, tmp_path):
+    """Starts the server binary with extra flags; every server started is stopped at the end.
+
+    Returns a function `launch(*flags) -> Server`. Each call gets a fresh
+    loopback port; pass `--data` to share a store between calls.
+    """
+    binary = Path(os.environ.get("STREAMWATCH_SERVER_BIN", str(DEFAULT_BIN)))
+    if not binary.is_file():
+        pytest.fail(f"server binary {binary} not found; run `cargo build -p streamwatch-server`")
+    started = []
+
+    def _launch(*flags: str) -> Server:
+        log_path = tmp_path / f"server-{len(started)}.log"
+        addr = f"127.0.0.1:{_free_port()}"
+        log = open(log_path, "ab")
+        proc = subprocess.Popen(
+            [str(binary), "--listen", addr, *flags],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "RUST_LOG": os.environ.get("RUST_LOG", "info")},
+        )
+        channel = grpc.insecure_channel(addr)
+        started.append((proc, channel, log))
+        _wait_serving(proc, channel, pb, log_path)
+        return Server(proc, addr, log_path, {}, channel, pb)
+
+    yield _launch
+    for proc, channel, log in started:
+        channel.close()
+        _stop(proc)
+        log.close()
