@@ -86,7 +86,7 @@ done
 
 step "StartWatch lake/day=1/ (quiet period 1s)"
 started="$(rpc streamwatch.v1.WatchService/StartWatch \
-    '{"bucket": "lake", "prefix": "day=1/", "policy": {"quietPeriod": {"window": "1s"}}}')" \
+    '{"bucket": "lake", "prefix": "day=1/", "policy": {"quietPeriod": {"window": "5s"}}}')" \
     || fail "StartWatch failed"
 echo "$started"
 watch_id="$(python3 -c '
@@ -126,7 +126,7 @@ assert not r.get("rejected"), r
 
 step "StreamWatchEvents from the start until the watch completes"
 events="$(rpc streamwatch.v1.WatchService/StreamWatchEvents \
-    "{\"watchId\": \"$watch_id\", \"afterSeq\": \"0\"}" -max-time 15)" \
+    "{\"watchId\": \"$watch_id\", \"afterSeq\": \"0\"}" -max-time 30)" \
     || fail "StreamWatchEvents did not end OK: $events"
 echo "$events"
 python3 -c '

@@ -20,7 +20,7 @@ async fn a_restart_mid_watch_still_completes_it() {
         .start_watch(start_request(
             "data-lake",
             "",
-            quiet_period(Duration::from_secs(2)),
+            quiet_period(Duration::from_secs(5)),
         ))
         .await
         .unwrap()
@@ -88,7 +88,7 @@ async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
         .start_watch(start_request(
             "data-lake",
             "",
-            quiet_period(Duration::from_secs(1)),
+            quiet_period(Duration::from_secs(5)),
         ))
         .await
         .unwrap()

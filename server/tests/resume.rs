@@ -18,7 +18,7 @@ async fn resume_with_after_seq_gets_exactly_the_missed_events() {
         .start_watch(start_request(
             "data-lake",
             "",
-            quiet_period(Duration::from_millis(400)),
+            quiet_period(Duration::from_secs(2)),
         ))
         .await
         .unwrap()
@@ -130,7 +130,7 @@ async fn many_subscribers_see_the_same_log() {
         .start_watch(start_request(
             "data-lake",
             "",
-            quiet_period(Duration::from_millis(300)),
+            quiet_period(Duration::from_secs(2)),
         ))
         .await
         .unwrap()

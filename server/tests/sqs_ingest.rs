@@ -71,7 +71,7 @@ async fn queued_notifications_count_exactly_and_leave_the_queue() {
         .start_watch(start_request(
             "data-lake",
             "in/",
-            quiet_period(Duration::from_millis(500)),
+            quiet_period(Duration::from_secs(3)),
         ))
         .await
         .unwrap()
