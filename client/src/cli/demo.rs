@@ -512,17 +512,15 @@ impl LocalServer {
             // SAFETY: kill(2) only sends a signal; `pid` is our child, not yet
             // reaped (`id()` is Some until then), so it names no other process.
             let sent = unsafe { libc::kill(pid, libc::SIGTERM) } == 0;
-            if sent {
-                if let Ok(status) = tokio::time::timeout(STOP_LIMIT, self.child.wait()).await {
-                    let status = status.context("cannot wait for the local server")?;
-                    if !status.success() {
-                        bail!(
-                            "the local server exited with {status}; its log:\n{}",
-                            self.log_tail()
-                        );
-                    }
-                    return Ok(());
+            if sent && let Ok(status) = tokio::time::timeout(STOP_LIMIT, self.child.wait()).await {
+                let status = status.context("cannot wait for the local server")?;
+                if !status.success() {
+                    bail!(
+                        "the local server exited with {status}; its log:\n{}",
+                        self.log_tail()
+                    );
                 }
+                return Ok(());
             }
         }
         self.child

@@ -46,15 +46,15 @@ Exit codes of `wait` and `start --wait`:
 /// start and follow watches, feed notification documents, and see it work
 /// with `streamwatch demo`.
 #[derive(Debug, Parser)]
-#[command(name = "streamwatch", version, after_help = EXIT_CODES)]
+#[command(name = "streamwatch", version, term_width = 100, after_help = EXIT_CODES)]
 pub struct Cli {
-    #[command(flatten)]
-    connection: Connection,
-
     /// Output format: `human` (a live progress line on a terminal) or `json`
     /// (one JSON object per line)
     #[arg(short, long, global = true, value_enum, env = "STREAMWATCH_OUTPUT", default_value_t = Format::Human)]
     output: Format,
+
+    #[command(flatten)]
+    connection: Connection,
 
     #[command(subcommand)]
     command: Command,
@@ -67,6 +67,7 @@ pub enum Format {
 }
 
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Connection")]
 struct Connection {
     /// The server [default: http://127.0.0.1:50051]
     #[arg(long, global = true, env = "STREAMWATCH_ENDPOINT", value_name = "URL")]
@@ -168,8 +169,8 @@ struct StartArgs {
     bucket: String,
 
     /// Only keys under this prefix
-    #[arg(long, default_value = "")]
-    prefix: String,
+    #[arg(long)]
+    prefix: Option<String>,
 
     #[command(flatten)]
     policy: PolicyArgs,
@@ -351,7 +352,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 
 async fn start(connection: &Connection, printer: Printer, args: StartArgs) -> anyhow::Result<u8> {
     let mut request = WatchRequest::new(args.bucket)
-        .prefix(args.prefix)
+        .prefix(args.prefix.unwrap_or_default())
         .policy(args.policy.policy());
     for (key, value) in args.labels {
         request = request.label(key, value);

@@ -41,7 +41,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(watch: &v1::Watch) -> Self {
-        let rule = watch.policy.as_ref().and_then(|p| p.rule.clone());
+        let rule = watch.policy.as_ref().and_then(|p| p.rule);
         let max_repeats = match &rule {
             Some(Rule::Polling(p)) => p.max_repeats,
             _ => 0,
