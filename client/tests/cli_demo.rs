@@ -27,7 +27,7 @@ fn assert_summary(run: &Run) {
     );
     let latency = summary["completion_latency_ms"].as_u64().unwrap();
     assert!(
-        (500..1500).contains(&latency),
+        (500..5000).contains(&latency),
         "completes one quiet period after the last object: {summary}"
     );
     let kinds: Vec<&str> = lines
