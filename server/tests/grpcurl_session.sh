@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The operator session with nothing but grpcurl and a default server: start
 # streamwatch-server with no tenants file, discover its services through
-# reflection (no .proto files), start a watch, ingest one S3 notification and
-# follow the watch until it completes.
+# reflection (no .proto files), describe the watch service, start a watch,
+# ingest one S3 notification, follow the watch until it completes and read it
+# back with GetWatch.
 #
 #   GRPCURL                  grpcurl binary (default: `grpcurl` on PATH)
 #   STREAMWATCH_SERVER_BIN   server binary (default: target/debug/streamwatch-server)
@@ -84,6 +85,18 @@ for svc in streamwatch.v1.WatchService streamwatch.v1.IngestService; do
     grep -qx "$svc" <<<"$services" || fail "reflection does not list $svc"
 done
 
+step "describe streamwatch.v1.WatchService (reflection)"
+described="$("$GRPCURL" -plaintext -max-time 5 "$addr" describe streamwatch.v1.WatchService)" \
+    || fail "grpcurl describe failed"
+echo "$described"
+grep -q '^streamwatch.v1.WatchService is a service:' <<<"$described" \
+    || fail "describe does not say WatchService is a service"
+for rpc in StartWatch GetWatch ListWatches CancelWatch StreamWatchEvents; do
+    grep -q "rpc $rpc (" <<<"$described" || fail "describe does not list rpc $rpc"
+done
+grep -q 'returns ( stream .streamwatch.v1.WatchEvent )' <<<"$described" \
+    || fail "describe does not show StreamWatchEvents as server streaming"
+
 step "StartWatch lake/day=1/ (quiet period 1s)"
 started="$(rpc streamwatch.v1.WatchService/StartWatch \
     '{"bucket": "lake", "prefix": "day=1/", "policy": {"quietPeriod": {"window": "5s"}}}')" \
@@ -149,5 +162,18 @@ assert "completed" in last, last
 assert last["completed"].get("objectCount") == "1", last
 print(len(events), "events; completed with objectCount", last["completed"]["objectCount"])
 ' <<<"$events" || fail "the stream did not end with completed objectCount 1"
+
+step "GetWatch reads the completed watch"
+got="$(rpc streamwatch.v1.WatchService/GetWatch "{\"watchId\": \"$watch_id\"}")" || fail "GetWatch failed"
+echo "$got"
+python3 -c '
+import json, sys
+watch = json.loads(sys.stdin.read())["watch"]
+assert watch["watchId"] == sys.argv[1], watch
+assert watch["state"] == "WATCH_STATE_COMPLETED", watch
+assert watch["objectCount"] == "1" and watch["bucket"] == "lake" and watch["prefix"] == "day=1/", watch
+assert watch["policy"]["quietPeriod"]["window"] == "1s", watch
+assert "completedAt" in watch, watch
+' "$watch_id" <<<"$got" || fail "unexpected GetWatch response"
 
 step "OK: operator session passed"

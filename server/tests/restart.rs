@@ -1,11 +1,13 @@
 //! Nothing is lost across a restart: watches, counters and logs survive,
 //! ACTIVE watches resume their timers, open streams end with UNAVAILABLE
-//! and resume from the last `seq`, and a killed process loses nothing it
+//! and a subscription resumes from the last `seq`, and a killed process loses nothing it
 //! acknowledged.
 
 mod support;
 
 use std::{process::Stdio, time::Duration};
+
+use futures::StreamExt;
 
 use streamwatch_client::proto as v1;
 use support::*;
@@ -81,7 +83,7 @@ async fn a_deadline_that_passed_while_down_is_decided_at_startup() {
 }
 
 #[tokio::test]
-async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
+async fn shutdown_ends_streams_with_unavailable_and_a_subscription_resumes() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     let id = client
@@ -98,17 +100,16 @@ async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
     let mut stream = client.events(&id, 0).await.unwrap();
     read_until(&mut stream, LIMIT, |e| kind(e) == "started").await;
 
-    let mut follower = server.client().await;
-    let follow_id = id.clone();
-    let followed = tokio::spawn(async move {
-        let mut seen = Vec::new();
-        let last = follower
-            .follow(&follow_id, 0, Duration::from_millis(50), |e| {
-                seen.push(e.clone())
-            })
-            .await
-            .expect("follow ends cleanly");
-        (last, seen)
+    let follower = server.client().await;
+    let followed = tokio::spawn({
+        let mut events = follower.subscribe(&id, 0);
+        async move {
+            let mut seen = Vec::new();
+            while let Some(event) = events.next().await {
+                seen.push(event.expect("the subscription resumes cleanly"));
+            }
+            (events.last_seq(), seen)
+        }
     });
 
     let server = server.restart().await;
@@ -125,7 +126,7 @@ async fn shutdown_ends_streams_with_unavailable_and_follow_resumes() {
         .unwrap();
     let (last, seen) = tokio::time::timeout(LIMIT, followed)
         .await
-        .expect("follow finished")
+        .expect("the subscription finished")
         .unwrap();
     assert_eq!(kinds(&seen), ["started", "progress", "completed"]);
     assert_gapless(&seen, 1);
@@ -151,7 +152,7 @@ async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
     let endpoint = format!("http://{listen}");
     let deadline = tokio::time::Instant::now() + LIMIT;
     loop {
-        if streamwatch_client::Client::connect(endpoint.clone(), None)
+        if streamwatch_client::Client::connect(endpoint.clone())
             .await
             .is_ok()
         {
@@ -169,7 +170,7 @@ async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
 async fn kill_9_loses_nothing_that_was_acknowledged() {
     let dir = DataDir::new();
     let (mut child, endpoint) = spawn_binary(&dir).await;
-    let mut client = streamwatch_client::Client::connect(endpoint.clone(), None)
+    let mut client = streamwatch_client::Client::connect(endpoint.clone())
         .await
         .unwrap();
     let id = client
@@ -207,9 +208,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     }
 
     let (_child, endpoint) = spawn_binary(&dir).await;
-    let mut client = streamwatch_client::Client::connect(endpoint, None)
-        .await
-        .unwrap();
+    let mut client = streamwatch_client::Client::connect(endpoint).await.unwrap();
     let watch = client.get_watch(&id).await.unwrap();
     assert!(
         watch.object_count >= acked.len() as u64,

@@ -14,7 +14,7 @@ use std::{
 };
 
 use sha2::{Digest, Sha256};
-use streamwatch_client::{Client, proto as v1};
+use streamwatch_client::{Client, ConnectOptions, proto as v1};
 use streamwatch_server::{clock::Clock, config::Config};
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
@@ -119,13 +119,11 @@ impl TestServer {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(self.endpoint(), None)
-            .await
-            .expect("connect")
+        Client::connect(self.endpoint()).await.expect("connect")
     }
 
     pub async fn client_with_token(&self, token: &str) -> Client {
-        Client::connect(self.endpoint(), Some(token))
+        Client::connect_with(self.endpoint(), ConnectOptions::new().token(token))
             .await
             .expect("connect")
     }

@@ -1,0 +1,156 @@
+//! How a client reaches the server: the endpoint, the bearer token, TLS (a CA
+//! certificate and the server's name), the connect and request timeouts, and
+//! the backoff for resuming event streams. Turning these options into a
+//! configured `Endpoint` happens here and nowhere else.
+
+use std::{path::PathBuf, time::Duration};
+
+use tonic::{
+    Status,
+    metadata::AsciiMetadataValue,
+    service::Interceptor,
+    transport::{Certificate, ClientTlsConfig, Endpoint},
+};
+
+use crate::{Error, events::Backoff};
+
+/// How long connecting may take when no timeout is given.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a unary call may take when no timeout is given.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Options for [`crate::Client::connect_with`]. The defaults: no token,
+/// plaintext for `http://` (TLS with the system's roots for `https://`),
+/// [`DEFAULT_CONNECT_TIMEOUT`], [`DEFAULT_REQUEST_TIMEOUT`] and
+/// [`Backoff::default`].
+#[derive(Clone, Debug)]
+pub struct ConnectOptions {
+    pub(crate) token: Option<String>,
+    ca_certificate: Option<PathBuf>,
+    tls_domain: Option<String>,
+    connect_timeout: Duration,
+    pub(crate) request_timeout: Option<Duration>,
+    pub(crate) backoff: Backoff,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            token: None,
+            ca_certificate: None,
+            tls_domain: None,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl ConnectOptions {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sends `authorization: Bearer <token>` with every call.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Trusts the PEM certificate(s) in `path` (instead of the system's roots)
+    /// for an `https://` endpoint.
+    pub fn ca_certificate(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_certificate = Some(path.into());
+        self
+    }
+
+    /// Expects the server's certificate to name `domain` (instead of the
+    /// endpoint's host), for an `https://` endpoint.
+    pub fn tls_domain(mut self, domain: impl Into<String>) -> Self {
+        self.tls_domain = Some(domain.into());
+        self
+    }
+
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Bounds each unary call, and the opening of each event stream (not
+    /// the time the stream then stays open). `None`: no bound.
+    pub fn request_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// How event streams reconnect after the connection drops.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+
+    /// The configured endpoint for `endpoint`, without connecting: checks the
+    /// address, reads the CA certificate and sets up TLS.
+    pub fn endpoint(&self, endpoint: &str) -> Result<Endpoint, Error> {
+        let invalid = |source| Error::InvalidEndpoint {
+            endpoint: endpoint.to_owned(),
+            source,
+        };
+        let configured = Endpoint::from_shared(endpoint.to_owned())
+            .map_err(invalid)?
+            .connect_timeout(self.connect_timeout);
+        let https = configured.uri().scheme_str() == Some("https");
+        let wants_tls = self.ca_certificate.is_some() || self.tls_domain.is_some();
+        if !https {
+            if wants_tls {
+                return Err(Error::TlsNeedsHttps {
+                    endpoint: endpoint.to_owned(),
+                });
+            }
+            return Ok(configured);
+        }
+        let mut tls = ClientTlsConfig::new();
+        match &self.ca_certificate {
+            Some(path) => {
+                let pem = std::fs::read(path).map_err(|source| Error::ReadCaCertificate {
+                    path: path.clone(),
+                    source,
+                })?;
+                if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                    return Err(Error::NotPemCertificate { path: path.clone() });
+                }
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            None => tls = tls.with_native_roots(),
+        }
+        if let Some(domain) = &self.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        configured.tls_config(tls).map_err(Error::Tls)
+    }
+
+    pub(crate) fn bearer(&self) -> Result<Bearer, Error> {
+        match &self.token {
+            Some(token) => format!("Bearer {token}")
+                .parse::<AsciiMetadataValue>()
+                .map(|value| Bearer(Some(value)))
+                .map_err(|_| Error::InvalidToken),
+            None => Ok(Bearer(None)),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every call.
+#[derive(Clone)]
+pub struct Bearer(Option<AsciiMetadataValue>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
+        if let Some(token) = &self.0 {
+            request
+                .metadata_mut()
+                .insert(streamwatch::AUTHORIZATION_HEADER, token.clone());
+        }
+        Ok(request)
+    }
+}

@@ -1,0 +1,232 @@
+//! Completion policies as typed values: the rule (quiet period, expected
+//! count, or the classic polling rule with its delay schedule) and the limits
+//! that apply to every rule. Converts to the protobuf `Policy`; decides
+//! nothing itself (the server's policy does).
+
+use std::time::Duration;
+
+use streamwatch::v1;
+
+/// How the classic polling rule spaces its samples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DelaySchedule {
+    /// Every sample waits `delay`.
+    #[default]
+    Fixed,
+    /// Waits `delay / repeated` (`delay` while `repeated` is 0).
+    Divide,
+    /// Waits `ceil(delay * exp(-repeated))` whole seconds, at most `delay`.
+    Exponential,
+}
+
+/// The rule that decides completion.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    /// Complete exactly `window` after the last activity.
+    QuietPeriod { window: Duration },
+    /// Complete when `objects` distinct objects have landed; with
+    /// `quiet_window`, also after that long without activity.
+    ExpectedCount {
+        objects: u64,
+        quiet_window: Option<Duration>,
+    },
+    /// Sample every `delay`; complete after `max_repeats` unchanged samples.
+    Polling {
+        delay: Duration,
+        max_repeats: u32,
+        schedule: DelaySchedule,
+    },
+}
+
+/// A completion policy. `Policy::default()` has no rule: the server applies
+/// its default (a 60s quiet period).
+///
+/// ```
+/// use std::time::Duration;
+/// use streamwatch_client::{DelaySchedule, Policy};
+///
+/// let classic = Policy::polling(Duration::from_secs(30), 5).schedule(DelaySchedule::Exponential);
+/// let counted = Policy::expected_count(1000)
+///     .quiet_window(Duration::from_secs(600))
+///     .timeout(Duration::from_secs(3600));
+/// # let _ = (classic, counted);
+/// ```
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Policy {
+    pub rule: Option<Rule>,
+    pub min_objects: u64,
+    pub timeout: Option<Duration>,
+    pub late_window: Option<Duration>,
+}
+
+impl Policy {
+    pub fn quiet_period(window: Duration) -> Self {
+        Self::with_rule(Rule::QuietPeriod { window })
+    }
+
+    pub fn expected_count(objects: u64) -> Self {
+        Self::with_rule(Rule::ExpectedCount {
+            objects,
+            quiet_window: None,
+        })
+    }
+
+    /// The classic rule with the [`DelaySchedule::Fixed`] schedule.
+    pub fn polling(delay: Duration, max_repeats: u32) -> Self {
+        Self::with_rule(Rule::Polling {
+            delay,
+            max_repeats,
+            schedule: DelaySchedule::Fixed,
+        })
+    }
+
+    fn with_rule(rule: Rule) -> Self {
+        Self {
+            rule: Some(rule),
+            ..Self::default()
+        }
+    }
+
+    /// The delay schedule of a polling rule; other rules have none, and keep
+    /// theirs unchanged.
+    pub fn schedule(mut self, schedule: DelaySchedule) -> Self {
+        if let Some(Rule::Polling { schedule: s, .. }) = &mut self.rule {
+            *s = schedule;
+        }
+        self
+    }
+
+    /// The quiet window of an expected-count rule; other rules keep theirs
+    /// unchanged.
+    pub fn quiet_window(mut self, window: Duration) -> Self {
+        if let Some(Rule::ExpectedCount { quiet_window, .. }) = &mut self.rule {
+            *quiet_window = Some(window);
+        }
+        self
+    }
+
+    /// Never complete with fewer distinct objects.
+    pub fn min_objects(mut self, objects: u64) -> Self {
+        self.min_objects = objects;
+        self
+    }
+
+    /// End with TIMED_OUT this long after the watch (or its generation) started.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+
+    /// Activity this long after a completion reopens the watch.
+    pub fn late_window(mut self, window: Duration) -> Self {
+        self.late_window = Some(window);
+        self
+    }
+}
+
+impl From<DelaySchedule> for v1::DelaySchedule {
+    fn from(schedule: DelaySchedule) -> Self {
+        match schedule {
+            DelaySchedule::Fixed => v1::DelaySchedule::Fixed,
+            DelaySchedule::Divide => v1::DelaySchedule::Divide,
+            DelaySchedule::Exponential => v1::DelaySchedule::Exponential,
+        }
+    }
+}
+
+impl From<Rule> for v1::policy::Rule {
+    fn from(rule: Rule) -> Self {
+        match rule {
+            Rule::QuietPeriod { window } => v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule {
+                window: Some(proto_duration(window)),
+            }),
+            Rule::ExpectedCount {
+                objects,
+                quiet_window,
+            } => v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+                objects,
+                quiet_window: quiet_window.map(proto_duration),
+            }),
+            Rule::Polling {
+                delay,
+                max_repeats,
+                schedule,
+            } => v1::policy::Rule::Polling(v1::PollingRule {
+                delay: Some(proto_duration(delay)),
+                max_repeats,
+                schedule: v1::DelaySchedule::from(schedule) as i32,
+            }),
+        }
+    }
+}
+
+impl From<Policy> for v1::Policy {
+    fn from(policy: Policy) -> Self {
+        v1::Policy {
+            rule: policy.rule.map(Into::into),
+            min_objects: policy.min_objects,
+            timeout: policy.timeout.map(proto_duration),
+            late_window: policy.late_window.map(proto_duration),
+        }
+    }
+}
+
+/// A protobuf duration; one too long for it saturates (the server rejects it
+/// by name as out of range).
+pub(crate) fn proto_duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn polling_with_a_schedule_becomes_the_proto_rule() {
+        let policy: v1::Policy = Policy::polling(Duration::from_millis(1500), 4)
+            .schedule(DelaySchedule::Divide)
+            .min_objects(3)
+            .late_window(Duration::from_secs(60))
+            .into();
+        assert_eq!(
+            policy.rule,
+            Some(v1::policy::Rule::Polling(v1::PollingRule {
+                delay: Some(prost_types::Duration {
+                    seconds: 1,
+                    nanos: 500_000_000
+                }),
+                max_repeats: 4,
+                schedule: v1::DelaySchedule::Divide as i32,
+            }))
+        );
+        assert_eq!(policy.min_objects, 3);
+        assert_eq!(policy.late_window.map(|d| d.seconds), Some(60));
+        assert_eq!(policy.timeout, None);
+    }
+
+    #[test]
+    fn a_schedule_does_not_turn_another_rule_into_polling() {
+        let policy = Policy::quiet_period(Duration::from_secs(5)).schedule(DelaySchedule::Divide);
+        assert_eq!(policy, Policy::quiet_period(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn expected_count_keeps_its_quiet_window() {
+        let policy: v1::Policy = Policy::expected_count(10)
+            .quiet_window(Duration::from_secs(2))
+            .into();
+        assert_eq!(
+            policy.rule,
+            Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+                objects: 10,
+                quiet_window: Some(prost_types::Duration {
+                    seconds: 2,
+                    nanos: 0
+                }),
+            }))
+        );
+    }
+}

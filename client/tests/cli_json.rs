@@ -1,0 +1,186 @@
+//! `-o json` prints one JSON object per line with stable snake_case fields:
+//! `type` says the shape (`watch`, `event`), and scripts can rely on the
+//! field names below.
+
+mod support;
+
+use std::collections::BTreeSet;
+
+use serde_json::Value;
+use support::*;
+
+fn keys(object: &Value) -> BTreeSet<&str> {
+    object
+        .as_object()
+        .expect("a JSON object")
+        .keys()
+        .map(String::as_str)
+        .collect()
+}
+
+const WATCH_FIELDS: [&str; 17] = [
+    "type",
+    "watch_id",
+    "bucket",
+    "prefix",
+    "state",
+    "generation",
+    "object_count",
+    "event_count",
+    "removed_count",
+    "last_seq",
+    "reason",
+    "labels",
+    "policy",
+    "created_at",
+    "last_activity_at",
+    "completed_at",
+    "created",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_events_get_list_and_wait_print_json_objects() {
+    let server = TestServer::start().await;
+    let run = server
+        .cli()
+        .run(&[
+            "start",
+            "lake",
+            "--prefix",
+            "day=1/",
+            "--quiet-period",
+            "500ms",
+            "--late-window",
+            "1ms",
+            "--label",
+            "job=report",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let lines = run.json_lines();
+    assert_eq!(lines.len(), 1, "{run:?}");
+    let watch = &lines[0];
+    assert_eq!(keys(watch), BTreeSet::from(WATCH_FIELDS));
+    assert_eq!(watch["type"], "watch");
+    assert_eq!(watch["state"], "active");
+    assert_eq!(watch["created"], true);
+    assert_eq!(watch["bucket"], "lake");
+    assert_eq!(watch["prefix"], "day=1/");
+    assert_eq!(watch["labels"]["job"], "report");
+    assert_eq!(watch["completed_at"], Value::Null);
+    assert_eq!(
+        watch["policy"],
+        serde_json::json!({
+            "rule": "quiet_period", "window_ms": 500, "min_objects": 0,
+            "timeout_ms": null, "late_window_ms": 1
+        })
+    );
+    let id = watch["watch_id"].as_str().unwrap().to_owned();
+
+    let mut client = server.client().await;
+    client
+        .ingest_s3_events(vec![created("lake", &["day=1/a", "day=1/b", "day=2/c"])])
+        .await
+        .unwrap();
+
+    let run = server.cli().run(&["events", &id, "-o", "json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let events = run.json_lines();
+    let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["started", "progress", "completed"], "{run:?}");
+    for (n, event) in events.iter().enumerate() {
+        assert_eq!(event["type"], "event");
+        assert_eq!(event["watch_id"], id.as_str());
+        assert_eq!(event["seq"], n as u64 + 1);
+        assert_eq!(event["generation"], 1);
+        assert!(event["time"].as_str().unwrap().ends_with('Z'), "{event}");
+    }
+    assert_eq!(
+        keys(&events[1]),
+        BTreeSet::from([
+            "type",
+            "watch_id",
+            "seq",
+            "time",
+            "generation",
+            "kind",
+            "object_count",
+            "event_count",
+            "removed_count",
+            "last_activity_at"
+        ])
+    );
+    assert_eq!(
+        (
+            events[1]["object_count"].as_u64(),
+            events[1]["event_count"].as_u64()
+        ),
+        (Some(2), Some(2))
+    );
+    assert_eq!(events[2]["object_count"], 2);
+    assert!(
+        events[2]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("no activity"),
+        "{}",
+        events[2]
+    );
+
+    // Resuming after a seq prints only what came later.
+    let run = server
+        .cli()
+        .run(&["events", &id, "--after-seq", "2", "-o", "json"])
+        .await;
+    let later: Vec<u64> = run
+        .json_lines()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(later, [3]);
+
+    let run = server.cli().run(&["get", &id, "-o", "json"]).await;
+    let got = &run.json_lines()[0];
+    assert_eq!(got["state"], "completed");
+    assert_eq!(got["object_count"], 2);
+    assert_eq!(got["last_seq"], 3);
+    assert!(got["completed_at"].is_string(), "{got}");
+    assert!(
+        !keys(got).contains("created"),
+        "only start says whether it created the watch"
+    );
+
+    let run = server.cli().run(&["wait", &id, "-o", "json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let last = run.json_lines().pop().unwrap();
+    assert_eq!(
+        (last["type"].as_str(), last["state"].as_str()),
+        (Some("watch"), Some("completed"))
+    );
+
+    let run = server
+        .cli()
+        .run(&[
+            "list",
+            "--state",
+            "completed",
+            "--label",
+            "job=report",
+            "-o",
+            "json",
+        ])
+        .await;
+    let listed: Vec<String> = run
+        .json_lines()
+        .iter()
+        .map(|w| w["watch_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, [id.as_str()]);
+    let run = server
+        .cli()
+        .run(&["list", "--state", "active", "-o", "json"])
+        .await;
+    assert_eq!(run.stdout, "", "no active watch");
+}
