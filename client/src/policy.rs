@@ -57,6 +57,8 @@ pub struct Policy {
     pub min_objects: u64,
     pub timeout: Option<Duration>,
     pub late_window: Option<Duration>,
+    /// List the prefix in S3 before completing (servers with AWS access).
+    pub reconcile: bool,
 }
 
 impl Policy {
@@ -122,6 +124,12 @@ impl Policy {
         self.late_window = Some(window);
         self
     }
+
+    /// Before completing, count objects in S3 that no notification told of.
+    pub fn reconcile(mut self) -> Self {
+        self.reconcile = true;
+        self
+    }
 }
 
 impl From<DelaySchedule> for v1::DelaySchedule {
@@ -167,6 +175,7 @@ impl From<Policy> for v1::Policy {
             min_objects: policy.min_objects,
             timeout: policy.timeout.map(proto_duration),
             late_window: policy.late_window.map(proto_duration),
+            reconcile: policy.reconcile,
         }
     }
 }

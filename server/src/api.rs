@@ -132,6 +132,7 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             p.late_window.as_ref(),
             policy::MAX_WINDOW,
         )?,
+        reconcile: p.reconcile,
     };
     policy.validate()?;
     Ok(policy)
@@ -183,6 +184,7 @@ pub fn policy_to_proto(p: &Policy) -> v1::Policy {
         min_objects: p.min_objects,
         timeout: p.timeout.map(proto_duration),
         late_window: p.late_window.map(proto_duration),
+        reconcile: p.reconcile,
     }
 }
 

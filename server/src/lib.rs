@@ -40,6 +40,7 @@ use crate::{
     hub::Hub,
     ingest::{
         Ingest, Routes, Watermarks,
+        reconcile::Reconciler,
         sqs::{QueueConsumer, QueueStats},
     },
     observer::Observer,
@@ -114,12 +115,26 @@ impl Core {
         let observer_end = CancellationToken::new();
         let routes = Arc::new(Routes::default());
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
+        let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
+            Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+        } else {
+            None
+        };
+        let reconciler = aws.as_ref().map(|shared| {
+            // Emulators serve buckets by path, not by host name.
+            let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
+            let s3 = aws_sdk_s3::config::Builder::from(shared)
+                .force_path_style(path_style)
+                .build();
+            Arc::new(Reconciler::new(aws_sdk_s3::Client::from_conf(s3)))
+        });
         let (mut observer, observer_handle) = Observer::new(
             store.clone(),
             hub.clone(),
             routes.clone(),
             clock,
             watermarks.subscribe(),
+            reconciler.clone(),
         );
         let recovered = observer
             .recover()
@@ -139,9 +154,7 @@ impl Core {
         let mut consumers = Vec::new();
         let mut queue_stats = Vec::new();
         if !config.sqs_queue_urls.is_empty() {
-            let sqs = aws_sdk_sqs::Client::new(
-                &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-            );
+            let sqs = aws_sdk_sqs::Client::new(aws.as_ref().context("no AWS configuration")?);
             for (q, url) in config.sqs_queue_urls.iter().enumerate() {
                 let stats = Arc::new(QueueStats::default());
                 queue_stats.push((url.clone(), stats.clone()));
@@ -167,6 +180,7 @@ impl Core {
             ingest,
             tenants: tenants.clone(),
             clock,
+            reconcile_available: reconciler.is_some(),
         });
         Ok(Self {
             service,

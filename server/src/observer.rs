@@ -21,14 +21,16 @@ use crate::{
     clock::{Clock, Timestamp},
     error::Error,
     hub::Hub,
-    ingest::Routes,
+    ingest::{Routes, reconcile::Reconciler},
     policy,
     store::{Applied, Guard, Store, StoreError},
-    watch::{Lifecycle, Watch, WatchKey, WatchState},
+    watch::{EventKind, Lifecycle, Watch, WatchKey, WatchState},
 };
 
 /// How long to wait before retrying a watch whose store write failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long to wait before listing S3 again after a failed reconciliation.
+const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// How often one evaluation re-reads a watch that changed under it.
 const MAX_CONFLICTS: usize = 16;
 
@@ -42,6 +44,12 @@ enum Command {
         key: WatchKey,
         reason: String,
         reply: oneshot::Sender<Result<Watch, Error>>,
+    },
+    /// A reconciliation of `key` at activity level `activity` finished.
+    Reconciled {
+        key: WatchKey,
+        activity: u64,
+        result: Result<Option<Box<Watch>>, String>,
     },
 }
 
@@ -86,6 +94,9 @@ fn stopped() -> Error {
 struct Entry {
     watch: Watch,
     timer: Option<delay_queue::Key>,
+    /// The activity level S3 was last listed at (`policy.reconcile`).
+    reconciled_at: Option<u64>,
+    reconciling: bool,
 }
 
 pub struct Observer {
@@ -100,6 +111,10 @@ pub struct Observer {
     settled: tokio::sync::watch::Receiver<Timestamp>,
     /// Watches waiting for ingest to settle past an instant.
     held: HashSet<WatchKey>,
+    /// Lists S3 for watches with `policy.reconcile` (servers with AWS access).
+    reconciler: Option<Arc<Reconciler>>,
+    /// For results of work done off the loop.
+    tx: mpsc::Sender<Command>,
 }
 
 impl Observer {
@@ -109,6 +124,7 @@ impl Observer {
         routes: Arc<Routes>,
         clock: Clock,
         settled: tokio::sync::watch::Receiver<Timestamp>,
+        reconciler: Option<Arc<Reconciler>>,
     ) -> (Self, ObserverHandle) {
         let (tx, rx) = mpsc::channel(1024);
         let observer = Self {
@@ -117,10 +133,12 @@ impl Observer {
             routes,
             clock,
             rx,
+            tx: tx.clone(),
             queue: DelayQueue::new(),
             watches: HashMap::new(),
             settled,
             held: HashSet::new(),
+            reconciler,
         };
         (observer, ObserverHandle { tx })
     }
@@ -214,6 +232,32 @@ impl Observer {
             Command::Cancel { key, reason, reply } => {
                 let _ = reply.send(self.cancel(&key, reason).await);
             }
+            Command::Reconciled {
+                key,
+                activity,
+                result,
+            } => {
+                let Some(entry) = self.watches.get_mut(&key) else {
+                    return;
+                };
+                entry.reconciling = false;
+                match result {
+                    Ok(Some(watch)) => {
+                        if entry.watch.last_seq <= watch.last_seq {
+                            entry.watch = *watch;
+                        }
+                    }
+                    Ok(None) => entry.reconciled_at = Some(activity),
+                    Err(e) => {
+                        tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e,
+                            "cannot list the prefix to reconcile; retrying");
+                        let at = self.clock.now().plus(RECONCILE_RETRY);
+                        self.schedule(&key, at);
+                        return;
+                    }
+                }
+                self.evaluate(&key).await;
+            }
         }
     }
 
@@ -224,7 +268,15 @@ impl Observer {
             Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
             Some(_) => {}
             None => {
-                self.watches.insert(key, Entry { watch, timer: None });
+                self.watches.insert(
+                    key,
+                    Entry {
+                        watch,
+                        timer: None,
+                        reconciled_at: None,
+                        reconciling: false,
+                    },
+                );
             }
         }
     }
@@ -240,6 +292,48 @@ impl Observer {
                 self.retire(key);
             }
         }
+    }
+
+    /// Lists the watch's prefix off the loop; the result comes back as a command.
+    fn start_reconcile(&mut self, key: &WatchKey) {
+        let Some(entry) = self.watches.get_mut(key) else {
+            return;
+        };
+        let Some(reconciler) = self.reconciler.clone() else {
+            // StartWatch refuses reconcile without AWS access; a watch from an
+            // earlier configuration completes as if it had none.
+            entry.reconciled_at = Some(entry.watch.counters.activity());
+            return;
+        };
+        if entry.reconciling {
+            return;
+        }
+        entry.reconciling = true;
+        let (watch, store, hub, tx, now) = (
+            entry.watch.clone(),
+            self.store.clone(),
+            self.hub.clone(),
+            self.tx.clone(),
+            self.clock.now(),
+        );
+        tokio::spawn(async move {
+            let activity = watch.counters.activity();
+            let result = match reconciler.reconcile(&*store, &watch, now).await {
+                Ok(Some((watch, events))) => {
+                    hub.publish(&events);
+                    Ok(Some(Box::new(watch)))
+                }
+                Ok(None) => Ok(None),
+                Err(e) => Err(e),
+            };
+            let _ = tx
+                .send(Command::Reconciled {
+                    key: watch.key(),
+                    activity,
+                    result,
+                })
+                .await;
+        });
     }
 
     /// Lets the store release what a finished watch no longer needs, off the observer's path.
@@ -283,6 +377,17 @@ impl Observer {
             let now = self.clock.now();
             let settled = *self.settled.borrow();
             let decision = policy::evaluate(&entry.watch, now, settled);
+            let completes = decision
+                .events
+                .iter()
+                .any(|e| matches!(e, EventKind::Completed { .. }));
+            if completes
+                && entry.watch.policy.reconcile
+                && entry.reconciled_at != Some(entry.watch.counters.activity())
+            {
+                self.start_reconcile(key);
+                return;
+            }
             let watch = match decision.lifecycle {
                 None => entry.watch.clone(),
                 Some(lifecycle) => {

@@ -33,6 +33,9 @@ pub struct Policy {
     pub timeout: Option<Duration>,
     /// Activity this long after completion reopens the watch.
     pub late_window: Option<Duration>,
+    /// List the prefix in S3 before completing; count what notifications missed.
+    #[serde(default)]
+    pub reconcile: bool,
 }
 
 impl Default for Policy {
@@ -44,6 +47,7 @@ impl Default for Policy {
             min_objects: 0,
             timeout: None,
             late_window: None,
+            reconcile: false,
         }
     }
 }
@@ -462,9 +466,7 @@ mod tests {
             prefix: Prefix::parse("p", "day=1/").unwrap(),
             policy: Policy {
                 rule,
-                min_objects: 0,
-                timeout: None,
-                late_window: None,
+                ..Policy::default()
             },
             labels: Default::default(),
             client_token: None,
@@ -941,9 +943,7 @@ mod tests {
         for (rule, field) in cases {
             let p = Policy {
                 rule,
-                min_objects: 0,
-                timeout: None,
-                late_window: None,
+                ..Policy::default()
             };
             match p.validate() {
                 Err(Error::InvalidArgument { field: f, .. }) => assert_eq!(f, field),

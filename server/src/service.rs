@@ -48,6 +48,8 @@ pub struct Service {
     pub(crate) ingest: Arc<Ingest>,
     pub(crate) tenants: Arc<Tenants>,
     pub(crate) clock: Clock,
+    /// Whether this server can list S3 for `policy.reconcile`.
+    pub(crate) reconcile_available: bool,
 }
 
 impl Service {
@@ -58,6 +60,12 @@ impl Service {
         tenant: &TenantId,
         start: StartWatch,
     ) -> Result<(Watch, bool), Error> {
+        if start.policy.reconcile && !self.reconcile_available {
+            return Err(Error::invalid(
+                "policy.reconcile",
+                "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
+            ));
+        }
         if !self.tenants.allows(tenant, start.bucket.as_str()) {
             return Err(Error::PermissionDenied(format!(
                 "bucket {} is not allowed for this tenant",

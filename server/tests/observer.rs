@@ -33,9 +33,7 @@ fn start(rule: Rule) -> StartWatch {
         prefix: Prefix::parse("prefix", "").unwrap(),
         policy: Policy {
             rule,
-            min_objects: 0,
-            timeout: None,
-            late_window: None,
+            ..Policy::default()
         },
         labels: Default::default(),
         client_token: None,

@@ -222,6 +222,10 @@ struct PolicyArgs {
     /// Reopen the watch on activity this long after it completed
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     late_window: Option<Duration>,
+
+    /// Before completing, list the prefix in S3 and count objects no notification told of
+    #[arg(long)]
+    reconcile: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -256,6 +260,7 @@ impl PolicyArgs {
         policy.min_objects = self.min_objects.unwrap_or_default();
         policy.timeout = self.timeout;
         policy.late_window = self.late_window;
+        policy.reconcile = self.reconcile;
         policy
     }
 }

@@ -12,6 +12,7 @@
 //! routed but not yet recorded, so the observer never calls a watch quiet
 //! while activity for it is still on its way.
 
+pub mod reconcile;
 pub mod sqs;
 
 use std::{
