@@ -97,7 +97,7 @@ done
 grep -q 'returns ( stream .streamwatch.v1.WatchEvent )' <<<"$described" \
     || fail "describe does not show StreamWatchEvents as server streaming"
 
-step "StartWatch lake/day=1/ (quiet period 1s)"
+step "StartWatch lake/day=1/ (quiet period 5s)"
 started="$(rpc streamwatch.v1.WatchService/StartWatch \
     '{"bucket": "lake", "prefix": "day=1/", "policy": {"quietPeriod": {"window": "5s"}}}')" \
     || fail "StartWatch failed"
@@ -172,7 +172,7 @@ watch = json.loads(sys.stdin.read())["watch"]
 assert watch["watchId"] == sys.argv[1], watch
 assert watch["state"] == "WATCH_STATE_COMPLETED", watch
 assert watch["objectCount"] == "1" and watch["bucket"] == "lake" and watch["prefix"] == "day=1/", watch
-assert watch["policy"]["quietPeriod"]["window"] == "1s", watch
+assert watch["policy"]["quietPeriod"]["window"] == "5s", watch
 assert "completedAt" in watch, watch
 ' "$watch_id" <<<"$got" || fail "unexpected GetWatch response"
 
