@@ -31,6 +31,7 @@ use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
+use tonic_health::ServingStatus;
 
 use crate::{
     api::{IngestApi, WatchApi},
@@ -99,14 +100,39 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
+/// An SQS client for `urls`, once each queue has answered (it exists and may be read).
+async fn open_queues(
+    aws: &aws_config::SdkConfig,
+    urls: &[String],
+) -> anyhow::Result<aws_sdk_sqs::Client> {
+    let sqs = aws_sdk_sqs::Client::new(aws);
+    for url in urls {
+        ingest::sqs::check(&sqs, url)
+            .await
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("cannot reach the SQS queue {url}"))?;
+    }
+    Ok(sqs)
+}
+
 impl Core {
-    /// Opens the store, resumes every live watch and starts the observer.
+    /// Opens the store, checks every queue, resumes every live watch and
+    /// starts the observer and the queue consumers.
     pub async fn start(config: &Config, clock: Clock) -> anyhow::Result<Self> {
         let tenants = Arc::new(match &config.tenants {
             Some(path) => Tenants::load(path)?,
             None => Tenants::open(),
         });
         let store = open_store(config).await?;
+        let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
+            Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+        } else {
+            None
+        };
+        let sqs = match (&aws, config.sqs_queue_urls.is_empty()) {
+            (Some(aws), false) => Some(open_queues(aws, &config.sqs_queue_urls).await?),
+            _ => None,
+        };
         let consumers_per_queue = config.sqs_consumers.max(1);
         let watermarks = Arc::new(Watermarks::new(
             config.sqs_queue_urls.len() * consumers_per_queue,
@@ -115,11 +141,6 @@ impl Core {
         let observer_end = CancellationToken::new();
         let routes = Arc::new(Routes::default());
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
-        let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
-            Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
-        } else {
-            None
-        };
         let reconciler = aws.as_ref().map(|shared| {
             // Emulators serve buckets by path, not by host name.
             let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
@@ -153,8 +174,7 @@ impl Core {
         let consumers_end = CancellationToken::new();
         let mut consumers = Vec::new();
         let mut queue_stats = Vec::new();
-        if !config.sqs_queue_urls.is_empty() {
-            let sqs = aws_sdk_sqs::Client::new(aws.as_ref().context("no AWS configuration")?);
+        if let Some(sqs) = sqs {
             for (q, url) in config.sqs_queue_urls.iter().enumerate() {
                 let stats = Arc::new(QueueStats::default());
                 queue_stats.push((url.clone(), stats.clone()));
@@ -277,6 +297,8 @@ pub async fn serve_with_clock(
         served = &mut server => served,
         () = shutdown => {
             tracing::info!("shutting down: ending streams and draining calls");
+            // "" is the whole server: what probes without a service name ask about.
+            health.set_service_status("", ServingStatus::NotServing).await;
             health.set_not_serving::<WatchServiceServer<WatchApi>>().await;
             health.set_not_serving::<IngestServiceServer<IngestApi>>().await;
             core.end_streams();

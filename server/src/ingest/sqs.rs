@@ -67,6 +67,18 @@ fn sqs_error(e: impl std::error::Error + 'static) -> String {
     DisplayErrorContext(e).to_string()
 }
 
+/// Checks that the queue at `url` exists and may be read (GetQueueAttributes).
+pub async fn check(client: &Client, url: &str) -> Result<(), String> {
+    client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .map(|_| ())
+        .map_err(sqs_error)
+}
+
 impl QueueConsumer {
     /// Consumes until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
