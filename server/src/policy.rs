@@ -24,14 +24,15 @@ pub const MAX_OBJECTS: u64 = 1_000_000_000_000;
 /// The rule a StartWatch without a policy gets.
 pub const DEFAULT_QUIET_WINDOW: Duration = Duration::from_secs(60);
 /// The adaptive rule's floor when unset: covers a notification S3 delivers
-/// about a minute late (see server/DECISIONS.md).
-pub const DEFAULT_ADAPTIVE_MIN_WINDOW: Duration = Duration::from_secs(90);
+/// about a minute late, and a first gap no statistic has seen yet (see
+/// server/DECISIONS.md).
+pub const DEFAULT_ADAPTIVE_MIN_WINDOW: Duration = Duration::from_secs(100);
 /// The adaptive rule's ceiling when unset.
 pub const DEFAULT_ADAPTIVE_MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Which quantile of the observed gaps the adaptive rule scales, when unset.
 pub const DEFAULT_ADAPTIVE_QUANTILE: f64 = 0.99;
 /// The adaptive rule's multiplier on that quantile, when unset.
-pub const DEFAULT_ADAPTIVE_SAFETY_FACTOR: f64 = 3.0;
+pub const DEFAULT_ADAPTIVE_SAFETY_FACTOR: f64 = 1.5;
 pub const MAX_SAFETY_FACTOR: f64 = 100.0;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -49,13 +49,13 @@ async fn an_adaptive_policy_with_nothing_set_takes_its_defaults() {
     let Some(v1::policy::Rule::Adaptive(rule)) = watch.policy.unwrap().rule else {
         panic!("the stored policy is adaptive");
     };
-    assert_eq!(rule.min_window, Some(duration(Duration::from_secs(90))));
+    assert_eq!(rule.min_window, Some(duration(Duration::from_secs(100))));
     assert_eq!(rule.max_window, Some(duration(Duration::from_secs(3600))));
-    assert_eq!((rule.quantile, rule.safety_factor), (0.99, 3.0));
+    assert_eq!((rule.quantile, rule.safety_factor), (0.99, 1.5));
     let window = watch
         .adaptive_window
         .expect("an adaptive watch shows its window");
-    assert_eq!(window.window, Some(duration(Duration::from_secs(90))));
+    assert_eq!(window.window, Some(duration(Duration::from_secs(100))));
     assert_eq!((window.gaps, window.gap_quantile), (0, None));
     assert_eq!(window.explanation, "min_window; no gaps seen yet");
 }
