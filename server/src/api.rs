@@ -122,6 +122,31 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
                 policy::MAX_WINDOW,
             )?,
         },
+        Some(v1::policy::Rule::Adaptive(r)) => Rule::Adaptive {
+            min_window: duration(
+                "policy.adaptive.min_window",
+                r.min_window.as_ref(),
+                policy::MAX_WINDOW,
+            )?
+            .unwrap_or(policy::DEFAULT_ADAPTIVE_MIN_WINDOW),
+            max_window: duration(
+                "policy.adaptive.max_window",
+                r.max_window.as_ref(),
+                policy::MAX_WINDOW,
+            )?
+            .unwrap_or(policy::DEFAULT_ADAPTIVE_MAX_WINDOW),
+            // Unset proto3 doubles read as 0, which no valid setting is.
+            quantile: if r.quantile == 0.0 {
+                policy::DEFAULT_ADAPTIVE_QUANTILE
+            } else {
+                r.quantile
+            },
+            safety_factor: if r.safety_factor == 0.0 {
+                policy::DEFAULT_ADAPTIVE_SAFETY_FACTOR
+            } else {
+                r.safety_factor
+            },
+        },
     };
     let policy = Policy {
         rule,
@@ -178,6 +203,17 @@ pub fn policy_to_proto(p: &Policy) -> v1::Policy {
             objects: *objects,
             quiet_window: quiet_window.map(proto_duration),
         }),
+        Rule::Adaptive {
+            min_window,
+            max_window,
+            quantile,
+            safety_factor,
+        } => v1::policy::Rule::Adaptive(v1::AdaptiveRule {
+            min_window: Some(proto_duration(*min_window)),
+            max_window: Some(proto_duration(*max_window)),
+            quantile: *quantile,
+            safety_factor: *safety_factor,
+        }),
     };
     v1::Policy {
         rule: Some(rule),
@@ -215,6 +251,12 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
         last_seq: w.last_seq,
         reason: w.lifecycle.reason.clone(),
         labels: w.labels.clone().into_iter().collect(),
+        adaptive_window: policy::adaptive_window(w).map(|a| v1::AdaptiveWindow {
+            window: Some(proto_duration(a.window)),
+            gap_quantile: a.gap_quantile.map(proto_duration),
+            gaps: a.gaps,
+            explanation: a.to_string(),
+        }),
     }
 }
 

@@ -3,7 +3,7 @@
 //! that emits, and when to look again. No clocks, no I/O: everything it needs
 //! arrives as arguments.
 
-use std::time::Duration;
+use std::{fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,17 @@ pub const MAX_REPEATS: u32 = 100_000;
 pub const MAX_OBJECTS: u64 = 1_000_000_000_000;
 /// The rule a StartWatch without a policy gets.
 pub const DEFAULT_QUIET_WINDOW: Duration = Duration::from_secs(60);
+/// The adaptive rule's floor when unset: covers a notification S3 delivers
+/// about a minute late, and a first gap no statistic has seen yet (see
+/// server/DECISIONS.md).
+pub const DEFAULT_ADAPTIVE_MIN_WINDOW: Duration = Duration::from_secs(100);
+/// The adaptive rule's ceiling when unset.
+pub const DEFAULT_ADAPTIVE_MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// Which quantile of the observed gaps the adaptive rule scales, when unset.
+pub const DEFAULT_ADAPTIVE_QUANTILE: f64 = 0.99;
+/// The adaptive rule's multiplier on that quantile, when unset.
+pub const DEFAULT_ADAPTIVE_SAFETY_FACTOR: f64 = 1.5;
+pub const MAX_SAFETY_FACTOR: f64 = 100.0;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
@@ -67,6 +78,27 @@ pub enum Rule {
         objects: u64,
         quiet_window: Option<Duration>,
     },
+    /// Complete after a quiet window that follows the producers:
+    /// `safety_factor` x the `quantile` of the watch's observed gaps between
+    /// activities, clamped to `[min_window, max_window]` (see [`adaptive_window`]).
+    Adaptive {
+        min_window: Duration,
+        max_window: Duration,
+        quantile: f64,
+        safety_factor: f64,
+    },
+}
+
+impl Rule {
+    /// The adaptive rule with every setting at its default.
+    pub fn adaptive() -> Self {
+        Self::Adaptive {
+            min_window: DEFAULT_ADAPTIVE_MIN_WINDOW,
+            max_window: DEFAULT_ADAPTIVE_MAX_WINDOW,
+            quantile: DEFAULT_ADAPTIVE_QUANTILE,
+            safety_factor: DEFAULT_ADAPTIVE_SAFETY_FACTOR,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -90,6 +122,206 @@ impl DelaySchedule {
             }
         };
         d.max(MIN_DURATION)
+    }
+}
+
+/// Histogram buckets per doubling of a gap: a bucket is 2^(1/8) (about 9%) wide.
+const GAP_BUCKETS_PER_OCTAVE: f64 = 8.0;
+/// The last bucket holds every gap from 2^(254/8) ms (about 39 days) up.
+const GAP_LAST_BUCKET: u8 = u8::MAX;
+
+/// The gaps between activities a watch has seen, for the adaptive rule: a
+/// log-scale histogram (at most 256 buckets, each 9% wide) and the last
+/// activity already counted. Persisted with the rule's progress, so it
+/// survives restarts and carries over into a reopened generation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ActivityGaps {
+    /// The last activity whose gap is counted; the next gap starts here.
+    #[serde(default)]
+    pub seen_until: Option<Timestamp>,
+    /// `(bucket, gaps)` pairs by ascending bucket; see [`ActivityGaps::bucket`].
+    #[serde(default)]
+    pub buckets: Vec<(u8, u32)>,
+}
+
+impl ActivityGaps {
+    pub fn is_empty(&self) -> bool {
+        self.seen_until.is_none() && self.buckets.is_empty()
+    }
+
+    /// Gaps counted so far.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().map(|(_, n)| u64::from(*n)).sum()
+    }
+
+    /// The bucket of a gap: 0 below 1ms, else `1 + floor(8 * log2(ms))`.
+    pub fn bucket(gap: Duration) -> u8 {
+        let ms = gap.as_millis();
+        if ms == 0 {
+            return 0;
+        }
+        let b = 1.0 + ((ms as f64).log2() * GAP_BUCKETS_PER_OCTAVE).floor();
+        if b >= f64::from(GAP_LAST_BUCKET) {
+            GAP_LAST_BUCKET
+        } else {
+            b as u8
+        }
+    }
+
+    /// The longest gap a bucket holds (its upper edge, whole milliseconds).
+    pub fn bucket_bound(bucket: u8) -> Duration {
+        let ms = (f64::from(bucket) / GAP_BUCKETS_PER_OCTAVE).exp2().ceil();
+        Duration::from_millis(ms as u64)
+    }
+
+    /// Counts the gap up to `last_activity_at` if activity moved past what
+    /// was seen; the first activity only starts the count.
+    pub fn observe(&mut self, last_activity_at: Option<Timestamp>) {
+        let Some(at) = last_activity_at else { return };
+        match self.seen_until {
+            Some(seen) if at > seen => self.add(seen.until(at)),
+            Some(_) => return,
+            None => {}
+        }
+        self.seen_until = Some(at);
+    }
+
+    pub fn add(&mut self, gap: Duration) {
+        let b = Self::bucket(gap);
+        match self.buckets.binary_search_by_key(&b, |(k, _)| *k) {
+            Ok(i) => self.buckets[i].1 = self.buckets[i].1.saturating_add(1),
+            Err(i) => self.buckets.insert(i, (b, 1)),
+        }
+    }
+
+    /// The `q` quantile of the gaps, as the upper edge of its bucket (so at
+    /// most 9% long); with fewer than `1 / (1 - q)` gaps that is the longest.
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0;
+        self.buckets.iter().find_map(|(b, k)| {
+            seen += u64::from(*k);
+            (seen >= rank).then(|| Self::bucket_bound(*b))
+        })
+    }
+}
+
+/// What the adaptive rule waits for, and why.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaptiveWindow {
+    /// The silence after the last activity that completes the watch.
+    pub window: Duration,
+    /// The quantile of the observed gaps; `None` before the first gap.
+    pub gap_quantile: Option<Duration>,
+    pub gaps: u64,
+    pub quantile: f64,
+    pub safety_factor: f64,
+    /// Which bound the window sits on, if the statistic fell outside them.
+    pub bound: Option<WindowBound>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowBound {
+    MinWindow,
+    MaxWindow,
+}
+
+impl fmt::Display for AdaptiveWindow {
+    /// Why the window is what it is: `3 x p99 gap 13.6s over 57 gaps`,
+    /// `min_window; 3 x p99 gap 0.5s over 199 gaps is shorter`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Some(gap) = self.gap_quantile else {
+            return f.write_str("min_window; no gaps seen yet");
+        };
+        let p = (self.quantile * 1000.0).round() / 10.0;
+        let statistic = format!(
+            "{} x p{p} gap {} over {} gaps",
+            self.safety_factor,
+            human(gap),
+            self.gaps
+        );
+        match self.bound {
+            None => f.write_str(&statistic),
+            Some(WindowBound::MinWindow) => write!(f, "min_window; {statistic} is shorter"),
+            Some(WindowBound::MaxWindow) => write!(f, "max_window; {statistic} is longer"),
+        }
+    }
+}
+
+/// `13.6s`, `1m 30s`: a duration to the nearest 0.1s (whole seconds from a minute up).
+pub fn human(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 59_950 {
+        let tenths = (ms + 50) / 100;
+        if tenths.is_multiple_of(10) {
+            format!("{}s", tenths / 10)
+        } else {
+            format!("{}.{}s", tenths / 10, tenths % 10)
+        }
+    } else {
+        humantime::format_duration(Duration::from_secs(((ms + 500) / 1000) as u64)).to_string()
+    }
+}
+
+/// The adaptive rule's current window for a watch: `safety_factor` x the
+/// `quantile` of its observed gaps, rounded up to whole milliseconds and
+/// clamped to `[min_window, max_window]`; `min_window` before any gap.
+/// `None` for other rules.
+pub fn adaptive_window(watch: &Watch) -> Option<AdaptiveWindow> {
+    let Rule::Adaptive {
+        min_window,
+        max_window,
+        quantile,
+        safety_factor,
+    } = watch.policy.rule
+    else {
+        return None;
+    };
+    let mut gaps = watch.lifecycle.polling.gaps.clone();
+    // The latest activity may not be counted yet (the observer has not evaluated it).
+    gaps.observe(watch.counters.last_activity_at);
+    Some(AdaptiveWindow::new(
+        (min_window, max_window),
+        quantile,
+        safety_factor,
+        &gaps,
+    ))
+}
+
+impl AdaptiveWindow {
+    fn new(
+        (min_window, max_window): (Duration, Duration),
+        quantile: f64,
+        safety_factor: f64,
+        gaps: &ActivityGaps,
+    ) -> Self {
+        let gap_quantile = gaps.quantile(quantile);
+        let (window, bound) = match gap_quantile {
+            None => (min_window, Some(WindowBound::MinWindow)),
+            Some(gap) => {
+                let ms = (gap.as_secs_f64() * safety_factor * 1000.0).ceil();
+                let scaled = Duration::from_millis(ms.min(MAX_WINDOW.as_millis() as f64) as u64);
+                if scaled < min_window {
+                    (min_window, Some(WindowBound::MinWindow))
+                } else if scaled > max_window {
+                    (max_window, Some(WindowBound::MaxWindow))
+                } else {
+                    (scaled, None)
+                }
+            }
+        };
+        Self {
+            window,
+            gap_quantile,
+            gaps: gaps.count(),
+            quantile,
+            safety_factor,
+            bound,
+        }
     }
 }
 
@@ -137,6 +369,36 @@ impl Policy {
                 }
                 if let Some(w) = quiet_window {
                     check_duration("policy.expected_count.quiet_window", *w, MAX_WINDOW)?;
+                }
+            }
+            Rule::Adaptive {
+                min_window,
+                max_window,
+                quantile,
+                safety_factor,
+            } => {
+                check_duration("policy.adaptive.min_window", *min_window, MAX_WINDOW)?;
+                check_duration("policy.adaptive.max_window", *max_window, MAX_WINDOW)?;
+                if max_window < min_window {
+                    return Err(Error::invalid(
+                        "policy.adaptive.max_window",
+                        format!(
+                            "must be at least min_window ({})",
+                            humantime::format_duration(*min_window)
+                        ),
+                    ));
+                }
+                if !(*quantile > 0.0 && *quantile <= 1.0) {
+                    return Err(Error::invalid(
+                        "policy.adaptive.quantile",
+                        "must be above 0 and at most 1",
+                    ));
+                }
+                if !(1.0..=MAX_SAFETY_FACTOR).contains(safety_factor) {
+                    return Err(Error::invalid(
+                        "policy.adaptive.safety_factor",
+                        format!("must be 1-{MAX_SAFETY_FACTOR}"),
+                    ));
                 }
             }
         }
@@ -188,6 +450,7 @@ pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecyc
             repeated: 0,
             last_sample: activity,
             next_sample_at: None,
+            gaps: ActivityGaps::default(),
         },
     }
 }
@@ -220,11 +483,13 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
             ..Decision::default()
         };
     };
-    let lifecycle = fresh_lifecycle(
+    let mut lifecycle = fresh_lifecycle(
         watch.lifecycle.generation + 1,
         now,
         watch.counters.activity(),
     );
+    // What the adaptive rule learnt carries over, the gap that reopened the watch included.
+    lifecycle.polling.gaps = watch.lifecycle.polling.gaps.clone();
     let reason = format!(
         "activity at {late_at}, {} after completion, within the late window of {}",
         humantime::format_duration(completed_at.until(late_at)),
@@ -244,6 +509,38 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
     );
     next.lifecycle.get_or_insert(reopened.lifecycle);
     next
+}
+
+/// Where a quiet rule stands at `now` against its `deadline`.
+enum Quiet {
+    /// The deadline passed, but ingest has not settled past it yet.
+    Hold(Timestamp),
+    Complete,
+    /// Look again then (`None`: only new activity or the timeout can change anything).
+    Wait(Option<Timestamp>),
+}
+
+/// The one decision every quiet rule shares: complete once `deadline` has
+/// passed with enough objects and ingest settled past it; hold while it has
+/// not (unless the timeout is due, which then decides).
+fn quiet(
+    now: Timestamp,
+    deadline: Timestamp,
+    enough: bool,
+    settled_until: Timestamp,
+    timeout_at: Option<Timestamp>,
+) -> Quiet {
+    if now >= deadline && enough {
+        if settled_until >= deadline {
+            return Quiet::Complete;
+        }
+        if timeout_at.is_none_or(|t| now < t) {
+            return Quiet::Hold(deadline);
+        }
+        return Quiet::Wait(None);
+    }
+    // Below min_objects only new activity (or the timeout) can change the outcome.
+    Quiet::Wait((now < deadline).then_some(deadline))
 }
 
 fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> Decision {
@@ -288,7 +585,10 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         }
     };
 
-    let mut polling = life.polling;
+    let mut polling = life.polling.clone();
+    if matches!(policy.rule, Rule::Adaptive { .. }) {
+        polling.gaps.observe(counters.last_activity_at);
+    }
     let mut events = Vec::new();
     let rule_wake = match &policy.rule {
         Rule::ExpectedCount {
@@ -301,39 +601,72 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                     polling,
                 );
             }
-            match quiet_window.map(|w| quiet_since.plus(w)) {
-                Some(deadline) if now >= deadline && enough && settled_until < deadline => {
-                    if timeout_at.is_none_or(|t| now < t) {
-                        return hold(deadline, polling);
-                    }
-                    None
-                }
-                Some(deadline) if now >= deadline && enough => {
-                    let w = humantime::format_duration(quiet_window.unwrap_or_default());
+            let decided = quiet_window.map(|w| {
+                (
+                    w,
+                    quiet(now, quiet_since.plus(w), enough, settled_until, timeout_at),
+                )
+            });
+            match decided {
+                Some((_, Quiet::Hold(deadline))) => return hold(deadline, polling),
+                Some((window, Quiet::Complete)) => {
+                    let w = humantime::format_duration(window);
                     return complete(
                         format!("no activity for {w}; {objects} of {expected} expected objects"),
                         polling,
                     );
                 }
-                Some(deadline) if now < deadline => Some(deadline),
-                _ => None,
+                Some((_, Quiet::Wait(wake))) => wake,
+                None => None,
             }
         }
         Rule::QuietPeriod { window } => {
-            let deadline = quiet_since.plus(*window);
-            if now >= deadline
-                && enough
-                && settled_until < deadline
-                && timeout_at.is_none_or(|t| now < t)
-            {
-                return hold(deadline, polling);
+            match quiet(
+                now,
+                quiet_since.plus(*window),
+                enough,
+                settled_until,
+                timeout_at,
+            ) {
+                Quiet::Hold(deadline) => return hold(deadline, polling),
+                Quiet::Complete => {
+                    let w = humantime::format_duration(*window);
+                    return complete(format!("no activity for {w}; {objects} objects"), polling);
+                }
+                Quiet::Wait(wake) => wake,
             }
-            if now >= deadline && enough && settled_until >= deadline {
-                let w = humantime::format_duration(*window);
-                return complete(format!("no activity for {w}; {objects} objects"), polling);
+        }
+        Rule::Adaptive {
+            min_window,
+            max_window,
+            quantile,
+            safety_factor,
+        } => {
+            let adaptive = AdaptiveWindow::new(
+                (*min_window, *max_window),
+                *quantile,
+                *safety_factor,
+                &polling.gaps,
+            );
+            match quiet(
+                now,
+                quiet_since.plus(adaptive.window),
+                enough,
+                settled_until,
+                timeout_at,
+            ) {
+                Quiet::Hold(deadline) => return hold(deadline, polling),
+                Quiet::Complete => {
+                    let w = human(adaptive.window);
+                    return complete(
+                        format!(
+                            "no activity for {w}, the adaptive window ({adaptive}); {objects} objects"
+                        ),
+                        polling,
+                    );
+                }
+                Quiet::Wait(wake) => wake,
             }
-            // Below min_objects only new activity (or the timeout) can change the outcome.
-            (now < deadline).then_some(deadline)
         }
         Rule::Polling {
             delay,
@@ -646,7 +979,8 @@ mod tests {
             PollingProgress {
                 repeated: 0,
                 last_sample: 2,
-                next_sample_at: Some(at(20))
+                next_sample_at: Some(at(20)),
+                gaps: ActivityGaps::default(),
             }
         );
         for (t, k) in [(20, 1), (30, 2)] {
@@ -907,6 +1241,192 @@ mod tests {
         );
     }
 
+    fn adaptive(min: u64, max: u64) -> Rule {
+        Rule::Adaptive {
+            min_window: secs(min),
+            max_window: secs(max),
+            quantile: 0.99,
+            safety_factor: 3.0,
+        }
+    }
+
+    /// Lands one object at each instant (in ms), evaluating after each as the observer does.
+    fn feed(w: &mut Watch, instants_ms: impl IntoIterator<Item = i64>) {
+        for t in instants_ms {
+            w.counters.object_count += 1;
+            w.counters.event_count += 1;
+            w.counters.last_activity_at = Some(Timestamp::from_millis(t));
+            let d = evaluate(w, Timestamp::from_millis(t), Timestamp::MAX);
+            assert!(!completed(&d), "completed at activity {t}ms");
+            apply(w, &d);
+        }
+    }
+
+    /// The instant the watch completes if nothing else lands.
+    fn completes_at(w: &Watch) -> Timestamp {
+        let last = w.counters.last_activity_at.unwrap();
+        let d = evaluate(w, last, Timestamp::MAX);
+        let deadline = d.wake_at.expect("an adaptive watch waits for its window");
+        let before = Timestamp::from_millis(deadline.as_millis() - 1);
+        assert!(!completed(&evaluate(w, before, Timestamp::MAX)));
+        assert!(completed(&evaluate(w, deadline, Timestamp::MAX)));
+        deadline
+    }
+
+    #[test]
+    fn gap_quantiles_come_from_the_histogram_rounded_up_by_at_most_a_bucket() {
+        let mut gaps = ActivityGaps::default();
+        assert_eq!(gaps.quantile(0.99), None);
+        for _ in 0..99 {
+            gaps.add(Duration::from_millis(1000));
+        }
+        gaps.add(Duration::from_secs(60));
+        assert_eq!(gaps.count(), 100);
+        let p99 = gaps.quantile(0.99).unwrap();
+        assert!(
+            p99 >= secs(1) && p99 <= Duration::from_millis(1091),
+            "{p99:?}"
+        );
+        let max = gaps.quantile(1.0).unwrap();
+        assert!(
+            max >= secs(60) && max <= Duration::from_millis(65_500),
+            "{max:?}"
+        );
+        // With fewer than 100 gaps, p99 is the longest gap seen.
+        let mut few = ActivityGaps::default();
+        few.add(secs(2));
+        few.add(secs(20));
+        assert!(few.quantile(0.99).unwrap() >= secs(20));
+        assert_eq!(ActivityGaps::bucket(Duration::ZERO), 0);
+        assert_eq!(ActivityGaps::bucket(MAX_WINDOW * 100), u8::MAX);
+    }
+
+    #[test]
+    fn adaptive_never_completes_before_min_window() {
+        let mut w = watch(adaptive(90, 3600));
+        feed(&mut w, (0..200).map(|i| 10_000 + i * 500)); // every 0.5s
+        let last = w.counters.last_activity_at.unwrap();
+        assert_eq!(completes_at(&w), last.plus(secs(90)));
+        let d = evaluate(&w, last.plus(secs(90)), Timestamp::MAX);
+        let reason = d.lifecycle.unwrap().reason;
+        assert!(
+            reason.contains(
+                "no activity for 1m 30s, the adaptive window (min_window; 3 x p99 gap 0.5s over 199 gaps is shorter)"
+            ),
+            "{reason}"
+        );
+
+        let fresh = watch(adaptive(90, 3600));
+        assert_eq!(
+            evaluate(&fresh, at(0), Timestamp::MAX).wake_at,
+            Some(at(90)),
+            "no gaps yet: min_window from the start"
+        );
+    }
+
+    #[test]
+    fn adaptive_widens_with_slower_producers() {
+        let mut fast = watch(adaptive(5, 3600));
+        feed(&mut fast, (0..50).map(|i| i * 2_000));
+        let mut slow = watch(adaptive(5, 3600));
+        feed(&mut slow, (0..50).map(|i| i * 40_000));
+        let fast_window = fast
+            .counters
+            .last_activity_at
+            .unwrap()
+            .until(completes_at(&fast));
+        let slow_window = slow
+            .counters
+            .last_activity_at
+            .unwrap()
+            .until(completes_at(&slow));
+        // 3 x the bucket bound of the gap: within 9% above 3 x 2s and 3 x 40s.
+        assert!(
+            fast_window >= secs(6) && fast_window <= Duration::from_millis(6_540),
+            "{fast_window:?}"
+        );
+        assert!(
+            slow_window >= secs(120) && slow_window <= Duration::from_millis(130_800),
+            "{slow_window:?}"
+        );
+        let explained = adaptive_window(&slow).unwrap();
+        assert_eq!((explained.gaps, explained.bound), (49, None));
+        assert!(
+            explained.to_string().starts_with("3 x p99 gap 4"),
+            "{explained}"
+        );
+    }
+
+    #[test]
+    fn adaptive_follows_one_long_gap_among_few() {
+        let mut w = watch(adaptive(5, 3600));
+        feed(&mut w, [0, 1_000, 2_000, 62_000, 63_000]);
+        let window = w.counters.last_activity_at.unwrap().until(completes_at(&w));
+        assert!(
+            window >= secs(180),
+            "p99 of 4 gaps is the 60s one: {window:?}"
+        );
+    }
+
+    #[test]
+    fn adaptive_is_bounded_by_max_window() {
+        let mut w = watch(adaptive(10, 300));
+        feed(&mut w, (0..10).map(|i| i * 600_000)); // every 10 minutes
+        let last = w.counters.last_activity_at.unwrap();
+        assert_eq!(completes_at(&w), last.plus(secs(300)));
+        assert_eq!(
+            adaptive_window(&w).unwrap().bound,
+            Some(WindowBound::MaxWindow)
+        );
+    }
+
+    #[test]
+    fn adaptive_gaps_survive_a_serde_round_trip_and_older_records_read() {
+        let mut w = watch(adaptive(10, 3600));
+        feed(&mut w, (0..30).map(|i| i * 7_000));
+        assert_eq!(w.lifecycle.polling.gaps.count(), 29);
+        let stored = serde_json::to_string(&w.lifecycle.polling).unwrap();
+        let read: PollingProgress = serde_json::from_str(&stored).unwrap();
+        assert_eq!(read, w.lifecycle.polling);
+        let mut restored = w.clone();
+        restored.lifecycle.polling = read;
+        assert_eq!(completes_at(&restored), completes_at(&w));
+        // The same activity evaluated again after a restart counts no second gap.
+        let last = w.counters.last_activity_at.unwrap();
+        let again = evaluate(&restored, last, Timestamp::MAX);
+        apply(&mut restored, &again);
+        assert_eq!(restored.lifecycle.polling.gaps.count(), 29);
+
+        let before_adaptive: PollingProgress =
+            serde_json::from_str(r#"{"repeated":2,"last_sample":7,"next_sample_at":null}"#)
+                .unwrap();
+        assert!(before_adaptive.gaps.is_empty());
+        let quiet = serde_json::to_string(&fresh_lifecycle(1, at(0), 0).polling).unwrap();
+        assert!(
+            !quiet.contains("gaps"),
+            "other rules store nothing new: {quiet}"
+        );
+    }
+
+    #[test]
+    fn a_reopened_adaptive_watch_learns_the_gap_that_reopened_it() {
+        let mut w = watch(adaptive(10, 3600));
+        w.policy.late_window = Some(secs(3600));
+        feed(&mut w, (0..20).map(|i| i * 1_000)); // every second until 19s
+        let done = completes_at(&w);
+        assert_eq!(done, at(29));
+        let d = evaluate(&w, done, Timestamp::MAX);
+        apply(&mut w, &d);
+        assert_eq!(w.lifecycle.state, WatchState::Completed);
+        land(&mut w, 1, 79); // a notification 60s late
+        let d = evaluate(&w, at(79), Timestamp::MAX);
+        assert!(matches!(d.events.first(), Some(EventKind::Reopened { .. })));
+        apply(&mut w, &d);
+        assert_eq!(w.lifecycle.generation, 2);
+        let window = at(79).until(completes_at(&w));
+        assert!(window >= secs(180), "3 x the 60s gap: {window:?}");
+    }
+
     #[test]
     fn validation_names_the_field() {
         let cases = [
@@ -939,6 +1459,51 @@ mod tests {
                 },
                 "policy.expected_count.objects",
             ),
+            (
+                Rule::Adaptive {
+                    min_window: secs(0),
+                    max_window: secs(60),
+                    quantile: 0.99,
+                    safety_factor: 3.0,
+                },
+                "policy.adaptive.min_window",
+            ),
+            (
+                Rule::Adaptive {
+                    min_window: secs(120),
+                    max_window: secs(60),
+                    quantile: 0.99,
+                    safety_factor: 3.0,
+                },
+                "policy.adaptive.max_window",
+            ),
+            (
+                Rule::Adaptive {
+                    min_window: secs(1),
+                    max_window: secs(60),
+                    quantile: 1.5,
+                    safety_factor: 3.0,
+                },
+                "policy.adaptive.quantile",
+            ),
+            (
+                Rule::Adaptive {
+                    min_window: secs(1),
+                    max_window: secs(60),
+                    quantile: f64::NAN,
+                    safety_factor: 3.0,
+                },
+                "policy.adaptive.quantile",
+            ),
+            (
+                Rule::Adaptive {
+                    min_window: secs(1),
+                    max_window: secs(60),
+                    quantile: 0.99,
+                    safety_factor: 0.5,
+                },
+                "policy.adaptive.safety_factor",
+            ),
         ];
         for (rule, field) in cases {
             let p = Policy {
@@ -958,5 +1523,10 @@ mod tests {
             matches!(p.validate(), Err(Error::InvalidArgument { field, .. }) if field == "policy.timeout")
         );
         assert!(Policy::default().validate().is_ok());
+        let adaptive = Policy {
+            rule: Rule::adaptive(),
+            ..Policy::default()
+        };
+        assert!(adaptive.validate().is_ok());
     }
 }

@@ -6,7 +6,11 @@ use std::{collections::BTreeMap, fmt};
 
 use serde::{Deserialize, Serialize};
 
-use crate::{clock::Timestamp, error::Error, policy::Policy};
+use crate::{
+    clock::Timestamp,
+    error::Error,
+    policy::{ActivityGaps, Policy},
+};
 
 /// Longest prefix S3 could ever match: a key is at most 1024 bytes.
 pub const MAX_PREFIX_BYTES: usize = 1024;
@@ -249,12 +253,16 @@ impl Counters {
     }
 }
 
-/// Where the polling rule is in its cycle; persisted so restarts resume it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// Where the rule is in its cycle (the polling rule's samples, the adaptive
+/// rule's gaps); persisted so restarts resume it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PollingProgress {
     pub repeated: u32,
     pub last_sample: u64,
     pub next_sample_at: Option<Timestamp>,
+    /// Only the adaptive rule keeps gaps; absent from watches stored before it.
+    #[serde(default, skip_serializing_if = "ActivityGaps::is_empty")]
+    pub gaps: ActivityGaps,
 }
 
 /// The fields of a watch that only the policy changes.

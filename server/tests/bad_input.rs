@@ -18,6 +18,48 @@ fn polling(delay: Option<prost_types::Duration>, max_repeats: u32, schedule: i32
     }
 }
 
+/// An adaptive policy; `None` leaves a window unset, 0.0 a number.
+fn adaptive(
+    min_window_secs: Option<f64>,
+    quantile: f64,
+    max_window_secs: Option<f64>,
+) -> v1::Policy {
+    let d = |s: f64| duration(Duration::from_secs_f64(s));
+    v1::Policy {
+        rule: Some(v1::policy::Rule::Adaptive(v1::AdaptiveRule {
+            min_window: min_window_secs.map(d),
+            max_window: max_window_secs.map(d),
+            quantile,
+            safety_factor: 0.0,
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn an_adaptive_policy_with_nothing_set_takes_its_defaults() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let watch = client
+        .start_watch(start_request("data-lake", "", adaptive(None, 0.0, None)))
+        .await
+        .expect("defaults are valid")
+        .watch
+        .unwrap();
+    let Some(v1::policy::Rule::Adaptive(rule)) = watch.policy.unwrap().rule else {
+        panic!("the stored policy is adaptive");
+    };
+    assert_eq!(rule.min_window, Some(duration(Duration::from_secs(100))));
+    assert_eq!(rule.max_window, Some(duration(Duration::from_secs(3600))));
+    assert_eq!((rule.quantile, rule.safety_factor), (0.99, 1.5));
+    let window = watch
+        .adaptive_window
+        .expect("an adaptive watch shows its window");
+    assert_eq!(window.window, Some(duration(Duration::from_secs(100))));
+    assert_eq!((window.gaps, window.gap_quantile), (0, None));
+    assert_eq!(window.explanation, "min_window; no gaps seen yet");
+}
+
 #[tokio::test]
 async fn invalid_start_requests_name_the_field_and_create_nothing() {
     let server = TestServer::start().await;
@@ -111,6 +153,32 @@ async fn invalid_start_requests_name_the_field_and_create_nothing() {
                 },
             ),
             "policy.expected_count.objects",
+        ),
+        (
+            start_request("data-lake", "", adaptive(Some(0.0), 0.0, None)),
+            "policy.adaptive.min_window",
+        ),
+        (
+            start_request("data-lake", "", adaptive(None, 0.0, Some(1.0))),
+            "policy.adaptive.max_window",
+        ),
+        (
+            start_request("data-lake", "", adaptive(None, 99.0, None)),
+            "policy.adaptive.quantile",
+        ),
+        (
+            start_request("data-lake", "", adaptive(None, -0.5, None)),
+            "policy.adaptive.quantile",
+        ),
+        (
+            start_request("data-lake", "", {
+                let mut p = adaptive(None, 0.0, None);
+                if let Some(v1::policy::Rule::Adaptive(r)) = &mut p.rule {
+                    r.safety_factor = 1e9;
+                }
+                p
+            }),
+            "policy.adaptive.safety_factor",
         ),
         (labelled, "labels"),
     ];

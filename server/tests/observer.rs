@@ -11,7 +11,7 @@ use futures::StreamExt;
 use streamwatch_server::{
     Core,
     clock::{Clock, Timestamp},
-    policy::{DelaySchedule, Policy, Rule},
+    policy::{self, DelaySchedule, Policy, Rule},
     service::StartWatch,
     watch::{Bucket, EventKind, Prefix, TenantId, Watch, WatchEvent},
 };
@@ -283,4 +283,86 @@ async fn one_timer_queue_decides_many_watches_each_at_its_own_deadline() {
         );
     }
     core.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_completes_at_the_window_its_gaps_call_for() {
+    let dir = DataDir::new();
+    let core = core(&dir, Clock::starting_at(at(0))).await;
+    let watch = begin(
+        &core,
+        start(Rule::Adaptive {
+            min_window: Duration::from_secs(5),
+            max_window: Duration::from_secs(3600),
+            quantile: 0.99,
+            safety_factor: 3.0,
+        }),
+    )
+    .await;
+    for (i, key) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_secs(4)).await;
+        }
+        land(&core, &[key]).await;
+    }
+    let current = core.service.get_watch(&tenant(), &watch.id).await.unwrap();
+    let window = policy::adaptive_window(&current).unwrap();
+    // Three 4s gaps; p99 is the upper edge of the 4s bucket, 4.096s; x 3 = 12.288s.
+    assert_eq!(window.gap_quantile, Some(Duration::from_millis(4096)));
+    assert_eq!(window.window, Duration::from_millis(12_288));
+    let events = events(&core, &watch).await;
+    assert_eq!(
+        timeline(&events),
+        [
+            ("started", at(0)),
+            ("progress", at(0)),
+            ("progress", at(4)),
+            ("progress", at(8)),
+            ("progress", at(12)),
+            ("completed", at(12).plus(Duration::from_millis(12_288))),
+        ]
+    );
+    let EventKind::Completed { reason, .. } = &events.last().unwrap().kind else {
+        unreachable!("the timeline ends with completed");
+    };
+    assert_eq!(
+        reason,
+        "no activity for 12.3s, the adaptive window (3 x p99 gap 4.1s over 3 gaps); 4 objects"
+    );
+    core.shutdown().await.unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn adaptive_gaps_survive_a_restart() {
+    let dir = DataDir::new();
+    let clock = Clock::starting_at(at(0));
+    let first = core(&dir, clock).await;
+    let watch = begin(
+        &first,
+        start(Rule::Adaptive {
+            min_window: Duration::from_secs(20),
+            max_window: Duration::from_secs(3600),
+            quantile: 1.0,
+            safety_factor: 2.0,
+        }),
+    )
+    .await;
+    land(&first, &["a"]).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    land(&first, &["b"]).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    land(&first, &["c"]).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    first.shutdown().await.unwrap();
+
+    let second = core(&dir, Clock::starting_at(clock.now())).await;
+    let events = events(&second, &watch).await;
+    // The longest gap (16s, bucket edge 16.384s) x 2 after the last activity at 18s;
+    // with the gaps lost it would be min_window, 20s.
+    assert_eq!(
+        timeline(&events).last(),
+        Some(&("completed", at(18).plus(Duration::from_millis(32_768)))),
+        "the gaps seen before the restart still set the window"
+    );
+    second.shutdown().await.unwrap();
 }

@@ -42,7 +42,7 @@ pub struct WatchJson {
 /// A watch's policy; durations in whole milliseconds.
 #[derive(Debug, Serialize)]
 pub struct PolicyJson {
-    /// `quiet_period`, `expected_count`, `polling`, or `default`.
+    /// `quiet_period`, `expected_count`, `polling`, `adaptive`, or `default`.
     pub rule: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_ms: Option<u64>,
@@ -56,6 +56,14 @@ pub struct PolicyJson {
     pub max_repeats: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub schedule: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub min_window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_window_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quantile: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub safety_factor: Option<f64>,
     pub min_objects: u64,
     pub timeout_ms: Option<u64>,
     pub late_window_ms: Option<u64>,
@@ -210,6 +218,10 @@ impl PolicyJson {
             delay_ms: None,
             max_repeats: None,
             schedule: None,
+            min_window_ms: None,
+            max_window_ms: None,
+            quantile: None,
+            safety_factor: None,
             min_objects: policy.min_objects,
             timeout_ms: millis(policy.timeout.as_ref()),
             late_window_ms: millis(policy.late_window.as_ref()),
@@ -233,6 +245,13 @@ impl PolicyJson {
                     v1::DelaySchedule::Exponential => "exponential",
                     v1::DelaySchedule::Fixed | v1::DelaySchedule::Unspecified => "fixed",
                 });
+            }
+            Some(Rule::Adaptive(rule)) => {
+                json.rule = "adaptive";
+                json.min_window_ms = millis(rule.min_window.as_ref());
+                json.max_window_ms = millis(rule.max_window.as_ref());
+                json.quantile = Some(rule.quantile);
+                json.safety_factor = Some(rule.safety_factor);
             }
             None => {}
         }
@@ -353,6 +372,13 @@ pub fn policy_text(policy: Option<&v1::Policy>) -> String {
             d(r.delay.as_ref()),
             r.max_repeats,
             PolicyJson::new(Some(policy)).schedule.unwrap_or("fixed")
+        ),
+        Some(Rule::Adaptive(r)) => format!(
+            "adaptive quiet {}-{} ({} x p{} gap)",
+            d(r.min_window.as_ref()),
+            d(r.max_window.as_ref()),
+            r.safety_factor,
+            (r.quantile * 1000.0).round() / 10.0
         ),
         None => "default rule".to_owned(),
     }];
