@@ -262,17 +262,12 @@ async fn invalid_ids_and_pages_name_the_field() {
 async fn bad_documents_are_rejected_one_by_one_and_change_nothing() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
     let good = created("data-lake", &["good"]);
     let half_bad = {
         let mut doc: serde_json::Value =
@@ -313,17 +308,12 @@ async fn bad_documents_are_rejected_one_by_one_and_change_nothing() {
 async fn an_oversized_ingest_call_is_refused_whole() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
     let keys: Vec<String> = (0..10_001).map(|i| format!("k{i}")).collect();
     let documents: Vec<String> = keys
         .chunks(1000)

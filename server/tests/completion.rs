@@ -14,16 +14,11 @@ const LIMIT: Duration = Duration::from_secs(20);
 async fn quiet_period_completes_after_the_last_object_lands() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let watch = client
-        .start_watch(start_request(
-            "data-lake",
-            "day=1/",
-            quiet_period(Duration::from_secs(2)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(
+        &mut client,
+        start_request("data-lake", "day=1/", quiet_period(Duration::from_secs(2))),
+    )
+    .await;
     assert_eq!(watch.state, v1::WatchState::Active as i32);
     let stream = client.events(&watch.watch_id, 0).await.unwrap();
 
@@ -86,12 +81,7 @@ async fn expected_count_completes_on_the_last_expected_object() {
         })),
         ..Default::default()
     };
-    let watch = client
-        .start_watch(start_request("data-lake", "run-7/", policy))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(&mut client, start_request("data-lake", "run-7/", policy)).await;
     let stream = client.events(&watch.watch_id, 0).await.unwrap();
     client
         .ingest_s3_events(vec![created("data-lake", &["run-7/1", "run-7/2"])])
@@ -129,12 +119,7 @@ async fn polling_emits_quiet_ticks_then_completes() {
         min_objects: 1,
         ..Default::default()
     };
-    let watch = client
-        .start_watch(start_request("data-lake", "", policy))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(&mut client, start_request("data-lake", "", policy)).await;
     let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
     // Below min_objects the rule keeps sampling; wait for a tick, then land data.
     read_until(&mut stream, LIMIT, |e| kind(e) == "quiet_tick").await;
@@ -168,12 +153,7 @@ async fn timeout_ends_a_watch_that_never_gets_enough_objects() {
     let mut policy = quiet_period(Duration::from_millis(200));
     policy.min_objects = 5;
     policy.timeout = Some(duration(Duration::from_secs(3)));
-    let watch = client
-        .start_watch(start_request("data-lake", "", policy))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(&mut client, start_request("data-lake", "", policy)).await;
     client
         .ingest_s3_events(vec![created("data-lake", &["only-one"])])
         .await
@@ -195,12 +175,7 @@ async fn late_data_reopens_a_completed_watch() {
     let mut client = server.client().await;
     let mut policy = quiet_period(Duration::from_secs(2));
     policy.late_window = Some(duration(Duration::from_secs(30)));
-    let watch = client
-        .start_watch(start_request("data-lake", "", policy))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(&mut client, start_request("data-lake", "", policy)).await;
     let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
     client
         .ingest_s3_events(vec![created("data-lake", &["a"])])
@@ -231,16 +206,11 @@ async fn late_data_reopens_a_completed_watch() {
 async fn cancel_ends_an_active_watch_once() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let watch = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await;
     let stream = client.events(&watch.watch_id, 0).await.unwrap();
     let cancelled = client
         .cancel_watch(&watch.watch_id, "job aborted")

@@ -13,13 +13,7 @@ async fn active_watch(
     prefix: &str,
 ) -> String {
     let request = start_request(bucket, prefix, quiet_period(Duration::from_secs(3600)));
-    client
-        .start_watch(request)
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id
+    begin(client, request).await.watch_id
 }
 
 #[tokio::test]

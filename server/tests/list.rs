@@ -22,15 +22,7 @@ async fn filters_by_state_and_labels_and_pages() {
             .labels
             .insert("team".into(), if i % 2 == 0 { "etl" } else { "bi" }.into());
         request.labels.insert("run".into(), i.to_string());
-        ids.push(
-            client
-                .start_watch(request)
-                .await
-                .unwrap()
-                .watch
-                .unwrap()
-                .watch_id,
-        );
+        ids.push(begin(&mut client, request).await.watch_id);
     }
     client.cancel_watch(&ids[0], "").await.unwrap();
     client.cancel_watch(&ids[3], "").await.unwrap();

@@ -69,22 +69,12 @@ async fn reconcile_counts_objects_whose_notifications_were_lost() {
 
     let mut checked = quiet_period(Duration::from_secs(2));
     checked.reconcile = true;
-    let checked = client
-        .start_watch(start_request(&bucket, "batch/", checked))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
-    let trusting = client
-        .start_watch(start_request(
-            &bucket,
-            "batch/",
-            quiet_period(Duration::from_secs(2)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let checked = begin(&mut client, start_request(&bucket, "batch/", checked)).await;
+    let trusting = begin(
+        &mut client,
+        start_request(&bucket, "batch/", quiet_period(Duration::from_secs(2))),
+    )
+    .await;
     let checked_events = client.events(&checked.watch_id, 0).await.unwrap();
     let trusting_events = client.events(&trusting.watch_id, 0).await.unwrap();
     // Only three of the five notifications arrive.

@@ -18,17 +18,12 @@ const LIMIT: Duration = Duration::from_secs(30);
 async fn a_restart_mid_watch_still_completes_it() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(5)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(5))),
+    )
+    .await
+    .watch_id;
     client
         .ingest_s3_events(vec![created("data-lake", &["a", "b"])])
         .await
@@ -63,17 +58,12 @@ async fn a_restart_mid_watch_still_completes_it() {
 async fn a_deadline_that_passed_while_down_is_decided_at_startup() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_millis(200)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_millis(200))),
+    )
+    .await
+    .watch_id;
     let dir = server.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the server is down; nothing to await
     let server = TestServer::start_in(dir, false, None).await;
@@ -86,17 +76,12 @@ async fn a_deadline_that_passed_while_down_is_decided_at_startup() {
 async fn shutdown_ends_streams_with_unavailable_and_a_subscription_resumes() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(5)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(5))),
+    )
+    .await
+    .watch_id;
     let mut stream = client.events(&id, 0).await.unwrap();
     read_until(&mut stream, LIMIT, |e| kind(e) == "started").await;
 
@@ -173,17 +158,12 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     let mut client = streamwatch_client::Client::connect(endpoint.clone())
         .await
         .unwrap();
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
     // Ingest concurrently and kill the process mid-stream.
     let (acked_tx, mut acked_rx) = tokio::sync::mpsc::unbounded_channel();
     let writer = tokio::spawn(async move {

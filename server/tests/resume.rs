@@ -14,17 +14,12 @@ const LIMIT: Duration = Duration::from_secs(20);
 async fn resume_with_after_seq_gets_exactly_the_missed_events() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(2)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(2))),
+    )
+    .await
+    .watch_id;
     let mut stream = client.events(&id, 0).await.unwrap();
     client
         .ingest_s3_events(vec![created("data-lake", &["a"])])
@@ -60,17 +55,12 @@ async fn resume_with_after_seq_gets_exactly_the_missed_events() {
 async fn after_seq_beyond_the_terminal_event_ends_at_once() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
     client.cancel_watch(&id, "").await.unwrap();
     assert!(
         read_to_end(client.events(&id, 2).await.unwrap(), LIMIT)
@@ -94,17 +84,12 @@ async fn after_seq_beyond_the_terminal_event_ends_at_once() {
 async fn a_subscriber_that_stops_reading_catches_up_without_gaps() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
     let mut stream = client.events(&id, 0).await.unwrap();
     read_until(&mut stream, LIMIT, |e| kind(e) == "started").await;
     // Far more events than the live buffer and the connection hold, while this
@@ -126,17 +111,12 @@ async fn a_subscriber_that_stops_reading_catches_up_without_gaps() {
 async fn many_subscribers_see_the_same_log() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(2)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(2))),
+    )
+    .await
+    .watch_id;
     let mut readers = Vec::new();
     for _ in 0..10 {
         let stream = server.client().await.events(&id, 0).await.unwrap();

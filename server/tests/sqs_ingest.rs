@@ -67,16 +67,11 @@ async fn queued_notifications_count_exactly_and_leave_the_queue() {
     let dir = DataDir::new();
     let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
     let mut client = server.client().await;
-    let watch = client
-        .start_watch(start_request(
-            "data-lake",
-            "in/",
-            quiet_period(Duration::from_secs(3)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(
+        &mut client,
+        start_request("data-lake", "in/", quiet_period(Duration::from_secs(3))),
+    )
+    .await;
     let stream = client.events(&watch.watch_id, 0).await.unwrap();
     let mut bodies: Vec<String> = (0..40)
         .map(|i| created("data-lake", &[&format!("in/obj {i}.json")]))
@@ -113,16 +108,11 @@ async fn a_body_that_is_not_a_notification_goes_to_the_dead_letter_queue() {
     let dir = DataDir::new();
     let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
     let mut client = server.client().await;
-    let watch = client
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await;
     send(
         &sqs,
         &queue,
@@ -170,18 +160,11 @@ async fn a_watch_waits_for_its_backed_up_queue_before_completing() {
     let dir = DataDir::new();
     // Start the watch with no consumer running, so its notifications pile up.
     let first = TestServer::start_in(dir.clone(), false, None).await;
-    let watch = first
-        .client()
-        .await
-        .start_watch(start_request(
-            "data-lake",
-            "",
-            quiet_period(Duration::from_millis(300)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let watch = begin(
+        &mut first.client().await,
+        start_request("data-lake", "", quiet_period(Duration::from_millis(300))),
+    )
+    .await;
     let dir = first.stop().await;
     let bodies: Vec<String> = (0..300)
         .map(|i| created("data-lake", &[&format!("part-{i:04}")]))

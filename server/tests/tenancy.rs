@@ -13,17 +13,12 @@ async fn another_tenants_watch_is_not_found_by_any_rpc() {
     let server = TestServer::start_with_tenants().await;
     let mut acme = server.client_with_token(ACME_TOKEN).await;
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
-    let id = acme
-        .start_watch(start_request(
-            "acme-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut acme,
+        start_request("acme-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
     let missing = "01930000-0000-7000-8000-000000000000";
 
     for watch_id in [id.as_str(), missing] {
@@ -70,17 +65,12 @@ async fn a_tenant_cannot_watch_or_ingest_for_buckets_it_is_not_allowed() {
     let server = TestServer::start_with_tenants().await;
     let mut acme = server.client_with_token(ACME_TOKEN).await;
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
-    let id = acme
-        .start_watch(start_request(
-            "acme-lake",
-            "",
-            quiet_period(Duration::from_secs(3600)),
-        ))
-        .await
-        .unwrap()
-        .watch
-        .unwrap()
-        .watch_id;
+    let id = begin(
+        &mut acme,
+        start_request("acme-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
 
     let denied = globex
         .start_watch(start_request(
@@ -110,18 +100,8 @@ async fn a_shared_bucket_counts_into_each_allowed_tenants_watch() {
     let mut acme = server.client_with_token(ACME_TOKEN).await;
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
     let policy = quiet_period(Duration::from_secs(3600));
-    let a = acme
-        .start_watch(start_request("shared-lake", "", policy))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
-    let g = globex
-        .start_watch(start_request("shared-lake", "", policy))
-        .await
-        .unwrap()
-        .watch
-        .unwrap();
+    let a = begin(&mut acme, start_request("shared-lake", "", policy)).await;
+    let g = begin(&mut globex, start_request("shared-lake", "", policy)).await;
     let report = acme
         .ingest_s3_events(vec![created("shared-lake", &["k"])])
         .await

@@ -265,6 +265,15 @@ fn item_event(tenant: &TenantId, id: &WatchId, item: &Item) -> Result<WatchEvent
     })
 }
 
+/// A BatchWriteItem put of `item`.
+fn put_request(item: Item) -> Result<WriteRequest> {
+    let put = PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(|e| StoreError::Dynamo(e.to_string()))?;
+    Ok(WriteRequest::builder().put_request(put).build())
+}
+
 /// Rough DynamoDB item size: attribute names plus values.
 fn item_bytes(item: &Item) -> u64 {
     fn value_bytes(v: &AttributeValue) -> u64 {
@@ -978,16 +987,7 @@ impl Store for DynamoStore {
                     .cloned();
             }
             item.insert(TTL_ATTRIBUTE.into(), n(expires));
-            writes.push(
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item))
-                            .build()
-                            .map_err(|e| StoreError::Dynamo(e.to_string()))?,
-                    )
-                    .build(),
-            );
+            writes.push(put_request(item)?);
         }
         if let Some(token) = token {
             let mut item = Item::new();
@@ -995,16 +995,7 @@ impl Store for DynamoStore {
             item.insert("sk".into(), s("TOKEN"));
             item.insert("watch_id".into(), s(id.as_str()));
             item.insert(TTL_ATTRIBUTE.into(), n(expires));
-            writes.push(
-                WriteRequest::builder()
-                    .put_request(
-                        PutRequest::builder()
-                            .set_item(Some(item))
-                            .build()
-                            .map_err(|e| StoreError::Dynamo(e.to_string()))?,
-                    )
-                    .build(),
-            );
+            writes.push(put_request(item)?);
         }
         for chunk in writes.chunks(25) {
             let mut request = HashMap::from([(self.table.clone(), chunk.to_vec())]);

@@ -301,3 +301,9 @@ pub fn assert_gapless(events: &[v1::WatchEvent], first: u64) {
     let expected: Vec<u64> = (first..first + events.len() as u64).collect();
     assert_eq!(seqs, expected, "event seqs must run without gaps");
 }
+
+/// Starts a watch the server must accept, and returns it.
+pub async fn begin(client: &mut Client, request: v1::StartWatchRequest) -> v1::Watch {
+    let response = client.start_watch(request).await.expect("StartWatch");
+    response.watch.expect("StartWatch returns the watch")
+}
