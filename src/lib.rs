@@ -14,6 +14,24 @@ pub mod proto {
 
 pub use proto::v1;
 
+impl v1::WatchEvent {
+    /// The event's kind in snake case (`started`, `progress`, ..., `unknown`
+    /// for a kind this version does not know).
+    pub fn kind_name(&self) -> &'static str {
+        use v1::watch_event::Kind;
+        match &self.kind {
+            Some(Kind::Started(_)) => "started",
+            Some(Kind::Progress(_)) => "progress",
+            Some(Kind::QuietTick(_)) => "quiet_tick",
+            Some(Kind::Completed(_)) => "completed",
+            Some(Kind::TimedOut(_)) => "timed_out",
+            Some(Kind::Cancelled(_)) => "cancelled",
+            Some(Kind::Reopened(_)) => "reopened",
+            None => "unknown",
+        }
+    }
+}
+
 /// The encoded `FileDescriptorSet` of `proto/`, served by gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("streamwatch_descriptor");

@@ -129,19 +129,6 @@ pub fn state_name(state: WatchState) -> &'static str {
     }
 }
 
-pub fn kind_name(kind: Option<&Kind>) -> &'static str {
-    match kind {
-        Some(Kind::Started(_)) => "started",
-        Some(Kind::Progress(_)) => "progress",
-        Some(Kind::QuietTick(_)) => "quiet_tick",
-        Some(Kind::Completed(_)) => "completed",
-        Some(Kind::TimedOut(_)) => "timed_out",
-        Some(Kind::Cancelled(_)) => "cancelled",
-        Some(Kind::Reopened(_)) => "reopened",
-        None => "unknown",
-    }
-}
-
 pub fn system_time(t: &prost_types::Timestamp) -> Option<SystemTime> {
     let nanos = u32::try_from(t.nanos).ok()?;
     let since_epoch = Duration::new(u64::try_from(t.seconds).ok()?, nanos);
@@ -267,7 +254,7 @@ impl EventJson {
             seq: event.seq,
             time: timestamp(event.time.as_ref()),
             generation: event.generation,
-            kind: kind_name(event.kind.as_ref()),
+            kind: event.kind_name(),
             object_count: None,
             event_count: None,
             removed_count: None,
@@ -345,7 +332,7 @@ pub fn event_line(event: &v1::WatchEvent) -> String {
         Some(Kind::Reopened(r)) => format!("objects {}: {}", r.object_count, r.reason),
         None => String::new(),
     };
-    let kind = kind_name(event.kind.as_ref());
+    let kind = event.kind_name();
     format!("[{time}] #{} {kind:<10} {detail}", event.seq)
         .trim_end()
         .to_owned()

@@ -228,17 +228,7 @@ pub fn s3_record(bucket: &str, key: &str, sequencer: &str) -> serde_json::Value 
 
 /// The name of an event's kind, for readable assertions.
 pub fn kind(event: &streamwatch_client::proto::WatchEvent) -> &'static str {
-    use streamwatch_client::proto::watch_event::Kind;
-    match &event.kind {
-        Some(Kind::Started(_)) => "started",
-        Some(Kind::Progress(_)) => "progress",
-        Some(Kind::QuietTick(_)) => "quiet_tick",
-        Some(Kind::Completed(_)) => "completed",
-        Some(Kind::TimedOut(_)) => "timed_out",
-        Some(Kind::Cancelled(_)) => "cancelled",
-        Some(Kind::Reopened(_)) => "reopened",
-        None => "none",
-    }
+    event.kind_name()
 }
 
 /// Starts a watch through the library and returns its id.

@@ -278,17 +278,7 @@ pub async fn read_until(
 
 /// The name of an event's kind, for readable assertions.
 pub fn kind(event: &v1::WatchEvent) -> &'static str {
-    use v1::watch_event::Kind;
-    match &event.kind {
-        Some(Kind::Started(_)) => "started",
-        Some(Kind::Progress(_)) => "progress",
-        Some(Kind::QuietTick(_)) => "quiet_tick",
-        Some(Kind::Completed(_)) => "completed",
-        Some(Kind::TimedOut(_)) => "timed_out",
-        Some(Kind::Cancelled(_)) => "cancelled",
-        Some(Kind::Reopened(_)) => "reopened",
-        None => "none",
-    }
+    event.kind_name()
 }
 
 pub fn kinds(events: &[v1::WatchEvent]) -> Vec<&'static str> {
