@@ -130,6 +130,14 @@ impl Bucket {
     }
 }
 
+/// Lets maps keyed by bucket be looked up by a notification's bucket name.
+/// `Bucket` derives its comparisons from the name, as `Borrow` requires.
+impl std::borrow::Borrow<str> for Bucket {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for Bucket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

@@ -457,9 +457,8 @@ impl Ingest {
                         continue;
                     }
                 };
-                let routes = Bucket::parse("bucket", &n.bucket)
-                    .ok()
-                    .and_then(|b| map.get(&b));
+                // Only valid buckets are routed, so a plain lookup by name suffices.
+                let routes = map.get(n.bucket.as_str());
                 let mut matched = false;
                 for route in routes.into_iter().flatten() {
                     if route.prefix.matches(&n.key)
