@@ -67,8 +67,11 @@ pub struct Core {
     pub queue_stats: Vec<(String, Arc<QueueStats>)>,
 }
 
-/// Opens the store `config` names.
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+/// Opens the store `config` names (`aws` is the shared AWS configuration, loaded when the store needs it).
+async fn open_store(
+    config: &Config,
+    aws: Option<&aws_config::SdkConfig>,
+) -> anyhow::Result<Arc<dyn Store>> {
     Ok(match config.store {
         StoreKind::Sqlite => Arc::new(
             SqliteStore::open(&config.data)
@@ -79,11 +82,9 @@ async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
                 .table
                 .clone()
                 .context("--store dynamodb needs --table")?;
-            let store = DynamoStore::new(
-                DynamoStore::client_from_env().await,
-                &table,
-                config.retention,
-            );
+            let aws = aws.context("no AWS configuration")?;
+            let store =
+                DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &table, config.retention);
             if config.create_table && store.check().await.is_err() {
                 store
                     .create_table()
@@ -123,12 +124,12 @@ impl Core {
             Some(path) => Tenants::load(path)?,
             None => Tenants::open(),
         });
-        let store = open_store(config).await?;
         let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
             Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
         } else {
             None
         };
+        let store = open_store(config, aws.as_ref()).await?;
         let sqs = match (&aws, config.sqs_queue_urls.is_empty()) {
             (Some(aws), false) => Some(open_queues(aws, &config.sqs_queue_urls).await?),
             _ => None,

@@ -133,6 +133,24 @@ fn watch_pk(tenant: &TenantId, id: &WatchId) -> String {
     format!("W#{tenant}#{id}")
 }
 
+fn token_pk(tenant: &TenantId, token: &str) -> String {
+    format!("C#{tenant}#{token}")
+}
+
+/// The item that maps a tenant's client token to the watch it started.
+fn token_item(tenant: &TenantId, token: &str, id: &WatchId) -> Item {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(token_pk(tenant, token)));
+    item.insert("sk".into(), s("TOKEN"));
+    item.insert("watch_id".into(), s(id.as_str()));
+    item
+}
+
+/// An SDK builder's error (a missing required field) as a store error.
+fn built(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
+    StoreError::Dynamo(e.to_string())
+}
+
 fn event_sk(seq: u64) -> String {
     format!("E#{seq:020}")
 }
@@ -270,7 +288,7 @@ fn put_request(item: Item) -> Result<WriteRequest> {
     let put = PutRequest::builder()
         .set_item(Some(item))
         .build()
-        .map_err(|e| StoreError::Dynamo(e.to_string()))?;
+        .map_err(built)?;
     Ok(WriteRequest::builder().put_request(put).build())
 }
 
@@ -338,14 +356,14 @@ impl DynamoStore {
                 .attribute_name(name)
                 .attribute_type(ScalarAttributeType::S)
                 .build()
-                .map_err(|e| StoreError::Dynamo(e.to_string()))
+                .map_err(built)
         };
         let key = |name: &str, kind: KeyType| {
             KeySchemaElement::builder()
                 .attribute_name(name)
                 .key_type(kind)
                 .build()
-                .map_err(|e| StoreError::Dynamo(e.to_string()))
+                .map_err(built)
         };
         let all = Projection::builder()
             .projection_type(ProjectionType::All)
@@ -356,14 +374,14 @@ impl DynamoStore {
             .key_schema(key("list_sk", KeyType::Range)?)
             .projection(all.clone())
             .build()
-            .map_err(|e| StoreError::Dynamo(e.to_string()))?;
+            .map_err(built)?;
         let live = GlobalSecondaryIndex::builder()
             .index_name(LIVE_INDEX)
             .key_schema(key("live_shard", KeyType::Hash)?)
             .key_schema(key("pk", KeyType::Range)?)
             .projection(all)
             .build()
-            .map_err(|e| StoreError::Dynamo(e.to_string()))?;
+            .map_err(built)?;
         self.client
             .create_table()
             .table_name(&self.table)
@@ -388,7 +406,7 @@ impl DynamoStore {
                     .enabled(true)
                     .attribute_name(TTL_ATTRIBUTE)
                     .build()
-                    .map_err(|e| StoreError::Dynamo(e.to_string()))?,
+                    .map_err(built)?,
             )
             .send()
             .await
@@ -436,7 +454,7 @@ impl DynamoStore {
             put = put.expression_attribute_values(*k, v.clone());
         }
         Ok(TransactWriteItem::builder()
-            .put(put.build().map_err(|e| StoreError::Dynamo(e.to_string()))?)
+            .put(put.build().map_err(built)?)
             .build())
     }
 
@@ -511,11 +529,7 @@ impl DynamoStore {
                     ("sk".to_owned(), s(sk)),
                 ]));
             }
-            let mut request = HashMap::from([(
-                self.table.clone(),
-                keys.build()
-                    .map_err(|e| StoreError::Dynamo(e.to_string()))?,
-            )]);
+            let mut request = HashMap::from([(self.table.clone(), keys.build().map_err(built)?)]);
             for _ in 0..MAX_ATTEMPTS {
                 let out = self
                     .client
@@ -725,10 +739,7 @@ impl DynamoStore {
 #[async_trait]
 impl Store for DynamoStore {
     async fn create_watch(&self, new: NewWatch) -> Result<Created> {
-        let token_pk = new
-            .client_token
-            .as_ref()
-            .map(|t| format!("C#{}#{t}", new.tenant));
+        let token_pk = new.client_token.as_ref().map(|t| token_pk(&new.tenant, t));
         for _ in 0..MAX_ATTEMPTS {
             if let Some(token_pk) = &token_pk {
                 let out = self
@@ -767,11 +778,8 @@ impl Store for DynamoStore {
             let mut snapshot = watch.clone();
             snapshot.last_seq = 1;
             let mut extra = Vec::new();
-            if let Some(token_pk) = &token_pk {
-                let mut item = Item::new();
-                item.insert("pk".into(), s(token_pk));
-                item.insert("sk".into(), s("TOKEN"));
-                item.insert("watch_id".into(), s(new.id.as_str()));
+            if let Some(token) = &new.client_token {
+                let item = token_item(&new.tenant, token, &new.id);
                 extra.push(self.put(item, "attribute_not_exists(pk)", &[])?);
             }
             let change = Change {
@@ -990,10 +998,7 @@ impl Store for DynamoStore {
             writes.push(put_request(item)?);
         }
         if let Some(token) = token {
-            let mut item = Item::new();
-            item.insert("pk".into(), s(format!("C#{tenant}#{token}")));
-            item.insert("sk".into(), s("TOKEN"));
-            item.insert("watch_id".into(), s(id.as_str()));
+            let mut item = token_item(tenant, &token, id);
             item.insert(TTL_ATTRIBUTE.into(), n(expires));
             writes.push(put_request(item)?);
         }
