@@ -1,5 +1,6 @@
 //! Completion policies as typed values: the rule (quiet period, expected
-//! count, or the classic polling rule with its delay schedule) and the limits
+//! count, the classic polling rule with its delay schedule, or the adaptive
+//! window learnt from the producers' gaps) and the limits
 //! that apply to every rule. Converts to the protobuf `Policy`; decides
 //! nothing itself (the server's policy does).
 
@@ -36,6 +37,27 @@ pub enum Rule {
         max_repeats: u32,
         schedule: DelaySchedule,
     },
+    /// Complete when the silence after the last activity exceeds a window
+    /// learnt from the gaps between this watch's activities.
+    Adaptive(Adaptive),
+}
+
+/// The bounds and shape of an adaptive window: `safety_factor` x the
+/// `quantile` of the observed gaps, clamped to [`min_window`, `max_window`].
+/// A field left `None` takes the server's default (100s, 1h, 0.99, 1.5).
+///
+/// [`min_window`]: Adaptive::min_window
+/// [`max_window`]: Adaptive::max_window
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Adaptive {
+    /// Never complete sooner than this after the last activity.
+    pub min_window: Option<Duration>,
+    /// Never wait longer than this after the last activity.
+    pub max_window: Option<Duration>,
+    /// Which quantile of the observed gaps to scale, in (0, 1].
+    pub quantile: Option<f64>,
+    /// The multiplier on that quantile, 1 to 100.
+    pub safety_factor: Option<f64>,
 }
 
 /// A completion policy. `Policy::default()` has no rule: the server applies
@@ -43,13 +65,17 @@ pub enum Rule {
 ///
 /// ```
 /// use std::time::Duration;
-/// use streamwatch_client::{DelaySchedule, Policy};
+/// use streamwatch_client::{Adaptive, DelaySchedule, Policy};
 ///
 /// let classic = Policy::polling(Duration::from_secs(30), 5).schedule(DelaySchedule::Exponential);
 /// let counted = Policy::expected_count(1000)
 ///     .quiet_window(Duration::from_secs(600))
 ///     .timeout(Duration::from_secs(3600));
-/// # let _ = (classic, counted);
+/// let learnt = Policy::adaptive(Adaptive {
+///     min_window: Some(Duration::from_secs(30)),
+///     ..Adaptive::default()
+/// });
+/// # let _ = (classic, counted, learnt);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Policy {
@@ -80,6 +106,12 @@ impl Policy {
             max_repeats,
             schedule: DelaySchedule::Fixed,
         })
+    }
+
+    /// The adaptive rule with these bounds (`Adaptive::default()`: the
+    /// server's defaults).
+    pub fn adaptive(adaptive: Adaptive) -> Self {
+        Self::with_rule(Rule::Adaptive(adaptive))
     }
 
     fn with_rule(rule: Rule) -> Self {
@@ -164,6 +196,13 @@ impl From<Rule> for v1::policy::Rule {
                 max_repeats,
                 schedule: v1::DelaySchedule::from(schedule) as i32,
             }),
+            Rule::Adaptive(adaptive) => v1::policy::Rule::Adaptive(v1::AdaptiveRule {
+                min_window: adaptive.min_window.map(proto_duration),
+                max_window: adaptive.max_window.map(proto_duration),
+                // 0 in the protobuf means "the server's default".
+                quantile: adaptive.quantile.unwrap_or_default(),
+                safety_factor: adaptive.safety_factor.unwrap_or_default(),
+            }),
         }
     }
 }
@@ -220,6 +259,28 @@ mod tests {
     fn a_schedule_does_not_turn_another_rule_into_polling() {
         let policy = Policy::quiet_period(Duration::from_secs(5)).schedule(DelaySchedule::Divide);
         assert_eq!(policy, Policy::quiet_period(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn adaptive_leaves_unset_fields_to_the_server() {
+        let policy: v1::Policy = Policy::adaptive(Adaptive {
+            max_window: Some(Duration::from_secs(600)),
+            safety_factor: Some(2.0),
+            ..Adaptive::default()
+        })
+        .into();
+        assert_eq!(
+            policy.rule,
+            Some(v1::policy::Rule::Adaptive(v1::AdaptiveRule {
+                min_window: None,
+                max_window: Some(prost_types::Duration {
+                    seconds: 600,
+                    nanos: 0
+                }),
+                quantile: 0.0,
+                safety_factor: 2.0,
+            }))
+        );
     }
 
     #[test]

@@ -184,3 +184,43 @@ async fn start_events_get_list_and_wait_print_json_objects() {
         .await;
     assert_eq!(run.stdout, "", "no active watch");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_with_the_adaptive_flags_starts_an_adaptive_watch() {
+    let server = TestServer::start().await;
+    let run = server
+        .cli()
+        .run(&[
+            "start",
+            "lake",
+            "--adaptive",
+            "--adaptive-min",
+            "2s",
+            "--adaptive-safety-factor",
+            "3",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let watch = &run.json_lines()[0];
+    // Bounds left unset come back as the server's defaults.
+    assert_eq!(
+        watch["policy"],
+        serde_json::json!({
+            "rule": "adaptive", "min_window_ms": 2000, "max_window_ms": 3_600_000,
+            "quantile": 0.99, "safety_factor": 3.0, "min_objects": 0,
+            "timeout_ms": null, "late_window_ms": null
+        })
+    );
+
+    let run = server
+        .cli()
+        .run(&["start", "lake", "--adaptive-min", "2s"])
+        .await;
+    assert_eq!(
+        run.code, 1,
+        "a bound without --adaptive is a usage error: {run:?}"
+    );
+    assert!(run.stderr.contains("--adaptive"), "{run:?}");
+}

@@ -13,7 +13,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use streamwatch_client::{
-    Client, ConnectOptions, DEFAULT_ENDPOINT, DelaySchedule, ListFilter, Policy, WatchRequest,
+    Adaptive, Client, ConnectOptions, DEFAULT_ENDPOINT, DelaySchedule, ListFilter, Policy,
+    WatchRequest,
     proto::{self as v1, WatchState},
 };
 
@@ -42,9 +43,9 @@ Exit codes of `wait` and `start --wait`:
 ///
 /// streamwatch counts a bucket's object-created notifications per watched
 /// bucket/prefix and decides when the flow has stopped (a quiet period, an
-/// expected count, or the classic polling rule). This is its command line:
-/// start and follow watches, feed notification documents, and see it work
-/// with `streamwatch demo`.
+/// expected count, the classic polling rule, or an adaptive window). This is
+/// its command line: start and follow watches, feed notification documents,
+/// and see it work with `streamwatch demo`.
 #[derive(Debug, Parser)]
 #[command(name = "streamwatch", version, term_width = 100, after_help = EXIT_CODES)]
 pub struct Cli {
@@ -211,6 +212,26 @@ struct PolicyArgs {
     #[arg(long, value_enum, requires = "poll_delay")]
     schedule: Option<Schedule>,
 
+    /// Complete when the silence exceeds a window learnt from the gaps between activities
+    #[arg(long, conflicts_with_all = ["quiet_period", "expected", "poll_delay"])]
+    adaptive: bool,
+
+    /// The adaptive window's lower bound [server default: 100s]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "adaptive")]
+    adaptive_min: Option<Duration>,
+
+    /// The adaptive window's upper bound [server default: 1h]
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "adaptive")]
+    adaptive_max: Option<Duration>,
+
+    /// The quantile of the gaps the adaptive window scales, in (0, 1] [server default: 0.99]
+    #[arg(long, value_name = "Q", requires = "adaptive")]
+    adaptive_quantile: Option<f64>,
+
+    /// The multiplier on that quantile, 1 to 100 [server default: 1.5]
+    #[arg(long, value_name = "F", requires = "adaptive")]
+    adaptive_safety_factor: Option<f64>,
+
     /// Never complete with fewer distinct objects
     #[arg(long, value_name = "N")]
     min_objects: Option<u64>,
@@ -241,6 +262,12 @@ enum Schedule {
 impl PolicyArgs {
     fn policy(&self) -> Policy {
         let mut policy = match (self.quiet_period, self.expected, self.poll_delay) {
+            _ if self.adaptive => Policy::adaptive(Adaptive {
+                min_window: self.adaptive_min,
+                max_window: self.adaptive_max,
+                quantile: self.adaptive_quantile,
+                safety_factor: self.adaptive_safety_factor,
+            }),
             (_, _, Some(delay)) => Policy::polling(delay, self.max_repeats.unwrap_or_default())
                 .schedule(match self.schedule.unwrap_or(Schedule::Fixed) {
                     Schedule::Fixed => DelaySchedule::Fixed,
