@@ -136,7 +136,8 @@ impl Connection {
 enum Command {
     /// Start watching a bucket/prefix
     #[command(after_help = EXIT_CODES)]
-    Start(StartArgs),
+    // Boxed: the policy flags make it much larger than the other commands.
+    Start(Box<StartArgs>),
     /// Show one watch
     Get { watch_id: String },
     /// List your watches, newest first
@@ -323,7 +324,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
 pub async fn run(cli: Cli) -> anyhow::Result<u8> {
     let printer = Printer::new(cli.output);
     match cli.command {
-        Command::Start(args) => start(&cli.connection, printer, args).await,
+        Command::Start(args) => start(&cli.connection, printer, *args).await,
         Command::Get { watch_id } => {
             let watch = cli.connection.connect().await?.get_watch(&watch_id).await?;
             printer.watch(&watch, None)?;
