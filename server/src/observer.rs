@@ -287,7 +287,8 @@ impl Observer {
             if let Some(timer) = entry.timer {
                 self.queue.remove(&timer);
             }
-            self.routes.remove(&entry.watch.bucket, key);
+            self.routes
+                .remove(&entry.watch.bucket, key, &entry.watch.prefix);
             if entry.watch.state().is_terminal() {
                 self.retire(key);
             }

@@ -16,7 +16,7 @@ pub mod reconcile;
 pub mod sqs;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap, HashSet},
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -233,34 +233,77 @@ fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
 }
 
 #[derive(Clone, Debug)]
-struct Route {
-    key: WatchKey,
-    prefix: Prefix,
+/// The watches of one bucket, indexed by prefix. A key matches exactly the
+/// prefixes that are its leading bytes, so a lookup tries one hash probe per
+/// prefix length in use instead of comparing the key with every watch.
+#[derive(Default)]
+struct BucketRoutes {
+    by_prefix: HashMap<String, HashSet<WatchKey>>,
+    /// How many distinct prefixes of each length (in bytes) are routed.
+    lengths: BTreeMap<usize, usize>,
+}
+
+impl BucketRoutes {
+    fn add(&mut self, prefix: &Prefix, key: &WatchKey) {
+        let keys = self
+            .by_prefix
+            .entry(prefix.as_str().to_owned())
+            .or_insert_with(|| {
+                *self.lengths.entry(prefix.as_str().len()).or_default() += 1;
+                HashSet::new()
+            });
+        keys.insert(key.clone());
+    }
+
+    fn remove(&mut self, prefix: &Prefix, key: &WatchKey) {
+        let Some(keys) = self.by_prefix.get_mut(prefix.as_str()) else {
+            return;
+        };
+        keys.remove(key);
+        if keys.is_empty() {
+            self.by_prefix.remove(prefix.as_str());
+            let len = prefix.as_str().len();
+            if let Some(n) = self.lengths.get_mut(&len) {
+                *n -= 1;
+                if *n == 0 {
+                    self.lengths.remove(&len);
+                }
+            }
+        }
+    }
+
+    /// The watches whose prefix `key` starts with.
+    fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a WatchKey> + 'a {
+        self.lengths
+            .keys()
+            .take_while(move |&&len| len <= key.len())
+            .filter_map(move |&len| key.get(..len))
+            .filter_map(|prefix| self.by_prefix.get(prefix))
+            .flatten()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.by_prefix.is_empty()
+    }
 }
 
 /// Which watches want which bucket, and which have activity on its way.
 #[derive(Default)]
 pub struct Routes {
-    by_bucket: RwLock<HashMap<Bucket, Vec<Route>>>,
+    by_bucket: RwLock<HashMap<Bucket, BucketRoutes>>,
     in_flight: Mutex<HashMap<WatchKey, usize>>,
 }
 
 impl Routes {
     pub fn add(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
-        let routes = map.entry(bucket.clone()).or_default();
-        if !routes.iter().any(|r| &r.key == key) {
-            routes.push(Route {
-                key: key.clone(),
-                prefix: prefix.clone(),
-            });
-        }
+        map.entry(bucket.clone()).or_default().add(prefix, key);
     }
 
-    pub fn remove(&self, bucket: &Bucket, key: &WatchKey) {
+    pub fn remove(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
         if let Some(routes) = map.get_mut(bucket) {
-            routes.retain(|r| &r.key != key);
+            routes.remove(prefix, key);
             if routes.is_empty() {
                 map.remove(bucket);
             }
@@ -460,14 +503,12 @@ impl Ingest {
                 // Only valid buckets are routed, so a plain lookup by name suffices.
                 let routes = map.get(n.bucket.as_str());
                 let mut matched = false;
-                for route in routes.into_iter().flatten() {
-                    if route.prefix.matches(&n.key)
-                        && self.tenants.allows(&route.key.tenant, &n.bucket)
-                    {
+                for watch in routes.into_iter().flat_map(|r| r.matching(&n.key)) {
+                    if self.tenants.allows(&watch.tenant, &n.bucket) {
                         matched = true;
                         activities.push(Activity {
-                            tenant: route.key.tenant.clone(),
-                            watch_id: route.key.id.clone(),
+                            tenant: watch.tenant.clone(),
+                            watch_id: watch.id.clone(),
                             kind,
                             key: n.key.clone(),
                             sequencer: n.sequencer.clone(),
@@ -525,6 +566,71 @@ impl Ingest {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn watch_key() -> WatchKey {
+        WatchKey {
+            tenant: TenantId::parse("tenant", "t").unwrap(),
+            id: crate::watch::WatchId::generate(),
+        }
+    }
+
+    fn routed(routes: &Routes, bucket: &str, key: &str) -> HashSet<WatchKey> {
+        let map = routes.by_bucket.read().unwrap();
+        map.get(bucket)
+            .map(|r| r.matching(key).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn a_key_reaches_every_watch_whose_prefix_it_starts_with() {
+        let routes = Routes::default();
+        let lake = Bucket::parse("bucket", "lake").unwrap();
+        let prefix = |p: &str| Prefix::parse("prefix", p).unwrap();
+        let (all, day, day1, day10, other) = (
+            watch_key(),
+            watch_key(),
+            watch_key(),
+            watch_key(),
+            watch_key(),
+        );
+        routes.add(&lake, &all, &prefix(""));
+        routes.add(&lake, &day, &prefix("day="));
+        routes.add(&lake, &day1, &prefix("day=1/"));
+        routes.add(&lake, &day10, &prefix("day=10/"));
+        routes.add(
+            &Bucket::parse("bucket", "other").unwrap(),
+            &other,
+            &prefix(""),
+        );
+        // Adding a route twice keeps one.
+        routes.add(&lake, &day1, &prefix("day=1/"));
+
+        assert_eq!(
+            routed(&routes, "lake", "day=1/a"),
+            HashSet::from([all.clone(), day.clone(), day1.clone()])
+        );
+        assert_eq!(
+            routed(&routes, "lake", "day=10/a"),
+            HashSet::from([all.clone(), day.clone(), day10.clone()])
+        );
+        assert_eq!(routed(&routes, "lake", "d"), HashSet::from([all.clone()]));
+        // A prefix length that falls inside a multi-byte character is skipped, not a panic.
+        assert_eq!(routed(&routes, "lake", "dä"), HashSet::from([all.clone()]));
+        assert_eq!(routed(&routes, "nobody", "day=1/a"), HashSet::new());
+
+        routes.remove(&lake, &day1, &prefix("day=1/"));
+        routes.remove(&lake, &all, &prefix(""));
+        assert_eq!(
+            routed(&routes, "lake", "day=1/a"),
+            HashSet::from([day.clone()])
+        );
+        routes.remove(&lake, &day, &prefix("day="));
+        routes.remove(&lake, &day10, &prefix("day=10/"));
+        assert!(
+            !routes.by_bucket.read().unwrap().contains_key("lake"),
+            "a bucket without watches is dropped"
+        );
+    }
 
     fn records(raw: &str) -> Vec<Notification> {
         match parse_document(raw) {
