@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::{
     sync::CancellationToken,
@@ -33,6 +33,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// How often one evaluation re-reads a watch that changed under it.
 const MAX_CONFLICTS: usize = 16;
+/// Most watches decided and written together.
+const MAX_BATCH: usize = 1000;
 
 enum Command {
     Arm(Box<Watch>, oneshot::Sender<()>),
@@ -97,6 +99,16 @@ struct Entry {
     /// The activity level S3 was last listed at (`policy.reconcile`).
     reconciled_at: Option<u64>,
     reconciling: bool,
+}
+
+/// A lifecycle change the policy decided, on its way to the store.
+struct Transition {
+    key: WatchKey,
+    guard: Guard,
+    lifecycle: Lifecycle,
+    /// The rest of the decision (its events, next wake-up), carried out once written.
+    decision: policy::Decision,
+    now: Timestamp,
 }
 
 pub struct Observer {
@@ -169,15 +181,25 @@ impl Observer {
                     None => break,
                 },
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
-                    let key = expired.into_inner();
-                    if let Some(entry) = self.watches.get_mut(&key) {
-                        entry.timer = None;
+                    // Every other deadline that has passed too: decided together,
+                    // written in one group commit.
+                    let mut due = vec![expired.into_inner()];
+                    while due.len() < MAX_BATCH {
+                        match self.queue.next().now_or_never() {
+                            Some(Some(expired)) => due.push(expired.into_inner()),
+                            _ => break,
+                        }
                     }
-                    // Activity reported while the timer fired comes first.
+                    for key in &due {
+                        if let Some(entry) = self.watches.get_mut(key) {
+                            entry.timer = None;
+                        }
+                    }
+                    // Activity reported while the timers fired comes first.
                     while let Ok(command) = self.rx.try_recv() {
                         self.handle(command).await;
                     }
-                    self.evaluate(&key).await;
+                    self.evaluate_all(due).await;
                 }
                 changed = self.settled.changed(), if !self.held.is_empty() => {
                     if changed.is_err() {
@@ -188,8 +210,8 @@ impl Observer {
                     let settled = *self.settled.borrow_and_update();
                     let ready: Vec<WatchKey> = self.held.iter().cloned().collect();
                     tracing::debug!(%settled, held = ready.len(), "ingest settled further");
-                    for key in ready {
-                        self.evaluate(&key).await;
+                    for batch in ready.chunks(MAX_BATCH) {
+                        self.evaluate_all(batch.to_vec()).await;
                     }
                 }
             }
@@ -225,8 +247,8 @@ impl Observer {
                         None => {}
                     }
                 }
-                for key in touched {
-                    self.evaluate(&key).await;
+                for batch in touched.chunks(MAX_BATCH) {
+                    self.evaluate_all(batch.to_vec()).await;
                 }
             }
             Command::Cancel { key, reason, reply } => {
@@ -367,81 +389,131 @@ impl Observer {
 
     /// Asks the policy about one watch and carries out its decision.
     async fn evaluate(&mut self, key: &WatchKey) {
+        self.evaluate_all(vec![key.clone()]).await;
+    }
+
+    /// Asks the policy about each of `keys` and carries out the decisions.
+    /// The transitions are written concurrently, so the store records them
+    /// together (one group commit for watches whose deadlines fell together).
+    async fn evaluate_all(&mut self, mut keys: Vec<WatchKey>) {
         for _ in 0..MAX_CONFLICTS {
-            let Some(entry) = self.watches.get(key) else {
-                return;
-            };
-            if self.routes.in_flight(key) {
-                // The batch on its way reports back when recorded; decide then.
+            let pending: Vec<Transition> = keys.iter().filter_map(|k| self.decide(k)).collect();
+            if pending.is_empty() {
                 return;
             }
-            let now = self.clock.now();
-            let settled = *self.settled.borrow();
-            let decision = policy::evaluate(&entry.watch, now, settled);
-            let completes = decision
-                .events
-                .iter()
-                .any(|e| matches!(e, EventKind::Completed { .. }));
-            if completes
-                && entry.watch.policy.reconcile
-                && entry.reconciled_at != Some(entry.watch.counters.activity())
-            {
-                self.start_reconcile(key);
-                return;
-            }
-            let watch = match decision.lifecycle {
-                None => entry.watch.clone(),
-                Some(lifecycle) => {
-                    let guard = Guard::exact(&entry.watch);
-                    let (tenant, id) = (entry.watch.tenant.clone(), entry.watch.id.clone());
-                    match self
-                        .store
-                        .apply(&tenant, &id, guard, lifecycle, decision.events, now)
-                        .await
-                    {
-                        Ok(Some(Applied::Done { watch, events })) => {
-                            if let Some(e) = events.iter().find(|e| e.kind.is_terminal()) {
-                                tracing::info!(tenant = %tenant, watch_id = %id, seq = e.seq,
-                                    event = e.kind.name(), reason = %watch.lifecycle.reason, "watch finished");
-                            }
-                            self.hub.publish(&events);
-                            watch
-                        }
-                        Ok(Some(Applied::Conflict(current))) => {
-                            self.insert(current);
-                            continue;
-                        }
-                        Ok(None) => {
-                            self.forget(key);
-                            return;
-                        }
-                        Err(e) => {
-                            tracing::error!(tenant = %tenant, watch_id = %id, error = %e, "cannot record a watch transition; retrying");
-                            self.schedule(key, now.plus(RETRY_AFTER));
-                            return;
-                        }
-                    }
-                }
-            };
-            let live = watch.state() == WatchState::Active || decision.wake_at.is_some();
-            if let Some(entry) = self.watches.get_mut(key) {
-                entry.watch = watch;
-            }
-            if decision.held_until_settled.is_some() {
-                self.held.insert(key.clone());
-            } else {
-                self.held.remove(key);
-            }
-            match decision.wake_at {
-                Some(at) => self.schedule(key, at),
-                None if live => self.unschedule(key),
-                None => self.forget(key),
-            }
-            return;
+            let store = self.store.clone();
+            let results = futures::future::join_all(pending.iter().map(|t| {
+                store.apply(
+                    &t.key.tenant,
+                    &t.key.id,
+                    t.guard,
+                    t.lifecycle.clone(),
+                    t.decision.events.clone(),
+                    t.now,
+                )
+            }))
+            .await;
+            keys = pending
+                .into_iter()
+                .zip(results)
+                .filter_map(|(t, result)| self.finish(t, result))
+                .collect();
         }
-        tracing::warn!(watch = ?key, "watch kept changing during evaluation; retrying shortly");
-        let at = self.clock.now().plus(RETRY_AFTER);
-        self.schedule(key, at);
+        for key in keys {
+            tracing::warn!(watch = ?key, "watch kept changing during evaluation; retrying shortly");
+            let at = self.clock.now().plus(RETRY_AFTER);
+            self.schedule(&key, at);
+        }
+    }
+
+    /// The policy's decision for `key`; carried out at once when it changes
+    /// no lifecycle, else returned to be written.
+    fn decide(&mut self, key: &WatchKey) -> Option<Transition> {
+        let entry = self.watches.get(key)?;
+        if self.routes.in_flight(key) {
+            // The batch on its way reports back when recorded; decide then.
+            return None;
+        }
+        let now = self.clock.now();
+        let settled = *self.settled.borrow();
+        let mut decision = policy::evaluate(&entry.watch, now, settled);
+        let completes = decision
+            .events
+            .iter()
+            .any(|e| matches!(e, EventKind::Completed { .. }));
+        if completes
+            && entry.watch.policy.reconcile
+            && entry.reconciled_at != Some(entry.watch.counters.activity())
+        {
+            self.start_reconcile(key);
+            return None;
+        }
+        match decision.lifecycle.take() {
+            None => {
+                let watch = entry.watch.clone();
+                self.settle(key, watch, &decision);
+                None
+            }
+            Some(lifecycle) => Some(Transition {
+                key: key.clone(),
+                guard: Guard::exact(&entry.watch),
+                lifecycle,
+                decision,
+                now,
+            }),
+        }
+    }
+
+    /// Carries out a written (or failed) transition; returns the key when
+    /// the watch changed under it and must be decided again.
+    fn finish(
+        &mut self,
+        t: Transition,
+        result: Result<Option<Applied>, StoreError>,
+    ) -> Option<WatchKey> {
+        let (tenant, id) = (&t.key.tenant, &t.key.id);
+        match result {
+            Ok(Some(Applied::Done { watch, events })) => {
+                if let Some(e) = events.iter().find(|e| e.kind.is_terminal()) {
+                    tracing::info!(tenant = %tenant, watch_id = %id, seq = e.seq,
+                        event = e.kind.name(), reason = %watch.lifecycle.reason, "watch finished");
+                }
+                self.hub.publish(&events);
+                self.settle(&t.key, watch, &t.decision);
+                None
+            }
+            Ok(Some(Applied::Conflict(current))) => {
+                self.insert(current);
+                Some(t.key)
+            }
+            Ok(None) => {
+                self.forget(&t.key);
+                None
+            }
+            Err(e) => {
+                tracing::error!(tenant = %tenant, watch_id = %id, error = %e, "cannot record a watch transition; retrying");
+                self.schedule(&t.key, t.now.plus(RETRY_AFTER));
+                None
+            }
+        }
+    }
+
+    /// Keeps `watch` as the decision left it and sets its next wake-up.
+    fn settle(&mut self, key: &WatchKey, watch: Watch, decision: &policy::Decision) {
+        let live = watch.state() == WatchState::Active || decision.wake_at.is_some();
+        if let Some(entry) = self.watches.get_mut(key) {
+            entry.watch = watch;
+        }
+        if decision.held_until_settled.is_some() {
+            self.held.insert(key.clone());
+        } else {
+            self.held.remove(key);
+        }
+        match decision.wake_at {
+            Some(at) => self.schedule(key, at),
+            None if live => self.unschedule(key),
+            None => self.forget(key),
+        }
     }
 
     async fn cancel(&mut self, key: &WatchKey, reason: String) -> Result<Watch, Error> {
