@@ -12,6 +12,13 @@
 //! `UpdateItem ADD 1` per notification plus one read per poll), and the rate
 //! at which notifications flow from SQS into DynamoDB. The emulator, not AWS,
 //! bounds that rate: every call is a local HTTP round trip into Python.
+//!
+//! Then one producer trace, side by side: the requests the classic
+//! Lambda + DynamoDB + SQS observer makes (one `UpdateItem` per notification,
+//! one `GetItem` and one delayed `SendMessage` per poll, its polls replayed by
+//! the same pure policy the service runs) and the requests streamwatch's
+//! store makes for the same notifications (counted as sent), with the
+//! detection delay after the last object for both.
 //! `--quick` runs a smaller size (CI checks the harness still runs).
 
 use std::{
@@ -23,10 +30,12 @@ use streamwatch_server::{
     Core,
     clock::{Clock, Timestamp},
     config::{Config, StoreKind},
-    policy::{Policy, Rule},
+    policy::{self, DelaySchedule, Policy, Rule},
     service::StartWatch,
-    store::{Activity, ActivityKind, Created, NewWatch, Store, dynamodb::DynamoStore},
-    watch::{Bucket, Prefix, TenantId, WatchId},
+    store::{
+        Activity, ActivityKind, Applied, Created, Guard, NewWatch, Store, dynamodb::DynamoStore,
+    },
+    watch::{Bucket, Prefix, TenantId, Watch, WatchId},
 };
 
 fn name(prefix: &str) -> String {
@@ -170,6 +179,203 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A day's export, deterministic: three producers over ten minutes (one
+/// object every 2s; one every 5s for 8 minutes, every fourth notification
+/// delivered twice; a burst of 20 every minute). Notifications as
+/// (milliseconds after the watch started, key), in delivery order.
+fn producer_trace() -> Vec<(i64, String)> {
+    let mut trace = Vec::new();
+    for i in 0..300 {
+        trace.push((2_000 * i + 500, format!("a/part-{i:04}.json")));
+    }
+    for i in 0..96 {
+        let key = format!("b/part-{i:04}.json");
+        trace.push((5_000 * i + 1_200, key.clone()));
+        if i % 4 == 3 {
+            trace.push((5_000 * i + 9_700, key));
+        }
+    }
+    for burst in 0..10 {
+        for j in 0..20 {
+            trace.push((
+                60_000 * burst + 30_000 + 40 * j,
+                format!("c/{burst:02}-{j:02}.json"),
+            ));
+        }
+    }
+    trace.sort();
+    trace
+}
+
+/// The classic rule's polls over `trace` until it completes: (polls,
+/// completion instant), both by the service's own policy.
+fn classic_polls(watch: &mut Watch, trace: &[(i64, String)]) -> (u64, i64) {
+    let mut polls = 0;
+    let mut now = Timestamp::from_millis(0);
+    let mut delivered = 0;
+    loop {
+        let decision = policy::evaluate(watch, now, Timestamp::MAX);
+        if let Some(lifecycle) = decision.lifecycle {
+            watch.lifecycle = lifecycle;
+        }
+        let done = decision.events.iter().any(|e| e.is_terminal());
+        // Every wake-up after the start is a poll: a delayed message that
+        // triggers the function, which reads the count.
+        if now.as_millis() > 0 {
+            polls += 1;
+        }
+        if done {
+            return (polls, now.as_millis());
+        }
+        let next = decision
+            .wake_at
+            .expect("an active polling watch wakes again");
+        // Notifications delivered before the next poll: the classic design
+        // counts every one (ADD 1), redeliveries included.
+        while delivered < trace.len() && trace[delivered].0 <= next.as_millis() {
+            watch.counters.event_count += 1;
+            watch.counters.object_count += 1;
+            watch.counters.last_activity_at = Some(Timestamp::from_millis(trace[delivered].0));
+            delivered += 1;
+        }
+        now = next;
+    }
+}
+
+async fn classic_side_by_side() -> anyhow::Result<()> {
+    let trace = producer_trace();
+    let last = trace.last().expect("a trace").0;
+    let distinct: std::collections::BTreeSet<&str> =
+        trace.iter().map(|(_, k)| k.as_str()).collect();
+
+    // The classic design, polling every 30s and done after 3 unchanged
+    // samples (the shortest fixed schedule without a false completion in
+    // server/DECISIONS.md).
+    let store = Arc::new(DynamoStore::new(
+        DynamoStore::client_from_env().await,
+        name("bench"),
+        Duration::from_secs(3600),
+    ));
+    store.create_table().await?;
+    let tenant = TenantId::parse("tenant", "bench")?;
+    let new = |policy: Policy| -> anyhow::Result<NewWatch> {
+        Ok(NewWatch {
+            tenant: tenant.clone(),
+            id: WatchId::generate(),
+            bucket: Bucket::parse("bucket", "data-lake")?,
+            prefix: Prefix::parse("prefix", "")?,
+            policy,
+            labels: Default::default(),
+            client_token: None,
+            created_at: Timestamp::from_millis(0),
+        })
+    };
+    let classic_policy = Policy {
+        rule: Rule::Polling {
+            delay: Duration::from_secs(30),
+            max_repeats: 3,
+            schedule: DelaySchedule::Fixed,
+        },
+        ..Policy::default()
+    };
+    let Created::New {
+        watch: mut classic, ..
+    } = store.create_watch(new(classic_policy)?).await?
+    else {
+        anyhow::bail!("watch exists")
+    };
+    let (polls, classic_done) = classic_polls(&mut classic, &trace);
+    let classic_requests = trace.len() as u64 + 2 * polls;
+
+    // streamwatch: the same notifications as SQS receives of up to 10, into
+    // the store; a 2m quiet period (likewise the shortest without a false
+    // completion there) completes with one transaction and no polls.
+    let window = Duration::from_secs(120);
+    let Created::New { watch, .. } = store
+        .create_watch(new(Policy {
+            rule: Rule::QuietPeriod { window },
+            ..Policy::default()
+        })?)
+        .await?
+    else {
+        anyhow::bail!("watch exists")
+    };
+    let mut first_delivery = std::collections::HashMap::new();
+    for (at, key) in &trace {
+        first_delivery.entry(key.as_str()).or_insert(*at);
+    }
+    let before = snapshot(&store);
+    for receive in trace.chunks(10) {
+        let activities = receive
+            .iter()
+            .map(|(_, key)| Activity {
+                tenant: tenant.clone(),
+                watch_id: watch.id.clone(),
+                kind: ActivityKind::Created,
+                key: key.clone(),
+                // S3's sequencer for the object's write; a redelivery repeats it.
+                sequencer: format!("{:016X}", first_delivery[key.as_str()]),
+            })
+            .collect();
+        let at = Timestamp::from_millis(receive.last().expect("a receive").0);
+        store.record(activities, at).await?;
+    }
+    let mut current = store.get_watch(&tenant, &watch.id).await?.expect("watch");
+    let mut now = Timestamp::from_millis(last);
+    let completed_at = loop {
+        let decision = policy::evaluate(&current, now, Timestamp::MAX);
+        if let Some(lifecycle) = decision.lifecycle {
+            let Some(Applied::Done { watch: applied, .. }) = store
+                .apply(
+                    &tenant,
+                    &watch.id,
+                    Guard::exact(&current),
+                    lifecycle,
+                    decision.events,
+                    now,
+                )
+                .await?
+            else {
+                anyhow::bail!("the completion did not apply")
+            };
+            current = applied;
+        }
+        if current.state().is_terminal() {
+            break now.as_millis();
+        }
+        now = decision.wake_at.expect("an active watch wakes again");
+    };
+    let after = snapshot(&store);
+    anyhow::ensure!(
+        current.counters.object_count == distinct.len() as u64,
+        "streamwatch counted {} of {} distinct objects",
+        current.counters.object_count,
+        distinct.len()
+    );
+    println!(
+        "one producer trace: {} notifications of {} objects, the last {:.1}s after the start",
+        trace.len(),
+        distinct.len(),
+        last as f64 / 1000.0
+    );
+    println!(
+        "  classic (poll 30s, 3 unchanged): {classic_requests} requests ({} UpdateItem, {polls} GetItem, \
+         {polls} SendMessage), counts {} objects, completes {:.1}s after the last object",
+        trace.len(),
+        classic.counters.object_count,
+        (classic_done - last) as f64 / 1000.0
+    );
+    println!(
+        "  streamwatch (quiet 2m): {} requests ({} WCU, {} RCU), counts {} objects, completes {:.1}s after the last object",
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+        current.counters.object_count,
+        (completed_at - last) as f64 / 1000.0
+    );
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     if std::env::var_os("AWS_ENDPOINT_URL").is_none() {
@@ -188,5 +394,6 @@ async fn main() -> anyhow::Result<()> {
          it over-counts every redelivery"
     );
     sqs_to_dynamodb(objects).await?;
+    classic_side_by_side().await?;
     Ok(())
 }
