@@ -176,6 +176,7 @@ impl From<Policy> for v1::Policy {
             timeout: policy.timeout.map(proto_duration),
             late_window: policy.late_window.map(proto_duration),
             reconcile: policy.reconcile,
+            ..Default::default()
         }
     }
 }

@@ -291,6 +291,7 @@ impl EventJson {
                 json.object_count = Some(r.object_count);
                 json.reason = Some(r.reason.clone());
             }
+            Some(Kind::DeliveryFailed(d)) => json.reason = Some(d.last_error.clone()),
             None => {}
         }
         json
@@ -330,6 +331,10 @@ pub fn event_line(event: &v1::WatchEvent) -> String {
         Some(Kind::TimedOut(t)) => format!("objects {}: {}", t.object_count, t.reason),
         Some(Kind::Cancelled(c)) => c.reason.clone(),
         Some(Kind::Reopened(r)) => format!("objects {}: {}", r.object_count, r.reason),
+        Some(Kind::DeliveryFailed(d)) => format!(
+            "event #{} to target {} after {} attempts: {}",
+            d.seq, d.target, d.attempts, d.last_error
+        ),
         None => String::new(),
     };
     let kind = event.kind_name();
