@@ -152,7 +152,10 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
     if p.notify.len() > MAX_NOTIFY_TARGETS {
         return Err(Error::invalid(
             "policy.notify",
-            format!("has {} targets; at most {MAX_NOTIFY_TARGETS}", p.notify.len()),
+            format!(
+                "has {} targets; at most {MAX_NOTIFY_TARGETS}",
+                p.notify.len()
+            ),
         ));
     }
     let targets = p
@@ -201,7 +204,10 @@ fn required_text(field: &str, value: &str) -> Result<String, Error> {
 fn notify_target_from_proto(field: &str, t: &v1::NotifyTarget) -> Result<NotifyTarget, Error> {
     use v1::notify_target::Target;
     match &t.target {
-        None => Err(Error::invalid(field, "names no target (webhook, sqs or sns)")),
+        None => Err(Error::invalid(
+            field,
+            "names no target (webhook, sqs or sns)",
+        )),
         Some(Target::Webhook(w)) => {
             let url_field = format!("{field}.webhook.url");
             let url = required_text(&url_field, &w.url)?;
@@ -330,7 +336,12 @@ pub fn policy_to_proto(p: &Policy) -> v1::Policy {
         timeout: p.timeout.map(proto_duration),
         late_window: p.late_window.map(proto_duration),
         reconcile: p.reconcile,
-        notify: p.notify.targets.iter().map(notify_target_to_proto).collect(),
+        notify: p
+            .notify
+            .targets
+            .iter()
+            .map(notify_target_to_proto)
+            .collect(),
         notify_reopened: p.notify.reopened,
     }
 }

@@ -131,8 +131,7 @@ impl Tenants {
                 ));
             }
             let buckets = entry.buckets.iter().map(|p| WildMatch::new(p)).collect();
-            let callbacks =
-                Callbacks::parse(i, &entry.callback_urls, entry.callback_secrets)?;
+            let callbacks = Callbacks::parse(i, &entry.callback_urls, entry.callback_secrets)?;
             tenants.push(Tenant {
                 id,
                 token_digests,
@@ -341,11 +340,13 @@ impl Callbacks {
             .contains("://")
             .then(|| url::Url::parse(address).ok())
             .flatten();
-        self.patterns.iter().any(|(whole, parts)| match (&url, parts) {
-            (Some(url), Some(parts)) => parts.matches(url),
-            (None, None) => whole.matches(address),
-            _ => false,
-        })
+        self.patterns
+            .iter()
+            .any(|(whole, parts)| match (&url, parts) {
+                (Some(url), Some(parts)) => parts.matches(url),
+                (None, None) => whole.matches(address),
+                _ => false,
+            })
     }
 
     /// Whether a pattern matching `url` names its host exactly (no wildcard in the host).
@@ -353,9 +354,11 @@ impl Callbacks {
         let Ok(url) = url::Url::parse(url) else {
             return false;
         };
-        self.patterns
-            .iter()
-            .any(|(_, parts)| parts.as_ref().is_some_and(|p| p.exact_host && p.matches(&url)))
+        self.patterns.iter().any(|(_, parts)| {
+            parts
+                .as_ref()
+                .is_some_and(|p| p.exact_host && p.matches(&url))
+        })
     }
 }
 

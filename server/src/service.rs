@@ -123,7 +123,8 @@ impl Service {
             self.tenants.check_notify_target(tenant, &field, target)?;
             if let NotifyTarget::Webhook { url, .. } = target {
                 let field = format!("{field}.webhook.url");
-                let parsed = url::Url::parse(url).map_err(|e| Error::invalid(&field, e.to_string()))?;
+                let parsed =
+                    url::Url::parse(url).map_err(|e| Error::invalid(&field, e.to_string()))?;
                 let pinned = self.tenants.callback_host_pinned(tenant, url);
                 address::check(&parsed, pinned)
                     .await
@@ -134,7 +135,11 @@ impl Service {
     }
 
     /// The watch's callback deliveries (none for a watch without notify targets).
-    pub async fn deliveries(&self, tenant: &TenantId, id: &WatchId) -> Result<Vec<Delivery>, Error> {
+    pub async fn deliveries(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+    ) -> Result<Vec<Delivery>, Error> {
         Ok(self.store.deliveries(tenant, id).await?)
     }
 

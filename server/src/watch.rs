@@ -248,9 +248,16 @@ impl WatchState {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum NotifyTarget {
     /// HTTP POST, signed with the tenant's callback secret named `secret_ref`.
-    Webhook { url: String, secret_ref: String },
-    Sqs { queue_url: String },
-    Sns { topic_arn: String },
+    Webhook {
+        url: String,
+        secret_ref: String,
+    },
+    Sqs {
+        queue_url: String,
+    },
+    Sns {
+        topic_arn: String,
+    },
 }
 
 impl NotifyTarget {

@@ -82,7 +82,10 @@ async fn invalid_start_requests_name_the_field_and_create_nothing() {
         (start_request("", "", ok_policy.clone()), "bucket"),
         (start_request("Bad_Bucket", "", ok_policy.clone()), "bucket"),
         (start_request("ab", "", ok_policy.clone()), "bucket"),
-        (start_request("192.168.1.1", "", ok_policy.clone()), "bucket"),
+        (
+            start_request("192.168.1.1", "", ok_policy.clone()),
+            "bucket",
+        ),
         (
             start_request("data-lake", &"p".repeat(1025), ok_policy.clone()),
             "prefix",

@@ -178,7 +178,10 @@ async fn finished_delivery(client: &mut streamwatch_client::Client, id: &str) ->
         {
             return watch;
         }
-        assert!(tokio::time::Instant::now() < deadline, "delivery never finished: {watch:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "delivery never finished: {watch:?}"
+        );
         // The delivery is recorded by a task the client cannot await; poll its record.
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -194,12 +197,20 @@ async fn a_refusing_receiver_gets_exactly_one_accepted_signed_delivery() {
 
     let mut seen = Vec::new();
     while seen.last().is_none_or(|r: &Received| r.status != 200) {
-        let r = tokio::time::timeout(LIMIT, requests.recv()).await.expect("a delivery attempt");
+        let r = tokio::time::timeout(LIMIT, requests.recv())
+            .await
+            .expect("a delivery attempt");
         seen.push(r.unwrap());
     }
     let watch = finished_delivery(&mut client, &watch.watch_id).await;
-    assert!(requests.try_recv().is_err(), "nothing after the accepted attempt");
-    assert_eq!(seen.iter().map(|r| r.status).collect::<Vec<_>>(), [503, 503, 200]);
+    assert!(
+        requests.try_recv().is_err(),
+        "nothing after the accepted attempt"
+    );
+    assert_eq!(
+        seen.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [503, 503, 200]
+    );
 
     // Every attempt carries the same signed body and idempotency key.
     let key = format!("{}:1:2", watch.watch_id);
@@ -219,7 +230,10 @@ async fn a_refusing_receiver_gets_exactly_one_accepted_signed_delivery() {
     let d = &watch.deliveries[0];
     assert_eq!(d.state, v1::DeliveryState::Delivered as i32);
     assert_eq!((d.seq, d.target, d.attempts), (2, 0, 3));
-    assert_eq!((d.last_status.as_str(), d.last_error.as_str()), ("HTTP 200", ""));
+    assert_eq!(
+        (d.last_status.as_str(), d.last_error.as_str()),
+        ("HTTP 200", "")
+    );
     assert_eq!(d.idempotency_key, key);
     // The watch shows where its events go.
     assert_eq!(watch.policy.unwrap().notify, vec![webhook(&url, "main")]);
@@ -232,13 +246,41 @@ async fn targets_the_tenant_does_not_allow_are_refused_at_start() {
     let server = start_server(&dir, &["http://*:*/open/*"]).await;
     let mut client = server.client_with_token(ACME_TOKEN).await;
     let cases = [
-        (webhook("https://evil.example/hooks/x", "main"), "policy.notify[0].webhook.url", "callback_urls"),
-        (webhook("http://127.0.0.1:9/hooks/x", "nope"), "policy.notify[0].webhook.secret_ref", "callback_secrets"),
-        (webhook("ftp://127.0.0.1:9/hooks/x", "main"), "policy.notify[0].webhook.url", "http"),
-        (webhook("http://169.254.169.254/open/latest", "main"), "policy.notify[0].webhook.url", "metadata"),
-        (webhook("http://localhost:9/open/x", "main"), "policy.notify[0].webhook.url", "loopback"),
-        (webhook("http://[fd00:ec2::254]/open/x", "main"), "policy.notify[0].webhook.url", "metadata"),
-        (v1::NotifyTarget { target: None }, "policy.notify[0]", "no target"),
+        (
+            webhook("https://evil.example/hooks/x", "main"),
+            "policy.notify[0].webhook.url",
+            "callback_urls",
+        ),
+        (
+            webhook("http://127.0.0.1:9/hooks/x", "nope"),
+            "policy.notify[0].webhook.secret_ref",
+            "callback_secrets",
+        ),
+        (
+            webhook("ftp://127.0.0.1:9/hooks/x", "main"),
+            "policy.notify[0].webhook.url",
+            "http",
+        ),
+        (
+            webhook("http://169.254.169.254/open/latest", "main"),
+            "policy.notify[0].webhook.url",
+            "metadata",
+        ),
+        (
+            webhook("http://localhost:9/open/x", "main"),
+            "policy.notify[0].webhook.url",
+            "loopback",
+        ),
+        (
+            webhook("http://[fd00:ec2::254]/open/x", "main"),
+            "policy.notify[0].webhook.url",
+            "metadata",
+        ),
+        (
+            v1::NotifyTarget { target: None },
+            "policy.notify[0]",
+            "no target",
+        ),
         (
             v1::NotifyTarget {
                 target: Some(v1::notify_target::Target::Sqs(v1::SqsTarget {
@@ -254,9 +296,16 @@ async fn targets_the_tenant_does_not_allow_are_refused_at_start() {
             .start_watch(notifying(vec![target.clone()]))
             .await
             .expect_err("refused");
-        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{target:?}: {err}");
+        assert_eq!(
+            err.code(),
+            tonic::Code::InvalidArgument,
+            "{target:?}: {err}"
+        );
         let message = err.status().unwrap().message().to_owned();
-        assert!(message.contains(&format!("invalid {field}:")), "{target:?}: {message}");
+        assert!(
+            message.contains(&format!("invalid {field}:")),
+            "{target:?}: {message}"
+        );
         assert!(message.contains(says), "{target:?}: {message}");
         assert!(!message.contains(SECRET));
     }
@@ -293,7 +342,10 @@ async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
         {
             return (child, endpoint);
         }
-        assert!(tokio::time::Instant::now() < deadline, "server did not come up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "server did not come up"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await; // polling a port that is not open yet
     }
 }
@@ -304,7 +356,13 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
     let dead = Arc::new(AtomicBool::new(false));
     let (addr, mut requests) = receiver({
         let dead = dead.clone();
-        move |_| if dead.load(Ordering::SeqCst) { 200 } else { 503 }
+        move |_| {
+            if dead.load(Ordering::SeqCst) {
+                200
+            } else {
+                503
+            }
+        }
     })
     .await;
     let dir = DataDir::new();
@@ -318,7 +376,10 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
         .await
         .watch_id;
     // The completion is committed once an attempt arrives; it is refused.
-    let first = tokio::time::timeout(LIMIT, requests.recv()).await.unwrap().unwrap();
+    let first = tokio::time::timeout(LIMIT, requests.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(first.status, 503);
     child.start_kill().unwrap(); // SIGKILL
     child.wait().await.unwrap();
@@ -333,15 +394,24 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
         .await
         .unwrap();
     let accepted = loop {
-        let r = tokio::time::timeout(LIMIT, requests.recv()).await.unwrap().unwrap();
+        let r = tokio::time::timeout(LIMIT, requests.recv())
+            .await
+            .unwrap()
+            .unwrap();
         if r.status == 200 {
             break r;
         }
     };
     let watch = finished_delivery(&mut client, &id).await;
-    assert!(requests.try_recv().is_err(), "exactly one accepted delivery");
+    assert!(
+        requests.try_recv().is_err(),
+        "exactly one accepted delivery"
+    );
     assert!(accepted.signature_is_valid());
-    assert_eq!(accepted.body, first.body, "the same document as before the crash");
+    assert_eq!(
+        accepted.body, first.body,
+        "the same document as before the crash"
+    );
     assert_eq!(accepted.headers["idempotency-key"], format!("{id}:1:2"));
     assert_eq!(
         watch.deliveries[0].state,
@@ -352,7 +422,14 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
 /// A queue on the emulator and its ARN.
 async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
     use aws_sdk_sqs::types::QueueAttributeName;
-    let url = sqs.create_queue().queue_name(name).send().await.unwrap().queue_url.unwrap();
+    let url = sqs
+        .create_queue()
+        .queue_name(name)
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
     let arn = sqs
         .get_queue_attributes()
         .queue_url(&url)
@@ -382,7 +459,10 @@ async fn one_message(sqs: &aws_sdk_sqs::Client, url: &str) -> aws_sdk_sqs::types
         if let Some(m) = out.messages.unwrap_or_default().into_iter().next() {
             return m;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no message on {url}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no message on {url}"
+        );
     }
 }
 
@@ -445,5 +525,8 @@ async fn an_sns_target_publishes_the_completion() {
     assert_eq!(body["idempotency_key"], format!("{id}:1:2"));
     assert_eq!(body["watch"]["state"], "COMPLETED");
     let watch = finished_delivery(&mut client, &id).await;
-    assert_eq!(watch.deliveries[0].state, v1::DeliveryState::Delivered as i32);
+    assert_eq!(
+        watch.deliveries[0].state,
+        v1::DeliveryState::Delivered as i32
+    );
 }

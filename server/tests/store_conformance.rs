@@ -13,7 +13,9 @@ use streamwatch_server::{
         Activity, ActivityKind, Applied, Created, DeliveryState, Guard, ListQuery, NewWatch,
         Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
     },
-    watch::{Bucket, EventKind, Lifecycle, Notify, NotifyTarget, Prefix, TenantId, WatchId, WatchState},
+    watch::{
+        Bucket, EventKind, Lifecycle, Notify, NotifyTarget, Prefix, TenantId, WatchId, WatchState,
+    },
 };
 
 const NOW: Timestamp = Timestamp::from_millis(1_800_000_000_000);
@@ -521,15 +523,37 @@ async fn terminal_events_write_outbox_entries_with_the_event(store: Arc<dyn Stor
     let watch = create(&*store, new.clone()).await;
     // Progress is never delivered.
     store
-        .record(vec![activity(&new, ActivityKind::Created, "day=1/a", "")], NOW)
+        .record(
+            vec![activity(&new, ActivityKind::Created, "day=1/a", "")],
+            NOW,
+        )
         .await
         .unwrap();
-    assert!(store.deliveries(&new.tenant, &new.id).await.unwrap().is_empty());
+    assert!(
+        store
+            .deliveries(&new.tenant, &new.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // A decision on a stale snapshot lands nothing, outbox included.
-    assert!(matches!(complete(&*store, &watch).await, Some(Applied::Conflict(_))));
-    assert!(store.deliveries(&new.tenant, &new.id).await.unwrap().is_empty());
+    assert!(matches!(
+        complete(&*store, &watch).await,
+        Some(Applied::Conflict(_))
+    ));
+    assert!(
+        store
+            .deliveries(&new.tenant, &new.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 
-    let current = store.get_watch(&new.tenant, &new.id).await.unwrap().unwrap();
+    let current = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
     let Some(Applied::Done { events, .. }) = complete(&*store, &current).await else {
         panic!("completes");
     };
@@ -539,14 +563,32 @@ async fn terminal_events_write_outbox_entries_with_the_event(store: Arc<dyn Stor
     for (i, d) in deliveries.iter().enumerate() {
         assert_eq!((d.seq, d.generation, d.target_index), (seq, 1, i as u32));
         assert_eq!(d.target, new.policy.notify.targets[i]);
-        assert_eq!((d.state, d.attempts, d.next_attempt_at), (DeliveryState::Pending, 0, NOW));
+        assert_eq!(
+            (d.state, d.attempts, d.next_attempt_at),
+            (DeliveryState::Pending, 0, NOW)
+        );
         assert!(d.body.contains(&d.idempotency_key()), "{}", d.body);
     }
     // Another tenant sees none of them; a watch without targets has none.
-    assert!(store.deliveries(&tenant("globex"), &new.id).await.unwrap().is_empty());
+    assert!(
+        store
+            .deliveries(&tenant("globex"), &new.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let plain = create(&*store, new_watch("acme", None)).await;
-    assert!(matches!(complete(&*store, &plain).await, Some(Applied::Done { .. })));
-    assert!(store.deliveries(&plain.tenant, &plain.id).await.unwrap().is_empty());
+    assert!(matches!(
+        complete(&*store, &plain).await,
+        Some(Applied::Done { .. })
+    ));
+    assert!(
+        store
+            .deliveries(&plain.tenant, &plain.id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 async fn due_deliveries_are_claimed_once_per_lease(store: Arc<dyn Store>) {
@@ -555,7 +597,12 @@ async fn due_deliveries_are_claimed_once_per_lease(store: Arc<dyn Store>) {
     let lease = NOW.plus(Duration::from_secs(10));
     let claimed = store.claim_deliveries(NOW, lease, 10).await.unwrap();
     assert_eq!(claimed.deliveries.len(), 2);
-    assert!(claimed.deliveries.iter().all(|d| d.next_attempt_at == lease));
+    assert!(
+        claimed
+            .deliveries
+            .iter()
+            .all(|d| d.next_attempt_at == lease)
+    );
     // Leased: nobody else gets them before the lease ends.
     let again = store.claim_deliveries(NOW, lease, 10).await.unwrap();
     assert!(again.deliveries.is_empty());
@@ -564,14 +611,22 @@ async fn due_deliveries_are_claimed_once_per_lease(store: Arc<dyn Store>) {
     let later = lease.plus(Duration::from_secs(10));
     let reclaimed = store.claim_deliveries(lease, later, 1).await.unwrap();
     assert_eq!(reclaimed.deliveries.len(), 1);
-    assert!(reclaimed.next_due.is_some_and(|at| at <= lease), "one more is due");
+    assert!(
+        reclaimed.next_due.is_some_and(|at| at <= lease),
+        "one more is due"
+    );
 }
 
 async fn attempts_are_fenced_by_the_lease_and_failures_logged(store: Arc<dyn Store>) {
     let watch = create(&*store, notifying_watch("acme")).await;
     complete(&*store, &watch).await.unwrap();
     let lease = NOW.plus(Duration::from_secs(10));
-    let mut d = store.claim_deliveries(NOW, lease, 1).await.unwrap().deliveries.remove(0);
+    let mut d = store
+        .claim_deliveries(NOW, lease, 1)
+        .await
+        .unwrap()
+        .deliveries
+        .remove(0);
     d.attempts = 1;
     d.last_status = "HTTP 503".into();
     d.last_error = "HTTP 503: busy".into();
@@ -585,14 +640,24 @@ async fn attempts_are_fenced_by_the_lease_and_failures_logged(store: Arc<dyn Sto
     let recorded = store.finish_delivery(&d, lease, None, NOW).await.unwrap();
     assert_eq!(recorded, Some(Vec::new()));
     let stored = store.deliveries(&watch.tenant, &watch.id).await.unwrap();
-    let stored = stored.iter().find(|s| s.target_index == d.target_index).unwrap();
+    let stored = stored
+        .iter()
+        .find(|s| s.target_index == d.target_index)
+        .unwrap();
     assert_eq!(stored, &d);
 
     // Due again at its retry time; this time it fails for good, with an event.
     let retry_at = NOW.plus(Duration::from_secs(5));
     let lease = retry_at.plus(Duration::from_secs(10));
-    let claimed = store.claim_deliveries(retry_at, lease, 10).await.unwrap().deliveries;
-    let mut d = claimed.into_iter().find(|c| c.target_index == d.target_index).unwrap();
+    let claimed = store
+        .claim_deliveries(retry_at, lease, 10)
+        .await
+        .unwrap()
+        .deliveries;
+    let mut d = claimed
+        .into_iter()
+        .find(|c| c.target_index == d.target_index)
+        .unwrap();
     d.attempts = 2;
     d.state = DeliveryState::Failed;
     d.finished_at = Some(retry_at);
@@ -602,24 +667,48 @@ async fn attempts_are_fenced_by_the_lease_and_failures_logged(store: Arc<dyn Sto
         attempts: 2,
         last_error: d.last_error.clone(),
     };
-    let before = store.get_watch(&watch.tenant, &watch.id).await.unwrap().unwrap();
+    let before = store
+        .get_watch(&watch.tenant, &watch.id)
+        .await
+        .unwrap()
+        .unwrap();
     let appended = store
         .finish_delivery(&d, lease, Some(event.clone()), retry_at)
         .await
         .unwrap()
         .expect("the lease holds");
     assert_eq!(appended.len(), 1);
-    assert_eq!((appended[0].seq, &appended[0].kind), (before.last_seq + 1, &event));
-    let after = store.get_watch(&watch.tenant, &watch.id).await.unwrap().unwrap();
+    assert_eq!(
+        (appended[0].seq, &appended[0].kind),
+        (before.last_seq + 1, &event)
+    );
+    let after = store
+        .get_watch(&watch.tenant, &watch.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(after.last_seq, before.last_seq + 1);
-    assert_eq!(after.lifecycle, before.lifecycle, "a delivery changes no lifecycle");
-    let log = store.events_after(&watch.tenant, &watch.id, before.last_seq, 10).await.unwrap();
+    assert_eq!(
+        after.lifecycle, before.lifecycle,
+        "a delivery changes no lifecycle"
+    );
+    let log = store
+        .events_after(&watch.tenant, &watch.id, before.last_seq, 10)
+        .await
+        .unwrap();
     assert_eq!(log.len(), 1);
     assert_eq!(log[0].kind, event);
     // A finished delivery is never claimed again.
     let far = retry_at.plus(Duration::from_secs(3600));
-    let left = store.claim_deliveries(far, far.plus(Duration::from_secs(10)), 10).await.unwrap();
-    assert!(left.deliveries.iter().all(|c| c.target_index != d.target_index));
+    let left = store
+        .claim_deliveries(far, far.plus(Duration::from_secs(10)), 10)
+        .await
+        .unwrap();
+    assert!(
+        left.deliveries
+            .iter()
+            .all(|c| c.target_index != d.target_index)
+    );
 }
 
 fn rand_suffix() -> String {

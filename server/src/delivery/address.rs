@@ -53,8 +53,7 @@ pub async fn check(url: &reqwest::Url, pinned: bool) -> Result<(), String> {
         url::Host::Ipv4(ip) => vec![SocketAddr::new(ip.into(), port)],
         url::Host::Ipv6(ip) => vec![SocketAddr::new(ip.into(), port)],
         url::Host::Domain(name) => {
-            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
-                .await
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port))).await
             {
                 Ok(Ok(addrs)) => addrs.collect(),
                 Ok(Err(_)) | Err(_) => Vec::new(),
@@ -109,7 +108,13 @@ mod tests {
         ] {
             assert!(is_guarded(ip.parse().unwrap()), "{ip}");
         }
-        for ip in ["10.0.0.5", "192.168.1.1", "203.0.113.9", "2001:db8::1", "fd00:ec2::253"] {
+        for ip in [
+            "10.0.0.5",
+            "192.168.1.1",
+            "203.0.113.9",
+            "2001:db8::1",
+            "fd00:ec2::253",
+        ] {
             assert!(!is_guarded(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -210,7 +210,12 @@ impl Deliverer {
             let mut next_due = None;
             if room > 0 {
                 let lease_until = now.plus(self.ctx.config.lease());
-                match self.ctx.store.claim_deliveries(now, lease_until, room).await {
+                match self
+                    .ctx
+                    .store
+                    .claim_deliveries(now, lease_until, room)
+                    .await
+                {
                     Ok(claimed) => {
                         next_due = claimed.next_due;
                         for delivery in claimed.deliveries {

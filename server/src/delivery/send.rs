@@ -103,12 +103,19 @@ impl Targets {
         address::check(&url, pinned)
             .await
             .map_err(|e| Failure::new("", e))?;
-        let client = if pinned { &self.http_pinned } else { &self.http };
+        let client = if pinned {
+            &self.http_pinned
+        } else {
+            &self.http
+        };
         let mut request = client
             .post(url)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .header(IDEMPOTENCY_HEADER, d.idempotency_key())
-            .header(SIGNATURE_HEADER, signature(secret.expose(), d.body.as_bytes()))
+            .header(
+                SIGNATURE_HEADER,
+                signature(secret.expose(), d.body.as_bytes()),
+            )
             .body(d.body.clone());
         if let Some(traceparent) = &d.traceparent {
             request = request.header(TRACEPARENT_HEADER, traceparent);

@@ -18,7 +18,9 @@ use crate::{
     hub::Hub,
     policy::{self, Policy},
     store::{Applied, Created, Guard, NewWatch, Store, sqlite::SqliteStore},
-    watch::{Bucket, EventKind, Notify, NotifyTarget, Prefix, TenantId, Watch, WatchId, WatchState},
+    watch::{
+        Bucket, EventKind, Notify, NotifyTarget, Prefix, TenantId, Watch, WatchId, WatchState,
+    },
 };
 
 const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
@@ -94,7 +96,14 @@ async fn setup(script: Vec<Result<String, Failure>>, config: DeliveryConfig) -> 
         reason: "quiet".into(),
     }];
     let Some(Applied::Done { watch, .. }) = store
-        .apply(&tenant, &watch.id, Guard::exact(&watch), lifecycle, completed, T0)
+        .apply(
+            &tenant,
+            &watch.id,
+            Guard::exact(&watch),
+            lifecycle,
+            completed,
+            T0,
+        )
         .await
         .unwrap()
     else {
@@ -166,7 +175,11 @@ async fn a_refused_delivery_is_retried_with_backoff_until_accepted() {
     );
     // The accepted attempt is recorded; nothing is attempted after it.
     let deliveries = loop {
-        let d = s.store.deliveries(&s.watch.tenant, &s.watch.id).await.unwrap();
+        let d = s
+            .store
+            .deliveries(&s.watch.tenant, &s.watch.id)
+            .await
+            .unwrap();
         if d[0].state != DeliveryState::Pending {
             break d;
         }
@@ -175,7 +188,12 @@ async fn a_refused_delivery_is_retried_with_backoff_until_accepted() {
     assert_eq!(deliveries.len(), 1);
     let d = &deliveries[0];
     assert_eq!(
-        (d.state, d.attempts, d.last_status.as_str(), d.last_error.as_str()),
+        (
+            d.state,
+            d.attempts,
+            d.last_status.as_str(),
+            d.last_error.as_str()
+        ),
         (DeliveryState::Delivered, 3, "HTTP 200", "")
     );
     assert_eq!(d.idempotency_key(), format!("{}:1:2", s.watch.id));
@@ -203,9 +221,17 @@ async fn a_delivery_that_never_succeeds_fails_at_the_deadline_with_an_event() {
         }
     };
     assert!(last <= T0.plus(deadline), "no attempt after the deadline");
-    let d = &s.store.deliveries(&s.watch.tenant, &s.watch.id).await.unwrap()[0];
+    let d = &s
+        .store
+        .deliveries(&s.watch.tenant, &s.watch.id)
+        .await
+        .unwrap()[0];
     assert_eq!(d.state, DeliveryState::Failed);
-    assert!(d.attempts >= 4, "1s, 2s, 4s steps fit in 10s: {}", d.attempts);
+    assert!(
+        d.attempts >= 4,
+        "1s, 2s, 4s steps fit in 10s: {}",
+        d.attempts
+    );
     assert_eq!(d.last_error, "HTTP 503: busy");
     assert_eq!(
         failed.kind,
@@ -217,11 +243,19 @@ async fn a_delivery_that_never_succeeds_fails_at_the_deadline_with_an_event() {
         }
     );
     assert_eq!(failed.seq, 3, "appended to the watch's log");
-    let watch = s.store.get_watch(&s.watch.tenant, &s.watch.id).await.unwrap().unwrap();
+    let watch = s
+        .store
+        .get_watch(&s.watch.tenant, &s.watch.id)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(watch.last_seq, 3);
     assert_eq!(s.stats.failed.load(Ordering::Relaxed), 1);
     tokio::time::sleep(Duration::from_secs(3600)).await;
-    assert!(s.made.try_recv().is_err(), "a failed delivery is not attempted again");
+    assert!(
+        s.made.try_recv().is_err(),
+        "a failed delivery is not attempted again"
+    );
     s.end.cancel();
 }
 

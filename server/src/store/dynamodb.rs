@@ -1097,7 +1097,8 @@ impl Store for DynamoStore {
                     due(lease_until, &mut claimed);
                     claimed.deliveries.push(d);
                 }
-                Err(SdkError::ServiceError(e)) if e.err().is_conditional_check_failed_exception() => {}
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
                 Err(e) => return Err(aws(e)),
             }
         }
@@ -1165,7 +1166,8 @@ impl Store for DynamoStore {
                 .map_err(aws)?;
             self.count(1, 1, 0, 1);
             let held = current.item.is_some_and(|i| {
-                i.contains_key("live_shard") && get_n::<i64>(&i, "next_at").ok() == Some(lease.as_millis())
+                i.contains_key("live_shard")
+                    && get_n::<i64>(&i, "next_at").ok() == Some(lease.as_millis())
             });
             if !held {
                 return Ok(None);

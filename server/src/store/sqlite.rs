@@ -24,8 +24,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, ListQuery,
-    NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
+    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, ListQuery, NewWatch,
+    RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
 };
 use crate::{
     clock::Timestamp,
@@ -145,7 +145,10 @@ enum Pending {
     Apply(Reply<Option<Applied>>, Result<Option<Applied>>),
     Retire(Reply<()>, Result<()>),
     Claim(Reply<Claimed>, Result<Claimed>),
-    Finish(Reply<Option<Vec<WatchEvent>>>, Result<Option<Vec<WatchEvent>>>),
+    Finish(
+        Reply<Option<Vec<WatchEvent>>>,
+        Result<Option<Vec<WatchEvent>>>,
+    ),
 }
 
 impl Pending {
@@ -736,12 +739,14 @@ fn finish(conn: &Connection, args: FinishArgs) -> Result<Option<Vec<WatchEvent>>
         && let Some(mut watch) = load_watch(conn, &d.tenant, &d.watch_id)?
     {
         events = append_events(conn, &mut watch, vec![kind], args.now)?;
-        conn.prepare_cached("UPDATE watches SET last_seq = ?3 WHERE tenant = ?1 AND watch_id = ?2")?
-            .execute(params![
-                watch.tenant.as_str(),
-                watch.id.as_str(),
-                to_i64(watch.last_seq)
-            ])?;
+        conn.prepare_cached(
+            "UPDATE watches SET last_seq = ?3 WHERE tenant = ?1 AND watch_id = ?2",
+        )?
+        .execute(params![
+            watch.tenant.as_str(),
+            watch.id.as_str(),
+            to_i64(watch.last_seq)
+        ])?;
     }
     Ok(Some(events))
 }
