@@ -460,3 +460,41 @@ pub struct WatchEvent {
     pub generation: u32,
     pub kind: EventKind,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_wants_terminal_events_and_reopened_only_when_asked() {
+        let target = NotifyTarget::Sqs {
+            queue_url: "https://sqs.example/q".into(),
+        };
+        let completed = EventKind::Completed {
+            object_count: 1,
+            reason: String::new(),
+        };
+        let reopened = EventKind::Reopened {
+            object_count: 2,
+            reason: String::new(),
+        };
+        let progress = EventKind::Progress {
+            counters: Counters::default(),
+        };
+        let cancelled = EventKind::Cancelled {
+            reason: String::new(),
+        };
+        let mut notify = Notify {
+            targets: vec![target],
+            reopened: false,
+        };
+        assert!(notify.wants(&completed) && notify.wants(&cancelled));
+        assert!(!notify.wants(&reopened) && !notify.wants(&progress));
+        notify.reopened = true;
+        assert!(notify.wants(&reopened));
+        assert!(
+            !Notify::default().wants(&completed),
+            "no targets, nothing wanted"
+        );
+    }
+}

@@ -235,7 +235,90 @@ impl Transport for Targets {
 
 #[cfg(test)]
 mod tests {
-    use super::signature;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{
+        clock::Timestamp,
+        store::DeliveryState,
+        watch::{TenantId, WatchId},
+    };
+
+    fn delivery(target: NotifyTarget) -> Delivery {
+        Delivery {
+            tenant: TenantId::parse("t", "acme").unwrap(),
+            watch_id: WatchId::generate(),
+            seq: 2,
+            generation: 1,
+            target_index: 0,
+            target,
+            body: "{}".into(),
+            traceparent: None,
+            state: DeliveryState::Pending,
+            attempts: 0,
+            created_at: Timestamp::from_millis(0),
+            next_attempt_at: Timestamp::from_millis(0),
+            last_status: String::new(),
+            last_error: String::new(),
+            finished_at: None,
+        }
+    }
+
+    /// `acme` may call any host on any port under `/open/` (a wildcard host).
+    fn targets() -> Targets {
+        let digest = hex::encode(<Sha256 as sha2::Digest>::digest(b"token"));
+        let tenants = Tenants::parse(&format!(
+            "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{digest}\"]\nbuckets = [\"*\"]\n\
+             callback_urls = [\"http://*:*/open/*\"]\n[tenant.callback_secrets]\nmain = \"0123456789abcdef\"\n"
+        ))
+        .unwrap();
+        Targets::new(Arc::new(tenants), Duration::from_secs(2)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_host_that_resolves_to_loopback_is_never_connected_at_delivery() {
+        // Something listens on loopback: the delivery must not reach it.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        for url in [
+            format!("http://localhost:{port}/open/x"),
+            format!("http://127.0.0.1:{port}/open/x"),
+        ] {
+            let d = delivery(NotifyTarget::Webhook {
+                url: url.clone(),
+                secret_ref: "main".into(),
+            });
+            let failure = targets().send(&d).await.unwrap_err();
+            assert!(failure.error.contains("loopback"), "{url}: {failure:?}");
+            assert!(!failure.error.contains("0123456789abcdef"));
+        }
+        let accepted = tokio::time::timeout(Duration::from_millis(200), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection reached the listener");
+    }
+
+    #[tokio::test]
+    async fn the_resolver_drops_guarded_addresses() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let resolved = address::GuardedResolver.resolve(name).await;
+        assert!(resolved.is_err(), "localhost resolves only to loopback");
+    }
+
+    #[tokio::test]
+    async fn a_target_the_tenants_file_no_longer_allows_is_not_sent() {
+        let d = delivery(NotifyTarget::Webhook {
+            url: "http://203.0.113.9:80/closed/x".into(),
+            secret_ref: "main".into(),
+        });
+        let failure = targets().send(&d).await.unwrap_err();
+        assert!(failure.error.contains("callback_urls"), "{failure:?}");
+        let d = delivery(NotifyTarget::Webhook {
+            url: "http://203.0.113.9:80/open/x".into(),
+            secret_ref: "gone".into(),
+        });
+        let failure = targets().send(&d).await.unwrap_err();
+        assert!(failure.error.contains("callback_secrets"), "{failure:?}");
+    }
 
     #[test]
     fn signatures_are_hmac_sha256_of_the_body() {
