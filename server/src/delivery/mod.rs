@@ -14,6 +14,7 @@ pub mod address;
 pub mod send;
 
 use std::{
+    collections::HashMap,
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -201,9 +202,12 @@ impl Deliverer {
     }
 
     /// Runs until `shutdown` is cancelled. Attempts still running then are
-    /// dropped; their leases run out and they are made again after a restart.
+    /// stopped and their leases given back, so the entries are due at once
+    /// for the next server (an attempt may have reached its target: at least
+    /// once).
     pub async fn run(self, shutdown: CancellationToken) {
         let mut in_flight = JoinSet::new();
+        let mut leased: HashMap<tokio::task::Id, Delivery> = HashMap::new();
         loop {
             let now = self.ctx.clock.now();
             let room = MAX_IN_FLIGHT.saturating_sub(in_flight.len());
@@ -219,7 +223,8 @@ impl Deliverer {
                     Ok(claimed) => {
                         next_due = claimed.next_due;
                         for delivery in claimed.deliveries {
-                            in_flight.spawn(attempt(self.ctx.clone(), delivery));
+                            let task = in_flight.spawn(attempt(self.ctx.clone(), delivery.clone()));
+                            leased.insert(task.id(), delivery);
                         }
                     }
                     Err(e) => {
@@ -233,11 +238,38 @@ impl Deliverer {
                 biased;
                 () = shutdown.cancelled() => break,
                 () = self.wake.notified() => {}
-                Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+                Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                    let id = match done {
+                        Ok((id, ())) => id,
+                        Err(e) => e.id(),
+                    };
+                    leased.remove(&id);
+                }
                 () = tokio::time::sleep(wait) => {}
             }
         }
-        in_flight.shutdown().await;
+        in_flight.abort_all();
+        while let Some(done) = in_flight.join_next_with_id().await {
+            if let Ok((id, ())) = done {
+                leased.remove(&id);
+            }
+        }
+        let now = self.ctx.clock.now();
+        for (_, mut delivery) in leased {
+            let lease = delivery.next_attempt_at;
+            delivery.next_attempt_at = now;
+            // Fenced by the lease: an attempt that recorded its outcome before
+            // it was stopped keeps it.
+            if let Err(e) = self
+                .ctx
+                .store
+                .finish_delivery(&delivery, lease, None, now)
+                .await
+            {
+                tracing::warn!(watch_id = %delivery.watch_id, seq = delivery.seq, error = %e,
+                    "cannot give back a delivery's lease; it is due when the lease ends");
+            }
+        }
     }
 }
 

@@ -25,6 +25,16 @@ use crate::{
 
 const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
+/// Never answers: an attempt in flight when the server stops.
+struct Hanging;
+
+#[async_trait]
+impl Transport for Hanging {
+    async fn send(&self, _delivery: &Delivery) -> Result<String, Failure> {
+        std::future::pending().await
+    }
+}
+
 /// Answers attempt `n` with `script[n]` (the last entry repeats) and reports when it was made.
 struct Scripted {
     script: Vec<Result<String, Failure>>,
@@ -57,11 +67,17 @@ struct Setup {
     made: mpsc::UnboundedReceiver<(Timestamp, Result<String, Failure>)>,
     stats: Arc<DeliveryStats>,
     end: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
 }
 
 /// A completed watch with one webhook target, and a delivery task sending through `script`.
 async fn setup(script: Vec<Result<String, Failure>>, config: DeliveryConfig) -> Setup {
+    setup_with(Some(script), config).await
+}
+
+/// As [`setup`]; without a script, every attempt hangs.
+async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: DeliveryConfig) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
     let clock = Clock::starting_at(T0);
@@ -110,23 +126,27 @@ async fn setup(script: Vec<Result<String, Failure>>, config: DeliveryConfig) -> 
         panic!("applied");
     };
     let (tx, made) = mpsc::unbounded_channel();
-    let transport = Arc::new(Scripted {
-        script,
-        attempts: Mutex::new(0),
-        clock,
-        made: tx,
-    });
+    let transport: Arc<dyn Transport> = match script {
+        Some(script) => Arc::new(Scripted {
+            script,
+            attempts: Mutex::new(0),
+            clock,
+            made: tx,
+        }),
+        None => Arc::new(Hanging),
+    };
     let end = CancellationToken::new();
     let hub = Arc::new(Hub::new(store.clone(), clock, end.clone()));
     let deliverer = Deliverer::new(store.clone(), hub, transport, clock, config);
     let stats = deliverer.stats();
-    tokio::spawn(deliverer.run(end.clone()));
+    let task = tokio::spawn(deliverer.run(end.clone()));
     Setup {
         store,
         watch,
         made,
         stats,
         end,
+        task,
         _dir: dir,
     }
 }
@@ -257,6 +277,40 @@ async fn a_delivery_that_never_succeeds_fails_at_the_deadline_with_an_event() {
         "a failed delivery is not attempted again"
     );
     s.end.cancel();
+}
+
+#[tokio::test(start_paused = true)]
+async fn stopping_gives_back_the_leases_of_attempts_in_flight() {
+    let s = setup_with(None, config(Duration::from_secs(3600))).await;
+    // Wait until the (hanging) attempt holds its lease.
+    let leased = loop {
+        let d = s
+            .store
+            .deliveries(&s.watch.tenant, &s.watch.id)
+            .await
+            .unwrap();
+        if d[0].next_attempt_at > T0 {
+            break d[0].clone();
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!((leased.state, leased.attempts), (DeliveryState::Pending, 0));
+    let now = s.store.claim_deliveries(T0, T0, 10).await.unwrap();
+    assert!(now.deliveries.is_empty(), "leased while the attempt runs");
+    s.end.cancel();
+    s.task.await.unwrap();
+    let before_the_lease_ends = Timestamp::from_millis(leased.next_attempt_at.as_millis() - 1);
+    let claimed = s
+        .store
+        .claim_deliveries(before_the_lease_ends, leased.next_attempt_at, 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        claimed.deliveries.len(),
+        1,
+        "due at once, not when the lease ends"
+    );
+    assert_eq!(claimed.deliveries[0].attempts, 0);
 }
 
 #[test]
