@@ -27,6 +27,7 @@ impl v1::WatchEvent {
             Some(Kind::TimedOut(_)) => "timed_out",
             Some(Kind::Cancelled(_)) => "cancelled",
             Some(Kind::Reopened(_)) => "reopened",
+            Some(Kind::DeliveryFailed(_)) => "delivery_failed",
             None => "unknown",
         }
     }

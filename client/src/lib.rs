@@ -32,6 +32,6 @@ pub use client::Client;
 pub use connect::{ConnectOptions, DEFAULT_CONNECT_TIMEOUT, DEFAULT_REQUEST_TIMEOUT};
 pub use error::Error;
 pub use events::{Backoff, EventStream, is_terminal};
-pub use policy::{Adaptive, DelaySchedule, Policy, Rule};
+pub use policy::{Adaptive, DelaySchedule, NotifyTarget, Policy, Rule};
 pub use request::{ListFilter, WatchRequest};
 pub use streamwatch::{DEFAULT_ENDPOINT, v1 as proto};

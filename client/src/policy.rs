@@ -60,6 +60,39 @@ pub struct Adaptive {
     pub safety_factor: Option<f64>,
 }
 
+/// Where a watch's terminal events are delivered (the server's tenants file
+/// must allow it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NotifyTarget {
+    /// HTTP POST signed with the tenant's callback secret named `secret_ref`.
+    Webhook {
+        url: String,
+        secret_ref: String,
+    },
+    Sqs {
+        queue_url: String,
+    },
+    Sns {
+        topic_arn: String,
+    },
+}
+
+impl From<NotifyTarget> for v1::NotifyTarget {
+    fn from(target: NotifyTarget) -> Self {
+        use v1::notify_target::Target;
+        let target = match target {
+            NotifyTarget::Webhook { url, secret_ref } => {
+                Target::Webhook(v1::WebhookTarget { url, secret_ref })
+            }
+            NotifyTarget::Sqs { queue_url } => Target::Sqs(v1::SqsTarget { queue_url }),
+            NotifyTarget::Sns { topic_arn } => Target::Sns(v1::SnsTarget { topic_arn }),
+        };
+        v1::NotifyTarget {
+            target: Some(target),
+        }
+    }
+}
+
 /// A completion policy. `Policy::default()` has no rule: the server applies
 /// its default (a 60s quiet period).
 ///
@@ -85,6 +118,10 @@ pub struct Policy {
     pub late_window: Option<Duration>,
     /// List the prefix in S3 before completing (servers with AWS access).
     pub reconcile: bool,
+    /// Where terminal events are delivered, at least once.
+    pub notify: Vec<NotifyTarget>,
+    /// Also deliver REOPENED to `notify`.
+    pub notify_reopened: bool,
 }
 
 impl Policy {
@@ -162,6 +199,12 @@ impl Policy {
         self.reconcile = true;
         self
     }
+
+    /// Also deliver terminal events to `target`.
+    pub fn notify(mut self, target: NotifyTarget) -> Self {
+        self.notify.push(target);
+        self
+    }
 }
 
 impl From<DelaySchedule> for v1::DelaySchedule {
@@ -215,6 +258,8 @@ impl From<Policy> for v1::Policy {
             timeout: policy.timeout.map(proto_duration),
             late_window: policy.late_window.map(proto_duration),
             reconcile: policy.reconcile,
+            notify: policy.notify.into_iter().map(Into::into).collect(),
+            notify_reopened: policy.notify_reopened,
         }
     }
 }
@@ -231,6 +276,28 @@ pub(crate) fn proto_duration(d: Duration) -> prost_types::Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn notify_targets_become_the_proto_targets() {
+        let policy: v1::Policy = Policy::quiet_period(Duration::from_secs(5))
+            .notify(NotifyTarget::Webhook {
+                url: "https://hooks.example/done".into(),
+                secret_ref: "main".into(),
+            })
+            .notify(NotifyTarget::Sqs {
+                queue_url: "https://sqs.example/q".into(),
+            })
+            .into();
+        assert_eq!(policy.notify.len(), 2);
+        assert_eq!(
+            policy.notify[0].target,
+            Some(v1::notify_target::Target::Webhook(v1::WebhookTarget {
+                url: "https://hooks.example/done".into(),
+                secret_ref: "main".into(),
+            }))
+        );
+        assert!(!policy.notify_reopened);
+    }
 
     #[test]
     fn polling_with_a_schedule_becomes_the_proto_rule() {

@@ -146,3 +146,38 @@ async fn an_unreachable_server_exits_1() {
         "{run:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn notify_targets_reach_the_server_and_a_refused_one_exits_1() {
+    // The single-tenant server allows no callback target: the server names the field.
+    let server = TestServer::start().await;
+    let run = server
+        .cli()
+        .run(&[
+            "start",
+            "lake",
+            "--notify-webhook",
+            "https://hooks.example/done",
+            "--notify-secret",
+            "main",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.starts_with("error: INVALID_ARGUMENT"), "{run:?}");
+    assert!(
+        run.stderr.contains("policy.notify[0].webhook.url"),
+        "{run:?}"
+    );
+    // A webhook needs the name of the secret that signs it.
+    let run = server
+        .cli()
+        .run(&[
+            "start",
+            "lake",
+            "--notify-webhook",
+            "https://hooks.example/done",
+        ])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("--notify-secret"), "{run:?}");
+}

@@ -15,9 +15,10 @@ use crate::{
     error::Error,
     policy::{self, DelaySchedule, Policy, Rule},
     service::{ListWatches, Service, StartWatch},
+    store::{Delivery, DeliveryState},
     watch::{
-        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Prefix, TenantId, Watch,
-        WatchEvent, WatchId, WatchState,
+        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Notify, NotifyTarget,
+        Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -148,8 +149,27 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             },
         },
     };
+    if p.notify.len() > MAX_NOTIFY_TARGETS {
+        return Err(Error::invalid(
+            "policy.notify",
+            format!(
+                "has {} targets; at most {MAX_NOTIFY_TARGETS}",
+                p.notify.len()
+            ),
+        ));
+    }
+    let targets = p
+        .notify
+        .iter()
+        .enumerate()
+        .map(|(i, t)| notify_target_from_proto(&format!("policy.notify[{i}]"), t))
+        .collect::<Result<_, _>>()?;
     let policy = Policy {
         rule,
+        notify: Notify {
+            targets,
+            reopened: p.notify_reopened,
+        },
         min_objects: p.min_objects,
         timeout: duration("policy.timeout", p.timeout.as_ref(), policy::MAX_TIMEOUT)?,
         late_window: duration(
@@ -161,6 +181,101 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
     };
     policy.validate()?;
     Ok(policy)
+}
+
+/// Most notify targets one watch may name.
+pub const MAX_NOTIFY_TARGETS: usize = 8;
+/// Longest webhook URL, queue URL or topic ARN accepted.
+pub const MAX_TARGET_BYTES: usize = 2048;
+
+fn required_text(field: &str, value: &str) -> Result<String, Error> {
+    if value.is_empty() {
+        return Err(Error::invalid(field, "is required"));
+    }
+    if value.len() > MAX_TARGET_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("is {} bytes; at most {MAX_TARGET_BYTES}", value.len()),
+        ));
+    }
+    Ok(value.to_owned())
+}
+
+fn notify_target_from_proto(field: &str, t: &v1::NotifyTarget) -> Result<NotifyTarget, Error> {
+    use v1::notify_target::Target;
+    match &t.target {
+        None => Err(Error::invalid(
+            field,
+            "names no target (webhook, sqs or sns)",
+        )),
+        Some(Target::Webhook(w)) => {
+            let url_field = format!("{field}.webhook.url");
+            let url = required_text(&url_field, &w.url)?;
+            let parsed =
+                url::Url::parse(&url).map_err(|e| Error::invalid(&url_field, e.to_string()))?;
+            if !matches!(parsed.scheme(), "http" | "https") {
+                return Err(Error::invalid(&url_field, "must be an http or https URL"));
+            }
+            if parsed.host().is_none() {
+                return Err(Error::invalid(&url_field, "has no host"));
+            }
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                return Err(Error::invalid(
+                    &url_field,
+                    "must not carry credentials; webhooks are signed with a callback secret",
+                ));
+            }
+            Ok(NotifyTarget::Webhook {
+                url,
+                secret_ref: required_text(&format!("{field}.webhook.secret_ref"), &w.secret_ref)?,
+            })
+        }
+        Some(Target::Sqs(q)) => Ok(NotifyTarget::Sqs {
+            queue_url: required_text(&format!("{field}.sqs.queue_url"), &q.queue_url)?,
+        }),
+        Some(Target::Sns(n)) => Ok(NotifyTarget::Sns {
+            topic_arn: required_text(&format!("{field}.sns.topic_arn"), &n.topic_arn)?,
+        }),
+    }
+}
+
+fn notify_target_to_proto(t: &NotifyTarget) -> v1::NotifyTarget {
+    use v1::notify_target::Target;
+    let target = match t {
+        NotifyTarget::Webhook { url, secret_ref } => Target::Webhook(v1::WebhookTarget {
+            url: url.clone(),
+            secret_ref: secret_ref.clone(),
+        }),
+        NotifyTarget::Sqs { queue_url } => Target::Sqs(v1::SqsTarget {
+            queue_url: queue_url.clone(),
+        }),
+        NotifyTarget::Sns { topic_arn } => Target::Sns(v1::SnsTarget {
+            topic_arn: topic_arn.clone(),
+        }),
+    };
+    v1::NotifyTarget {
+        target: Some(target),
+    }
+}
+
+pub fn delivery_to_proto(d: &Delivery) -> v1::Delivery {
+    v1::Delivery {
+        seq: d.seq,
+        generation: d.generation,
+        target: d.target_index,
+        state: match d.state {
+            DeliveryState::Pending => v1::DeliveryState::Pending,
+            DeliveryState::Delivered => v1::DeliveryState::Delivered,
+            DeliveryState::Failed => v1::DeliveryState::Failed,
+        } as i32,
+        attempts: d.attempts,
+        last_status: d.last_status.clone(),
+        last_error: d.last_error.clone(),
+        next_attempt_at: (d.state == DeliveryState::Pending)
+            .then(|| proto_timestamp(d.next_attempt_at)),
+        finished_at: d.finished_at.map(proto_timestamp),
+        idempotency_key: d.idempotency_key(),
+    }
 }
 
 fn proto_duration(d: Duration) -> prost_types::Duration {
@@ -221,6 +336,13 @@ pub fn policy_to_proto(p: &Policy) -> v1::Policy {
         timeout: p.timeout.map(proto_duration),
         late_window: p.late_window.map(proto_duration),
         reconcile: p.reconcile,
+        notify: p
+            .notify
+            .targets
+            .iter()
+            .map(notify_target_to_proto)
+            .collect(),
+        notify_reopened: p.notify.reopened,
     }
 }
 
@@ -257,6 +379,7 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
             gaps: a.gaps,
             explanation: a.to_string(),
         }),
+        deliveries: Vec::new(),
     }
 }
 
@@ -304,6 +427,17 @@ pub fn event_to_proto(e: &WatchEvent) -> v1::WatchEvent {
         } => Kind::Reopened(we::Reopened {
             object_count: *object_count,
             reason: reason.clone(),
+        }),
+        EventKind::DeliveryFailed {
+            seq,
+            target,
+            attempts,
+            last_error,
+        } => Kind::DeliveryFailed(we::DeliveryFailed {
+            seq: *seq,
+            target: *target,
+            attempts: *attempts,
+            last_error: last_error.clone(),
         }),
     };
     v1::WatchEvent {
@@ -357,9 +491,15 @@ impl WatchService for WatchApi {
         let tenant = tenant(&request)?;
         let id = WatchId::parse("watch_id", &request.get_ref().watch_id)?;
         let watch = self.service.get_watch(&tenant, &id).await?;
-        Ok(Response::new(v1::GetWatchResponse {
-            watch: Some(watch_to_proto(&watch)),
-        }))
+        let mut watch = watch_to_proto(&watch);
+        watch.deliveries = self
+            .service
+            .deliveries(&tenant, &id)
+            .await?
+            .iter()
+            .map(delivery_to_proto)
+            .collect();
+        Ok(Response::new(v1::GetWatchResponse { watch: Some(watch) }))
     }
 
     async fn list_watches(

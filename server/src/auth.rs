@@ -2,6 +2,10 @@
 //! bearer tokens, the bucket patterns each may watch) and the interceptor
 //! layer that turns `authorization: Bearer <token>` into a [`TenantId`] in
 //! the request's extensions. Tokens are compared as digests in constant time.
+//! Each tenant may also list where its watches may deliver callbacks
+//! (`callback_urls` patterns) and the secrets its webhooks are signed with
+//! (`callback_secrets`, by name); see [`Callbacks`]. Secrets never leave this
+//! module except to sign a body, and are never printed.
 
 use std::path::Path;
 
@@ -10,7 +14,10 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use wildmatch::WildMatch;
 
-use crate::{error::Error, watch::TenantId};
+use crate::{
+    error::Error,
+    watch::{NotifyTarget, TenantId},
+};
 
 /// The tenant of a server started without a tenants file.
 pub const DEFAULT_TENANT: &str = "default";
@@ -30,12 +37,20 @@ struct TenantEntry {
     token_sha256: Vec<String>,
     /// Bucket name patterns (`*` and `?` wildcards) the tenant may watch and ingest for.
     buckets: Vec<String>,
+    /// Patterns (`*` and `?` wildcards) of the notify targets its watches may
+    /// name: webhook URLs, SQS queue URLs, SNS topic ARNs.
+    #[serde(default)]
+    callback_urls: Vec<String>,
+    /// Webhook signing secrets by name (a watch's `secret_ref`).
+    #[serde(default)]
+    callback_secrets: std::collections::BTreeMap<String, String>,
 }
 
 struct Tenant {
     id: TenantId,
     token_digests: Vec<[u8; 32]>,
     buckets: Vec<WildMatch>,
+    callbacks: Callbacks,
 }
 
 /// The tenants a server knows.
@@ -66,6 +81,7 @@ impl Tenants {
                 id,
                 token_digests: Vec::new(),
                 buckets: vec![WildMatch::new("*")],
+                callbacks: Callbacks::default(),
             }],
             open: true,
         }
@@ -115,10 +131,12 @@ impl Tenants {
                 ));
             }
             let buckets = entry.buckets.iter().map(|p| WildMatch::new(p)).collect();
+            let callbacks = Callbacks::parse(i, &entry.callback_urls, entry.callback_secrets)?;
             tenants.push(Tenant {
                 id,
                 token_digests,
                 buckets,
+                callbacks,
             });
         }
         if tenants.is_empty() {
@@ -169,6 +187,210 @@ impl Tenants {
         self.tenants
             .iter()
             .any(|t| &t.id == tenant && t.buckets.iter().any(|p| p.matches(bucket)))
+    }
+}
+
+/// Shortest callback secret accepted (bytes).
+pub const MIN_CALLBACK_SECRET_BYTES: usize = 16;
+
+/// A webhook signing secret. Prints as `<redacted>`.
+pub struct CallbackSecret(Vec<u8>);
+
+impl CallbackSecret {
+    /// The key bytes, for signing only.
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for CallbackSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// One tenant's callback allowances.
+#[derive(Default)]
+pub struct Callbacks {
+    /// A target is allowed when it matches one: URLs part by part, anything
+    /// else (SNS topic ARNs) as a whole.
+    patterns: Vec<(WildMatch, Option<UrlPattern>)>,
+    secrets: std::collections::BTreeMap<String, CallbackSecret>,
+}
+
+/// A pattern split like a URL: `scheme://host[:port]/path`, each part matched on its own.
+struct UrlPattern {
+    scheme: String,
+    host: WildMatch,
+    /// The host pattern has no wildcard.
+    exact_host: bool,
+    port: Option<WildMatch>,
+    path: WildMatch,
+}
+
+impl UrlPattern {
+    fn parse(raw: &str) -> Option<Self> {
+        let (scheme, rest) = raw.split_once("://")?;
+        let (authority, path) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']')?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        Some(Self {
+            scheme: scheme.to_ascii_lowercase(),
+            host: WildMatch::new(&host.to_ascii_lowercase()),
+            exact_host: !host.contains(['*', '?']),
+            port: port.map(WildMatch::new),
+            path: WildMatch::new(if path.is_empty() { "/" } else { path }),
+        })
+    }
+
+    /// A wildcard never crosses from one part into another: `https://*.a.example/*`
+    /// does not match `https://evil.example/.a.example/`.
+    fn matches(&self, url: &url::Url) -> bool {
+        let host = url.host_str().unwrap_or_default();
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port_ok = match (&self.port, url.port()) {
+            (None, None) => true,
+            (None, Some(_)) => false,
+            (Some(p), _) => url
+                .port_or_known_default()
+                .is_some_and(|port| p.matches(&port.to_string())),
+        };
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_owned(),
+        };
+        self.scheme == url.scheme()
+            && self.host.matches(host)
+            && port_ok
+            && self.path.matches(&path)
+            && url.username().is_empty()
+            && url.password().is_none()
+    }
+}
+
+impl Callbacks {
+    fn parse(
+        i: usize,
+        patterns: &[String],
+        secrets: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let mut checked = std::collections::BTreeMap::new();
+        for (name, secret) in secrets {
+            if TenantId::parse("name", &name).is_err() {
+                return Err(format!(
+                    "tenant[{i}].callback_secrets: name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+                ));
+            }
+            if secret.len() < MIN_CALLBACK_SECRET_BYTES {
+                return Err(format!(
+                    "tenant[{i}].callback_secrets.{name}: must be at least {MIN_CALLBACK_SECRET_BYTES} bytes"
+                ));
+            }
+            checked.insert(name, CallbackSecret(secret.into_bytes()));
+        }
+        Ok(Self {
+            patterns: patterns
+                .iter()
+                .map(|p| (WildMatch::new(p), UrlPattern::parse(p)))
+                .collect(),
+            secrets: checked,
+        })
+    }
+
+    /// Whether `target` may be named by a watch (`field` names it in errors).
+    fn check(&self, field: &str, target: &NotifyTarget) -> Result<(), Error> {
+        let (field, address) = match target {
+            NotifyTarget::Webhook { url, .. } => (format!("{field}.webhook.url"), url),
+            NotifyTarget::Sqs { queue_url } => (format!("{field}.sqs.queue_url"), queue_url),
+            NotifyTarget::Sns { topic_arn } => (format!("{field}.sns.topic_arn"), topic_arn),
+        };
+        if let NotifyTarget::Webhook { url, .. } = target {
+            let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+            if !matches!(scheme.as_deref(), Some("http" | "https")) {
+                return Err(Error::invalid(&field, "must be an http or https URL"));
+            }
+        }
+        if !self.allows(address) {
+            return Err(Error::invalid(
+                &field,
+                "does not match any of the tenant's callback_urls patterns",
+            ));
+        }
+        if let NotifyTarget::Webhook { secret_ref, .. } = target
+            && !self.secrets.contains_key(secret_ref)
+        {
+            return Err(Error::invalid(
+                &field.replace(".url", ".secret_ref"),
+                format!("{secret_ref:?} is not one of the tenant's callback_secrets"),
+            ));
+        }
+        Ok(())
+    }
+
+    fn allows(&self, address: &str) -> bool {
+        let url = address
+            .contains("://")
+            .then(|| url::Url::parse(address).ok())
+            .flatten();
+        self.patterns
+            .iter()
+            .any(|(whole, parts)| match (&url, parts) {
+                (Some(url), Some(parts)) => parts.matches(url),
+                (None, None) => whole.matches(address),
+                _ => false,
+            })
+    }
+
+    /// Whether a pattern matching `url` names its host exactly (no wildcard in the host).
+    fn pins_host(&self, url: &str) -> bool {
+        let Ok(url) = url::Url::parse(url) else {
+            return false;
+        };
+        self.patterns.iter().any(|(_, parts)| {
+            parts
+                .as_ref()
+                .is_some_and(|p| p.exact_host && p.matches(&url))
+        })
+    }
+}
+
+impl Tenants {
+    fn tenant(&self, tenant: &TenantId) -> Option<&Tenant> {
+        self.tenants.iter().find(|t| &t.id == tenant)
+    }
+
+    /// Whether `tenant` may deliver to `target` (pattern, scheme, secret name);
+    /// INVALID_ARGUMENT naming `field` (e.g. `policy.notify[0]`) if not.
+    pub fn check_notify_target(
+        &self,
+        tenant: &TenantId,
+        field: &str,
+        target: &NotifyTarget,
+    ) -> Result<(), Error> {
+        let none = Callbacks::default();
+        let callbacks = self.tenant(tenant).map_or(&none, |t| &t.callbacks);
+        callbacks.check(field, target)
+    }
+
+    /// The tenant's webhook secret called `name`.
+    pub fn callback_secret(&self, tenant: &TenantId, name: &str) -> Option<&CallbackSecret> {
+        self.tenant(tenant)?.callbacks.secrets.get(name)
+    }
+
+    /// Whether one of the tenant's patterns that matches `url` names its host
+    /// exactly: only then may a webhook reach a loopback, link-local or
+    /// metadata address.
+    pub fn callback_host_pinned(&self, tenant: &TenantId, url: &str) -> bool {
+        self.tenant(tenant)
+            .is_some_and(|t| t.callbacks.pins_host(url))
     }
 }
 
@@ -264,6 +486,105 @@ mod tests {
         assert!(!tenants.allows(&acme, "globex-data"));
         assert!(tenants.allows(&globex, "shared"));
         assert!(!tenants.allows(&globex, "shared-2"));
+    }
+
+    fn with_callbacks() -> Tenants {
+        Tenants::parse(&format!(
+            "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n\
+             callback_urls = [\"https://*.acme.example/*\", \"http://169.254.10.5:8080/*\", \
+             \"https://sqs.us-east-1.amazonaws.com/123456789012/acme-*\"]\n\
+             [tenant.callback_secrets]\nmain = \"0123456789abcdef-secret\"\n",
+            digest("acme-secret"),
+        ))
+        .expect("valid tenants file")
+    }
+
+    fn webhook(url: &str, secret_ref: &str) -> NotifyTarget {
+        NotifyTarget::Webhook {
+            url: url.into(),
+            secret_ref: secret_ref.into(),
+        }
+    }
+
+    fn field_of(result: Result<(), Error>) -> String {
+        match result {
+            Err(Error::InvalidArgument { field, .. }) => field,
+            other => panic!("expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn callback_targets_must_match_the_tenants_patterns() {
+        let tenants = with_callbacks();
+        let acme = TenantId::parse("t", "acme").unwrap();
+        let check = |t: &NotifyTarget| tenants.check_notify_target(&acme, "policy.notify[0]", t);
+        assert!(check(&webhook("https://hooks.acme.example/done", "main")).is_ok());
+        assert_eq!(
+            field_of(check(&webhook("https://evil.example/done", "main"))),
+            "policy.notify[0].webhook.url"
+        );
+        for sneaky in [
+            "https://evil.example/.acme.example/x",
+            "https://evil.example?.acme.example/x",
+            "https://user@hooks.acme.example/x",
+            "https://hooks.acme.example:8443/x",
+        ] {
+            assert_eq!(
+                field_of(check(&webhook(sneaky, "main"))),
+                "policy.notify[0].webhook.url",
+                "{sneaky}"
+            );
+        }
+        assert_eq!(
+            field_of(check(&webhook("ftp://hooks.acme.example/done", "main"))),
+            "policy.notify[0].webhook.url"
+        );
+        assert_eq!(
+            field_of(check(&webhook("https://hooks.acme.example/done", "other"))),
+            "policy.notify[0].webhook.secret_ref"
+        );
+        let queue = NotifyTarget::Sqs {
+            queue_url: "https://sqs.us-east-1.amazonaws.com/123456789012/acme-done".into(),
+        };
+        assert!(check(&queue).is_ok());
+        let topic = NotifyTarget::Sns {
+            topic_arn: "arn:aws:sns:us-east-1:123456789012:other".into(),
+        };
+        assert_eq!(field_of(check(&topic)), "policy.notify[0].sns.topic_arn");
+        // A tenant without patterns (and an unknown one) may name no target.
+        let open = Tenants::open();
+        let default = TenantId::parse("t", DEFAULT_TENANT).unwrap();
+        assert!(
+            open.check_notify_target(&default, "f", &webhook("https://x.example/", "main"))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn only_exact_host_patterns_pin_a_host() {
+        let tenants = with_callbacks();
+        let acme = TenantId::parse("t", "acme").unwrap();
+        assert!(tenants.callback_host_pinned(&acme, "http://169.254.10.5:8080/hook"));
+        assert!(!tenants.callback_host_pinned(&acme, "https://hooks.acme.example/x"));
+        assert!(!tenants.callback_host_pinned(&acme, "http://169.254.10.6:8080/hook"));
+    }
+
+    #[test]
+    fn secrets_are_checked_and_never_printed() {
+        let tenants = with_callbacks();
+        let acme = TenantId::parse("t", "acme").unwrap();
+        let secret = tenants.callback_secret(&acme, "main").unwrap();
+        assert_eq!(format!("{secret:?}"), "<redacted>");
+        assert_eq!(secret.expose(), b"0123456789abcdef-secret");
+        let err = Tenants::parse(&format!(
+            "[[tenant]]\nid = \"a\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n\
+             [tenant.callback_secrets]\nmain = \"short\"\n",
+            digest("x")
+        ))
+        .err()
+        .unwrap();
+        assert!(err.contains("callback_secrets.main"), "{err}");
+        assert!(!err.contains("short"), "the secret is not echoed: {err}");
     }
 
     #[test]

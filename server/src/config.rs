@@ -10,6 +10,9 @@ use clap::Parser;
 pub const DEFAULT_DATA_FILE: &str = "streamwatch.db";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
 pub const DEFAULT_RETENTION: &str = "30days";
+pub const DEFAULT_DELIVERY_DEADLINE: &str = "24h";
+pub const DEFAULT_DELIVERY_BACKOFF: &str = "1s";
+pub const DEFAULT_DELIVERY_TIMEOUT: &str = "10s";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum StoreKind {
@@ -72,6 +75,20 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_SQS_WAIT", default_value = "20s", value_parser = parse_sqs_wait)]
     pub sqs_wait: Duration,
 
+    /// How long after an event its callbacks are retried before the delivery
+    /// is marked failed (a DELIVERY_FAILED event).
+    #[arg(long, env = "STREAMWATCH_DELIVERY_DEADLINE", default_value = DEFAULT_DELIVERY_DEADLINE, value_parser = humantime::parse_duration)]
+    pub delivery_deadline: Duration,
+
+    /// The wait after a callback's first failed attempt; it doubles with each
+    /// attempt (at most 5m), with jitter.
+    #[arg(long, env = "STREAMWATCH_DELIVERY_BACKOFF", default_value = DEFAULT_DELIVERY_BACKOFF, value_parser = humantime::parse_duration)]
+    pub delivery_backoff: Duration,
+
+    /// The bound on one callback attempt (connect, send, answer).
+    #[arg(long, env = "STREAMWATCH_DELIVERY_TIMEOUT", default_value = DEFAULT_DELIVERY_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub delivery_timeout: Duration,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -86,6 +103,14 @@ fn parse_sqs_wait(raw: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    pub fn delivery(&self) -> crate::delivery::DeliveryConfig {
+        crate::delivery::DeliveryConfig {
+            deadline: self.delivery_deadline,
+            backoff: self.delivery_backoff,
+            timeout: self.delivery_timeout,
+        }
+    }
+
     /// The configuration of a server started with no flags and no environment.
     pub fn embedded_default() -> Self {
         Self::parse_from(["streamwatch-server"])

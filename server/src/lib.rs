@@ -4,13 +4,15 @@
 //!
 //! Modules, one per concept: [`ingest`] (notifications in), [`store`] (state),
 //! [`policy`] (pure completion rules), [`observer`] (timers), [`hub`] (event
-//! fan-out), [`service`] (the operations), [`api`] (protobuf mapping),
-//! [`auth`] (tenants), [`config`], [`telemetry`].
+//! fan-out), [`delivery`] (completion callbacks), [`service`] (the
+//! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`config`],
+//! [`telemetry`].
 
 pub mod api;
 pub mod auth;
 pub mod clock;
 pub mod config;
+pub mod delivery;
 pub mod error;
 pub mod hub;
 pub mod ingest;
@@ -38,6 +40,7 @@ use crate::{
     auth::{AuthInterceptor, Tenants},
     clock::Clock,
     config::{Config, StoreKind},
+    delivery::{Deliverer, DeliveryStats, Targets},
     hub::Hub,
     ingest::{
         Ingest, Routes, Watermarks,
@@ -65,6 +68,10 @@ pub struct Core {
     consumers: Vec<tokio::task::JoinHandle<()>>,
     /// Per queue URL, what its consumers did.
     pub queue_stats: Vec<(String, Arc<QueueStats>)>,
+    deliveries_end: CancellationToken,
+    deliverer_task: tokio::task::JoinHandle<()>,
+    /// What the delivery task did.
+    pub delivery_stats: Arc<DeliveryStats>,
 }
 
 /// Opens the store `config` names (`aws` is the shared AWS configuration, loaded when the store needs it).
@@ -158,6 +165,17 @@ impl Core {
             watermarks.subscribe(),
             reconciler.clone(),
         );
+        let deliverer = Deliverer::new(
+            store.clone(),
+            hub.clone(),
+            Arc::new(Targets::new(tenants.clone(), config.delivery_timeout)?),
+            clock,
+            config.delivery(),
+        );
+        let delivery_stats = deliverer.stats();
+        observer.wake_deliveries(deliverer.waker());
+        let deliveries_end = CancellationToken::new();
+        let deliverer_task = tokio::spawn(deliverer.run(deliveries_end.clone()));
         let recovered = observer
             .recover()
             .await
@@ -213,6 +231,9 @@ impl Core {
             consumers_end,
             consumers,
             queue_stats,
+            deliveries_end,
+            deliverer_task,
+            delivery_stats,
         })
     }
 
@@ -230,6 +251,8 @@ impl Core {
         self.streams_end.cancel();
         self.observer_end.cancel();
         let _ = self.observer_task.await;
+        self.deliveries_end.cancel();
+        let _ = self.deliverer_task.await;
         self.store.close().await.context("cannot flush the store")
     }
 }

@@ -127,6 +127,8 @@ pub struct Observer {
     reconciler: Option<Arc<Reconciler>>,
     /// For results of work done off the loop.
     tx: mpsc::Sender<Command>,
+    /// Wakes the delivery task after events with callbacks are committed.
+    deliveries: Option<Arc<tokio::sync::Notify>>,
 }
 
 impl Observer {
@@ -151,8 +153,23 @@ impl Observer {
             settled,
             held: HashSet::new(),
             reconciler,
+            deliveries: None,
         };
         (observer, ObserverHandle { tx })
+    }
+
+    /// Has the delivery task woken whenever committed events have callbacks
+    /// (the store wrote their outbox entries; this only says "look now").
+    pub fn wake_deliveries(&mut self, wake: Arc<tokio::sync::Notify>) {
+        self.deliveries = Some(wake);
+    }
+
+    fn wake_deliveries_for(&self, watch: &Watch, events: &[crate::watch::WatchEvent]) {
+        if let Some(wake) = &self.deliveries
+            && events.iter().any(|e| watch.policy.notify.wants(&e.kind))
+        {
+            wake.notify_one();
+        }
     }
 
     /// Arms every watch the store says is live (after a restart: with its
@@ -479,6 +496,7 @@ impl Observer {
                         event = e.kind.name(), reason = %watch.lifecycle.reason, "watch finished");
                 }
                 self.hub.publish(&events);
+                self.wake_deliveries_for(&watch, &events);
                 self.settle(&t.key, watch, &t.decision);
                 None
             }
@@ -555,6 +573,7 @@ impl Observer {
             {
                 Some(Applied::Done { watch, events }) => {
                     self.hub.publish(&events);
+                    self.wake_deliveries_for(&watch, &events);
                     match self.watches.get_mut(key) {
                         Some(entry) => entry.watch = watch.clone(),
                         None => self.retire(key),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock::Timestamp,
     error::Error,
-    watch::{EventKind, Lifecycle, PollingProgress, Watch, WatchState},
+    watch::{EventKind, Lifecycle, Notify, PollingProgress, Watch, WatchState},
 };
 
 /// The longest delay, window or late window a policy accepts.
@@ -47,6 +47,10 @@ pub struct Policy {
     /// List the prefix in S3 before completing; count what notifications missed.
     #[serde(default)]
     pub reconcile: bool,
+    /// Where terminal events are delivered. Not part of the decision: the
+    /// rules above never read it.
+    #[serde(default, skip_serializing_if = "Notify::is_empty")]
+    pub notify: Notify,
 }
 
 impl Default for Policy {
@@ -59,6 +63,7 @@ impl Default for Policy {
             timeout: None,
             late_window: None,
             reconcile: false,
+            notify: Notify::default(),
         }
     }
 }

@@ -10,13 +10,17 @@ use tokio_stream::wrappers::ReceiverStream;
 use crate::{
     auth::Tenants,
     clock::Clock,
+    delivery::address,
     error::Error,
     hub::Hub,
     ingest::{Ingest, IngestReport},
     observer::ObserverHandle,
     policy::Policy,
-    store::{Created, ListQuery, NewWatch, Store},
-    watch::{Bucket, Labels, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchKey, WatchState},
+    store::{Created, Delivery, ListQuery, NewWatch, Store},
+    watch::{
+        Bucket, Labels, NotifyTarget, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchKey,
+        WatchState,
+    },
 };
 
 /// Watches per ListWatches page when the caller does not say.
@@ -66,6 +70,7 @@ impl Service {
                 "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
             ));
         }
+        self.check_notify(tenant, &start.policy).await?;
         if !self.tenants.allows(tenant, start.bucket.as_str()) {
             return Err(Error::PermissionDenied(format!(
                 "bucket {} is not allowed for this tenant",
@@ -107,6 +112,35 @@ impl Service {
                 Ok((watch, false))
             }
         }
+    }
+
+    /// Refuses notify targets the tenant may not name: not matching its
+    /// callback patterns, an unknown secret, a webhook whose host leads to a
+    /// loopback, link-local or metadata address no pattern names exactly.
+    async fn check_notify(&self, tenant: &TenantId, policy: &Policy) -> Result<(), Error> {
+        for (i, target) in policy.notify.targets.iter().enumerate() {
+            let field = format!("policy.notify[{i}]");
+            self.tenants.check_notify_target(tenant, &field, target)?;
+            if let NotifyTarget::Webhook { url, .. } = target {
+                let field = format!("{field}.webhook.url");
+                let parsed =
+                    url::Url::parse(url).map_err(|e| Error::invalid(&field, e.to_string()))?;
+                let pinned = self.tenants.callback_host_pinned(tenant, url);
+                address::check(&parsed, pinned)
+                    .await
+                    .map_err(|message| Error::invalid(&field, message))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The watch's callback deliveries (none for a watch without notify targets).
+    pub async fn deliveries(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+    ) -> Result<Vec<Delivery>, Error> {
+        Ok(self.store.deliveries(tenant, id).await?)
     }
 
     pub async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Watch, Error> {

@@ -242,6 +242,56 @@ impl WatchState {
     }
 }
 
+/// Where a watch's terminal events are delivered (checked against the
+/// tenant's allowed callback patterns when the watch starts).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum NotifyTarget {
+    /// HTTP POST, signed with the tenant's callback secret named `secret_ref`.
+    Webhook {
+        url: String,
+        secret_ref: String,
+    },
+    Sqs {
+        queue_url: String,
+    },
+    Sns {
+        topic_arn: String,
+    },
+}
+
+impl NotifyTarget {
+    /// What the tenant's callback patterns are matched against.
+    pub fn address(&self) -> &str {
+        match self {
+            Self::Webhook { url, .. } => url,
+            Self::Sqs { queue_url } => queue_url,
+            Self::Sns { topic_arn } => topic_arn,
+        }
+    }
+}
+
+/// The notify targets of a watch and which events go to them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notify {
+    pub targets: Vec<NotifyTarget>,
+    /// Also deliver REOPENED (terminal events are always delivered).
+    #[serde(default)]
+    pub reopened: bool,
+}
+
+impl Notify {
+    pub fn is_empty(&self) -> bool {
+        self.targets.is_empty()
+    }
+
+    /// Whether an event of this kind goes to the targets.
+    pub fn wants(&self, kind: &EventKind) -> bool {
+        !self.targets.is_empty()
+            && (kind.is_terminal() || (self.reopened && matches!(kind, EventKind::Reopened { .. })))
+    }
+}
+
 /// What the ingest path has accepted into a watch.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
@@ -368,6 +418,13 @@ pub enum EventKind {
         object_count: u64,
         reason: String,
     },
+    /// The delivery of event `seq` to notify target `target` was given up.
+    DeliveryFailed {
+        seq: u64,
+        target: u32,
+        attempts: u32,
+        last_error: String,
+    },
 }
 
 impl EventKind {
@@ -387,6 +444,7 @@ impl EventKind {
             Self::TimedOut { .. } => "timed_out",
             Self::Cancelled { .. } => "cancelled",
             Self::Reopened { .. } => "reopened",
+            Self::DeliveryFailed { .. } => "delivery_failed",
         }
     }
 }
@@ -401,4 +459,42 @@ pub struct WatchEvent {
     pub time: Timestamp,
     pub generation: u32,
     pub kind: EventKind,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notify_wants_terminal_events_and_reopened_only_when_asked() {
+        let target = NotifyTarget::Sqs {
+            queue_url: "https://sqs.example/q".into(),
+        };
+        let completed = EventKind::Completed {
+            object_count: 1,
+            reason: String::new(),
+        };
+        let reopened = EventKind::Reopened {
+            object_count: 2,
+            reason: String::new(),
+        };
+        let progress = EventKind::Progress {
+            counters: Counters::default(),
+        };
+        let cancelled = EventKind::Cancelled {
+            reason: String::new(),
+        };
+        let mut notify = Notify {
+            targets: vec![target],
+            reopened: false,
+        };
+        assert!(notify.wants(&completed) && notify.wants(&cancelled));
+        assert!(!notify.wants(&reopened) && !notify.wants(&progress));
+        notify.reopened = true;
+        assert!(notify.wants(&reopened));
+        assert!(
+            !Notify::default().wants(&completed),
+            "no targets, nothing wanted"
+        );
+    }
 }

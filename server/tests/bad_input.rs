@@ -73,18 +73,21 @@ async fn invalid_start_requests_name_the_field_and_create_nothing() {
         seconds: i64::MAX,
         nanos: 0,
     };
-    let mut labelled = start_request("data-lake", "", ok_policy);
+    let mut labelled = start_request("data-lake", "", ok_policy.clone());
     labelled.labels.insert("bad key!".into(), "v".into());
-    let mut with_timeout = ok_policy;
+    let mut with_timeout = ok_policy.clone();
     with_timeout.timeout = Some(absurd);
 
     let cases: Vec<(v1::StartWatchRequest, &str)> = vec![
-        (start_request("", "", ok_policy), "bucket"),
-        (start_request("Bad_Bucket", "", ok_policy), "bucket"),
-        (start_request("ab", "", ok_policy), "bucket"),
-        (start_request("192.168.1.1", "", ok_policy), "bucket"),
+        (start_request("", "", ok_policy.clone()), "bucket"),
+        (start_request("Bad_Bucket", "", ok_policy.clone()), "bucket"),
+        (start_request("ab", "", ok_policy.clone()), "bucket"),
         (
-            start_request("data-lake", &"p".repeat(1025), ok_policy),
+            start_request("192.168.1.1", "", ok_policy.clone()),
+            "bucket",
+        ),
+        (
+            start_request("data-lake", &"p".repeat(1025), ok_policy.clone()),
             "prefix",
         ),
         (

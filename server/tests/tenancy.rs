@@ -100,7 +100,7 @@ async fn a_shared_bucket_counts_into_each_allowed_tenants_watch() {
     let mut acme = server.client_with_token(ACME_TOKEN).await;
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
     let policy = quiet_period(Duration::from_secs(3600));
-    let a = begin(&mut acme, start_request("shared-lake", "", policy)).await;
+    let a = begin(&mut acme, start_request("shared-lake", "", policy.clone())).await;
     let g = begin(&mut globex, start_request("shared-lake", "", policy)).await;
     let report = acme
         .ingest_s3_events(vec![created("shared-lake", &["k"])])

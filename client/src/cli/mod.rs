@@ -13,8 +13,8 @@ use std::{path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use streamwatch_client::{
-    Adaptive, Client, ConnectOptions, DEFAULT_ENDPOINT, DelaySchedule, ListFilter, Policy,
-    WatchRequest,
+    Adaptive, Client, ConnectOptions, DEFAULT_ENDPOINT, DelaySchedule, ListFilter, NotifyTarget,
+    Policy, WatchRequest,
     proto::{self as v1, WatchState},
 };
 
@@ -177,6 +177,9 @@ struct StartArgs {
     #[command(flatten)]
     policy: PolicyArgs,
 
+    #[command(flatten)]
+    notify: NotifyArgs,
+
     /// A label to find the watch by (repeatable)
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     labels: Vec<(String, String)>,
@@ -248,6 +251,54 @@ struct PolicyArgs {
     /// Before completing, list the prefix in S3 and count objects no notification told of
     #[arg(long)]
     reconcile: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Completion callbacks (allowed by the tenants file)")]
+struct NotifyArgs {
+    /// POST the terminal event to this URL, signed with --notify-secret (repeatable)
+    #[arg(
+        long = "notify-webhook",
+        value_name = "URL",
+        requires = "notify_secret"
+    )]
+    webhooks: Vec<String>,
+
+    /// The name of the tenant's callback secret that signs the webhooks
+    #[arg(long, value_name = "NAME", requires = "webhooks")]
+    notify_secret: Option<String>,
+
+    /// Send the terminal event to this SQS queue (repeatable)
+    #[arg(long = "notify-sqs", value_name = "QUEUE_URL")]
+    queues: Vec<String>,
+
+    /// Publish the terminal event to this SNS topic (repeatable)
+    #[arg(long = "notify-sns", value_name = "TOPIC_ARN")]
+    topics: Vec<String>,
+
+    /// Also deliver REOPENED events
+    #[arg(long)]
+    notify_reopened: bool,
+}
+
+impl NotifyArgs {
+    fn apply(self, mut policy: Policy) -> Policy {
+        let secret_ref = self.notify_secret.unwrap_or_default();
+        for url in self.webhooks {
+            policy = policy.notify(NotifyTarget::Webhook {
+                url,
+                secret_ref: secret_ref.clone(),
+            });
+        }
+        for queue_url in self.queues {
+            policy = policy.notify(NotifyTarget::Sqs { queue_url });
+        }
+        for topic_arn in self.topics {
+            policy = policy.notify(NotifyTarget::Sns { topic_arn });
+        }
+        policy.notify_reopened = self.notify_reopened;
+        policy
+    }
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -386,7 +437,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 async fn start(connection: &Connection, printer: Printer, args: StartArgs) -> anyhow::Result<u8> {
     let mut request = WatchRequest::new(args.bucket)
         .prefix(args.prefix.unwrap_or_default())
-        .policy(args.policy.policy());
+        .policy(args.notify.apply(args.policy.policy()));
     for (key, value) in args.labels {
         request = request.label(key, value);
     }

@@ -37,6 +37,9 @@ pub struct WatchJson {
     /// Only from `start`: false when the client token matched an existing watch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub created: Option<bool>,
+    /// Only from `get`: the watch's callback deliveries, one line each.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub deliveries: Vec<String>,
 }
 
 /// A watch's policy; durations in whole milliseconds.
@@ -189,6 +192,7 @@ impl WatchJson {
             last_activity_at: timestamp(watch.last_activity_at.as_ref()),
             completed_at: timestamp(watch.completed_at.as_ref()),
             created,
+            deliveries: watch.deliveries.iter().map(delivery_text).collect(),
         }
     }
 }
@@ -291,10 +295,31 @@ impl EventJson {
                 json.object_count = Some(r.object_count);
                 json.reason = Some(r.reason.clone());
             }
+            Some(Kind::DeliveryFailed(d)) => json.reason = Some(d.last_error.clone()),
             None => {}
         }
         json
     }
+}
+
+/// `#2 to target 0: DELIVERED after 3 attempts (HTTP 200)`.
+fn delivery_text(d: &v1::Delivery) -> String {
+    let state = match v1::DeliveryState::try_from(d.state) {
+        Ok(v1::DeliveryState::Pending) => "PENDING",
+        Ok(v1::DeliveryState::Delivered) => "DELIVERED",
+        Ok(v1::DeliveryState::Failed) => "FAILED",
+        _ => "UNKNOWN",
+    };
+    let mut text = format!(
+        "#{} to target {}: {state} after {} attempts",
+        d.seq, d.target, d.attempts
+    );
+    if !d.last_error.is_empty() {
+        text += &format!(" ({})", d.last_error);
+    } else if !d.last_status.is_empty() {
+        text += &format!(" ({})", d.last_status);
+    }
+    text
 }
 
 /// One line for an event: `[10:00:01.250] #2 progress  objects 1 (1 notifications, 0 removed)`.
@@ -330,6 +355,10 @@ pub fn event_line(event: &v1::WatchEvent) -> String {
         Some(Kind::TimedOut(t)) => format!("objects {}: {}", t.object_count, t.reason),
         Some(Kind::Cancelled(c)) => c.reason.clone(),
         Some(Kind::Reopened(r)) => format!("objects {}: {}", r.object_count, r.reason),
+        Some(Kind::DeliveryFailed(d)) => format!(
+            "event #{} to target {} after {} attempts: {}",
+            d.seq, d.target, d.attempts, d.last_error
+        ),
         None => String::new(),
     };
     let kind = event.kind_name();
@@ -440,6 +469,9 @@ impl Printer {
             let labels: BTreeMap<_, _> = watch.labels.iter().collect();
             let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             text += &format!("  labels         {}\n", labels.join(" "));
+        }
+        for d in &watch.deliveries {
+            text += &format!("  delivery       {}\n", delivery_text(d));
         }
         write!(io::stdout().lock(), "{text}")
     }

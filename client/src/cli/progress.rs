@@ -85,7 +85,7 @@ impl Progress {
             Some(Kind::Completed(_) | Kind::TimedOut(_) | Kind::Cancelled(_)) => {
                 self.active = false;
             }
-            None => {}
+            Some(Kind::DeliveryFailed(_)) | None => {}
         }
     }
 

@@ -7,6 +7,7 @@
 //! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | last `sequencer`; keys over 1000 bytes are stored as `K#c#~{sha256}` |
 //! | event | `W#{tenant}#{watch_id}` | `E#{seq:020}` | `time`, `generation`, `payload` (the event as JSON) |
 //! | client token | `C#{tenant}#{token}` | `TOKEN` | `watch_id` |
+//! | outbox entry | `W#{tenant}#{watch_id}` | `O#{seq:020}#{target:05}` | `record` (the delivery as JSON), `next_at`; `live_shard` = `OUTBOX` while pending (same sparse GSI `live`) |
 //!
 //! Every change to a watch is one `TransactWriteItems` conditioned on the
 //! watch's `last_seq` being what was read, so concurrent writers (ingest on
@@ -15,7 +16,9 @@
 //! (or `sequencer = old` for an overwrite) in the same transaction as the
 //! counter update, so a redelivery can never count twice; a cancelled
 //! transaction is re-read and retried. Retired watches' items get the
-//! `expires_at` TTL attribute.
+//! `expires_at` TTL attribute. Outbox entries are put in the transaction that
+//! appends the event they deliver; claims and attempts are conditional puts on
+//! `next_at` (the lease), and a finished entry gets its TTL then.
 
 use std::{
     collections::HashMap,
@@ -37,8 +40,8 @@ use aws_sdk_dynamodb::{
 use sha2::{Digest, Sha256};
 
 use super::{
-    Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded,
-    Result, Store, StoreError, is_later,
+    Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Guard, ListQuery,
+    NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
 };
 use crate::{
     clock::Timestamp,
@@ -57,6 +60,8 @@ const MAX_KEY_BYTES: usize = 1000;
 pub const BY_TENANT_INDEX: &str = "by_tenant";
 pub const LIVE_INDEX: &str = "live";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The `live` index partition of pending outbox entries.
+const OUTBOX_SHARD: &str = "OUTBOX";
 
 /// Counts of what the store asked of DynamoDB, for cost reports.
 #[derive(Debug, Default)]
@@ -153,6 +158,25 @@ fn built(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
 
 fn event_sk(seq: u64) -> String {
     format!("E#{seq:020}")
+}
+
+fn outbox_sk(seq: u64, target: u32) -> String {
+    format!("O#{seq:020}#{target:05}")
+}
+
+/// An outbox entry's item; a finished one carries its TTL (`expires_at`, seconds).
+fn delivery_item(d: &Delivery, expires_at: Option<i64>) -> Result<Item> {
+    let mut item = Item::new();
+    item.insert("pk".into(), s(watch_pk(&d.tenant, &d.watch_id)));
+    item.insert("sk".into(), s(outbox_sk(d.seq, d.target_index)));
+    item.insert("record".into(), s(json(d)?));
+    item.insert("next_at".into(), n(d.next_attempt_at.as_millis()));
+    if d.state == DeliveryState::Pending {
+        item.insert("live_shard".into(), s(OUTBOX_SHARD));
+    } else if let Some(at) = expires_at {
+        item.insert(TTL_ATTRIBUTE.into(), n(at));
+    }
+    Ok(item)
 }
 
 fn key_sk(kind: ActivityKind, key: &str) -> String {
@@ -490,6 +514,9 @@ impl DynamoStore {
         });
         for e in &appended {
             items.push(self.put(event_item(e)?, "attribute_not_exists(pk)", &[])?);
+        }
+        for d in outbox_for(&watch, &appended, now) {
+            items.push(self.put(delivery_item(&d, None)?, "attribute_not_exists(pk)", &[])?);
         }
         items.extend(extra);
         let units: u64 = items
@@ -987,6 +1014,10 @@ impl Store for DynamoStore {
         let mut writes = Vec::new();
         let mut token = None;
         for mut item in items {
+            if get_s(&item, "sk")?.starts_with("O#") {
+                // Outbox entries get their TTL when their delivery finishes.
+                continue;
+            }
             if get_s(&item, "sk")? == "WATCH" {
                 item.remove("live_shard");
                 token = item
@@ -1020,6 +1051,146 @@ impl Store for DynamoStore {
             }
         }
         Ok(())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Claimed> {
+        // The index is eventually consistent: a stale entry fails its conditional put.
+        let items = self
+            .query_all(
+                Some(LIVE_INDEX),
+                "live_shard = :shard",
+                vec![(":shard", s(OUTBOX_SHARD))],
+            )
+            .await?;
+        let mut claimed = Claimed::default();
+        let due = |at: Timestamp, claimed: &mut Claimed| {
+            claimed.next_due = Some(claimed.next_due.map_or(at, |d| d.min(at)));
+        };
+        for item in &items {
+            let mut d: Delivery = from_json(get_s(item, "record")?)?;
+            if d.state != DeliveryState::Pending {
+                continue;
+            }
+            if d.next_attempt_at > now || claimed.deliveries.len() >= limit {
+                due(d.next_attempt_at, &mut claimed);
+                continue;
+            }
+            let old = d.next_attempt_at;
+            d.next_attempt_at = lease_until;
+            let put = self
+                .client
+                .put_item()
+                .table_name(&self.table)
+                .set_item(Some(delivery_item(&d, None)?))
+                .condition_expression("next_at = :old AND attribute_exists(live_shard)")
+                .expression_attribute_values(":old", n(old.as_millis()))
+                .send()
+                .await;
+            self.count(1, 1, 1, 0);
+            match put {
+                Ok(_) => {
+                    due(lease_until, &mut claimed);
+                    claimed.deliveries.push(d);
+                }
+                Err(SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(aws(e)),
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        lease: Timestamp,
+        event: Option<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Vec<WatchEvent>>> {
+        let expires = now.plus(self.retention).as_millis() / 1000;
+        let item = delivery_item(delivery, Some(expires))?;
+        let condition = "next_at = :lease AND attribute_exists(live_shard)";
+        let lease_value = [(":lease", n(lease.as_millis()))];
+        for _ in 0..MAX_ATTEMPTS {
+            let watch = match &event {
+                Some(_) => self.load(&delivery.tenant, &delivery.watch_id).await?,
+                None => None,
+            };
+            let Some(watch) = watch else {
+                let put = self
+                    .client
+                    .put_item()
+                    .table_name(&self.table)
+                    .set_item(Some(item.clone()))
+                    .condition_expression(condition)
+                    .expression_attribute_values(":lease", n(lease.as_millis()))
+                    .send()
+                    .await;
+                self.count(1, 1, 1, 0);
+                return match put {
+                    Ok(_) => Ok(Some(Vec::new())),
+                    Err(SdkError::ServiceError(e))
+                        if e.err().is_conditional_check_failed_exception() =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(aws(e)),
+                };
+            };
+            let expected = watch.last_seq;
+            let change = Change {
+                watch,
+                expected_last_seq: Some(expected),
+                events: event.clone().into_iter().collect(),
+                extra: vec![self.put(item.clone(), condition, &lease_value)?],
+                now,
+            };
+            if let Some((_, events)) = self.commit(change).await? {
+                return Ok(Some(events));
+            }
+            // The watch moved, or the lease was lost: which one?
+            let current = self
+                .client
+                .get_item()
+                .table_name(&self.table)
+                .key("pk", s(watch_pk(&delivery.tenant, &delivery.watch_id)))
+                .key("sk", s(outbox_sk(delivery.seq, delivery.target_index)))
+                .consistent_read(true)
+                .send()
+                .await
+                .map_err(aws)?;
+            self.count(1, 1, 0, 1);
+            let held = current.item.is_some_and(|i| {
+                i.contains_key("live_shard")
+                    && get_n::<i64>(&i, "next_at").ok() == Some(lease.as_millis())
+            });
+            if !held {
+                return Ok(None);
+            }
+        }
+        Err(StoreError::Dynamo(format!(
+            "watch {} kept changing; gave up recording a delivery after {MAX_ATTEMPTS} attempts",
+            delivery.watch_id
+        )))
+    }
+
+    async fn deliveries(&self, tenant: &TenantId, id: &WatchId) -> Result<Vec<Delivery>> {
+        let items = self
+            .query_all(
+                None,
+                "pk = :pk AND begins_with(sk, :outbox)",
+                vec![(":pk", s(watch_pk(tenant, id))), (":outbox", s("O#"))],
+            )
+            .await?;
+        items
+            .iter()
+            .map(|item| from_json(get_s(item, "record")?))
+            .collect()
     }
 
     async fn close(&self) -> Result<()> {

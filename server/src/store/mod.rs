@@ -6,18 +6,26 @@
 //! A store assigns each event its `seq` (the watch's `last_seq + 1`) in the
 //! same transaction that changes the watch, so the log has no gaps and every
 //! committed change is in it.
+//!
+//! The outbox: when [`Store::apply`] appends an event the watch's notify
+//! targets want, it writes one [`Delivery`] per target in the same
+//! transaction ([`outbox_for`]), so a decision that committed is always
+//! delivered, even after a crash. The delivery task claims due entries with a
+//! lease ([`Store::claim_deliveries`]) and records each attempt
+//! ([`Store::finish_delivery`]), fenced by that lease.
 
 pub mod dynamodb;
 pub mod sqlite;
 
 use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Timestamp,
     policy::Policy,
     watch::{
-        Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId,
-        WatchState,
+        Bucket, EventKind, Labels, Lifecycle, NotifyTarget, Prefix, TenantId, Watch, WatchEvent,
+        WatchId, WatchState,
     },
 };
 
@@ -152,6 +160,100 @@ pub enum Applied {
     Conflict(Watch),
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeliveryState {
+    Pending,
+    Delivered,
+    Failed,
+}
+
+impl DeliveryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "PENDING",
+            Self::Delivered => "DELIVERED",
+            Self::Failed => "FAILED",
+        }
+    }
+}
+
+/// One event on its way to one notify target: an outbox entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub tenant: TenantId,
+    pub watch_id: WatchId,
+    /// The event delivered.
+    pub seq: u64,
+    pub generation: u32,
+    /// Index of the target in the watch's `policy.notify.targets`.
+    pub target_index: u32,
+    pub target: NotifyTarget,
+    /// The document sent, fixed when the event was decided, so every attempt
+    /// sends (and signs) the same bytes.
+    pub body: String,
+    /// The W3C trace context of the event, sent as `traceparent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceparent: Option<String>,
+    pub state: DeliveryState,
+    pub attempts: u32,
+    pub created_at: Timestamp,
+    /// When the next attempt is due; while an attempt runs, when its lease ends.
+    pub next_attempt_at: Timestamp,
+    #[serde(default)]
+    pub last_status: String,
+    #[serde(default)]
+    pub last_error: String,
+    #[serde(default)]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl Delivery {
+    /// `watch_id:generation:seq`: the same on every attempt and every target,
+    /// so a receiver can drop repeats.
+    pub fn idempotency_key(&self) -> String {
+        format!("{}:{}:{}", self.watch_id, self.generation, self.seq)
+    }
+}
+
+/// The outbox entries for `events` just appended to `watch` (after the
+/// change): one per notify target for each event the targets want.
+pub fn outbox_for(watch: &Watch, events: &[WatchEvent], now: Timestamp) -> Vec<Delivery> {
+    let notify = &watch.policy.notify;
+    let mut out = Vec::new();
+    for event in events.iter().filter(|e| notify.wants(&e.kind)) {
+        let body = crate::delivery::body(watch, event);
+        for (i, target) in notify.targets.iter().enumerate() {
+            out.push(Delivery {
+                tenant: watch.tenant.clone(),
+                watch_id: watch.id.clone(),
+                seq: event.seq,
+                generation: event.generation,
+                target_index: u32::try_from(i).unwrap_or(u32::MAX),
+                target: target.clone(),
+                body: body.clone(),
+                traceparent: crate::delivery::event_traceparent(event),
+                state: DeliveryState::Pending,
+                attempts: 0,
+                created_at: now,
+                next_attempt_at: now,
+                last_status: String::new(),
+                last_error: String::new(),
+                finished_at: None,
+            });
+        }
+    }
+    out
+}
+
+/// What [`Store::claim_deliveries`] found.
+#[derive(Clone, Debug, Default)]
+pub struct Claimed {
+    /// Due entries, now leased: `next_attempt_at` is the lease's end.
+    pub deliveries: Vec<Delivery>,
+    /// The earliest `next_attempt_at` of the pending entries left unclaimed.
+    pub next_due: Option<Timestamp>,
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Creates a watch with its STARTED event, unless the tenant already has
@@ -194,6 +296,29 @@ pub trait Store: Send + Sync + 'static {
     /// Releases what a finished watch no longer needs once no activity can
     /// count into it (its seen keys; on DynamoDB every item gets its TTL).
     async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()>;
+
+    /// Leases up to `limit` pending deliveries due at `now` until `lease_until`
+    /// (no one else claims them before then; a crashed attempt is retried after).
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Claimed>;
+
+    /// Records an attempt: writes `delivery` (its new state, attempts, status)
+    /// if it is still leased until `lease` (else changes nothing: `Ok(None)`),
+    /// appending `event` to the watch's log in the same transaction.
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        lease: Timestamp,
+        event: Option<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Vec<WatchEvent>>>;
+
+    /// The watch's deliveries, by event then target.
+    async fn deliveries(&self, tenant: &TenantId, id: &WatchId) -> Result<Vec<Delivery>>;
 
     /// Makes everything committed durable and stops accepting writes.
     async fn close(&self) -> Result<()>;

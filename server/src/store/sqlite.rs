@@ -5,7 +5,9 @@
 //!
 //! Tables: `watches` (one row per watch), `watch_labels` (for label filters),
 //! `seen_keys` (one row per watch, activity kind and key: the exactness of
-//! counting), `events` (the per-watch log, keyed by `seq`).
+//! counting), `events` (the per-watch log, keyed by `seq`), `outbox` (one row
+//! per event and notify target, written in the transaction that appends the
+//! event; the delivery as JSON in `record`).
 
 use std::{
     collections::HashMap,
@@ -22,8 +24,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activity, ActivityKind, Applied, Created, Guard, ListQuery, NewWatch, RecordOutcome, Recorded,
-    Result, Store, StoreError, is_later,
+    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, ListQuery, NewWatch,
+    RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
 };
 use crate::{
     clock::Timestamp,
@@ -36,7 +38,8 @@ use crate::{
 /// Commands one transaction may carry at most.
 const MAX_GROUP: usize = 512;
 const READERS: usize = 4;
-const SCHEMA_VERSION: i64 = 1;
+/// 2: the `outbox` table.
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS watches (
@@ -90,6 +93,17 @@ CREATE TABLE IF NOT EXISTS events (
     payload TEXT NOT NULL,
     PRIMARY KEY (tenant, watch_id, seq)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS outbox (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    target INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    next_attempt_at INTEGER NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (tenant, watch_id, seq, target)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at) WHERE state = 'PENDING';
 ";
 
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
@@ -103,7 +117,16 @@ enum Command {
     Record(Vec<Activity>, Timestamp, Reply<RecordOutcome>),
     Apply(Box<ApplyArgs>, Reply<Option<Applied>>),
     Retire(TenantId, WatchId, Reply<()>),
+    Claim(Timestamp, Timestamp, usize, Reply<Claimed>),
+    Finish(Box<FinishArgs>, Reply<Option<Vec<WatchEvent>>>),
     Close(Reply<()>),
+}
+
+struct FinishArgs {
+    delivery: Delivery,
+    lease: Timestamp,
+    event: Option<EventKind>,
+    now: Timestamp,
 }
 
 struct ApplyArgs {
@@ -121,6 +144,11 @@ enum Pending {
     Record(Reply<RecordOutcome>, Result<RecordOutcome>),
     Apply(Reply<Option<Applied>>, Result<Option<Applied>>),
     Retire(Reply<()>, Result<()>),
+    Claim(Reply<Claimed>, Result<Claimed>),
+    Finish(
+        Reply<Option<Vec<WatchEvent>>>,
+        Result<Option<Vec<WatchEvent>>>,
+    ),
 }
 
 impl Pending {
@@ -138,6 +166,8 @@ impl Pending {
             Self::Record(r, v) => out(r, v, commit),
             Self::Apply(r, v) => out(r, v, commit),
             Self::Retire(r, v) => out(r, v, commit),
+            Self::Claim(r, v) => out(r, v, commit),
+            Self::Finish(r, v) => out(r, v, commit),
         }
     }
 }
@@ -284,6 +314,14 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
                     Command::Retire(tenant, id, reply) => pending.push(Pending::Retire(
                         reply,
                         in_savepoint(&mut tx, |tx| retire(tx, &tenant, &id)),
+                    )),
+                    Command::Claim(now, lease_until, limit, reply) => pending.push(Pending::Claim(
+                        reply,
+                        in_savepoint(&mut tx, |tx| claim(tx, now, lease_until, limit)),
+                    )),
+                    Command::Finish(args, reply) => pending.push(Pending::Finish(
+                        reply,
+                        in_savepoint(&mut tx, |tx| finish(tx, *args)),
                     )),
                     Command::Close(reply) => closing.push(reply),
                 }
@@ -615,7 +653,102 @@ fn apply(conn: &Connection, args: ApplyArgs) -> Result<Option<Applied>> {
         json(&life.polling)?,
         to_i64(watch.last_seq),
     ])?;
+    for delivery in outbox_for(&watch, &events, args.now) {
+        put_delivery(conn, &delivery, true)?;
+    }
     Ok(Some(Applied::Done { watch, events }))
+}
+
+/// Writes an outbox row (`new`: insert; else replace the existing one).
+fn put_delivery(conn: &Connection, d: &Delivery, new: bool) -> Result<()> {
+    let sql = if new {
+        "INSERT INTO outbox (tenant, watch_id, seq, target, state, next_attempt_at, record) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+    } else {
+        "UPDATE outbox SET state = ?5, next_attempt_at = ?6, record = ?7 \
+         WHERE tenant = ?1 AND watch_id = ?2 AND seq = ?3 AND target = ?4"
+    };
+    conn.prepare_cached(sql)?.execute(params![
+        d.tenant.as_str(),
+        d.watch_id.as_str(),
+        to_i64(d.seq),
+        d.target_index,
+        d.state.as_str(),
+        d.next_attempt_at.as_millis(),
+        json(d)?,
+    ])?;
+    Ok(())
+}
+
+fn claim(
+    conn: &Connection,
+    now: Timestamp,
+    lease_until: Timestamp,
+    limit: usize,
+) -> Result<Claimed> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT record FROM outbox WHERE state = 'PENDING' AND next_attempt_at <= ?1 \
+         ORDER BY next_attempt_at LIMIT ?2",
+    )?;
+    let records: Vec<String> = stmt
+        .query_map(
+            params![now.as_millis(), i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut deliveries = Vec::with_capacity(records.len());
+    for raw in records {
+        let mut d: Delivery = from_json(&raw)?;
+        d.next_attempt_at = lease_until;
+        put_delivery(conn, &d, false)?;
+        deliveries.push(d);
+    }
+    // Includes the leases just taken, and entries due now beyond `limit`.
+    let next_due: Option<i64> = conn
+        .prepare_cached("SELECT MIN(next_attempt_at) FROM outbox WHERE state = 'PENDING'")?
+        .query_row([], |r| r.get(0))?;
+    Ok(Claimed {
+        deliveries,
+        next_due: next_due.map(Timestamp::from_millis),
+    })
+}
+
+fn finish(conn: &Connection, args: FinishArgs) -> Result<Option<Vec<WatchEvent>>> {
+    let d = &args.delivery;
+    let leased: Option<i64> = conn
+        .prepare_cached(
+            "SELECT next_attempt_at FROM outbox WHERE tenant = ?1 AND watch_id = ?2 AND seq = ?3 \
+             AND target = ?4 AND state = 'PENDING'",
+        )?
+        .query_row(
+            params![
+                d.tenant.as_str(),
+                d.watch_id.as_str(),
+                to_i64(d.seq),
+                d.target_index
+            ],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if leased != Some(args.lease.as_millis()) {
+        return Ok(None);
+    }
+    put_delivery(conn, d, false)?;
+    let mut events = Vec::new();
+    if let Some(kind) = args.event
+        && let Some(mut watch) = load_watch(conn, &d.tenant, &d.watch_id)?
+    {
+        events = append_events(conn, &mut watch, vec![kind], args.now)?;
+        conn.prepare_cached(
+            "UPDATE watches SET last_seq = ?3 WHERE tenant = ?1 AND watch_id = ?2",
+        )?
+        .execute(params![
+            watch.tenant.as_str(),
+            watch.id.as_str(),
+            to_i64(watch.last_seq)
+        ])?;
+    }
+    Ok(Some(events))
 }
 
 fn retire(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<()> {
@@ -760,6 +893,47 @@ impl Store for SqliteStore {
     async fn retire(&self, tenant: &TenantId, id: &WatchId, _now: Timestamp) -> Result<()> {
         let (tenant, id) = (tenant.clone(), id.clone());
         self.call(|reply| Command::Retire(tenant, id, reply)).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Claimed> {
+        self.call(|reply| Command::Claim(now, lease_until, limit, reply))
+            .await
+    }
+
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        lease: Timestamp,
+        event: Option<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Vec<WatchEvent>>> {
+        let args = FinishArgs {
+            delivery: delivery.clone(),
+            lease,
+            event,
+            now,
+        };
+        self.call(|reply| Command::Finish(Box::new(args), reply))
+            .await
+    }
+
+    async fn deliveries(&self, tenant: &TenantId, id: &WatchId) -> Result<Vec<Delivery>> {
+        let (tenant, id) = (tenant.clone(), id.clone());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT record FROM outbox WHERE tenant = ?1 AND watch_id = ?2 ORDER BY seq, target",
+            )?;
+            let records: Vec<String> = stmt
+                .query_map(params![tenant.as_str(), id.as_str()], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            records.iter().map(|raw| from_json(raw)).collect()
+        })
+        .await
     }
 
     async fn close(&self) -> Result<()> {
