@@ -14,7 +14,8 @@ use anyhow::Context;
 use streamwatch::v1::{self as v1, watch_service_client::WatchServiceClient};
 use tonic::transport::Channel;
 
-/// Starts a quiet-period watch; returns its id.
+/// Starts a quiet-period watch that waits for at least one object (so its
+/// window runs from its last activity, never from its start); returns its id.
 pub async fn start_watch(
     client: &mut WatchServiceClient<Channel>,
     bucket: &str,
@@ -32,6 +33,7 @@ pub async fn start_watch(
                         nanos: quiet.subsec_nanos() as i32,
                     }),
                 })),
+                min_objects: 1,
                 ..Default::default()
             }),
             ..Default::default()
