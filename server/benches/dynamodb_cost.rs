@@ -53,6 +53,7 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
         labels: Default::default(),
         client_token: None,
         created_at: now,
+        trace: Default::default(),
     };
     let Created::New { .. } = store.create_watch(new).await? else {
         anyhow::bail!("watch exists")
@@ -131,6 +132,7 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
         },
         labels: Default::default(),
         client_token: None,
+        trace: Default::default(),
     };
     let (watch, _) = core.service.start_watch(&tenant, start).await?;
     let mut stream = core.service.stream_events(&tenant, &watch.id, 0).await?;

@@ -72,7 +72,10 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_SQS_WAIT", default_value = "20s", value_parser = parse_sqs_wait)]
     pub sqs_wait: Duration,
 
-    /// Log format: `text` or `json`.
+    /// Serve Prometheus metrics (text format) on `http://ADDR/metrics`. Off unless given.
+    #[arg(long, env = "STREAMWATCH_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log format: `text` or `json`. `RUST_LOG` filters (default `info`).
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }

@@ -12,6 +12,7 @@ use std::{
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 use tokio_util::{
     sync::CancellationToken,
     time::{DelayQueue, delay_queue},
@@ -22,9 +23,11 @@ use crate::{
     error::Error,
     hub::Hub,
     ingest::{Routes, reconcile::Reconciler},
-    policy,
+    metrics::Metrics,
+    policy::{self, Rule},
     store::{Applied, Guard, Store, StoreError},
-    watch::{EventKind, Lifecycle, Watch, WatchKey, WatchState},
+    telemetry,
+    watch::{EventKind, Lifecycle, Watch, WatchEvent, WatchKey, WatchState},
 };
 
 /// How long to wait before retrying a watch whose store write failed.
@@ -115,6 +118,7 @@ pub struct Observer {
     reconciler: Option<Arc<Reconciler>>,
     /// For results of work done off the loop.
     tx: mpsc::Sender<Command>,
+    metrics: Arc<Metrics>,
 }
 
 impl Observer {
@@ -125,6 +129,7 @@ impl Observer {
         clock: Clock,
         settled: tokio::sync::watch::Receiver<Timestamp>,
         reconciler: Option<Arc<Reconciler>>,
+        metrics: Arc<Metrics>,
     ) -> (Self, ObserverHandle) {
         let (tx, rx) = mpsc::channel(1024);
         let observer = Self {
@@ -139,6 +144,7 @@ impl Observer {
             settled,
             held: HashSet::new(),
             reconciler,
+            metrics,
         };
         (observer, ObserverHandle { tx })
     }
@@ -193,6 +199,7 @@ impl Observer {
                     }
                 }
             }
+            self.metrics.observer_watches(self.watches.len(), self.held.len());
         }
     }
 
@@ -393,16 +400,15 @@ impl Observer {
                 Some(lifecycle) => {
                     let guard = Guard::exact(&entry.watch);
                     let (tenant, id) = (entry.watch.tenant.clone(), entry.watch.id.clone());
+                    let span = evaluation_span(&entry.watch, &lifecycle, completes);
                     match self
                         .store
                         .apply(&tenant, &id, guard, lifecycle, decision.events, now)
+                        .instrument(span)
                         .await
                     {
                         Ok(Some(Applied::Done { watch, events })) => {
-                            if let Some(e) = events.iter().find(|e| e.kind.is_terminal()) {
-                                tracing::info!(tenant = %tenant, watch_id = %id, seq = e.seq,
-                                    event = e.kind.name(), reason = %watch.lifecycle.reason, "watch finished");
-                            }
+                            self.transitioned(&watch, &events);
                             self.hub.publish(&events);
                             watch
                         }
@@ -443,6 +449,34 @@ impl Observer {
         self.schedule(key, at);
     }
 
+    /// Logs and counts each state transition among `events` just recorded for `watch`.
+    fn transitioned(&self, watch: &Watch, events: &[WatchEvent]) {
+        for e in events {
+            let (EventKind::Completed { object_count, reason }
+            | EventKind::TimedOut { object_count, reason }
+            | EventKind::Reopened { object_count, reason }) = &e.kind
+            else {
+                if let EventKind::Cancelled { reason } = &e.kind {
+                    tracing::info!(tenant = %watch.tenant, watch_id = %watch.id, seq = e.seq,
+                        generation = e.generation, event = e.kind.name(), %reason, "watch state changed");
+                    self.metrics.transition(e.kind.name());
+                }
+                continue;
+            };
+            tracing::info!(tenant = %watch.tenant, watch_id = %watch.id, seq = e.seq,
+                generation = e.generation, event = e.kind.name(), object_count, %reason,
+                "watch state changed");
+            self.metrics.transition(e.kind.name());
+            if let EventKind::Completed { .. } = e.kind {
+                let since = watch
+                    .counters
+                    .last_activity_at
+                    .unwrap_or(watch.lifecycle.generation_started_at);
+                self.metrics.completed_after(since.until(e.time));
+            }
+        }
+    }
+
     async fn cancel(&mut self, key: &WatchKey, reason: String) -> Result<Watch, Error> {
         let mut current = match self.watches.get(key) {
             Some(entry) => entry.watch.clone(),
@@ -481,6 +515,7 @@ impl Observer {
                 .await?
             {
                 Some(Applied::Done { watch, events }) => {
+                    self.transitioned(&watch, &events);
                     self.hub.publish(&events);
                     match self.watches.get_mut(key) {
                         Some(entry) => entry.watch = watch.clone(),
@@ -497,4 +532,34 @@ impl Observer {
             "the watch is changing too fast to cancel; retry".into(),
         ))
     }
+}
+
+/// The span of an evaluation that changes `watch`'s state to `next`: a root
+/// span linked to the watch's StartWatch call; when the watch completes, the
+/// completion decision is a child span carrying what it was decided on.
+fn evaluation_span(watch: &Watch, next: &Lifecycle, completes: bool) -> tracing::Span {
+    let span = tracing::info_span!(parent: None, "observer.evaluate",
+        tenant = %watch.tenant, watch_id = %watch.id,
+        from = watch.state().as_str(), to = next.state.as_str(), generation = next.generation);
+    telemetry::link_to(&span, &watch.trace);
+    if !completes {
+        return span;
+    }
+    let policy = match watch.policy.rule {
+        Rule::Polling { .. } => "polling",
+        Rule::QuietPeriod { .. } => "quiet_period",
+        Rule::ExpectedCount { .. } => "expected_count",
+        Rule::Adaptive { .. } => "adaptive",
+    };
+    let last_activity = watch
+        .counters
+        .last_activity_at
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let completion = tracing::info_span!(parent: &span, "watch.completion",
+        tenant = %watch.tenant, watch_id = %watch.id, policy,
+        object_count = watch.counters.object_count, last_activity = %last_activity,
+        reason = %next.reason, generation = next.generation);
+    telemetry::link_to(&completion, &watch.trace);
+    completion
 }

@@ -8,6 +8,7 @@
 //! committed change is in it.
 
 pub mod dynamodb;
+pub mod measured;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -16,8 +17,8 @@ use crate::{
     clock::Timestamp,
     policy::Policy,
     watch::{
-        Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId,
-        WatchState,
+        Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, TraceContext, Watch, WatchEvent,
+        WatchId, WatchState,
     },
 };
 
@@ -48,6 +49,7 @@ pub struct NewWatch {
     pub labels: Labels,
     pub client_token: Option<String>,
     pub created_at: Timestamp,
+    pub trace: TraceContext,
 }
 
 /// The result of [`Store::create_watch`].
