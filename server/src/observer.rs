@@ -540,7 +540,7 @@ impl Observer {
 fn evaluation_span(watch: &Watch, next: &Lifecycle, completes: bool) -> tracing::Span {
     let span = tracing::info_span!(parent: None, "observer.evaluate",
         tenant = %watch.tenant, watch_id = %watch.id,
-        from = watch.state().as_str(), to = next.state.as_str(), generation = next.generation);
+        from = watch.state().as_str(), to = next.state.as_str(), generation = i64::from(next.generation));
     telemetry::link_to(&span, &watch.trace);
     if !completes {
         return span;
@@ -558,8 +558,8 @@ fn evaluation_span(watch: &Watch, next: &Lifecycle, completes: bool) -> tracing:
         .unwrap_or_default();
     let completion = tracing::info_span!(parent: &span, "watch.completion",
         tenant = %watch.tenant, watch_id = %watch.id, policy,
-        object_count = watch.counters.object_count, last_activity = %last_activity,
-        reason = %next.reason, generation = next.generation);
+        object_count = watch.counters.object_count as i64, last_activity = %last_activity,
+        reason = %next.reason, generation = i64::from(next.generation));
     telemetry::link_to(&completion, &watch.trace);
     completion
 }

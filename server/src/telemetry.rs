@@ -216,6 +216,8 @@ pub fn current_trace(incoming: Option<&IncomingTrace>) -> TraceContext {
     incoming.map(|i| i.0.clone()).unwrap_or_default()
 }
 
+// Numeric span fields are i64: the OpenTelemetry bridge exports u64 as text.
+
 /// Records the tenant on the current RPC span.
 pub fn record_tenant(tenant: &str) {
     tracing::Span::current().record("tenant", tenant);

@@ -451,7 +451,7 @@ impl Ingest {
         let before = report.clone();
         let span = tracing::info_span!(
             "ingest.batch",
-            records = notifications.len(),
+            records = notifications.len() as i64,
             matched = tracing::field::Empty,
             counted = tracing::field::Empty,
             duplicates = tracing::field::Empty,
@@ -467,9 +467,10 @@ impl Ingest {
             delta(report.duplicates, before.duplicates),
             delta(report.ignored, before.ignored),
         );
-        span.record("matched", matched);
-        span.record("counted", counted);
-        span.record("duplicates", duplicates);
+        // Span fields as i64: the OpenTelemetry bridge exports u64 as text.
+        span.record("matched", matched as i64);
+        span.record("counted", counted as i64);
+        span.record("duplicates", duplicates as i64);
         let m = &self.metrics;
         m.notifications(Notifications::Received, notifications.len() as u64);
         m.notifications(Notifications::Counted, counted);

@@ -62,7 +62,7 @@ impl Store for Measured {
         self.metrics.store_batch(activities.len());
         let span = tracing::info_span!(
             "store.record",
-            activities = activities.len(),
+            activities = activities.len() as i64,
             error = tracing::field::Empty
         );
         self.timed("record", span, self.inner.record(activities, now))
@@ -79,7 +79,7 @@ impl Store for Measured {
         now: Timestamp,
     ) -> Result<Option<Applied>> {
         let span = tracing::info_span!("store.apply", tenant = %tenant, watch_id = %id,
-            state = lifecycle.state.as_str(), events = events.len(), error = tracing::field::Empty);
+            state = lifecycle.state.as_str(), events = events.len() as i64, error = tracing::field::Empty);
         self.timed(
             "apply",
             span,
