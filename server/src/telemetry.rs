@@ -10,6 +10,7 @@
 //! batch queue drained off the request path (a full queue drops spans).
 
 use std::{
+    io::IsTerminal,
     pin::Pin,
     sync::Arc,
     task::{Context, Poll},
@@ -91,6 +92,8 @@ pub fn init(format: &str) -> anyhow::Result<Telemetry> {
 /// subscriber and exports nothing.
 pub fn init_with(format: &str, otlp_endpoint: Option<String>) -> anyhow::Result<Telemetry> {
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colours for a terminal only, not for files and log collectors.
+    let ansi = std::io::stderr().is_terminal();
     let fmt_layer = if format == "json" {
         fmt::layer()
             .json()
@@ -99,6 +102,7 @@ pub fn init_with(format: &str, otlp_endpoint: Option<String>) -> anyhow::Result<
             .boxed()
     } else {
         fmt::layer()
+            .with_ansi(ansi)
             .with_writer(std::io::stderr)
             .with_filter(logs)
             .boxed()
