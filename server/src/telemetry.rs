@@ -91,6 +91,24 @@ pub fn init(format: &str) -> anyhow::Result<Telemetry> {
 /// A second call in one process (tests start many servers) keeps the first
 /// subscriber and exports nothing.
 pub fn init_with(format: &str, otlp_endpoint: Option<String>) -> anyhow::Result<Telemetry> {
+    let (subscriber, telemetry) = subscriber(format, otlp_endpoint)?;
+    if subscriber.try_init().is_err() {
+        telemetry.shutdown();
+        return Ok(Telemetry { provider: None });
+    }
+    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+    if telemetry.exporting() {
+        tracing::info!("exporting traces over OTLP");
+    }
+    Ok(telemetry)
+}
+
+/// The subscriber [`init_with`] installs, not installed (for a thread-local
+/// default, as the tracing cost benchmark sets one per runtime).
+pub fn subscriber(
+    format: &str,
+    otlp_endpoint: Option<String>,
+) -> anyhow::Result<(impl tracing::Subscriber + Send + Sync + 'static, Telemetry)> {
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours for a terminal only, not for files and log collectors.
     let ansi = std::io::stderr().is_terminal();
@@ -132,22 +150,10 @@ pub fn init_with(format: &str, otlp_endpoint: Option<String>) -> anyhow::Result<
             (Some(layer), Some(provider))
         }
     };
-    let installed = tracing_subscriber::registry()
+    let subscriber = tracing_subscriber::registry()
         .with(fmt_layer)
-        .with(otel_layer)
-        .try_init()
-        .is_ok();
-    if !installed {
-        if let Some(provider) = provider {
-            let _ = provider.shutdown();
-        }
-        return Ok(Telemetry { provider: None });
-    }
-    opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    if provider.is_some() {
-        tracing::info!("exporting traces over OTLP");
-    }
-    Ok(Telemetry { provider })
+        .with(otel_layer);
+    Ok((subscriber, Telemetry { provider }))
 }
 
 struct Headers<'a>(&'a http::HeaderMap);

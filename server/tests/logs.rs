@@ -1,7 +1,6 @@
 //! Logs of the real binary at `RUST_LOG=trace` (everything, the transport
-//! included) in JSON lines: one line per
-//! state transition of a watch, with its tenant and id, and never a bearer
-//! token, whether it was accepted or refused.
+//! included) in JSON lines: one line per state transition of a watch, with
+//! its tenant and id, and never a bearer token, accepted or refused.
 
 mod support;
 
