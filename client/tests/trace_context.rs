@@ -82,8 +82,16 @@ async fn the_cli_continues_the_trace_in_its_environment() {
 #[tokio::test]
 async fn a_malformed_trace_context_is_refused_before_connecting() {
     for (parent, state, named) in [
-        ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331", "", "traceparent"),
-        ("00-00000000000000000000000000000000-b7ad6b7169203331-01", "", "traceparent"),
+        (
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+            "",
+            "traceparent",
+        ),
+        (
+            "00-00000000000000000000000000000000-b7ad6b7169203331-01",
+            "",
+            "traceparent",
+        ),
         (TRACEPARENT, "bad\nstate", "tracestate"),
     ] {
         let error = Client::connect_lazy(
@@ -92,6 +100,9 @@ async fn a_malformed_trace_context_is_refused_before_connecting() {
         )
         .err()
         .expect("refused");
-        assert!(matches!(error, Error::InvalidTraceContext(n) if n == named), "{error}");
+        assert!(
+            matches!(error, Error::InvalidTraceContext(n) if n == named),
+            "{error}"
+        );
     }
 }

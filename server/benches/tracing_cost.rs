@@ -90,7 +90,8 @@ fn start_server(
     exports: &Runtime,
 ) -> anyhow::Result<(Server, telemetry::Telemetry)> {
     let dir = tempfile::tempdir()?;
-    let (subscriber, telemetry) = exports.block_on(async { telemetry::subscriber("text", otlp) })?;
+    let (subscriber, telemetry) =
+        exports.block_on(async { telemetry::subscriber("text", otlp) })?;
     let dispatch = tracing::Dispatch::new(subscriber);
     let runtime = runtime(name, 2, Some(dispatch));
     let mut config = Config::embedded_default();

@@ -17,8 +17,8 @@ use crate::{
     service::{ListWatches, Service, StartWatch},
     telemetry::{self, IncomingTrace},
     watch::{
-        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Prefix, TenantId, Watch,
-        TraceContext, WatchEvent, WatchId, WatchState,
+        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Prefix, TenantId,
+        TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 

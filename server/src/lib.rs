@@ -82,7 +82,7 @@ async fn open_store(
     Ok(match config.store {
         StoreKind::Sqlite => (
             Arc::new(
-            SqliteStore::open(&config.data)
+                SqliteStore::open(&config.data)
                     .with_context(|| format!("cannot open the store {}", config.data.display()))?,
             ),
             None,
@@ -366,11 +366,10 @@ pub async fn serve_with_listeners(
     };
     core.shutdown().await?;
     metrics_end.cancel();
-    if let Some(task) = metrics_task {
-        match task.await {
-            Ok(Err(e)) => tracing::warn!(error = %e, "the metrics endpoint failed"),
-            Ok(Ok(())) | Err(_) => {}
-        }
+    if let Some(task) = metrics_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "the metrics endpoint failed");
     }
     tracing::info!("stopped");
     served.context("the gRPC server failed")

@@ -234,9 +234,7 @@ impl Metrics {
     }
 
     pub fn transition(&self, event: &'static str) {
-        self.transitions
-            .get_or_create(&EventLabels { event })
-            .inc();
+        self.transitions.get_or_create(&EventLabels { event }).inc();
     }
 
     pub fn completed_after(&self, delay: Duration) {
@@ -311,6 +309,9 @@ fn counter(
     )?)
 }
 
+/// Reads one counter of a queue's consumers.
+type ReadQueue = fn(&QueueStats) -> u64;
+
 impl Collector for Sources {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         ConstGauge::new(self.hub.subscribers.load(Ordering::Relaxed)).encode(
@@ -328,7 +329,7 @@ impl Collector for Sources {
             self.hub.lagged_total.load(Ordering::Relaxed),
         )?;
         if !self.queues.is_empty() {
-            let per_queue: [(&str, &str, fn(&QueueStats) -> u64); 5] = [
+            let per_queue: [(&str, &str, ReadQueue); 5] = [
                 (
                     "streamwatch_sqs_messages_received",
                     "SQS messages received",
@@ -356,7 +357,8 @@ impl Collector for Sources {
                 ),
             ];
             for (name, help, read) in per_queue {
-                let mut family = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+                let mut family =
+                    encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
                 for (url, stats) in &self.queues {
                     let labels = QueueLabels { queue: url.clone() };
                     ConstCounter::new(read(stats)).encode(family.encode_family(&labels)?)?;

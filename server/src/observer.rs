@@ -12,11 +12,11 @@ use std::{
 
 use futures::StreamExt;
 use tokio::sync::{mpsc, oneshot};
-use tracing::Instrument;
 use tokio_util::{
     sync::CancellationToken,
     time::{DelayQueue, delay_queue},
 };
+use tracing::Instrument;
 
 use crate::{
     clock::{Clock, Timestamp},
@@ -199,7 +199,8 @@ impl Observer {
                     }
                 }
             }
-            self.metrics.observer_watches(self.watches.len(), self.held.len());
+            self.metrics
+                .observer_watches(self.watches.len(), self.held.len());
         }
     }
 
@@ -452,9 +453,18 @@ impl Observer {
     /// Logs and counts each state transition among `events` just recorded for `watch`.
     fn transitioned(&self, watch: &Watch, events: &[WatchEvent]) {
         for e in events {
-            let (EventKind::Completed { object_count, reason }
-            | EventKind::TimedOut { object_count, reason }
-            | EventKind::Reopened { object_count, reason }) = &e.kind
+            let (EventKind::Completed {
+                object_count,
+                reason,
+            }
+            | EventKind::TimedOut {
+                object_count,
+                reason,
+            }
+            | EventKind::Reopened {
+                object_count,
+                reason,
+            }) = &e.kind
             else {
                 if let EventKind::Cancelled { reason } = &e.kind {
                     tracing::info!(tenant = %watch.tenant, watch_id = %watch.id, seq = e.seq,

@@ -357,7 +357,17 @@ async fn a_malformed_traceparent_is_ignored_not_stored() {
         request
             .metadata_mut()
             .insert("tracestate", "vendor=opaque".parse().unwrap());
-        let watch = raw.start_watch(request).await.unwrap().into_inner().watch.unwrap();
-        assert_eq!((watch.traceparent.as_str(), watch.tracestate.as_str()), ("", ""), "{bad}");
+        let watch = raw
+            .start_watch(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .watch
+            .unwrap();
+        assert_eq!(
+            (watch.traceparent.as_str(), watch.tracestate.as_str()),
+            ("", ""),
+            "{bad}"
+        );
     }
 }

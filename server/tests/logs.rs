@@ -64,7 +64,11 @@ async fn transitions_are_logged_and_tokens_never_are() {
         .unwrap();
     let watch = begin(
         &mut acme,
-        start_request("acme-lake", "day=1/", quiet_period(std::time::Duration::from_secs(3600))),
+        start_request(
+            "acme-lake",
+            "day=1/",
+            quiet_period(std::time::Duration::from_secs(3600)),
+        ),
     )
     .await;
     acme.ingest_s3_events(vec![created("acme-lake", &["day=1/a"])])
@@ -76,7 +80,10 @@ async fn transitions_are_logged_and_tokens_never_are() {
     let mut intruder = Client::connect_with(endpoint, ConnectOptions::new().token(WRONG_TOKEN))
         .await
         .unwrap();
-    assert!(intruder.get_watch(&watch.watch_id).await.is_err(), "refused");
+    assert!(
+        intruder.get_watch(&watch.watch_id).await.is_err(),
+        "refused"
+    );
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();

@@ -27,7 +27,11 @@ async fn scrape(addr: SocketAddr) -> (String, Scrape) {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let content_type = head
         .lines()
-        .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-type: ").map(str::to_owned))
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_owned)
+        })
         .expect("a content type");
     let parsed = Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).expect("parses");
     (content_type, parsed)
@@ -47,7 +51,11 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
             other => panic!("{name} is not a single value: {other:?}"),
         })
         .collect();
-    assert!(found.len() <= 1, "{name} {labels:?} appears {} times", found.len());
+    assert!(
+        found.len() <= 1,
+        "{name} {labels:?} appears {} times",
+        found.len()
+    );
     found.first().copied().unwrap_or(0.0)
 }
 
@@ -61,7 +69,10 @@ async fn counters_move_by_what_the_calls_did() {
     let metrics = server.metrics.expect("metrics endpoint");
     let mut client = server.client().await;
     let (content_type, before) = scrape(metrics).await;
-    assert!(content_type.starts_with("text/plain; version=0.0.4"), "{content_type}");
+    assert!(
+        content_type.starts_with("text/plain; version=0.0.4"),
+        "{content_type}"
+    );
 
     let policy = v1::Policy {
         rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
@@ -102,10 +113,16 @@ async fn counters_move_by_what_the_calls_did() {
     let rpc = "streamwatch_rpc_requests_total";
     assert_eq!(d(rpc, &[("method", START), ("code", "OK")]), 1.0);
     assert_eq!(d(rpc, &[("method", INGEST), ("code", "OK")]), 2.0);
-    assert_eq!(d(rpc, &[("method", GET), ("code", "INVALID_ARGUMENT")]), 1.0);
+    assert_eq!(
+        d(rpc, &[("method", GET), ("code", "INVALID_ARGUMENT")]),
+        1.0
+    );
     assert_eq!(d(rpc, &[("method", GET), ("code", "OK")]), 1.0);
     assert_eq!(
-        d("streamwatch_rpc_duration_seconds_count", &[("method", INGEST)]),
+        d(
+            "streamwatch_rpc_duration_seconds_count",
+            &[("method", INGEST)]
+        ),
         2.0
     );
     let n = "streamwatch_notifications_total";
@@ -121,7 +138,10 @@ async fn counters_move_by_what_the_calls_did() {
     assert_eq!(d(store, &[("operation", "create_watch")]), 1.0);
     assert_eq!(d(store, &[("operation", "record")]), 2.0);
     assert_eq!(
-        d("streamwatch_watch_transitions_total", &[("event", "completed")]),
+        d(
+            "streamwatch_watch_transitions_total",
+            &[("event", "completed")]
+        ),
         1.0
     );
     assert_eq!(d("streamwatch_completion_delay_seconds_count", &[]), 1.0);

@@ -18,7 +18,7 @@ use opentelemetry_proto::tonic::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
     },
-    common::v1::{any_value::Value, KeyValue},
+    common::v1::{KeyValue, any_value::Value},
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use streamwatch_client::{Client, ConnectOptions, proto as v1};
@@ -150,7 +150,9 @@ async fn spans_follow_the_callers_trace_and_completion_links_to_start() {
     .unwrap();
     let spans = receiver.spans.lock().unwrap().clone();
     assert!(
-        spans.iter().all(|(service, _)| service == "streamwatch-server"),
+        spans
+            .iter()
+            .all(|(service, _)| service == "streamwatch-server"),
         "service name"
     );
 

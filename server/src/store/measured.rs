@@ -32,8 +32,7 @@ impl Measured {
     ) -> Result<T> {
         let started = Instant::now();
         let result = call.instrument(span.clone()).await;
-        self.metrics
-            .store_transaction(operation, started.elapsed());
+        self.metrics.store_transaction(operation, started.elapsed());
         if let Err(e) = &result {
             span.record("error", tracing::field::display(e));
         }

@@ -115,7 +115,9 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
-        let metrics_addr = metrics.as_ref().map(|m| m.local_addr().expect("local addr"));
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|m| m.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(streamwatch_server::serve_with_listeners(
             config.clone(),
