@@ -166,6 +166,8 @@ impl Observer {
 
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.metrics
+            .observer_watches(self.watches.len(), self.held.len());
         loop {
             tokio::select! {
                 biased;
