@@ -13,11 +13,11 @@ use tonic::{service::interceptor::InterceptedService, transport::Channel};
 
 use crate::{
     ConnectOptions, Error, ListFilter,
-    connect::Bearer,
+    connect::CallMetadata,
     events::{Backoff, EventStream, is_terminal},
 };
 
-type Svc = InterceptedService<Channel, Bearer>;
+type Svc = InterceptedService<Channel, CallMetadata>;
 
 /// A connection to a streamwatch server. Cheap to clone: clones share the
 /// connection.
@@ -58,10 +58,10 @@ impl Client {
 
     /// A client on a channel opened elsewhere (for example with `tonic::transport::Endpoint`).
     pub fn from_channel(channel: Channel, options: ConnectOptions) -> Result<Self, Error> {
-        let bearer = options.bearer()?;
+        let metadata = options.metadata()?;
         Ok(Self {
-            watches: WatchServiceClient::with_interceptor(channel.clone(), bearer.clone()),
-            ingest: IngestServiceClient::with_interceptor(channel, bearer),
+            watches: WatchServiceClient::with_interceptor(channel.clone(), metadata.clone()),
+            ingest: IngestServiceClient::with_interceptor(channel, metadata),
             request_timeout: options.request_timeout,
             backoff: options.backoff,
         })

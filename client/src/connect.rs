@@ -1,10 +1,12 @@
 //! How a client reaches the server: the endpoint, the bearer token, TLS (a CA
-//! certificate and the server's name), the connect and request timeouts, and
-//! the backoff for resuming event streams. Turning these options into a
-//! configured `Endpoint` happens here and nowhere else.
+//! certificate and the server's name), the connect and request timeouts, the
+//! backoff for resuming event streams, and the W3C trace context each call
+//! carries. Turning these options into a configured `Endpoint` and per-call
+//! metadata happens here and nowhere else.
 
 use std::{path::PathBuf, time::Duration};
 
+use opentelemetry::trace::TraceContextExt;
 use tonic::{
     Status,
     metadata::AsciiMetadataValue,
@@ -26,6 +28,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     pub(crate) token: Option<String>,
+    traceparent: Option<(String, String)>,
     ca_certificate: Option<PathBuf>,
     tls_domain: Option<String>,
     connect_timeout: Duration,
@@ -37,6 +40,7 @@ impl Default for ConnectOptions {
     fn default() -> Self {
         Self {
             token: None,
+            traceparent: None,
             ca_certificate: None,
             tls_domain: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -54,6 +58,17 @@ impl ConnectOptions {
     /// Sends `authorization: Bearer <token>` with every call.
     pub fn token(mut self, token: impl Into<String>) -> Self {
         self.token = Some(token.into());
+        self
+    }
+
+    /// Sends this W3C trace context (`traceparent`, and `tracestate` unless
+    /// empty) with every call, instead of the current OpenTelemetry context's.
+    pub fn trace_context(
+        mut self,
+        traceparent: impl Into<String>,
+        tracestate: impl Into<String>,
+    ) -> Self {
+        self.traceparent = Some((traceparent.into(), tracestate.into()));
         self
     }
 
@@ -129,27 +144,97 @@ impl ConnectOptions {
         configured.tls_config(tls).map_err(Error::Tls)
     }
 
-    pub(crate) fn bearer(&self) -> Result<Bearer, Error> {
-        match &self.token {
-            Some(token) => format!("Bearer {token}")
-                .parse::<AsciiMetadataValue>()
-                .map(|value| Bearer(Some(value)))
-                .map_err(|_| Error::InvalidToken),
-            None => Ok(Bearer(None)),
-        }
+    pub(crate) fn metadata(&self) -> Result<CallMetadata, Error> {
+        let bearer = match &self.token {
+            Some(token) => Some(
+                format!("Bearer {token}")
+                    .parse::<AsciiMetadataValue>()
+                    .map_err(|_| Error::InvalidToken)?,
+            ),
+            None => None,
+        };
+        let trace = match &self.traceparent {
+            Some((parent, state)) => {
+                if !is_traceparent(parent) {
+                    return Err(Error::InvalidTraceContext("traceparent"));
+                }
+                let parent = parent
+                    .parse()
+                    .map_err(|_| Error::InvalidTraceContext("traceparent"))?;
+                let state = match state.as_str() {
+                    "" => None,
+                    s => Some(
+                        s.parse()
+                            .map_err(|_| Error::InvalidTraceContext("tracestate"))?,
+                    ),
+                };
+                Some((parent, state))
+            }
+            None => None,
+        };
+        Ok(CallMetadata { bearer, trace })
     }
 }
 
-/// Adds `authorization: Bearer <token>` to every call.
-#[derive(Clone)]
-pub struct Bearer(Option<AsciiMetadataValue>);
+/// Whether `s` is a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`, ids not all zero).
+pub fn is_traceparent(s: &str) -> bool {
+    let parts: Vec<&str> = s.split('-').collect();
+    let hex = |p: &str, n: usize| {
+        p.len() == n && p.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    };
+    parts.len() == 4
+        && hex(parts[0], 2)
+        && parts[0] != "ff"
+        && hex(parts[1], 32)
+        && hex(parts[2], 16)
+        && hex(parts[3], 2)
+        && parts[1].bytes().any(|b| b != b'0')
+        && parts[2].bytes().any(|b| b != b'0')
+}
 
-impl Interceptor for Bearer {
+/// Adds `authorization: Bearer <token>` and the W3C trace context (the
+/// configured one, else the current OpenTelemetry context's span) to every call.
+#[derive(Clone)]
+pub struct CallMetadata {
+    bearer: Option<AsciiMetadataValue>,
+    trace: Option<(AsciiMetadataValue, Option<AsciiMetadataValue>)>,
+}
+
+impl Interceptor for CallMetadata {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, Status> {
-        if let Some(token) = &self.0 {
-            request
-                .metadata_mut()
-                .insert(streamwatch::AUTHORIZATION_HEADER, token.clone());
+        let metadata = request.metadata_mut();
+        if let Some(token) = &self.bearer {
+            metadata.insert(streamwatch::AUTHORIZATION_HEADER, token.clone());
+        }
+        match &self.trace {
+            Some((parent, state)) => {
+                metadata.insert("traceparent", parent.clone());
+                if let Some(state) = state {
+                    metadata.insert("tracestate", state.clone());
+                }
+            }
+            None => {
+                let cx = opentelemetry::Context::current();
+                let span = cx.span();
+                let sc = span.span_context();
+                if sc.is_valid() {
+                    let parent = format!(
+                        "00-{}-{}-{:02x}",
+                        sc.trace_id(),
+                        sc.span_id(),
+                        sc.trace_flags().to_u8()
+                    );
+                    if let Ok(parent) = parent.parse() {
+                        metadata.insert("traceparent", parent);
+                    }
+                    let state = sc.trace_state().header();
+                    if !state.is_empty()
+                        && let Ok(state) = state.parse()
+                    {
+                        metadata.insert("tracestate", state);
+                    }
+                }
+            }
         }
         Ok(request)
     }

@@ -31,6 +31,8 @@ pub enum Error {
     Tls(tonic::transport::Error),
     #[error("the token is not valid ASCII metadata")]
     InvalidToken,
+    #[error("the {0} is not a valid W3C trace context header")]
+    InvalidTraceContext(&'static str),
     #[error("{rpc} got no answer within {after:?}")]
     Timeout { rpc: &'static str, after: Duration },
     #[error("the server answered {rpc} without a watch")]

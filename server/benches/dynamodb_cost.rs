@@ -62,6 +62,7 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
         labels: Default::default(),
         client_token: None,
         created_at: now,
+        trace: Default::default(),
     };
     let Created::New { .. } = store.create_watch(new).await? else {
         anyhow::bail!("watch exists")
@@ -140,6 +141,7 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
         },
         labels: Default::default(),
         client_token: None,
+        trace: Default::default(),
     };
     let (watch, _) = core.service.start_watch(&tenant, start).await?;
     let mut stream = core.service.stream_events(&tenant, &watch.id, 0).await?;
@@ -268,6 +270,7 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
             labels: Default::default(),
             client_token: None,
             created_at: Timestamp::from_millis(0),
+            trace: Default::default(),
         })
     };
     let classic_policy = Policy {

@@ -16,9 +16,10 @@ use crate::{
     policy::{self, DelaySchedule, Policy, Rule},
     service::{ListWatches, Service, StartWatch},
     store::{Delivery, DeliveryState},
+    telemetry::{self, IncomingTrace},
     watch::{
         self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Notify, NotifyTarget,
-        Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState,
+        Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -46,11 +47,20 @@ impl IngestApi {
 
 fn tenant<T>(request: &Request<T>) -> Result<TenantId, Status> {
     // The auth layer always sets it; its absence is a wiring bug, not the caller's.
-    request
+    let tenant = request
         .extensions()
         .get::<TenantId>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no tenant"))
+        .ok_or_else(|| Status::unauthenticated("no tenant"))?;
+    telemetry::record_tenant(tenant.as_str());
+    Ok(tenant)
+}
+
+/// Parses the request's watch id and names it on the call's span.
+fn watch_id(raw: &str) -> Result<WatchId, Error> {
+    let id = WatchId::parse("watch_id", raw)?;
+    telemetry::record_watch(id.as_str());
+    Ok(id)
 }
 
 fn duration(
@@ -380,10 +390,13 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
             explanation: a.to_string(),
         }),
         deliveries: Vec::new(),
+        traceparent: w.trace.traceparent.clone(),
+        tracestate: w.trace.tracestate.clone(),
     }
 }
 
-pub fn event_to_proto(e: &WatchEvent) -> v1::WatchEvent {
+/// `e` as sent to subscribers: stamped with `trace`, its watch's StartWatch context.
+pub fn event_to_proto(e: &WatchEvent, trace: &TraceContext) -> v1::WatchEvent {
     use v1::watch_event::{self as we, Kind};
     let kind = match &e.kind {
         EventKind::Started { watch } => Kind::Started(we::Started {
@@ -445,11 +458,17 @@ pub fn event_to_proto(e: &WatchEvent) -> v1::WatchEvent {
         seq: e.seq,
         time: Some(proto_timestamp(e.time)),
         generation: e.generation,
+        traceparent: trace.traceparent.clone(),
+        tracestate: trace.tracestate.clone(),
         kind: Some(kind),
     }
 }
 
-pub fn start_from_proto(r: &v1::StartWatchRequest) -> Result<StartWatch, Error> {
+/// Parses a StartWatch request made under `trace`.
+pub fn start_from_proto(
+    r: &v1::StartWatchRequest,
+    trace: TraceContext,
+) -> Result<StartWatch, Error> {
     let labels: watch::Labels = r.labels.clone().into_iter().collect();
     watch::validate_labels("labels", &labels)?;
     if r.client_token.len() > MAX_CLIENT_TOKEN_BYTES {
@@ -464,6 +483,7 @@ pub fn start_from_proto(r: &v1::StartWatchRequest) -> Result<StartWatch, Error> 
         policy: policy_from_proto(r.policy.as_ref())?,
         labels,
         client_token: (!r.client_token.is_empty()).then(|| r.client_token.clone()),
+        trace,
     })
 }
 
@@ -476,8 +496,10 @@ impl WatchService for WatchApi {
         request: Request<v1::StartWatchRequest>,
     ) -> Result<Response<v1::StartWatchResponse>, Status> {
         let tenant = tenant(&request)?;
-        let start = start_from_proto(request.get_ref())?;
+        let trace = telemetry::current_trace(request.extensions().get::<IncomingTrace>());
+        let start = start_from_proto(request.get_ref(), trace)?;
         let (watch, created) = self.service.start_watch(&tenant, start).await?;
+        telemetry::record_watch(watch.id.as_str());
         Ok(Response::new(v1::StartWatchResponse {
             watch: Some(watch_to_proto(&watch)),
             created,
@@ -489,7 +511,7 @@ impl WatchService for WatchApi {
         request: Request<v1::GetWatchRequest>,
     ) -> Result<Response<v1::GetWatchResponse>, Status> {
         let tenant = tenant(&request)?;
-        let id = WatchId::parse("watch_id", &request.get_ref().watch_id)?;
+        let id = watch_id(&request.get_ref().watch_id)?;
         let watch = self.service.get_watch(&tenant, &id).await?;
         let mut watch = watch_to_proto(&watch);
         watch.deliveries = self
@@ -544,7 +566,7 @@ impl WatchService for WatchApi {
     ) -> Result<Response<v1::CancelWatchResponse>, Status> {
         let tenant = tenant(&request)?;
         let r = request.get_ref();
-        let id = WatchId::parse("watch_id", &r.watch_id)?;
+        let id = watch_id(&r.watch_id)?;
         if r.reason.len() > MAX_REASON_BYTES {
             return Err(Error::invalid(
                 "reason",
@@ -569,12 +591,13 @@ impl WatchService for WatchApi {
     ) -> Result<Response<Self::StreamWatchEventsStream>, Status> {
         let tenant = tenant(&request)?;
         let r = request.get_ref();
-        let id = WatchId::parse("watch_id", &r.watch_id)?;
-        let events = self
-            .service
-            .stream_events(&tenant, &id, r.after_seq)
-            .await?;
-        let stream = events.map(|item| item.map(|e| event_to_proto(&e)).map_err(Status::from));
+        let id = watch_id(&r.watch_id)?;
+        let (watch, events) = self.service.subscribe(&tenant, &id, r.after_seq).await?;
+        let trace = watch.trace;
+        let stream = events.map(move |item| {
+            item.map(|e| event_to_proto(&e, &trace))
+                .map_err(Status::from)
+        });
         Ok(Response::new(Box::pin(stream)))
     }
 }

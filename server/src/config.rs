@@ -89,7 +89,10 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_DELIVERY_TIMEOUT", default_value = DEFAULT_DELIVERY_TIMEOUT, value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
 
-    /// Log format: `text` or `json`.
+    /// Serve Prometheus metrics (text format) on `http://ADDR/metrics`. Off unless given.
+    #[arg(long, env = "STREAMWATCH_METRICS_ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
+    /// Log format: `text` or `json`. `RUST_LOG` filters (default `info`).
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
 }

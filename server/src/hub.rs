@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicI64, AtomicU64, Ordering},
     },
 };
 
@@ -36,6 +36,8 @@ pub struct Hub {
     shutdown: CancellationToken,
     /// Times a subscriber fell behind the live path and caught up from the log.
     pub lagged_total: AtomicU64,
+    /// Subscriptions open now.
+    pub subscribers: AtomicI64,
 }
 
 impl Hub {
@@ -46,6 +48,7 @@ impl Hub {
             channels: Mutex::new(HashMap::new()),
             shutdown,
             lagged_total: AtomicU64::new(0),
+            subscribers: AtomicI64::new(0),
         }
     }
 
@@ -88,6 +91,7 @@ impl Hub {
     ) -> ReceiverStream<Result<WatchEvent, Error>> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let live = self.live(&watch.key());
+        self.subscribers.fetch_add(1, Ordering::Relaxed);
         let subscription = Subscription {
             hub: self.clone(),
             key: watch.key(),
@@ -114,6 +118,12 @@ struct Subscription {
     /// When the stream may end: set by a terminal event, cleared by REOPENED.
     ends_at: Option<Timestamp>,
     tx: mpsc::Sender<Result<WatchEvent, Error>>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 enum Flow {

@@ -6,7 +6,7 @@
 //! [`policy`] (pure completion rules), [`observer`] (timers), [`hub`] (event
 //! fan-out), [`delivery`] (completion callbacks), [`service`] (the
 //! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`config`],
-//! [`telemetry`].
+//! [`telemetry`] (logs and traces), [`metrics`] (Prometheus).
 
 pub mod api;
 pub mod auth;
@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod error;
 pub mod hub;
 pub mod ingest;
+pub mod metrics;
 pub mod observer;
 pub mod policy;
 pub mod service;
@@ -47,9 +48,11 @@ use crate::{
         reconcile::Reconciler,
         sqs::{QueueConsumer, QueueStats},
     },
+    metrics::{Metrics, Sources},
     observer::Observer,
     service::Service,
-    store::{Store, dynamodb::DynamoStore, sqlite::SqliteStore},
+    store::{Store, dynamodb::DynamoStore, measured::Measured, sqlite::SqliteStore},
+    telemetry::RpcLayer,
 };
 
 /// Largest IngestS3Events request accepted (room for [`ingest::MAX_RECORDS`] records).
@@ -72,17 +75,23 @@ pub struct Core {
     deliverer_task: tokio::task::JoinHandle<()>,
     /// What the delivery task did.
     pub delivery_stats: Arc<DeliveryStats>,
+    /// What `/metrics` shows.
+    pub metrics: Arc<Metrics>,
 }
 
-/// Opens the store `config` names (`aws` is the shared AWS configuration, loaded when the store needs it).
+/// Opens the store `config` names (`aws` is the shared AWS configuration,
+/// loaded when the store needs it); the DynamoDB store also comes back on its own, for its request counts.
 async fn open_store(
     config: &Config,
     aws: Option<&aws_config::SdkConfig>,
-) -> anyhow::Result<Arc<dyn Store>> {
+) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<DynamoStore>>)> {
     Ok(match config.store {
-        StoreKind::Sqlite => Arc::new(
-            SqliteStore::open(&config.data)
-                .with_context(|| format!("cannot open the store {}", config.data.display()))?,
+        StoreKind::Sqlite => (
+            Arc::new(
+                SqliteStore::open(&config.data)
+                    .with_context(|| format!("cannot open the store {}", config.data.display()))?,
+            ),
+            None,
         ),
         StoreKind::Dynamodb => {
             let table = config
@@ -103,7 +112,8 @@ async fn open_store(
                 .check()
                 .await
                 .with_context(|| format!("cannot reach the DynamoDB table {table}"))?;
-            Arc::new(store)
+            let store = Arc::new(store);
+            (store.clone(), Some(store))
         }
     })
 }
@@ -136,7 +146,9 @@ impl Core {
         } else {
             None
         };
-        let store = open_store(config, aws.as_ref()).await?;
+        let metrics = Arc::new(Metrics::new());
+        let (store, dynamodb) = open_store(config, aws.as_ref()).await?;
+        let store: Arc<dyn Store> = Arc::new(Measured::new(store, metrics.clone()));
         let sqs = match (&aws, config.sqs_queue_urls.is_empty()) {
             (Some(aws), false) => Some(open_queues(aws, &config.sqs_queue_urls).await?),
             _ => None,
@@ -164,6 +176,7 @@ impl Core {
             clock,
             watermarks.subscribe(),
             reconciler.clone(),
+            metrics.clone(),
         );
         let deliverer = Deliverer::new(
             store.clone(),
@@ -189,6 +202,7 @@ impl Core {
             hub: hub.clone(),
             tenants: tenants.clone(),
             clock,
+            metrics: metrics.clone(),
         });
         let consumers_end = CancellationToken::new();
         let mut consumers = Vec::new();
@@ -212,6 +226,11 @@ impl Core {
                 }
             }
         }
+        metrics.collect_from(Sources {
+            hub: hub.clone(),
+            queues: queue_stats.clone(),
+            dynamodb,
+        });
         let service = Arc::new(Service {
             store: store.clone(),
             hub,
@@ -234,6 +253,7 @@ impl Core {
             deliveries_end,
             deliverer_task,
             delivery_stats,
+            metrics,
         })
     }
 
@@ -274,6 +294,22 @@ pub async fn serve_with_clock(
     clock: Clock,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(metrics::bind(addr).await?),
+        None => None,
+    };
+    serve_with_listeners(config, listener, metrics, clock, shutdown).await
+}
+
+/// [`serve_with_clock`] with the metrics endpoint on `metrics` (if given)
+/// instead of on `config.metrics_addr`.
+pub async fn serve_with_listeners(
+    config: Config,
+    listener: TcpListener,
+    metrics: Option<TcpListener>,
+    clock: Clock,
+    shutdown: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     if config.tenants.is_none() && !addr.ip().is_loopback() {
         anyhow::bail!(
@@ -295,10 +331,24 @@ pub async fn serve_with_clock(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let auth = AuthInterceptor::new(core.tenants.clone());
+    let metrics_end = CancellationToken::new();
+    let metrics_task = match metrics {
+        Some(listener) => {
+            let metrics_addr = listener.local_addr()?;
+            tracing::info!(%metrics_addr, "serving metrics on /metrics");
+            Some(tokio::spawn(metrics::serve(
+                core.metrics.clone(),
+                listener,
+                metrics_end.clone(),
+            )))
+        }
+        None => None,
+    };
 
     let stop_accepting = CancellationToken::new();
     let server_end = stop_accepting.clone();
     let server = tonic::transport::Server::builder()
+        .layer(RpcLayer::new(core.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
@@ -337,6 +387,12 @@ pub async fn serve_with_clock(
         }
     };
     core.shutdown().await?;
+    metrics_end.cancel();
+    if let Some(task) = metrics_task
+        && let Ok(Err(e)) = task.await
+    {
+        tracing::warn!(error = %e, "the metrics endpoint failed");
+    }
     tracing::info!("stopped");
     served.context("the gRPC server failed")
 }

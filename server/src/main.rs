@@ -8,11 +8,14 @@ use streamwatch_server::{config::Config, serve, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    telemetry::init(&config.log_format);
+    let telemetry = telemetry::init(&config.log_format)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    serve(config, listener, shutdown_signal()).await
+    let served = serve(config, listener, shutdown_signal()).await;
+    // Exporting the last spans blocks on the runtime's threads: not on one of them.
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -16,15 +16,18 @@ use tokio_util::{
     sync::CancellationToken,
     time::{DelayQueue, delay_queue},
 };
+use tracing::Instrument;
 
 use crate::{
     clock::{Clock, Timestamp},
     error::Error,
     hub::Hub,
     ingest::{Routes, reconcile::Reconciler},
-    policy,
+    metrics::Metrics,
+    policy::{self, Rule},
     store::{Applied, Guard, Store, StoreError},
-    watch::{EventKind, Lifecycle, Watch, WatchKey, WatchState},
+    telemetry,
+    watch::{EventKind, Lifecycle, Watch, WatchEvent, WatchKey, WatchState},
 };
 
 /// How long to wait before retrying a watch whose store write failed.
@@ -105,6 +108,8 @@ struct Entry {
 struct Transition {
     key: WatchKey,
     guard: Guard,
+    /// The evaluation's span (linked to the watch's StartWatch trace).
+    span: tracing::Span,
     lifecycle: Lifecycle,
     /// The rest of the decision (its events, next wake-up), carried out once written.
     decision: policy::Decision,
@@ -129,6 +134,7 @@ pub struct Observer {
     tx: mpsc::Sender<Command>,
     /// Wakes the delivery task after events with callbacks are committed.
     deliveries: Option<Arc<tokio::sync::Notify>>,
+    metrics: Arc<Metrics>,
 }
 
 impl Observer {
@@ -139,6 +145,7 @@ impl Observer {
         clock: Clock,
         settled: tokio::sync::watch::Receiver<Timestamp>,
         reconciler: Option<Arc<Reconciler>>,
+        metrics: Arc<Metrics>,
     ) -> (Self, ObserverHandle) {
         let (tx, rx) = mpsc::channel(1024);
         let observer = Self {
@@ -154,6 +161,7 @@ impl Observer {
             held: HashSet::new(),
             reconciler,
             deliveries: None,
+            metrics,
         };
         (observer, ObserverHandle { tx })
     }
@@ -189,6 +197,8 @@ impl Observer {
 
     /// Runs until `shutdown` is cancelled.
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.metrics
+            .observer_watches(self.watches.len(), self.held.len());
         loop {
             tokio::select! {
                 biased;
@@ -232,6 +242,8 @@ impl Observer {
                     }
                 }
             }
+            self.metrics
+                .observer_watches(self.watches.len(), self.held.len());
         }
     }
 
@@ -420,14 +432,16 @@ impl Observer {
             }
             let store = self.store.clone();
             let results = futures::future::join_all(pending.iter().map(|t| {
-                store.apply(
-                    &t.key.tenant,
-                    &t.key.id,
-                    t.guard,
-                    t.lifecycle.clone(),
-                    t.decision.events.clone(),
-                    t.now,
-                )
+                store
+                    .apply(
+                        &t.key.tenant,
+                        &t.key.id,
+                        t.guard,
+                        t.lifecycle.clone(),
+                        t.decision.events.clone(),
+                        t.now,
+                    )
+                    .instrument(t.span.clone())
             }))
             .await;
             keys = pending
@@ -474,6 +488,7 @@ impl Observer {
             Some(lifecycle) => Some(Transition {
                 key: key.clone(),
                 guard: Guard::exact(&entry.watch),
+                span: evaluation_span(&entry.watch, &lifecycle, completes),
                 lifecycle,
                 decision,
                 now,
@@ -491,10 +506,7 @@ impl Observer {
         let (tenant, id) = (&t.key.tenant, &t.key.id);
         match result {
             Ok(Some(Applied::Done { watch, events })) => {
-                if let Some(e) = events.iter().find(|e| e.kind.is_terminal()) {
-                    tracing::info!(tenant = %tenant, watch_id = %id, seq = e.seq,
-                        event = e.kind.name(), reason = %watch.lifecycle.reason, "watch finished");
-                }
+                self.transitioned(&watch, &events);
                 self.hub.publish(&events);
                 self.wake_deliveries_for(&watch, &events);
                 self.settle(&t.key, watch, &t.decision);
@@ -531,6 +543,43 @@ impl Observer {
             Some(at) => self.schedule(key, at),
             None if live => self.unschedule(key),
             None => self.forget(key),
+        }
+    }
+
+    /// Logs and counts each state transition among `events` just recorded for `watch`.
+    fn transitioned(&self, watch: &Watch, events: &[WatchEvent]) {
+        for e in events {
+            let (EventKind::Completed {
+                object_count,
+                reason,
+            }
+            | EventKind::TimedOut {
+                object_count,
+                reason,
+            }
+            | EventKind::Reopened {
+                object_count,
+                reason,
+            }) = &e.kind
+            else {
+                if let EventKind::Cancelled { reason } = &e.kind {
+                    tracing::info!(tenant = %watch.tenant, watch_id = %watch.id, seq = e.seq,
+                        generation = e.generation, event = e.kind.name(), %reason, "watch state changed");
+                    self.metrics.transition(e.kind.name());
+                }
+                continue;
+            };
+            tracing::info!(tenant = %watch.tenant, watch_id = %watch.id, seq = e.seq,
+                generation = e.generation, event = e.kind.name(), object_count, %reason,
+                "watch state changed");
+            self.metrics.transition(e.kind.name());
+            if let EventKind::Completed { .. } = e.kind {
+                let since = watch
+                    .counters
+                    .last_activity_at
+                    .unwrap_or(watch.lifecycle.generation_started_at);
+                self.metrics.completed_after(since.until(e.time));
+            }
         }
     }
 
@@ -572,6 +621,7 @@ impl Observer {
                 .await?
             {
                 Some(Applied::Done { watch, events }) => {
+                    self.transitioned(&watch, &events);
                     self.hub.publish(&events);
                     self.wake_deliveries_for(&watch, &events);
                     match self.watches.get_mut(key) {
@@ -589,4 +639,34 @@ impl Observer {
             "the watch is changing too fast to cancel; retry".into(),
         ))
     }
+}
+
+/// The span of an evaluation that changes `watch`'s state to `next`: a root
+/// span linked to the watch's StartWatch call; when the watch completes, the
+/// completion decision is a child span carrying what it was decided on.
+fn evaluation_span(watch: &Watch, next: &Lifecycle, completes: bool) -> tracing::Span {
+    let span = tracing::info_span!(parent: None, "observer.evaluate",
+        tenant = %watch.tenant, watch_id = %watch.id,
+        from = watch.state().as_str(), to = next.state.as_str(), generation = i64::from(next.generation));
+    telemetry::link_to(&span, &watch.trace);
+    if !completes {
+        return span;
+    }
+    let policy = match watch.policy.rule {
+        Rule::Polling { .. } => "polling",
+        Rule::QuietPeriod { .. } => "quiet_period",
+        Rule::ExpectedCount { .. } => "expected_count",
+        Rule::Adaptive { .. } => "adaptive",
+    };
+    let last_activity = watch
+        .counters
+        .last_activity_at
+        .map(|t| t.to_string())
+        .unwrap_or_default();
+    let completion = tracing::info_span!(parent: &span, "watch.completion",
+        tenant = %watch.tenant, watch_id = %watch.id, policy,
+        object_count = watch.counters.object_count as i64, last_activity = %last_activity,
+        reason = %next.reason, generation = i64::from(next.generation));
+    telemetry::link_to(&completion, &watch.trace);
+    completion
 }

@@ -812,6 +812,7 @@ mod tests {
             lifecycle: fresh_lifecycle(1, at(0), 0),
             counters: Counters::default(),
             last_seq: 1,
+            trace: Default::default(),
         }
     }
 

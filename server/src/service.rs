@@ -18,8 +18,8 @@ use crate::{
     policy::Policy,
     store::{Created, Delivery, ListQuery, NewWatch, Store},
     watch::{
-        Bucket, Labels, NotifyTarget, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchKey,
-        WatchState,
+        Bucket, Labels, NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId,
+        WatchKey, WatchState,
     },
 };
 
@@ -35,6 +35,8 @@ pub struct StartWatch {
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,
+    /// The trace context the call runs under (see [`crate::telemetry`]).
+    pub trace: TraceContext,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -85,6 +87,7 @@ impl Service {
             policy: start.policy,
             labels: start.labels,
             client_token: start.client_token,
+            trace: start.trace,
             created_at: self.clock.now(),
         };
         match self.store.create_watch(new.clone()).await? {
@@ -210,6 +213,16 @@ impl Service {
         id: &WatchId,
         after_seq: u64,
     ) -> Result<ReceiverStream<Result<WatchEvent, Error>>, Error> {
+        Ok(self.subscribe(tenant, id, after_seq).await?.1)
+    }
+
+    /// [`Self::stream_events`], with the watch as it was when the stream began.
+    pub async fn subscribe(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        after_seq: u64,
+    ) -> Result<(Watch, ReceiverStream<Result<WatchEvent, Error>>), Error> {
         let watch = self.get_watch(tenant, id).await?;
         if after_seq > watch.last_seq {
             return Err(Error::invalid(
@@ -220,7 +233,8 @@ impl Service {
                 ),
             ));
         }
-        Ok(self.hub.subscribe(&watch, after_seq))
+        let events = self.hub.subscribe(&watch, after_seq);
+        Ok((watch, events))
     }
 
     pub async fn ingest(

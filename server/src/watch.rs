@@ -323,6 +323,21 @@ pub struct PollingProgress {
     pub gaps: ActivityGaps,
 }
 
+/// A W3C trace context (`traceparent` and `tracestate` headers), carried
+/// through as text; both empty when there is none.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    pub traceparent: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tracestate: String,
+}
+
+impl TraceContext {
+    pub fn is_empty(&self) -> bool {
+        self.traceparent.is_empty()
+    }
+}
+
 /// The fields of a watch that only the policy changes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lifecycle {
@@ -348,6 +363,9 @@ pub struct Watch {
     pub lifecycle: Lifecycle,
     pub counters: Counters,
     pub last_seq: u64,
+    /// The trace context of the StartWatch call; absent from watches stored before it.
+    #[serde(default, skip_serializing_if = "TraceContext::is_empty")]
+    pub trace: TraceContext,
 }
 
 impl Watch {

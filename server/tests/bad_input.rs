@@ -336,3 +336,41 @@ async fn an_oversized_ingest_call_is_refused_whole() {
     );
     assert_eq!(client.get_watch(&id).await.unwrap().object_count, 0);
 }
+
+#[tokio::test]
+async fn a_malformed_traceparent_is_ignored_not_stored() {
+    // W3C trace context says to ignore a context that does not parse.
+    let server = TestServer::start().await;
+    let mut raw = v1::watch_service_client::WatchServiceClient::connect(server.endpoint())
+        .await
+        .unwrap();
+    for bad in [
+        "garbage",
+        "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01",
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331",
+    ] {
+        let mut request = tonic::Request::new(start_request(
+            "data-lake",
+            "",
+            quiet_period(Duration::from_secs(3600)),
+        ));
+        request
+            .metadata_mut()
+            .insert("traceparent", bad.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("tracestate", "vendor=opaque".parse().unwrap());
+        let watch = raw
+            .start_watch(request)
+            .await
+            .unwrap()
+            .into_inner()
+            .watch
+            .unwrap();
+        assert_eq!(
+            (watch.traceparent.as_str(), watch.tracestate.as_str()),
+            ("", ""),
+            "{bad}"
+        );
+    }
+}

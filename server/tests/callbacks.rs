@@ -240,6 +240,28 @@ async fn a_refusing_receiver_gets_exactly_one_accepted_signed_delivery() {
 }
 
 #[tokio::test]
+async fn a_webhook_continues_the_trace_of_the_start_watch_call() {
+    let (addr, mut requests) = receiver(|_| 200).await;
+    let server = start_server(&DataDir::new(), &[]).await;
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    let mut client = streamwatch_client::Client::connect_with(
+        server.endpoint(),
+        streamwatch_client::ConnectOptions::new()
+            .token(ACME_TOKEN)
+            .trace_context(traceparent, ""),
+    )
+    .await
+    .expect("connect");
+    let url = format!("http://{addr}/hooks/done");
+    begin(&mut client, notifying(vec![webhook(&url, "main")])).await;
+    let r = tokio::time::timeout(LIMIT, requests.recv())
+        .await
+        .expect("a delivery")
+        .unwrap();
+    assert_eq!(r.headers["traceparent"], traceparent, "{:?}", r.headers);
+}
+
+#[tokio::test]
 async fn targets_the_tenant_does_not_allow_are_refused_at_start() {
     let dir = DataDir::new();
     // A pattern with a wildcard host: any host, but never a guarded address.

@@ -37,6 +37,7 @@ fn start(rule: Rule) -> StartWatch {
         },
         labels: Default::default(),
         client_token: None,
+        trace: Default::default(),
     }
 }
 

@@ -14,7 +14,8 @@ use streamwatch_server::{
         Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
     },
     watch::{
-        Bucket, EventKind, Lifecycle, Notify, NotifyTarget, Prefix, TenantId, WatchId, WatchState,
+        Bucket, EventKind, Lifecycle, Notify, NotifyTarget, Prefix, TenantId, TraceContext,
+        WatchId, WatchState,
     },
 };
 
@@ -34,6 +35,7 @@ fn new_watch(tenant_name: &str, token: Option<&str>) -> NewWatch {
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: token.map(str::to_owned),
         created_at: NOW,
+        trace: Default::default(),
     }
 }
 
@@ -229,6 +231,79 @@ async fn concurrent_recorders_never_double_count(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!(watch.counters.object_count, 60);
+}
+
+async fn keeps_the_start_trace_context(store: Arc<dyn Store>) {
+    let trace = TraceContext {
+        traceparent: "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".into(),
+        tracestate: "vendor=opaque".into(),
+    };
+    let new = NewWatch {
+        trace: trace.clone(),
+        ..new_watch("acme", None)
+    };
+    let created = match store.create_watch(new.clone()).await.unwrap() {
+        Created::New { watch, events } => {
+            let EventKind::Started { watch: snapshot } = &events[0].kind else {
+                panic!("the first event is STARTED");
+            };
+            assert_eq!(snapshot.trace, trace, "the STARTED snapshot carries it");
+            watch
+        }
+        Created::Existing(_) => panic!("a new watch"),
+    };
+    assert_eq!(created.trace, trace);
+    // Counting and a lifecycle change rewrite the watch; the context stays.
+    let out = store
+        .record(
+            vec![activity(&new, ActivityKind::Created, "day=1/a", "01")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.updated[0].0.trace, trace);
+    let current = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = Lifecycle {
+        state: WatchState::Completed,
+        completed_at: Some(NOW),
+        ..current.lifecycle.clone()
+    };
+    let applied = store
+        .apply(
+            &new.tenant,
+            &new.id,
+            Guard::exact(&current),
+            done,
+            vec![EventKind::Completed {
+                object_count: 1,
+                reason: "test".into(),
+            }],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let Some(Applied::Done { watch, .. }) = applied else {
+        panic!("the guard holds");
+    };
+    assert_eq!(watch.trace, trace);
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.trace, trace);
+    // A watch started without one reads back without one.
+    let plain = create(&*store, new_watch("acme", None)).await;
+    let read = store
+        .get_watch(&plain.tenant, &plain.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.trace, TraceContext::default());
 }
 
 async fn finished_watches_take_no_activity(store: Arc<dyn Store>) {
@@ -763,6 +838,7 @@ conformance!(
     creates_reads_and_isolates_tenants,
     client_tokens_are_idempotent_per_tenant,
     records_each_key_exactly_once,
+    keeps_the_start_trace_context,
     large_batches_span_transactions_and_stay_exact,
     concurrent_recorders_never_double_count,
     finished_watches_take_no_activity,

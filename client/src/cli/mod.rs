@@ -118,6 +118,14 @@ impl Connection {
         if let Some(domain) = &self.tls_domain {
             options = options.tls_domain(domain);
         }
+        // The OpenTelemetry convention for handing a trace to a process:
+        // calls continue the caller's trace.
+        if let Ok(parent) = std::env::var("TRACEPARENT")
+            && !parent.is_empty()
+        {
+            let state = std::env::var("TRACESTATE").unwrap_or_default();
+            options = options.trace_context(parent, state);
+        }
         options
     }
 

@@ -108,10 +108,10 @@ pub fn retry_delay(backoff: Duration, attempts: u32, jitter: f64) -> Duration {
     step / 2 + step.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
 }
 
-/// The W3C trace context sent with an event's callbacks (`traceparent`).
-/// The one place the header's value comes from; none until events carry one.
-pub fn event_traceparent(_event: &WatchEvent) -> Option<String> {
-    None
+/// The W3C trace context sent with a watch's callbacks (`traceparent`): the
+/// trace of its StartWatch call, which every event of the watch carries too.
+pub fn traceparent_of(watch: &Watch) -> Option<String> {
+    (!watch.trace.is_empty()).then(|| watch.trace.traceparent.clone())
 }
 
 fn timestamp(t: Option<Timestamp>) -> serde_json::Value {

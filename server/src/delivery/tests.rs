@@ -98,6 +98,7 @@ async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: Delive
             ..Policy::default()
         },
         labels: Default::default(),
+        trace: Default::default(),
         client_token: None,
         created_at: T0,
     };
@@ -328,6 +329,7 @@ fn bodies_carry_the_event_and_the_watch() {
         lifecycle: policy::fresh_lifecycle(1, T0, 0),
         counters: Default::default(),
         last_seq: 4,
+        trace: Default::default(),
     };
     watch.lifecycle.state = WatchState::Completed;
     watch.counters.object_count = 3;

@@ -26,12 +26,14 @@ use aws_lambda_events::{
     sns::{SnsEvent, SnsMessage},
 };
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use crate::{
     auth::Tenants,
     clock::{Clock, Timestamp},
     error::Error,
     hub::Hub,
+    metrics::{Metrics, Notifications},
     observer::ObserverHandle,
     store::{Activity, ActivityKind, Recorded, Store},
     watch::{Bucket, Prefix, TenantId, WatchKey},
@@ -427,6 +429,7 @@ pub struct Ingest {
     pub(crate) hub: Arc<Hub>,
     pub(crate) tenants: Arc<Tenants>,
     pub(crate) clock: Clock,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl Ingest {
@@ -473,6 +476,10 @@ impl Ingest {
             }
         }
         report.records = notifications.len() as u64;
+        self.metrics
+            .notifications(Notifications::Rejected, report.rejected.len() as u64);
+        self.metrics
+            .notifications(Notifications::Ignored, report.ignored);
         self.record(&notifications, &mut report).await?;
         Ok(report)
     }
@@ -480,6 +487,42 @@ impl Ingest {
     /// Routes parsed notifications to the watches that want them (of tenants
     /// allowed the bucket) and records them; adds the outcome to `report`.
     pub async fn record(
+        &self,
+        notifications: &[Notification],
+        report: &mut IngestReport,
+    ) -> Result<(), Error> {
+        let before = report.clone();
+        let span = tracing::info_span!(
+            "ingest.batch",
+            records = notifications.len() as i64,
+            matched = tracing::field::Empty,
+            counted = tracing::field::Empty,
+            duplicates = tracing::field::Empty,
+        );
+        let result = self
+            .route_and_record(notifications, report)
+            .instrument(span.clone())
+            .await;
+        let delta = |after: u64, before: u64| after.saturating_sub(before);
+        let (matched, counted, duplicates, ignored) = (
+            delta(report.matched, before.matched),
+            delta(report.counted, before.counted),
+            delta(report.duplicates, before.duplicates),
+            delta(report.ignored, before.ignored),
+        );
+        // Span fields as i64: the OpenTelemetry bridge exports u64 as text.
+        span.record("matched", matched as i64);
+        span.record("counted", counted as i64);
+        span.record("duplicates", duplicates as i64);
+        let m = &self.metrics;
+        m.notifications(Notifications::Received, notifications.len() as u64);
+        m.notifications(Notifications::Counted, counted);
+        m.notifications(Notifications::Duplicates, duplicates);
+        m.notifications(Notifications::Ignored, ignored);
+        result
+    }
+
+    async fn route_and_record(
         &self,
         notifications: &[Notification],
         report: &mut IngestReport,

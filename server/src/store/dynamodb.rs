@@ -46,7 +46,10 @@ use super::{
 use crate::{
     clock::Timestamp,
     policy,
-    watch::{Counters, EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchState},
+    watch::{
+        Counters, EventKind, Lifecycle, TenantId, TraceContext, Watch, WatchEvent, WatchId,
+        WatchState,
+    },
 };
 
 /// Shards of the `live` index (and of observer ownership when scaled out).
@@ -235,7 +238,21 @@ fn watch_item(w: &Watch) -> Result<Item> {
         item.insert("last_activity_at".into(), n(at.as_millis()));
     }
     item.insert("last_seq".into(), n(w.last_seq));
+    if !w.trace.is_empty() {
+        item.insert("traceparent".into(), s(&w.trace.traceparent));
+        if !w.trace.tracestate.is_empty() {
+            item.insert("tracestate".into(), s(&w.trace.tracestate));
+        }
+    }
     Ok(item)
+}
+
+/// A string attribute the item may lack (empty when absent).
+fn opt_s(item: &Item, name: &str) -> String {
+    item.get(name)
+        .and_then(|v| v.as_s().ok())
+        .cloned()
+        .unwrap_or_default()
 }
 
 fn item_watch(item: &Item) -> Result<Watch> {
@@ -278,6 +295,10 @@ fn item_watch(item: &Item) -> Result<Watch> {
             last_activity_at: get_opt_ts(item, "last_activity_at")?,
         },
         last_seq: get_n(item, "last_seq")?,
+        trace: TraceContext {
+            traceparent: opt_s(item, "traceparent"),
+            tracestate: opt_s(item, "tracestate"),
+        },
     })
 }
 
@@ -801,6 +822,7 @@ impl Store for DynamoStore {
                 lifecycle: policy::fresh_lifecycle(1, new.created_at, 0),
                 counters: Counters::default(),
                 last_seq: 0,
+                trace: new.trace.clone(),
             };
             let mut snapshot = watch.clone();
             snapshot.last_seq = 1;

@@ -15,6 +15,7 @@
 //! ([`Store::finish_delivery`]), fenced by that lease.
 
 pub mod dynamodb;
+pub mod measured;
 pub mod sqlite;
 
 use async_trait::async_trait;
@@ -24,8 +25,8 @@ use crate::{
     clock::Timestamp,
     policy::Policy,
     watch::{
-        Bucket, EventKind, Labels, Lifecycle, NotifyTarget, Prefix, TenantId, Watch, WatchEvent,
-        WatchId, WatchState,
+        Bucket, EventKind, Labels, Lifecycle, NotifyTarget, Prefix, TenantId, TraceContext, Watch,
+        WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -56,6 +57,7 @@ pub struct NewWatch {
     pub labels: Labels,
     pub client_token: Option<String>,
     pub created_at: Timestamp,
+    pub trace: TraceContext,
 }
 
 /// The result of [`Store::create_watch`].
@@ -231,7 +233,7 @@ pub fn outbox_for(watch: &Watch, events: &[WatchEvent], now: Timestamp) -> Vec<D
                 target_index: u32::try_from(i).unwrap_or(u32::MAX),
                 target: target.clone(),
                 body: body.clone(),
-                traceparent: crate::delivery::event_traceparent(event),
+                traceparent: crate::delivery::traceparent_of(watch),
                 state: DeliveryState::Pending,
                 attempts: 0,
                 created_at: now,

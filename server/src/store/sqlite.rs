@@ -31,7 +31,8 @@ use crate::{
     clock::Timestamp,
     policy,
     watch::{
-        Counters, EventKind, Lifecycle, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchState,
+        Counters, EventKind, Lifecycle, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId,
+        WatchState,
     },
 };
 
@@ -106,9 +107,16 @@ CREATE TABLE IF NOT EXISTS outbox (
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (next_attempt_at) WHERE state = 'PENDING';
 ";
 
+/// The StartWatch trace context of each watch: added to `watches` of files
+/// created before it (and of new files), once, when the column is missing.
+const TRACE_COLUMNS: &str = "
+ALTER TABLE watches ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
+ALTER TABLE watches ADD COLUMN tracestate TEXT NOT NULL DEFAULT '';
+";
+
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
      generation, generation_started_at, completed_at, reason, polling, object_count, event_count, removed_count, \
-     last_activity_at, last_seq";
+     last_activity_at, last_seq, traceparent, tracestate";
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -216,6 +224,14 @@ impl SqliteStore {
         }
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA)?;
+        let has_trace: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'traceparent'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_trace {
+            tx.execute_batch(TRACE_COLUMNS)?;
+        }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
 
@@ -409,6 +425,10 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
             last_activity_at: ts(17)?,
         },
         last_seq: count(18)?,
+        trace: TraceContext {
+            traceparent: text(19)?,
+            tracestate: text(20)?,
+        },
     })
 }
 
@@ -481,6 +501,7 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         lifecycle: policy::fresh_lifecycle(1, new.created_at, 0),
         counters: Counters::default(),
         last_seq: 0,
+        trace: new.trace,
     };
     let late_window_ms = watch
         .policy
@@ -489,8 +510,8 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
     conn.prepare_cached(
         "INSERT INTO watches (tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
          generation, generation_started_at, completed_at, reason, polling, late_window_ms, object_count, event_count, \
-         removed_count, last_activity_at, last_seq) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1)",
+         removed_count, last_activity_at, last_seq, traceparent, tracestate) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1, ?14, ?15)",
     )?
     .execute(params![
         watch.tenant.as_str(),
@@ -506,6 +527,8 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         watch.lifecycle.generation_started_at.as_millis(),
         json(&watch.lifecycle.polling)?,
         late_window_ms,
+        watch.trace.traceparent,
+        watch.trace.tracestate,
     ])?;
     let mut label_stmt = conn.prepare_cached(
         "INSERT INTO watch_labels (tenant, watch_id, key, value) VALUES (?1, ?2, ?3, ?4)",

@@ -282,6 +282,7 @@ pub fn replay(policy: &Policy, run: &Run) -> Outcome {
         lifecycle: policy::fresh_lifecycle(1, start, 0),
         counters: Counters::default(),
         last_seq: 1,
+        trace: Default::default(),
     };
     let mut seen = HashSet::new();
     let mut outcome = Outcome::default();

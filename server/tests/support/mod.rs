@@ -67,6 +67,8 @@ impl DataDir {
 /// The real server, serving on loopback in this process.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// Where `/metrics` is served, for servers started with it.
+    pub metrics: Option<SocketAddr>,
     pub dir: DataDir,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
@@ -90,16 +92,37 @@ impl TestServer {
         Self::start_with(dir, config, addr).await
     }
 
+    /// A single-tenant server that also serves `/metrics` (on [`Self::metrics`]).
+    pub async fn start_with_metrics() -> Self {
+        let dir = DataDir::new();
+        let config = dir.config(false);
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_serving(dir, config, None, Some(metrics)).await
+    }
+
     /// Starts with `config` (whose files live in `dir`), on `addr` if given.
     pub async fn start_with(dir: DataDir, config: Config, addr: Option<SocketAddr>) -> Self {
+        Self::start_serving(dir, config, addr, None).await
+    }
+
+    async fn start_serving(
+        dir: DataDir,
+        config: Config,
+        addr: Option<SocketAddr>,
+        metrics: Option<TcpListener>,
+    ) -> Self {
         let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("local addr");
+        let metrics_addr = metrics
+            .as_ref()
+            .map(|m| m.local_addr().expect("local addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(streamwatch_server::serve_with_clock(
+        let task = tokio::spawn(streamwatch_server::serve_with_listeners(
             config.clone(),
             listener,
+            metrics,
             Clock::new(),
             async move {
                 let _ = stopped.await;
@@ -107,6 +130,7 @@ impl TestServer {
         ));
         Self {
             addr,
+            metrics: metrics_addr,
             dir,
             config,
             stop: Some(stop),
