@@ -1,5 +1,6 @@
 //! How a client reaches the server: the endpoint, the bearer token, TLS (a CA
-//! certificate and the server's name), the connect and request timeouts, and
+//! certificate, the server's name, and a client certificate for servers that
+//! ask for one), the connect and request timeouts, and
 //! the backoff for resuming event streams. Turning these options into a
 //! configured `Endpoint` happens here and nowhere else.
 
@@ -9,7 +10,7 @@ use tonic::{
     Status,
     metadata::AsciiMetadataValue,
     service::Interceptor,
-    transport::{Certificate, ClientTlsConfig, Endpoint},
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::{Error, events::Backoff};
@@ -28,6 +29,8 @@ pub struct ConnectOptions {
     pub(crate) token: Option<String>,
     ca_certificate: Option<PathBuf>,
     tls_domain: Option<String>,
+    /// PEM certificate and key presented to servers that verify clients.
+    client_identity: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) backoff: Backoff,
@@ -39,6 +42,7 @@ impl Default for ConnectOptions {
             token: None,
             ca_certificate: None,
             tls_domain: None,
+            client_identity: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             backoff: Backoff::default(),
@@ -71,6 +75,18 @@ impl ConnectOptions {
         self
     }
 
+    /// Presents the PEM certificate in `certificate` (with its PEM private
+    /// key in `key`) to a server that authenticates clients by certificate,
+    /// for an `https://` endpoint.
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_identity = Some((certificate.into(), key.into()));
+        self
+    }
+
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -100,7 +116,9 @@ impl ConnectOptions {
             .map_err(invalid)?
             .connect_timeout(self.connect_timeout);
         let https = configured.uri().scheme_str() == Some("https");
-        let wants_tls = self.ca_certificate.is_some() || self.tls_domain.is_some();
+        let wants_tls = self.ca_certificate.is_some()
+            || self.tls_domain.is_some()
+            || self.client_identity.is_some();
         if !https {
             if wants_tls {
                 return Err(Error::TlsNeedsHttps {
@@ -125,6 +143,21 @@ impl ConnectOptions {
         }
         if let Some(domain) = &self.tls_domain {
             tls = tls.domain_name(domain.clone());
+        }
+        if let Some((certificate, key)) = &self.client_identity {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|source| Error::ReadClientIdentity {
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let pem = read(certificate)?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(Error::NotPemCertificate {
+                    path: certificate.clone(),
+                });
+            }
+            tls = tls.identity(Identity::from_pem(pem, read(key)?));
         }
         configured.tls_config(tls).map_err(Error::Tls)
     }

@@ -1,16 +1,23 @@
 //! Who is calling: the tenants file (tenant ids, SHA-256 digests of their
-//! bearer tokens, the bucket patterns each may watch) and the interceptor
-//! layer that turns `authorization: Bearer <token>` into a [`TenantId`] in
-//! the request's extensions. Tokens are compared as digests in constant time.
+//! bearer tokens, the client-certificate subjects that stand for them, the
+//! bucket patterns each may watch, their quotas) and the interceptor layer
+//! that turns `authorization: Bearer <token>` or a verified client
+//! certificate into a [`TenantId`] in the request's extensions. Tokens are
+//! compared as digests in constant time; a token itself is never stored or
+//! logged. [`LiveTenants`] holds the current table and swaps it whole when the
+//! file is reloaded (SIGHUP), so a revoked credential is refused at once.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use wildmatch::WildMatch;
 
-use crate::{error::Error, watch::TenantId};
+use crate::{error::Error, quota::Quotas, watch::TenantId};
 
 /// The tenant of a server started without a tenants file.
 pub const DEFAULT_TENANT: &str = "default";
@@ -30,12 +37,30 @@ struct TenantEntry {
     token_sha256: Vec<String>,
     /// Bucket name patterns (`*` and `?` wildcards) the tenant may watch and ingest for.
     buckets: Vec<String>,
+    /// Subject common names (CN) of client certificates that authenticate as this tenant.
+    #[serde(default)]
+    client_subjects: Vec<String>,
+    #[serde(default)]
+    quotas: Quotas,
 }
 
 struct Tenant {
     id: TenantId,
     token_digests: Vec<[u8; 32]>,
     buckets: Vec<WildMatch>,
+    client_subjects: Vec<String>,
+    quotas: Quotas,
+}
+
+/// What authenticated a call, so that a reload can tell whether it still would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// No tenants file: the single tenant, no credential.
+    Open,
+    /// The SHA-256 digest of a bearer token (never the token itself).
+    Token([u8; 32]),
+    /// The subject common name of a verified client certificate.
+    Certificate(String),
 }
 
 /// The tenants a server knows.
@@ -66,6 +91,8 @@ impl Tenants {
                 id,
                 token_digests: Vec::new(),
                 buckets: vec![WildMatch::new("*")],
+                client_subjects: Vec::new(),
+                quotas: Quotas::default(),
             }],
             open: true,
         }
@@ -84,7 +111,19 @@ impl Tenants {
     }
 
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let file: TenantsFile = toml::from_str(raw).map_err(|e| e.to_string())?;
+        // The message and the line, not the offending text: it may hold secrets.
+        let file: TenantsFile = toml::from_str(raw).map_err(|e| match e.span() {
+            Some(span) => format!(
+                "line {}: {}",
+                raw.as_bytes()[..span.start.min(raw.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1,
+                e.message()
+            ),
+            None => e.message().to_owned(),
+        })?;
         let mut tenants: Vec<Tenant> = Vec::new();
         for (i, entry) in file.tenant.into_iter().enumerate() {
             let id = TenantId::parse(&format!("tenant[{i}].id"), &entry.id)
@@ -115,10 +154,24 @@ impl Tenants {
                 ));
             }
             let buckets = entry.buckets.iter().map(|p| WildMatch::new(p)).collect();
+            for (j, subject) in entry.client_subjects.iter().enumerate() {
+                if subject.trim().is_empty() {
+                    return Err(format!("tenant[{i}].client_subjects[{j}]: is empty"));
+                }
+                if let Some(other) = tenants.iter().find(|t| t.client_subjects.contains(subject)) {
+                    return Err(format!(
+                        "tenant[{i}].client_subjects[{j}]: {subject:?} already stands for tenant {}",
+                        other.id
+                    ));
+                }
+            }
+            entry.quotas.validate(&format!("tenant[{i}].quotas"))?;
             tenants.push(Tenant {
                 id,
                 token_digests,
                 buckets,
+                client_subjects: entry.client_subjects,
+                quotas: entry.quotas,
             });
         }
         if tenants.is_empty() {
@@ -130,6 +183,15 @@ impl Tenants {
         })
     }
 
+    /// How many tenants the table holds.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
     /// Whether this is the token-less single-tenant mode.
     pub fn is_open(&self) -> bool {
         self.open
@@ -137,12 +199,43 @@ impl Tenants {
 
     /// Finds the tenant whose token is in `authorization`.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<TenantId, Error> {
+        self.identify(authorization, None).map(|(tenant, _)| tenant)
+    }
+
+    /// Finds the caller's tenant from its bearer token and the subject CN of
+    /// its verified client certificate: a certificate whose subject a tenant
+    /// lists is enough; a token, if also sent, must name the same tenant.
+    pub fn identify(
+        &self,
+        authorization: Option<&str>,
+        certificate_subject: Option<&str>,
+    ) -> Result<(TenantId, Credential), Error> {
         if self.open {
-            return Ok(self.tenants[0].id.clone());
+            return Ok((self.tenants[0].id.clone(), Credential::Open));
         }
-        let header = authorization.ok_or_else(|| {
-            Error::Unauthenticated("missing authorization: Bearer <token>".into())
-        })?;
+        let by_certificate = certificate_subject.and_then(|subject| {
+            self.tenant_for_subject(subject)
+                .map(|id| (id, Credential::Certificate(subject.to_owned())))
+        });
+        let by_token = match authorization {
+            Some(header) => Some(self.tenant_for_token(header)?),
+            None => None,
+        };
+        match (by_certificate, by_token) {
+            (Some(cert), None) => Ok(cert),
+            (None, Some(token)) => Ok(token),
+            (Some(cert), Some(token)) if cert.0 == token.0 => Ok(cert),
+            (Some(_), Some(_)) => Err(Error::Unauthenticated(
+                "the bearer token and the client certificate belong to different tenants".into(),
+            )),
+            (None, None) => Err(Error::Unauthenticated(match certificate_subject {
+                Some(_) => "the client certificate's subject is not a tenant's; send authorization: Bearer <token>".into(),
+                None => "missing authorization: Bearer <token>".into(),
+            })),
+        }
+    }
+
+    fn tenant_for_token(&self, header: &str) -> Result<(TenantId, Credential), Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -150,18 +243,48 @@ impl Tenants {
                 Error::Unauthenticated("authorization must be `Bearer <token>`".into())
             })?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        self.tenant_for_digest(&digest)
+            .map(|id| (id, Credential::Token(digest)))
+            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
+    }
+
+    fn tenant_for_digest(&self, digest: &[u8; 32]) -> Option<TenantId> {
         // Compare against every digest, so timing does not tell which tenant came close.
         let mut found = None;
         for tenant in &self.tenants {
             for known in &tenant.token_digests {
-                if bool::from(known.ct_eq(&digest)) {
+                if bool::from(known.ct_eq(digest)) {
                     found = Some(&tenant.id);
                 }
             }
         }
-        found
-            .cloned()
-            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
+        found.cloned()
+    }
+
+    fn tenant_for_subject(&self, subject: &str) -> Option<TenantId> {
+        self.tenants
+            .iter()
+            .find(|t| t.client_subjects.iter().any(|s| s == subject))
+            .map(|t| t.id.clone())
+    }
+
+    /// Whether `credential` still authenticates as `tenant` in this table.
+    pub fn admits(&self, credential: &Credential, tenant: &TenantId) -> bool {
+        let found = match credential {
+            Credential::Open => return self.open,
+            Credential::Token(digest) => self.tenant_for_digest(digest),
+            Credential::Certificate(subject) => self.tenant_for_subject(subject),
+        };
+        found.as_ref() == Some(tenant)
+    }
+
+    /// `tenant`'s quotas (the defaults for a tenant the table does not know).
+    pub fn quotas(&self, tenant: &TenantId) -> Quotas {
+        self.tenants
+            .iter()
+            .find(|t| &t.id == tenant)
+            .map(|t| t.quotas)
+            .unwrap_or_default()
     }
 
     /// Whether `tenant` may watch (and ingest notifications for) `bucket`.
@@ -172,14 +295,91 @@ impl Tenants {
     }
 }
 
-/// Puts the caller's [`TenantId`] into each request, or refuses it.
+/// The current tenants table, swapped whole when the file is reloaded.
+/// Readers take a snapshot ([`LiveTenants::current`]); streams follow
+/// [`LiveTenants::subscribe`] to end when their credential is revoked.
+#[derive(Clone)]
+pub struct LiveTenants {
+    current: Arc<tokio::sync::watch::Sender<Arc<Tenants>>>,
+    path: Option<PathBuf>,
+}
+
+impl LiveTenants {
+    /// The table in `path`, or the open single tenant without one.
+    pub fn load(path: Option<&Path>) -> Result<Self, TenantsError> {
+        let tenants = match path {
+            Some(path) => Tenants::load(path)?,
+            None => Tenants::open(),
+        };
+        Ok(Self {
+            current: Arc::new(tokio::sync::watch::channel(Arc::new(tenants)).0),
+            path: path.map(Path::to_owned),
+        })
+    }
+
+    /// A fixed table that is never reloaded.
+    pub fn fixed(tenants: Tenants) -> Self {
+        Self {
+            current: Arc::new(tokio::sync::watch::channel(Arc::new(tenants)).0),
+            path: None,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Tenants> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Tenants>> {
+        self.current.subscribe()
+    }
+
+    /// Reads the tenants file again and swaps the table in whole; a file that
+    /// cannot be read or is invalid leaves the current table in place. What
+    /// SIGHUP does. Without a tenants file there is nothing to reload.
+    pub fn reload(&self) -> Result<(), TenantsError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let tenants = Tenants::load(path)?;
+        self.current.send_replace(Arc::new(tenants));
+        Ok(())
+    }
+
+    /// Resolves once `credential` no longer authenticates as `tenant`.
+    pub fn revoked(
+        &self,
+        credential: Credential,
+        tenant: TenantId,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let changes = self.subscribe();
+        revoked(changes, credential, tenant)
+    }
+}
+
+async fn revoked(
+    mut changes: tokio::sync::watch::Receiver<Arc<Tenants>>,
+    credential: Credential,
+    tenant: TenantId,
+) {
+    loop {
+        if !changes.borrow_and_update().admits(&credential, &tenant) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            // The table can no longer change.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Puts the caller's [`TenantId`] and [`Credential`] into each request, or refuses it.
 #[derive(Clone)]
 pub struct AuthInterceptor {
-    tenants: std::sync::Arc<Tenants>,
+    tenants: LiveTenants,
 }
 
 impl AuthInterceptor {
-    pub fn new(tenants: std::sync::Arc<Tenants>) -> Self {
+    pub fn new(tenants: LiveTenants) -> Self {
         Self { tenants }
     }
 }
@@ -200,8 +400,13 @@ impl tonic::service::Interceptor for AuthInterceptor {
             }
             None => None,
         };
-        let tenant = self.tenants.authenticate(header)?;
+        let subject = crate::transport::client_subject(&request);
+        let (tenant, credential) = self
+            .tenants
+            .current()
+            .identify(header, subject.as_deref())?;
         request.extensions_mut().insert(tenant);
+        request.extensions_mut().insert(credential);
         Ok(request)
     }
 }

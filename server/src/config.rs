@@ -72,6 +72,10 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_SQS_WAIT", default_value = "20s", value_parser = parse_sqs_wait)]
     pub sqs_wait: Duration,
 
+    /// TLS, client certificates and the connection cap.
+    #[command(flatten)]
+    pub transport: crate::transport::TransportArgs,
+
     /// Log format: `text` or `json`.
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

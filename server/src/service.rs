@@ -8,13 +8,14 @@ use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::{
-    auth::Tenants,
+    auth::LiveTenants,
     clock::Clock,
     error::Error,
     hub::Hub,
     ingest::{Ingest, IngestReport},
     observer::ObserverHandle,
     policy::Policy,
+    quota::{self, Limiter, StreamPermit},
     store::{Created, ListQuery, NewWatch, Store},
     watch::{Bucket, Labels, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchKey, WatchState},
 };
@@ -46,7 +47,8 @@ pub struct Service {
     pub(crate) hub: Arc<Hub>,
     pub(crate) observer: ObserverHandle,
     pub(crate) ingest: Arc<Ingest>,
-    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) tenants: LiveTenants,
+    pub(crate) limiter: Arc<Limiter>,
     pub(crate) clock: Clock,
     /// Whether this server can list S3 for `policy.reconcile`.
     pub(crate) reconcile_available: bool,
@@ -66,12 +68,18 @@ impl Service {
                 "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
             ));
         }
-        if !self.tenants.allows(tenant, start.bucket.as_str()) {
+        let tenants = self.tenants.current();
+        if !tenants.allows(tenant, start.bucket.as_str()) {
             return Err(Error::PermissionDenied(format!(
                 "bucket {} is not allowed for this tenant",
                 start.bucket
             )));
         }
+        let quotas = tenants.quotas(tenant);
+        let start_lock = self.limiter.start_lock(tenant);
+        let _counting = start_lock.lock().await;
+        self.check_active_watches(tenant, &quotas, start.client_token.as_deref())
+            .await?;
         let new = NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
@@ -107,6 +115,34 @@ impl Service {
                 Ok((watch, false))
             }
         }
+    }
+
+    /// Refuses a new watch when `tenant` has `max_active_watches` already,
+    /// unless `client_token` names one of them (a retried start).
+    async fn check_active_watches(
+        &self,
+        tenant: &TenantId,
+        quotas: &quota::Quotas,
+        client_token: Option<&str>,
+    ) -> Result<(), Error> {
+        let max = quotas.max_active_watches as usize;
+        let active = self
+            .store
+            .list_watches(
+                tenant,
+                &ListQuery {
+                    state: Some(WatchState::Active),
+                    limit: max,
+                    ..ListQuery::default()
+                },
+            )
+            .await?;
+        let retried = client_token
+            .is_some_and(|t| active.iter().any(|w| w.client_token.as_deref() == Some(t)));
+        if active.len() >= max && !retried {
+            return Err(quota::too_many_watches(quotas));
+        }
+        Ok(())
     }
 
     pub async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Watch, Error> {
@@ -170,12 +206,14 @@ impl Service {
             .await
     }
 
+    /// The watch's events after `after_seq`, and the place the stream takes
+    /// in the tenant's `max_streams` quota (held until the stream is dropped).
     pub async fn stream_events(
         &self,
         tenant: &TenantId,
         id: &WatchId,
         after_seq: u64,
-    ) -> Result<ReceiverStream<Result<WatchEvent, Error>>, Error> {
+    ) -> Result<(ReceiverStream<Result<WatchEvent, Error>>, StreamPermit), Error> {
         let watch = self.get_watch(tenant, id).await?;
         if after_seq > watch.last_seq {
             return Err(Error::invalid(
@@ -186,7 +224,15 @@ impl Service {
                 ),
             ));
         }
-        Ok(self.hub.subscribe(&watch, after_seq))
+        let permit = self
+            .limiter
+            .open_stream(tenant, &self.tenants.current().quotas(tenant))?;
+        Ok((self.hub.subscribe(&watch, after_seq), permit))
+    }
+
+    /// The tenants table, for following revocations.
+    pub fn tenants(&self) -> &LiveTenants {
+        &self.tenants
     }
 
     pub async fn ingest(
@@ -194,6 +240,8 @@ impl Service {
         tenant: &TenantId,
         documents: &[String],
     ) -> Result<IngestReport, Error> {
+        let quotas = self.tenants.current().quotas(tenant);
+        self.limiter.ingest(tenant, documents.len(), &quotas)?;
         self.ingest.ingest(tenant, documents).await
     }
 }

@@ -28,7 +28,7 @@ use aws_lambda_events::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    auth::Tenants,
+    auth::LiveTenants,
     clock::{Clock, Timestamp},
     error::Error,
     hub::Hub,
@@ -382,7 +382,7 @@ pub struct Ingest {
     pub(crate) routes: Arc<Routes>,
     pub(crate) observer: ObserverHandle,
     pub(crate) hub: Arc<Hub>,
-    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) tenants: LiveTenants,
     pub(crate) clock: Clock,
 }
 
@@ -401,15 +401,13 @@ impl Ingest {
         }
         let mut report = IngestReport::default();
         let mut notifications = Vec::new();
+        let tenants = self.tenants.current();
         for (i, raw) in documents.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             match parse_document(raw) {
                 Ok(Document::Test) => report.ignored += 1,
                 Ok(Document::Records(records)) => {
-                    if let Some(b) = records
-                        .iter()
-                        .find(|n| !self.tenants.allows(caller, &n.bucket))
-                    {
+                    if let Some(b) = records.iter().find(|n| !tenants.allows(caller, &n.bucket)) {
                         report.rejected.push((
                             index,
                             format!("bucket {:?} is not allowed for this tenant", b.bucket),
@@ -442,6 +440,7 @@ impl Ingest {
         report: &mut IngestReport,
     ) -> Result<(), Error> {
         let mut activities = Vec::new();
+        let tenants = self.tenants.current();
         {
             let map = self
                 .routes
@@ -461,8 +460,7 @@ impl Ingest {
                 let routes = map.get(n.bucket.as_str());
                 let mut matched = false;
                 for route in routes.into_iter().flatten() {
-                    if route.prefix.matches(&n.key)
-                        && self.tenants.allows(&route.key.tenant, &n.bucket)
+                    if route.prefix.matches(&n.key) && tenants.allows(&route.key.tenant, &n.bucket)
                     {
                         matched = true;
                         activities.push(Activity {
