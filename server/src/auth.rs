@@ -487,4 +487,123 @@ mod tests {
         let err = Tenants::parse("").err().unwrap();
         assert!(err.contains("no [[tenant]]"), "{err}");
     }
+
+    #[test]
+    fn a_certificate_subject_stands_for_the_tenant_listing_it() {
+        let tenants = Tenants::parse(&format!(
+            "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\nclient_subjects = [\"acme-batch\"]\n\n\
+             [[tenant]]\nid = \"globex\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n",
+            digest("acme-secret"),
+            digest("globex-secret")
+        ))
+        .unwrap();
+        let (tenant, credential) = tenants.identify(None, Some("acme-batch")).unwrap();
+        assert_eq!(tenant.as_str(), "acme");
+        assert_eq!(credential, Credential::Certificate("acme-batch".into()));
+        let (tenant, _) = tenants
+            .identify(Some("Bearer globex-secret"), Some("unlisted"))
+            .unwrap();
+        assert_eq!(
+            tenant.as_str(),
+            "globex",
+            "an unlisted subject falls back to the token"
+        );
+        assert!(tenants.identify(None, Some("unlisted")).is_err());
+        assert!(
+            tenants
+                .identify(Some("Bearer globex-secret"), Some("acme-batch"))
+                .is_err(),
+            "a token of another tenant is refused, not preferred"
+        );
+    }
+
+    #[test]
+    fn quotas_default_and_reject_unknown_or_zero_fields() {
+        let base = format!(
+            "[[tenant]]\nid = \"a\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n",
+            digest("t")
+        );
+        let a = TenantId::parse("t", "a").unwrap();
+        assert_eq!(Tenants::parse(&base).unwrap().quotas(&a), Quotas::default());
+        let set = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_streams = 3\n")).unwrap();
+        assert_eq!(set.quotas(&a).max_streams, 3);
+        assert_eq!(
+            set.quotas(&a).max_active_watches,
+            crate::quota::DEFAULT_MAX_ACTIVE_WATCHES
+        );
+        let err = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_stream = 3\n"))
+            .err()
+            .unwrap();
+        assert!(err.contains("max_stream"), "{err}");
+        let err = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_streams = 0\n"))
+            .err()
+            .unwrap();
+        assert!(err.contains("tenant[0].quotas.max_streams"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        let err = Tenants::parse("[[tenant]]\nid = \"a\"\ntoken = s3cr3t-value\n")
+            .err()
+            .unwrap();
+        assert!(err.starts_with("line 3:"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn reload_swaps_the_table_whole_or_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let file = |token: &str| {
+            format!(
+                "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n",
+                digest(token)
+            )
+        };
+        std::fs::write(&path, file("old")).unwrap();
+        let live = LiveTenants::load(Some(&path)).unwrap();
+        let (acme, old) = live.current().identify(Some("Bearer old"), None).unwrap();
+
+        std::fs::write(&path, "[[tenant]]\nid = ").unwrap();
+        assert!(live.reload().is_err());
+        assert!(
+            live.current().admits(&old, &acme),
+            "a bad file keeps the table in force"
+        );
+
+        std::fs::write(&path, file("new")).unwrap();
+        live.reload().unwrap();
+        assert!(
+            !live.current().admits(&old, &acme),
+            "the old token is revoked"
+        );
+        assert!(live.current().authenticate(Some("Bearer new")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn revoked_resolves_when_a_reload_drops_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let file = |tokens: &str| {
+            format!("[[tenant]]\nid = \"acme\"\ntoken_sha256 = [{tokens}]\nbuckets = [\"*\"]\n")
+        };
+        let both = format!("\"{}\", \"{}\"", digest("kept"), digest("dropped"));
+        std::fs::write(&path, file(&both)).unwrap();
+        let live = LiveTenants::load(Some(&path)).unwrap();
+        let (acme, kept) = live.current().identify(Some("Bearer kept"), None).unwrap();
+        let (_, dropped) = live
+            .current()
+            .identify(Some("Bearer dropped"), None)
+            .unwrap();
+        let mut kept_revoked = Box::pin(live.revoked(kept, acme.clone()));
+        let dropped_revoked = live.revoked(dropped, acme);
+
+        std::fs::write(&path, file(&format!("\"{}\"", digest("kept")))).unwrap();
+        live.reload().unwrap();
+        dropped_revoked.await;
+        assert!(
+            futures::poll!(&mut kept_revoked).is_pending(),
+            "a credential still in the file stays valid"
+        );
+    }
 }
