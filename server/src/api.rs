@@ -15,7 +15,6 @@ use crate::{
     clock::Timestamp,
     error::Error,
     policy::{self, DelaySchedule, Policy, Rule},
-    quota::StreamPermit,
     service::{ListWatches, Service, StartWatch},
     watch::{
         self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Prefix, TenantId, Watch,
@@ -338,25 +337,23 @@ pub fn start_from_proto(r: &v1::StartWatchRequest) -> Result<StartWatch, Error> 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static>>;
 
 /// `events` until they end or `revoked` resolves; then one UNAUTHENTICATED
-/// and the end. `permit` (the stream's place in its tenant's quota) is held
-/// as long as the stream.
+/// and the end.
 fn until_revoked<S>(
     events: S,
     revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
-    permit: StreamPermit,
 ) -> impl Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static
 where
     S: Stream<Item = Result<v1::WatchEvent, Status>> + Send + Unpin + 'static,
 {
-    futures::stream::unfold(Some((events, revoked, permit)), |state| async move {
-        let (mut events, mut revoked, permit) = state?;
+    futures::stream::unfold(Some((events, revoked)), |state| async move {
+        let (mut events, mut revoked) = state?;
         tokio::select! {
             biased;
             () = &mut revoked => Some((
                 Err(Status::unauthenticated("the credential of this stream was revoked")),
                 None,
             )),
-            item = events.next() => item.map(|item| (item, Some((events, revoked, permit)))),
+            item = events.next() => item.map(|item| (item, Some((events, revoked)))),
         }
     })
 }
@@ -461,15 +458,13 @@ impl WatchService for WatchApi {
             .get::<Credential>()
             .cloned()
             .ok_or_else(|| Status::unauthenticated("no credential"))?;
-        let (events, permit) = self
+        let events = self
             .service
             .stream_events(&tenant, &id, r.after_seq)
             .await?;
         let events = events.map(|item| item.map(|e| event_to_proto(&e)).map_err(Status::from));
         let revoked = Box::pin(self.service.tenants().revoked(credential, tenant));
-        Ok(Response::new(Box::pin(until_revoked(
-            events, revoked, permit,
-        ))))
+        Ok(Response::new(Box::pin(until_revoked(events, revoked))))
     }
 }
 

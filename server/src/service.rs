@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
 
 use crate::{
     auth::LiveTenants,
@@ -15,7 +15,7 @@ use crate::{
     ingest::{Ingest, IngestReport},
     observer::ObserverHandle,
     policy::Policy,
-    quota::{self, Limiter, StreamPermit},
+    quota::{self, Limiter},
     store::{Created, ListQuery, NewWatch, Store},
     watch::{Bucket, Labels, Prefix, TenantId, Watch, WatchEvent, WatchId, WatchKey, WatchState},
 };
@@ -206,14 +206,14 @@ impl Service {
             .await
     }
 
-    /// The watch's events after `after_seq`, and the place the stream takes
-    /// in the tenant's `max_streams` quota (held until the stream is dropped).
+    /// The watch's events after `after_seq`. The stream holds a place in the
+    /// tenant's `max_streams` quota until it is dropped.
     pub async fn stream_events(
         &self,
         tenant: &TenantId,
         id: &WatchId,
         after_seq: u64,
-    ) -> Result<(ReceiverStream<Result<WatchEvent, Error>>, StreamPermit), Error> {
+    ) -> Result<impl Stream<Item = Result<WatchEvent, Error>> + Send + Unpin + 'static, Error> {
         let watch = self.get_watch(tenant, id).await?;
         if after_seq > watch.last_seq {
             return Err(Error::invalid(
@@ -227,7 +227,11 @@ impl Service {
         let permit = self
             .limiter
             .open_stream(tenant, &self.tenants.current().quotas(tenant))?;
-        Ok((self.hub.subscribe(&watch, after_seq), permit))
+        let events = self.hub.subscribe(&watch, after_seq);
+        Ok(events.map(move |event| {
+            let _held = &permit;
+            event
+        }))
     }
 
     /// The tenants table, for following revocations.
