@@ -275,7 +275,7 @@ pub async fn serve_with_clock(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
     let auth = AuthInterceptor::new(core.tenants.clone());
-    let reloads = tokio::spawn(reload_on_hangup(core.tenants.clone()));
+    let reloads = reload_on_hangup(core.tenants.clone());
 
     let stop_accepting = CancellationToken::new();
     let server_end = stop_accepting.clone();
@@ -328,29 +328,37 @@ pub async fn serve_with_clock(
 }
 
 /// Reloads the tenants file on every SIGHUP; a file that cannot be loaded is
-/// logged and the tenants in force stay.
-async fn reload_on_hangup(tenants: LiveTenants) {
+/// logged and the tenants in force stay. The handler is in place when this
+/// returns (before the server says it is serving): a SIGHUP's default action
+/// would end the process.
+fn reload_on_hangup(tenants: LiveTenants) -> tokio::task::JoinHandle<()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut hangups = match signal(SignalKind::hangup()) {
-            Ok(hangups) => hangups,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for SIGHUP; the tenants file will not be reloaded");
-                return;
-            }
-        };
-        while hangups.recv().await.is_some() {
-            match tenants.reload() {
-                Ok(()) => {
-                    tracing::info!(tenants = tenants.current().len(), "tenants file reloaded")
-                }
+        let hangups = signal(SignalKind::hangup());
+        tokio::spawn(async move {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot reload the tenants file; the previous tenants stay in force")
+                    tracing::error!(error = %e, "cannot listen for SIGHUP; the tenants file will not be reloaded");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                match tenants.reload() {
+                    Ok(()) => {
+                        tracing::info!(tenants = tenants.current().len(), "tenants file reloaded")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reload the tenants file; the previous tenants stay in force")
+                    }
                 }
             }
-        }
+        })
     }
     #[cfg(not(unix))]
-    let _ = tenants;
+    {
+        let _ = tenants;
+        tokio::spawn(async {})
+    }
 }
