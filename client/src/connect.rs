@@ -1,8 +1,9 @@
 //! How a client reaches the server: the endpoint, the bearer token, TLS (a CA
-//! certificate and the server's name), the connect and request timeouts, the
-//! backoff for resuming event streams, and the W3C trace context each call
-//! carries. Turning these options into a configured `Endpoint` and per-call
-//! metadata happens here and nowhere else.
+//! certificate, the server's name, and a client certificate for servers that
+//! ask for one), the connect and request timeouts, the backoff for resuming
+//! event streams, and the W3C trace context each call carries. Turning these
+//! options into a configured `Endpoint` and per-call metadata happens here and
+//! nowhere else.
 
 use std::{path::PathBuf, time::Duration};
 
@@ -11,7 +12,7 @@ use tonic::{
     Status,
     metadata::AsciiMetadataValue,
     service::Interceptor,
-    transport::{Certificate, ClientTlsConfig, Endpoint},
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
 };
 
 use crate::{Error, events::Backoff};
@@ -31,6 +32,8 @@ pub struct ConnectOptions {
     traceparent: Option<(String, String)>,
     ca_certificate: Option<PathBuf>,
     tls_domain: Option<String>,
+    /// PEM certificate and key presented to servers that verify clients.
+    client_identity: Option<(PathBuf, PathBuf)>,
     connect_timeout: Duration,
     pub(crate) request_timeout: Option<Duration>,
     pub(crate) backoff: Backoff,
@@ -43,6 +46,7 @@ impl Default for ConnectOptions {
             traceparent: None,
             ca_certificate: None,
             tls_domain: None,
+            client_identity: None,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: Some(DEFAULT_REQUEST_TIMEOUT),
             backoff: Backoff::default(),
@@ -86,6 +90,18 @@ impl ConnectOptions {
         self
     }
 
+    /// Presents the PEM certificate in `certificate` (with its PEM private
+    /// key in `key`) to a server that authenticates clients by certificate,
+    /// for an `https://` endpoint.
+    pub fn client_certificate(
+        mut self,
+        certificate: impl Into<PathBuf>,
+        key: impl Into<PathBuf>,
+    ) -> Self {
+        self.client_identity = Some((certificate.into(), key.into()));
+        self
+    }
+
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
         self
@@ -115,7 +131,9 @@ impl ConnectOptions {
             .map_err(invalid)?
             .connect_timeout(self.connect_timeout);
         let https = configured.uri().scheme_str() == Some("https");
-        let wants_tls = self.ca_certificate.is_some() || self.tls_domain.is_some();
+        let wants_tls = self.ca_certificate.is_some()
+            || self.tls_domain.is_some()
+            || self.client_identity.is_some();
         if !https {
             if wants_tls {
                 return Err(Error::TlsNeedsHttps {
@@ -140,6 +158,21 @@ impl ConnectOptions {
         }
         if let Some(domain) = &self.tls_domain {
             tls = tls.domain_name(domain.clone());
+        }
+        if let Some((certificate, key)) = &self.client_identity {
+            let read = |path: &PathBuf| {
+                std::fs::read(path).map_err(|source| Error::ReadClientIdentity {
+                    path: path.clone(),
+                    source,
+                })
+            };
+            let pem = read(certificate)?;
+            if !pem.windows(27).any(|w| w == b"-----BEGIN CERTIFICATE-----") {
+                return Err(Error::NotPemCertificate {
+                    path: certificate.clone(),
+                });
+            }
+            tls = tls.identity(Identity::from_pem(pem, read(key)?));
         }
         configured.tls_config(tls).map_err(Error::Tls)
     }

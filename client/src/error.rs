@@ -27,6 +27,11 @@ pub enum Error {
     },
     #[error("{path} holds no PEM certificate")]
     NotPemCertificate { path: PathBuf },
+    #[error("cannot read the client certificate or key {path}: {source}")]
+    ReadClientIdentity {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid TLS configuration: {0}")]
     Tls(tonic::transport::Error),
     #[error("the token is not valid ASCII metadata")]

@@ -11,6 +11,7 @@ use streamwatch::v1::{
 use tonic::{Request, Response, Status};
 
 use crate::{
+    auth::Credential,
     clock::Timestamp,
     error::Error,
     policy::{self, DelaySchedule, Policy, Rule},
@@ -489,6 +490,28 @@ pub fn start_from_proto(
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static>>;
 
+/// `events` until they end or `revoked` resolves; then one UNAUTHENTICATED
+/// and the end.
+fn until_revoked<S>(
+    events: S,
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+) -> impl Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static
+where
+    S: Stream<Item = Result<v1::WatchEvent, Status>> + Send + Unpin + 'static,
+{
+    futures::stream::unfold(Some((events, revoked)), |state| async move {
+        let (mut events, mut revoked) = state?;
+        tokio::select! {
+            biased;
+            () = &mut revoked => Some((
+                Err(Status::unauthenticated("the credential of this stream was revoked")),
+                None,
+            )),
+            item = events.next() => item.map(|item| (item, Some((events, revoked)))),
+        }
+    })
+}
+
 #[tonic::async_trait]
 impl WatchService for WatchApi {
     async fn start_watch(
@@ -592,13 +615,19 @@ impl WatchService for WatchApi {
         let tenant = tenant(&request)?;
         let r = request.get_ref();
         let id = watch_id(&r.watch_id)?;
+        let credential = request
+            .extensions()
+            .get::<Credential>()
+            .cloned()
+            .ok_or_else(|| Status::unauthenticated("no credential"))?;
         let (watch, events) = self.service.subscribe(&tenant, &id, r.after_seq).await?;
         let trace = watch.trace;
-        let stream = events.map(move |item| {
+        let events = events.map(move |item| {
             item.map(|e| event_to_proto(&e, &trace))
                 .map_err(Status::from)
         });
-        Ok(Response::new(Box::pin(stream)))
+        let revoked = Box::pin(self.service.tenants().revoked(credential, tenant));
+        Ok(Response::new(Box::pin(until_revoked(events, revoked))))
     }
 }
 

@@ -1,13 +1,20 @@
 //! Who is calling: the tenants file (tenant ids, SHA-256 digests of their
-//! bearer tokens, the bucket patterns each may watch) and the interceptor
-//! layer that turns `authorization: Bearer <token>` into a [`TenantId`] in
-//! the request's extensions. Tokens are compared as digests in constant time.
+//! bearer tokens, the client-certificate subjects that stand for them, the
+//! bucket patterns each may watch, their quotas) and the interceptor layer
+//! that turns `authorization: Bearer <token>` or a verified client
+//! certificate into a [`TenantId`] in the request's extensions. Tokens are
+//! compared as digests in constant time; a token itself is never stored or
+//! logged. [`LiveTenants`] holds the current table and swaps it whole when the
+//! file is reloaded (SIGHUP), so a revoked credential is refused at once.
 //! Each tenant may also list where its watches may deliver callbacks
 //! (`callback_urls` patterns) and the secrets its webhooks are signed with
 //! (`callback_secrets`, by name); see [`Callbacks`]. Secrets never leave this
 //! module except to sign a body, and are never printed.
 
-use std::path::Path;
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
@@ -16,6 +23,7 @@ use wildmatch::WildMatch;
 
 use crate::{
     error::Error,
+    quota::Quotas,
     watch::{NotifyTarget, TenantId},
 };
 
@@ -44,6 +52,11 @@ struct TenantEntry {
     /// Webhook signing secrets by name (a watch's `secret_ref`).
     #[serde(default)]
     callback_secrets: std::collections::BTreeMap<String, String>,
+    /// Subject common names (CN) of client certificates that authenticate as this tenant.
+    #[serde(default)]
+    client_subjects: Vec<String>,
+    #[serde(default)]
+    quotas: Quotas,
 }
 
 struct Tenant {
@@ -51,6 +64,19 @@ struct Tenant {
     token_digests: Vec<[u8; 32]>,
     buckets: Vec<WildMatch>,
     callbacks: Callbacks,
+    client_subjects: Vec<String>,
+    quotas: Quotas,
+}
+
+/// What authenticated a call, so that a reload can tell whether it still would.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Credential {
+    /// No tenants file: the single tenant, no credential.
+    Open,
+    /// The SHA-256 digest of a bearer token (never the token itself).
+    Token([u8; 32]),
+    /// The subject common name of a verified client certificate.
+    Certificate(String),
 }
 
 /// The tenants a server knows.
@@ -82,6 +108,8 @@ impl Tenants {
                 token_digests: Vec::new(),
                 buckets: vec![WildMatch::new("*")],
                 callbacks: Callbacks::default(),
+                client_subjects: Vec::new(),
+                quotas: Quotas::default(),
             }],
             open: true,
         }
@@ -100,7 +128,19 @@ impl Tenants {
     }
 
     pub fn parse(raw: &str) -> Result<Self, String> {
-        let file: TenantsFile = toml::from_str(raw).map_err(|e| e.to_string())?;
+        // The message and the line, not the offending text: it may hold secrets.
+        let file: TenantsFile = toml::from_str(raw).map_err(|e| match e.span() {
+            Some(span) => format!(
+                "line {}: {}",
+                raw.as_bytes()[..span.start.min(raw.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+                    + 1,
+                e.message()
+            ),
+            None => e.message().to_owned(),
+        })?;
         let mut tenants: Vec<Tenant> = Vec::new();
         for (i, entry) in file.tenant.into_iter().enumerate() {
             let id = TenantId::parse(&format!("tenant[{i}].id"), &entry.id)
@@ -132,11 +172,25 @@ impl Tenants {
             }
             let buckets = entry.buckets.iter().map(|p| WildMatch::new(p)).collect();
             let callbacks = Callbacks::parse(i, &entry.callback_urls, entry.callback_secrets)?;
+            for (j, subject) in entry.client_subjects.iter().enumerate() {
+                if subject.trim().is_empty() {
+                    return Err(format!("tenant[{i}].client_subjects[{j}]: is empty"));
+                }
+                if let Some(other) = tenants.iter().find(|t| t.client_subjects.contains(subject)) {
+                    return Err(format!(
+                        "tenant[{i}].client_subjects[{j}]: {subject:?} already stands for tenant {}",
+                        other.id
+                    ));
+                }
+            }
+            entry.quotas.validate(&format!("tenant[{i}].quotas"))?;
             tenants.push(Tenant {
                 id,
                 token_digests,
                 buckets,
                 callbacks,
+                client_subjects: entry.client_subjects,
+                quotas: entry.quotas,
             });
         }
         if tenants.is_empty() {
@@ -148,6 +202,15 @@ impl Tenants {
         })
     }
 
+    /// How many tenants the table holds.
+    pub fn len(&self) -> usize {
+        self.tenants.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tenants.is_empty()
+    }
+
     /// Whether this is the token-less single-tenant mode.
     pub fn is_open(&self) -> bool {
         self.open
@@ -155,12 +218,43 @@ impl Tenants {
 
     /// Finds the tenant whose token is in `authorization`.
     pub fn authenticate(&self, authorization: Option<&str>) -> Result<TenantId, Error> {
+        self.identify(authorization, None).map(|(tenant, _)| tenant)
+    }
+
+    /// Finds the caller's tenant from its bearer token and the subject CN of
+    /// its verified client certificate: a certificate whose subject a tenant
+    /// lists is enough; a token, if also sent, must name the same tenant.
+    pub fn identify(
+        &self,
+        authorization: Option<&str>,
+        certificate_subject: Option<&str>,
+    ) -> Result<(TenantId, Credential), Error> {
         if self.open {
-            return Ok(self.tenants[0].id.clone());
+            return Ok((self.tenants[0].id.clone(), Credential::Open));
         }
-        let header = authorization.ok_or_else(|| {
-            Error::Unauthenticated("missing authorization: Bearer <token>".into())
-        })?;
+        let by_certificate = certificate_subject.and_then(|subject| {
+            self.tenant_for_subject(subject)
+                .map(|id| (id, Credential::Certificate(subject.to_owned())))
+        });
+        let by_token = match authorization {
+            Some(header) => Some(self.tenant_for_token(header)?),
+            None => None,
+        };
+        match (by_certificate, by_token) {
+            (Some(cert), None) => Ok(cert),
+            (None, Some(token)) => Ok(token),
+            (Some(cert), Some(token)) if cert.0 == token.0 => Ok(cert),
+            (Some(_), Some(_)) => Err(Error::Unauthenticated(
+                "the bearer token and the client certificate belong to different tenants".into(),
+            )),
+            (None, None) => Err(Error::Unauthenticated(match certificate_subject {
+                Some(_) => "the client certificate's subject is not a tenant's; send authorization: Bearer <token>".into(),
+                None => "missing authorization: Bearer <token>".into(),
+            })),
+        }
+    }
+
+    fn tenant_for_token(&self, header: &str) -> Result<(TenantId, Credential), Error> {
         let token = header
             .strip_prefix("Bearer ")
             .or_else(|| header.strip_prefix("bearer "))
@@ -168,18 +262,48 @@ impl Tenants {
                 Error::Unauthenticated("authorization must be `Bearer <token>`".into())
             })?;
         let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        self.tenant_for_digest(&digest)
+            .map(|id| (id, Credential::Token(digest)))
+            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
+    }
+
+    fn tenant_for_digest(&self, digest: &[u8; 32]) -> Option<TenantId> {
         // Compare against every digest, so timing does not tell which tenant came close.
         let mut found = None;
         for tenant in &self.tenants {
             for known in &tenant.token_digests {
-                if bool::from(known.ct_eq(&digest)) {
+                if bool::from(known.ct_eq(digest)) {
                     found = Some(&tenant.id);
                 }
             }
         }
-        found
-            .cloned()
-            .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
+        found.cloned()
+    }
+
+    fn tenant_for_subject(&self, subject: &str) -> Option<TenantId> {
+        self.tenants
+            .iter()
+            .find(|t| t.client_subjects.iter().any(|s| s == subject))
+            .map(|t| t.id.clone())
+    }
+
+    /// Whether `credential` still authenticates as `tenant` in this table.
+    pub fn admits(&self, credential: &Credential, tenant: &TenantId) -> bool {
+        let found = match credential {
+            Credential::Open => return self.open,
+            Credential::Token(digest) => self.tenant_for_digest(digest),
+            Credential::Certificate(subject) => self.tenant_for_subject(subject),
+        };
+        found.as_ref() == Some(tenant)
+    }
+
+    /// `tenant`'s quotas (the defaults for a tenant the table does not know).
+    pub fn quotas(&self, tenant: &TenantId) -> Quotas {
+        self.tenants
+            .iter()
+            .find(|t| &t.id == tenant)
+            .map(|t| t.quotas)
+            .unwrap_or_default()
     }
 
     /// Whether `tenant` may watch (and ingest notifications for) `bucket`.
@@ -395,13 +519,91 @@ impl Tenants {
 }
 
 /// Puts the caller's [`TenantId`] into each request, or refuses it.
+/// The current tenants table, swapped whole when the file is reloaded.
+/// Readers take a snapshot ([`LiveTenants::current`]); streams follow
+/// [`LiveTenants::subscribe`] to end when their credential is revoked.
+#[derive(Clone)]
+pub struct LiveTenants {
+    current: Arc<tokio::sync::watch::Sender<Arc<Tenants>>>,
+    path: Option<PathBuf>,
+}
+
+impl LiveTenants {
+    /// The table in `path`, or the open single tenant without one.
+    pub fn load(path: Option<&Path>) -> Result<Self, TenantsError> {
+        let tenants = match path {
+            Some(path) => Tenants::load(path)?,
+            None => Tenants::open(),
+        };
+        Ok(Self {
+            current: Arc::new(tokio::sync::watch::channel(Arc::new(tenants)).0),
+            path: path.map(Path::to_owned),
+        })
+    }
+
+    /// A fixed table that is never reloaded.
+    pub fn fixed(tenants: Tenants) -> Self {
+        Self {
+            current: Arc::new(tokio::sync::watch::channel(Arc::new(tenants)).0),
+            path: None,
+        }
+    }
+
+    pub fn current(&self) -> Arc<Tenants> {
+        self.current.borrow().clone()
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<Arc<Tenants>> {
+        self.current.subscribe()
+    }
+
+    /// Reads the tenants file again and swaps the table in whole; a file that
+    /// cannot be read or is invalid leaves the current table in place. What
+    /// SIGHUP does. Without a tenants file there is nothing to reload.
+    pub fn reload(&self) -> Result<(), TenantsError> {
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
+        let tenants = Tenants::load(path)?;
+        self.current.send_replace(Arc::new(tenants));
+        Ok(())
+    }
+
+    /// Resolves once `credential` no longer authenticates as `tenant`.
+    pub fn revoked(
+        &self,
+        credential: Credential,
+        tenant: TenantId,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let changes = self.subscribe();
+        revoked(changes, credential, tenant)
+    }
+}
+
+async fn revoked(
+    mut changes: tokio::sync::watch::Receiver<Arc<Tenants>>,
+    credential: Credential,
+    tenant: TenantId,
+) {
+    loop {
+        if !changes.borrow_and_update().admits(&credential, &tenant) {
+            return;
+        }
+        if changes.changed().await.is_err() {
+            // The table can no longer change.
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// Puts the caller's [`TenantId`] and [`Credential`] into each request, or refuses it.
 #[derive(Clone)]
 pub struct AuthInterceptor {
-    tenants: std::sync::Arc<Tenants>,
+    tenants: LiveTenants,
 }
 
 impl AuthInterceptor {
-    pub fn new(tenants: std::sync::Arc<Tenants>) -> Self {
+    pub fn new(tenants: LiveTenants) -> Self {
         Self { tenants }
     }
 }
@@ -422,8 +624,13 @@ impl tonic::service::Interceptor for AuthInterceptor {
             }
             None => None,
         };
-        let tenant = self.tenants.authenticate(header)?;
+        let subject = crate::transport::client_subject(&request);
+        let (tenant, credential) = self
+            .tenants
+            .current()
+            .identify(header, subject.as_deref())?;
         request.extensions_mut().insert(tenant);
+        request.extensions_mut().insert(credential);
         Ok(request)
     }
 }
@@ -602,5 +809,124 @@ mod tests {
         assert!(err.contains("extra"), "{err}");
         let err = Tenants::parse("").err().unwrap();
         assert!(err.contains("no [[tenant]]"), "{err}");
+    }
+
+    #[test]
+    fn a_certificate_subject_stands_for_the_tenant_listing_it() {
+        let tenants = Tenants::parse(&format!(
+            "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\nclient_subjects = [\"acme-batch\"]\n\n\
+             [[tenant]]\nid = \"globex\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n",
+            digest("acme-secret"),
+            digest("globex-secret")
+        ))
+        .unwrap();
+        let (tenant, credential) = tenants.identify(None, Some("acme-batch")).unwrap();
+        assert_eq!(tenant.as_str(), "acme");
+        assert_eq!(credential, Credential::Certificate("acme-batch".into()));
+        let (tenant, _) = tenants
+            .identify(Some("Bearer globex-secret"), Some("unlisted"))
+            .unwrap();
+        assert_eq!(
+            tenant.as_str(),
+            "globex",
+            "an unlisted subject falls back to the token"
+        );
+        assert!(tenants.identify(None, Some("unlisted")).is_err());
+        assert!(
+            tenants
+                .identify(Some("Bearer globex-secret"), Some("acme-batch"))
+                .is_err(),
+            "a token of another tenant is refused, not preferred"
+        );
+    }
+
+    #[test]
+    fn quotas_default_and_reject_unknown_or_zero_fields() {
+        let base = format!(
+            "[[tenant]]\nid = \"a\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n",
+            digest("t")
+        );
+        let a = TenantId::parse("t", "a").unwrap();
+        assert_eq!(Tenants::parse(&base).unwrap().quotas(&a), Quotas::default());
+        let set = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_streams = 3\n")).unwrap();
+        assert_eq!(set.quotas(&a).max_streams, 3);
+        assert_eq!(
+            set.quotas(&a).max_active_watches,
+            crate::quota::DEFAULT_MAX_ACTIVE_WATCHES
+        );
+        let err = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_stream = 3\n"))
+            .err()
+            .unwrap();
+        assert!(err.contains("max_stream"), "{err}");
+        let err = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_streams = 0\n"))
+            .err()
+            .unwrap();
+        assert!(err.contains("tenant[0].quotas.max_streams"), "{err}");
+    }
+
+    #[test]
+    fn parse_errors_do_not_quote_the_file() {
+        let err = Tenants::parse("[[tenant]]\nid = \"a\"\ntoken = s3cr3t-value\n")
+            .err()
+            .unwrap();
+        assert!(err.starts_with("line 3:"), "{err}");
+        assert!(!err.contains("s3cr3t"), "{err}");
+    }
+
+    #[test]
+    fn reload_swaps_the_table_whole_or_keeps_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let file = |token: &str| {
+            format!(
+                "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"*\"]\n",
+                digest(token)
+            )
+        };
+        std::fs::write(&path, file("old")).unwrap();
+        let live = LiveTenants::load(Some(&path)).unwrap();
+        let (acme, old) = live.current().identify(Some("Bearer old"), None).unwrap();
+
+        std::fs::write(&path, "[[tenant]]\nid = ").unwrap();
+        assert!(live.reload().is_err());
+        assert!(
+            live.current().admits(&old, &acme),
+            "a bad file keeps the table in force"
+        );
+
+        std::fs::write(&path, file("new")).unwrap();
+        live.reload().unwrap();
+        assert!(
+            !live.current().admits(&old, &acme),
+            "the old token is revoked"
+        );
+        assert!(live.current().authenticate(Some("Bearer new")).is_ok());
+    }
+
+    #[tokio::test]
+    async fn revoked_resolves_when_a_reload_drops_the_credential() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tenants.toml");
+        let file = |tokens: &str| {
+            format!("[[tenant]]\nid = \"acme\"\ntoken_sha256 = [{tokens}]\nbuckets = [\"*\"]\n")
+        };
+        let both = format!("\"{}\", \"{}\"", digest("kept"), digest("dropped"));
+        std::fs::write(&path, file(&both)).unwrap();
+        let live = LiveTenants::load(Some(&path)).unwrap();
+        let (acme, kept) = live.current().identify(Some("Bearer kept"), None).unwrap();
+        let (_, dropped) = live
+            .current()
+            .identify(Some("Bearer dropped"), None)
+            .unwrap();
+        let mut kept_revoked = Box::pin(live.revoked(kept, acme.clone()));
+        let dropped_revoked = live.revoked(dropped, acme);
+
+        std::fs::write(&path, file(&format!("\"{}\"", digest("kept")))).unwrap();
+        live.reload().unwrap();
+        dropped_revoked.await;
+        assert!(
+            futures::poll!(&mut kept_revoked).is_pending(),
+            "a credential still in the file stays valid"
+        );
     }
 }

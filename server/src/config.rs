@@ -92,6 +92,11 @@ pub struct Config {
     /// Serve Prometheus metrics (text format) on `http://ADDR/metrics`. Off unless given.
     #[arg(long, env = "STREAMWATCH_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
+
+    /// TLS, client certificates and the connection cap.
+    #[command(flatten)]
+    pub transport: crate::transport::TransportArgs,
+
     /// Log format: `text` or `json`. `RUST_LOG` filters (default `info`).
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -4,6 +4,9 @@
 
 use crate::store::StoreError;
 
+/// The trailer telling a client how many milliseconds to wait before retrying.
+pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A request field is wrong; nothing was changed.
@@ -22,6 +25,12 @@ pub enum Error {
     /// The server is shutting down.
     #[error("{0}")]
     Unavailable(String),
+    /// The tenant is at one of its quotas; `retry_after` when waiting helps.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: Option<std::time::Duration>,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -44,6 +53,20 @@ impl From<Error> for tonic::Status {
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
             Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::ResourceExhausted {
+                message,
+                retry_after,
+            } => {
+                let mut status = tonic::Status::resource_exhausted(message);
+                if let Some(wait) = retry_after {
+                    // gRPC's retry pushback (gRFC A6): clients with a retry policy wait this long.
+                    status.metadata_mut().insert(
+                        RETRY_PUSHBACK_HEADER,
+                        tonic::metadata::MetadataValue::from(wait.as_millis() as u64),
+                    );
+                }
+                status
+            }
             Error::Store(StoreError::Closed) => {
                 tonic::Status::unavailable("the server is shutting down")
             }

@@ -73,6 +73,13 @@ impl Hub {
         }
     }
 
+    /// Live events the watch's broadcast holds now (at most [`LIVE_CAPACITY`]),
+    /// however many subscribers have stopped reading.
+    pub fn buffered(&self, key: &WatchKey) -> usize {
+        let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        channels.get(key).map_or(0, |sender| sender.len())
+    }
+
     fn live(&self, key: &WatchKey) -> broadcast::Receiver<Arc<WatchEvent>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
@@ -231,5 +238,82 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::{
+        policy::Policy,
+        store::{Activity, ActivityKind, Created, NewWatch, sqlite::SqliteStore},
+        watch::{Bucket, Labels, Prefix, TenantId, WatchId},
+    };
+
+    #[tokio::test]
+    async fn a_subscriber_that_stops_reading_holds_a_bounded_buffer_and_catches_up_from_the_log() {
+        const EVENTS: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let clock = Clock::new();
+        let hub = Arc::new(Hub::new(store.clone(), clock, CancellationToken::new()));
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let Created::New { watch, events } = store
+            .create_watch(NewWatch {
+                tenant: tenant.clone(),
+                id: WatchId::generate(),
+                bucket: Bucket::parse("bucket", "acme-lake").unwrap(),
+                prefix: Prefix::parse("prefix", "").unwrap(),
+                policy: Policy::default(),
+                labels: Labels::default(),
+                client_token: None,
+                created_at: clock.now(),
+                trace: Default::default(),
+            })
+            .await
+            .unwrap()
+        else {
+            panic!("a new watch");
+        };
+        hub.publish(&events);
+        let mut stream = hub.subscribe(&watch, 0);
+        assert_eq!(
+            stream.next().await.unwrap().unwrap().seq,
+            1,
+            "reading, then it stops"
+        );
+
+        // One PROGRESS event per recorded batch, none of them read.
+        for i in 0..EVENTS {
+            let activity = Activity {
+                tenant: tenant.clone(),
+                watch_id: watch.id.clone(),
+                kind: ActivityKind::Created,
+                key: format!("k{i}"),
+                sequencer: String::new(),
+            };
+            let outcome = store.record(vec![activity], clock.now()).await.unwrap();
+            for (_, events) in outcome.updated {
+                hub.publish(&events);
+            }
+        }
+        assert!(
+            hub.buffered(&watch.key()) <= LIVE_CAPACITY,
+            "the live path holds at most {LIVE_CAPACITY} events, not {EVENTS}"
+        );
+        assert_eq!(hub.lagged_total.load(Ordering::Relaxed), 0);
+
+        let mut seqs = Vec::with_capacity(EVENTS);
+        while seqs.len() < EVENTS {
+            seqs.push(stream.next().await.unwrap().unwrap().seq);
+        }
+        let expected: Vec<u64> = (2..2 + EVENTS as u64).collect();
+        assert!(seqs == expected, "every event once, in order, from seq 2");
+        assert!(
+            hub.lagged_total.load(Ordering::Relaxed) >= 1,
+            "the subscriber fell behind the live path and caught up from the log"
+        );
     }
 }

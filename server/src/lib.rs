@@ -5,7 +5,8 @@
 //! Modules, one per concept: [`ingest`] (notifications in), [`store`] (state),
 //! [`policy`] (pure completion rules), [`observer`] (timers), [`hub`] (event
 //! fan-out), [`delivery`] (completion callbacks), [`service`] (the
-//! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`config`],
+//! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`quota`]
+//! (per-tenant limits), [`transport`] (TLS and connection limits), [`config`],
 //! [`telemetry`] (logs and traces), [`metrics`] (Prometheus).
 
 pub mod api;
@@ -19,9 +20,11 @@ pub mod ingest;
 pub mod metrics;
 pub mod observer;
 pub mod policy;
+pub mod quota;
 pub mod service;
 pub mod store;
 pub mod telemetry;
+pub mod transport;
 pub mod watch;
 
 use std::{future::Future, sync::Arc};
@@ -31,14 +34,13 @@ use streamwatch::v1::{
     ingest_service_server::IngestServiceServer, watch_service_server::WatchServiceServer,
 };
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
 use crate::{
     api::{IngestApi, WatchApi},
-    auth::{AuthInterceptor, Tenants},
+    auth::{AuthInterceptor, LiveTenants},
     clock::Clock,
     config::{Config, StoreKind},
     delivery::{Deliverer, DeliveryStats, Targets},
@@ -50,6 +52,7 @@ use crate::{
     },
     metrics::{Metrics, Sources},
     observer::Observer,
+    quota::Limiter,
     service::Service,
     store::{Store, dynamodb::DynamoStore, measured::Measured, sqlite::SqliteStore},
     telemetry::RpcLayer,
@@ -57,12 +60,14 @@ use crate::{
 
 /// Largest IngestS3Events request accepted (room for [`ingest::MAX_RECORDS`] records).
 pub const MAX_INGEST_REQUEST_BYTES: usize = 16 * 1024 * 1024;
+/// Largest WatchService request accepted (a StartWatch with every label is far smaller).
+pub const MAX_WATCH_REQUEST_BYTES: usize = 1024 * 1024;
 
 /// The running service without its gRPC front: store, observer, hub and the
 /// operations over them. [`serve`] puts gRPC in front; tests drive it directly.
 pub struct Core {
     pub service: Arc<Service>,
-    pub tenants: Arc<Tenants>,
+    pub tenants: LiveTenants,
     store: Arc<dyn Store>,
     streams_end: CancellationToken,
     observer_end: CancellationToken,
@@ -137,10 +142,7 @@ impl Core {
     /// Opens the store, checks every queue, resumes every live watch and
     /// starts the observer and the queue consumers.
     pub async fn start(config: &Config, clock: Clock) -> anyhow::Result<Self> {
-        let tenants = Arc::new(match &config.tenants {
-            Some(path) => Tenants::load(path)?,
-            None => Tenants::open(),
-        });
+        let tenants = LiveTenants::load(config.tenants.as_deref())?;
         let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
             Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
         } else {
@@ -237,6 +239,7 @@ impl Core {
             observer: observer_handle,
             ingest,
             tenants: tenants.clone(),
+            limiter: Arc::new(Limiter::default()),
             clock,
             reconcile_available: reconciler.is_some(),
         });
@@ -345,15 +348,19 @@ pub async fn serve_with_listeners(
         None => None,
     };
 
+    let reloads = reload_on_hangup(core.tenants.clone());
+
     let stop_accepting = CancellationToken::new();
     let server_end = stop_accepting.clone();
-    let server = tonic::transport::Server::builder()
+    let tls = config.transport.tls_cert.is_some();
+    let server = transport::server_builder(&config.transport)?
         .layer(RpcLayer::new(core.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(WatchServiceServer::with_interceptor(
-            WatchApi::new(core.service.clone()),
+        .add_service(InterceptedService::new(
+            WatchServiceServer::new(WatchApi::new(core.service.clone()))
+                .max_decoding_message_size(MAX_WATCH_REQUEST_BYTES),
             auth.clone(),
         ))
         .add_service(InterceptedService::new(
@@ -361,10 +368,12 @@ pub async fn serve_with_listeners(
                 .max_decoding_message_size(MAX_INGEST_REQUEST_BYTES),
             auth,
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
-            server_end.cancelled().await
-        });
-    tracing::info!(%addr, data = %config.data.display(), "serving");
+        .serve_with_incoming_shutdown(
+            transport::incoming(listener, config.transport.max_connections),
+            async move { server_end.cancelled().await },
+        );
+    tracing::info!(%addr, tls, client_certificates = config.transport.tls_client_ca.is_some(),
+        data = %config.data.display(), "serving");
 
     tokio::pin!(server);
     let served = tokio::select! {
@@ -386,6 +395,7 @@ pub async fn serve_with_listeners(
             }
         }
     };
+    reloads.abort();
     core.shutdown().await?;
     metrics_end.cancel();
     if let Some(task) = metrics_task
@@ -395,4 +405,40 @@ pub async fn serve_with_listeners(
     }
     tracing::info!("stopped");
     served.context("the gRPC server failed")
+}
+
+/// Reloads the tenants file on every SIGHUP; a file that cannot be loaded is
+/// logged and the tenants in force stay. The handler is in place when this
+/// returns (before the server says it is serving): a SIGHUP's default action
+/// would end the process.
+fn reload_on_hangup(tenants: LiveTenants) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let hangups = signal(SignalKind::hangup());
+        tokio::spawn(async move {
+            let mut hangups = match hangups {
+                Ok(hangups) => hangups,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot listen for SIGHUP; the tenants file will not be reloaded");
+                    return;
+                }
+            };
+            while hangups.recv().await.is_some() {
+                match tenants.reload() {
+                    Ok(()) => {
+                        tracing::info!(tenants = tenants.current().len(), "tenants file reloaded")
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot reload the tenants file; the previous tenants stay in force")
+                    }
+                }
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tenants;
+        tokio::spawn(async {})
+    }
 }

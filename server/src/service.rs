@@ -5,10 +5,10 @@
 
 use std::sync::Arc;
 
-use tokio_stream::wrappers::ReceiverStream;
+use futures::{Stream, StreamExt};
 
 use crate::{
-    auth::Tenants,
+    auth::LiveTenants,
     clock::Clock,
     delivery::address,
     error::Error,
@@ -16,6 +16,7 @@ use crate::{
     ingest::{Ingest, IngestReport},
     observer::ObserverHandle,
     policy::Policy,
+    quota::{self, Limiter},
     store::{Created, Delivery, ListQuery, NewWatch, Store},
     watch::{
         Bucket, Labels, NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId,
@@ -52,7 +53,8 @@ pub struct Service {
     pub(crate) hub: Arc<Hub>,
     pub(crate) observer: ObserverHandle,
     pub(crate) ingest: Arc<Ingest>,
-    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) tenants: LiveTenants,
+    pub(crate) limiter: Arc<Limiter>,
     pub(crate) clock: Clock,
     /// Whether this server can list S3 for `policy.reconcile`.
     pub(crate) reconcile_available: bool,
@@ -73,12 +75,18 @@ impl Service {
             ));
         }
         self.check_notify(tenant, &start.policy).await?;
-        if !self.tenants.allows(tenant, start.bucket.as_str()) {
+        let tenants = self.tenants.current();
+        if !tenants.allows(tenant, start.bucket.as_str()) {
             return Err(Error::PermissionDenied(format!(
                 "bucket {} is not allowed for this tenant",
                 start.bucket
             )));
         }
+        let quotas = tenants.quotas(tenant);
+        let start_lock = self.limiter.start_lock(tenant);
+        let _counting = start_lock.lock().await;
+        self.check_active_watches(tenant, &quotas, start.client_token.as_deref())
+            .await?;
         let new = NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
@@ -123,16 +131,46 @@ impl Service {
     async fn check_notify(&self, tenant: &TenantId, policy: &Policy) -> Result<(), Error> {
         for (i, target) in policy.notify.targets.iter().enumerate() {
             let field = format!("policy.notify[{i}]");
-            self.tenants.check_notify_target(tenant, &field, target)?;
+            self.tenants
+                .current()
+                .check_notify_target(tenant, &field, target)?;
             if let NotifyTarget::Webhook { url, .. } = target {
                 let field = format!("{field}.webhook.url");
                 let parsed =
                     url::Url::parse(url).map_err(|e| Error::invalid(&field, e.to_string()))?;
-                let pinned = self.tenants.callback_host_pinned(tenant, url);
+                let pinned = self.tenants.current().callback_host_pinned(tenant, url);
                 address::check(&parsed, pinned)
                     .await
                     .map_err(|message| Error::invalid(&field, message))?;
             }
+        }
+        Ok(())
+    }
+
+    /// Refuses a new watch when `tenant` has `max_active_watches` already,
+    /// unless `client_token` names one of them (a retried start).
+    async fn check_active_watches(
+        &self,
+        tenant: &TenantId,
+        quotas: &quota::Quotas,
+        client_token: Option<&str>,
+    ) -> Result<(), Error> {
+        let max = quotas.max_active_watches as usize;
+        let active = self
+            .store
+            .list_watches(
+                tenant,
+                &ListQuery {
+                    state: Some(WatchState::Active),
+                    limit: max,
+                    ..ListQuery::default()
+                },
+            )
+            .await?;
+        let retried = client_token
+            .is_some_and(|t| active.iter().any(|w| w.client_token.as_deref() == Some(t)));
+        if active.len() >= max && !retried {
+            return Err(quota::too_many_watches(quotas));
         }
         Ok(())
     }
@@ -207,12 +245,14 @@ impl Service {
             .await
     }
 
+    /// The watch's events after `after_seq`. The stream holds a place in the
+    /// tenant's `max_streams` quota until it is dropped.
     pub async fn stream_events(
         &self,
         tenant: &TenantId,
         id: &WatchId,
         after_seq: u64,
-    ) -> Result<ReceiverStream<Result<WatchEvent, Error>>, Error> {
+    ) -> Result<impl Stream<Item = Result<WatchEvent, Error>> + Send + Unpin + 'static, Error> {
         Ok(self.subscribe(tenant, id, after_seq).await?.1)
     }
 
@@ -222,7 +262,13 @@ impl Service {
         tenant: &TenantId,
         id: &WatchId,
         after_seq: u64,
-    ) -> Result<(Watch, ReceiverStream<Result<WatchEvent, Error>>), Error> {
+    ) -> Result<
+        (
+            Watch,
+            impl Stream<Item = Result<WatchEvent, Error>> + Send + Unpin + 'static,
+        ),
+        Error,
+    > {
         let watch = self.get_watch(tenant, id).await?;
         if after_seq > watch.last_seq {
             return Err(Error::invalid(
@@ -233,8 +279,20 @@ impl Service {
                 ),
             ));
         }
+        let permit = self
+            .limiter
+            .open_stream(tenant, &self.tenants.current().quotas(tenant))?;
         let events = self.hub.subscribe(&watch, after_seq);
+        let events = events.map(move |event| {
+            let _held = &permit;
+            event
+        });
         Ok((watch, events))
+    }
+
+    /// The tenants table, for following revocations.
+    pub fn tenants(&self) -> &LiveTenants {
+        &self.tenants
     }
 
     pub async fn ingest(
@@ -242,6 +300,8 @@ impl Service {
         tenant: &TenantId,
         documents: &[String],
     ) -> Result<IngestReport, Error> {
+        let quotas = self.tenants.current().quotas(tenant);
+        self.limiter.ingest(tenant, documents.len(), &quotas)?;
         self.ingest.ingest(tenant, documents).await
     }
 }

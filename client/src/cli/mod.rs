@@ -91,6 +91,26 @@ struct Connection {
     )]
     tls_domain: Option<String>,
 
+    /// PEM client certificate, for servers that authenticate clients by certificate
+    #[arg(
+        long,
+        global = true,
+        env = "STREAMWATCH_CLIENT_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --tls-cert
+    #[arg(
+        long,
+        global = true,
+        env = "STREAMWATCH_CLIENT_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    tls_key: Option<PathBuf>,
+
     /// How long connecting may take
     #[arg(long, global = true, env = "STREAMWATCH_CONNECT_TIMEOUT", value_name = "DURATION", default_value = "10s", value_parser = humantime::parse_duration)]
     connect_timeout: Duration,
@@ -125,6 +145,9 @@ impl Connection {
         {
             let state = std::env::var("TRACESTATE").unwrap_or_default();
             options = options.trace_context(parent, state);
+        }
+        if let (Some(certificate), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            options = options.client_certificate(certificate, key);
         }
         options
     }

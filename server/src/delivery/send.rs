@@ -11,7 +11,7 @@ use sha2::Sha256;
 use tokio::sync::OnceCell;
 
 use super::{Failure, Transport, address};
-use crate::{auth::Tenants, store::Delivery, watch::NotifyTarget};
+use crate::{auth::LiveTenants, store::Delivery, watch::NotifyTarget};
 
 /// The webhook header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-streamwatch-signature";
@@ -33,7 +33,8 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 
 /// Sends deliveries to webhooks, SQS queues and SNS topics.
 pub struct Targets {
-    tenants: Arc<Tenants>,
+    /// The tenants file as it is now (reloaded on SIGHUP).
+    tenants: LiveTenants,
     /// Connects only to addresses that are not guarded (see [`address`]).
     http: reqwest::Client,
     /// For hosts a tenant pattern names exactly.
@@ -43,7 +44,7 @@ pub struct Targets {
 }
 
 impl Targets {
-    pub fn new(tenants: Arc<Tenants>, timeout: Duration) -> anyhow::Result<Self> {
+    pub fn new(tenants: LiveTenants, timeout: Duration) -> anyhow::Result<Self> {
         let builder = || {
             reqwest::Client::builder()
                 .timeout(timeout)
@@ -86,11 +87,11 @@ impl Targets {
     async fn webhook(&self, d: &Delivery, url: &str, secret_ref: &str) -> Result<String, Failure> {
         let url = reqwest::Url::parse(url).map_err(|e| Failure::new("", e.to_string()))?;
         // The tenants file may have changed since the watch started.
-        self.tenants
+        let tenants = self.tenants.current();
+        tenants
             .check_notify_target(&d.tenant, "url", &d.target)
             .map_err(|e| Failure::new("", e.to_string()))?;
-        let secret = self
-            .tenants
+        let secret = tenants
             .callback_secret(&d.tenant, secret_ref)
             .ok_or_else(|| {
                 Failure::new(
@@ -98,7 +99,7 @@ impl Targets {
                     format!("secret_ref {secret_ref:?} is not in the tenants file"),
                 )
             })?;
-        let pinned = self.tenants.callback_host_pinned(&d.tenant, url.as_str());
+        let pinned = tenants.callback_host_pinned(&d.tenant, url.as_str());
         // A literal address never reaches the resolver: check it here.
         address::check(&url, pinned)
             .await
@@ -178,6 +179,7 @@ impl Transport for Targets {
             NotifyTarget::Webhook { url, secret_ref } => self.webhook(d, url, secret_ref).await,
             NotifyTarget::Sqs { queue_url } => {
                 self.tenants
+                    .current()
                     .check_notify_target(&d.tenant, "queue_url", &d.target)
                     .map_err(|e| Failure::new("", e.to_string()))?;
                 let (sqs, _) = self.aws().await;
@@ -208,6 +210,7 @@ impl Transport for Targets {
             }
             NotifyTarget::Sns { topic_arn } => {
                 self.tenants
+                    .current()
                     .check_notify_target(&d.tenant, "topic_arn", &d.target)
                     .map_err(|e| Failure::new("", e.to_string()))?;
                 let (_, sns) = self.aws().await;
@@ -235,7 +238,6 @@ impl Transport for Targets {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
 
     use super::*;
     use crate::{
@@ -267,12 +269,12 @@ mod tests {
     /// `acme` may call any host on any port under `/open/` (a wildcard host).
     fn targets() -> Targets {
         let digest = hex::encode(<Sha256 as sha2::Digest>::digest(b"token"));
-        let tenants = Tenants::parse(&format!(
+        let tenants = crate::auth::Tenants::parse(&format!(
             "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{digest}\"]\nbuckets = [\"*\"]\n\
              callback_urls = [\"http://*:*/open/*\"]\n[tenant.callback_secrets]\nmain = \"0123456789abcdef\"\n"
         ))
         .unwrap();
-        Targets::new(Arc::new(tenants), Duration::from_secs(2)).unwrap()
+        Targets::new(LiveTenants::fixed(tenants), Duration::from_secs(2)).unwrap()
     }
 
     #[tokio::test]

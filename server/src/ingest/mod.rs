@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use crate::{
-    auth::Tenants,
+    auth::LiveTenants,
     clock::{Clock, Timestamp},
     error::Error,
     hub::Hub,
@@ -427,7 +427,7 @@ pub struct Ingest {
     pub(crate) routes: Arc<Routes>,
     pub(crate) observer: ObserverHandle,
     pub(crate) hub: Arc<Hub>,
-    pub(crate) tenants: Arc<Tenants>,
+    pub(crate) tenants: LiveTenants,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -447,15 +447,13 @@ impl Ingest {
         }
         let mut report = IngestReport::default();
         let mut notifications = Vec::new();
+        let tenants = self.tenants.current();
         for (i, raw) in documents.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
             match parse_document(raw) {
                 Ok(Document::Test) => report.ignored += 1,
                 Ok(Document::Records(records)) => {
-                    if let Some(b) = records
-                        .iter()
-                        .find(|n| !self.tenants.allows(caller, &n.bucket))
-                    {
+                    if let Some(b) = records.iter().find(|n| !tenants.allows(caller, &n.bucket)) {
                         report.rejected.push((
                             index,
                             format!("bucket {:?} is not allowed for this tenant", b.bucket),
@@ -528,6 +526,7 @@ impl Ingest {
         report: &mut IngestReport,
     ) -> Result<(), Error> {
         let mut activities = Vec::new();
+        let tenants = self.tenants.current();
         {
             let map = self
                 .routes
@@ -547,7 +546,7 @@ impl Ingest {
                 let routes = map.get(n.bucket.as_str());
                 let mut matched = false;
                 for watch in routes.into_iter().flat_map(|r| r.matching(&n.key)) {
-                    if self.tenants.allows(&watch.tenant, &n.bucket) {
+                    if tenants.allows(&watch.tenant, &n.bucket) {
                         matched = true;
                         activities.push(Activity {
                             tenant: watch.tenant.clone(),

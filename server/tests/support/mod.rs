@@ -5,6 +5,7 @@
 #![allow(dead_code)] // each test file uses a different part of the harness
 
 pub mod aws;
+pub mod pki;
 
 use std::{
     net::SocketAddr,
@@ -40,18 +41,13 @@ impl DataDir {
 
     /// Writes a tenants file: `acme` may use `acme-*` and `shared-*`, `globex` `globex-*` and `shared-*`.
     pub fn tenants_file(&self) -> PathBuf {
-        let digest = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
+        self.write_tenants(&tenants_toml("", ""))
+    }
+
+    /// Writes `toml` as the tenants file (`tenants.toml` in this directory).
+    pub fn write_tenants(&self, toml: &str) -> PathBuf {
         let path = self.path().join("tenants.toml");
-        std::fs::write(
-            &path,
-            format!(
-                "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"acme-*\", \"shared-*\"]\n\n\
-                 [[tenant]]\nid = \"globex\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"globex-*\", \"shared-*\"]\n",
-                digest(ACME_TOKEN),
-                digest(GLOBEX_TOKEN)
-            ),
-        )
-        .expect("write tenants file");
+        std::fs::write(&path, toml).expect("write tenants file");
         path
     }
 
@@ -62,6 +58,22 @@ impl DataDir {
         config.shutdown_grace = Duration::from_secs(5);
         config
     }
+}
+
+/// The hex SHA-256 digest of a token, as the tenants file holds it.
+pub fn token_digest(token: &str) -> String {
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+/// The `acme` and `globex` tenants (see [`DataDir::tenants_file`]), each
+/// followed by extra lines (`client_subjects`, a `[tenant.quotas]` table...).
+pub fn tenants_toml(acme_extra: &str, globex_extra: &str) -> String {
+    format!(
+        "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"acme-*\", \"shared-*\"]\n{acme_extra}\n\n\
+         [[tenant]]\nid = \"globex\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"globex-*\", \"shared-*\"]\n{globex_extra}\n",
+        token_digest(ACME_TOKEN),
+        token_digest(GLOBEX_TOKEN)
+    )
 }
 
 /// The real server, serving on loopback in this process.
