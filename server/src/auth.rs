@@ -98,7 +98,8 @@ pub enum TenantsError {
 }
 
 impl Tenants {
-    /// One tenant, `default`, allowed every bucket, with no token.
+    /// One tenant, `default`, allowed every bucket, with no token and no
+    /// quota (quotas keep tenants apart; a tenants file gives the defaults).
     pub fn open() -> Self {
         let id = TenantId::parse("tenant", DEFAULT_TENANT)
             .unwrap_or_else(|_| unreachable!("constant is valid"));
@@ -109,7 +110,7 @@ impl Tenants {
                 buckets: vec![WildMatch::new("*")],
                 callbacks: Callbacks::default(),
                 client_subjects: Vec::new(),
-                quotas: Quotas::default(),
+                quotas: Quotas::UNLIMITED,
             }],
             open: true,
         }

@@ -51,6 +51,15 @@ impl Default for Quotas {
 }
 
 impl Quotas {
+    /// No limit: for the single open tenant of a server without a tenants
+    /// file (loopback only), which has no other tenant to be kept apart from.
+    pub const UNLIMITED: Self = Self {
+        max_active_watches: u32::MAX,
+        max_streams: u32::MAX,
+        ingest_documents_per_second: u32::MAX,
+        ingest_burst: u32::MAX,
+    };
+
     /// Checks the values make sense; `at` names the table in errors.
     pub fn validate(&self, at: &str) -> Result<(), String> {
         for (name, value) in [

@@ -155,6 +155,10 @@ impl Service {
         quotas: &quota::Quotas,
         client_token: Option<&str>,
     ) -> Result<(), Error> {
+        if quotas.max_active_watches == u32::MAX {
+            // No limit: nothing to count.
+            return Ok(());
+        }
         let max = quotas.max_active_watches as usize;
         let active = self
             .store
