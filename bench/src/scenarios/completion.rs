@@ -87,5 +87,11 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         "watches",
         early,
     )?;
+    report.add(
+        "completion",
+        format!("{label}: deciding share (event time), p99"),
+        "ms",
+        decided_p99,
+    )?;
     Ok(())
 }
