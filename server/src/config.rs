@@ -97,6 +97,10 @@ pub struct Config {
     #[command(flatten)]
     pub transport: crate::transport::TransportArgs,
 
+    /// Many replicas on one table: leases, shards, heartbeats.
+    #[command(flatten)]
+    pub cluster: crate::cluster::ClusterArgs,
+
     /// Log format: `text` or `json`. `RUST_LOG` filters (default `info`).
     #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,

@@ -2,6 +2,10 @@
 //! `after_seq`, then follows live events. The live path is a bounded
 //! broadcast per watch; a subscriber that falls behind (or sees a gap) re-reads
 //! the log from its last `seq`, so nothing is skipped and nothing repeats.
+//! In a cluster, other replicas append to the log too: [`Hub::follow_log`]
+//! re-reads the watches that have subscribers here every `--log-poll` (100
+//! per request) and publishes what others appended, so a subscriber on any
+//! replica sees every event.
 
 use std::{
     collections::HashMap,
@@ -32,7 +36,7 @@ const LOG_PAGE: usize = 1000;
 pub struct Hub {
     store: Arc<dyn Store>,
     clock: Clock,
-    channels: Mutex<HashMap<WatchKey, broadcast::Sender<Arc<WatchEvent>>>>,
+    channels: Mutex<HashMap<WatchKey, Channel>>,
     shutdown: CancellationToken,
     /// Times a subscriber fell behind the live path and caught up from the log.
     pub lagged_total: AtomicU64,
@@ -60,16 +64,17 @@ impl Hub {
             id: first.watch_id.clone(),
         };
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        let Some(sender) = channels.get(&key) else {
+        let Some(channel) = channels.get_mut(&key) else {
             return;
         };
-        if sender.receiver_count() == 0 {
+        if channel.sender.receiver_count() == 0 {
             channels.remove(&key);
             return;
         }
         for event in events {
+            channel.published = channel.published.max(event.seq);
             // No receivers left is fine: they re-read the log when they return.
-            let _ = sender.send(Arc::new(event.clone()));
+            let _ = channel.sender.send(Arc::new(event.clone()));
         }
     }
 
@@ -77,15 +82,70 @@ impl Hub {
     /// however many subscribers have stopped reading.
     pub fn buffered(&self, key: &WatchKey) -> usize {
         let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels.get(key).map_or(0, |sender| sender.len())
+        channels.get(key).map_or(0, |c| c.sender.len())
     }
 
-    fn live(&self, key: &WatchKey) -> broadcast::Receiver<Arc<WatchEvent>> {
+    fn live(&self, watch: &Watch) -> broadcast::Receiver<Arc<WatchEvent>> {
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels
-            .entry(key.clone())
-            .or_insert_with(|| broadcast::channel(LIVE_CAPACITY).0)
+            .entry(watch.key())
+            .or_insert_with(|| Channel {
+                sender: broadcast::channel(LIVE_CAPACITY).0,
+                published: watch.last_seq,
+            })
+            .sender
             .subscribe()
+    }
+
+    /// Publishes what other replicas append to the logs of watches with
+    /// subscribers here: every `every`, reads those watches (in batches) and,
+    /// for each whose `last_seq` passed what was published, the new events.
+    /// Runs until the hub shuts down.
+    pub async fn follow_log(self: Arc<Self>, every: std::time::Duration) {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let followed: HashMap<WatchKey, u64> = {
+                let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+                channels.retain(|_, c| c.sender.receiver_count() > 0);
+                channels
+                    .iter()
+                    .map(|(k, c)| (k.clone(), c.published))
+                    .collect()
+            };
+            if followed.is_empty() {
+                continue;
+            }
+            let keys: Vec<WatchKey> = followed.keys().cloned().collect();
+            let watches = match self.store.watches(&keys).await {
+                Ok(watches) => watches,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-read the followed watches");
+                    continue;
+                }
+            };
+            for watch in watches {
+                let key = watch.key();
+                let published = followed.get(&key).copied().unwrap_or(0);
+                if watch.last_seq <= published {
+                    continue;
+                }
+                match self
+                    .store
+                    .events_after(&key.tenant, &key.id, published, LOG_PAGE)
+                    .await
+                {
+                    Ok(events) => self.publish(&events),
+                    Err(e) => {
+                        tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e, "cannot read a followed watch's log")
+                    }
+                }
+            }
+        }
     }
 
     /// Streams `watch`'s events after `after_seq`: the log first, then live.
@@ -97,7 +157,7 @@ impl Hub {
         after_seq: u64,
     ) -> ReceiverStream<Result<WatchEvent, Error>> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
-        let live = self.live(&watch.key());
+        let live = self.live(watch);
         self.subscribers.fetch_add(1, Ordering::Relaxed);
         let subscription = Subscription {
             hub: self.clone(),
@@ -114,6 +174,13 @@ impl Hub {
         tokio::spawn(subscription.run(live));
         ReceiverStream::new(rx)
     }
+}
+
+/// One watch's live path on this replica.
+struct Channel {
+    sender: broadcast::Sender<Arc<WatchEvent>>,
+    /// The highest `seq` handed to it.
+    published: u64,
 }
 
 struct Subscription {

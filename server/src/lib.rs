@@ -5,13 +5,15 @@
 //! Modules, one per concept: [`ingest`] (notifications in), [`store`] (state),
 //! [`policy`] (pure completion rules), [`observer`] (timers), [`hub`] (event
 //! fan-out), [`delivery`] (completion callbacks), [`service`] (the
-//! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`quota`]
+//! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`cluster`]
+//! (many replicas on one table), [`quota`]
 //! (per-tenant limits), [`transport`] (TLS and connection limits), [`config`],
 //! [`telemetry`] (logs and traces), [`metrics`] (Prometheus).
 
 pub mod api;
 pub mod auth;
 pub mod clock;
+pub mod cluster;
 pub mod config;
 pub mod delivery;
 pub mod error;
@@ -42,6 +44,7 @@ use crate::{
     api::{IngestApi, WatchApi},
     auth::{AuthInterceptor, LiveTenants},
     clock::Clock,
+    cluster::Cluster,
     config::{Config, StoreKind},
     delivery::{Deliverer, DeliveryStats, Targets},
     hub::Hub,
@@ -78,6 +81,9 @@ pub struct Core {
     pub queue_stats: Vec<(String, Arc<QueueStats>)>,
     deliveries_end: CancellationToken,
     deliverer_task: tokio::task::JoinHandle<()>,
+    /// This replica's part of a cluster (`--cluster`), with its tasks.
+    cluster: Option<(Cluster, Vec<tokio::task::JoinHandle<()>>)>,
+    cluster_end: CancellationToken,
     /// What the delivery task did.
     pub delivery_stats: Arc<DeliveryStats>,
     /// What `/metrics` shows.
@@ -105,7 +111,8 @@ async fn open_store(
                 .context("--store dynamodb needs --table")?;
             let aws = aws.context("no AWS configuration")?;
             let store =
-                DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &table, config.retention);
+                DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &table, config.retention)
+                    .with_shards(config.cluster.shards);
             if config.create_table && store.check().await.is_err() {
                 store
                     .create_table()
@@ -123,19 +130,22 @@ async fn open_store(
     })
 }
 
-/// An SQS client for `urls`, once each queue has answered (it exists and may be read).
+/// An SQS client for `urls`, once each queue has answered (it exists and
+/// may be read), and the longest visibility timeout among them.
 async fn open_queues(
     aws: &aws_config::SdkConfig,
     urls: &[String],
-) -> anyhow::Result<aws_sdk_sqs::Client> {
+) -> anyhow::Result<(aws_sdk_sqs::Client, std::time::Duration)> {
     let sqs = aws_sdk_sqs::Client::new(aws);
+    let mut longest = std::time::Duration::ZERO;
     for url in urls {
-        ingest::sqs::check(&sqs, url)
+        let visibility = ingest::sqs::check(&sqs, url)
             .await
             .map_err(anyhow::Error::msg)
             .with_context(|| format!("cannot reach the SQS queue {url}"))?;
+        longest = longest.max(visibility);
     }
-    Ok(sqs)
+    Ok((sqs, longest))
 }
 
 impl Core {
@@ -149,11 +159,27 @@ impl Core {
             None
         };
         let metrics = Arc::new(Metrics::new());
+        if config.cluster.cluster && config.store != StoreKind::Dynamodb {
+            anyhow::bail!(
+                "--cluster needs --store dynamodb: replicas share their state through it"
+            );
+        }
         let (store, dynamodb) = open_store(config, aws.as_ref()).await?;
-        let store: Arc<dyn Store> = Arc::new(Measured::new(store, metrics.clone()));
-        let sqs = match (&aws, config.sqs_queue_urls.is_empty()) {
-            (Some(aws), false) => Some(open_queues(aws, &config.sqs_queue_urls).await?),
+        let cluster = match (&dynamodb, config.cluster.cluster) {
+            (Some(dynamodb), true) => Some(
+                Cluster::new(&config.cluster, dynamodb.clone(), clock, metrics.clone())
+                    .await
+                    .context("cannot join the cluster")?,
+            ),
             _ => None,
+        };
+        let store: Arc<dyn Store> = Arc::new(Measured::new(store, metrics.clone()));
+        let (sqs, visibility) = match (&aws, config.sqs_queue_urls.is_empty()) {
+            (Some(aws), false) => {
+                let (sqs, visibility) = open_queues(aws, &config.sqs_queue_urls).await?;
+                (Some(sqs), visibility)
+            }
+            _ => (None, std::time::Duration::ZERO),
         };
         let consumers_per_queue = config.sqs_consumers.max(1);
         let watermarks = Arc::new(Watermarks::new(
@@ -161,8 +187,15 @@ impl Core {
         ));
         let streams_end = CancellationToken::new();
         let observer_end = CancellationToken::new();
-        let routes = Arc::new(Routes::default());
+        let routes = Arc::new(match &cluster {
+            Some(c) => Routes::refreshed(c.routes_fresh.clone(), c.route_staleness),
+            None => Routes::default(),
+        });
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
+        if let Some(c) = &cluster {
+            // Ends with the streams, at shutdown.
+            tokio::spawn(hub.clone().follow_log(c.log_poll()));
+        }
         let reconciler = aws.as_ref().map(|shared| {
             // Emulators serve buckets by path, not by host name.
             let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
@@ -176,10 +209,31 @@ impl Core {
             hub.clone(),
             routes.clone(),
             clock,
-            watermarks.subscribe(),
+            match &cluster {
+                Some(c) => c.settled.clone(),
+                None => watermarks.subscribe(),
+            },
             reconciler.clone(),
             metrics.clone(),
         );
+        let cluster_end = CancellationToken::new();
+        let cluster = match cluster {
+            Some(c) => {
+                observer.clustered(c.ownership.clone(), c.log_poll());
+                let tasks = c
+                    .start(
+                        routes.clone(),
+                        observer_handle.clone(),
+                        watermarks.subscribe(),
+                        visibility,
+                        cluster_end.clone(),
+                    )
+                    .await
+                    .context("cannot join the cluster")?;
+                Some((c, tasks))
+            }
+            None => None,
+        };
         let deliverer = Deliverer::new(
             store.clone(),
             hub.clone(),
@@ -242,6 +296,7 @@ impl Core {
             limiter: Arc::new(Limiter::default()),
             clock,
             reconcile_available: reconciler.is_some(),
+            route_staleness: cluster.as_ref().map(|(c, _)| c.route_staleness),
         });
         Ok(Self {
             service,
@@ -255,6 +310,8 @@ impl Core {
             queue_stats,
             deliveries_end,
             deliverer_task,
+            cluster,
+            cluster_end,
             delivery_stats,
             metrics,
         })
@@ -276,6 +333,14 @@ impl Core {
         let _ = self.observer_task.await;
         self.deliveries_end.cancel();
         let _ = self.deliverer_task.await;
+        self.cluster_end.cancel();
+        if let Some((cluster, tasks)) = self.cluster {
+            for task in tasks {
+                let _ = task.await;
+            }
+            // Nothing writes under the leases now: hand them over at once.
+            cluster.release().await;
+        }
         self.store.close().await.context("cannot flush the store")
     }
 }

@@ -110,6 +110,8 @@ pub struct Metrics {
     completion_delay: Histogram,
     live_watches: Gauge,
     held_watches: Gauge,
+    leases_held: Gauge,
+    fenced_writes: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -139,6 +141,8 @@ impl Metrics {
             completion_delay: Histogram::new(exponential_buckets(0.05, 2.0, 16)),
             live_watches: Gauge::default(),
             held_watches: Gauge::default(),
+            leases_held: Gauge::default(),
+            fenced_writes: Counter::default(),
         };
         {
             let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
@@ -181,6 +185,16 @@ impl Metrics {
                 "streamwatch_live_watches",
                 "Watches the observer is timing (ACTIVE, or completed with a late window open)",
                 m.live_watches.clone(),
+            );
+            r.register(
+                "streamwatch_leases_held",
+                "Shard leases this replica holds (in a cluster)",
+                m.leases_held.clone(),
+            );
+            r.register(
+                "streamwatch_fenced_writes",
+                "Transitions refused because another replica had taken the shard's lease",
+                m.fenced_writes.clone(),
             );
             r.register(
                 "streamwatch_watches_held_for_ingest",
@@ -231,6 +245,14 @@ impl Metrics {
 
     pub fn store_batch(&self, activities: usize) {
         self.store_batch.observe(activities as f64);
+    }
+
+    pub fn leases_held(&self, n: usize) {
+        self.leases_held.set(n as i64);
+    }
+
+    pub fn fenced_write(&self) {
+        self.fenced_writes.inc();
     }
 
     pub fn transition(&self, event: &'static str) {
@@ -390,6 +412,12 @@ impl Collector for Sources {
                 "streamwatch_dynamodb_read_units",
                 "Read capacity units consumed, by DynamoDB's rules",
                 s.read_units.load(Ordering::Relaxed),
+            )?;
+            counter(
+                &mut encoder,
+                "streamwatch_dynamodb_lease_requests",
+                "Of the DynamoDB requests, those spent on shard leases and replica heartbeats",
+                s.lease_requests.load(Ordering::Relaxed),
             )?;
         }
         Ok(())

@@ -3,6 +3,11 @@
 //! appends the outcome through the store. Everything else talks to it through
 //! [`ObserverHandle`]; it is the only writer of lifecycle transitions, so each
 //! generation gets exactly one terminal event.
+//!
+//! In a cluster ([`crate::cluster`]) it times only the watches of shards this
+//! replica holds leases on, fences each transition with the lease, re-reads
+//! its watches every `--log-poll` for activity other replicas counted, and
+//! drops a shard at once when a write comes back fenced.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -20,12 +25,13 @@ use tracing::Instrument;
 
 use crate::{
     clock::{Clock, Timestamp},
+    cluster::Ownership,
     error::Error,
     hub::Hub,
     ingest::{Routes, reconcile::Reconciler},
     metrics::Metrics,
     policy::{self, Rule},
-    store::{Applied, Guard, Store, StoreError},
+    store::{Applied, Fence, Guard, Store, StoreError},
     telemetry,
     watch::{EventKind, Lifecycle, Watch, WatchEvent, WatchKey, WatchState},
 };
@@ -56,6 +62,12 @@ enum Command {
         activity: u64,
         result: Result<Option<Box<Watch>>, String>,
     },
+    /// Watches of a shard this replica just took (or started elsewhere in one it holds).
+    Adopt(Vec<Watch>),
+    /// This replica no longer holds the shard's lease.
+    Disown(u32),
+    /// The owned watches as re-read from the store.
+    Observed(Vec<Watch>),
 }
 
 /// The way in to the observer task.
@@ -80,6 +92,16 @@ impl ObserverHandle {
     pub async fn activity(&self, updated: Vec<Watch>, touched: Vec<WatchKey>) {
         // A stopped observer means the server is shutting down; the counts are durable.
         let _ = self.tx.send(Command::Activity { updated, touched }).await;
+    }
+
+    /// Times the watches of `watches` in shards this replica holds.
+    pub async fn adopt(&self, watches: Vec<Watch>) {
+        let _ = self.tx.send(Command::Adopt(watches)).await;
+    }
+
+    /// Stops timing the watches of `shard` (its lease was lost).
+    pub async fn disown(&self, shard: u32) {
+        let _ = self.tx.send(Command::Disown(shard)).await;
     }
 
     pub async fn cancel(&self, key: WatchKey, reason: String) -> Result<Watch, Error> {
@@ -114,6 +136,17 @@ struct Transition {
     /// The rest of the decision (its events, next wake-up), carried out once written.
     decision: policy::Decision,
     now: Timestamp,
+    /// The lease the write needs (in a cluster).
+    fence: Option<Fence>,
+}
+
+/// What a replica of a cluster observes: the shards it owns, and how often
+/// it re-reads its watches.
+struct Clustered {
+    ownership: Arc<Ownership>,
+    poll: Duration,
+    /// A re-read is on its way.
+    polling: bool,
 }
 
 pub struct Observer {
@@ -135,6 +168,7 @@ pub struct Observer {
     /// Wakes the delivery task after events with callbacks are committed.
     deliveries: Option<Arc<tokio::sync::Notify>>,
     metrics: Arc<Metrics>,
+    cluster: Option<Clustered>,
 }
 
 impl Observer {
@@ -162,8 +196,26 @@ impl Observer {
             reconciler,
             deliveries: None,
             metrics,
+            cluster: None,
         };
         (observer, ObserverHandle { tx })
+    }
+
+    /// Makes this observer one replica's of a cluster: it times only watches
+    /// of shards in `ownership`, and re-reads them every `poll`.
+    pub fn clustered(&mut self, ownership: Arc<Ownership>, poll: Duration) {
+        self.cluster = Some(Clustered {
+            ownership,
+            poll,
+            polling: false,
+        });
+    }
+
+    /// Whether this replica times `watch` (always, outside a cluster).
+    fn owns(&self, watch: &Watch) -> bool {
+        self.cluster
+            .as_ref()
+            .is_none_or(|c| c.ownership.owns(&watch.id))
     }
 
     /// Has the delivery task woken whenever committed events have callbacks
@@ -199,10 +251,18 @@ impl Observer {
     pub async fn run(mut self, shutdown: CancellationToken) {
         self.metrics
             .observer_watches(self.watches.len(), self.held.len());
+        let poll = self
+            .cluster
+            .as_ref()
+            .map(|c| c.poll)
+            .unwrap_or(Duration::MAX);
+        let mut observe = tokio::time::interval(poll.min(Duration::from_secs(86_400)));
+        observe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
+                _ = observe.tick(), if self.cluster.is_some() => self.observe(),
                 command = self.rx.recv() => match command {
                     Some(command) => self.handle(command).await,
                     None => break,
@@ -283,6 +343,40 @@ impl Observer {
             Command::Cancel { key, reason, reply } => {
                 let _ = reply.send(self.cancel(&key, reason).await);
             }
+            Command::Adopt(watches) => {
+                let mut keys = Vec::with_capacity(watches.len());
+                for watch in watches {
+                    if watch.accepts_activity(self.clock.now()) && self.owns(&watch) {
+                        keys.push(watch.key());
+                        self.insert(watch);
+                    }
+                }
+                if !keys.is_empty() {
+                    tracing::debug!(watches = keys.len(), "adopted watches");
+                }
+                for batch in keys.chunks(MAX_BATCH) {
+                    self.evaluate_all(batch.to_vec()).await;
+                }
+            }
+            Command::Disown(shard) => self.disown(shard),
+            Command::Observed(watches) => {
+                if let Some(c) = &mut self.cluster {
+                    c.polling = false;
+                }
+                let mut changed = Vec::new();
+                for watch in watches {
+                    let key = watch.key();
+                    if let Some(entry) = self.watches.get_mut(&key)
+                        && entry.watch.last_seq < watch.last_seq
+                    {
+                        entry.watch = watch;
+                        changed.push(key);
+                    }
+                }
+                for batch in changed.chunks(MAX_BATCH) {
+                    self.evaluate_all(batch.to_vec()).await;
+                }
+            }
             Command::Reconciled {
                 key,
                 activity,
@@ -315,6 +409,10 @@ impl Observer {
     fn insert(&mut self, watch: Watch) {
         let key = watch.key();
         self.routes.add(&watch.bucket, &key, &watch.prefix);
+        if !self.owns(&watch) {
+            // Another replica times it; this one only counts into it.
+            return;
+        }
         match self.watches.get_mut(&key) {
             Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
             Some(_) => {}
@@ -344,6 +442,53 @@ impl Observer {
                 self.retire(key);
             }
         }
+    }
+
+    /// Stops timing `key` without touching its route (it is still live elsewhere).
+    fn drop_timing(&mut self, key: &WatchKey) {
+        self.held.remove(key);
+        if let Some(entry) = self.watches.remove(key)
+            && let Some(timer) = entry.timer
+        {
+            self.queue.remove(&timer);
+        }
+    }
+
+    /// Stops timing every watch of `shard`.
+    fn disown(&mut self, shard: u32) {
+        let Some(c) = &self.cluster else { return };
+        let keys: Vec<WatchKey> = self
+            .watches
+            .keys()
+            .filter(|k| c.ownership.shard(&k.id) == shard)
+            .cloned()
+            .collect();
+        tracing::info!(shard, watches = keys.len(), "no longer observing a shard");
+        for key in keys {
+            self.drop_timing(&key);
+        }
+    }
+
+    /// Re-reads every timed watch off the loop, for activity other replicas
+    /// counted (and changes they made); the result comes back as a command.
+    fn observe(&mut self) {
+        let Some(c) = &mut self.cluster else { return };
+        if c.polling || self.watches.is_empty() {
+            return;
+        }
+        c.polling = true;
+        let keys: Vec<WatchKey> = self.watches.keys().cloned().collect();
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let watches = match store.watches(&keys).await {
+                Ok(watches) => watches,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot re-read the observed watches");
+                    Vec::new()
+                }
+            };
+            let _ = tx.send(Command::Observed(watches)).await;
+        });
     }
 
     /// Lists the watch's prefix off the loop; the result comes back as a command.
@@ -432,16 +577,24 @@ impl Observer {
             }
             let store = self.store.clone();
             let results = futures::future::join_all(pending.iter().map(|t| {
-                store
-                    .apply(
-                        &t.key.tenant,
-                        &t.key.id,
-                        t.guard,
-                        t.lifecycle.clone(),
-                        t.decision.events.clone(),
-                        t.now,
-                    )
-                    .instrument(t.span.clone())
+                let (tenant, id, events) = (&t.key.tenant, &t.key.id, t.decision.events.clone());
+                let lifecycle = t.lifecycle.clone();
+                let store = store.clone();
+                async move {
+                    match &t.fence {
+                        Some(fence) => {
+                            store
+                                .apply_fenced(tenant, id, t.guard, lifecycle, events, t.now, fence)
+                                .await
+                        }
+                        None => {
+                            store
+                                .apply(tenant, id, t.guard, lifecycle, events, t.now)
+                                .await
+                        }
+                    }
+                }
+                .instrument(t.span.clone())
             }))
             .await;
             keys = pending
@@ -461,6 +614,17 @@ impl Observer {
     /// no lifecycle, else returned to be written.
     fn decide(&mut self, key: &WatchKey) -> Option<Transition> {
         let entry = self.watches.get(key)?;
+        let fence = match &self.cluster {
+            None => None,
+            Some(c) => match c.ownership.fence(&key.id) {
+                Some(fence) => Some(fence),
+                None => {
+                    // The shard's lease went elsewhere since this watch was armed.
+                    self.drop_timing(key);
+                    return None;
+                }
+            },
+        };
         if self.routes.in_flight(key) {
             // The batch on its way reports back when recorded; decide then.
             return None;
@@ -492,6 +656,7 @@ impl Observer {
                 lifecycle,
                 decision,
                 now,
+                fence,
             }),
         }
     }
@@ -518,6 +683,16 @@ impl Observer {
             }
             Ok(None) => {
                 self.forget(&t.key);
+                None
+            }
+            Err(StoreError::Fenced { shard }) => {
+                tracing::warn!(tenant = %tenant, watch_id = %id, shard,
+                    "transition refused: another replica took this shard's lease; no longer observing it");
+                self.metrics.fenced_write();
+                if let (Some(c), Some(fence)) = (&self.cluster, &t.fence) {
+                    c.ownership.lose(shard, fence.version);
+                }
+                self.disown(shard);
                 None
             }
             Err(e) => {

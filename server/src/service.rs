@@ -58,6 +58,9 @@ pub struct Service {
     pub(crate) clock: Clock,
     /// Whether this server can list S3 for `policy.reconcile`.
     pub(crate) reconcile_available: bool,
+    /// In a cluster: how long other replicas may take to route to a new
+    /// watch; StartWatch returns only once that has passed.
+    pub(crate) route_staleness: Option<std::time::Duration>,
 }
 
 impl Service {
@@ -84,7 +87,7 @@ impl Service {
         }
         let quotas = tenants.quotas(tenant);
         let start_lock = self.limiter.start_lock(tenant);
-        let _counting = start_lock.lock().await;
+        let counting = start_lock.lock().await;
         self.check_active_watches(tenant, &quotas, start.client_token.as_deref())
             .await?;
         let new = NewWatch {
@@ -98,12 +101,16 @@ impl Service {
             trace: start.trace,
             created_at: self.clock.now(),
         };
-        match self.store.create_watch(new.clone()).await? {
+        let created = self.store.create_watch(new.clone()).await?;
+        // Counted and created: later starts of this tenant may count now.
+        drop(counting);
+        match created {
             Created::New { watch, events } => {
                 self.hub.publish(&events);
                 self.observer.arm(watch.clone()).await?;
                 tracing::info!(tenant = %tenant, watch_id = %watch.id, bucket = %watch.bucket,
                     prefix = watch.prefix.as_str(), "watch started");
+                self.routed_everywhere(&watch).await;
                 Ok((watch, true))
             }
             Created::Existing(watch) => {
@@ -120,8 +127,18 @@ impl Service {
                         ),
                     ));
                 }
+                self.routed_everywhere(&watch).await;
                 Ok((watch, false))
             }
+        }
+    }
+
+    /// Returns once every replica of a cluster routes notifications to
+    /// `watch` (at once outside a cluster).
+    async fn routed_everywhere(&self, watch: &Watch) {
+        if let Some(staleness) = self.route_staleness {
+            let at = watch.created_at.plus(staleness);
+            tokio::time::sleep_until(self.clock.instant_at(at)).await;
         }
     }
 

@@ -289,14 +289,56 @@ impl BucketRoutes {
     }
 }
 
+/// How long a notification waits for stale routes to be refreshed before
+/// ingest gives up with UNAVAILABLE (the queue redelivers it).
+const FRESH_ROUTES_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Which watches want which bucket, and which have activity on its way.
 #[derive(Default)]
 pub struct Routes {
     by_bucket: RwLock<HashMap<Bucket, BucketRoutes>>,
     in_flight: Mutex<HashMap<WatchKey, usize>>,
+    /// In a cluster: when the last route refresh started, and how old it may
+    /// be when a notification is routed (see [`crate::cluster`]).
+    freshness: Option<(
+        tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+        std::time::Duration,
+    )>,
 }
 
 impl Routes {
+    /// A table that other replicas add to: routing waits until it was
+    /// refreshed within `staleness`.
+    pub fn refreshed(
+        fresh: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
+        staleness: std::time::Duration,
+    ) -> Self {
+        Self {
+            freshness: Some((fresh, staleness)),
+            ..Self::default()
+        }
+    }
+
+    /// Returns once the table holds every watch started more than its
+    /// staleness ago (at once outside a cluster).
+    async fn wait_fresh(&self) -> Result<(), Error> {
+        let Some((fresh, staleness)) = &self.freshness else {
+            return Ok(());
+        };
+        let mut fresh = fresh.clone();
+        let is_fresh =
+            |at: &Option<tokio::time::Instant>| at.is_some_and(|at| at.elapsed() <= *staleness);
+        if is_fresh(&fresh.borrow_and_update()) {
+            return Ok(());
+        }
+        match tokio::time::timeout(FRESH_ROUTES_WAIT, fresh.wait_for(is_fresh)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(Error::Unavailable(
+                "the routing table could not be refreshed from the store; retry".into(),
+            )),
+        }
+    }
+
     pub fn add(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
         map.entry(bucket.clone()).or_default().add(prefix, key);
@@ -525,6 +567,7 @@ impl Ingest {
         notifications: &[Notification],
         report: &mut IngestReport,
     ) -> Result<(), Error> {
+        self.routes.wait_fresh().await?;
         let mut activities = Vec::new();
         let tenants = self.tenants.current();
         {

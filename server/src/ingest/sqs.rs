@@ -68,15 +68,21 @@ fn sqs_error(e: impl std::error::Error + 'static) -> String {
 }
 
 /// Checks that the queue at `url` exists and may be read (GetQueueAttributes).
-pub async fn check(client: &Client, url: &str) -> Result<(), String> {
-    client
+pub async fn check(client: &Client, url: &str) -> Result<Duration, String> {
+    let out = client
         .get_queue_attributes()
         .queue_url(url)
         .attribute_names(QueueAttributeName::VisibilityTimeout)
         .send()
         .await
-        .map(|_| ())
-        .map_err(sqs_error)
+        .map_err(sqs_error)?;
+    Ok(out
+        .attributes
+        .and_then(|a| {
+            a.get(&QueueAttributeName::VisibilityTimeout)
+                .and_then(|v| v.parse().ok())
+        })
+        .map_or(DEFAULT_VISIBILITY, Duration::from_secs))
 }
 
 impl QueueConsumer {

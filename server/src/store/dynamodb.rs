@@ -39,21 +39,24 @@ use aws_sdk_dynamodb::{
 };
 use sha2::{Digest, Sha256};
 
+mod cluster;
+pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
+
 use super::{
-    Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Guard, ListQuery,
-    NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
+    Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Fence, Guard,
+    ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
 };
 use crate::{
     clock::Timestamp,
     policy,
     watch::{
         Counters, EventKind, Lifecycle, TenantId, TraceContext, Watch, WatchEvent, WatchId,
-        WatchState,
+        WatchKey, WatchState,
     },
 };
 
-/// Shards of the `live` index (and of observer ownership when scaled out).
-pub const SHARDS: u32 = 64;
+/// Shards of the `live` index and of observer ownership (`--shards`), unless configured.
+pub const DEFAULT_SHARDS: u32 = 64;
 /// Seen-key items per transaction (one more for the watch, one for its event).
 const KEYS_PER_TRANSACTION: usize = 98;
 /// Attempts at one change before giving up on a hot watch.
@@ -76,12 +79,17 @@ pub struct DynamoStats {
     pub write_units: AtomicU64,
     /// Read capacity units by DynamoDB's rules (strongly consistent: 1 per 4 KiB).
     pub read_units: AtomicU64,
+    /// Of `requests`, those spent on shard leases and replica heartbeats.
+    pub lease_requests: AtomicU64,
 }
 
 pub struct DynamoStore {
     client: Client,
     table: String,
     retention: Duration,
+    /// Partitions of the `live` index; a watch's shard is also the shard
+    /// whose lease owns its observer in a cluster.
+    shards: u32,
     pub stats: DynamoStats,
 }
 
@@ -194,13 +202,13 @@ fn key_sk(kind: ActivityKind, key: &str) -> String {
     }
 }
 
-/// The shard a watch belongs to: stable across processes and versions.
-pub fn shard_of(id: &WatchId) -> u32 {
+/// The shard of `shards` a watch belongs to: stable across processes and versions.
+pub fn shard_of(id: &WatchId, shards: u32) -> u32 {
     let digest = Sha256::digest(id.as_str().as_bytes());
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % SHARDS
+    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % shards.max(1)
 }
 
-fn watch_item(w: &Watch) -> Result<Item> {
+fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     let mut item = Item::new();
     item.insert("pk".into(), s(watch_pk(&w.tenant, &w.id)));
     item.insert("sk".into(), s("WATCH"));
@@ -208,7 +216,10 @@ fn watch_item(w: &Watch) -> Result<Item> {
     item.insert("watch_id".into(), s(w.id.as_str()));
     item.insert("list_pk".into(), s(format!("T#{}", w.tenant)));
     item.insert("list_sk".into(), s(w.id.as_str()));
-    item.insert("live_shard".into(), s(format!("LIVE#{}", shard_of(&w.id))));
+    item.insert(
+        "live_shard".into(),
+        s(format!("LIVE#{}", shard_of(&w.id, shards))),
+    );
     item.insert("bucket".into(), s(w.bucket.as_str()));
     item.insert("prefix".into(), s(w.prefix.as_str()));
     item.insert("policy".into(), s(json(&w.policy)?));
@@ -328,6 +339,27 @@ fn item_event(tenant: &TenantId, id: &WatchId, item: &Item) -> Result<WatchEvent
     })
 }
 
+/// The route item of a new watch (see [`DynamoStore::routes_since`]).
+fn route_item(w: &Watch) -> Item {
+    let created = w.created_at.as_millis();
+    let mut item = Item::new();
+    item.insert("pk".into(), s(cluster::route_pk(created)));
+    item.insert(
+        "sk".into(),
+        s(format!("{created:013}#{}", watch_pk(&w.tenant, &w.id))),
+    );
+    item.insert("tenant".into(), s(w.tenant.as_str()));
+    item.insert("watch_id".into(), s(w.id.as_str()));
+    item.insert("bucket".into(), s(w.bucket.as_str()));
+    item.insert("prefix".into(), s(w.prefix.as_str()));
+    item.insert("created_at".into(), n(created));
+    item.insert(
+        TTL_ATTRIBUTE.into(),
+        n(created / 1000 + cluster::ROUTE_ITEM_LIFETIME.as_secs() as i64),
+    );
+    item
+}
+
 /// A BatchWriteItem put of `item`.
 fn put_request(item: Item) -> Result<WriteRequest> {
     let put = PutRequest::builder()
@@ -372,8 +404,21 @@ impl DynamoStore {
             client,
             table: table.into(),
             retention,
+            shards: DEFAULT_SHARDS,
             stats: DynamoStats::default(),
         }
+    }
+
+    /// The same store with the `live` index (and observer ownership) split
+    /// into `shards` shards; every replica of a table must use the same
+    /// number ([`DynamoStore::ensure_shards`] checks).
+    pub fn with_shards(mut self, shards: u32) -> Self {
+        self.shards = shards.max(1);
+        self
+    }
+
+    pub fn shards(&self) -> u32 {
+        self.shards
     }
 
     /// A client from the standard AWS configuration chain (`AWS_ENDPOINT_URL`, region, credentials).
@@ -527,11 +572,15 @@ impl DynamoStore {
         let mut items = Vec::with_capacity(2 + appended.len() + extra.len());
         items.push(match expected_last_seq {
             Some(seq) => self.put(
-                watch_item(&watch)?,
+                watch_item(&watch, self.shards)?,
                 "last_seq = :expected",
                 &[(":expected", n(seq))],
             )?,
-            None => self.put(watch_item(&watch)?, "attribute_not_exists(pk)", &[])?,
+            None => self.put(
+                watch_item(&watch, self.shards)?,
+                "attribute_not_exists(pk)",
+                &[],
+            )?,
         });
         for e in &appended {
             items.push(self.put(event_item(e)?, "attribute_not_exists(pk)", &[])?);
@@ -741,6 +790,58 @@ impl DynamoStore {
         Ok((results, last))
     }
 
+    /// [`Store::apply`], with the write also conditioned on `fence` (the
+    /// caller's lease of the watch's shard) when given.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_with(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+        fence: Option<&Fence>,
+    ) -> Result<Option<Applied>> {
+        for _ in 0..MAX_ATTEMPTS {
+            let Some(mut watch) = self.load(tenant, id).await? else {
+                return Ok(None);
+            };
+            let holds = watch.lifecycle.state == guard.state
+                && watch.lifecycle.generation == guard.generation
+                && guard
+                    .activity
+                    .is_none_or(|a| a == watch.counters.activity());
+            if !holds {
+                return Ok(Some(Applied::Conflict(watch)));
+            }
+            let expected = watch.last_seq;
+            watch.lifecycle = lifecycle.clone();
+            let extra = match fence {
+                Some(fence) => vec![self.lease_check(fence)?],
+                None => Vec::new(),
+            };
+            let change = Change {
+                watch,
+                expected_last_seq: Some(expected),
+                events: events.clone(),
+                extra,
+                now,
+            };
+            if let Some((watch, events)) = self.commit(change).await? {
+                return Ok(Some(Applied::Done { watch, events }));
+            }
+            if let Some(fence) = fence
+                && !self.lease_holds(fence).await?
+            {
+                return Err(StoreError::Fenced { shard: fence.shard });
+            }
+        }
+        Err(StoreError::Dynamo(format!(
+            "watch {id} kept changing; gave up after {MAX_ATTEMPTS} attempts"
+        )))
+    }
+
     async fn query_all(
         &self,
         index: Option<&str>,
@@ -826,7 +927,7 @@ impl Store for DynamoStore {
             };
             let mut snapshot = watch.clone();
             snapshot.last_seq = 1;
-            let mut extra = Vec::new();
+            let mut extra = vec![self.put(route_item(&watch), "attribute_not_exists(pk)", &[])?];
             if let Some(token) = &new.client_token {
                 let item = token_item(&new.tenant, token, &new.id);
                 extra.push(self.put(item, "attribute_not_exists(pk)", &[])?);
@@ -943,34 +1044,22 @@ impl Store for DynamoStore {
         events: Vec<EventKind>,
         now: Timestamp,
     ) -> Result<Option<Applied>> {
-        for _ in 0..MAX_ATTEMPTS {
-            let Some(mut watch) = self.load(tenant, id).await? else {
-                return Ok(None);
-            };
-            let holds = watch.lifecycle.state == guard.state
-                && watch.lifecycle.generation == guard.generation
-                && guard
-                    .activity
-                    .is_none_or(|a| a == watch.counters.activity());
-            if !holds {
-                return Ok(Some(Applied::Conflict(watch)));
-            }
-            let expected = watch.last_seq;
-            watch.lifecycle = lifecycle.clone();
-            let change = Change {
-                watch,
-                expected_last_seq: Some(expected),
-                events: events.clone(),
-                extra: Vec::new(),
-                now,
-            };
-            if let Some((watch, events)) = self.commit(change).await? {
-                return Ok(Some(Applied::Done { watch, events }));
-            }
-        }
-        Err(StoreError::Dynamo(format!(
-            "watch {id} kept changing; gave up after {MAX_ATTEMPTS} attempts"
-        )))
+        self.apply_with(tenant, id, guard, lifecycle, events, now, None)
+            .await
+    }
+
+    async fn apply_fenced(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+        fence: &Fence,
+    ) -> Result<Option<Applied>> {
+        self.apply_with(tenant, id, guard, lifecycle, events, now, Some(fence))
+            .await
     }
 
     async fn events_after(
@@ -1012,16 +1101,54 @@ impl Store for DynamoStore {
 
     async fn live_watches(&self, _now: Timestamp) -> Result<Vec<Watch>> {
         let mut out = Vec::new();
-        for shard in 0..SHARDS {
-            let items = self
-                .query_all(
-                    Some(LIVE_INDEX),
-                    "live_shard = :shard",
-                    vec![(":shard", s(format!("LIVE#{shard}")))],
-                )
-                .await?;
-            for item in &items {
-                out.push(item_watch(item)?);
+        for shard in 0..self.shards {
+            out.extend(self.live_in_shard(shard).await?);
+        }
+        Ok(out)
+    }
+
+    async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut wanted = KeysAndAttributes::builder().consistent_read(true);
+            for key in chunk {
+                wanted = wanted.keys(HashMap::from([
+                    ("pk".to_owned(), s(watch_pk(&key.tenant, &key.id))),
+                    ("sk".to_owned(), s("WATCH")),
+                ]));
+            }
+            let mut request = HashMap::from([(self.table.clone(), wanted.build().map_err(built)?)]);
+            for _ in 0..MAX_ATTEMPTS {
+                let reply = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                let items = reply
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default();
+                let units = items
+                    .iter()
+                    .map(|i| item_bytes(i).div_ceil(4096))
+                    .sum::<u64>()
+                    .max(1);
+                self.count(1, items.len() as u64, 0, units);
+                for item in &items {
+                    out.push(item_watch(item)?);
+                }
+                request = reply.unprocessed_keys.unwrap_or_default();
+                if request.is_empty() {
+                    break;
+                }
+            }
+            if !request.is_empty() {
+                return Err(StoreError::Dynamo(
+                    "BatchGetItem left keys unprocessed".into(),
+                ));
             }
         }
         Ok(out)

@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::{
-    Activity, Applied, Claimed, Created, Delivery, Guard, ListQuery, NewWatch, RecordOutcome,
-    Result, Store,
+    Activity, Applied, Claimed, Created, Delivery, Fence, Guard, ListQuery, NewWatch,
+    RecordOutcome, Result, Store,
 };
 use crate::{
     clock::Timestamp,
     metrics::Metrics,
-    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId},
+    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchKey},
 };
 
 pub struct Measured {
@@ -88,6 +88,32 @@ impl Store for Measured {
             self.inner.apply(tenant, id, guard, lifecycle, events, now),
         )
         .await
+    }
+
+    async fn apply_fenced(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+        fence: &Fence,
+    ) -> Result<Option<Applied>> {
+        let span = tracing::info_span!("store.apply", tenant = %tenant, watch_id = %id,
+            state = lifecycle.state.as_str(), events = events.len() as i64,
+            shard = i64::from(fence.shard), error = tracing::field::Empty);
+        self.timed(
+            "apply",
+            span,
+            self.inner
+                .apply_fenced(tenant, id, guard, lifecycle, events, now, fence),
+        )
+        .await
+    }
+
+    async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {
+        self.inner.watches(keys).await
     }
 
     async fn events_after(

@@ -42,6 +42,11 @@ pub enum StoreError {
     Transaction(String),
     #[error("the store is closed")]
     Closed,
+    /// The write was fenced off: another replica holds the shard's lease now.
+    #[error("the lease of shard {shard} was lost; another replica owns it")]
+    Fenced { shard: u32 },
+    #[error("{0}")]
+    Unsupported(&'static str),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -150,6 +155,16 @@ pub struct ListQuery {
     pub limit: usize,
     /// Start after this watch (the previous page's last).
     pub after: Option<WatchId>,
+}
+
+/// Proof that the writer still holds the lease of the watch's shard (see
+/// [`crate::cluster`]): a fenced write also requires the lease item to name
+/// `owner` at `version`, so a replica that lost the lease cannot write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Fence {
+    pub shard: u32,
+    pub owner: String,
+    pub version: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -281,6 +296,34 @@ pub trait Store: Send + Sync + 'static {
         events: Vec<EventKind>,
         now: Timestamp,
     ) -> Result<Option<Applied>>;
+
+    /// [`Store::apply`], refused with [`StoreError::Fenced`] unless `fence`
+    /// still holds. Only a store shared by replicas can fence.
+    #[allow(clippy::too_many_arguments)]
+    async fn apply_fenced(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+        fence: &Fence,
+    ) -> Result<Option<Applied>> {
+        let _ = (tenant, id, guard, lifecycle, events, now, fence);
+        Err(StoreError::Unsupported(
+            "this store cannot fence writes; clusters need --store dynamodb",
+        ))
+    }
+
+    /// The watches of `keys` that exist, strongly consistent (any order).
+    async fn watches(&self, keys: &[crate::watch::WatchKey]) -> Result<Vec<Watch>> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.extend(self.get_watch(&key.tenant, &key.id).await?);
+        }
+        Ok(out)
+    }
 
     /// Up to `limit` events with `seq > after_seq`, in order.
     async fn events_after(

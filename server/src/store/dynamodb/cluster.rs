@@ -1,0 +1,430 @@
+//! The items replicas coordinate through (see [`crate::cluster`]), in the
+//! same table as the watches:
+//!
+//! | item | `pk` | `sk` | notes |
+//! |---|---|---|---|
+//! | shard count | `CLUSTER` | `META` | `shards`: every replica of the table must agree |
+//! | shard lease | `CLUSTER` | `LEASE#{shard:05}` | `owner` (empty when free), `version` (the fencing token: bumped on every change of owner), `heartbeat` (bumped on every renewal), `renewed_at` |
+//! | replica | `CLUSTER` | `REPLICA#{id}` | `heartbeat`, `settled` (how far its queue consumers have recorded), `visibility_ms` (its queues' longest visibility timeout), TTL a day after its last beat |
+//! | route | `R#{minute}` | `{created_ms:013}#W#{tenant}#{watch_id}` | `tenant`, `watch_id`, `bucket`, `prefix`; written with the watch, TTL [`ROUTE_ITEM_LIFETIME`] |
+//!
+//! Leases and replicas share one partition, so one strongly consistent
+//! Query reads the whole cluster. Route items are partitioned by the minute
+//! the watch was created, so a refresh reads the last few seconds of new
+//! watches from one or two partitions.
+
+use std::{sync::atomic::Ordering, time::Duration};
+
+use aws_sdk_dynamodb::{
+    error::SdkError,
+    types::{AttributeValue, ConditionCheck, ReturnValue, TransactWriteItem},
+};
+
+use super::{
+    DynamoStore, Item, Result, StoreError, aws, built, get_n, get_s, item_watch, n, s, shard_of,
+};
+use crate::{
+    clock::Timestamp,
+    store::Fence,
+    watch::{Bucket, Prefix, TenantId, Watch, WatchId, WatchKey},
+};
+
+const CLUSTER_PK: &str = "CLUSTER";
+/// How long a route item is kept: far longer than any refresh looks back.
+pub const ROUTE_ITEM_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a replica item outlives its last heartbeat.
+const REPLICA_ITEM_LIFETIME: Duration = Duration::from_secs(24 * 3600);
+
+pub fn route_pk(created_ms: i64) -> String {
+    format!("R#{}", created_ms.div_euclid(60_000))
+}
+
+fn lease_sk(shard: u32) -> String {
+    format!("LEASE#{shard:05}")
+}
+
+/// One shard's lease as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseItem {
+    pub shard: u32,
+    /// The replica holding it; empty when free.
+    pub owner: String,
+    /// The fencing token: changes whenever the owner does.
+    pub version: u64,
+    /// Bumped by every renewal: a lease whose heartbeat stands still is expiring.
+    pub heartbeat: u64,
+}
+
+impl LeaseItem {
+    pub fn fence(&self) -> Fence {
+        Fence {
+            shard: self.shard,
+            owner: self.owner.clone(),
+            version: self.version,
+        }
+    }
+}
+
+/// One replica's heartbeat as read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplicaItem {
+    pub id: String,
+    pub heartbeat: u64,
+    /// How far its queue consumers have recorded everything ([`Timestamp::MAX`] without queues).
+    pub settled: Timestamp,
+    /// The longest visibility timeout of its queues: how long after it stops
+    /// a message it had received may still come back.
+    pub visibility: Duration,
+}
+
+/// Every lease and replica of the table, read at once.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub leases: Vec<LeaseItem>,
+    pub replicas: Vec<ReplicaItem>,
+}
+
+/// A watch as routing needs it, from its route item.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub key: WatchKey,
+    pub bucket: Bucket,
+    pub prefix: Prefix,
+    pub created_at: Timestamp,
+}
+
+fn conditional_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
+    e: &SdkError<E, R>,
+) -> bool {
+    matches!(e, SdkError::ServiceError(service)
+        if service.err().code() == Some("ConditionalCheckFailedException"))
+}
+
+fn item_lease(item: &Item) -> Result<LeaseItem> {
+    let sk = get_s(item, "sk")?;
+    let shard = sk
+        .strip_prefix("LEASE#")
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| super::corrupt("lease sk"))?;
+    Ok(LeaseItem {
+        shard,
+        owner: get_s(item, "owner")?.to_owned(),
+        version: get_n(item, "version")?,
+        heartbeat: get_n(item, "heartbeat")?,
+    })
+}
+
+impl DynamoStore {
+    fn count_lease_request(&self, written: bool) {
+        self.stats.lease_requests.fetch_add(1, Ordering::Relaxed);
+        self.count(1, 1, u64::from(written), u64::from(!written));
+    }
+
+    /// Records the shard count in the table, or checks it against the one
+    /// recorded: replicas that split watches differently would lose some.
+    pub async fn ensure_shards(&self) -> Result<()> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(CLUSTER_PK))
+            .item("sk", s("META"))
+            .item("shards", n(self.shards))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        self.count_lease_request(true);
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if conditional_failed(&e) => {
+                let out = self
+                    .client
+                    .get_item()
+                    .table_name(&self.table)
+                    .key("pk", s(CLUSTER_PK))
+                    .key("sk", s("META"))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                self.count_lease_request(false);
+                let recorded: u32 = out
+                    .item
+                    .as_ref()
+                    .map(|item| get_n(item, "shards"))
+                    .transpose()?
+                    .unwrap_or(self.shards);
+                if recorded != self.shards {
+                    return Err(StoreError::Corrupt(format!(
+                        "the table {} is split into {recorded} shards, not {}: \
+                         every replica must run with --shards {recorded}",
+                        self.table, self.shards
+                    )));
+                }
+                Ok(())
+            }
+            Err(e) => Err(aws(e)),
+        }
+    }
+
+    /// Every lease and replica item (one strongly consistent Query).
+    pub async fn cluster_view(&self) -> Result<ClusterView> {
+        let mut view = ClusterView::default();
+        let mut start = None;
+        loop {
+            let out = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk")
+                .expression_attribute_values(":pk", s(CLUSTER_PK))
+                .consistent_read(true)
+                .set_exclusive_start_key(start.take())
+                .send()
+                .await
+                .map_err(aws)?;
+            self.count_lease_request(false);
+            for item in out.items.unwrap_or_default() {
+                let sk = get_s(&item, "sk")?;
+                if sk.starts_with("LEASE#") {
+                    view.leases.push(item_lease(&item)?);
+                } else if let Some(id) = sk.strip_prefix("REPLICA#") {
+                    view.replicas.push(ReplicaItem {
+                        id: id.to_owned(),
+                        heartbeat: get_n(&item, "heartbeat")?,
+                        settled: Timestamp::from_millis(get_n(&item, "settled")?),
+                        visibility: Duration::from_millis(
+                            item.get("visibility_ms")
+                                .and_then(|v| v.as_n().ok())
+                                .and_then(|v| v.parse().ok())
+                                .unwrap_or(0),
+                        ),
+                    });
+                }
+            }
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(view),
+            }
+        }
+    }
+
+    /// Creates `shard`'s lease, free, unless it exists.
+    pub async fn create_lease(&self, shard: u32) -> Result<()> {
+        let put = self
+            .client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(CLUSTER_PK))
+            .item("sk", s(lease_sk(shard)))
+            .item("owner", s(""))
+            .item("version", n(0))
+            .item("heartbeat", n(0))
+            .condition_expression("attribute_not_exists(pk)")
+            .send()
+            .await;
+        self.count_lease_request(true);
+        match put {
+            Ok(_) => Ok(()),
+            Err(e) if conditional_failed(&e) => Ok(()),
+            Err(e) => Err(aws(e)),
+        }
+    }
+
+    /// Changes `lease` (as last read) by `update`, if it is still as read;
+    /// the lease after the change, or `None` when someone else changed it.
+    async fn change_lease(
+        &self,
+        lease: &LeaseItem,
+        condition: &str,
+        update: &str,
+        values: Vec<(&str, AttributeValue)>,
+        now: Timestamp,
+    ) -> Result<Option<LeaseItem>> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(lease_sk(lease.shard)))
+            .condition_expression(condition)
+            .update_expression(update)
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":version", n(lease.version))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":now", n(now.as_millis()))
+            .return_values(ReturnValue::AllNew);
+        for (k, v) in values {
+            request = request.expression_attribute_values(k, v);
+        }
+        let out = request.send().await;
+        self.count_lease_request(true);
+        match out {
+            Ok(out) => {
+                Ok(Some(item_lease(out.attributes.as_ref().ok_or_else(
+                    || super::corrupt("lease update returned nothing"),
+                )?)?))
+            }
+            Err(e) if conditional_failed(&e) => Ok(None),
+            Err(e) => Err(aws(e)),
+        }
+    }
+
+    /// Renews a lease `lease.owner` holds; `None` when it was lost.
+    pub async fn renew_lease(
+        &self,
+        lease: &LeaseItem,
+        now: Timestamp,
+    ) -> Result<Option<LeaseItem>> {
+        self.change_lease(
+            lease,
+            "#owner = :me AND version = :version",
+            "SET heartbeat = heartbeat + :one, renewed_at = :now",
+            vec![(":me", s(&lease.owner))],
+            now,
+        )
+        .await
+    }
+
+    /// Takes `seen` (free, expired or stolen) for `me`, if nobody changed or
+    /// renewed it since it was read; the new version fences off the old owner.
+    pub async fn take_lease(
+        &self,
+        seen: &LeaseItem,
+        me: &str,
+        now: Timestamp,
+    ) -> Result<Option<LeaseItem>> {
+        self.change_lease(
+            seen,
+            "version = :version AND heartbeat = :heartbeat",
+            "SET #owner = :me, version = version + :one, heartbeat = heartbeat + :one, renewed_at = :now",
+            vec![(":me", s(me)), (":heartbeat", n(seen.heartbeat))],
+            now,
+        )
+        .await
+    }
+
+    /// Gives up a lease held by `lease.owner`, so another replica takes it at once.
+    pub async fn release_lease(&self, lease: &LeaseItem, now: Timestamp) -> Result<()> {
+        self.change_lease(
+            lease,
+            "#owner = :me AND version = :version",
+            "SET #owner = :free, heartbeat = heartbeat + :one, renewed_at = :now",
+            vec![(":me", s(&lease.owner)), (":free", s(""))],
+            now,
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// Writes `replica`'s heartbeat and how far its queues have settled.
+    pub async fn beat(&self, replica: &ReplicaItem, now: Timestamp) -> Result<()> {
+        let expires = now.plus(REPLICA_ITEM_LIFETIME).as_millis() / 1000;
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(CLUSTER_PK))
+            .item("sk", s(format!("REPLICA#{}", replica.id)))
+            .item("heartbeat", n(replica.heartbeat))
+            .item("settled", n(replica.settled.as_millis()))
+            .item("visibility_ms", n(replica.visibility.as_millis()))
+            .item("beat_at", n(now.as_millis()))
+            .item(super::TTL_ATTRIBUTE, n(expires))
+            .send()
+            .await
+            .map_err(aws)?;
+        self.count_lease_request(true);
+        Ok(())
+    }
+
+    /// The transaction item that makes a write require `fence`.
+    pub(super) fn lease_check(&self, fence: &Fence) -> Result<TransactWriteItem> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(lease_sk(fence.shard)))
+            .condition_expression("#owner = :me AND version = :version")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":me", s(&fence.owner))
+            .expression_attribute_values(":version", n(fence.version))
+            .build()
+            .map_err(built)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// Whether `fence` still holds (strongly consistent).
+    pub(super) async fn lease_holds(&self, fence: &Fence) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(lease_sk(fence.shard)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        self.count_lease_request(false);
+        Ok(match out.item {
+            Some(item) => {
+                let lease = item_lease(&item)?;
+                lease.owner == fence.owner && lease.version == fence.version
+            }
+            None => false,
+        })
+    }
+
+    /// The watches created from `since` on (by their creator's clock), read
+    /// strongly consistent from their route items.
+    pub async fn routes_since(
+        &self,
+        since: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<RouteEntry>> {
+        let (first, last) = (
+            since.as_millis().div_euclid(60_000),
+            until.as_millis().div_euclid(60_000),
+        );
+        let mut out = Vec::new();
+        for minute in first..=last.max(first) {
+            let items = self
+                .query_all(
+                    None,
+                    "pk = :pk AND sk >= :since",
+                    vec![
+                        (":pk", s(format!("R#{minute}"))),
+                        (":since", s(format!("{:013}", since.as_millis().max(0)))),
+                    ],
+                )
+                .await?;
+            for item in &items {
+                let tenant: TenantId = super::stored(get_s(item, "tenant")?)?;
+                let id: WatchId = super::stored(get_s(item, "watch_id")?)?;
+                out.push(RouteEntry {
+                    key: WatchKey { tenant, id },
+                    bucket: super::stored(get_s(item, "bucket")?)?,
+                    prefix: super::stored(get_s(item, "prefix")?)?,
+                    created_at: Timestamp::from_millis(get_n(item, "created_at")?),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// The live watches of one shard (from the eventually consistent `live` index).
+    pub async fn live_in_shard(&self, shard: u32) -> Result<Vec<Watch>> {
+        let items = self
+            .query_all(
+                Some(super::LIVE_INDEX),
+                "live_shard = :shard",
+                vec![(":shard", s(format!("LIVE#{shard}")))],
+            )
+            .await?;
+        items.iter().map(item_watch).collect()
+    }
+
+    /// The shard `id` belongs to in this table.
+    pub fn shard(&self, id: &WatchId) -> u32 {
+        shard_of(id, self.shards)
+    }
+}
