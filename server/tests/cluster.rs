@@ -323,6 +323,30 @@ async fn three_replicas_complete_every_watch_exactly_once_across_a_kill_9() {
         }));
     }
 
+    // A watch started on one replica, followed on another and cancelled
+    // through a third: every RPC works on every replica.
+    let cancelled = begin(
+        &mut clients[1].clone(),
+        start_request(
+            &bucket,
+            "cancelled/",
+            quiet_period(Duration::from_secs(3600)),
+        ),
+    )
+    .await
+    .watch_id;
+    let follow = clients[2].clone().events(&cancelled, 0).await.unwrap();
+    let watch = clients[0]
+        .clone()
+        .cancel_watch(&cancelled, "not needed")
+        .await
+        .unwrap();
+    assert_eq!(watch.state(), v1::WatchState::Cancelled);
+    assert_eq!(
+        kinds(&read_to_end(follow, LIMIT).await),
+        ["started", "cancelled"]
+    );
+
     // Objects land through S3 -> SQS; replica-0 dies halfway through.
     let put = |i: usize| {
         let (s3, bucket) = (s3.clone(), bucket.clone());
@@ -377,6 +401,16 @@ async fn three_replicas_complete_every_watch_exactly_once_across_a_kill_9() {
     }
     let all_completed = killed_at.elapsed();
     let mut survivor = clients[2].clone();
+    let listed = clients[1]
+        .clone()
+        .list_all_watches(&streamwatch_client::ListFilter::new().state(v1::WatchState::Completed))
+        .await
+        .unwrap();
+    assert_eq!(
+        listed.len(),
+        WATCHES,
+        "every completed watch, listed by any replica"
+    );
     for id in &ids {
         let watch = survivor.get_watch(id).await.unwrap();
         assert_eq!(
