@@ -336,8 +336,10 @@ impl Cluster {
         ])
     }
 
-    /// Gives up every lease this replica holds, so others take them at once
-    /// (after the observer stopped: nothing is written under them any more).
+    /// Gives up every lease this replica holds and leaves the replica list,
+    /// so the others take the leases on their next heartbeat (after the
+    /// observer and the queue consumers stopped: nothing is written under
+    /// the leases, and nothing received is left unrecorded).
     pub async fn release(&self) {
         let now = self.clock.now();
         for (shard, version) in self.ownership.held() {
@@ -351,6 +353,9 @@ impl Cluster {
             if let Err(e) = self.store.release_lease(&lease, now).await {
                 tracing::warn!(shard, error = %e, "cannot release a lease; it expires instead");
             }
+        }
+        if let Err(e) = self.store.leave(&self.ownership.replica).await {
+            tracing::warn!(error = %e, "cannot leave the replica list; the others notice after a lease duration");
         }
     }
 }
@@ -546,20 +551,27 @@ impl Leases {
         Ok(())
     }
 
-    /// Hands the observer every live watch of a shard just taken, off the heartbeat.
+    /// Hands the observer every live watch of a shard just taken, off the
+    /// heartbeat; retried for as long as the shard stays this replica's.
     fn adopt(&self, shard: u32) {
-        let (store, observer, book) =
-            (self.store.clone(), self.observer.clone(), self.book.clone());
+        let (store, observer, book, ownership) = (
+            self.store.clone(),
+            self.observer.clone(),
+            self.book.clone(),
+            self.ownership.clone(),
+        );
         tokio::spawn(async move {
-            for attempt in 0..10u32 {
+            let mut wait = Duration::from_millis(200);
+            while ownership.holds(shard) {
                 match shard_watches(&store, &book, shard).await {
                     Ok(watches) => {
                         observer.adopt(watches).await;
                         return;
                     }
                     Err(e) => {
-                        tracing::warn!(shard, attempt, error = %e, "cannot read a taken shard's watches; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tracing::warn!(shard, error = %e, "cannot read a taken shard's watches; retrying");
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(Duration::from_secs(5));
                     }
                 }
             }

@@ -337,6 +337,21 @@ impl DynamoStore {
         Ok(())
     }
 
+    /// Removes `replica`'s heartbeat item: the others stop counting it as
+    /// live at once (it released its leases and its queues are drained).
+    pub async fn leave(&self, replica: &str) -> Result<()> {
+        self.client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(format!("REPLICA#{replica}")))
+            .send()
+            .await
+            .map_err(aws)?;
+        self.count_lease_request(true);
+        Ok(())
+    }
+
     /// The transaction item that makes a write require `fence`.
     pub(super) fn lease_check(&self, fence: &Fence) -> Result<TransactWriteItem> {
         let check = ConditionCheck::builder()
