@@ -615,18 +615,19 @@ impl DynamoStore {
         }
     }
 
-    /// The stored sequencer of each seen key in `sks` (strongly consistent).
-    async fn seen(&self, pk: &str, sks: &[String]) -> Result<HashMap<String, String>> {
-        let mut found = HashMap::new();
-        for chunk in sks.chunks(100) {
-            let mut keys = KeysAndAttributes::builder().consistent_read(true);
-            for sk in chunk {
-                keys = keys.keys(HashMap::from([
+    /// The items at `keys` (`(pk, sk)` pairs) that exist, strongly
+    /// consistent, 100 per BatchGetItem (unprocessed keys retried).
+    async fn batch_get(&self, keys: Vec<(String, String)>) -> Result<Vec<Item>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut wanted = KeysAndAttributes::builder().consistent_read(true);
+            for (pk, sk) in chunk {
+                wanted = wanted.keys(HashMap::from([
                     ("pk".to_owned(), s(pk)),
                     ("sk".to_owned(), s(sk)),
                 ]));
             }
-            let mut request = HashMap::from([(self.table.clone(), keys.build().map_err(built)?)]);
+            let mut request = HashMap::from([(self.table.clone(), wanted.build().map_err(built)?)]);
             for _ in 0..MAX_ATTEMPTS {
                 let out = self
                     .client
@@ -635,18 +636,19 @@ impl DynamoStore {
                     .send()
                     .await
                     .map_err(aws)?;
-                self.count(1, chunk.len() as u64, 0, chunk.len() as u64);
-                for item in out
+                let items = out
                     .responses
                     .unwrap_or_default()
                     .remove(&self.table)
-                    .unwrap_or_default()
-                {
-                    found.insert(
-                        get_s(&item, "sk")?.to_owned(),
-                        get_s(&item, "sequencer")?.to_owned(),
-                    );
-                }
+                    .unwrap_or_default();
+                // Strongly consistent: at least a unit per key asked for, found or not.
+                let units = items
+                    .iter()
+                    .map(|i| item_bytes(i).div_ceil(4096))
+                    .sum::<u64>()
+                    .max(chunk.len() as u64);
+                self.count(1, chunk.len() as u64, 0, units);
+                found.extend(items);
                 request = out.unprocessed_keys.unwrap_or_default();
                 if request.is_empty() {
                     break;
@@ -657,6 +659,19 @@ impl DynamoStore {
                     "BatchGetItem left keys unprocessed".into(),
                 ));
             }
+        }
+        Ok(found)
+    }
+
+    /// The stored sequencer of each seen key in `sks` (strongly consistent).
+    async fn seen(&self, pk: &str, sks: &[String]) -> Result<HashMap<String, String>> {
+        let keys = sks.iter().map(|sk| (pk.to_owned(), sk.clone())).collect();
+        let mut found = HashMap::new();
+        for item in self.batch_get(keys).await? {
+            found.insert(
+                get_s(&item, "sk")?.to_owned(),
+                get_s(&item, "sequencer")?.to_owned(),
+            );
         }
         Ok(found)
     }
@@ -1108,50 +1123,11 @@ impl Store for DynamoStore {
     }
 
     async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for chunk in keys.chunks(100) {
-            let mut wanted = KeysAndAttributes::builder().consistent_read(true);
-            for key in chunk {
-                wanted = wanted.keys(HashMap::from([
-                    ("pk".to_owned(), s(watch_pk(&key.tenant, &key.id))),
-                    ("sk".to_owned(), s("WATCH")),
-                ]));
-            }
-            let mut request = HashMap::from([(self.table.clone(), wanted.build().map_err(built)?)]);
-            for _ in 0..MAX_ATTEMPTS {
-                let reply = self
-                    .client
-                    .batch_get_item()
-                    .set_request_items(Some(request))
-                    .send()
-                    .await
-                    .map_err(aws)?;
-                let items = reply
-                    .responses
-                    .unwrap_or_default()
-                    .remove(&self.table)
-                    .unwrap_or_default();
-                let units = items
-                    .iter()
-                    .map(|i| item_bytes(i).div_ceil(4096))
-                    .sum::<u64>()
-                    .max(1);
-                self.count(1, items.len() as u64, 0, units);
-                for item in &items {
-                    out.push(item_watch(item)?);
-                }
-                request = reply.unprocessed_keys.unwrap_or_default();
-                if request.is_empty() {
-                    break;
-                }
-            }
-            if !request.is_empty() {
-                return Err(StoreError::Dynamo(
-                    "BatchGetItem left keys unprocessed".into(),
-                ));
-            }
-        }
-        Ok(out)
+        let keys = keys
+            .iter()
+            .map(|k| (watch_pk(&k.tenant, &k.id), "WATCH".to_owned()))
+            .collect();
+        self.batch_get(keys).await?.iter().map(item_watch).collect()
     }
 
     async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()> {
