@@ -672,6 +672,9 @@ impl Observer {
         match result {
             Ok(Some(Applied::Done { watch, events })) => {
                 self.transitioned(&watch, &events);
+                // The decision is committed: its span ends before anyone
+                // hears of it, so a consumer that follows the trace finds it.
+                drop(t.span);
                 self.hub.publish(&events);
                 self.wake_deliveries_for(&watch, &events);
                 self.settle(&t.key, watch, &t.decision);
