@@ -199,16 +199,24 @@ impl Replica {
         let child = command.spawn().expect("spawn a replica");
         let endpoint = format!("http://{listen}");
         let deadline = Instant::now() + Duration::from_secs(60);
-        while streamwatch_client::Client::connect(endpoint.clone())
-            .await
-            .is_err()
-        {
+        // Serving means answering an RPC (the port is bound before the store
+        // is open, and the next replica needs the table this one creates).
+        let serving = |endpoint: String| async move {
+            match streamwatch_client::Client::connect(endpoint).await {
+                Ok(mut client) => client
+                    .list_all_watches(&streamwatch_client::ListFilter::new())
+                    .await
+                    .is_ok(),
+                Err(_) => false,
+            }
+        };
+        while !serving(endpoint.clone()).await {
             assert!(
                 Instant::now() < deadline,
                 "replica {name} did not come up; see {}",
                 log.display()
             );
-            tokio::time::sleep(Duration::from_millis(100)).await; // polling a port that is not open yet
+            tokio::time::sleep(Duration::from_millis(100)).await; // polling a server that is not up yet
         }
         Self {
             child,
