@@ -70,8 +70,9 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_SQS_CONSUMERS", default_value_t = 2)]
     pub sqs_consumers: usize,
 
-    /// How long one SQS receive waits for messages (at most 20s). A watch held
-    /// for a queue to catch up completes at most about this long after its deadline.
+    /// How long one SQS receive waits for messages at most (at most 20s). A
+    /// receive ends by the next instant a decision is due and then confirms
+    /// with a 1s wait, so this sets the cost of idle polling, not the delay.
     #[arg(long, env = "STREAMWATCH_SQS_WAIT", default_value = "20s", value_parser = parse_sqs_wait)]
     pub sqs_wait: Duration,
 

@@ -216,6 +216,9 @@ impl Core {
             reconciler.clone(),
             metrics.clone(),
         );
+        if !config.sqs_queue_urls.is_empty() {
+            observer.confirm_with(watermarks.clone());
+        }
         let cluster_end = CancellationToken::new();
         let cluster = match cluster {
             Some(c) => {

@@ -28,7 +28,7 @@ use crate::{
     cluster::Ownership,
     error::Error,
     hub::Hub,
-    ingest::{Routes, reconcile::Reconciler},
+    ingest::{Routes, Watermarks, reconcile::Reconciler},
     metrics::Metrics,
     policy::{self, Rule},
     store::{Applied, Fence, Guard, Store, StoreError},
@@ -124,6 +124,9 @@ struct Entry {
     /// The activity level S3 was last listed at (`policy.reconcile`).
     reconciled_at: Option<u64>,
     reconciling: bool,
+    /// The instant its next decision wants ingest settled past, as told to
+    /// the queue consumers.
+    wanted: Option<Timestamp>,
 }
 
 /// A lifecycle change the policy decided, on its way to the store.
@@ -167,6 +170,8 @@ pub struct Observer {
     tx: mpsc::Sender<Command>,
     /// Wakes the delivery task after events with callbacks are committed.
     deliveries: Option<Arc<tokio::sync::Notify>>,
+    /// Where the queue consumers learn which instants decisions want settled.
+    confirm: Option<Arc<Watermarks>>,
     metrics: Arc<Metrics>,
     cluster: Option<Clustered>,
 }
@@ -195,6 +200,7 @@ impl Observer {
             held: HashSet::new(),
             reconciler,
             deliveries: None,
+            confirm: None,
             metrics,
             cluster: None,
         };
@@ -216,6 +222,23 @@ impl Observer {
         self.cluster
             .as_ref()
             .is_none_or(|c| c.ownership.owns(&watch.id))
+    }
+
+    /// Tells the queue consumers of `watermarks` the instants each watch's
+    /// next decision wants settled, so they confirm then instead of long-polling past them.
+    pub fn confirm_with(&mut self, watermarks: Arc<Watermarks>) {
+        self.confirm = Some(watermarks);
+    }
+
+    /// Sets the instant `key`'s next decision wants ingest settled past.
+    fn want(&mut self, key: &WatchKey, at: Option<Timestamp>) {
+        let Some(entry) = self.watches.get_mut(key) else {
+            return;
+        };
+        if let Some(confirm) = &self.confirm {
+            confirm.rewant(entry.wanted, at);
+        }
+        entry.wanted = at;
     }
 
     /// Has the delivery task woken whenever committed events have callbacks
@@ -424,6 +447,7 @@ impl Observer {
                         timer: None,
                         reconciled_at: None,
                         reconciling: false,
+                        wanted: None,
                     },
                 );
             }
@@ -432,6 +456,7 @@ impl Observer {
 
     fn forget(&mut self, key: &WatchKey) {
         self.held.remove(key);
+        self.want(key, None);
         if let Some(entry) = self.watches.remove(key) {
             if let Some(timer) = entry.timer {
                 self.queue.remove(&timer);
@@ -447,6 +472,7 @@ impl Observer {
     /// Stops timing `key` without touching its route (it is still live elsewhere).
     fn drop_timing(&mut self, key: &WatchKey) {
         self.held.remove(key);
+        self.want(key, None);
         if let Some(entry) = self.watches.remove(key)
             && let Some(timer) = entry.timer
         {
@@ -708,10 +734,17 @@ impl Observer {
 
     /// Keeps `watch` as the decision left it and sets its next wake-up.
     fn settle(&mut self, key: &WatchKey, watch: Watch, decision: &policy::Decision) {
-        let live = watch.state() == WatchState::Active || decision.wake_at.is_some();
+        let active = watch.state() == WatchState::Active;
+        let live = active || decision.wake_at.is_some();
         if let Some(entry) = self.watches.get_mut(key) {
             entry.watch = watch;
         }
+        // An active watch's next wake-up is a quiet deadline or a polling
+        // sample (or its timeout, which waits for nothing: confirming then costs one short receive).
+        let wanted = decision
+            .held_until_settled
+            .or(decision.wake_at.filter(|_| active));
+        self.want(key, wanted);
         if decision.held_until_settled.is_some() {
             self.held.insert(key.clone());
         } else {

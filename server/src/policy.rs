@@ -719,7 +719,12 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                     done.events = events;
                     return done;
                 }
-                polling.next_sample_at = Some(now.plus(schedule.delay(*delay, polling.repeated)));
+                // A sample stands for the instant ingest had settled to (`now`
+                // without queues): waiting for a queue to catch up does not
+                // stretch the time between samples.
+                let sampled_at = now.min(settled_until);
+                polling.next_sample_at =
+                    Some(sampled_at.plus(schedule.delay(*delay, polling.repeated)));
             } else {
                 polling.next_sample_at = Some(due);
             }
@@ -1245,6 +1250,40 @@ mod tests {
             evaluate(&w, at(10), at(0)).lifecycle.unwrap().state,
             WatchState::TimedOut
         );
+    }
+
+    #[test]
+    fn a_polling_sample_held_for_the_queues_keeps_the_sampling_interval() {
+        let rule = Rule::Polling {
+            delay: secs(10),
+            max_repeats: 3,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        let d = evaluate(&w, at(10), at(9));
+        assert_eq!(d.held_until_settled, Some(at(10)));
+        apply(&mut w, &d);
+        // The queues confirmed from 10.2s on; the answer came back at 11.2s.
+        let settled = Timestamp::from_millis(10_200);
+        let d = evaluate(&w, Timestamp::from_millis(11_200), settled);
+        assert!(matches!(
+            d.events.as_slice(),
+            [EventKind::QuietTick { repeated: 1, .. }]
+        ));
+        assert_eq!(
+            d.wake_at,
+            Some(Timestamp::from_millis(20_200)),
+            "the next sample is a delay after what the sample stands for, not after the wait"
+        );
+        // Without queues the sample stands for the instant it is taken.
+        let mut w = watch(Rule::Polling {
+            delay: secs(10),
+            max_repeats: 3,
+            schedule: DelaySchedule::Fixed,
+        });
+        let d = evaluate(&w, Timestamp::from_millis(10_005), Timestamp::MAX);
+        apply(&mut w, &d);
+        assert_eq!(d.wake_at, Some(Timestamp::from_millis(20_005)));
     }
 
     fn adaptive(min: u64, max: u64) -> Rule {

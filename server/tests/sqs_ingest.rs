@@ -1,6 +1,8 @@
 //! Notifications through SQS: consumed, counted exactly, deleted once
 //! durable; bodies that are not notifications go to the dead-letter queue;
-//! and no watch completes while its queue is still backed up.
+//! no watch completes while its queue is still backed up; and, from a real
+//! bucket with the default flags, confirming that the queue has caught up
+//! costs a short receive, not a long poll.
 
 mod support;
 
@@ -183,4 +185,194 @@ async fn a_watch_waits_for_its_backed_up_queue_before_completing() {
         "completed only once the queue had caught up"
     );
     assert_gapless(&events, 1);
+}
+
+/// Objects PUT into a bucket whose notifications go to the queue the server
+/// consumes with its default flags (20s long polls, 2 consumers).
+mod from_a_bucket {
+    use std::time::Instant;
+
+    use super::*;
+
+    pub const OBJECTS: usize = 60;
+
+    pub struct Run {
+        /// When the last PUT returned.
+        pub last_put: Instant,
+        /// When each watch's COMPLETED reached the test, with its events and final state.
+        pub completed: Vec<(Instant, Vec<v1::WatchEvent>, v1::Watch)>,
+    }
+
+    pub fn polling(delay: Duration, max_repeats: u32) -> v1::Policy {
+        v1::Policy {
+            rule: Some(v1::policy::Rule::Polling(v1::PollingRule {
+                delay: Some(duration(delay)),
+                max_repeats,
+                schedule: v1::DelaySchedule::Fixed as i32,
+            })),
+            ..Default::default()
+        }
+    }
+
+    /// Starts a server on a fresh bucket -> queue, starts one watch per
+    /// policy, PUTs `objects` objects (and sends a redelivered copy of the
+    /// first ten notifications), and follows each watch to its end.
+    pub async fn run(policies: Vec<v1::Policy>, objects: usize) -> Run {
+        let (s3, sqs) = (aws::s3().await, aws::sqs().await);
+        let (bucket, queue) =
+            aws::bucket_to_queue(&s3, &sqs, "sooner", Duration::from_secs(30)).await;
+        let dir = DataDir::new();
+        let mut config = dir.config(false);
+        config.sqs_queue_urls = vec![queue.clone()];
+        let server = TestServer::start_with(dir.clone(), config, None).await;
+        let mut client = server.client().await;
+        let mut followers = Vec::new();
+        for mut policy in policies {
+            // A producer that starts late must not look finished.
+            policy.min_objects = objects as u64;
+            let watch = begin(&mut client, start_request(&bucket, "in/", policy)).await;
+            let stream = client.events(&watch.watch_id, 0).await.unwrap();
+            let mut c = client.clone();
+            followers.push(tokio::spawn(async move {
+                let events = read_to_end(stream, LIMIT * 3).await;
+                let at = Instant::now();
+                (at, events, c.get_watch(&watch.watch_id).await.unwrap())
+            }));
+        }
+        let keys: Vec<String> = (0..objects).map(|i| format!("in/part {i:04}.json")).collect();
+        futures::future::join_all(keys.chunks(objects.div_ceil(8)).map(|chunk| {
+            let (s3, bucket) = (s3.clone(), bucket.clone());
+            async move {
+                for key in chunk {
+                    s3.put_object()
+                        .bucket(&bucket)
+                        .key(key)
+                        .body(b"{}".to_vec().into())
+                        .send()
+                        .await
+                        .expect("put object");
+                }
+            }
+        }))
+        .await;
+        let last_put = Instant::now();
+        // S3 delivers at least once: the emulator's records carry no
+        // sequencer, so a redelivery is the same key without one.
+        let copies: Vec<String> = keys[..10]
+            .iter()
+            .map(|k| s3_document(&bucket, &[("ObjectCreated:Put", k, "")]))
+            .collect();
+        send(&sqs, &queue, copies).await;
+        let mut completed = Vec::new();
+        for f in followers {
+            completed.push(f.await.unwrap());
+        }
+        Run {
+            last_put,
+            completed,
+        }
+    }
+
+    fn time(t: &Option<prost_types::Timestamp>) -> i64 {
+        let t = t.as_ref().expect("a timestamp");
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000
+    }
+
+    /// The completion was decided less than one long poll (the default
+    /// 20s wait) after the instant it stands for: a receive started after
+    /// that instant came back empty sooner than a long poll would have.
+    fn assert_confirmed_sooner_than_a_long_poll(events: &[v1::WatchEvent], stands_for: i64) {
+        let done = events.last().unwrap();
+        let decided = time(&done.time);
+        assert!(decided >= stands_for, "never before the instant it stands for");
+        let long_poll = streamwatch_server::ingest::sqs::DEFAULT_WAIT.as_millis() as i64;
+        assert!(
+            decided - stands_for < long_poll,
+            "decided {}ms after the instant it stands for: it waited out a long poll",
+            decided - stands_for
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_quiet_window_and_the_polling_rule_complete_on_a_short_confirming_receive() {
+        let window = Duration::from_secs(3);
+        let run = run(
+            vec![quiet_period(window), polling(Duration::from_secs(1), 3)],
+            OBJECTS,
+        )
+        .await;
+        for (_, events, watch) in &run.completed {
+            let Some(v1::watch_event::Kind::Completed(done)) = &events.last().unwrap().kind else {
+                panic!("expected COMPLETED, got {:?}", kinds(events));
+            };
+            assert_eq!(done.object_count, OBJECTS as u64);
+            assert_eq!(watch.event_count, OBJECTS as u64, "redeliveries count once");
+            assert_gapless(events, 1);
+        }
+        let quiet = &run.completed[0];
+        assert_confirmed_sooner_than_a_long_poll(
+            &quiet.1,
+            time(&quiet.2.last_activity_at) + window.as_millis() as i64,
+        );
+        // Polling: three unchanged samples, a second apart, after the last
+        // activity; no sample waited out a long poll.
+        let polling = &run.completed[1];
+        let ticks: Vec<i64> = polling
+            .1
+            .iter()
+            .filter(|e| matches!(e.kind, Some(v1::watch_event::Kind::QuietTick(_))))
+            .map(|e| time(&e.time))
+            .collect();
+        assert!(ticks.len() >= 3, "{:?}", kinds(&polling.1));
+        assert_confirmed_sooner_than_a_long_poll(&polling.1, time(&polling.2.last_activity_at));
+    }
+
+    /// Measures (no assertion on speed): how long after the last PUT each
+    /// rule's COMPLETED reaches a subscriber. BENCHMARKS.md has the figures.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "measurement: cargo nextest run -p streamwatch-server --test sqs_ingest --run-ignored only --no-capture"]
+    async fn measure_completion_after_the_last_put() {
+        let runs: usize = std::env::var("SOONER_RUNS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(5);
+        let objects: usize = std::env::var("SOONER_OBJECTS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(300);
+        let mut quiet = Vec::new();
+        let mut polling_ = Vec::new();
+        for _ in 0..runs {
+            let run = run(
+                vec![
+                    quiet_period(Duration::from_secs(3)),
+                    polling(Duration::from_secs(1), 3),
+                ],
+                objects,
+            )
+            .await;
+            let after = |i: usize| {
+                run.completed[i]
+                    .0
+                    .duration_since(run.last_put)
+                    .as_secs_f64()
+            };
+            quiet.push(after(0));
+            polling_.push(after(1));
+            println!("run: quiet 3s {:.1}s, polling 1s x 3 {:.1}s", after(0), after(1));
+        }
+        let median = |v: &mut Vec<f64>| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        };
+        println!(
+            "{objects} objects, {runs} runs: quiet 3s median {:.1}s (min {:.1}, max {:.1}); polling 1s x 3 median {:.1}s (min {:.1}, max {:.1})",
+            median(&mut quiet),
+            quiet[0],
+            quiet[runs - 1],
+            median(&mut polling_),
+            polling_[0],
+            polling_[runs - 1]
+        );
+    }
 }

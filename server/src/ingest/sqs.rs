@@ -8,6 +8,14 @@
 //! started at `t` and came back short of a full batch, after everything
 //! received before it was recorded, means every notification sent before `t`
 //! is counted.
+//!
+//! A decision about instant `t` waits for every consumer's mark to pass `t`.
+//! So a consumer never long-polls past the earliest instant a decision wants
+//! ([`Watermarks::next_wanted`]): it sizes its wait to end by then, and from
+//! then confirms with receives of [`CONFIRM_WAIT`] until no wanted instant
+//! has passed (a decision that waited for it wants the next one at once: a
+//! polling sample). "The queue has caught up" costs about a second, not a
+//! full long poll.
 
 use std::{
     sync::{
@@ -28,12 +36,15 @@ use aws_sdk_sqs::{
 use tokio_util::sync::CancellationToken;
 
 use super::{Document, Ingest, IngestReport, Watermarks, parse_document};
-use crate::clock::Clock;
+use crate::clock::{Clock, Timestamp};
 
 /// Messages per receive: SQS's maximum.
 pub const BATCH: i32 = 10;
 /// How long one receive waits for messages: SQS's maximum.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
+/// The wait of a receive that confirms the queue has caught up: the shortest
+/// long poll (a zero-wait short poll asks only some of SQS's servers).
+pub const CONFIRM_WAIT: Duration = Duration::from_secs(1);
 /// Visibility timeout assumed when the queue's cannot be read.
 const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 /// Pause after a failed receive or record before trying again.
@@ -85,19 +96,59 @@ pub async fn check(client: &Client, url: &str) -> Result<Duration, String> {
         .map_or(DEFAULT_VISIBILITY, Duration::from_secs))
 }
 
+/// What a consumer does next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    /// Receive, waiting at most this long for messages.
+    Receive(Duration),
+    /// Pause until the wanted instant (less than a second away), then confirm.
+    PauseUntil(Timestamp),
+}
+
+/// The next step at `now` for a consumer configured with `wait`, given the
+/// earliest instant a decision wants the marks past: a long poll that ends by
+/// that instant, a pause when it is under a second away, a confirming receive
+/// once it has come (while that decision waits for other consumers, or is
+/// about to want its next instant).
+fn next_step(now: Timestamp, wanted: Option<Timestamp>, wait: Duration) -> Next {
+    match wanted {
+        None => Next::Receive(wait),
+        Some(at) if at <= now => Next::Receive(wait.min(CONFIRM_WAIT)),
+        Some(at) => {
+            // SQS waits in whole seconds.
+            let whole = Duration::from_secs(now.until(at).as_secs());
+            if whole.is_zero() {
+                Next::PauseUntil(at)
+            } else {
+                Next::Receive(wait.min(whole))
+            }
+        }
+    }
+}
+
 impl QueueConsumer {
     /// Consumes until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
         let visibility = self.visibility().await;
         tracing::info!(queue = %self.url, ?visibility, wait = ?self.wait, "consuming notifications");
         while !shutdown.is_cancelled() {
+            let wanted = self.watermarks.next_wanted();
+            let wait = match next_step(self.clock.now(), wanted, self.wait) {
+                Next::Receive(wait) => wait,
+                Next::PauseUntil(at) => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep_until(self.clock.instant_at(at)) => continue,
+                    }
+                }
+            };
             let started = self.clock.now();
             let receive = self
                 .client
                 .receive_message()
                 .queue_url(&self.url)
                 .max_number_of_messages(BATCH)
-                .wait_time_seconds(i32::try_from(self.wait.as_secs()).unwrap_or(20))
+                .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20))
                 .send();
             let messages = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -250,5 +301,57 @@ impl QueueConsumer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WAIT: Duration = DEFAULT_WAIT;
+
+    fn at(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
+    #[test]
+    fn with_nothing_wanted_a_consumer_long_polls() {
+        assert_eq!(next_step(at(0), None, WAIT), Next::Receive(WAIT));
+    }
+
+    #[test]
+    fn a_long_poll_ends_by_the_next_wanted_instant() {
+        assert_eq!(
+            next_step(at(0), Some(at(3_700)), WAIT),
+            Next::Receive(Duration::from_secs(3)),
+            "whole seconds, rounded down: back before 3.7s"
+        );
+        assert_eq!(
+            next_step(at(0), Some(at(3_600_000)), WAIT),
+            Next::Receive(WAIT),
+            "never longer than the configured wait"
+        );
+        assert_eq!(
+            next_step(at(0), Some(at(5_000)), Duration::ZERO),
+            Next::Receive(Duration::ZERO),
+            "short polling stays short"
+        );
+    }
+
+    #[test]
+    fn under_a_second_ahead_it_pauses_then_confirms_with_a_short_wait() {
+        assert_eq!(
+            next_step(at(0), Some(at(999)), WAIT),
+            Next::PauseUntil(at(999))
+        );
+        assert_eq!(
+            next_step(at(999), Some(at(999)), WAIT),
+            Next::Receive(CONFIRM_WAIT),
+            "the confirming receive starts at or after the wanted instant"
+        );
+        assert_eq!(
+            next_step(at(60_000), Some(at(999)), WAIT),
+            Next::Receive(CONFIRM_WAIT)
+        );
     }
 }

@@ -70,3 +70,61 @@ pub fn unique(prefix: &str) -> String {
     let id = uuid::Uuid::now_v7().simple().to_string();
     format!("{prefix}-{}", &id[id.len() - 12..])
 }
+
+/// An S3 client on the emulator (path-style addressing, as emulators serve buckets).
+pub async fn s3() -> aws_sdk_s3::Client {
+    require_emulator();
+    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+    aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::config::Builder::from(&shared)
+            .force_path_style(true)
+            .build(),
+    )
+}
+
+/// A new bucket whose object-created notifications go to a new queue (with a
+/// dead-letter queue); returns `(bucket, queue url)`.
+pub async fn bucket_to_queue(
+    s3: &aws_sdk_s3::Client,
+    sqs: &aws_sdk_sqs::Client,
+    name: &str,
+    visibility: Duration,
+) -> (String, String) {
+    use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
+    use aws_sdk_sqs::types::QueueAttributeName;
+    let name = unique(name);
+    let (queue, _dlq) = queue_with_dlq(sqs, &name, 5, visibility).await;
+    let arn = sqs
+        .get_queue_attributes()
+        .queue_url(&queue)
+        .attribute_names(QueueAttributeName::QueueArn)
+        .send()
+        .await
+        .expect("queue arn")
+        .attributes
+        .unwrap()
+        .remove(&QueueAttributeName::QueueArn)
+        .unwrap();
+    s3.create_bucket()
+        .bucket(&name)
+        .send()
+        .await
+        .expect("create bucket");
+    s3.put_bucket_notification_configuration()
+        .bucket(&name)
+        .notification_configuration(
+            NotificationConfiguration::builder()
+                .queue_configurations(
+                    QueueConfiguration::builder()
+                        .queue_arn(arn)
+                        .events(Event::S3ObjectCreated)
+                        .build()
+                        .expect("queue configuration"),
+                )
+                .build(),
+        )
+        .send()
+        .await
+        .expect("bucket notifications");
+    (name, queue)
+}
