@@ -239,7 +239,9 @@ mod from_a_bucket {
                 (at, events, c.get_watch(&watch.watch_id).await.unwrap())
             }));
         }
-        let keys: Vec<String> = (0..objects).map(|i| format!("in/part {i:04}.json")).collect();
+        let keys: Vec<String> = (0..objects)
+            .map(|i| format!("in/part {i:04}.json"))
+            .collect();
         futures::future::join_all(keys.chunks(objects.div_ceil(8)).map(|chunk| {
             let (s3, bucket) = (s3.clone(), bucket.clone());
             async move {
@@ -284,7 +286,10 @@ mod from_a_bucket {
     fn assert_confirmed_sooner_than_a_long_poll(events: &[v1::WatchEvent], stands_for: i64) {
         let done = events.last().unwrap();
         let decided = time(&done.time);
-        assert!(decided >= stands_for, "never before the instant it stands for");
+        assert!(
+            decided >= stands_for,
+            "never before the instant it stands for"
+        );
         let long_poll = streamwatch_server::ingest::sqs::DEFAULT_WAIT.as_millis() as i64;
         assert!(
             decided - stands_for < long_poll,
@@ -359,7 +364,11 @@ mod from_a_bucket {
             };
             quiet.push(after(0));
             polling_.push(after(1));
-            println!("run: quiet 3s {:.1}s, polling 1s x 3 {:.1}s", after(0), after(1));
+            println!(
+                "run: quiet 3s {:.1}s, polling 1s x 3 {:.1}s",
+                after(0),
+                after(1)
+            );
         }
         let median = |v: &mut Vec<f64>| {
             v.sort_by(f64::total_cmp);
