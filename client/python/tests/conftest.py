@@ -34,7 +34,7 @@ STARTUP_DEADLINE_S = 20.0
 _airflow_home = Path(tempfile.mkdtemp(prefix="streamwatch-airflow-"))
 os.environ["AIRFLOW_HOME"] = str(_airflow_home)
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
-os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_airflow_home / "dags")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(Path(__file__).resolve().parent / "dags")
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_airflow_home / 'airflow.db'}"
 os.environ.setdefault("DAGSTER_HOME", str(_airflow_home / "dagster"))
 Path(os.environ["DAGSTER_HOME"]).mkdir(exist_ok=True)
