@@ -306,6 +306,20 @@ def test_async_events_resume_across_a_killed_and_restarted_server(launch, tmp_pa
     assert done.state == watch_pb2.WATCH_STATE_COMPLETED
 
 
+def test_a_server_that_stays_away_ends_the_stream_with_reconnect_gave_up(launch):
+    server = launch()
+    with Client(server.endpoint, token=TOKENS["acme"], backoff=Backoff(initial=0.05, give_up_after=0.5)) as c:
+        w = c.start_watch(BUCKET, unique_prefix("gone"), Policy.quiet_period(3600)).watch
+        stream = c.events(w.watch_id)
+        assert next(stream).WhichOneof("kind") == "started"
+        server.kill()
+        with pytest.raises(errors.ReconnectGaveUp) as info:
+            next(stream)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    assert info.value.watch_id == w.watch_id and info.value.elapsed >= 0.5
+    assert stream.last_seq == 1
+
+
 # --- TLS with a token --------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from typing import Any, Dict, Optional, Union
 
 from airflow.sdk import BaseHook
 
-from streamwatch import TLS, AsyncClient, Client
+from streamwatch import TLS, AsyncClient, Backoff, Client
 
 _TLS_EXTRAS = ("ca_certificate", "ca_certificate_pem", "server_name", "client_certificate", "client_key")
 
@@ -77,6 +77,6 @@ class StreamwatchHook(BaseHook):
     def get_client(self) -> Client:
         return Client(**client_settings(self.get_connection(self.streamwatch_conn_id)))
 
-    async def get_async_client(self) -> AsyncClient:
+    async def get_async_client(self, backoff: Backoff = Backoff()) -> AsyncClient:
         conn = await self.aget_connection(self.streamwatch_conn_id)
-        return AsyncClient(**client_settings(conn))
+        return AsyncClient(**client_settings(conn), backoff=backoff)

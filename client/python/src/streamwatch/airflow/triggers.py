@@ -16,7 +16,7 @@ from typing import Any, AsyncIterator, Dict, List, Optional, Tuple
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
-from streamwatch import StreamwatchError, is_terminal, watch_summary
+from streamwatch import Backoff, StreamwatchError, is_terminal, watch_summary
 from streamwatch.airflow.hooks import StreamwatchHook
 from streamwatch.summary import state_name
 from streamwatch.v1 import watch_pb2
@@ -48,7 +48,11 @@ class StreamwatchTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         try:
-            client = await StreamwatchHook(self.streamwatch_conn_id).get_async_client()
+            # Reconnect for as long as the server is away: the deferral's
+            # timeout (the sensor's `timeout`) bounds the wait, not the client.
+            client = await StreamwatchHook(self.streamwatch_conn_id).get_async_client(
+                Backoff(give_up_after=None)
+            )
         except (ValueError, StreamwatchError) as e:
             yield TriggerEvent({"status": "error", "watch_id": self.watch_id, "message": str(e)})
             return
