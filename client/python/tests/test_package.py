@@ -11,7 +11,6 @@ import sys
 import zipfile
 from pathlib import Path
 
-import pytest
 
 HERE = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("generate_stubs", HERE / "generate_stubs.py")
