@@ -8,10 +8,10 @@
 //! cargo bench -p streamwatch-server --bench tenant_flood
 //! ```
 //!
-//! The flood runs twice: against a flooder held to 100 documents a second
+//! The flood runs twice: against a flooder held to 100 records a second
 //! by its quota (most of its calls are refused at once with
 //! RESOURCE_EXHAUSTED), and against one with the default quotas (whose
-//! documents all reach the store). Prints the quiet tenant's median and p99
+//! records all reach the store). Prints the quiet tenant's median and p99
 //! per phase and the p99 ratio to idle. `--quick` runs a small size (CI
 //! checks the harness still runs); the numbers of a quick run mean little.
 
@@ -219,15 +219,15 @@ async fn main() -> anyhow::Result<()> {
         "quiet tenant: {calls} timed calls per phase (IngestS3Events of 1 document + GetWatch); \
          flood: {FLOODERS} connections of IngestS3Events with {FLOOD_DOCUMENTS_PER_CALL} documents"
     );
-    println!("with the flooder's quota at 100 documents/s:");
+    println!("with the flooder's quota at 100 records/s:");
     print(
         &run(
-            Some("[tenant.quotas]\ningest_documents_per_second = 100\ningest_burst = 100"),
+            Some("[tenant.quotas]\ningest_records_per_second = 100\ningest_burst = 100"),
             calls,
         )
         .await?,
     );
-    println!("with the flooder at the default quotas (1000 documents/s, burst 2000):");
+    println!("with the flooder at the default quotas (10,000 records/s, burst 20,000):");
     print(&run(None, calls).await?);
     Ok(())
 }

@@ -67,10 +67,6 @@ impl Hub {
         let Some(channel) = channels.get_mut(&key) else {
             return;
         };
-        if channel.sender.receiver_count() == 0 {
-            channels.remove(&key);
-            return;
-        }
         for event in events {
             channel.published = channel.published.max(event.seq);
             // No receivers left is fine: they re-read the log when they return.
@@ -83,6 +79,27 @@ impl Hub {
     pub fn buffered(&self, key: &WatchKey) -> usize {
         let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
         channels.get(key).map_or(0, |c| c.sender.len())
+    }
+
+    /// Watches with a live path on this replica (one per watch with subscribers).
+    pub fn channels(&self) -> usize {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
+    }
+
+    /// Ends one subscription's hold on `key`'s live path: drops its receiver
+    /// and, if it was the last, the channel with it.
+    fn release(&self, key: &WatchKey, live: broadcast::Receiver<Arc<WatchEvent>>) {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        drop(live);
+        if channels
+            .get(key)
+            .is_some_and(|c| c.sender.receiver_count() == 0)
+        {
+            channels.remove(key);
+        }
     }
 
     fn live(&self, watch: &Watch) -> broadcast::Receiver<Arc<WatchEvent>> {
@@ -110,8 +127,7 @@ impl Hub {
                 _ = tick.tick() => {}
             }
             let followed: HashMap<WatchKey, u64> = {
-                let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-                channels.retain(|_, c| c.sender.receiver_count() > 0);
+                let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
                 channels
                     .iter()
                     .map(|(k, c)| (k.clone(), c.published))
@@ -169,9 +185,10 @@ impl Hub {
                 WatchState::Active => None,
                 _ => watch.late_window_end().or(watch.lifecycle.completed_at),
             },
+            live: Some(live),
             tx,
         };
-        tokio::spawn(subscription.run(live));
+        tokio::spawn(subscription.run());
         ReceiverStream::new(rx)
     }
 }
@@ -191,12 +208,20 @@ struct Subscription {
     cursor: u64,
     /// When the stream may end: set by a terminal event, cleared by REOPENED.
     ends_at: Option<Timestamp>,
+    /// Its receiver of the watch's live path; always there until dropped.
+    live: Option<broadcast::Receiver<Arc<WatchEvent>>>,
     tx: mpsc::Sender<Result<WatchEvent, Error>>,
 }
 
+/// What a subscription registered, its end releases: the count, and the
+/// watch's live path once no subscriber is left (a finished watch gets no
+/// later publish that could notice).
 impl Drop for Subscription {
     fn drop(&mut self) {
         self.hub.subscribers.fetch_sub(1, Ordering::Relaxed);
+        if let Some(live) = self.live.take() {
+            self.hub.release(&self.key, live);
+        }
     }
 }
 
@@ -206,7 +231,16 @@ enum Flow {
 }
 
 impl Subscription {
-    async fn run(mut self, mut live: broadcast::Receiver<Arc<WatchEvent>>) {
+    async fn run(mut self) {
+        let Some(mut live) = self.live.take() else {
+            return;
+        };
+        self.follow(&mut live).await;
+        // Handed back, so that dropping the subscription releases it.
+        self.live = Some(live);
+    }
+
+    async fn follow(&mut self, live: &mut broadcast::Receiver<Arc<WatchEvent>>) {
         if let Flow::Stop = self.catch_up().await {
             return;
         }
@@ -315,21 +349,14 @@ mod tests {
     use super::*;
     use crate::{
         policy::Policy,
-        store::{Activity, ActivityKind, Created, NewWatch, sqlite::SqliteStore},
+        store::{Activity, ActivityKind, Applied, Created, Guard, NewWatch, sqlite::SqliteStore},
         watch::{Bucket, Labels, Prefix, TenantId, WatchId},
     };
 
-    #[tokio::test]
-    async fn a_subscriber_that_stops_reading_holds_a_bounded_buffer_and_catches_up_from_the_log() {
-        const EVENTS: usize = 10_000;
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
-        let clock = Clock::new();
-        let hub = Arc::new(Hub::new(store.clone(), clock, CancellationToken::new()));
-        let tenant = TenantId::parse("tenant", "acme").unwrap();
+    async fn new_watch(store: &Arc<dyn Store>, clock: &Clock) -> (Watch, Vec<WatchEvent>) {
         let Created::New { watch, events } = store
             .create_watch(NewWatch {
-                tenant: tenant.clone(),
+                tenant: TenantId::parse("tenant", "acme").unwrap(),
                 id: WatchId::generate(),
                 bucket: Bucket::parse("bucket", "acme-lake").unwrap(),
                 prefix: Prefix::parse("prefix", "").unwrap(),
@@ -344,6 +371,78 @@ mod tests {
         else {
             panic!("a new watch");
         };
+        (watch, events)
+    }
+
+    #[tokio::test]
+    async fn finished_subscriptions_release_their_watchs_live_path() {
+        const WATCHES: usize = 200;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let clock = Clock::new();
+        let hub = Arc::new(Hub::new(store.clone(), clock, CancellationToken::new()));
+        let mut streams = Vec::new();
+        let mut finished = Vec::new();
+        for _ in 0..WATCHES {
+            let (watch, events) = new_watch(&store, &clock).await;
+            hub.publish(&events);
+            streams.push(hub.subscribe(&watch, 0));
+            let mut lifecycle = watch.lifecycle.clone();
+            lifecycle.state = WatchState::Cancelled;
+            let guard = Guard {
+                activity: None,
+                ..Guard::exact(&watch)
+            };
+            let cancelled = EventKind::Cancelled {
+                reason: "done".into(),
+            };
+            let Some(Applied::Done { watch, events }) = store
+                .apply(
+                    &watch.tenant,
+                    &watch.id,
+                    guard,
+                    lifecycle,
+                    vec![cancelled],
+                    clock.now(),
+                )
+                .await
+                .unwrap()
+            else {
+                panic!("cancelled");
+            };
+            hub.publish(&events);
+            finished.push(watch);
+        }
+        for stream in streams {
+            let seqs: Vec<u64> = stream.map(|e| e.unwrap().seq).collect().await;
+            assert_eq!(seqs, [1, 2], "STARTED, CANCELLED, then the stream ends");
+        }
+        assert_eq!(
+            hub.channels(),
+            0,
+            "every stream ended: nothing of theirs is kept"
+        );
+        assert_eq!(hub.subscribers.load(Ordering::Relaxed), 0);
+
+        // A stream opened on a finished watch replays and ends, keeping nothing.
+        let replayed: Vec<u64> = hub
+            .subscribe(&finished[0], 0)
+            .map(|e| e.unwrap().seq)
+            .collect()
+            .await;
+        assert_eq!(replayed, [1, 2]);
+        assert_eq!(hub.channels(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_stops_reading_holds_a_bounded_buffer_and_catches_up_from_the_log() {
+        const EVENTS: usize = 10_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let clock = Clock::new();
+        let hub = Arc::new(Hub::new(store.clone(), clock, CancellationToken::new()));
+        let (watch, events) = new_watch(&store, &clock).await;
+        let tenant = watch.tenant.clone();
         hub.publish(&events);
         let mut stream = hub.subscribe(&watch, 0);
         assert_eq!(

@@ -219,6 +219,8 @@ impl Core {
         if !config.sqs_queue_urls.is_empty() {
             observer.confirm_with(watermarks.clone());
         }
+        let limiter = Arc::new(Limiter::default());
+        observer.limit_reopening(tenants.clone(), limiter.clone());
         let cluster_end = CancellationToken::new();
         let cluster = match cluster {
             Some(c) => {
@@ -296,7 +298,7 @@ impl Core {
             observer: observer_handle,
             ingest,
             tenants: tenants.clone(),
-            limiter: Arc::new(Limiter::default()),
+            limiter,
             clock,
             reconcile_available: reconciler.is_some(),
             route_staleness: cluster.as_ref().map(|(c, _)| c.route_staleness),

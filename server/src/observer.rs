@@ -29,11 +29,13 @@ use crate::{
     error::Error,
     hub::Hub,
     ingest::{Routes, Watermarks, reconcile::Reconciler},
+    auth::LiveTenants,
     metrics::Metrics,
     policy::{self, Rule},
+    quota::{self, Limiter},
     store::{Applied, Fence, Guard, Store, StoreError},
     telemetry,
-    watch::{EventKind, Lifecycle, Watch, WatchEvent, WatchKey, WatchState},
+    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchKey, WatchState},
 };
 
 /// How long to wait before retrying a watch whose store write failed.
@@ -143,6 +145,13 @@ struct Transition {
     fence: Option<Fence>,
 }
 
+/// A tenant's active watches as a batch of reopenings takes places, with
+/// its start lock held until the batch is written.
+struct Places {
+    _lock: tokio::sync::OwnedMutexGuard<()>,
+    active: usize,
+}
+
 /// What a replica of a cluster observes: the shards it owns, and how often
 /// it re-reads its watches.
 struct Clustered {
@@ -172,6 +181,8 @@ pub struct Observer {
     deliveries: Option<Arc<tokio::sync::Notify>>,
     /// Where the queue consumers learn which instants decisions want settled.
     confirm: Option<Arc<Watermarks>>,
+    /// Quotas a reopening counts against, as a start does.
+    quotas: Option<(LiveTenants, Arc<Limiter>)>,
     metrics: Arc<Metrics>,
     cluster: Option<Clustered>,
 }
@@ -201,6 +212,7 @@ impl Observer {
             reconciler,
             deliveries: None,
             confirm: None,
+            quotas: None,
             metrics,
             cluster: None,
         };
@@ -222,6 +234,12 @@ impl Observer {
         self.cluster
             .as_ref()
             .is_none_or(|c| c.ownership.owns(&watch.id))
+    }
+
+    /// Counts reopenings against the tenants' `max_active_watches`, as
+    /// StartWatch does (same store count, same per-tenant lock).
+    pub fn limit_reopening(&mut self, tenants: LiveTenants, limiter: Arc<Limiter>) {
+        self.quotas = Some((tenants, limiter));
     }
 
     /// Tells the queue consumers of `watermarks` the instants each watch's
@@ -597,9 +615,17 @@ impl Observer {
     /// together (one group commit for watches whose deadlines fell together).
     async fn evaluate_all(&mut self, mut keys: Vec<WatchKey>) {
         for _ in 0..MAX_CONFLICTS {
-            let pending: Vec<Transition> = keys.iter().filter_map(|k| self.decide(k)).collect();
-            if pending.is_empty() {
+            let decided: Vec<Transition> = keys.iter().filter_map(|k| self.decide(k)).collect();
+            if decided.is_empty() {
                 return;
+            }
+            // Held until the reopenings are written, so no start takes their place meanwhile.
+            let mut places = HashMap::new();
+            let mut pending = Vec::with_capacity(decided.len());
+            for t in decided {
+                if let Some(t) = self.within_quota(t, &mut places).await {
+                    pending.push(t);
+                }
             }
             let store = self.store.clone();
             let results = futures::future::join_all(pending.iter().map(|t| {
@@ -623,6 +649,7 @@ impl Observer {
                 .instrument(t.span.clone())
             }))
             .await;
+            drop(places);
             keys = pending
                 .into_iter()
                 .zip(results)
@@ -634,6 +661,72 @@ impl Observer {
             let at = self.clock.now().plus(RETRY_AFTER);
             self.schedule(&key, at);
         }
+    }
+
+    /// `t` if it may be written: a reopening takes a place under the tenant's
+    /// `max_active_watches`, counted in the store once per batch and then
+    /// here (`places` holds each tenant's start lock and count until the
+    /// batch is written). Without a place the watch stays completed and its
+    /// reason says why; it is decided again on its next activity and at the
+    /// end of its late window, and reopens then if a place has freed up.
+    async fn within_quota(
+        &mut self,
+        mut t: Transition,
+        places: &mut HashMap<TenantId, Places>,
+    ) -> Option<Transition> {
+        let reopens = matches!(t.decision.events.first(), Some(EventKind::Reopened { .. }));
+        let Some((tenants, limiter)) = self.quotas.as_ref().filter(|_| reopens) else {
+            return Some(t);
+        };
+        let quotas = tenants.current().quotas(&t.key.tenant);
+        if quotas.max_active_watches == u32::MAX {
+            return Some(t);
+        }
+        if !places.contains_key(&t.key.tenant) {
+            let lock = limiter.start_lock(&t.key.tenant).lock_owned().await;
+            match quota::active_watches(self.store.as_ref(), &t.key.tenant, &quotas).await {
+                Ok(active) => {
+                    places.insert(t.key.tenant.clone(), Places { _lock: lock, active });
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %t.key.tenant, watch_id = %t.key.id, error = %e,
+                        "cannot count active watches for a reopening; retrying");
+                    self.schedule(&t.key, t.now.plus(RETRY_AFTER));
+                    return None;
+                }
+            }
+        }
+        let tenant_places = places.get_mut(&t.key.tenant)?;
+        if tenant_places.active < quotas.max_active_watches as usize {
+            tenant_places.active += 1;
+            return Some(t);
+        }
+        let entry = self.watches.get(&t.key)?;
+        let watch = &entry.watch;
+        let reason = format!(
+            "late activity not reopened: quota max_active_watches: this tenant already has {} active watches",
+            quotas.max_active_watches
+        );
+        self.metrics.transition("reopen_refused");
+        let window_open = watch.late_window_end().filter(|end| t.now < *end);
+        let decision = policy::Decision {
+            wake_at: window_open,
+            ..policy::Decision::default()
+        };
+        if watch.lifecycle.reason == reason {
+            // Refused before and told so: nothing new to write.
+            let watch = watch.clone();
+            self.settle(&t.key, watch, &decision);
+            return None;
+        }
+        tracing::info!(tenant = %t.key.tenant, watch_id = %t.key.id, max_active_watches = quotas.max_active_watches,
+            "late activity not reopened: the tenant is at its quota of active watches");
+        t.lifecycle = Lifecycle {
+            reason,
+            ..watch.lifecycle.clone()
+        };
+        t.decision = decision;
+        Some(t)
     }
 
     /// The policy's decision for `key`; carried out at once when it changes

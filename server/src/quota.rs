@@ -1,7 +1,7 @@
 //! Per-tenant quotas: the limits a tenant's `[tenant.quotas]` table sets (or
 //! the defaults below), and the bookkeeping that enforces them: active
-//! watches, open event streams, and a token bucket of ingested documents per
-//! second. A tenant at its limit is refused at once with RESOURCE_EXHAUSTED;
+//! watches, open event streams, and a token bucket of ingested notification
+//! records per second. A tenant at its limit is refused at once with RESOURCE_EXHAUSTED;
 //! nothing here waits, so one tenant's flood never holds up another's calls.
 //!
 //! It must never keep state that outlives a restart or that another replica
@@ -17,17 +17,23 @@ use std::{
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::{error::Error, watch::TenantId};
+use crate::{
+    error::Error,
+    store::{ListQuery, Store, StoreError},
+    watch::{TenantId, WatchState},
+};
 
 /// Watches one tenant may have ACTIVE at once.
 pub const DEFAULT_MAX_ACTIVE_WATCHES: u32 = 1000;
 /// StreamWatchEvents calls one tenant may have open at once (per replica).
 pub const DEFAULT_MAX_STREAMS: u32 = 100;
-/// Notification documents one tenant may send through IngestS3Events per second (per replica).
-pub const DEFAULT_INGEST_DOCUMENTS_PER_SECOND: u32 = 1000;
-/// Documents one tenant may send at once after a pause; at least one full
-/// IngestS3Events call ([`crate::ingest::MAX_DOCUMENTS`]).
-pub const DEFAULT_INGEST_BURST: u32 = 2000;
+/// Notification records one tenant may send through IngestS3Events per
+/// second (per replica). A document with N records costs N; one without any
+/// (a test event, a rejected document) costs 1.
+pub const DEFAULT_INGEST_RECORDS_PER_SECOND: u32 = 10_000;
+/// Records one tenant may send at once after a pause; at least one full
+/// IngestS3Events call ([`crate::ingest::MAX_RECORDS`]).
+pub const DEFAULT_INGEST_BURST: u32 = 20_000;
 
 /// One tenant's limits, as written under `[tenant.quotas]`; absent fields take the defaults.
 #[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
@@ -35,7 +41,7 @@ pub const DEFAULT_INGEST_BURST: u32 = 2000;
 pub struct Quotas {
     pub max_active_watches: u32,
     pub max_streams: u32,
-    pub ingest_documents_per_second: u32,
+    pub ingest_records_per_second: u32,
     pub ingest_burst: u32,
 }
 
@@ -44,7 +50,7 @@ impl Default for Quotas {
         Self {
             max_active_watches: DEFAULT_MAX_ACTIVE_WATCHES,
             max_streams: DEFAULT_MAX_STREAMS,
-            ingest_documents_per_second: DEFAULT_INGEST_DOCUMENTS_PER_SECOND,
+            ingest_records_per_second: DEFAULT_INGEST_RECORDS_PER_SECOND,
             ingest_burst: DEFAULT_INGEST_BURST,
         }
     }
@@ -56,7 +62,7 @@ impl Quotas {
     pub const UNLIMITED: Self = Self {
         max_active_watches: u32::MAX,
         max_streams: u32::MAX,
-        ingest_documents_per_second: u32::MAX,
+        ingest_records_per_second: u32::MAX,
         ingest_burst: u32::MAX,
     };
 
@@ -66,8 +72,8 @@ impl Quotas {
             ("max_active_watches", self.max_active_watches),
             ("max_streams", self.max_streams),
             (
-                "ingest_documents_per_second",
-                self.ingest_documents_per_second,
+                "ingest_records_per_second",
+                self.ingest_records_per_second,
             ),
             ("ingest_burst", self.ingest_burst),
         ] {
@@ -175,19 +181,14 @@ impl Limiter {
         streams.get(tenant).copied().unwrap_or(0)
     }
 
-    /// Takes `documents` from `tenant`'s ingest bucket, or RESOURCE_EXHAUSTED
-    /// with how long to wait.
-    pub fn ingest(
-        &self,
-        tenant: &TenantId,
-        documents: usize,
-        quotas: &Quotas,
-    ) -> Result<(), Error> {
-        let n = u32::try_from(documents.max(1)).unwrap_or(u32::MAX);
+    /// Takes `records` (see [`crate::ingest::Parsed::cost`]) from `tenant`'s
+    /// ingest bucket, or RESOURCE_EXHAUSTED with how long to wait.
+    pub fn ingest(&self, tenant: &TenantId, records: usize, quotas: &Quotas) -> Result<(), Error> {
+        let n = u32::try_from(records.max(1)).unwrap_or(u32::MAX);
         if n > quotas.ingest_burst {
             return Err(Error::ResourceExhausted {
                 message: format!(
-                    "quota ingest_burst: {n} documents in one call; this tenant may send at most {} at once",
+                    "quota ingest_burst: {n} notification records in one call; this tenant may send at most {} at once",
                     quotas.ingest_burst
                 ),
                 retry_after: None,
@@ -201,14 +202,14 @@ impl Limiter {
         bucket
             .take(
                 n,
-                quotas.ingest_documents_per_second,
+                quotas.ingest_records_per_second,
                 quotas.ingest_burst,
                 now,
             )
             .map_err(|wait| Error::ResourceExhausted {
                 message: format!(
-                    "quota ingest_documents_per_second: this tenant may send {} documents a second; retry in {} ms",
-                    quotas.ingest_documents_per_second,
+                    "quota ingest_records_per_second: this tenant may send {} notification records a second; retry in {} ms",
+                    quotas.ingest_records_per_second,
                     wait.as_millis()
                 ),
                 retry_after: Some(wait),
@@ -220,6 +221,52 @@ impl Limiter {
         let mut starts = self.starts.lock().unwrap_or_else(|p| p.into_inner());
         starts.entry(tenant.clone()).or_default().clone()
     }
+}
+
+/// `tenant`'s ACTIVE watches, counted in the store (so every replica
+/// agrees) up to its `max_active_watches`. StartWatch and reopening by late
+/// data both count, holding [`Limiter::start_lock`] until their write is done.
+pub async fn active_watches(
+    store: &dyn Store,
+    tenant: &TenantId,
+    quotas: &Quotas,
+) -> Result<usize, StoreError> {
+    Ok(active_list(store, tenant, quotas).await?.len())
+}
+
+async fn active_list(
+    store: &dyn Store,
+    tenant: &TenantId,
+    quotas: &Quotas,
+) -> Result<Vec<crate::watch::Watch>, StoreError> {
+    store
+        .list_watches(
+            tenant,
+            &ListQuery {
+                state: Some(WatchState::Active),
+                limit: quotas.max_active_watches as usize,
+                ..ListQuery::default()
+            },
+        )
+        .await
+}
+
+/// Whether `tenant` has a place for one more ACTIVE watch; a start retried
+/// with the `client_token` of an active watch is not a new one.
+pub async fn has_active_place(
+    store: &dyn Store,
+    tenant: &TenantId,
+    quotas: &Quotas,
+    client_token: Option<&str>,
+) -> Result<bool, StoreError> {
+    if quotas.max_active_watches == u32::MAX {
+        // No limit: nothing to count.
+        return Ok(true);
+    }
+    let active = active_list(store, tenant, quotas).await?;
+    let retried =
+        client_token.is_some_and(|t| active.iter().any(|w| w.client_token.as_deref() == Some(t)));
+    Ok(active.len() < quotas.max_active_watches as usize || retried)
 }
 
 /// RESOURCE_EXHAUSTED for a tenant at `max_active_watches`.
@@ -245,7 +292,7 @@ mod tests {
         Quotas {
             max_active_watches: 2,
             max_streams: 2,
-            ingest_documents_per_second: 10,
+            ingest_records_per_second: 10,
             ingest_burst: 20,
         }
     }
@@ -270,7 +317,7 @@ mod tests {
             Some(Duration::from_millis(500)),
             "5 tokens at 10/s"
         );
-        assert!(message.contains("ingest_documents_per_second"), "{message}");
+        assert!(message.contains("ingest_records_per_second"), "{message}");
         tokio::time::advance(Duration::from_millis(499)).await;
         assert!(limiter.ingest(&acme, 5, &q).is_err(), "not yet refilled");
         tokio::time::advance(Duration::from_millis(1)).await;

@@ -95,6 +95,12 @@ impl fmt::Display for WatchId {
 #[serde(transparent)]
 pub struct Bucket(String);
 
+/// Bucket name beginnings S3 reserves (punycode, its own configurator, documentation examples).
+const RESERVED_BUCKET_PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
+/// Bucket name endings S3 reserves for access point aliases, Object Lambda,
+/// Multi-Region Access Points, directory and table buckets.
+const RESERVED_BUCKET_SUFFIXES: [&str; 5] = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
+
 impl Bucket {
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
         if raw.is_empty() {
@@ -121,6 +127,12 @@ impl Bucket {
         }
         if raw.parse::<std::net::Ipv4Addr>().is_ok() {
             return Err(invalid(field, "must not be formatted as an IP address"));
+        }
+        if let Some(p) = RESERVED_BUCKET_PREFIXES.iter().find(|p| raw.starts_with(*p)) {
+            return Err(invalid(field, format!("must not begin with {p:?} (reserved by S3)")));
+        }
+        if let Some(s) = RESERVED_BUCKET_SUFFIXES.iter().find(|s| raw.ends_with(*s)) {
+            return Err(invalid(field, format!("must not end with {s:?} (reserved by S3)")));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -482,6 +494,27 @@ pub struct WatchEvent {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bucket_names_s3_reserves_are_refused() {
+        for name in [
+            "xn--lake",
+            "sthree-lake",
+            "sthree-configurator",
+            "amzn-s3-demo-lake",
+            "lake-s3alias",
+            "lake--ol-s3",
+            "lake.mrap",
+            "lake--x-s3",
+            "lake--table-s3",
+        ] {
+            let e = Bucket::parse("bucket", name).expect_err(name).to_string();
+            assert!(e.contains("reserved by S3") && e.contains("bucket"), "{name}: {e}");
+        }
+        for name in ["lake", "xn-lake", "my-sthree-lake", "s3alias-lake"] {
+            assert!(Bucket::parse("bucket", name).is_ok(), "{name}");
+        }
+    }
 
     #[test]
     fn notify_wants_terminal_events_and_reopened_only_when_asked() {

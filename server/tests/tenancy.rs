@@ -1,11 +1,13 @@
 //! Tenants are invisible to each other: another tenant's watch answers
-//! exactly like a watch that does not exist, and notifications count only
-//! into watches of tenants allowed the bucket.
+//! exactly like a watch that does not exist; notifications a tenant sends
+//! count only into its own watches (a `forwarder`'s into every tenant
+//! allowed the bucket).
 
 mod support;
 
 use std::time::Duration;
 
+use streamwatch_client::proto as v1;
 use support::*;
 
 #[tokio::test]
@@ -95,20 +97,82 @@ async fn a_tenant_cannot_watch_or_ingest_for_buckets_it_is_not_allowed() {
 }
 
 #[tokio::test]
-async fn a_shared_bucket_counts_into_each_allowed_tenants_watch() {
+async fn on_a_shared_bucket_a_tenant_can_neither_count_into_nor_learn_of_anothers_watch() {
     let server = TestServer::start_with_tenants().await;
     let mut acme = server.client_with_token(ACME_TOKEN).await;
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
-    let policy = quiet_period(Duration::from_secs(3600));
-    let a = begin(&mut acme, start_request("shared-lake", "", policy.clone())).await;
-    let g = begin(&mut globex, start_request("shared-lake", "", policy)).await;
+    // Complete once two objects landed: a forged second one would do it.
+    let two = v1::Policy {
+        rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+            objects: 2,
+            quiet_window: None,
+        })),
+        ..Default::default()
+    };
+    let g = begin(&mut globex, start_request("shared-lake", "g/", two)).await;
+    globex
+        .ingest_s3_events(vec![s3_document("shared-lake", &[("ObjectCreated:Put", "g/real", "0B")])])
+        .await
+        .unwrap();
+
+    // acme forges notifications under globex's prefix: a new key (that would
+    // complete the expected count), an older sequencer of globex's object
+    // (whose answer would tell that it exists), and a removal.
+    for forged in [
+        created("shared-lake", &["g/forged"]),
+        s3_document("shared-lake", &[("ObjectCreated:Put", "g/real", "0A")]),
+        s3_document("shared-lake", &[("ObjectRemoved:Delete", "g/real", "0C")]),
+    ] {
+        let report = acme.ingest_s3_events(vec![forged]).await.unwrap();
+        assert_eq!(
+            (report.records, report.matched, report.counted, report.duplicates),
+            (1, 0, 0, 0),
+            "acme's response says nothing of globex's watch"
+        );
+    }
+    let watch = globex.get_watch(&g.watch_id).await.unwrap();
+    assert_eq!(
+        (watch.object_count, watch.removed_count, watch.last_seq),
+        (1, 0, 2),
+        "globex's watch has only its own object: STARTED, PROGRESS"
+    );
+
+    // acme's own watch on the shared bucket counts what acme sends.
+    let a = begin(&mut acme, start_request("shared-lake", "g/", quiet_period(Duration::from_secs(3600)))).await;
     let report = acme
+        .ingest_s3_events(vec![created("shared-lake", &["g/mine"])])
+        .await
+        .unwrap();
+    assert_eq!((report.matched, report.counted), (1, 1));
+    assert_eq!(acme.get_watch(&a.watch_id).await.unwrap().object_count, 1);
+    assert_eq!(globex.get_watch(&g.watch_id).await.unwrap().object_count, 1);
+}
+
+#[tokio::test]
+async fn a_forwarder_relays_a_shared_buckets_notifications_to_every_allowed_tenant() {
+    let dir = DataDir::new();
+    let mut config = dir.config(true);
+    config.tenants = Some(dir.write_tenants(&tenants_toml("forwarder = true", "")));
+    let server = TestServer::start_with(dir, config, None).await;
+    let mut relay = server.client_with_token(ACME_TOKEN).await;
+    let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
+    let policy = quiet_period(Duration::from_secs(3600));
+    let a = begin(&mut relay, start_request("shared-lake", "", policy.clone())).await;
+    let g = begin(&mut globex, start_request("shared-lake", "", policy)).await;
+    let report = relay
         .ingest_s3_events(vec![created("shared-lake", &["k"])])
         .await
         .unwrap();
     assert_eq!(report.counted, 2);
-    assert_eq!(acme.get_watch(&a.watch_id).await.unwrap().object_count, 1);
+    assert_eq!(relay.get_watch(&a.watch_id).await.unwrap().object_count, 1);
     assert_eq!(globex.get_watch(&g.watch_id).await.unwrap().object_count, 1);
+    // globex is no forwarder: what it sends counts into its own watch only.
+    globex
+        .ingest_s3_events(vec![created("shared-lake", &["k2"])])
+        .await
+        .unwrap();
+    assert_eq!(relay.get_watch(&a.watch_id).await.unwrap().object_count, 1);
+    assert_eq!(globex.get_watch(&g.watch_id).await.unwrap().object_count, 2);
 }
 
 #[tokio::test]
