@@ -57,6 +57,11 @@ struct TenantEntry {
     client_subjects: Vec<String>,
     #[serde(default)]
     quotas: Quotas,
+    /// Its IngestS3Events calls relay the buckets' real notifications (a
+    /// Lambda subscribed to the bucket, say): they count into every tenant
+    /// allowed the bucket, not only its own watches.
+    #[serde(default)]
+    forwarder: bool,
 }
 
 struct Tenant {
@@ -66,6 +71,7 @@ struct Tenant {
     callbacks: Callbacks,
     client_subjects: Vec<String>,
     quotas: Quotas,
+    forwarder: bool,
 }
 
 /// What authenticated a call, so that a reload can tell whether it still would.
@@ -111,6 +117,7 @@ impl Tenants {
                 callbacks: Callbacks::default(),
                 client_subjects: Vec::new(),
                 quotas: Quotas::UNLIMITED,
+                forwarder: false,
             }],
             open: true,
         }
@@ -192,6 +199,7 @@ impl Tenants {
                 callbacks,
                 client_subjects: entry.client_subjects,
                 quotas: entry.quotas,
+                forwarder: entry.forwarder,
             });
         }
         if tenants.is_empty() {
@@ -262,7 +270,7 @@ impl Tenants {
             .ok_or_else(|| {
                 Error::Unauthenticated("authorization must be `Bearer <token>`".into())
             })?;
-        let digest: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         self.tenant_for_digest(&digest)
             .map(|id| (id, Credential::Token(digest)))
             .ok_or_else(|| Error::Unauthenticated("unknown token".into()))
@@ -305,6 +313,12 @@ impl Tenants {
             .find(|t| &t.id == tenant)
             .map(|t| t.quotas)
             .unwrap_or_default()
+    }
+
+    /// Whether `tenant`'s IngestS3Events calls count into every tenant
+    /// allowed the bucket (a `forwarder`), not only into its own watches.
+    pub fn forwards(&self, tenant: &TenantId) -> bool {
+        self.tenants.iter().any(|t| &t.id == tenant && t.forwarder)
     }
 
     /// Whether `tenant` may watch (and ingest notifications for) `bucket`.

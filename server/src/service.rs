@@ -13,7 +13,7 @@ use crate::{
     delivery::address,
     error::Error,
     hub::Hub,
-    ingest::{Ingest, IngestReport},
+    ingest::{Audience, Ingest, IngestReport},
     observer::ObserverHandle,
     policy::Policy,
     quota::{self, Limiter},
@@ -172,25 +172,7 @@ impl Service {
         quotas: &quota::Quotas,
         client_token: Option<&str>,
     ) -> Result<(), Error> {
-        if quotas.max_active_watches == u32::MAX {
-            // No limit: nothing to count.
-            return Ok(());
-        }
-        let max = quotas.max_active_watches as usize;
-        let active = self
-            .store
-            .list_watches(
-                tenant,
-                &ListQuery {
-                    state: Some(WatchState::Active),
-                    limit: max,
-                    ..ListQuery::default()
-                },
-            )
-            .await?;
-        let retried = client_token
-            .is_some_and(|t| active.iter().any(|w| w.client_token.as_deref() == Some(t)));
-        if active.len() >= max && !retried {
+        if !quota::has_active_place(self.store.as_ref(), tenant, quotas, client_token).await? {
             return Err(quota::too_many_watches(quotas));
         }
         Ok(())
@@ -321,8 +303,15 @@ impl Service {
         tenant: &TenantId,
         documents: &[String],
     ) -> Result<IngestReport, Error> {
-        let quotas = self.tenants.current().quotas(tenant);
-        self.limiter.ingest(tenant, documents.len(), &quotas)?;
-        self.ingest.ingest(tenant, documents).await
+        let tenants = self.tenants.current();
+        let parsed = self.ingest.parse(tenant, documents)?;
+        self.limiter
+            .ingest(tenant, parsed.cost(), &tenants.quotas(tenant))?;
+        let audience = if tenants.forwards(tenant) {
+            Audience::AllowedTenants
+        } else {
+            Audience::Tenant(tenant)
+        };
+        self.ingest.record_parsed(parsed, audience).await
     }
 }

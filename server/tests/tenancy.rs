@@ -111,7 +111,10 @@ async fn on_a_shared_bucket_a_tenant_can_neither_count_into_nor_learn_of_another
     };
     let g = begin(&mut globex, start_request("shared-lake", "g/", two)).await;
     globex
-        .ingest_s3_events(vec![s3_document("shared-lake", &[("ObjectCreated:Put", "g/real", "0B")])])
+        .ingest_s3_events(vec![s3_document(
+            "shared-lake",
+            &[("ObjectCreated:Put", "g/real", "0B")],
+        )])
         .await
         .unwrap();
 
@@ -125,7 +128,12 @@ async fn on_a_shared_bucket_a_tenant_can_neither_count_into_nor_learn_of_another
     ] {
         let report = acme.ingest_s3_events(vec![forged]).await.unwrap();
         assert_eq!(
-            (report.records, report.matched, report.counted, report.duplicates),
+            (
+                report.records,
+                report.matched,
+                report.counted,
+                report.duplicates
+            ),
             (1, 0, 0, 0),
             "acme's response says nothing of globex's watch"
         );
@@ -138,7 +146,11 @@ async fn on_a_shared_bucket_a_tenant_can_neither_count_into_nor_learn_of_another
     );
 
     // acme's own watch on the shared bucket counts what acme sends.
-    let a = begin(&mut acme, start_request("shared-lake", "g/", quiet_period(Duration::from_secs(3600)))).await;
+    let a = begin(
+        &mut acme,
+        start_request("shared-lake", "g/", quiet_period(Duration::from_secs(3600))),
+    )
+    .await;
     let report = acme
         .ingest_s3_events(vec![created("shared-lake", &["g/mine"])])
         .await
@@ -180,7 +192,12 @@ async fn calls_without_a_valid_token_are_refused() {
     let server = TestServer::start_with_tenants().await;
     let mut anonymous = server.client().await;
     let mut wrong = server.client_with_token("not-a-token").await;
+    // Tokens are compared exactly: padded, it is another token.
+    let mut padded = server.client_with_token(&format!("{ACME_TOKEN} ")).await;
+    let mut tabbed = server.client_with_token(&format!("\t{ACME_TOKEN}")).await;
     for status in [
+        padded.list_watches(Default::default()).await.unwrap_err(),
+        tabbed.list_watches(Default::default()).await.unwrap_err(),
         anonymous
             .list_watches(Default::default())
             .await

@@ -93,13 +93,39 @@ struct DetailObject {
     sequencer: Option<String>,
 }
 
-/// Decodes a key as S3 writes it into notifications (form-encoded: `+` is a space).
+/// Longest object key S3 allows, in bytes of UTF-8.
+pub const MAX_KEY_BYTES: usize = 1024;
+
+/// Decodes a key as S3 writes it into notifications (form-encoded: `+` is a
+/// space). A `%` not followed by two hex digits is an error, not a literal:
+/// taken literally, `a%ZZ` and `a%25ZZ` would count as one key.
 pub fn decode_key(raw: &str) -> Result<String, String> {
+    let bytes = raw.as_bytes();
+    if let Some(at) = bytes.iter().enumerate().position(|(i, b)| {
+        *b == b'%'
+            && !bytes
+                .get(i + 1..i + 3)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
+    }) {
+        return Err(format!(
+            "key {raw:?} has an invalid percent-escape at byte {at}"
+        ));
+    }
     let spaced = raw.replace('+', " ");
-    percent_encoding::percent_decode_str(&spaced)
+    let key = percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .map(|k| k.into_owned())
-        .map_err(|_| format!("key {raw:?} does not decode to UTF-8"))
+        .map_err(|_| format!("key {raw:?} does not decode to UTF-8"))?;
+    if key.is_empty() {
+        return Err("key is empty".into());
+    }
+    if key.len() > MAX_KEY_BYTES {
+        return Err(format!(
+            "key is {} bytes; S3 keys are at most {MAX_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    Ok(key)
 }
 
 fn kind_of(event_name: &str) -> NotificationKind {
@@ -509,13 +535,45 @@ pub struct Ingest {
     pub(crate) metrics: Arc<Metrics>,
 }
 
+/// Whose watches a batch of notifications counts into.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Audience<'a> {
+    /// The bucket's own notifications (the server's queues, or a tenant the
+    /// tenants file names a `forwarder`): every tenant allowed the bucket.
+    AllowedTenants,
+    /// Notifications a tenant sent through IngestS3Events: its own watches
+    /// only, so it can neither count into nor learn of another's.
+    Tenant(&'a TenantId),
+}
+
+impl Audience<'_> {
+    fn includes(self, tenant: &TenantId) -> bool {
+        match self {
+            Self::AllowedTenants => true,
+            Self::Tenant(t) => t == tenant,
+        }
+    }
+}
+
+/// The documents of one IngestS3Events call, parsed and authorized, not yet recorded.
+pub struct Parsed {
+    notifications: Vec<Notification>,
+    report: IngestReport,
+}
+
+impl Parsed {
+    /// What the call costs against the tenant's ingest rate: one per
+    /// notification record, and one per document that held none (a test
+    /// event, a rejected document), so parsing is never free.
+    pub fn cost(&self) -> usize {
+        self.notifications.len() + self.report.rejected.len() + self.report.ignored as usize
+    }
+}
+
 impl Ingest {
-    /// Parses, authorizes, routes and records `documents` sent by `caller`.
-    pub async fn ingest(
-        &self,
-        caller: &TenantId,
-        documents: &[String],
-    ) -> Result<IngestReport, Error> {
+    /// Parses `documents` sent by `caller` and authorizes their buckets; a
+    /// document naming a bucket `caller` may not use is rejected whole.
+    pub fn parse(&self, caller: &TenantId, documents: &[String]) -> Result<Parsed, Error> {
         if documents.len() > MAX_DOCUMENTS {
             return Err(Error::invalid(
                 "documents",
@@ -551,19 +609,37 @@ impl Ingest {
             }
         }
         report.records = notifications.len() as u64;
+        Ok(Parsed {
+            notifications,
+            report,
+        })
+    }
+
+    /// Records what [`Ingest::parse`] accepted into the watches of `audience`.
+    pub async fn record_parsed(
+        &self,
+        parsed: Parsed,
+        audience: Audience<'_>,
+    ) -> Result<IngestReport, Error> {
+        let Parsed {
+            notifications,
+            mut report,
+        } = parsed;
         self.metrics
             .notifications(Notifications::Rejected, report.rejected.len() as u64);
         self.metrics
             .notifications(Notifications::Ignored, report.ignored);
-        self.record(&notifications, &mut report).await?;
+        self.record(&notifications, audience, &mut report).await?;
         Ok(report)
     }
 
-    /// Routes parsed notifications to the watches that want them (of tenants
-    /// allowed the bucket) and records them; adds the outcome to `report`.
+    /// Routes parsed notifications to the watches that want them (of
+    /// `audience`'s tenants allowed the bucket) and records them; adds the
+    /// outcome to `report`.
     pub async fn record(
         &self,
         notifications: &[Notification],
+        audience: Audience<'_>,
         report: &mut IngestReport,
     ) -> Result<(), Error> {
         let before = report.clone();
@@ -575,7 +651,7 @@ impl Ingest {
             duplicates = tracing::field::Empty,
         );
         let result = self
-            .route_and_record(notifications, report)
+            .route_and_record(notifications, audience, report)
             .instrument(span.clone())
             .await;
         let delta = |after: u64, before: u64| after.saturating_sub(before);
@@ -600,6 +676,7 @@ impl Ingest {
     async fn route_and_record(
         &self,
         notifications: &[Notification],
+        audience: Audience<'_>,
         report: &mut IngestReport,
     ) -> Result<(), Error> {
         self.routes.wait_fresh().await?;
@@ -624,7 +701,8 @@ impl Ingest {
                 let routes = map.get(n.bucket.as_str());
                 let mut matched = false;
                 for watch in routes.into_iter().flat_map(|r| r.matching(&n.key)) {
-                    if tenants.allows(&watch.tenant, &n.bucket) {
+                    if audience.includes(&watch.tenant) && tenants.allows(&watch.tenant, &n.bucket)
+                    {
                         matched = true;
                         activities.push(Activity {
                             tenant: watch.tenant.clone(),
@@ -896,5 +974,33 @@ mod tests {
     fn keys_that_are_not_utf8_are_rejected() {
         assert!(decode_key("bad%FF").is_err());
         assert_eq!(decode_key("a%2Fb+c").unwrap(), "a/b c");
+    }
+
+    #[test]
+    fn invalid_percent_escapes_are_rejected_not_taken_literally() {
+        for raw in ["a%ZZ", "a%", "a%2", "%G0b", "x%%41"] {
+            let reason = decode_key(raw).expect_err(raw);
+            assert!(reason.contains("invalid percent-escape"), "{raw}: {reason}");
+        }
+        assert_eq!(
+            decode_key("a%25ZZ").unwrap(),
+            "a%ZZ",
+            "the escaped form is one key"
+        );
+        let doc = include_str!("../../tests/fixtures/s3_put.json")
+            .replace("day%3D1/old.json", "day%3D1/a%ZZ");
+        let reason = parse_document(&doc).unwrap_err();
+        assert!(reason.contains("Records[1].s3.object.key"), "{reason}");
+    }
+
+    #[test]
+    fn keys_longer_than_s3_allows_are_rejected() {
+        let longest = "k".repeat(MAX_KEY_BYTES);
+        assert_eq!(decode_key(&longest).unwrap(), longest);
+        let reason = decode_key(&format!("{longest}k")).unwrap_err();
+        assert!(reason.contains("1025 bytes"), "{reason}");
+        // Measured after decoding: escapes do not count.
+        assert!(decode_key(&"%6B".repeat(MAX_KEY_BYTES)).is_ok());
+        assert!(decode_key("").is_err());
     }
 }

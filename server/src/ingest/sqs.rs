@@ -35,7 +35,7 @@ use aws_sdk_sqs::{
 };
 use tokio_util::sync::CancellationToken;
 
-use super::{Document, Ingest, IngestReport, Watermarks, parse_document};
+use super::{Audience, Document, Ingest, IngestReport, Watermarks, parse_document};
 use crate::clock::{Clock, Timestamp};
 
 /// Messages per receive: SQS's maximum.
@@ -223,7 +223,11 @@ impl QueueConsumer {
             }
         }
         let mut report = IngestReport::default();
-        let mut record = Box::pin(self.ingest.record(&notifications, &mut report));
+        let mut record = Box::pin(self.ingest.record(
+            &notifications,
+            Audience::AllowedTenants,
+            &mut report,
+        ));
         let half = (visibility / 2).max(Duration::from_secs(1));
         let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
         let recorded = loop {
