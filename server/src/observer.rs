@@ -24,12 +24,12 @@ use tokio_util::{
 use tracing::Instrument;
 
 use crate::{
+    auth::LiveTenants,
     clock::{Clock, Timestamp},
     cluster::Ownership,
     error::Error,
     hub::Hub,
     ingest::{Routes, Watermarks, reconcile::Reconciler},
-    auth::LiveTenants,
     metrics::Metrics,
     policy::{self, Rule},
     quota::{self, Limiter},
@@ -686,7 +686,13 @@ impl Observer {
             let lock = limiter.start_lock(&t.key.tenant).lock_owned().await;
             match quota::active_watches(self.store.as_ref(), &t.key.tenant, &quotas).await {
                 Ok(active) => {
-                    places.insert(t.key.tenant.clone(), Places { _lock: lock, active });
+                    places.insert(
+                        t.key.tenant.clone(),
+                        Places {
+                            _lock: lock,
+                            active,
+                        },
+                    );
                 }
                 Err(e) => {
                     tracing::warn!(tenant = %t.key.tenant, watch_id = %t.key.id, error = %e,

@@ -71,10 +71,7 @@ impl Quotas {
         for (name, value) in [
             ("max_active_watches", self.max_active_watches),
             ("max_streams", self.max_streams),
-            (
-                "ingest_records_per_second",
-                self.ingest_records_per_second,
-            ),
+            ("ingest_records_per_second", self.ingest_records_per_second),
             ("ingest_burst", self.ingest_burst),
         ] {
             if value == 0 {

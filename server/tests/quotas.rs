@@ -230,7 +230,11 @@ async fn reopening_by_late_data_counts_against_max_active_watches() {
         let mut streams = Vec::new();
         for i in 0..MAX {
             let prefix = format!("c{cycle}w{i}/");
-            let w = begin(&mut acme, start_request("acme-lake", &prefix, policy.clone())).await;
+            let w = begin(
+                &mut acme,
+                start_request("acme-lake", &prefix, policy.clone()),
+            )
+            .await;
             acme.ingest_s3_events(vec![created("acme-lake", &[&format!("{prefix}first")])])
                 .await
                 .unwrap();
