@@ -99,7 +99,8 @@ pub struct Bucket(String);
 const RESERVED_BUCKET_PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
 /// Bucket name endings S3 reserves for access point aliases, Object Lambda,
 /// Multi-Region Access Points, directory and table buckets.
-const RESERVED_BUCKET_SUFFIXES: [&str; 5] = ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
+const RESERVED_BUCKET_SUFFIXES: [&str; 5] =
+    ["-s3alias", "--ol-s3", ".mrap", "--x-s3", "--table-s3"];
 
 impl Bucket {
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
@@ -128,11 +129,20 @@ impl Bucket {
         if raw.parse::<std::net::Ipv4Addr>().is_ok() {
             return Err(invalid(field, "must not be formatted as an IP address"));
         }
-        if let Some(p) = RESERVED_BUCKET_PREFIXES.iter().find(|p| raw.starts_with(*p)) {
-            return Err(invalid(field, format!("must not begin with {p:?} (reserved by S3)")));
+        if let Some(p) = RESERVED_BUCKET_PREFIXES
+            .iter()
+            .find(|p| raw.starts_with(*p))
+        {
+            return Err(invalid(
+                field,
+                format!("must not begin with {p:?} (reserved by S3)"),
+            ));
         }
         if let Some(s) = RESERVED_BUCKET_SUFFIXES.iter().find(|s| raw.ends_with(*s)) {
-            return Err(invalid(field, format!("must not end with {s:?} (reserved by S3)")));
+            return Err(invalid(
+                field,
+                format!("must not end with {s:?} (reserved by S3)"),
+            ));
         }
         Ok(Self(raw.to_owned()))
     }
@@ -509,7 +519,10 @@ mod tests {
             "lake--table-s3",
         ] {
             let e = Bucket::parse("bucket", name).expect_err(name).to_string();
-            assert!(e.contains("reserved by S3") && e.contains("bucket"), "{name}: {e}");
+            assert!(
+                e.contains("reserved by S3") && e.contains("bucket"),
+                "{name}: {e}"
+            );
         }
         for name in ["lake", "xn-lake", "my-sthree-lake", "s3alias-lake"] {
             assert!(Bucket::parse("bucket", name).is_ok(), "{name}");
