@@ -3,7 +3,9 @@
 //! exporter (OTLP over gRPC, configured by the standard `OTEL_*` variables;
 //! none when no endpoint is set), and W3C trace context at the edge:
 //! [`RpcLayer`] makes every RPC a server span parented on the caller's
-//! `traceparent` and counts it in [`Metrics`].
+//! `traceparent` and counts it in [`Metrics`] (and, as the one layer that
+//! sees every response, answers a request that does not decode with
+//! INVALID_ARGUMENT).
 //!
 //! It must never log request metadata values (bearer tokens travel there) and
 //! never block the request path on export: finished spans go to a bounded
@@ -285,6 +287,21 @@ fn status_code(headers: &http::HeaderMap) -> i32 {
         .unwrap_or(0)
 }
 
+/// A request whose protobuf does not decode (bad wire format, a string that
+/// is not UTF-8) is the caller's fault: INVALID_ARGUMENT, not the INTERNAL
+/// tonic answers with, so clients do not take it for a server failure.
+fn blame_undecodable_requests(headers: &mut http::HeaderMap) {
+    // grpc-message is percent-encoded; tonic's text for prost's errors.
+    const UNDECODABLE: &[u8] = b"failed%20to%20decode%20Protobuf%20message";
+    let internal = headers.get("grpc-status").is_some_and(|v| v == "13");
+    let undecodable = headers
+        .get("grpc-message")
+        .is_some_and(|m| m.as_bytes().starts_with(UNDECODABLE));
+    if internal && undecodable {
+        headers.insert("grpc-status", http::HeaderValue::from_static("3"));
+    }
+}
+
 impl<S, B, RB> tower::Service<http::Request<B>> for RpcService<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
@@ -336,7 +353,10 @@ where
         };
         Box::pin(
             async move {
-                let result = future.await;
+                let mut result = future.await;
+                if let Ok(response) = &mut result {
+                    blame_undecodable_requests(response.headers_mut());
+                }
                 let code = match &result {
                     Ok(response) => status_code(response.headers()),
                     // The transport failed the call: UNKNOWN.

@@ -451,6 +451,30 @@ def test_invalid_requests_name_the_field_and_create_nothing(server):
     assert list(by_label.watches) == []
 
 
+def test_requests_that_do_not_decode_are_invalid_argument(server):
+    pb = server.pb
+    raw = server.channel.unary_unary(
+        "/streamwatch.v1.WatchService/StartWatch",
+        request_serializer=lambda b: b,
+        response_deserializer=lambda b: b,
+    )
+    bucket = b"acme-raw-" + uuid.uuid4().hex[:8].encode()
+    cases = [
+        b"\xff\xff\xff",  # a field with an invalid wire type
+        b"\x0a\x05" + b"\xc3\x28abc",  # bucket (field 1) that is not UTF-8
+        b"\x0a\x40" + bucket,  # a length past the end
+    ]
+    for body in cases:
+        with pytest.raises(grpc.RpcError) as caught:
+            raw(body, metadata=server.auth("acme"), timeout=T)
+        err = caught.value
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (body, err.code(), err.details())
+        assert "decode" in err.details(), err.details()
+    listed = server.watch.ListWatches(pb.watch.ListWatchesRequest(page_size=1000),
+                                      metadata=server.auth("acme"), timeout=T)
+    assert not [w for w in listed.watches if w.bucket.startswith("acme-raw-")]
+
+
 # --- cancel -------------------------------------------------------------------
 
 
