@@ -19,6 +19,16 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The shortest duration a policy accepts: timers run at millisecond grain.
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The shortest wait between two polling samples (the `delay` a policy
+/// accepts, and the floor of every delay schedule). S3 delivers
+/// notifications seconds after the write, and a sample that waits for the
+/// notification queues is confirmed by a receive of [`CONFIRM_WAIT`] (1s):
+/// closer samples cannot see a settled count any sooner, so they decide
+/// nothing. It also caps what one watch appends to its log at one QUIET_TICK
+/// a second.
+///
+/// [`CONFIRM_WAIT`]: crate::ingest::sqs::CONFIRM_WAIT
+pub const MIN_POLLING_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_REPEATS: u32 = 100_000;
 pub const MAX_OBJECTS: u64 = 1_000_000_000_000;
 /// The rule a StartWatch without a policy gets.
@@ -115,7 +125,8 @@ pub enum DelaySchedule {
 }
 
 impl DelaySchedule {
-    /// The wait before the next sample after `repeated` unchanged samples.
+    /// The wait before the next sample after `repeated` unchanged samples,
+    /// never below [`MIN_POLLING_DELAY`].
     pub fn delay(self, delay: Duration, repeated: u32) -> Duration {
         let d = match self {
             Self::Fixed => delay,
@@ -126,7 +137,7 @@ impl DelaySchedule {
                 Duration::from_secs_f64(secs).min(delay)
             }
         };
-        d.max(MIN_DURATION)
+        d.max(MIN_POLLING_DELAY)
     }
 }
 
@@ -332,8 +343,21 @@ impl AdaptiveWindow {
 
 /// Checks a duration field against `[MIN_DURATION, max]`.
 pub fn check_duration(field: &str, d: Duration, max: Duration) -> Result<Duration, Error> {
-    if d < MIN_DURATION {
-        return Err(Error::invalid(field, "must be at least 1ms"));
+    check_duration_in(field, d, MIN_DURATION, max)
+}
+
+/// Checks a duration field against `[min, max]`.
+pub fn check_duration_in(
+    field: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    if d < min {
+        return Err(Error::invalid(
+            field,
+            format!("must be at least {}", humantime::format_duration(min)),
+        ));
     }
     if d > max {
         return Err(Error::invalid(
@@ -351,7 +375,12 @@ impl Policy {
             Rule::Polling {
                 delay, max_repeats, ..
             } => {
-                check_duration("policy.polling.delay", *delay, MAX_WINDOW)?;
+                check_duration_in(
+                    "policy.polling.delay",
+                    *delay,
+                    MIN_POLLING_DELAY,
+                    MAX_WINDOW,
+                )?;
                 if *max_repeats == 0 || *max_repeats > MAX_REPEATS {
                     return Err(Error::invalid(
                         "policy.polling.max_repeats",
@@ -1108,6 +1137,29 @@ mod tests {
     }
 
     #[test]
+    fn no_delay_schedule_samples_faster_than_the_minimum() {
+        let one = MIN_POLLING_DELAY;
+        assert_eq!(DelaySchedule::Divide.delay(secs(2), 5), one);
+        assert_eq!(DelaySchedule::Divide.delay(secs(60), MAX_REPEATS), one);
+        assert_eq!(DelaySchedule::Exponential.delay(one, MAX_REPEATS), one);
+        // A watch stored before the minimum existed samples no faster either.
+        let old = Duration::from_millis(1);
+        for schedule in [
+            DelaySchedule::Fixed,
+            DelaySchedule::Divide,
+            DelaySchedule::Exponential,
+        ] {
+            for repeated in [0, 1, 7, MAX_REPEATS] {
+                assert_eq!(
+                    schedule.delay(old, repeated),
+                    one,
+                    "{schedule:?} {repeated}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn late_activity_reopens_a_completed_watch_within_the_window() {
         let mut w = watch(Rule::QuietPeriod { window: secs(30) });
         w.policy.late_window = Some(secs(600));
@@ -1485,6 +1537,14 @@ mod tests {
             ),
             (
                 Rule::Polling {
+                    delay: MIN_POLLING_DELAY - Duration::from_millis(1),
+                    max_repeats: 1,
+                    schedule: DelaySchedule::Divide,
+                },
+                "policy.polling.delay",
+            ),
+            (
+                Rule::Polling {
                     delay: secs(1),
                     max_repeats: 0,
                     schedule: DelaySchedule::Fixed,
@@ -1568,6 +1628,25 @@ mod tests {
             matches!(p.validate(), Err(Error::InvalidArgument { field, .. }) if field == "policy.timeout")
         );
         assert!(Policy::default().validate().is_ok());
+        let fastest = Policy {
+            rule: Rule::Polling {
+                delay: MIN_POLLING_DELAY,
+                max_repeats: 1,
+                schedule: DelaySchedule::Fixed,
+            },
+            ..Policy::default()
+        };
+        assert!(fastest.validate().is_ok());
+        let too_fast = Policy {
+            rule: Rule::Polling {
+                delay: Duration::from_millis(999),
+                max_repeats: 1,
+                schedule: DelaySchedule::Fixed,
+            },
+            ..Policy::default()
+        };
+        let message = too_fast.validate().unwrap_err().to_string();
+        assert!(message.contains("at least 1s"), "{message}");
         let adaptive = Policy {
             rule: Rule::adaptive(),
             ..Policy::default()
