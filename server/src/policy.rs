@@ -702,6 +702,17 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 Quiet::Wait(wake) => wake,
             }
         }
+        Rule::Polling { max_repeats, .. }
+            if polling.repeated >= *max_repeats
+                && !enough
+                && counters.activity() == polling.last_sample =>
+        {
+            // Enough unchanged samples but too few objects: another unchanged
+            // sample decides nothing, so none is taken (and no QUIET_TICK
+            // written) until activity changes the count or the timeout ends
+            // the watch. The next sample stays due where it was.
+            None
+        }
         Rule::Polling {
             delay,
             max_repeats,
@@ -754,10 +765,14 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 let sampled_at = now.min(settled_until);
                 polling.next_sample_at =
                     Some(sampled_at.plus(schedule.delay(*delay, polling.repeated)));
+                // Below min_objects after max_repeats unchanged samples, only
+                // activity (or the timeout) can change the outcome: see above.
+                let waits_for_activity = polling.repeated >= *max_repeats && !enough;
+                polling.next_sample_at.filter(|_| !waits_for_activity)
             } else {
                 polling.next_sample_at = Some(due);
+                polling.next_sample_at
             }
-            polling.next_sample_at
         }
     };
 
@@ -1134,6 +1149,86 @@ mod tests {
             t += 1;
         }
         assert_eq!(t, 8, "changed at 6s, unchanged at 7s and 8s");
+    }
+
+    /// Evaluates `w` at each wake-up it asks for, as the observer does,
+    /// until `end`; returns the events written on the way.
+    fn run_until(w: &mut Watch, from: Timestamp, end: Timestamp) -> Vec<EventKind> {
+        let (mut now, mut events) = (from, Vec::new());
+        for _ in 0..100_000 {
+            let d = evaluate(w, now, Timestamp::MAX);
+            events.extend(d.events.iter().cloned());
+            apply(w, &d);
+            match d.wake_at {
+                Some(next) if next <= end => now = next.max(now),
+                _ => return events,
+            }
+        }
+        panic!("still waking at {now} after 100000 evaluations");
+    }
+
+    #[test]
+    fn polling_below_min_objects_stops_sampling_after_max_repeats() {
+        let rule = Rule::Polling {
+            delay: MIN_POLLING_DELAY,
+            max_repeats: 2,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        w.policy.min_objects = 1_000;
+        let hour = at(3600);
+        let events = run_until(&mut w, at(0), hour);
+        let ticks: Vec<u32> = events
+            .iter()
+            .map(|e| match e {
+                EventKind::QuietTick { repeated, .. } => *repeated,
+                other => panic!("only quiet ticks, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            ticks.len(),
+            2,
+            "an hour of silence writes max_repeats ticks, not {}",
+            ticks.len()
+        );
+        assert_eq!(ticks, [1, 2]);
+        let parked = w.clone();
+        assert_eq!(
+            evaluate(&w, at(7200), Timestamp::MAX),
+            Decision::default(),
+            "a later evaluation (a restart) writes nothing and sets no timer"
+        );
+
+        // Activity is sampled as soon as it is seen, and counts up again.
+        land(&mut w, 1, 5000);
+        let events = run_until(&mut w, at(5000), at(9000));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(w.lifecycle.polling.last_sample, 1);
+        assert_eq!(
+            w.lifecycle.polling.next_sample_at,
+            Some(at(5003)),
+            "changed at 5000s, unchanged at 5001s and 5002s"
+        );
+
+        // Activity before the parked sample was due waits for that sample.
+        let mut early = parked;
+        early.lifecycle.polling.next_sample_at = Some(at(10));
+        land(&mut early, 1, 4);
+        let d = evaluate(&early, at(4), Timestamp::MAX);
+        assert_eq!((d.events.len(), d.wake_at), (0, Some(at(10))));
+
+        // A timeout still ends a watch that stopped sampling.
+        let mut timed = watch(Rule::Polling {
+            delay: MIN_POLLING_DELAY,
+            max_repeats: 1,
+            schedule: DelaySchedule::Fixed,
+        });
+        timed.policy.min_objects = 1_000;
+        timed.policy.timeout = Some(secs(3600));
+        let events = run_until(&mut timed, at(0), at(7200));
+        let kinds: Vec<_> = events.iter().map(EventKind::name).collect();
+        assert_eq!(kinds, ["quiet_tick", "timed_out"]);
+        assert_eq!(timed.lifecycle.completed_at, Some(hour));
     }
 
     #[test]

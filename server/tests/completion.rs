@@ -151,6 +151,57 @@ fn polling(delay: Duration, max_repeats: u32) -> v1::Policy {
     }
 }
 
+/// Lets `d` pass on tokio's paused clock (the server's clock follows it):
+/// every timer due on the way fires, in order, without waiting in real time.
+async fn idle(d: Duration) {
+    tokio::time::pause();
+    tokio::time::sleep(d).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn a_polling_watch_that_cannot_complete_writes_a_bounded_log() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    // The fastest sampling allowed, a min_objects never met, no timeout.
+    let mut policy = polling(Duration::from_secs(1), 3);
+    policy.min_objects = 1_000_000;
+    let watch = begin(&mut client, start_request("data-lake", "", policy)).await;
+    idle(Duration::from_secs(3600)).await;
+    // A fresh connection: the paused hour outlasted the old one's keepalive.
+    let mut client = server.client().await;
+    let after_an_hour = client.get_watch(&watch.watch_id).await.unwrap();
+    assert_eq!(after_an_hour.state, v1::WatchState::Active as i32);
+    assert_eq!(
+        after_an_hour.last_seq, 4,
+        "an hour writes STARTED and max_repeats QUIET_TICKs, then nothing"
+    );
+
+    // Activity changes the count: the samples count up to max_repeats once more.
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a"])])
+        .await
+        .unwrap();
+    idle(Duration::from_secs(3600)).await;
+    let mut client = server.client().await;
+    let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
+    let events = read_until(&mut stream, LIMIT, |e| e.seq == 8).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "started",
+            "quiet_tick",
+            "quiet_tick",
+            "quiet_tick",
+            "progress",
+            "quiet_tick",
+            "quiet_tick",
+            "quiet_tick"
+        ]
+    );
+    assert_eq!(client.get_watch(&watch.watch_id).await.unwrap().last_seq, 8);
+}
+
 #[tokio::test]
 async fn polling_faster_than_the_minimum_delay_is_refused_by_name() {
     let server = TestServer::start().await;
