@@ -31,7 +31,8 @@ pub enum Rule {
         objects: u64,
         quiet_window: Option<Duration>,
     },
-    /// Sample every `delay`; complete after `max_repeats` unchanged samples.
+    /// Sample every `delay` (the server accepts 1s or more); complete after
+    /// `max_repeats` unchanged samples.
     Polling {
         delay: Duration,
         max_repeats: u32,
@@ -136,7 +137,9 @@ impl Policy {
         })
     }
 
-    /// The classic rule with the [`DelaySchedule::Fixed`] schedule.
+    /// The classic rule with the [`DelaySchedule::Fixed`] schedule. The
+    /// server refuses a `delay` under 1s (INVALID_ARGUMENT naming
+    /// `policy.polling.delay`).
     pub fn polling(delay: Duration, max_repeats: u32) -> Self {
         Self::with_rule(Rule::Polling {
             delay,

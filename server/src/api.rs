@@ -69,6 +69,15 @@ fn duration(
     d: Option<&prost_types::Duration>,
     max: Duration,
 ) -> Result<Option<Duration>, Error> {
+    duration_in(field, d, policy::MIN_DURATION, max)
+}
+
+fn duration_in(
+    field: &str,
+    d: Option<&prost_types::Duration>,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<Duration>, Error> {
     let Some(d) = d else { return Ok(None) };
     if d.seconds < 0 || d.nanos < 0 {
         return Err(Error::invalid(field, "must not be negative"));
@@ -81,15 +90,16 @@ fn duration(
         seconds.min(max.as_secs() + 1),
         u32::try_from(d.nanos).unwrap_or(0),
     );
-    policy::check_duration(field, std, max).map(Some)
+    policy::check_duration_in(field, std, min, max).map(Some)
 }
 
 fn required(
     field: &str,
     d: Option<&prost_types::Duration>,
+    min: Duration,
     max: Duration,
 ) -> Result<Duration, Error> {
-    duration(field, d, max)?.ok_or_else(|| Error::invalid(field, "is required"))
+    duration_in(field, d, min, max)?.ok_or_else(|| Error::invalid(field, "is required"))
 }
 
 /// Parses a protobuf policy; an absent policy is the default quiet period.
@@ -114,7 +124,12 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
                 }
             };
             Rule::Polling {
-                delay: required("policy.polling.delay", r.delay.as_ref(), policy::MAX_WINDOW)?,
+                delay: required(
+                    "policy.polling.delay",
+                    r.delay.as_ref(),
+                    policy::MIN_POLLING_DELAY,
+                    policy::MAX_WINDOW,
+                )?,
                 max_repeats: r.max_repeats,
                 schedule,
             }
@@ -123,6 +138,7 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             window: required(
                 "policy.quiet_period.window",
                 r.window.as_ref(),
+                policy::MIN_DURATION,
                 policy::MAX_WINDOW,
             )?,
         },

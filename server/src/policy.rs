@@ -19,6 +19,16 @@ pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
 /// The shortest duration a policy accepts: timers run at millisecond grain.
 pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The shortest wait between two polling samples (the `delay` a policy
+/// accepts, and the floor of every delay schedule). S3 delivers
+/// notifications seconds after the write, and a sample that waits for the
+/// notification queues is confirmed by a receive of [`CONFIRM_WAIT`] (1s):
+/// closer samples cannot see a settled count any sooner, so they decide
+/// nothing. It also caps what one watch appends to its log at one QUIET_TICK
+/// a second.
+///
+/// [`CONFIRM_WAIT`]: crate::ingest::sqs::CONFIRM_WAIT
+pub const MIN_POLLING_DELAY: Duration = Duration::from_secs(1);
 pub const MAX_REPEATS: u32 = 100_000;
 pub const MAX_OBJECTS: u64 = 1_000_000_000_000;
 /// The rule a StartWatch without a policy gets.
@@ -115,7 +125,8 @@ pub enum DelaySchedule {
 }
 
 impl DelaySchedule {
-    /// The wait before the next sample after `repeated` unchanged samples.
+    /// The wait before the next sample after `repeated` unchanged samples,
+    /// never below [`MIN_POLLING_DELAY`].
     pub fn delay(self, delay: Duration, repeated: u32) -> Duration {
         let d = match self {
             Self::Fixed => delay,
@@ -126,7 +137,7 @@ impl DelaySchedule {
                 Duration::from_secs_f64(secs).min(delay)
             }
         };
-        d.max(MIN_DURATION)
+        d.max(MIN_POLLING_DELAY)
     }
 }
 
@@ -332,8 +343,21 @@ impl AdaptiveWindow {
 
 /// Checks a duration field against `[MIN_DURATION, max]`.
 pub fn check_duration(field: &str, d: Duration, max: Duration) -> Result<Duration, Error> {
-    if d < MIN_DURATION {
-        return Err(Error::invalid(field, "must be at least 1ms"));
+    check_duration_in(field, d, MIN_DURATION, max)
+}
+
+/// Checks a duration field against `[min, max]`.
+pub fn check_duration_in(
+    field: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    if d < min {
+        return Err(Error::invalid(
+            field,
+            format!("must be at least {}", humantime::format_duration(min)),
+        ));
     }
     if d > max {
         return Err(Error::invalid(
@@ -351,7 +375,12 @@ impl Policy {
             Rule::Polling {
                 delay, max_repeats, ..
             } => {
-                check_duration("policy.polling.delay", *delay, MAX_WINDOW)?;
+                check_duration_in(
+                    "policy.polling.delay",
+                    *delay,
+                    MIN_POLLING_DELAY,
+                    MAX_WINDOW,
+                )?;
                 if *max_repeats == 0 || *max_repeats > MAX_REPEATS {
                     return Err(Error::invalid(
                         "policy.polling.max_repeats",
@@ -673,6 +702,17 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 Quiet::Wait(wake) => wake,
             }
         }
+        Rule::Polling { max_repeats, .. }
+            if polling.repeated >= *max_repeats
+                && !enough
+                && counters.activity() == polling.last_sample =>
+        {
+            // Enough unchanged samples but too few objects: another unchanged
+            // sample decides nothing, so none is taken (and no QUIET_TICK
+            // written) until activity changes the count or the timeout ends
+            // the watch. The next sample stays due where it was.
+            None
+        }
         Rule::Polling {
             delay,
             max_repeats,
@@ -725,10 +765,14 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 let sampled_at = now.min(settled_until);
                 polling.next_sample_at =
                     Some(sampled_at.plus(schedule.delay(*delay, polling.repeated)));
+                // Below min_objects after max_repeats unchanged samples, only
+                // activity (or the timeout) can change the outcome: see above.
+                let waits_for_activity = polling.repeated >= *max_repeats && !enough;
+                polling.next_sample_at.filter(|_| !waits_for_activity)
             } else {
                 polling.next_sample_at = Some(due);
+                polling.next_sample_at
             }
-            polling.next_sample_at
         }
     };
 
@@ -1105,6 +1149,109 @@ mod tests {
             t += 1;
         }
         assert_eq!(t, 8, "changed at 6s, unchanged at 7s and 8s");
+    }
+
+    /// Evaluates `w` at each wake-up it asks for, as the observer does,
+    /// until `end`; returns the events written on the way.
+    fn run_until(w: &mut Watch, from: Timestamp, end: Timestamp) -> Vec<EventKind> {
+        let (mut now, mut events) = (from, Vec::new());
+        for _ in 0..100_000 {
+            let d = evaluate(w, now, Timestamp::MAX);
+            events.extend(d.events.iter().cloned());
+            apply(w, &d);
+            match d.wake_at {
+                Some(next) if next <= end => now = next.max(now),
+                _ => return events,
+            }
+        }
+        panic!("still waking at {now} after 100000 evaluations");
+    }
+
+    #[test]
+    fn polling_below_min_objects_stops_sampling_after_max_repeats() {
+        let rule = Rule::Polling {
+            delay: MIN_POLLING_DELAY,
+            max_repeats: 2,
+            schedule: DelaySchedule::Fixed,
+        };
+        let mut w = watch(rule);
+        w.policy.min_objects = 1_000;
+        let hour = at(3600);
+        let events = run_until(&mut w, at(0), hour);
+        let ticks: Vec<u32> = events
+            .iter()
+            .map(|e| match e {
+                EventKind::QuietTick { repeated, .. } => *repeated,
+                other => panic!("only quiet ticks, got {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            ticks.len(),
+            2,
+            "an hour of silence writes max_repeats ticks, not {}",
+            ticks.len()
+        );
+        assert_eq!(ticks, [1, 2]);
+        let parked = w.clone();
+        assert_eq!(
+            evaluate(&w, at(7200), Timestamp::MAX),
+            Decision::default(),
+            "a later evaluation (a restart) writes nothing and sets no timer"
+        );
+
+        // Activity is sampled as soon as it is seen, and counts up again.
+        land(&mut w, 1, 5000);
+        let events = run_until(&mut w, at(5000), at(9000));
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert_eq!(w.lifecycle.polling.last_sample, 1);
+        assert_eq!(
+            w.lifecycle.polling.next_sample_at,
+            Some(at(5003)),
+            "changed at 5000s, unchanged at 5001s and 5002s"
+        );
+
+        // Activity before the parked sample was due waits for that sample.
+        let mut early = parked;
+        early.lifecycle.polling.next_sample_at = Some(at(10));
+        land(&mut early, 1, 4);
+        let d = evaluate(&early, at(4), Timestamp::MAX);
+        assert_eq!((d.events.len(), d.wake_at), (0, Some(at(10))));
+
+        // A timeout still ends a watch that stopped sampling.
+        let mut timed = watch(Rule::Polling {
+            delay: MIN_POLLING_DELAY,
+            max_repeats: 1,
+            schedule: DelaySchedule::Fixed,
+        });
+        timed.policy.min_objects = 1_000;
+        timed.policy.timeout = Some(secs(3600));
+        let events = run_until(&mut timed, at(0), at(7200));
+        let kinds: Vec<_> = events.iter().map(EventKind::name).collect();
+        assert_eq!(kinds, ["quiet_tick", "timed_out"]);
+        assert_eq!(timed.lifecycle.completed_at, Some(hour));
+    }
+
+    #[test]
+    fn no_delay_schedule_samples_faster_than_the_minimum() {
+        let one = MIN_POLLING_DELAY;
+        assert_eq!(DelaySchedule::Divide.delay(secs(2), 5), one);
+        assert_eq!(DelaySchedule::Divide.delay(secs(60), MAX_REPEATS), one);
+        assert_eq!(DelaySchedule::Exponential.delay(one, MAX_REPEATS), one);
+        // A watch stored before the minimum existed samples no faster either.
+        let old = Duration::from_millis(1);
+        for schedule in [
+            DelaySchedule::Fixed,
+            DelaySchedule::Divide,
+            DelaySchedule::Exponential,
+        ] {
+            for repeated in [0, 1, 7, MAX_REPEATS] {
+                assert_eq!(
+                    schedule.delay(old, repeated),
+                    one,
+                    "{schedule:?} {repeated}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -1485,6 +1632,14 @@ mod tests {
             ),
             (
                 Rule::Polling {
+                    delay: MIN_POLLING_DELAY - Duration::from_millis(1),
+                    max_repeats: 1,
+                    schedule: DelaySchedule::Divide,
+                },
+                "policy.polling.delay",
+            ),
+            (
+                Rule::Polling {
                     delay: secs(1),
                     max_repeats: 0,
                     schedule: DelaySchedule::Fixed,
@@ -1568,6 +1723,25 @@ mod tests {
             matches!(p.validate(), Err(Error::InvalidArgument { field, .. }) if field == "policy.timeout")
         );
         assert!(Policy::default().validate().is_ok());
+        let fastest = Policy {
+            rule: Rule::Polling {
+                delay: MIN_POLLING_DELAY,
+                max_repeats: 1,
+                schedule: DelaySchedule::Fixed,
+            },
+            ..Policy::default()
+        };
+        assert!(fastest.validate().is_ok());
+        let too_fast = Policy {
+            rule: Rule::Polling {
+                delay: Duration::from_millis(999),
+                max_repeats: 1,
+                schedule: DelaySchedule::Fixed,
+            },
+            ..Policy::default()
+        };
+        let message = too_fast.validate().unwrap_err().to_string();
+        assert!(message.contains("at least 1s"), "{message}");
         let adaptive = Policy {
             rule: Rule::adaptive(),
             ..Policy::default()

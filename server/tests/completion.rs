@@ -110,18 +110,11 @@ async fn expected_count_completes_on_the_last_expected_object() {
 async fn polling_emits_quiet_ticks_then_completes() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let policy = v1::Policy {
-        rule: Some(v1::policy::Rule::Polling(v1::PollingRule {
-            delay: Some(duration(Duration::from_millis(200))),
-            max_repeats: 3,
-            schedule: v1::DelaySchedule::Fixed as i32,
-        })),
-        min_objects: 1,
-        ..Default::default()
-    };
+    let mut policy = polling(Duration::from_secs(1), 3);
+    policy.min_objects = 1;
     let watch = begin(&mut client, start_request("data-lake", "", policy)).await;
     let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
-    // Below min_objects the rule keeps sampling; wait for a tick, then land data.
+    // Below min_objects the rule counts unchanged samples; wait for one, then land data.
     read_until(&mut stream, LIMIT, |e| kind(e) == "quiet_tick").await;
     client
         .ingest_s3_events(vec![created("data-lake", &["x"])])
@@ -144,6 +137,89 @@ async fn polling_emits_quiet_ticks_then_completes() {
         ticks.ends_with(&[1, 2, 3]),
         "the last three samples count up to max_repeats: {ticks:?}"
     );
+}
+
+/// The classic rule with the FIXED schedule.
+fn polling(delay: Duration, max_repeats: u32) -> v1::Policy {
+    v1::Policy {
+        rule: Some(v1::policy::Rule::Polling(v1::PollingRule {
+            delay: Some(duration(delay)),
+            max_repeats,
+            schedule: v1::DelaySchedule::Fixed as i32,
+        })),
+        ..Default::default()
+    }
+}
+
+/// Lets `d` pass on tokio's paused clock (the server's clock follows it):
+/// every timer due on the way fires, in order, without waiting in real time.
+async fn idle(d: Duration) {
+    tokio::time::pause();
+    tokio::time::sleep(d).await;
+    tokio::time::resume();
+}
+
+#[tokio::test]
+async fn a_polling_watch_that_cannot_complete_writes_a_bounded_log() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    // The fastest sampling allowed, a min_objects never met, no timeout.
+    let mut policy = polling(Duration::from_secs(1), 3);
+    policy.min_objects = 1_000_000;
+    let watch = begin(&mut client, start_request("data-lake", "", policy)).await;
+    idle(Duration::from_secs(3600)).await;
+    // A fresh connection: the paused hour outlasted the old one's keepalive.
+    let mut client = server.client().await;
+    let after_an_hour = client.get_watch(&watch.watch_id).await.unwrap();
+    assert_eq!(after_an_hour.state, v1::WatchState::Active as i32);
+    assert_eq!(
+        after_an_hour.last_seq, 4,
+        "an hour writes STARTED and max_repeats QUIET_TICKs, then nothing"
+    );
+
+    // Activity changes the count: the samples count up to max_repeats once more.
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a"])])
+        .await
+        .unwrap();
+    idle(Duration::from_secs(3600)).await;
+    let mut client = server.client().await;
+    let mut stream = client.events(&watch.watch_id, 0).await.unwrap();
+    let events = read_until(&mut stream, LIMIT, |e| e.seq == 8).await;
+    assert_eq!(
+        kinds(&events),
+        [
+            "started",
+            "quiet_tick",
+            "quiet_tick",
+            "quiet_tick",
+            "progress",
+            "quiet_tick",
+            "quiet_tick",
+            "quiet_tick"
+        ]
+    );
+    assert_eq!(client.get_watch(&watch.watch_id).await.unwrap().last_seq, 8);
+}
+
+#[tokio::test]
+async fn polling_faster_than_the_minimum_delay_is_refused_by_name() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    for delay in [Duration::from_millis(999), Duration::from_millis(1)] {
+        let err = client
+            .start_watch(start_request("data-lake", "", polling(delay, 1)))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{delay:?}");
+        assert!(
+            err.message().contains("policy.polling.delay") && err.message().contains("at least 1s"),
+            "{}",
+            err.message()
+        );
+    }
+    let list = client.list_watches(Default::default()).await.unwrap();
+    assert!(list.watches.is_empty(), "a refused policy creates nothing");
 }
 
 #[tokio::test]

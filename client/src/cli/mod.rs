@@ -235,7 +235,7 @@ struct PolicyArgs {
     #[arg(long, value_name = "N")]
     expected: Option<u64>,
 
-    /// The classic rule: sample the count every DURATION and complete after --max-repeats unchanged samples
+    /// The classic rule: sample the count every DURATION (at least 1s) and complete after --max-repeats unchanged samples
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "max_repeats", conflicts_with_all = ["quiet_period", "expected"])]
     poll_delay: Option<Duration>,
 

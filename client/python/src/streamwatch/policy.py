@@ -52,7 +52,8 @@ class ExpectedCount:
 
 @dataclass(frozen=True)
 class Polling:
-    """Sample every `delay`; complete after `max_repeats` unchanged samples."""
+    """Sample every `delay` (the server accepts 1s or more); complete after
+    `max_repeats` unchanged samples."""
 
     delay: timedelta
     max_repeats: int
@@ -145,7 +146,8 @@ class Policy:
 
     @classmethod
     def polling(cls, delay: Seconds, max_repeats: int) -> "Policy":
-        """The classic rule with the FIXED schedule."""
+        """The classic rule with the FIXED schedule. The server refuses a
+        `delay` under 1s (INVALID_ARGUMENT naming `policy.polling.delay`)."""
         return cls(rule=Polling(as_timedelta(delay, "polling delay"), max_repeats))
 
     @classmethod
