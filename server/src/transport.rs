@@ -659,3 +659,119 @@ where
         self.body.size_hint()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    const HANDSHAKE: Duration = Duration::from_secs(5);
+    const IDLE: Duration = Duration::from_secs(300);
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    /// An HTTP/2 PING frame (8 bytes of payload).
+    const PING: &[u8] = b"\0\0\x08\x06\0\0\0\0\0pingping";
+
+    fn limits(places: usize) -> Limits {
+        Limits {
+            handshakes: Arc::new(Semaphore::new(10)),
+            places: Arc::new(Semaphore::new(places)),
+            handshake_timeout: HANDSHAKE,
+            idle_timeout: IDLE,
+            tls: None,
+        }
+    }
+
+    /// A client socket and the server's connection for it, accepted now.
+    async fn accept(limits: &Limits) -> (TcpStream, Connection) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (io, remote_addr) = listener.accept().await.unwrap();
+        let handshake = limits.handshakes.clone().try_acquire_owned().unwrap();
+        (client, Connection::new(io, remote_addr, handshake, limits))
+    }
+
+    /// Sends `bytes` and reads them on the server's side.
+    async fn deliver(client: &mut TcpStream, connection: &mut Connection, bytes: &[u8]) {
+        client.write_all(bytes).await.unwrap();
+        let mut read = vec![0; bytes.len()];
+        connection.read_exact(&mut read).await.unwrap();
+        assert_eq!(read, bytes);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn part_of_the_preface_is_closed_at_the_handshake_deadline() {
+        let limits = limits(10);
+        let accepted = Instant::now();
+        let (mut client, mut connection) = accept(&limits).await;
+        deliver(&mut client, &mut connection, &PREFACE[..23]).await;
+
+        let error = connection.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(accepted.elapsed() >= HANDSHAKE, "{:?}", accepted.elapsed());
+        assert!(connection.place.is_none(), "it never took a place");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_waits_for_a_place_until_its_deadline() {
+        let limits = limits(1);
+        let (mut first_client, mut first) = accept(&limits).await;
+        deliver(&mut first_client, &mut first, PREFACE).await;
+        assert!(first.place.is_some());
+
+        // Every place taken: the second waits, then gets the one the first frees.
+        let (mut second_client, mut second) = accept(&limits).await;
+        deliver(&mut second_client, &mut second, PREFACE).await;
+        assert!(second.waiting.is_some());
+        second_client.write_all(PING).await.unwrap();
+        let waited = tokio::time::timeout(HANDSHAKE / 2, second.read(&mut [0; 64])).await;
+        assert!(waited.is_err(), "nothing read without a place: {waited:?}");
+        drop(first);
+        let mut ping = [0; PING.len()];
+        second.read_exact(&mut ping).await.unwrap();
+        assert!(second.place.is_some());
+        assert!(
+            second.handshake.is_none(),
+            "its handshake place is free again"
+        );
+
+        // The second holds the place now: a third waits until its deadline.
+        let accepted = Instant::now();
+        let (mut third_client, mut third) = accept(&limits).await;
+        deliver(&mut third_client, &mut third, PREFACE).await;
+        let error = third.read(&mut [0; 64]).await.unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        assert!(accepted.elapsed() >= HANDSHAKE, "{:?}", accepted.elapsed());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_open_call_keeps_its_connection_and_pings_do_not() {
+        let limits = limits(10);
+        let (mut client, mut connection) = accept(&limits).await;
+        deliver(&mut client, &mut connection, PREFACE).await;
+
+        // A call open for a day: the connection stays.
+        let call = OpenCall::open(connection.state.clone());
+        let day = Duration::from_secs(24 * 3600);
+        let stayed = tokio::time::timeout(day, connection.read(&mut [0; 64])).await;
+        assert!(stayed.is_err(), "closed with a call open: {stayed:?}");
+
+        // Its end starts the idle timeout; a ping half-way does not restart it.
+        drop(call);
+        let idle_from = Instant::now();
+        tokio::time::advance(IDLE / 2).await;
+        deliver(&mut client, &mut connection, PING).await;
+        let error = tokio::time::timeout(2 * IDLE, connection.read(&mut [0; 64]))
+            .await
+            .expect("closed")
+            .unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::TimedOut, "{error}");
+        let idle = idle_from.elapsed();
+        assert!(
+            idle >= IDLE && idle < IDLE + Duration::from_secs(1),
+            "closed {idle:?} after its last call"
+        );
+    }
+}
