@@ -672,6 +672,22 @@ mod tests {
     /// An HTTP/2 PING frame (8 bytes of payload).
     const PING: &[u8] = b"\0\0\x08\x06\0\0\0\0\0pingping";
 
+    #[test]
+    fn the_timeouts_default_to_seconds_and_minutes_and_must_be_positive() {
+        use clap::Parser as _;
+        let config = crate::config::Config::embedded_default();
+        assert_eq!(config.transport.handshake_timeout, Duration::from_secs(5));
+        assert_eq!(config.transport.idle_timeout, Duration::from_secs(300));
+        for flag in ["--handshake-timeout", "--idle-timeout"] {
+            let zero = crate::config::Config::try_parse_from(["streamwatch-server", flag, "0s"]);
+            let error = zero.expect_err("a zero timeout is refused").to_string();
+            assert!(
+                error.contains(flag) && error.contains("longer than 0s"),
+                "{error}"
+            );
+        }
+    }
+
     fn limits(places: usize) -> Limits {
         Limits {
             handshakes: Arc::new(Semaphore::new(10)),
