@@ -7,8 +7,8 @@
 //!
 //! It owns how bytes reach the services, never who the caller is: mapping a
 //! certificate subject to a tenant is [`crate::auth`]'s job. It must never
-//! close a connection that has a call open (a `StreamWatchEvents` stream may
-//! stay open for days).
+//! close a connection as idle while a call is open on it (a
+//! `StreamWatchEvents` stream may stay open for days).
 
 use std::{
     future::Future,
