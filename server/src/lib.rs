@@ -423,7 +423,7 @@ pub async fn serve_with_listeners(
     let stop_accepting = CancellationToken::new();
     let server_end = stop_accepting.clone();
     let tls = config.transport.tls_cert.is_some();
-    let server = transport::server_builder(&config.transport)?
+    let server = transport::server_builder()
         .layer(RpcLayer::new(core.metrics.clone()))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -439,7 +439,7 @@ pub async fn serve_with_listeners(
             auth,
         ))
         .serve_with_incoming_shutdown(
-            transport::incoming(listener, config.transport.max_connections),
+            transport::incoming(listener, &config.transport)?,
             async move { server_end.cancelled().await },
         );
     tracing::info!(%addr, tls, client_certificates = config.transport.tls_client_ca.is_some(),
