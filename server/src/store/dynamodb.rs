@@ -15,7 +15,9 @@
 //! gapless `seq`s. Recording puts each seen key with `attribute_not_exists`
 //! (or `sequencer = old` for an overwrite) in the same transaction as the
 //! counter update, so a redelivery can never count twice; a cancelled
-//! transaction is re-read and retried. Retired watches' items get the
+//! transaction is re-read and retried. SDK errors become [`StoreError`]s in
+//! [`aws`]: throttling and conflicts are `Busy`, an unreachable or failing
+//! service `Unavailable`. Retired watches' items get the
 //! `expires_at` TTL attribute. Outbox entries are put in the transaction that
 //! appends the event they deliver; claims and attempts are conditional puts on
 //! `next_at` (the lease), and a finished entry gets its TTL then.
@@ -29,7 +31,7 @@ use std::{
 use async_trait::async_trait;
 use aws_sdk_dynamodb::{
     Client,
-    error::{DisplayErrorContext, SdkError},
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     operation::transact_write_items::TransactWriteItemsError,
     types::{
         AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
@@ -103,8 +105,62 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
-    StoreError::Dynamo(DisplayErrorContext(e).to_string())
+/// Classifies an SDK error: no answer, throttling, conflicts and the
+/// service's own failures pass; anything else is a bug.
+fn aws<E>(e: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match &e {
+        SdkError::TimeoutError(_) => {
+            StoreError::Unavailable("DynamoDB did not answer in time".into())
+        }
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            StoreError::Unavailable("DynamoDB did not answer in time".into())
+        }
+        SdkError::DispatchFailure(failure) => {
+            // The innermost cause (an OS error, say): the chain above it may name the endpoint.
+            let mut cause = failure
+                .as_connector_error()
+                .map(|c| c as &dyn std::error::Error);
+            while let Some(inner) = cause.and_then(|c| c.source()) {
+                cause = Some(inner);
+            }
+            StoreError::Unavailable(match cause {
+                Some(cause) => format!("DynamoDB could not be reached ({cause})"),
+                None => "DynamoDB could not be reached".into(),
+            })
+        }
+        SdkError::ResponseError(_) => {
+            StoreError::Unavailable("DynamoDB's response could not be read".into())
+        }
+        SdkError::ServiceError(service) => {
+            service_error(e.code(), service.raw().status().as_u16(), || {
+                DisplayErrorContext(&e).to_string()
+            })
+        }
+        _ => StoreError::Internal(format!("dynamodb: {}", DisplayErrorContext(&e))),
+    }
+}
+
+/// Classifies an error DynamoDB answered with, by its code and HTTP status.
+fn service_error(code: Option<&str>, status: u16, detail: impl FnOnce() -> String) -> StoreError {
+    match code {
+        Some(
+            code @ ("ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+            | "ThrottlingException"
+            | "Throttling"),
+        ) => StoreError::Busy(format!("DynamoDB throttled the request ({code})")),
+        Some(code @ ("TransactionConflictException" | "TransactionInProgressException")) => {
+            StoreError::Busy(format!("a conflicting DynamoDB transaction ({code})"))
+        }
+        Some(code @ ("InternalServerError" | "ServiceUnavailable")) => {
+            StoreError::Unavailable(format!("DynamoDB failed ({code})"))
+        }
+        _ if status >= 500 => StoreError::Unavailable(format!("DynamoDB failed (HTTP {status})")),
+        _ => StoreError::Internal(format!("dynamodb: {}", detail())),
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -164,7 +220,7 @@ fn token_item(tenant: &TenantId, token: &str, id: &WatchId) -> Item {
 
 /// An SDK builder's error (a missing required field) as a store error.
 fn built(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Dynamo(e.to_string())
+    StoreError::Internal(format!("dynamodb request: {e}"))
 }
 
 fn event_sk(seq: u64) -> String {
@@ -589,30 +645,56 @@ impl DynamoStore {
             items.push(self.put(delivery_item(&d, None)?, "attribute_not_exists(pk)", &[])?);
         }
         items.extend(extra);
+        Ok(self.transact(items).await?.then_some((watch, appended)))
+    }
+
+    /// Writes `items` in one transaction; false when it was cancelled by a
+    /// condition or a conflicting write (read again and retry), an error when
+    /// DynamoDB throttled it.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool> {
         let units: u64 = items
             .iter()
             .filter_map(|i| i.put())
             .map(|p| 2 * item_bytes(p.item()).div_ceil(1024).max(1))
             .sum();
         self.count(1, items.len() as u64, units, 0);
-        match self
+        let e = match self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
             .await
         {
-            Ok(_) => Ok(Some((watch, appended))),
-            Err(SdkError::ServiceError(e))
-                if matches!(
-                    e.err(),
-                    TransactWriteItemsError::TransactionCanceledException(_)
-                ) =>
-            {
-                Ok(None)
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        let SdkError::ServiceError(service) = &e else {
+            return Err(aws(e));
+        };
+        let TransactWriteItemsError::TransactionCanceledException(cancelled) = service.err() else {
+            return Err(aws(e));
+        };
+        let codes = cancelled
+            .cancellation_reasons()
+            .iter()
+            .filter_map(|r| r.code());
+        for code in codes {
+            match code {
+                "ThrottlingError" | "ProvisionedThroughputExceeded" => {
+                    return Err(StoreError::Busy(format!(
+                        "DynamoDB throttled the request ({code})"
+                    )));
+                }
+                "ValidationError" | "ItemCollectionSizeLimitExceeded" => {
+                    return Err(StoreError::Internal(format!(
+                        "dynamodb: {}",
+                        DisplayErrorContext(&e)
+                    )));
+                }
+                _ => {}
             }
-            Err(e) => Err(aws(e)),
         }
+        Ok(false)
     }
 
     /// The items at `keys` (`(pk, sk)` pairs) that exist, strongly
@@ -655,9 +737,9 @@ impl DynamoStore {
                 }
             }
             if !request.is_empty() {
-                return Err(StoreError::Dynamo(
-                    "BatchGetItem left keys unprocessed".into(),
-                ));
+                return Err(StoreError::Busy(format!(
+                    "DynamoDB left keys unprocessed after {MAX_ATTEMPTS} attempts"
+                )));
             }
         }
         Ok(found)
@@ -797,7 +879,7 @@ impl DynamoStore {
                 // Someone else changed the watch or recorded one of these keys: read again.
             }
             if !done {
-                return Err(StoreError::Dynamo(format!(
+                return Err(StoreError::Busy(format!(
                     "watch {id} kept changing; gave up recording after {MAX_ATTEMPTS} attempts"
                 )));
             }
@@ -852,7 +934,7 @@ impl DynamoStore {
                 return Err(StoreError::Fenced { shard: fence.shard });
             }
         }
-        Err(StoreError::Dynamo(format!(
+        Err(StoreError::Busy(format!(
             "watch {id} kept changing; gave up after {MAX_ATTEMPTS} attempts"
         )))
     }
@@ -961,7 +1043,7 @@ impl Store for DynamoStore {
             }
             // The token was taken concurrently: read it on the next round.
         }
-        Err(StoreError::Dynamo(
+        Err(StoreError::Busy(
             "could not create the watch: client token kept conflicting".into(),
         ))
     }
@@ -1298,7 +1380,7 @@ impl Store for DynamoStore {
                 return Ok(None);
             }
         }
-        Err(StoreError::Dynamo(format!(
+        Err(StoreError::Busy(format!(
             "watch {} kept changing; gave up recording a delivery after {MAX_ATTEMPTS} attempts",
             delivery.watch_id
         )))
@@ -1320,5 +1402,96 @@ impl Store for DynamoStore {
 
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::{
+        config::{BehaviorVersion, Credentials, Region, retry::RetryConfig},
+        error::ConnectorError,
+        operation::get_item::GetItemError,
+    };
+
+    use super::*;
+
+    #[test]
+    fn throttling_and_conflicts_are_busy() {
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+            "ThrottlingException",
+            "TransactionConflictException",
+        ] {
+            let e = service_error(Some(code), 400, String::new);
+            assert!(
+                matches!(&e, StoreError::Busy(m) if m.contains(code)),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_service_failing_is_unavailable() {
+        let e = service_error(Some("InternalServerError"), 500, String::new);
+        assert!(matches!(&e, StoreError::Unavailable(_)), "{e:?}");
+        let e = service_error(None, 503, String::new);
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("503")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn requests_it_refuses_are_bugs() {
+        for code in ["ValidationException", "ResourceNotFoundException"] {
+            let e = service_error(Some(code), 400, || format!("{code}: details"));
+            assert!(
+                matches!(&e, StoreError::Internal(m) if m.contains(code)),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_answer_is_unavailable() {
+        let e = aws(SdkError::<GetItemError>::timeout_error("slow"));
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("in time")),
+            "{e:?}"
+        );
+        let refused = ConnectorError::io("connection refused".into());
+        let e = aws(SdkError::<GetItemError>::dispatch_failure(refused));
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m == "DynamoDB could not be reached (connection refused)"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_nobody_listens_on_is_unavailable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // the listener is closed again at once
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let store = DynamoStore::new(Client::from_conf(config), "t", Duration::from_secs(60));
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let e = store
+            .get_watch(&tenant, &WatchId::generate())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Unavailable(m)
+                if m.contains("could not be reached") && !m.contains("127.0.0.1")),
+            "the cause, not the endpoint: {e:?}"
+        );
     }
 }

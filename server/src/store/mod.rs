@@ -13,6 +13,9 @@
 //! delivered, even after a crash. The delivery task claims due entries with a
 //! lease ([`Store::claim_deliveries`]) and records each attempt
 //! ([`Store::finish_delivery`]), fenced by that lease.
+//!
+//! Errors: each backend turns its own errors into a [`StoreError`] where it
+//! meets them, classified; no backend error type leaves this module.
 
 pub mod dynamodb;
 pub mod measured;
@@ -30,16 +33,30 @@ use crate::{
     },
 };
 
-#[derive(Debug, thiserror::Error)]
+/// What went wrong in the store. Backends classify their errors where they
+/// convert them: a condition that passes (no space, contention, an outage) is
+/// [`Full`](Self::Full), [`Busy`](Self::Busy) or
+/// [`Unavailable`](Self::Unavailable), and their text names the cause in words
+/// safe to show a caller; anything else is a bug or damage.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// No space left for the store's data (a full disk); a write fails until
+    /// space is freed, and nothing of it was kept.
+    #[error("the store is out of space: {0}")]
+    Full(String),
+    /// Too much at once: locked, throttled or conflicting writes. A retry
+    /// shortly after is likely to succeed.
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    /// The store could not be reached or failed to answer (I/O errors,
+    /// network failures, timeouts, the service's own failures).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("dynamodb: {0}")]
-    Dynamo(String),
-    #[error("transaction failed: {0}")]
-    Transaction(String),
+    /// Any other failure of the backend: a bug, not a condition to wait out.
+    #[error("store failure: {0}")]
+    Internal(String),
     #[error("the store is closed")]
     Closed,
     /// The write was fenced off: another replica holds the shard's lease now.
@@ -47,6 +64,13 @@ pub enum StoreError {
     Fenced { shard: u32 },
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// Whether waiting (or freeing space) can make the same call succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Full(_) | Self::Busy(_) | Self::Unavailable(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

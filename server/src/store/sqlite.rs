@@ -3,6 +3,11 @@
 //! (group commit), each command inside its own savepoint so one failing
 //! command never undoes another. Reads use a small pool of read connections.
 //!
+//! If SQLite rolls the whole transaction back (it may on a full disk or an I/O
+//! error), the rest of the group is refused with that error, not run outside
+//! a transaction. SQLite errors become [`StoreError`]s here, classified by
+//! their code (a full disk is [`StoreError::Full`]).
+//!
 //! Tables: `watches` (one row per watch), `watch_labels` (for label filters),
 //! `seen_keys` (one row per watch, activity kind and key: the exactness of
 //! counting), `events` (the per-watch log, keyed by `seq`), `outbox` (one row
@@ -160,11 +165,11 @@ enum Pending {
 }
 
 impl Pending {
-    fn send(self, commit: &std::result::Result<(), String>) {
-        fn out<T>(reply: Reply<T>, result: Result<T>, commit: &std::result::Result<(), String>) {
+    fn send(self, commit: &Result<()>) {
+        fn out<T>(reply: Reply<T>, result: Result<T>, commit: &Result<()>) {
             let result = match commit {
                 Ok(()) => result,
-                Err(e) => Err(StoreError::Transaction(e.clone())),
+                Err(e) => Err(e.clone()),
             };
             // The caller may have gone away; the change is committed regardless.
             let _ = reply.send(result);
@@ -197,6 +202,29 @@ impl Readers {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
+    }
+}
+
+/// Classifies SQLite's errors by their code: a full disk, contention and I/O
+/// failures pass; corruption and everything else do not.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        // For these codes SQLite's message is a fixed phrase ("database or disk is full").
+        let cause = || format!("SQLite: {e}");
+        match e.sqlite_error_code() {
+            Some(Code::DiskFull) => Self::Full(cause()),
+            Some(Code::DatabaseBusy | Code::DatabaseLocked) => Self::Busy(cause()),
+            Some(
+                Code::SystemIoFailure
+                | Code::CannotOpen
+                | Code::ReadOnly
+                | Code::OutOfMemory
+                | Code::FileLockingProtocolFailed,
+            ) => Self::Unavailable(cause()),
+            Some(Code::DatabaseCorrupt | Code::NotADatabase) => Self::Corrupt(cause()),
+            _ => Self::Internal(format!("sqlite: {e}")),
+        }
     }
 }
 
@@ -271,7 +299,7 @@ impl SqliteStore {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.with(f))
             .await
-            .map_err(|e| StoreError::Transaction(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 }
 
@@ -313,41 +341,51 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
     let mut pending = Vec::with_capacity(commands.len());
     let commit = match conn.transaction() {
         Ok(mut tx) => {
+            // Set when SQLite rolled the whole transaction back: what ran is
+            // gone, and what is left must not run outside a transaction.
+            let mut aborted: Option<StoreError> = None;
             for command in commands {
                 match command {
                     Command::Create(new, reply) => pending.push(Pending::Create(
                         reply,
-                        in_savepoint(&mut tx, |tx| create(tx, *new)),
+                        guarded(&mut tx, &mut aborted, |tx| create(tx, *new)),
                     )),
                     Command::Record(activities, now, reply) => pending.push(Pending::Record(
                         reply,
-                        in_savepoint(&mut tx, |tx| record(tx, &activities, now)),
+                        guarded(&mut tx, &mut aborted, |tx| record(tx, &activities, now)),
                     )),
                     Command::Apply(args, reply) => pending.push(Pending::Apply(
                         reply,
-                        in_savepoint(&mut tx, |tx| apply(tx, *args)),
+                        guarded(&mut tx, &mut aborted, |tx| apply(tx, *args)),
                     )),
                     Command::Retire(tenant, id, reply) => pending.push(Pending::Retire(
                         reply,
-                        in_savepoint(&mut tx, |tx| retire(tx, &tenant, &id)),
+                        guarded(&mut tx, &mut aborted, |tx| retire(tx, &tenant, &id)),
                     )),
                     Command::Claim(now, lease_until, limit, reply) => pending.push(Pending::Claim(
                         reply,
-                        in_savepoint(&mut tx, |tx| claim(tx, now, lease_until, limit)),
+                        guarded(&mut tx, &mut aborted, |tx| {
+                            claim(tx, now, lease_until, limit)
+                        }),
                     )),
                     Command::Finish(args, reply) => pending.push(Pending::Finish(
                         reply,
-                        in_savepoint(&mut tx, |tx| finish(tx, *args)),
+                        guarded(&mut tx, &mut aborted, |tx| finish(tx, *args)),
                     )),
                     Command::Close(reply) => closing.push(reply),
                 }
             }
-            tx.commit().map_err(|e| e.to_string())
+            match aborted {
+                Some(cause) => Err(cause),
+                None => tx.commit().map_err(StoreError::from),
+            }
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     };
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "sqlite commit failed");
+    match &commit {
+        Err(e) if e.is_transient() => tracing::warn!(error = %e, "sqlite commit failed"),
+        Err(e) => tracing::error!(error = %e, "sqlite commit failed"),
+        Ok(()) => {}
     }
     for p in pending {
         p.send(&commit);
@@ -362,6 +400,26 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
         let _ = reply.send(Ok(()));
     }
     true
+}
+
+/// Runs one command in its own savepoint of `tx`, unless the transaction was
+/// already `aborted`; sets `aborted` when this command's failure made SQLite
+/// roll the whole transaction back.
+fn guarded<T>(
+    tx: &mut Transaction<'_>,
+    aborted: &mut Option<StoreError>,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(cause) = aborted {
+        return Err(cause.clone());
+    }
+    let result = in_savepoint(tx, f);
+    if let Err(e) = &result
+        && tx.is_autocommit()
+    {
+        *aborted = Some(e.clone());
+    }
+    result
 }
 
 fn in_savepoint<T>(
@@ -961,5 +1019,76 @@ impl Store for SqliteStore {
 
     async fn close(&self) -> Result<()> {
         self.call(Command::Close).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn classified(e: rusqlite::Error) -> StoreError {
+        StoreError::from(e)
+    }
+
+    #[test]
+    fn a_full_database_is_full() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        // SQLite reports a database at its page limit exactly as a full disk.
+        conn.pragma_update(None, "max_page_count", 8).unwrap();
+        let e = (0..100)
+            .find_map(|_| {
+                conn.execute("INSERT INTO t VALUES (zeroblob(4096))", [])
+                    .err()
+            })
+            .expect("the database fills up");
+        let e = classified(e);
+        assert!(
+            matches!(&e, StoreError::Full(m) if m == "SQLite: database or disk is full"),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn a_locked_database_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let e = classified(other.execute_batch("BEGIN IMMEDIATE").unwrap_err());
+        assert!(
+            matches!(&e, StoreError::Busy(m) if m == "SQLite: database is locked"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = classified(Connection::open(dir.path().join("missing/dir/x.db")).unwrap_err());
+        assert!(matches!(&e, StoreError::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
+    fn damage_and_bugs_are_not_conditions_to_wait_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let e = classified(
+            conn.execute_batch("SELECT * FROM sqlite_master")
+                .unwrap_err(),
+        );
+        assert!(matches!(&e, StoreError::Corrupt(_)), "{e:?}");
+
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let e = classified(conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(matches!(&e, StoreError::Internal(_)), "{e:?}");
+        assert!(!e.is_transient());
     }
 }
