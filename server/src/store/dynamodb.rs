@@ -4,7 +4,8 @@
 //! | item | `pk` | `sk` | notes |
 //! |---|---|---|---|
 //! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields; `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
-//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | last `sequencer`; keys over 1000 bytes are stored as `K#c#~{sha256}` |
+//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | `sequencer`: one of the key's (empty while only notifications without one told of it); keys over 1000 bytes are stored as `K#c#~{sha256}` |
+//! | seen sequencer | `W#{tenant}#{watch_id}` | `S#c#{len}#{sequencer}#{key}` / `S#r#…` | one per further distinct sequencer of a seen key; over 1000 bytes, `S#c#~{sha256}` |
 //! | event | `W#{tenant}#{watch_id}` | `E#{seq:020}` | `time`, `generation`, `payload` (the event as JSON) |
 //! | client token | `C#{tenant}#{token}` | `TOKEN` | `watch_id` |
 //! | outbox entry | `W#{tenant}#{watch_id}` | `O#{seq:020}#{target:05}` | `record` (the delivery as JSON), `next_at`; `live_shard` = `OUTBOX` while pending (same sparse GSI `live`) |
@@ -12,12 +13,13 @@
 //! Every change to a watch is one `TransactWriteItems` conditioned on the
 //! watch's `last_seq` being what was read, so concurrent writers (ingest on
 //! any replica, the observer) serialize on it, and the events it appends get
-//! gapless `seq`s. Recording puts each seen key with `attribute_not_exists`
-//! (or `sequencer = old` for an overwrite) in the same transaction as the
-//! counter update, so a redelivery can never count twice; a cancelled
-//! transaction is re-read and retried. SDK errors become [`StoreError`]s in
-//! [`aws`]: throttling and conflicts are `Busy`, an unreachable or failing
-//! service `Unavailable`. Retired watches' items get the
+//! gapless `seq`s. Recording puts each new seen key, and each further
+//! sequencer of a seen key, with `attribute_not_exists` (a key's first
+//! sequencer after none: `sequencer = old`) in the same transaction as the
+//! counter update, so a redelivery can never count twice (see [`KeyEvent`]);
+//! a cancelled transaction is re-read and retried. SDK errors become
+//! [`StoreError`]s in [`aws`]: throttling and conflicts are `Busy`, an
+//! unreachable or failing service `Unavailable`. Retired watches' items get the
 //! `expires_at` TTL attribute. Outbox entries are put in the transaction that
 //! appends the event they deliver; claims and attempts are conditional puts on
 //! `next_at` (the lease), and a finished entry gets its TTL then.
@@ -46,7 +48,8 @@ pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 
 use super::{
     Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Fence, Guard,
-    ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
+    KeyEvent, ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, outbox_for,
+    sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -59,7 +62,8 @@ use crate::{
 
 /// Shards of the `live` index and of observer ownership (`--shards`), unless configured.
 pub const DEFAULT_SHARDS: u32 = 64;
-/// Seen-key items per transaction (one more for the watch, one for its event).
+/// Seen items (keys and further sequencers) per transaction (one more for the
+/// watch, one for its event).
 const KEYS_PER_TRANSACTION: usize = 98;
 /// Attempts at one change before giving up on a hot watch.
 const MAX_ATTEMPTS: usize = 20;
@@ -246,15 +250,31 @@ fn delivery_item(d: &Delivery, expires_at: Option<i64>) -> Result<Item> {
     Ok(item)
 }
 
-fn key_sk(kind: ActivityKind, key: &str) -> String {
-    let tag = match kind {
+fn kind_tag(kind: ActivityKind) -> char {
+    match kind {
         ActivityKind::Created => 'c',
         ActivityKind::Removed => 'r',
-    };
+    }
+}
+
+fn key_sk(kind: ActivityKind, key: &str) -> String {
+    let tag = kind_tag(kind);
     if key.len() > MAX_KEY_BYTES {
         format!("K#{tag}#~{}", hex::encode(Sha256::digest(key.as_bytes())))
     } else {
         format!("K#{tag}#{key}")
+    }
+}
+
+/// The item recording a further sequencer (its identity) of a seen key.
+fn pair_sk(kind: ActivityKind, key: &str, sequencer: &str) -> String {
+    let tag = kind_tag(kind);
+    // The length keeps sequencer and key apart whatever they contain.
+    let pair = format!("{}#{sequencer}#{key}", sequencer.len());
+    if pair.len() + 4 > MAX_KEY_BYTES {
+        format!("S#{tag}#~{}", hex::encode(Sha256::digest(pair.as_bytes())))
+    } else {
+        format!("S#{tag}#{pair}")
     }
 }
 
@@ -442,6 +462,85 @@ fn item_bytes(item: &Item) -> u64 {
     item.iter()
         .map(|(k, v)| k.len() as u64 + value_bytes(v))
         .sum()
+}
+
+/// The occurrences of one seen key in a batch, recorded in one transaction.
+struct KeyPart {
+    kind: ActivityKind,
+    key: String,
+    sk: String,
+    /// `(activity index, sequencer identity)` in batch order.
+    occurrences: Vec<(usize, String)>,
+    /// Items it may write at most: one per distinct sequencer (at least one).
+    writes: usize,
+}
+
+/// Groups a watch's activities by seen key, in batch order: each occurrence
+/// is judged in order against what is stored, so a transaction writes each
+/// item once. A key with more distinct sequencers than a transaction holds
+/// is split into consecutive parts.
+fn key_parts(activities: &[Activity], indexes: Vec<usize>) -> Vec<KeyPart> {
+    let mut keys: Vec<(KeyPart, std::collections::HashSet<String>)> = Vec::new();
+    let mut by_sk: HashMap<String, usize> = HashMap::new();
+    let mut parts = Vec::new();
+    for i in indexes {
+        let a = &activities[i];
+        let sk = key_sk(a.kind, &a.key);
+        let sequencer = sequencer_identity(&a.sequencer);
+        let k = *by_sk.entry(sk.clone()).or_insert_with(|| {
+            keys.push((
+                KeyPart {
+                    kind: a.kind,
+                    key: a.key.clone(),
+                    sk,
+                    occurrences: Vec::new(),
+                    writes: 1,
+                },
+                Default::default(),
+            ));
+            keys.len() - 1
+        });
+        let (part, distinct) = &mut keys[k];
+        if !distinct.contains(&sequencer) && distinct.len() == KEYS_PER_TRANSACTION {
+            let next = KeyPart {
+                occurrences: Vec::new(),
+                writes: 1,
+                kind: part.kind,
+                key: part.key.clone(),
+                sk: part.sk.clone(),
+            };
+            parts.push(std::mem::replace(part, next));
+            distinct.clear();
+        }
+        distinct.insert(sequencer.clone());
+        part.writes = distinct.len();
+        part.occurrences.push((i, sequencer));
+    }
+    // A split key's earlier parts come first, so they are recorded first.
+    parts.extend(keys.into_iter().map(|(part, _)| part));
+    parts.sort_by_key(|p| by_sk[&p.sk]);
+    parts
+}
+
+/// Splits `parts` into transactions of at most [`KEYS_PER_TRANSACTION`] seen
+/// items, none holding two parts of one key.
+fn transactions(parts: &[KeyPart]) -> Vec<&[KeyPart]> {
+    let mut out = Vec::new();
+    let (mut start, mut writes) = (0, 0);
+    let mut sks = std::collections::HashSet::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > start && (writes + part.writes > KEYS_PER_TRANSACTION || sks.contains(&part.sk)) {
+            out.push(&parts[start..i]);
+            (start, writes) = (i, 0);
+            sks.clear();
+        }
+        writes += part.writes;
+        sks.insert(&part.sk);
+    }
+    if start < parts.len() {
+        out.push(&parts[start..]);
+    }
+    out
 }
 
 /// A watch read and the events to append, as one conditioned transaction.
@@ -765,35 +864,13 @@ impl DynamoStore {
         indexes: Vec<usize>,
         now: Timestamp,
     ) -> Result<(Vec<(usize, Recorded)>, Option<(Watch, Vec<WatchEvent>)>)> {
-        // Group the occurrences of each key; each is judged in order against
-        // what is stored, so one transaction writes each key once.
-        struct Key {
-            kind: ActivityKind,
-            sk: String,
-            /// `(activity index, sequencer)` in batch order.
-            occurrences: Vec<(usize, String)>,
-        }
-        let mut keys: Vec<Key> = Vec::new();
-        let mut by_sk: HashMap<String, usize> = HashMap::new();
-        for i in indexes {
-            let a = &activities[i];
-            let sk = key_sk(a.kind, &a.key);
-            let k = *by_sk.entry(sk.clone()).or_insert_with(|| {
-                keys.push(Key {
-                    kind: a.kind,
-                    sk,
-                    occurrences: Vec::new(),
-                });
-                keys.len() - 1
-            });
-            keys[k].occurrences.push((i, a.sequencer.clone()));
-        }
-        let first = &activities[keys[0].occurrences[0].0];
+        let parts = key_parts(activities, indexes);
+        let first = &activities[parts[0].occurrences[0].0];
         let (tenant, id) = (first.tenant.clone(), first.watch_id.clone());
         let pk = watch_pk(&tenant, &id);
         let mut results = Vec::new();
         let mut last: Option<(Watch, Vec<WatchEvent>)> = None;
-        for chunk in keys.chunks(KEYS_PER_TRANSACTION) {
+        for chunk in transactions(&parts) {
             let mut done = false;
             for _ in 0..MAX_ATTEMPTS {
                 let Some(mut watch) = self
@@ -811,23 +888,67 @@ impl DynamoStore {
                 };
                 let sks: Vec<String> = chunk.iter().map(|k| k.sk.clone()).collect();
                 let seen = self.seen(&pk, &sks).await?;
+                // Other sequencers of keys seen with one: are those pairs recorded?
+                let mut asked = Vec::new();
+                for key in chunk {
+                    let Some(stored) = seen.get(&key.sk).map(|s| sequencer_identity(s)) else {
+                        continue;
+                    };
+                    for (_, sequencer) in &key.occurrences {
+                        if KeyEvent::of(Some(&stored), sequencer) == KeyEvent::OtherSequencer {
+                            asked.push((pk.clone(), pair_sk(key.kind, &key.key, sequencer)));
+                        }
+                    }
+                }
+                asked.sort();
+                asked.dedup();
+                let mut recorded_pairs = std::collections::HashSet::new();
+                if !asked.is_empty() {
+                    for item in self.batch_get(asked).await? {
+                        recorded_pairs.insert(get_s(&item, "sk")?.to_owned());
+                    }
+                }
                 let mut outcome = Vec::new();
                 let mut puts = Vec::new();
                 let before = watch.counters;
                 for key in chunk {
                     let stored = seen.get(&key.sk);
-                    let mut current: Option<&str> = stored.map(String::as_str);
+                    let mut current = stored.map(|s| sequencer_identity(s));
+                    let mut key_changed = false;
                     for (i, sequencer) in &key.occurrences {
-                        let counts = current.is_none_or(|c| is_later(sequencer, c));
-                        if counts {
-                            if current.is_none() && key.kind == ActivityKind::Created {
-                                watch.counters.object_count += 1;
+                        let counts = match KeyEvent::of(current.as_deref(), sequencer) {
+                            KeyEvent::NewKey => {
+                                if key.kind == ActivityKind::Created {
+                                    watch.counters.object_count += 1;
+                                }
+                                current = Some(sequencer.clone());
+                                key_changed = true;
+                                true
                             }
+                            KeyEvent::Repeat => false,
+                            KeyEvent::FirstSequencer => {
+                                current = Some(sequencer.clone());
+                                key_changed = true;
+                                false
+                            }
+                            KeyEvent::OtherSequencer => {
+                                let sk = pair_sk(key.kind, &key.key, sequencer);
+                                let new = recorded_pairs.insert(sk.clone());
+                                if new {
+                                    let mut item = Item::new();
+                                    item.insert("pk".into(), s(&pk));
+                                    item.insert("sk".into(), s(sk));
+                                    item.insert("sequencer".into(), s(sequencer));
+                                    puts.push(self.put(item, "attribute_not_exists(pk)", &[])?);
+                                }
+                                new
+                            }
+                        };
+                        if counts {
                             match key.kind {
                                 ActivityKind::Created => watch.counters.event_count += 1,
                                 ActivityKind::Removed => watch.counters.removed_count += 1,
                             }
-                            current = Some(sequencer);
                         }
                         outcome.push((
                             *i,
@@ -838,7 +959,7 @@ impl DynamoStore {
                             },
                         ));
                     }
-                    if current != stored.map(String::as_str) {
+                    if key_changed {
                         let mut item = Item::new();
                         item.insert("pk".into(), s(&pk));
                         item.insert("sk".into(), s(&key.sk));
@@ -850,9 +971,13 @@ impl DynamoStore {
                     }
                 }
                 if watch.counters == before {
-                    results.extend(outcome);
-                    done = true;
-                    break;
+                    // Nothing counted, but a key may have taken its first sequencer.
+                    if puts.is_empty() || self.transact(puts).await? {
+                        results.extend(outcome);
+                        done = true;
+                        break;
+                    }
+                    continue;
                 }
                 watch.counters.last_activity_at = Some(now);
                 let expected = watch.last_seq;
@@ -1493,5 +1618,54 @@ mod tests {
                 if m.contains("could not be reached") && !m.contains("127.0.0.1")),
             "the cause, not the endpoint: {e:?}"
         );
+    }
+
+    #[test]
+    fn a_hot_key_spans_transactions_in_order() {
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let activity = |key: &str, sequencer: String| Activity {
+            tenant: tenant.clone(),
+            watch_id: id.clone(),
+            kind: ActivityKind::Created,
+            key: key.to_owned(),
+            sequencer,
+        };
+        let mut activities: Vec<Activity> = (0..10)
+            .map(|i| activity(&format!("k{i}"), String::new()))
+            .collect();
+        activities.extend((0..200).map(|i| activity("hot", format!("{i:04X}1"))));
+        activities.push(activity("k0", "01".into()));
+        let parts = key_parts(&activities, (0..activities.len()).collect());
+        let chunks = transactions(&parts);
+        let mut seen = Vec::new();
+        for chunk in &chunks {
+            assert!(chunk.iter().map(|p| p.writes).sum::<usize>() <= KEYS_PER_TRANSACTION);
+            let mut sks: Vec<&str> = chunk.iter().map(|p| p.sk.as_str()).collect();
+            sks.sort();
+            sks.dedup();
+            assert_eq!(sks.len(), chunk.len(), "one part of a key per transaction");
+            seen.extend(
+                chunk
+                    .iter()
+                    .flat_map(|p| p.occurrences.iter().map(|(i, _)| *i)),
+            );
+        }
+        // Each key's occurrences keep their batch order.
+        let hot: Vec<usize> = seen
+            .iter()
+            .copied()
+            .filter(|i| (10..210).contains(i))
+            .collect();
+        assert_eq!(hot, (10..210).collect::<Vec<_>>());
+        seen.sort();
+        assert_eq!(seen, (0..activities.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sequencer_items_keep_key_and_sequencer_apart() {
+        let c = ActivityKind::Created;
+        assert_ne!(pair_sk(c, "b#c", "A"), pair_sk(c, "c", "A#B"));
+        assert!(pair_sk(c, &"k".repeat(2000), "01").len() <= MAX_KEY_BYTES);
     }
 }

@@ -9,10 +9,12 @@
 //! their code (a full disk is [`StoreError::Full`]).
 //!
 //! Tables: `watches` (one row per watch), `watch_labels` (for label filters),
-//! `seen_keys` (one row per watch, activity kind and key: the exactness of
-//! counting), `events` (the per-watch log, keyed by `seq`), `outbox` (one row
-//! per event and notify target, written in the transaction that appends the
-//! event; the delivery as JSON in `record`).
+//! `seen_keys` (one row per watch, activity kind and key, with one sequencer
+//! of the key) and `seen_sequencers` (one row per further distinct sequencer
+//! of a key): the exactness of counting (see [`KeyEvent`]); `events` (the
+//! per-watch log, keyed by `seq`), `outbox` (one row per event and notify
+//! target, written in the transaction that appends the event; the delivery as
+//! JSON in `record`).
 
 use std::{
     collections::HashMap,
@@ -29,8 +31,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, ListQuery, NewWatch,
-    RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
+    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, KeyEvent, ListQuery,
+    NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, outbox_for, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -44,8 +46,9 @@ use crate::{
 /// Commands one transaction may carry at most.
 const MAX_GROUP: usize = 512;
 const READERS: usize = 4;
-/// 2: the `outbox` table.
-const SCHEMA_VERSION: i64 = 2;
+/// 2: the `outbox` table. 3: the `seen_sequencers` table (files of version 2
+/// get it, empty, when opened: their keys' earlier sequencers were not kept).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS watches (
@@ -88,6 +91,14 @@ CREATE TABLE IF NOT EXISTS seen_keys (
     key TEXT NOT NULL,
     sequencer TEXT NOT NULL,
     PRIMARY KEY (tenant, watch_id, kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_sequencers (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    sequencer TEXT NOT NULL,
+    PRIMARY KEY (tenant, watch_id, kind, key, sequencer)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     tenant TEXT NOT NULL,
@@ -619,6 +630,10 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
         "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (tenant, watch_id, kind, key) DO UPDATE SET sequencer = excluded.sequencer",
     )?;
+    let mut remember_other = conn.prepare_cached(
+        "INSERT OR IGNORE INTO seen_sequencers (tenant, watch_id, kind, key, sequencer) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
     for a in activities {
         let slot = match watches.entry((a.tenant.clone(), a.watch_id.clone())) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -639,38 +654,47 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             ActivityKind::Created => 0,
             ActivityKind::Removed => 1,
         };
-        let previous: Option<String> = seen
+        let stored: Option<String> = seen
             .query_row(
                 params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key],
                 |r| r.get(0),
             )
             .optional()?;
-        let outcome = match previous {
-            None => {
+        let sequencer = sequencer_identity(&a.sequencer);
+        let stored = stored.as_deref().map(sequencer_identity);
+        let key_params = params![
+            a.tenant.as_str(),
+            a.watch_id.as_str(),
+            kind,
+            a.key,
+            sequencer
+        ];
+        let counts = match KeyEvent::of(stored.as_deref(), &sequencer) {
+            KeyEvent::NewKey => {
+                remember.execute(key_params)?;
                 if a.kind == ActivityKind::Created {
                     watch.counters.object_count += 1;
                 }
-                Recorded::Counted
+                true
             }
-            // A later event for a key already seen: new activity, not a new object.
-            Some(old) if is_later(&a.sequencer, &old) => Recorded::Counted,
-            Some(_) => Recorded::Duplicate,
+            KeyEvent::Repeat => false,
+            KeyEvent::FirstSequencer => {
+                remember.execute(key_params)?;
+                false
+            }
+            KeyEvent::OtherSequencer => remember_other.execute(key_params)? == 1,
         };
-        if outcome == Recorded::Counted {
-            remember.execute(params![
-                a.tenant.as_str(),
-                a.watch_id.as_str(),
-                kind,
-                a.key,
-                a.sequencer
-            ])?;
+        let outcome = if counts {
             match a.kind {
                 ActivityKind::Created => watch.counters.event_count += 1,
                 ActivityKind::Removed => watch.counters.removed_count += 1,
             }
             watch.counters.last_activity_at = Some(now);
             *changed = true;
-        }
+            Recorded::Counted
+        } else {
+            Recorded::Duplicate
+        };
         results.push(outcome);
     }
     let mut updated = Vec::new();
@@ -833,8 +857,12 @@ fn finish(conn: &Connection, args: FinishArgs) -> Result<Option<Vec<WatchEvent>>
 }
 
 fn retire(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<()> {
-    conn.prepare_cached("DELETE FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2")?
+    for table in ["seen_keys", "seen_sequencers"] {
+        conn.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE tenant = ?1 AND watch_id = ?2"
+        ))?
         .execute(params![tenant.as_str(), id.as_str()])?;
+    }
     Ok(())
 }
 
@@ -1025,6 +1053,74 @@ impl Store for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::watch::{Bucket, Labels};
+
+    #[tokio::test]
+    async fn a_version_2_file_is_upgraded_and_keeps_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let activity = |sequencer: &str| Activity {
+            tenant: tenant.clone(),
+            watch_id: id.clone(),
+            kind: ActivityKind::Created,
+            key: "a".into(),
+            sequencer: sequencer.into(),
+        };
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_watch(NewWatch {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                bucket: Bucket::parse("bucket", "data-lake").unwrap(),
+                prefix: Prefix::parse("prefix", "").unwrap(),
+                policy: crate::policy::Policy::default(),
+                labels: Labels::default(),
+                client_token: None,
+                created_at: now,
+                trace: Default::default(),
+            })
+            .await
+            .unwrap();
+        store
+            .record(vec![activity("0055aed6dcd90281e2")], now)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        // Version 2 had no seen_sequencers; its seen_keys held the key's last sequencer as sent.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE seen_sequencers; PRAGMA user_version = 2;")
+            .unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let out = store
+            .record(
+                vec![
+                    activity("0055AED6DCD90281E2"),
+                    activity("0055AED6DCD90281E3"),
+                    activity("0055AED6DCD90281E3"),
+                ],
+                now,
+            )
+            .await
+            .unwrap();
+        use Recorded::*;
+        assert_eq!(out.results, [Duplicate, Counted, Duplicate]);
+        let watch = store.get_watch(&tenant, &id).await.unwrap().unwrap();
+        assert_eq!(
+            (watch.counters.object_count, watch.counters.event_count),
+            (1, 2)
+        );
+    }
 
     fn classified(e: rusqlite::Error) -> StoreError {
         StoreError::from(e)
