@@ -1,7 +1,8 @@
 //! Nothing is lost across a restart: watches, counters and logs survive,
 //! ACTIVE watches resume their timers, open streams end with UNAVAILABLE
 //! and a subscription resumes from the last `seq`, and a killed process loses nothing it
-//! acknowledged.
+//! acknowledged. A full disk refuses writes with a retryable code naming it,
+//! and the server carries on once space is freed.
 
 mod support;
 
@@ -215,4 +216,166 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
     })
     .await;
     assert_gapless(&events, 1);
+}
+
+/// A tmpfs of `size` mounted on a fresh directory, unmounted when dropped.
+struct SmallDisk {
+    dir: DataDir,
+}
+
+impl SmallDisk {
+    /// `None` (with the reason on stderr) where this process may not mount.
+    fn mount(size: &str) -> Option<Self> {
+        let dir = DataDir::new();
+        let mounted = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .stderr(Stdio::piped())
+            .output();
+        match mounted {
+            Ok(out) if out.status.success() => Some(Self { dir }),
+            Ok(out) => {
+                eprintln!(
+                    "SKIPPED: a full disk needs a small tmpfs, and mount failed here ({}); \
+                     run as root to test it",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                None
+            }
+            Err(e) => {
+                eprintln!("SKIPPED: a full disk needs a small tmpfs, and mount did not run ({e})");
+                None
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        // Lazily: the killed server may still hold its files open.
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Writes zeros to `path` until the disk refuses more.
+fn fill(path: &std::path::Path) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).expect("create the filler");
+    let chunk = vec![0u8; 4096];
+    while file.write_all(&chunk).is_ok() {}
+}
+
+/// Objects created under `keys` with long names, so a few fill a small disk fast.
+fn created_batch(first: usize, count: usize) -> (String, Vec<String>) {
+    let keys: Vec<String> = (first..first + count)
+        .map(|i| format!("{i:06}-{}", "x".repeat(200)))
+        .collect();
+    let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+    (created("data-lake", &refs), keys)
+}
+
+#[tokio::test]
+async fn a_full_disk_is_refused_as_retryable_and_nothing_acknowledged_is_lost() {
+    let Some(disk) = SmallDisk::mount("2m") else {
+        return;
+    };
+    let (mut child, endpoint) = spawn_binary(&disk.dir).await;
+    let mut client = streamwatch_client::Client::connect(endpoint.clone())
+        .await
+        .unwrap();
+    let id = begin(
+        &mut client,
+        start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
+    let mut acked: Vec<String> = Vec::new();
+    for _ in 0..5 {
+        let (document, keys) = created_batch(acked.len(), 10);
+        let report = client.ingest_s3_events(vec![document]).await.unwrap();
+        assert_eq!(report.counted, 10);
+        acked.extend(keys);
+    }
+
+    let filler = disk.dir.path().join("filler");
+    fill(&filler);
+    // What SQLite's files already hold may take a write or two more.
+    let mut refused = None;
+    for _ in 0..100 {
+        let (document, keys) = created_batch(acked.len(), 10);
+        match client.ingest_s3_events(vec![document.clone()]).await {
+            Ok(report) => {
+                assert_eq!(report.counted, 10);
+                acked.extend(keys);
+            }
+            Err(error) => {
+                refused = Some((error, document, keys));
+                break;
+            }
+        }
+    }
+    let (error, document, keys) = refused.expect("a write is refused once the disk is full");
+    eprintln!(
+        "on a full disk IngestS3Events answers {:?}: {}",
+        error.code(),
+        error.message()
+    );
+    assert!(
+        matches!(
+            error.code(),
+            tonic::Code::ResourceExhausted | tonic::Code::Unavailable
+        ),
+        "a full disk must be retryable, not {:?}: {}",
+        error.code(),
+        error.message()
+    );
+    assert!(
+        error.message().contains("disk"),
+        "the message names the disk: {}",
+        error.message()
+    );
+    if error.code() == tonic::Code::ResourceExhausted {
+        let status = error.status().expect("a status from the server");
+        assert!(
+            status.metadata().get("grpc-retry-pushback-ms").is_some(),
+            "with a retry hint"
+        );
+    }
+    let start = client
+        .start_watch(start_request(
+            "data-lake",
+            "more/",
+            quiet_period(Duration::from_secs(60)),
+        ))
+        .await
+        .expect_err("no watch starts on a full disk");
+    assert_eq!(start.code(), error.code(), "{}", start.message());
+    assert!(child.try_wait().unwrap().is_none(), "the server stays up");
+    assert_eq!(
+        client.get_watch(&id).await.unwrap().object_count,
+        acked.len() as u64,
+        "reads still answer, and the refused write changed nothing"
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let report = client.ingest_s3_events(vec![document]).await.unwrap();
+    assert_eq!(report.counted, keys.len() as u64, "the retry counts");
+    acked.extend(keys);
+    // Everything acknowledged is there: redelivering it counts nothing.
+    let documents: Vec<String> = acked
+        .chunks(10)
+        .map(|keys| {
+            let refs: Vec<&str> = keys.iter().map(String::as_str).collect();
+            created("data-lake", &refs)
+        })
+        .collect();
+    let report = client.ingest_s3_events(documents).await.unwrap();
+    assert_eq!((report.counted, report.duplicates), (0, acked.len() as u64));
+    assert_eq!(
+        client.get_watch(&id).await.unwrap().object_count,
+        acked.len() as u64
+    );
 }

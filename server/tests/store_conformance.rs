@@ -157,6 +157,111 @@ async fn records_each_key_exactly_once(store: Arc<dyn Store>) {
     );
 }
 
+/// Records `batches` into a new watch and returns its counters
+/// `(object_count, event_count, removed_count)` and how many activities counted.
+async fn counters_after(
+    store: &dyn Store,
+    batches: &[Vec<(ActivityKind, String, String)>],
+) -> ((u64, u64, u64), u64) {
+    let new = new_watch("acme", None);
+    create(store, new.clone()).await;
+    let mut counted = 0;
+    for batch in batches {
+        let activities = batch
+            .iter()
+            .map(|(kind, key, sequencer)| activity(&new, *kind, key, sequencer))
+            .collect();
+        let out = store.record(activities, NOW).await.unwrap();
+        counted += out
+            .results
+            .iter()
+            .filter(|r| **r == Recorded::Counted)
+            .count() as u64;
+    }
+    let c = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .counters;
+    ((c.object_count, c.event_count, c.removed_count), counted)
+}
+
+async fn counts_do_not_depend_on_arrival_order(store: Arc<dyn Store>) {
+    use ActivityKind::*;
+    let seq = |tail: &str| format!("0055AED6DCD90281{tail}");
+    let notifications: Vec<(ActivityKind, String, String)> = [
+        // Three events of one key (overwrites).
+        (Created, "a", seq("E1")),
+        (Created, "a", seq("E2")),
+        (Created, "a", seq("E3")),
+        (Created, "b", seq("E1")),
+        // Told of without a sequencer too: that stands for one of its events.
+        (Created, "c", String::new()),
+        (Created, "c", seq("E5")),
+        (Created, "c", seq("E6")),
+        // Only ever told of without a sequencer.
+        (Created, "d", String::new()),
+        // One event, as S3 compares sequencers (padded with zeros, any case).
+        (Created, "f", seq("F0")),
+        (Created, "f", seq("f").to_lowercase()),
+        (Removed, "e", seq("E7")),
+        (Removed, "e", seq("E8")),
+    ]
+    .into_iter()
+    .map(|(kind, key, sequencer)| (kind, format!("day=1/{key}"), sequencer))
+    .collect();
+    let expected = (5, 3 + 1 + 2 + 1 + 1, 2);
+
+    let one_by_one: Vec<_> = notifications.iter().map(|n| vec![n.clone()]).collect();
+    let mut reversed = notifications.clone();
+    reversed.reverse();
+    // Reversed, each one redelivered, all in one batch.
+    let reversed_redelivered = vec![[reversed.clone(), reversed].concat()];
+    // Another order (every fifth), in batches of three, then all redelivered.
+    let mut shuffled: Vec<_> = (0..notifications.len())
+        .map(|i| notifications[(i * 5) % notifications.len()].clone())
+        .collect();
+    shuffled.extend(notifications.iter().rev().step_by(2).cloned());
+    let shuffled_batches: Vec<_> = shuffled.chunks(3).map(<[_]>::to_vec).collect();
+
+    for (order, batches) in [
+        ("in order, one at a time", one_by_one),
+        (
+            "reversed and redelivered in one batch",
+            reversed_redelivered,
+        ),
+        ("shuffled in batches of three", shuffled_batches),
+    ] {
+        let (counters, counted) = counters_after(&*store, &batches).await;
+        assert_eq!(counters, expected, "{order}");
+        assert_eq!(
+            counted,
+            counters.1 + counters.2,
+            "{order}: one activity per count"
+        );
+    }
+}
+
+async fn a_key_overwritten_many_times_in_one_batch_counts_each_event(store: Arc<dyn Store>) {
+    // More events of one key than one DynamoDB transaction holds, with redeliveries.
+    let events: Vec<(ActivityKind, String, String)> = (0..130u64)
+        .rev()
+        .map(|i| {
+            (
+                ActivityKind::Created,
+                "day=1/hot".to_owned(),
+                format!("{:018X}", 0x0055_AED6_DCD9_0000u64 + i),
+            )
+        })
+        .chain((0..10).map(|i| (ActivityKind::Created, format!("day=1/{i}"), String::new())))
+        .collect();
+    let batch = [events.clone(), events].concat();
+    let (counters, counted) = counters_after(&*store, &[batch]).await;
+    assert_eq!(counters, (11, 140, 0));
+    assert_eq!(counted, 140);
+}
+
 async fn large_batches_span_transactions_and_stay_exact(store: Arc<dyn Store>) {
     let new = new_watch("acme", None);
     create(&*store, new.clone()).await;
@@ -231,6 +336,54 @@ async fn concurrent_recorders_never_double_count(store: Arc<dyn Store>) {
         .unwrap()
         .unwrap();
     assert_eq!(watch.counters.object_count, 60);
+}
+
+async fn concurrent_shuffled_recorders_count_each_event_once(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    create(&*store, new.clone()).await;
+    // 40 keys with three events each; every recorder has them in its own order.
+    let events: Vec<Activity> = (0..40)
+        .flat_map(|k| (1..=3).map(move |e| (k, e)))
+        .map(|(k, e)| {
+            let sequencer = format!("0055AED6DCD9028{e:X}");
+            activity(
+                &new,
+                ActivityKind::Created,
+                &format!("day=1/{k}"),
+                &sequencer,
+            )
+        })
+        .collect();
+    let mut tasks = Vec::new();
+    for seed in 0..4 {
+        let mut mine = events.clone();
+        fastrand::Rng::with_seed(seed).shuffle(&mut mine);
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut counted = 0;
+            for batch in mine.chunks(15) {
+                let out = store.record(batch.to_vec(), NOW).await.unwrap();
+                counted += out
+                    .results
+                    .iter()
+                    .filter(|r| **r == Recorded::Counted)
+                    .count();
+            }
+            counted
+        }));
+    }
+    let mut counted = 0;
+    for t in tasks {
+        counted += t.await.unwrap();
+    }
+    assert_eq!(counted, 120, "each event counted by exactly one recorder");
+    let c = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .counters;
+    assert_eq!((c.object_count, c.event_count), (40, 120));
 }
 
 async fn keeps_the_start_trace_context(store: Arc<dyn Store>) {
@@ -838,9 +991,12 @@ conformance!(
     creates_reads_and_isolates_tenants,
     client_tokens_are_idempotent_per_tenant,
     records_each_key_exactly_once,
+    counts_do_not_depend_on_arrival_order,
+    a_key_overwritten_many_times_in_one_batch_counts_each_event,
     keeps_the_start_trace_context,
     large_batches_span_transactions_and_stay_exact,
     concurrent_recorders_never_double_count,
+    concurrent_shuffled_recorders_count_each_event_once,
     finished_watches_take_no_activity,
     lifecycle_changes_are_guarded,
     events_page_in_order,

@@ -4,7 +4,8 @@
 //! | item | `pk` | `sk` | notes |
 //! |---|---|---|---|
 //! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields; `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
-//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | last `sequencer`; keys over 1000 bytes are stored as `K#c#~{sha256}` |
+//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | `sequencer`: one of the key's (empty while only notifications without one told of it); keys over 1000 bytes are stored as `K#c#~{sha256}` |
+//! | seen sequencer | `W#{tenant}#{watch_id}` | `S#c#{len}#{sequencer}#{key}` / `S#r#…` | one per further distinct sequencer of a seen key; over 1000 bytes, `S#c#~{sha256}` |
 //! | event | `W#{tenant}#{watch_id}` | `E#{seq:020}` | `time`, `generation`, `payload` (the event as JSON) |
 //! | client token | `C#{tenant}#{token}` | `TOKEN` | `watch_id` |
 //! | outbox entry | `W#{tenant}#{watch_id}` | `O#{seq:020}#{target:05}` | `record` (the delivery as JSON), `next_at`; `live_shard` = `OUTBOX` while pending (same sparse GSI `live`) |
@@ -12,10 +13,13 @@
 //! Every change to a watch is one `TransactWriteItems` conditioned on the
 //! watch's `last_seq` being what was read, so concurrent writers (ingest on
 //! any replica, the observer) serialize on it, and the events it appends get
-//! gapless `seq`s. Recording puts each seen key with `attribute_not_exists`
-//! (or `sequencer = old` for an overwrite) in the same transaction as the
-//! counter update, so a redelivery can never count twice; a cancelled
-//! transaction is re-read and retried. Retired watches' items get the
+//! gapless `seq`s. Recording puts each new seen key, and each further
+//! sequencer of a seen key, with `attribute_not_exists` (a key's first
+//! sequencer after none: `sequencer = old`) in the same transaction as the
+//! counter update, so a redelivery can never count twice (see [`KeyEvent`]);
+//! a cancelled transaction is re-read and retried. SDK errors become
+//! [`StoreError`]s in [`aws`]: throttling and conflicts are `Busy`, an
+//! unreachable or failing service `Unavailable`. Retired watches' items get the
 //! `expires_at` TTL attribute. Outbox entries are put in the transaction that
 //! appends the event they deliver; claims and attempts are conditional puts on
 //! `next_at` (the lease), and a finished entry gets its TTL then.
@@ -29,7 +33,7 @@ use std::{
 use async_trait::async_trait;
 use aws_sdk_dynamodb::{
     Client,
-    error::{DisplayErrorContext, SdkError},
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     operation::transact_write_items::TransactWriteItemsError,
     types::{
         AttributeDefinition, AttributeValue, BillingMode, GlobalSecondaryIndex, KeySchemaElement,
@@ -44,7 +48,8 @@ pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 
 use super::{
     Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Fence, Guard,
-    ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
+    KeyEvent, ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, outbox_for,
+    sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -57,7 +62,8 @@ use crate::{
 
 /// Shards of the `live` index and of observer ownership (`--shards`), unless configured.
 pub const DEFAULT_SHARDS: u32 = 64;
-/// Seen-key items per transaction (one more for the watch, one for its event).
+/// Seen items (keys and further sequencers) per transaction (one more for the
+/// watch, one for its event).
 const KEYS_PER_TRANSACTION: usize = 98;
 /// Attempts at one change before giving up on a hot watch.
 const MAX_ATTEMPTS: usize = 20;
@@ -103,8 +109,62 @@ fn n(v: impl ToString) -> AttributeValue {
     AttributeValue::N(v.to_string())
 }
 
-fn aws<E: std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> StoreError {
-    StoreError::Dynamo(DisplayErrorContext(e).to_string())
+/// Classifies an SDK error: no answer, throttling, conflicts and the
+/// service's own failures pass; anything else is a bug.
+fn aws<E>(e: SdkError<E>) -> StoreError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match &e {
+        SdkError::TimeoutError(_) => {
+            StoreError::Unavailable("DynamoDB did not answer in time".into())
+        }
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            StoreError::Unavailable("DynamoDB did not answer in time".into())
+        }
+        SdkError::DispatchFailure(failure) => {
+            // The innermost cause (an OS error, say): the chain above it may name the endpoint.
+            let mut cause = failure
+                .as_connector_error()
+                .map(|c| c as &dyn std::error::Error);
+            while let Some(inner) = cause.and_then(|c| c.source()) {
+                cause = Some(inner);
+            }
+            StoreError::Unavailable(match cause {
+                Some(cause) => format!("DynamoDB could not be reached ({cause})"),
+                None => "DynamoDB could not be reached".into(),
+            })
+        }
+        SdkError::ResponseError(_) => {
+            StoreError::Unavailable("DynamoDB's response could not be read".into())
+        }
+        SdkError::ServiceError(service) => {
+            service_error(e.code(), service.raw().status().as_u16(), || {
+                DisplayErrorContext(&e).to_string()
+            })
+        }
+        _ => StoreError::Internal(format!("dynamodb: {}", DisplayErrorContext(&e))),
+    }
+}
+
+/// Classifies an error DynamoDB answered with, by its code and HTTP status.
+fn service_error(code: Option<&str>, status: u16, detail: impl FnOnce() -> String) -> StoreError {
+    match code {
+        Some(
+            code @ ("ProvisionedThroughputExceededException"
+            | "RequestLimitExceeded"
+            | "ThrottlingException"
+            | "Throttling"),
+        ) => StoreError::Busy(format!("DynamoDB throttled the request ({code})")),
+        Some(code @ ("TransactionConflictException" | "TransactionInProgressException")) => {
+            StoreError::Busy(format!("a conflicting DynamoDB transaction ({code})"))
+        }
+        Some(code @ ("InternalServerError" | "ServiceUnavailable")) => {
+            StoreError::Unavailable(format!("DynamoDB failed ({code})"))
+        }
+        _ if status >= 500 => StoreError::Unavailable(format!("DynamoDB failed (HTTP {status})")),
+        _ => StoreError::Internal(format!("dynamodb: {}", detail())),
+    }
 }
 
 fn corrupt(what: &str) -> StoreError {
@@ -164,7 +224,7 @@ fn token_item(tenant: &TenantId, token: &str, id: &WatchId) -> Item {
 
 /// An SDK builder's error (a missing required field) as a store error.
 fn built(e: aws_sdk_dynamodb::error::BuildError) -> StoreError {
-    StoreError::Dynamo(e.to_string())
+    StoreError::Internal(format!("dynamodb request: {e}"))
 }
 
 fn event_sk(seq: u64) -> String {
@@ -190,15 +250,31 @@ fn delivery_item(d: &Delivery, expires_at: Option<i64>) -> Result<Item> {
     Ok(item)
 }
 
-fn key_sk(kind: ActivityKind, key: &str) -> String {
-    let tag = match kind {
+fn kind_tag(kind: ActivityKind) -> char {
+    match kind {
         ActivityKind::Created => 'c',
         ActivityKind::Removed => 'r',
-    };
+    }
+}
+
+fn key_sk(kind: ActivityKind, key: &str) -> String {
+    let tag = kind_tag(kind);
     if key.len() > MAX_KEY_BYTES {
         format!("K#{tag}#~{}", hex::encode(Sha256::digest(key.as_bytes())))
     } else {
         format!("K#{tag}#{key}")
+    }
+}
+
+/// The item recording a further sequencer (its identity) of a seen key.
+fn pair_sk(kind: ActivityKind, key: &str, sequencer: &str) -> String {
+    let tag = kind_tag(kind);
+    // The length keeps sequencer and key apart whatever they contain.
+    let pair = format!("{}#{sequencer}#{key}", sequencer.len());
+    if pair.len() + 4 > MAX_KEY_BYTES {
+        format!("S#{tag}#~{}", hex::encode(Sha256::digest(pair.as_bytes())))
+    } else {
+        format!("S#{tag}#{pair}")
     }
 }
 
@@ -386,6 +462,85 @@ fn item_bytes(item: &Item) -> u64 {
     item.iter()
         .map(|(k, v)| k.len() as u64 + value_bytes(v))
         .sum()
+}
+
+/// The occurrences of one seen key in a batch, recorded in one transaction.
+struct KeyPart {
+    kind: ActivityKind,
+    key: String,
+    sk: String,
+    /// `(activity index, sequencer identity)` in batch order.
+    occurrences: Vec<(usize, String)>,
+    /// Items it may write at most: one per distinct sequencer (at least one).
+    writes: usize,
+}
+
+/// Groups a watch's activities by seen key, in batch order: each occurrence
+/// is judged in order against what is stored, so a transaction writes each
+/// item once. A key with more distinct sequencers than a transaction holds
+/// is split into consecutive parts.
+fn key_parts(activities: &[Activity], indexes: Vec<usize>) -> Vec<KeyPart> {
+    let mut keys: Vec<(KeyPart, std::collections::HashSet<String>)> = Vec::new();
+    let mut by_sk: HashMap<String, usize> = HashMap::new();
+    let mut parts = Vec::new();
+    for i in indexes {
+        let a = &activities[i];
+        let sk = key_sk(a.kind, &a.key);
+        let sequencer = sequencer_identity(&a.sequencer);
+        let k = *by_sk.entry(sk.clone()).or_insert_with(|| {
+            keys.push((
+                KeyPart {
+                    kind: a.kind,
+                    key: a.key.clone(),
+                    sk,
+                    occurrences: Vec::new(),
+                    writes: 1,
+                },
+                Default::default(),
+            ));
+            keys.len() - 1
+        });
+        let (part, distinct) = &mut keys[k];
+        if !distinct.contains(&sequencer) && distinct.len() == KEYS_PER_TRANSACTION {
+            let next = KeyPart {
+                occurrences: Vec::new(),
+                writes: 1,
+                kind: part.kind,
+                key: part.key.clone(),
+                sk: part.sk.clone(),
+            };
+            parts.push(std::mem::replace(part, next));
+            distinct.clear();
+        }
+        distinct.insert(sequencer.clone());
+        part.writes = distinct.len();
+        part.occurrences.push((i, sequencer));
+    }
+    // A split key's earlier parts come first, so they are recorded first.
+    parts.extend(keys.into_iter().map(|(part, _)| part));
+    parts.sort_by_key(|p| by_sk[&p.sk]);
+    parts
+}
+
+/// Splits `parts` into transactions of at most [`KEYS_PER_TRANSACTION`] seen
+/// items, none holding two parts of one key.
+fn transactions(parts: &[KeyPart]) -> Vec<&[KeyPart]> {
+    let mut out = Vec::new();
+    let (mut start, mut writes) = (0, 0);
+    let mut sks = std::collections::HashSet::new();
+    for (i, part) in parts.iter().enumerate() {
+        if i > start && (writes + part.writes > KEYS_PER_TRANSACTION || sks.contains(&part.sk)) {
+            out.push(&parts[start..i]);
+            (start, writes) = (i, 0);
+            sks.clear();
+        }
+        writes += part.writes;
+        sks.insert(&part.sk);
+    }
+    if start < parts.len() {
+        out.push(&parts[start..]);
+    }
+    out
 }
 
 /// A watch read and the events to append, as one conditioned transaction.
@@ -589,30 +744,56 @@ impl DynamoStore {
             items.push(self.put(delivery_item(&d, None)?, "attribute_not_exists(pk)", &[])?);
         }
         items.extend(extra);
+        Ok(self.transact(items).await?.then_some((watch, appended)))
+    }
+
+    /// Writes `items` in one transaction; false when it was cancelled by a
+    /// condition or a conflicting write (read again and retry), an error when
+    /// DynamoDB throttled it.
+    async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool> {
         let units: u64 = items
             .iter()
             .filter_map(|i| i.put())
             .map(|p| 2 * item_bytes(p.item()).div_ceil(1024).max(1))
             .sum();
         self.count(1, items.len() as u64, units, 0);
-        match self
+        let e = match self
             .client
             .transact_write_items()
             .set_transact_items(Some(items))
             .send()
             .await
         {
-            Ok(_) => Ok(Some((watch, appended))),
-            Err(SdkError::ServiceError(e))
-                if matches!(
-                    e.err(),
-                    TransactWriteItemsError::TransactionCanceledException(_)
-                ) =>
-            {
-                Ok(None)
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        let SdkError::ServiceError(service) = &e else {
+            return Err(aws(e));
+        };
+        let TransactWriteItemsError::TransactionCanceledException(cancelled) = service.err() else {
+            return Err(aws(e));
+        };
+        let codes = cancelled
+            .cancellation_reasons()
+            .iter()
+            .filter_map(|r| r.code());
+        for code in codes {
+            match code {
+                "ThrottlingError" | "ProvisionedThroughputExceeded" => {
+                    return Err(StoreError::Busy(format!(
+                        "DynamoDB throttled the request ({code})"
+                    )));
+                }
+                "ValidationError" | "ItemCollectionSizeLimitExceeded" => {
+                    return Err(StoreError::Internal(format!(
+                        "dynamodb: {}",
+                        DisplayErrorContext(&e)
+                    )));
+                }
+                _ => {}
             }
-            Err(e) => Err(aws(e)),
         }
+        Ok(false)
     }
 
     /// The items at `keys` (`(pk, sk)` pairs) that exist, strongly
@@ -655,9 +836,9 @@ impl DynamoStore {
                 }
             }
             if !request.is_empty() {
-                return Err(StoreError::Dynamo(
-                    "BatchGetItem left keys unprocessed".into(),
-                ));
+                return Err(StoreError::Busy(format!(
+                    "DynamoDB left keys unprocessed after {MAX_ATTEMPTS} attempts"
+                )));
             }
         }
         Ok(found)
@@ -683,35 +864,13 @@ impl DynamoStore {
         indexes: Vec<usize>,
         now: Timestamp,
     ) -> Result<(Vec<(usize, Recorded)>, Option<(Watch, Vec<WatchEvent>)>)> {
-        // Group the occurrences of each key; each is judged in order against
-        // what is stored, so one transaction writes each key once.
-        struct Key {
-            kind: ActivityKind,
-            sk: String,
-            /// `(activity index, sequencer)` in batch order.
-            occurrences: Vec<(usize, String)>,
-        }
-        let mut keys: Vec<Key> = Vec::new();
-        let mut by_sk: HashMap<String, usize> = HashMap::new();
-        for i in indexes {
-            let a = &activities[i];
-            let sk = key_sk(a.kind, &a.key);
-            let k = *by_sk.entry(sk.clone()).or_insert_with(|| {
-                keys.push(Key {
-                    kind: a.kind,
-                    sk,
-                    occurrences: Vec::new(),
-                });
-                keys.len() - 1
-            });
-            keys[k].occurrences.push((i, a.sequencer.clone()));
-        }
-        let first = &activities[keys[0].occurrences[0].0];
+        let parts = key_parts(activities, indexes);
+        let first = &activities[parts[0].occurrences[0].0];
         let (tenant, id) = (first.tenant.clone(), first.watch_id.clone());
         let pk = watch_pk(&tenant, &id);
         let mut results = Vec::new();
         let mut last: Option<(Watch, Vec<WatchEvent>)> = None;
-        for chunk in keys.chunks(KEYS_PER_TRANSACTION) {
+        for chunk in transactions(&parts) {
             let mut done = false;
             for _ in 0..MAX_ATTEMPTS {
                 let Some(mut watch) = self
@@ -729,23 +888,67 @@ impl DynamoStore {
                 };
                 let sks: Vec<String> = chunk.iter().map(|k| k.sk.clone()).collect();
                 let seen = self.seen(&pk, &sks).await?;
+                // Other sequencers of keys seen with one: are those pairs recorded?
+                let mut asked = Vec::new();
+                for key in chunk {
+                    let Some(stored) = seen.get(&key.sk).map(|s| sequencer_identity(s)) else {
+                        continue;
+                    };
+                    for (_, sequencer) in &key.occurrences {
+                        if KeyEvent::of(Some(&stored), sequencer) == KeyEvent::OtherSequencer {
+                            asked.push((pk.clone(), pair_sk(key.kind, &key.key, sequencer)));
+                        }
+                    }
+                }
+                asked.sort();
+                asked.dedup();
+                let mut recorded_pairs = std::collections::HashSet::new();
+                if !asked.is_empty() {
+                    for item in self.batch_get(asked).await? {
+                        recorded_pairs.insert(get_s(&item, "sk")?.to_owned());
+                    }
+                }
                 let mut outcome = Vec::new();
                 let mut puts = Vec::new();
                 let before = watch.counters;
                 for key in chunk {
                     let stored = seen.get(&key.sk);
-                    let mut current: Option<&str> = stored.map(String::as_str);
+                    let mut current = stored.map(|s| sequencer_identity(s));
+                    let mut key_changed = false;
                     for (i, sequencer) in &key.occurrences {
-                        let counts = current.is_none_or(|c| is_later(sequencer, c));
-                        if counts {
-                            if current.is_none() && key.kind == ActivityKind::Created {
-                                watch.counters.object_count += 1;
+                        let counts = match KeyEvent::of(current.as_deref(), sequencer) {
+                            KeyEvent::NewKey => {
+                                if key.kind == ActivityKind::Created {
+                                    watch.counters.object_count += 1;
+                                }
+                                current = Some(sequencer.clone());
+                                key_changed = true;
+                                true
                             }
+                            KeyEvent::Repeat => false,
+                            KeyEvent::FirstSequencer => {
+                                current = Some(sequencer.clone());
+                                key_changed = true;
+                                false
+                            }
+                            KeyEvent::OtherSequencer => {
+                                let sk = pair_sk(key.kind, &key.key, sequencer);
+                                let new = recorded_pairs.insert(sk.clone());
+                                if new {
+                                    let mut item = Item::new();
+                                    item.insert("pk".into(), s(&pk));
+                                    item.insert("sk".into(), s(sk));
+                                    item.insert("sequencer".into(), s(sequencer));
+                                    puts.push(self.put(item, "attribute_not_exists(pk)", &[])?);
+                                }
+                                new
+                            }
+                        };
+                        if counts {
                             match key.kind {
                                 ActivityKind::Created => watch.counters.event_count += 1,
                                 ActivityKind::Removed => watch.counters.removed_count += 1,
                             }
-                            current = Some(sequencer);
                         }
                         outcome.push((
                             *i,
@@ -756,7 +959,7 @@ impl DynamoStore {
                             },
                         ));
                     }
-                    if current != stored.map(String::as_str) {
+                    if key_changed {
                         let mut item = Item::new();
                         item.insert("pk".into(), s(&pk));
                         item.insert("sk".into(), s(&key.sk));
@@ -768,9 +971,13 @@ impl DynamoStore {
                     }
                 }
                 if watch.counters == before {
-                    results.extend(outcome);
-                    done = true;
-                    break;
+                    // Nothing counted, but a key may have taken its first sequencer.
+                    if puts.is_empty() || self.transact(puts).await? {
+                        results.extend(outcome);
+                        done = true;
+                        break;
+                    }
+                    continue;
                 }
                 watch.counters.last_activity_at = Some(now);
                 let expected = watch.last_seq;
@@ -797,7 +1004,7 @@ impl DynamoStore {
                 // Someone else changed the watch or recorded one of these keys: read again.
             }
             if !done {
-                return Err(StoreError::Dynamo(format!(
+                return Err(StoreError::Busy(format!(
                     "watch {id} kept changing; gave up recording after {MAX_ATTEMPTS} attempts"
                 )));
             }
@@ -852,7 +1059,7 @@ impl DynamoStore {
                 return Err(StoreError::Fenced { shard: fence.shard });
             }
         }
-        Err(StoreError::Dynamo(format!(
+        Err(StoreError::Busy(format!(
             "watch {id} kept changing; gave up after {MAX_ATTEMPTS} attempts"
         )))
     }
@@ -961,7 +1168,7 @@ impl Store for DynamoStore {
             }
             // The token was taken concurrently: read it on the next round.
         }
-        Err(StoreError::Dynamo(
+        Err(StoreError::Busy(
             "could not create the watch: client token kept conflicting".into(),
         ))
     }
@@ -1298,7 +1505,7 @@ impl Store for DynamoStore {
                 return Ok(None);
             }
         }
-        Err(StoreError::Dynamo(format!(
+        Err(StoreError::Busy(format!(
             "watch {} kept changing; gave up recording a delivery after {MAX_ATTEMPTS} attempts",
             delivery.watch_id
         )))
@@ -1320,5 +1527,145 @@ impl Store for DynamoStore {
 
     async fn close(&self) -> Result<()> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_dynamodb::{
+        config::{BehaviorVersion, Credentials, Region, retry::RetryConfig},
+        error::ConnectorError,
+        operation::get_item::GetItemError,
+    };
+
+    use super::*;
+
+    #[test]
+    fn throttling_and_conflicts_are_busy() {
+        for code in [
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+            "ThrottlingException",
+            "TransactionConflictException",
+        ] {
+            let e = service_error(Some(code), 400, String::new);
+            assert!(
+                matches!(&e, StoreError::Busy(m) if m.contains(code)),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_service_failing_is_unavailable() {
+        let e = service_error(Some("InternalServerError"), 500, String::new);
+        assert!(matches!(&e, StoreError::Unavailable(_)), "{e:?}");
+        let e = service_error(None, 503, String::new);
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("503")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn requests_it_refuses_are_bugs() {
+        for code in ["ValidationException", "ResourceNotFoundException"] {
+            let e = service_error(Some(code), 400, || format!("{code}: details"));
+            assert!(
+                matches!(&e, StoreError::Internal(m) if m.contains(code)),
+                "{e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_answer_is_unavailable() {
+        let e = aws(SdkError::<GetItemError>::timeout_error("slow"));
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m.contains("in time")),
+            "{e:?}"
+        );
+        let refused = ConnectorError::io("connection refused".into());
+        let e = aws(SdkError::<GetItemError>::dispatch_failure(refused));
+        assert!(
+            matches!(&e, StoreError::Unavailable(m) if m == "DynamoDB could not be reached (connection refused)"),
+            "{e:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_endpoint_nobody_listens_on_is_unavailable() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // the listener is closed again at once
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .retry_config(RetryConfig::disabled())
+            .build();
+        let store = DynamoStore::new(Client::from_conf(config), "t", Duration::from_secs(60));
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let e = store
+            .get_watch(&tenant, &WatchId::generate())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, StoreError::Unavailable(m)
+                if m.contains("could not be reached") && !m.contains("127.0.0.1")),
+            "the cause, not the endpoint: {e:?}"
+        );
+    }
+
+    #[test]
+    fn a_hot_key_spans_transactions_in_order() {
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let activity = |key: &str, sequencer: String| Activity {
+            tenant: tenant.clone(),
+            watch_id: id.clone(),
+            kind: ActivityKind::Created,
+            key: key.to_owned(),
+            sequencer,
+        };
+        let mut activities: Vec<Activity> = (0..10)
+            .map(|i| activity(&format!("k{i}"), String::new()))
+            .collect();
+        activities.extend((0..200).map(|i| activity("hot", format!("{i:04X}1"))));
+        activities.push(activity("k0", "01".into()));
+        let parts = key_parts(&activities, (0..activities.len()).collect());
+        let chunks = transactions(&parts);
+        let mut seen = Vec::new();
+        for chunk in &chunks {
+            assert!(chunk.iter().map(|p| p.writes).sum::<usize>() <= KEYS_PER_TRANSACTION);
+            let mut sks: Vec<&str> = chunk.iter().map(|p| p.sk.as_str()).collect();
+            sks.sort();
+            sks.dedup();
+            assert_eq!(sks.len(), chunk.len(), "one part of a key per transaction");
+            seen.extend(
+                chunk
+                    .iter()
+                    .flat_map(|p| p.occurrences.iter().map(|(i, _)| *i)),
+            );
+        }
+        // Each key's occurrences keep their batch order.
+        let hot: Vec<usize> = seen
+            .iter()
+            .copied()
+            .filter(|i| (10..210).contains(i))
+            .collect();
+        assert_eq!(hot, (10..210).collect::<Vec<_>>());
+        seen.sort();
+        assert_eq!(seen, (0..activities.len()).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn sequencer_items_keep_key_and_sequencer_apart() {
+        let c = ActivityKind::Created;
+        assert_ne!(pair_sk(c, "b#c", "A"), pair_sk(c, "c", "A#B"));
+        assert!(pair_sk(c, &"k".repeat(2000), "01").len() <= MAX_KEY_BYTES);
     }
 }

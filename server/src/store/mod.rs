@@ -13,6 +13,15 @@
 //! delivered, even after a crash. The delivery task claims due entries with a
 //! lease ([`Store::claim_deliveries`]) and records each attempt
 //! ([`Store::finish_delivery`]), fenced by that lease.
+//!
+//! Counting: a watch keeps a seen record per activity kind and key, holding
+//! one of the key's sequencers, and one per further distinct sequencer of the
+//! key; [`KeyEvent`] says how a notification counts against them. The
+//! counters are a function of which notifications were recorded, never of
+//! their order or of redeliveries.
+//!
+//! Errors: each backend turns its own errors into a [`StoreError`] where it
+//! meets them, classified; no backend error type leaves this module.
 
 pub mod dynamodb;
 pub mod measured;
@@ -30,16 +39,30 @@ use crate::{
     },
 };
 
-#[derive(Debug, thiserror::Error)]
+/// What went wrong in the store. Backends classify their errors where they
+/// convert them: a condition that passes (no space, contention, an outage) is
+/// [`Full`](Self::Full), [`Busy`](Self::Busy) or
+/// [`Unavailable`](Self::Unavailable), and their text names the cause in words
+/// safe to show a caller; anything else is a bug or damage.
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sqlite: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    /// No space left for the store's data (a full disk); a write fails until
+    /// space is freed, and nothing of it was kept.
+    #[error("the store is out of space: {0}")]
+    Full(String),
+    /// Too much at once: locked, throttled or conflicting writes. A retry
+    /// shortly after is likely to succeed.
+    #[error("the store is busy: {0}")]
+    Busy(String),
+    /// The store could not be reached or failed to answer (I/O errors,
+    /// network failures, timeouts, the service's own failures).
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
-    #[error("dynamodb: {0}")]
-    Dynamo(String),
-    #[error("transaction failed: {0}")]
-    Transaction(String),
+    /// Any other failure of the backend: a bug, not a condition to wait out.
+    #[error("store failure: {0}")]
+    Internal(String),
     #[error("the store is closed")]
     Closed,
     /// The write was fenced off: another replica holds the shard's lease now.
@@ -47,6 +70,13 @@ pub enum StoreError {
     Fenced { shard: u32 },
     #[error("{0}")]
     Unsupported(&'static str),
+}
+
+impl StoreError {
+    /// Whether waiting (or freeing space) can make the same call succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Full(_) | Self::Busy(_) | Self::Unavailable(_))
+    }
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -90,30 +120,57 @@ pub struct Activity {
     pub watch_id: WatchId,
     pub kind: ActivityKind,
     pub key: String,
-    /// S3's per-key ordering token (see [`is_later`]); empty when the notification had none.
+    /// S3's per-key ordering token (see [`sequencer_identity`]); empty when the notification had none.
     pub sequencer: String,
 }
 
-/// Whether a notification with `sequencer` is a later event for its key than
-/// the one recorded with `stored`. S3 sequencers are hex strings that order
-/// the events of one key; the shorter is padded with zeros on the right before
-/// comparing. A notification without one is never taken as later: without a
-/// sequencer a redelivery and an overwrite look the same, and only the
-/// redelivery is common.
-pub fn is_later(sequencer: &str, stored: &str) -> bool {
-    if sequencer.is_empty() {
-        return false;
+/// The identity of an S3 sequencer, the token that orders the events of one
+/// key: S3 compares sequencers as hex strings, the shorter padded with zeros
+/// on the right, so neither case nor trailing zeros tell two events apart.
+/// Empty for a notification without one.
+pub fn sequencer_identity(sequencer: &str) -> String {
+    sequencer.trim_end_matches('0').to_ascii_uppercase()
+}
+
+/// How one notification of a key counts, given the sequencer identity on the
+/// key's seen record (`None`: the key is new to the watch). A watch counts
+/// the distinct `(key, sequencer)` pairs it was told of; a notification
+/// without a sequencer stands for an event of its key (a redelivery and an
+/// overwrite look the same without one, and the redelivery is common), so it
+/// adds to a key only when nothing else told of the key. The totals depend on
+/// which notifications arrived, never on their order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyEvent {
+    /// The key's first notification: counts (a new object, for a creation).
+    NewKey,
+    /// The same event again (the same sequencer, or none): counts nothing.
+    Repeat,
+    /// A first sequencer for a key known only from notifications without
+    /// one: the event already counted. Counts nothing; the key's record takes
+    /// the sequencer, so later sequencers of the key are told apart from it.
+    FirstSequencer,
+    /// Another sequencer of a key: a further event, unless that pair is
+    /// already recorded.
+    OtherSequencer,
+}
+
+impl KeyEvent {
+    /// `stored` and `sequencer` are sequencer identities ([`sequencer_identity`]).
+    pub fn of(stored: Option<&str>, sequencer: &str) -> Self {
+        match stored {
+            None => Self::NewKey,
+            Some(s) if sequencer.is_empty() || s == sequencer => Self::Repeat,
+            Some("") => Self::FirstSequencer,
+            Some(_) => Self::OtherSequencer,
+        }
     }
-    let width = sequencer.len().max(stored.len());
-    let pad = |s: &str| format!("{:0<width$}", s.to_ascii_uppercase());
-    pad(sequencer) > pad(stored)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
-    /// Accepted: the counters moved.
+    /// Accepted: the counters moved (by one).
     Counted,
-    /// Already seen (same key, no later sequencer): nothing changed.
+    /// An event already counted (see [`KeyEvent`]): the counters did not move.
     Duplicate,
     /// The watch no longer takes activity (finished, or gone).
     NotLive,
@@ -371,33 +428,44 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::is_later;
+    use super::{KeyEvent, sequencer_identity};
 
     #[test]
-    fn sequencers_order_events_of_one_key() {
-        assert!(is_later("0055AED6DCD90281E6", "0055AED6DCD90281E5"));
-        assert!(
-            !is_later("0055AED6DCD90281E5", "0055AED6DCD90281E5"),
-            "a redelivery"
+    fn sequencers_are_compared_as_s3_pads_them() {
+        let id = sequencer_identity;
+        assert_eq!(id("0055AED6DCD90281E5"), id("0055aed6dcd90281e5"), "case");
+        assert_eq!(
+            id("0055AED6DCD90281E500"),
+            id("0055AED6DCD90281E5"),
+            "padding"
         );
-        assert!(
-            !is_later("0055AED6DCD90281E4", "0055AED6DCD90281E5"),
-            "an older event arriving late"
+        assert_ne!(id("0055AED6DCD90281E501"), id("0055AED6DCD90281E5"));
+        assert_ne!(id("0055AED6DCD90281E4"), id("0055AED6DCD90281E5"));
+        assert_eq!(id(""), "");
+    }
+
+    #[test]
+    fn a_key_counts_its_distinct_sequencers() {
+        use KeyEvent::*;
+        assert_eq!(KeyEvent::of(None, "01"), NewKey);
+        assert_eq!(KeyEvent::of(None, ""), NewKey);
+        assert_eq!(KeyEvent::of(Some("01"), "01"), Repeat, "a redelivery");
+        assert_eq!(
+            KeyEvent::of(Some("01"), "02"),
+            OtherSequencer,
+            "an overwrite"
         );
-        assert!(
-            is_later("0055AED6DCD90281E501", "0055AED6DCD90281E5"),
-            "padded on the right"
+        assert_eq!(
+            KeyEvent::of(Some("02"), "01"),
+            OtherSequencer,
+            "an earlier event, late"
         );
-        assert!(
-            !is_later("0055AED6DCD90281E500", "0055AED6DCD90281E5"),
-            "equal once padded"
+        assert_eq!(
+            KeyEvent::of(Some("01"), ""),
+            Repeat,
+            "no sequencer: one of the key's events"
         );
-        assert!(
-            is_later("0055aed6dcd90281e6", "0055AED6DCD90281E5"),
-            "case does not matter"
-        );
-        assert!(is_later("01", ""), "a sequencer is later than none");
-        assert!(!is_later("", "01"));
-        assert!(!is_later("", ""));
+        assert_eq!(KeyEvent::of(Some(""), ""), Repeat);
+        assert_eq!(KeyEvent::of(Some(""), "01"), FirstSequencer);
     }
 }

@@ -3,11 +3,18 @@
 //! (group commit), each command inside its own savepoint so one failing
 //! command never undoes another. Reads use a small pool of read connections.
 //!
+//! If SQLite rolls the whole transaction back (it may on a full disk or an I/O
+//! error), the rest of the group is refused with that error, not run outside
+//! a transaction. SQLite errors become [`StoreError`]s here, classified by
+//! their code (a full disk is [`StoreError::Full`]).
+//!
 //! Tables: `watches` (one row per watch), `watch_labels` (for label filters),
-//! `seen_keys` (one row per watch, activity kind and key: the exactness of
-//! counting), `events` (the per-watch log, keyed by `seq`), `outbox` (one row
-//! per event and notify target, written in the transaction that appends the
-//! event; the delivery as JSON in `record`).
+//! `seen_keys` (one row per watch, activity kind and key, with one sequencer
+//! of the key) and `seen_sequencers` (one row per further distinct sequencer
+//! of a key): the exactness of counting (see [`KeyEvent`]); `events` (the
+//! per-watch log, keyed by `seq`), `outbox` (one row per event and notify
+//! target, written in the transaction that appends the event; the delivery as
+//! JSON in `record`).
 
 use std::{
     collections::HashMap,
@@ -24,8 +31,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, ListQuery, NewWatch,
-    RecordOutcome, Recorded, Result, Store, StoreError, is_later, outbox_for,
+    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, KeyEvent, ListQuery,
+    NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, outbox_for, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -39,8 +46,9 @@ use crate::{
 /// Commands one transaction may carry at most.
 const MAX_GROUP: usize = 512;
 const READERS: usize = 4;
-/// 2: the `outbox` table.
-const SCHEMA_VERSION: i64 = 2;
+/// 2: the `outbox` table. 3: the `seen_sequencers` table (files of version 2
+/// get it, empty, when opened: their keys' earlier sequencers were not kept).
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS watches (
@@ -83,6 +91,14 @@ CREATE TABLE IF NOT EXISTS seen_keys (
     key TEXT NOT NULL,
     sequencer TEXT NOT NULL,
     PRIMARY KEY (tenant, watch_id, kind, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen_sequencers (
+    tenant TEXT NOT NULL,
+    watch_id TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    sequencer TEXT NOT NULL,
+    PRIMARY KEY (tenant, watch_id, kind, key, sequencer)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     tenant TEXT NOT NULL,
@@ -160,11 +176,11 @@ enum Pending {
 }
 
 impl Pending {
-    fn send(self, commit: &std::result::Result<(), String>) {
-        fn out<T>(reply: Reply<T>, result: Result<T>, commit: &std::result::Result<(), String>) {
+    fn send(self, commit: &Result<()>) {
+        fn out<T>(reply: Reply<T>, result: Result<T>, commit: &Result<()>) {
             let result = match commit {
                 Ok(()) => result,
-                Err(e) => Err(StoreError::Transaction(e.clone())),
+                Err(e) => Err(e.clone()),
             };
             // The caller may have gone away; the change is committed regardless.
             let _ = reply.send(result);
@@ -197,6 +213,29 @@ impl Readers {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&conn)
+    }
+}
+
+/// Classifies SQLite's errors by their code: a full disk, contention and I/O
+/// failures pass; corruption and everything else do not.
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as Code;
+        // For these codes SQLite's message is a fixed phrase ("database or disk is full").
+        let cause = || format!("SQLite: {e}");
+        match e.sqlite_error_code() {
+            Some(Code::DiskFull) => Self::Full(cause()),
+            Some(Code::DatabaseBusy | Code::DatabaseLocked) => Self::Busy(cause()),
+            Some(
+                Code::SystemIoFailure
+                | Code::CannotOpen
+                | Code::ReadOnly
+                | Code::OutOfMemory
+                | Code::FileLockingProtocolFailed,
+            ) => Self::Unavailable(cause()),
+            Some(Code::DatabaseCorrupt | Code::NotADatabase) => Self::Corrupt(cause()),
+            _ => Self::Internal(format!("sqlite: {e}")),
+        }
     }
 }
 
@@ -271,7 +310,7 @@ impl SqliteStore {
         let readers = self.readers.clone();
         tokio::task::spawn_blocking(move || readers.with(f))
             .await
-            .map_err(|e| StoreError::Transaction(format!("read task failed: {e}")))?
+            .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 }
 
@@ -313,41 +352,51 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
     let mut pending = Vec::with_capacity(commands.len());
     let commit = match conn.transaction() {
         Ok(mut tx) => {
+            // Set when SQLite rolled the whole transaction back: what ran is
+            // gone, and what is left must not run outside a transaction.
+            let mut aborted: Option<StoreError> = None;
             for command in commands {
                 match command {
                     Command::Create(new, reply) => pending.push(Pending::Create(
                         reply,
-                        in_savepoint(&mut tx, |tx| create(tx, *new)),
+                        guarded(&mut tx, &mut aborted, |tx| create(tx, *new)),
                     )),
                     Command::Record(activities, now, reply) => pending.push(Pending::Record(
                         reply,
-                        in_savepoint(&mut tx, |tx| record(tx, &activities, now)),
+                        guarded(&mut tx, &mut aborted, |tx| record(tx, &activities, now)),
                     )),
                     Command::Apply(args, reply) => pending.push(Pending::Apply(
                         reply,
-                        in_savepoint(&mut tx, |tx| apply(tx, *args)),
+                        guarded(&mut tx, &mut aborted, |tx| apply(tx, *args)),
                     )),
                     Command::Retire(tenant, id, reply) => pending.push(Pending::Retire(
                         reply,
-                        in_savepoint(&mut tx, |tx| retire(tx, &tenant, &id)),
+                        guarded(&mut tx, &mut aborted, |tx| retire(tx, &tenant, &id)),
                     )),
                     Command::Claim(now, lease_until, limit, reply) => pending.push(Pending::Claim(
                         reply,
-                        in_savepoint(&mut tx, |tx| claim(tx, now, lease_until, limit)),
+                        guarded(&mut tx, &mut aborted, |tx| {
+                            claim(tx, now, lease_until, limit)
+                        }),
                     )),
                     Command::Finish(args, reply) => pending.push(Pending::Finish(
                         reply,
-                        in_savepoint(&mut tx, |tx| finish(tx, *args)),
+                        guarded(&mut tx, &mut aborted, |tx| finish(tx, *args)),
                     )),
                     Command::Close(reply) => closing.push(reply),
                 }
             }
-            tx.commit().map_err(|e| e.to_string())
+            match aborted {
+                Some(cause) => Err(cause),
+                None => tx.commit().map_err(StoreError::from),
+            }
         }
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e.into()),
     };
-    if let Err(e) = &commit {
-        tracing::error!(error = %e, "sqlite commit failed");
+    match &commit {
+        Err(e) if e.is_transient() => tracing::warn!(error = %e, "sqlite commit failed"),
+        Err(e) => tracing::error!(error = %e, "sqlite commit failed"),
+        Ok(()) => {}
     }
     for p in pending {
         p.send(&commit);
@@ -362,6 +411,26 @@ fn run_group(conn: &mut Connection, commands: Vec<Command>) -> bool {
         let _ = reply.send(Ok(()));
     }
     true
+}
+
+/// Runs one command in its own savepoint of `tx`, unless the transaction was
+/// already `aborted`; sets `aborted` when this command's failure made SQLite
+/// roll the whole transaction back.
+fn guarded<T>(
+    tx: &mut Transaction<'_>,
+    aborted: &mut Option<StoreError>,
+    f: impl FnOnce(&Connection) -> Result<T>,
+) -> Result<T> {
+    if let Some(cause) = aborted {
+        return Err(cause.clone());
+    }
+    let result = in_savepoint(tx, f);
+    if let Err(e) = &result
+        && tx.is_autocommit()
+    {
+        *aborted = Some(e.clone());
+    }
+    result
 }
 
 fn in_savepoint<T>(
@@ -561,6 +630,10 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
         "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer) VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (tenant, watch_id, kind, key) DO UPDATE SET sequencer = excluded.sequencer",
     )?;
+    let mut remember_other = conn.prepare_cached(
+        "INSERT OR IGNORE INTO seen_sequencers (tenant, watch_id, kind, key, sequencer) \
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?;
     for a in activities {
         let slot = match watches.entry((a.tenant.clone(), a.watch_id.clone())) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
@@ -581,38 +654,47 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             ActivityKind::Created => 0,
             ActivityKind::Removed => 1,
         };
-        let previous: Option<String> = seen
+        let stored: Option<String> = seen
             .query_row(
                 params![a.tenant.as_str(), a.watch_id.as_str(), kind, a.key],
                 |r| r.get(0),
             )
             .optional()?;
-        let outcome = match previous {
-            None => {
+        let sequencer = sequencer_identity(&a.sequencer);
+        let stored = stored.as_deref().map(sequencer_identity);
+        let key_params = params![
+            a.tenant.as_str(),
+            a.watch_id.as_str(),
+            kind,
+            a.key,
+            sequencer
+        ];
+        let counts = match KeyEvent::of(stored.as_deref(), &sequencer) {
+            KeyEvent::NewKey => {
+                remember.execute(key_params)?;
                 if a.kind == ActivityKind::Created {
                     watch.counters.object_count += 1;
                 }
-                Recorded::Counted
+                true
             }
-            // A later event for a key already seen: new activity, not a new object.
-            Some(old) if is_later(&a.sequencer, &old) => Recorded::Counted,
-            Some(_) => Recorded::Duplicate,
+            KeyEvent::Repeat => false,
+            KeyEvent::FirstSequencer => {
+                remember.execute(key_params)?;
+                false
+            }
+            KeyEvent::OtherSequencer => remember_other.execute(key_params)? == 1,
         };
-        if outcome == Recorded::Counted {
-            remember.execute(params![
-                a.tenant.as_str(),
-                a.watch_id.as_str(),
-                kind,
-                a.key,
-                a.sequencer
-            ])?;
+        let outcome = if counts {
             match a.kind {
                 ActivityKind::Created => watch.counters.event_count += 1,
                 ActivityKind::Removed => watch.counters.removed_count += 1,
             }
             watch.counters.last_activity_at = Some(now);
             *changed = true;
-        }
+            Recorded::Counted
+        } else {
+            Recorded::Duplicate
+        };
         results.push(outcome);
     }
     let mut updated = Vec::new();
@@ -775,8 +857,12 @@ fn finish(conn: &Connection, args: FinishArgs) -> Result<Option<Vec<WatchEvent>>
 }
 
 fn retire(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<()> {
-    conn.prepare_cached("DELETE FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2")?
+    for table in ["seen_keys", "seen_sequencers"] {
+        conn.prepare_cached(&format!(
+            "DELETE FROM {table} WHERE tenant = ?1 AND watch_id = ?2"
+        ))?
         .execute(params![tenant.as_str(), id.as_str()])?;
+    }
     Ok(())
 }
 
@@ -961,5 +1047,144 @@ impl Store for SqliteStore {
 
     async fn close(&self) -> Result<()> {
         self.call(Command::Close).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::watch::{Bucket, Labels};
+
+    #[tokio::test]
+    async fn a_version_2_file_is_upgraded_and_keeps_counting() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v2.db");
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let activity = |sequencer: &str| Activity {
+            tenant: tenant.clone(),
+            watch_id: id.clone(),
+            kind: ActivityKind::Created,
+            key: "a".into(),
+            sequencer: sequencer.into(),
+        };
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_watch(NewWatch {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                bucket: Bucket::parse("bucket", "data-lake").unwrap(),
+                prefix: Prefix::parse("prefix", "").unwrap(),
+                policy: crate::policy::Policy::default(),
+                labels: Labels::default(),
+                client_token: None,
+                created_at: now,
+                trace: Default::default(),
+            })
+            .await
+            .unwrap();
+        store
+            .record(vec![activity("0055aed6dcd90281e2")], now)
+            .await
+            .unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        // Version 2 had no seen_sequencers; its seen_keys held the key's last sequencer as sent.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("DROP TABLE seen_sequencers; PRAGMA user_version = 2;")
+            .unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let out = store
+            .record(
+                vec![
+                    activity("0055AED6DCD90281E2"),
+                    activity("0055AED6DCD90281E3"),
+                    activity("0055AED6DCD90281E3"),
+                ],
+                now,
+            )
+            .await
+            .unwrap();
+        use Recorded::*;
+        assert_eq!(out.results, [Duplicate, Counted, Duplicate]);
+        let watch = store.get_watch(&tenant, &id).await.unwrap().unwrap();
+        assert_eq!(
+            (watch.counters.object_count, watch.counters.event_count),
+            (1, 2)
+        );
+    }
+
+    fn classified(e: rusqlite::Error) -> StoreError {
+        StoreError::from(e)
+    }
+
+    #[test]
+    fn a_full_database_is_full() {
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v BLOB)").unwrap();
+        // SQLite reports a database at its page limit exactly as a full disk.
+        conn.pragma_update(None, "max_page_count", 8).unwrap();
+        let e = (0..100)
+            .find_map(|_| {
+                conn.execute("INSERT INTO t VALUES (zeroblob(4096))", [])
+                    .err()
+            })
+            .expect("the database fills up");
+        let e = classified(e);
+        assert!(
+            matches!(&e, StoreError::Full(m) if m == "SQLite: database or disk is full"),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn a_locked_database_is_busy() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("locked.db");
+        let holder = Connection::open(&path).unwrap();
+        holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let e = classified(other.execute_batch("BEGIN IMMEDIATE").unwrap_err());
+        assert!(
+            matches!(&e, StoreError::Busy(m) if m == "SQLite: database is locked"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_cannot_be_opened_is_unavailable() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = classified(Connection::open(dir.path().join("missing/dir/x.db")).unwrap_err());
+        assert!(matches!(&e, StoreError::Unavailable(_)), "{e:?}");
+    }
+
+    #[test]
+    fn damage_and_bugs_are_not_conditions_to_wait_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("garbage.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let e = classified(
+            conn.execute_batch("SELECT * FROM sqlite_master")
+                .unwrap_err(),
+        );
+        assert!(matches!(&e, StoreError::Corrupt(_)), "{e:?}");
+
+        let conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE t (v INTEGER PRIMARY KEY); INSERT INTO t VALUES (1)")
+            .unwrap();
+        let e = classified(conn.execute("INSERT INTO t VALUES (1)", []).unwrap_err());
+        assert!(matches!(&e, StoreError::Internal(_)), "{e:?}");
+        assert!(!e.is_transient());
     }
 }
