@@ -58,6 +58,7 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
         id: id.clone(),
         bucket: Bucket::parse("bucket", "data-lake")?,
         prefix: Prefix::parse("prefix", "")?,
+        filter: Default::default(),
         policy: Policy::default(),
         labels: Default::default(),
         client_token: None,
@@ -79,6 +80,8 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
                 kind: ActivityKind::Created,
                 key: k.clone(),
                 sequencer: String::new(),
+                size: 0,
+                event_time: None,
             })
             .collect();
         store.record(activities, now).await?;
@@ -132,6 +135,7 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     let start = StartWatch {
         bucket: Bucket::parse("bucket", "data-lake")?,
         prefix: Prefix::parse("prefix", "")?,
+        filter: Default::default(),
         policy: Policy {
             rule: Rule::ExpectedCount {
                 objects: objects as u64,
@@ -266,6 +270,7 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
             id: WatchId::generate(),
             bucket: Bucket::parse("bucket", "data-lake")?,
             prefix: Prefix::parse("prefix", "")?,
+            filter: Default::default(),
             policy,
             labels: Default::default(),
             client_token: None,
@@ -318,6 +323,8 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
                 key: key.clone(),
                 // S3's sequencer for the object's write; a redelivery repeats it.
                 sequencer: format!("{:016X}", first_delivery[key.as_str()]),
+                size: 0,
+                event_time: None,
             })
             .collect();
         let at = Timestamp::from_millis(receive.last().expect("a receive").0);

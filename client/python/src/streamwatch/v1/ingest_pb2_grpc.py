@@ -45,8 +45,11 @@ class IngestServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def IngestS3Events(self, request, context):
-        """Records the activities in `documents` into every watch that wants them.
-        The response is sent once what was counted is durable.
+        """Records the activities in `documents` into the caller's own watches that
+        want them (a tenant the tenants file names a `forwarder`: into every
+        watch whose tenant is allowed the bucket). The response is sent once what
+        was counted is durable, and reports only those watches. Charged against
+        the tenant's `ingest_records_per_second` per notification record.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
