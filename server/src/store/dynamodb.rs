@@ -1400,16 +1400,9 @@ impl Store for DynamoStore {
                 .await
                 .map_err(aws)?;
             let items = page.items.unwrap_or_default();
-            self.count(
-                1,
-                items.len() as u64,
-                0,
-                items
-                    .iter()
-                    .map(|i| item_bytes(i).div_ceil(4096))
-                    .sum::<u64>()
-                    .max(1),
-            );
+            // A Query is billed on the total size it read, rounded up to 4 KB.
+            let bytes: u64 = items.iter().map(item_bytes).sum();
+            self.count(1, items.len() as u64, 0, bytes.div_ceil(4096).max(1));
             for item in &items {
                 let generation = get_n(item, "generation").unwrap_or(1);
                 if query.generation.is_some_and(|g| g != generation) || out.len() == limit {
@@ -1436,16 +1429,37 @@ impl Store for DynamoStore {
                 _ => break,
             }
         }
-        let removals = out
+        // The page's removal items: one range query over the page's keys
+        // (costs what the removals hold), plus a get for each hashed key.
+        let mut removed = std::collections::HashSet::new();
+        let in_order: Vec<String> = out
             .iter()
-            .map(|o| (pk.clone(), key_sk(ActivityKind::Removed, &o.key)))
+            .map(|o| key_sk(ActivityKind::Removed, &o.key))
+            .filter(|sk| !sk.starts_with("K#r#~"))
             .collect();
-        let removed: std::collections::HashSet<String> = self
-            .batch_get(removals)
-            .await?
+        if let (Some(from), Some(to)) = (in_order.first(), in_order.last()) {
+            let items = self
+                .query_all(
+                    None,
+                    "pk = :pk AND sk BETWEEN :from AND :to",
+                    vec![(":pk", s(&pk)), (":from", s(from)), (":to", s(to))],
+                )
+                .await?;
+            for item in &items {
+                removed.insert(get_s(item, "sk")?.to_owned());
+            }
+        }
+        let hashed = out
             .iter()
-            .map(|i| get_s(i, "sk").map(str::to_owned))
-            .collect::<Result<_>>()?;
+            .map(|o| key_sk(ActivityKind::Removed, &o.key))
+            .filter(|sk| sk.starts_with("K#r#~"))
+            .map(|sk| (pk.clone(), sk))
+            .collect::<Vec<_>>();
+        if !hashed.is_empty() {
+            for item in self.batch_get(hashed).await? {
+                removed.insert(get_s(&item, "sk")?.to_owned());
+            }
+        }
         for o in &mut out {
             o.removed = removed.contains(&key_sk(ActivityKind::Removed, &o.key));
         }

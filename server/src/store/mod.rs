@@ -18,7 +18,9 @@
 //! one of the key's sequencers, and one per further distinct sequencer of the
 //! key; [`KeyEvent`] says how a notification counts against them. The
 //! counters are a function of which notifications were recorded, never of
-//! their order or of redeliveries.
+//! their order or of redeliveries. A created key's seen record also keeps
+//! the size, event time and generation of its first counted notification:
+//! the watch's manifest, which [`Store::list_objects`] pages in key order.
 //!
 //! Errors: each backend turns its own errors into a [`StoreError`] where it
 //! meets them, classified; no backend error type leaves this module.
