@@ -475,3 +475,25 @@ async fn bad_key_patterns_are_refused_by_name_and_start_nothing() {
         .unwrap();
     assert!(listed.is_empty(), "nothing was started");
 }
+
+#[tokio::test]
+async fn a_retried_start_with_another_filter_is_refused() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let window = quiet_period(Duration::from_secs(60));
+    let first = v1::StartWatchRequest {
+        client_token: "run-1".into(),
+        ..filtered("", &["**/*.parquet"], &[], window.clone())
+    };
+    let started = begin(&mut client, first.clone()).await;
+    let again = client.start_watch(first.clone()).await.unwrap();
+    assert!(!again.created);
+    assert_eq!(again.watch.unwrap().watch_id, started.watch_id);
+    let other = v1::StartWatchRequest {
+        include: vec!["**/*.csv".into()],
+        ..first
+    };
+    let err = client.start_watch(other).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("client_token"), "{}", err.message());
+}
