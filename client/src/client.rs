@@ -109,6 +109,43 @@ impl Client {
         }
     }
 
+    /// One page of the watch's manifest (the objects it counted, by key),
+    /// as the protobuf request asks.
+    pub async fn list_watch_objects(
+        &mut self,
+        request: v1::ListWatchObjectsRequest,
+    ) -> Result<v1::ListWatchObjectsResponse, Error> {
+        let call = self.watches.list_watch_objects(request);
+        bounded("ListWatchObjects", self.request_timeout, call).await
+    }
+
+    /// Every object of the watch's manifest (of `generation`, or of all
+    /// when 0), in key order, following the pages and calling `on_page`
+    /// with each; nothing is kept in between.
+    pub async fn for_each_watch_object<E: From<Error>>(
+        &mut self,
+        watch_id: &str,
+        generation: u32,
+        mut on_page: impl FnMut(Vec<v1::WatchObject>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .list_watch_objects(v1::ListWatchObjectsRequest {
+                    watch_id: watch_id.to_owned(),
+                    generation,
+                    page_size: 0,
+                    page_token,
+                })
+                .await?;
+            on_page(page.objects)?;
+            if page.next_page_token.is_empty() {
+                return Ok(());
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
     /// Ends an ACTIVE watch with a CANCELLED event carrying `reason`.
     pub async fn cancel_watch(&mut self, watch_id: &str, reason: &str) -> Result<v1::Watch, Error> {
         let call = self.watches.cancel_watch(v1::CancelWatchRequest {

@@ -25,6 +25,11 @@ use crate::policy::{Policy, Rule};
 pub struct WatchRequest {
     pub bucket: String,
     pub prefix: String,
+    /// Globs on the key below the prefix; a key counts when it matches any
+    /// (none: every key) ...
+    pub include: Vec<String>,
+    /// ... and none of these.
+    pub exclude: Vec<String>,
     pub policy: Policy,
     pub labels: BTreeMap<String, String>,
     pub client_token: Option<String>,
@@ -36,6 +41,8 @@ impl WatchRequest {
         Self {
             bucket: bucket.into(),
             prefix: String::new(),
+            include: Vec::new(),
+            exclude: Vec::new(),
             policy: Policy::default(),
             labels: BTreeMap::new(),
             client_token: None,
@@ -44,6 +51,19 @@ impl WatchRequest {
 
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
+        self
+    }
+
+    /// Counts only keys matching `pattern` (or another include), a glob on
+    /// the key below the prefix: `**/*.parquet`. `**` crosses `/`, `*` does not.
+    pub fn include(mut self, pattern: impl Into<String>) -> Self {
+        self.include.push(pattern.into());
+        self
+    }
+
+    /// Leaves out keys matching `pattern`: `_temporary/**`, `**/_SUCCESS`.
+    pub fn exclude(mut self, pattern: impl Into<String>) -> Self {
+        self.exclude.push(pattern.into());
         self
     }
 
@@ -111,6 +131,8 @@ impl From<WatchRequest> for v1::StartWatchRequest {
             policy,
             labels: request.labels.into_iter().collect(),
             client_token: request.client_token.unwrap_or_default(),
+            include: request.include,
+            exclude: request.exclude,
         }
     }
 }
@@ -184,5 +206,16 @@ mod tests {
         ));
         assert_eq!(request.labels.get("job").map(String::as_str), Some("x"));
         assert_eq!(request.client_token, "t-1");
+    }
+
+    #[test]
+    fn key_filters_keep_their_order() {
+        let request: v1::StartWatchRequest = WatchRequest::new("lake")
+            .include("**/*.parquet")
+            .include("*.csv")
+            .exclude("_temporary/**")
+            .into();
+        assert_eq!(request.include, ["**/*.parquet", "*.csv"]);
+        assert_eq!(request.exclude, ["_temporary/**"]);
     }
 }

@@ -18,7 +18,7 @@ fn keys(object: &Value) -> BTreeSet<&str> {
         .collect()
 }
 
-const WATCH_FIELDS: [&str; 17] = [
+const WATCH_FIELDS: [&str; 18] = [
     "type",
     "watch_id",
     "bucket",
@@ -26,6 +26,7 @@ const WATCH_FIELDS: [&str; 17] = [
     "state",
     "generation",
     "object_count",
+    "object_bytes",
     "event_count",
     "removed_count",
     "last_seq",
@@ -107,6 +108,7 @@ async fn start_events_get_list_and_wait_print_json_objects() {
             "generation",
             "kind",
             "object_count",
+            "object_bytes",
             "event_count",
             "removed_count",
             "last_activity_at"
@@ -183,6 +185,76 @@ async fn start_events_get_list_and_wait_print_json_objects() {
         .run(&["list", "--state", "active", "-o", "json"])
         .await;
     assert_eq!(run.stdout, "", "no active watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_prints_the_manifest_of_a_filtered_watch_across_pages() {
+    let server = TestServer::start().await;
+    let run = server
+        .cli()
+        .run(&[
+            "start",
+            "lake",
+            "--prefix",
+            "out/",
+            "--include",
+            "**/*.json",
+            "--exclude",
+            "_temporary/**",
+            "--quiet-period",
+            "1h",
+            "-o",
+            "json",
+        ])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let watch = &run.json_lines()[0];
+    assert_eq!(watch["include"], serde_json::json!(["**/*.json"]));
+    assert_eq!(watch["exclude"], serde_json::json!(["_temporary/**"]));
+    let id = watch["watch_id"].as_str().unwrap().to_owned();
+
+    // More than one page (1000 objects) of keys the filter takes, and some it leaves out.
+    let mut landed: Vec<String> = (0..1001).map(|i| format!("out/d/{i:04}.json")).collect();
+    landed.extend(["out/_temporary/x.json".into(), "out/d/_SUCCESS".into()]);
+    let landed: Vec<&str> = landed.iter().map(String::as_str).collect();
+    let mut client = server.client().await;
+    client
+        .ingest_s3_events(vec![created("lake", &landed)])
+        .await
+        .unwrap();
+
+    let run = server.cli().run(&["objects", &id, "-o", "json"]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let objects = run.json_lines();
+    assert_eq!(objects.len(), 1001);
+    assert_eq!(
+        keys(&objects[0]),
+        BTreeSet::from([
+            "type",
+            "key",
+            "size",
+            "sequencer",
+            "event_time",
+            "generation",
+            "removed"
+        ])
+    );
+    assert_eq!(objects[0]["type"], "object");
+    assert_eq!(objects[0]["key"], "out/d/0000.json");
+    assert_eq!(objects[1000]["key"], "out/d/1000.json");
+    assert_eq!(objects[0]["size"], 1024);
+    assert_eq!(objects[0]["generation"], 1);
+    assert_eq!(objects[0]["removed"], false);
+    assert_eq!(objects[0]["event_time"], "2026-11-26T10:00:00.000Z");
+
+    let run = server.cli().run(&["get", &id, "-o", "json"]).await;
+    assert_eq!(run.json_lines()[0]["object_bytes"], 1001 * 1024);
+    let run = server
+        .cli()
+        .run(&["objects", &id, "--generation", "2"])
+        .await;
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("generation"), "{run:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

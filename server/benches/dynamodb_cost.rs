@@ -58,6 +58,7 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
         id: id.clone(),
         bucket: Bucket::parse("bucket", "data-lake")?,
         prefix: Prefix::parse("prefix", "")?,
+        filter: Default::default(),
         policy: Policy::default(),
         labels: Default::default(),
         client_token: None,
@@ -69,16 +70,22 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     };
     let before = snapshot(&store);
     let started = Instant::now();
-    let keys: Vec<String> = (0..objects).map(|i| format!("part-{i:06}.json")).collect();
-    for chunk in keys.chunks(batch) {
+    // Keys, sizes and sequencers as a Spark job's output carries them.
+    let keys: Vec<String> = (0..objects)
+        .map(|i| format!("day=2026-12-06/part-{i:05}-5f0c7a4e-2b1d-4c3e-9a8f-7d6e5c4b3a21.c000.snappy.parquet"))
+        .collect();
+    for (n, chunk) in keys.chunks(batch).enumerate() {
         let activities = chunk
             .iter()
-            .map(|k| Activity {
+            .enumerate()
+            .map(|(i, k)| Activity {
                 tenant: tenant.clone(),
                 watch_id: id.clone(),
                 kind: ActivityKind::Created,
                 key: k.clone(),
-                sequencer: String::new(),
+                sequencer: format!("{:018X}", 0x0066_A1B2_C3D4_E5F6u64 + (n * batch + i) as u64),
+                size: 134_217_728 + (n * batch + i) as u64,
+                event_time: Some(now),
             })
             .collect();
         store.record(activities, now).await?;
@@ -96,6 +103,32 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     );
     let watch = store.get_watch(&tenant, &id).await?.expect("watch");
     assert_eq!(watch.counters.object_count, objects as u64);
+
+    // The manifest, in ListWatchObjects' pages of 1,000 (each asks for one more).
+    let before = snapshot(&store);
+    let (mut after_key, mut listed) = (None, 0);
+    loop {
+        let query = streamwatch_server::store::ObjectsQuery {
+            generation: None,
+            after: after_key.take(),
+            limit: 1001,
+        };
+        let mut page = store.list_objects(&tenant, &id, &query).await?;
+        let more = page.len() > 1000;
+        page.truncate(1000);
+        listed += page.len();
+        if !more {
+            break;
+        }
+        after_key = page.last().map(|o| o.key.clone());
+    }
+    assert_eq!(listed, objects);
+    let after = snapshot(&store);
+    println!(
+        "list the manifest of {objects} objects in pages of 1,000: {:.1} requests, {:.0} RCU per 1,000 objects",
+        per_k(after.0 - before.0),
+        per_k(after.2 - before.2),
+    );
     Ok(())
 }
 
@@ -132,6 +165,7 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     let start = StartWatch {
         bucket: Bucket::parse("bucket", "data-lake")?,
         prefix: Prefix::parse("prefix", "")?,
+        filter: Default::default(),
         policy: Policy {
             rule: Rule::ExpectedCount {
                 objects: objects as u64,
@@ -266,6 +300,7 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
             id: WatchId::generate(),
             bucket: Bucket::parse("bucket", "data-lake")?,
             prefix: Prefix::parse("prefix", "")?,
+            filter: Default::default(),
             policy,
             labels: Default::default(),
             client_token: None,
@@ -318,6 +353,8 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
                 key: key.clone(),
                 // S3's sequencer for the object's write; a redelivery repeats it.
                 sequencer: format!("{:016X}", first_delivery[key.as_str()]),
+                size: 0,
+                event_time: None,
             })
             .collect();
         let at = Timestamp::from_millis(receive.last().expect("a receive").0);

@@ -15,12 +15,12 @@ use crate::{
     clock::Timestamp,
     error::Error,
     policy::{self, DelaySchedule, Policy, Rule},
-    service::{ListWatches, Service, StartWatch},
-    store::{Delivery, DeliveryState},
+    service::{ListObjects, ListWatches, Service, StartWatch},
+    store::{Delivery, DeliveryState, ManifestEntry},
     telemetry::{self, IncomingTrace},
     watch::{
-        self, Bucket, EventKind, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Notify, NotifyTarget,
-        Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId, WatchState,
+        self, Bucket, EventKind, KeyFilter, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Notify,
+        NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -393,6 +393,9 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
         object_count: w.counters.object_count,
         event_count: w.counters.event_count,
         removed_count: w.counters.removed_count,
+        object_bytes: w.counters.object_bytes,
+        include: w.filter.include.clone(),
+        exclude: w.filter.exclude.clone(),
         created_at: Some(proto_timestamp(w.created_at)),
         last_activity_at: w.counters.last_activity_at.map(proto_timestamp),
         completed_at: w.lifecycle.completed_at.map(proto_timestamp),
@@ -424,6 +427,7 @@ pub fn event_to_proto(e: &WatchEvent, trace: &TraceContext) -> v1::WatchEvent {
             event_count: counters.event_count,
             removed_count: counters.removed_count,
             last_activity_at: counters.last_activity_at.map(proto_timestamp),
+            object_bytes: counters.object_bytes,
         }),
         EventKind::QuietTick {
             object_count,
@@ -436,9 +440,11 @@ pub fn event_to_proto(e: &WatchEvent, trace: &TraceContext) -> v1::WatchEvent {
         }),
         EventKind::Completed {
             object_count,
+            object_bytes,
             reason,
         } => Kind::Completed(we::Completed {
             object_count: *object_count,
+            object_bytes: *object_bytes,
             reason: reason.clone(),
         }),
         EventKind::TimedOut {
@@ -497,6 +503,7 @@ pub fn start_from_proto(
     Ok(StartWatch {
         bucket: Bucket::parse("bucket", &r.bucket)?,
         prefix: Prefix::parse("prefix", &r.prefix)?,
+        filter: KeyFilter::parse(r.include.clone(), r.exclude.clone())?,
         policy: policy_from_proto(r.policy.as_ref())?,
         labels,
         client_token: (!r.client_token.is_empty()).then(|| r.client_token.clone()),
@@ -622,6 +629,25 @@ impl WatchService for WatchApi {
         }))
     }
 
+    async fn list_watch_objects(
+        &self,
+        request: Request<v1::ListWatchObjectsRequest>,
+    ) -> Result<Response<v1::ListWatchObjectsResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let r = request.get_ref();
+        let id = watch_id(&r.watch_id)?;
+        let list = ListObjects {
+            generation: r.generation,
+            page_size: r.page_size as usize,
+            after: objects_after(&r.page_token)?,
+        };
+        let (objects, next) = self.service.list_objects(&tenant, &id, list).await?;
+        Ok(Response::new(v1::ListWatchObjectsResponse {
+            objects: objects.iter().map(object_to_proto).collect(),
+            next_page_token: next.as_deref().map(objects_page_token).unwrap_or_default(),
+        }))
+    }
+
     type StreamWatchEventsStream = EventStream;
 
     async fn stream_watch_events(
@@ -644,6 +670,34 @@ impl WatchService for WatchApi {
         });
         let revoked = Box::pin(self.service.tenants().revoked(credential, tenant));
         Ok(Response::new(Box::pin(until_revoked(events, revoked))))
+    }
+}
+
+/// A manifest page token: the hex of the page's last key (opaque to callers).
+pub fn objects_page_token(last_key: &str) -> String {
+    hex::encode(last_key.as_bytes())
+}
+
+fn objects_after(token: &str) -> Result<Option<String>, Error> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let bad = || Error::invalid("page_token", "is not a token this call returned");
+    let bytes = hex::decode(token).map_err(|_| bad())?;
+    if bytes.is_empty() || bytes.len() > crate::ingest::MAX_KEY_BYTES {
+        return Err(bad());
+    }
+    String::from_utf8(bytes).map(Some).map_err(|_| bad())
+}
+
+fn object_to_proto(o: &ManifestEntry) -> v1::WatchObject {
+    v1::WatchObject {
+        key: o.key.clone(),
+        size: o.size,
+        sequencer: o.sequencer.clone(),
+        event_time: o.event_time.map(proto_timestamp),
+        removed: o.removed,
+        generation: o.generation,
     }
 }
 

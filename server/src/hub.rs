@@ -360,6 +360,7 @@ mod tests {
                 id: WatchId::generate(),
                 bucket: Bucket::parse("bucket", "acme-lake").unwrap(),
                 prefix: Prefix::parse("prefix", "").unwrap(),
+                filter: Default::default(),
                 policy: Policy::default(),
                 labels: Labels::default(),
                 client_token: None,
@@ -459,6 +460,8 @@ mod tests {
                 kind: ActivityKind::Created,
                 key: format!("k{i}"),
                 sequencer: String::new(),
+                size: 0,
+                event_time: None,
             };
             let outcome = store.record(vec![activity], clock.now()).await.unwrap();
             for (_, events) in outcome.updated {

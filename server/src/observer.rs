@@ -449,7 +449,8 @@ impl Observer {
 
     fn insert(&mut self, watch: Watch) {
         let key = watch.key();
-        self.routes.add(&watch.bucket, &key, &watch.prefix);
+        self.routes
+            .add(&watch.bucket, &key, &watch.prefix, &watch.filter);
         if !self.owns(&watch) {
             // Another replica times it; this one only counts into it.
             return;
@@ -862,6 +863,7 @@ impl Observer {
             let (EventKind::Completed {
                 object_count,
                 reason,
+                ..
             }
             | EventKind::TimedOut {
                 object_count,

@@ -599,6 +599,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         }),
         events: vec![EventKind::Completed {
             object_count: objects,
+            object_bytes: counters.object_bytes,
             reason,
         }],
         wake_at: policy.late_window.map(|w| now.plus(w)),
@@ -851,6 +852,7 @@ mod tests {
             id: WatchId::generate(),
             bucket: Bucket::parse("b", "data-lake").unwrap(),
             prefix: Prefix::parse("p", "day=1/").unwrap(),
+            filter: Default::default(),
             policy: Policy {
                 rule,
                 ..Policy::default()

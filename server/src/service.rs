@@ -17,10 +17,10 @@ use crate::{
     observer::ObserverHandle,
     policy::Policy,
     quota::{self, Limiter},
-    store::{Created, Delivery, ListQuery, NewWatch, Store},
+    store::{Created, Delivery, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, Store},
     watch::{
-        Bucket, Labels, NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId,
-        WatchKey, WatchState,
+        Bucket, KeyFilter, Labels, NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent,
+        WatchId, WatchKey, WatchState,
     },
 };
 
@@ -33,12 +33,26 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 pub struct StartWatch {
     pub bucket: Bucket,
     pub prefix: Prefix,
+    pub filter: KeyFilter,
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,
     /// The trace context the call runs under (see [`crate::telemetry`]).
     pub trace: TraceContext,
 }
+
+/// A validated ListWatchObjects.
+#[derive(Clone, Debug, Default)]
+pub struct ListObjects {
+    /// 0: every generation.
+    pub generation: u32,
+    pub page_size: usize,
+    /// The last key of the previous page.
+    pub after: Option<String>,
+}
+
+/// Manifest objects per page when the caller does not say, and at most.
+pub const MAX_OBJECTS_PAGE_SIZE: usize = 1000;
 
 #[derive(Clone, Debug, Default)]
 pub struct ListWatches {
@@ -95,6 +109,7 @@ impl Service {
             id: WatchId::generate(),
             bucket: start.bucket,
             prefix: start.prefix,
+            filter: start.filter,
             policy: start.policy,
             labels: start.labels,
             client_token: start.client_token,
@@ -116,6 +131,7 @@ impl Service {
             Created::Existing(watch) => {
                 let same = watch.bucket == new.bucket
                     && watch.prefix == new.prefix
+                    && watch.filter == new.filter
                     && watch.policy == new.policy
                     && watch.labels == new.labels;
                 if !same {
@@ -192,6 +208,45 @@ impl Service {
             .get_watch(tenant, id)
             .await?
             .ok_or(Error::NotFound)
+    }
+
+    /// One page of a watch's manifest and the last key, when more follow.
+    pub async fn list_objects(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        list: ListObjects,
+    ) -> Result<(Vec<ManifestEntry>, Option<String>), Error> {
+        let limit = match list.page_size {
+            0 => MAX_OBJECTS_PAGE_SIZE,
+            n if n > MAX_OBJECTS_PAGE_SIZE => {
+                return Err(Error::invalid(
+                    "page_size",
+                    format!("must be at most {MAX_OBJECTS_PAGE_SIZE}"),
+                ));
+            }
+            n => n,
+        };
+        let watch = self.get_watch(tenant, id).await?;
+        if list.generation > watch.lifecycle.generation {
+            return Err(Error::invalid(
+                "generation",
+                format!("the watch is at generation {}", watch.lifecycle.generation),
+            ));
+        }
+        let query = ObjectsQuery {
+            generation: (list.generation > 0).then_some(list.generation),
+            after: list.after,
+            limit: limit + 1,
+        };
+        let mut objects = self.store.list_objects(tenant, id, &query).await?;
+        let next = if objects.len() > limit {
+            objects.truncate(limit);
+            objects.last().map(|o| o.key.clone())
+        } else {
+            None
+        };
+        Ok((objects, next))
     }
 
     /// One page of the tenant's watches and the token of the next page.

@@ -194,6 +194,115 @@ impl Prefix {
     }
 }
 
+/// Most `include` (and, apart, `exclude`) patterns of one watch.
+pub const MAX_KEY_PATTERNS: usize = 32;
+/// Longest key pattern, in bytes.
+pub const MAX_KEY_PATTERN_BYTES: usize = 256;
+
+/// Which keys under the prefix belong to the data set: glob patterns on the
+/// key below the prefix (`**` crosses `/`, `*` and `?` do not; `{a,b}` and
+/// `[a-z]` as usual). A key belongs when it matches any `include` (no
+/// `include`: every key) and no `exclude`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyFilter {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
+}
+
+impl KeyFilter {
+    /// Checks both lists (errors name the field and index: `include[2]`).
+    pub fn parse(include: Vec<String>, exclude: Vec<String>) -> Result<Self, Error> {
+        for (field, patterns) in [("include", &include), ("exclude", &exclude)] {
+            if patterns.len() > MAX_KEY_PATTERNS {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "has {} patterns; at most {MAX_KEY_PATTERNS}",
+                        patterns.len()
+                    ),
+                ));
+            }
+            for (i, pattern) in patterns.iter().enumerate() {
+                let field = format!("{field}[{i}]");
+                if pattern.is_empty() {
+                    return Err(invalid(&field, "is empty"));
+                }
+                if pattern.len() > MAX_KEY_PATTERN_BYTES {
+                    return Err(invalid(
+                        &field,
+                        format!(
+                            "is {} bytes; at most {MAX_KEY_PATTERN_BYTES}",
+                            pattern.len()
+                        ),
+                    ));
+                }
+                glob(pattern)
+                    .map_err(|e| invalid(&field, format!("is not a glob: {}", e.kind())))?;
+            }
+        }
+        Ok(Self { include, exclude })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.include.is_empty() && self.exclude.is_empty()
+    }
+
+    /// The patterns compiled for routing; `None` lets every key through.
+    /// Patterns are checked when a watch starts, so stored ones compile; one
+    /// that does not (damage) lets no key through.
+    pub fn matcher(&self) -> Option<KeyMatcher> {
+        if self.is_empty() {
+            return None;
+        }
+        let set = |patterns: &[String]| -> Result<globset::GlobSet, globset::Error> {
+            let mut b = globset::GlobSetBuilder::new();
+            for p in patterns {
+                b.add(glob(p)?);
+            }
+            b.build()
+        };
+        Some(match (set(&self.include), set(&self.exclude)) {
+            (Ok(include), Ok(exclude)) => KeyMatcher {
+                include: (!self.include.is_empty()).then_some(include),
+                exclude,
+            },
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::error!(error = %e, "a stored key pattern does not compile; the watch takes no keys");
+                KeyMatcher {
+                    include: Some(globset::GlobSet::empty()),
+                    exclude: globset::GlobSet::empty(),
+                }
+            }
+        })
+    }
+}
+
+fn glob(pattern: &str) -> Result<globset::Glob, globset::Error> {
+    globset::GlobBuilder::new(pattern)
+        .literal_separator(true)
+        .backslash_escape(true)
+        .build()
+}
+
+/// A [`KeyFilter`], compiled.
+#[derive(Clone, Debug)]
+pub struct KeyMatcher {
+    include: Option<globset::GlobSet>,
+    exclude: globset::GlobSet,
+}
+
+impl KeyMatcher {
+    /// Whether `below_prefix` (the key with the watch's prefix cut off) belongs.
+    pub fn matches(&self, below_prefix: &str) -> bool {
+        self.include
+            .as_ref()
+            .is_none_or(|i| i.is_match(below_prefix))
+            && !self.exclude.is_match(below_prefix)
+    }
+}
+
 /// Free-form labels a caller attaches to a watch and filters by.
 pub type Labels = BTreeMap<String, String>;
 
@@ -323,6 +432,10 @@ pub struct Counters {
     pub event_count: u64,
     /// Accepted object-removed notifications.
     pub removed_count: u64,
+    /// The sizes the created notifications carried, once per distinct key
+    /// (the first notification's size); removals do not subtract.
+    #[serde(default)]
+    pub object_bytes: u64,
     pub last_activity_at: Option<Timestamp>,
 }
 
@@ -378,6 +491,9 @@ pub struct Watch {
     pub id: WatchId,
     pub bucket: Bucket,
     pub prefix: Prefix,
+    /// Which keys under the prefix count; absent from watches stored before it.
+    #[serde(default, skip_serializing_if = "KeyFilter::is_empty")]
+    pub filter: KeyFilter,
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,
@@ -445,6 +561,9 @@ pub enum EventKind {
     },
     Completed {
         object_count: u64,
+        /// Absent from events stored before it.
+        #[serde(default)]
+        object_bytes: u64,
         reason: String,
     },
     TimedOut {
@@ -536,6 +655,7 @@ mod tests {
         };
         let completed = EventKind::Completed {
             object_count: 1,
+            object_bytes: 0,
             reason: String::new(),
         };
         let reopened = EventKind::Reopened {

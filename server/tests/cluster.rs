@@ -56,6 +56,7 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
             id: WatchId::generate(),
             bucket: Bucket::parse("bucket", "data-lake").unwrap(),
             prefix: Prefix::parse("prefix", "").unwrap(),
+            filter: Default::default(),
             policy: Policy::default(),
             labels: Labels::default(),
             client_token: None,
@@ -91,6 +92,7 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
             },
             vec![EventKind::Completed {
                 object_count: 0,
+                object_bytes: 0,
                 reason: reason.into(),
             }],
         )

@@ -31,6 +31,7 @@ fn start(rule: Rule) -> StartWatch {
     StartWatch {
         bucket: Bucket::parse("bucket", "data-lake").unwrap(),
         prefix: Prefix::parse("prefix", "").unwrap(),
+        filter: Default::default(),
         policy: Policy {
             rule,
             ..Policy::default()

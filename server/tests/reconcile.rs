@@ -104,6 +104,71 @@ async fn reconcile_counts_objects_whose_notifications_were_lost() {
 }
 
 #[tokio::test]
+async fn reconcile_counts_only_the_keys_the_filter_takes() {
+    let s3 = s3().await;
+    let bucket = aws::unique("reconfilter");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let objects = [
+        ("out/a.parquet", 3),
+        ("out/day=1/b.parquet", 5),
+        ("out/day=1/_SUCCESS", 0),
+        ("out/_temporary/0/c.parquet", 7),
+        ("out/day=1/c.json", 11),
+    ];
+    for (key, size) in objects {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(vec![b'x'; size].into())
+            .send()
+            .await
+            .unwrap();
+    }
+    let sqs = aws::sqs().await;
+    let (queue, _) = aws::queue_with_dlq(
+        &sqs,
+        &aws::unique("reconfilter"),
+        5,
+        Duration::from_secs(30),
+    )
+    .await;
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.sqs_queue_urls = vec![queue];
+    config.sqs_wait = Duration::from_secs(1);
+    let server = TestServer::start_with(dir, config, None).await;
+    let mut client = server.client().await;
+
+    let mut policy = quiet_period(Duration::from_secs(2));
+    policy.reconcile = true;
+    let request = v1::StartWatchRequest {
+        include: vec!["**/*.parquet".into()],
+        exclude: vec!["_temporary/**".into()],
+        ..start_request(&bucket, "out/", policy)
+    };
+    let watch = begin(&mut client, request).await;
+    let events = client.events(&watch.watch_id, 0).await.unwrap();
+    // No notification arrives at all: the listing finds what the filter takes.
+    let events = read_to_end(events, LIMIT).await;
+    assert_eq!(completed_count(&events), 2, "{:?}", kinds(&events));
+    let watch = client.get_watch(&watch.watch_id).await.unwrap();
+    assert_eq!(watch.object_bytes, 8, "sizes from the listing");
+    let page = client
+        .list_watch_objects(v1::ListWatchObjectsRequest {
+            watch_id: watch.watch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let listed: Vec<(&str, u64)> = page
+        .objects
+        .iter()
+        .map(|o| (o.key.as_str(), o.size))
+        .collect();
+    assert_eq!(listed, [("out/a.parquet", 3), ("out/day=1/b.parquet", 5)]);
+}
+
+#[tokio::test]
 async fn reconcile_needs_a_server_with_aws_access() {
     let server = TestServer::start().await;
     let mut client = server.client().await;

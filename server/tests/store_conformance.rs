@@ -10,12 +10,12 @@ use streamwatch_server::{
     clock::Timestamp,
     policy::{self, Policy},
     store::{
-        Activity, ActivityKind, Applied, Created, DeliveryState, Guard, ListQuery, NewWatch,
-        Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
+        Activity, ActivityKind, Applied, Created, DeliveryState, Guard, ListQuery, ManifestEntry,
+        NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
     },
     watch::{
-        Bucket, EventKind, Lifecycle, Notify, NotifyTarget, Prefix, TenantId, TraceContext,
-        WatchId, WatchState,
+        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, TenantId,
+        TraceContext, WatchId, WatchState,
     },
 };
 
@@ -31,6 +31,7 @@ fn new_watch(tenant_name: &str, token: Option<&str>) -> NewWatch {
         id: WatchId::generate(),
         bucket: Bucket::parse("bucket", "data-lake").unwrap(),
         prefix: Prefix::parse("prefix", "day=1/").unwrap(),
+        filter: Default::default(),
         policy: Policy::default(),
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: token.map(str::to_owned),
@@ -46,6 +47,8 @@ fn activity(w: &NewWatch, kind: ActivityKind, key: &str, sequencer: &str) -> Act
         kind,
         key: key.to_owned(),
         sequencer: sequencer.to_owned(),
+        size: 0,
+        event_time: None,
     }
 }
 
@@ -433,6 +436,7 @@ async fn keeps_the_start_trace_context(store: Arc<dyn Store>) {
             done,
             vec![EventKind::Completed {
                 object_count: 1,
+                object_bytes: 0,
                 reason: "test".into(),
             }],
             NOW,
@@ -506,6 +510,193 @@ async fn finished_watches_take_no_activity(store: Arc<dyn Store>) {
     assert_eq!(out.results, [Recorded::NotLive]);
 }
 
+/// A created notification of `key` with a size and an event time.
+fn sized(w: &NewWatch, key: &str, sequencer: &str, size: u64) -> Activity {
+    Activity {
+        size,
+        event_time: Some(Timestamp::from_millis(NOW.as_millis() - 1000 + size as i64)),
+        ..activity(w, ActivityKind::Created, key, sequencer)
+    }
+}
+
+async fn objects(
+    store: &dyn Store,
+    w: &NewWatch,
+    generation: Option<u32>,
+    after: Option<&str>,
+    limit: usize,
+) -> Vec<ManifestEntry> {
+    let query = ObjectsQuery {
+        generation,
+        after: after.map(str::to_owned),
+        limit,
+    };
+    store.list_objects(&w.tenant, &w.id, &query).await.unwrap()
+}
+
+fn keys(objects: &[ManifestEntry]) -> Vec<&str> {
+    objects.iter().map(|o| o.key.as_str()).collect()
+}
+
+async fn keeps_key_filters_and_sums_object_bytes_once_per_key(store: Arc<dyn Store>) {
+    let new = NewWatch {
+        filter: KeyFilter::parse(vec!["**/*.parquet".into()], vec!["_temporary/**".into()])
+            .unwrap(),
+        ..new_watch("acme", None)
+    };
+    let watch = create(&*store, new.clone()).await;
+    assert_eq!(watch.filter, new.filter);
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read.filter, new.filter, "the filter is stored");
+    let out = store
+        .record(
+            vec![
+                sized(&new, "day=1/a", "01", 100),
+                sized(&new, "day=1/a", "01", 100), // redelivered
+                sized(&new, "day=1/a", "02", 7),   // overwritten: the key counted once
+                sized(&new, "day=1/b", "", 20),
+                activity(&new, ActivityKind::Removed, "day=1/b", "03"),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let (watch, events) = &out.updated[0];
+    assert_eq!(
+        (watch.counters.object_count, watch.counters.object_bytes),
+        (2, 120)
+    );
+    assert!(
+        matches!(&events[0].kind, EventKind::Progress { counters } if counters.object_bytes == 120)
+    );
+    // Redelivered again, in a later batch, with a first sequencer for b.
+    store
+        .record(
+            vec![
+                sized(&new, "day=1/a", "01", 100),
+                sized(&new, "day=1/b", "04", 20),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        read.counters.object_bytes, 120,
+        "a removal subtracts nothing"
+    );
+}
+
+async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
+    let new = new_watch("acme", None);
+    let watch = create(&*store, new.clone()).await;
+    let names = ["day=1/e", "day=1/a b", "day=1/ü", "day=1/c+d", "day=1/b%20"];
+    let batch: Vec<Activity> = names
+        .iter()
+        .enumerate()
+        .map(|(i, k)| sized(&new, k, &format!("0{i}"), 10 + i as u64))
+        .collect();
+    store.record(batch, NOW).await.unwrap();
+    // The removal of one, and its creation redelivered: nothing changes in the manifest but `removed`.
+    store
+        .record(
+            vec![
+                activity(&new, ActivityKind::Removed, "day=1/e", "09"),
+                sized(&new, "day=1/e", "00", 999),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+
+    let first = objects(&*store, &new, None, None, 2).await;
+    assert_eq!(
+        keys(&first),
+        ["day=1/a b", "day=1/b%20"],
+        "byte order of the keys"
+    );
+    assert_eq!(
+        first[0],
+        ManifestEntry {
+            key: "day=1/a b".into(),
+            size: 11,
+            sequencer: "01".into(),
+            event_time: Some(Timestamp::from_millis(NOW.as_millis() - 1000 + 11)),
+            generation: 1,
+            removed: false,
+        }
+    );
+    // New objects arrive between pages: one before the cursor, one after.
+    store
+        .record(
+            vec![sized(&new, "day=1/0", "", 1), sized(&new, "day=1/d", "", 2)],
+            NOW,
+        )
+        .await
+        .unwrap();
+    let second = objects(&*store, &new, None, Some("day=1/b%20"), 2).await;
+    assert_eq!(keys(&second), ["day=1/c+d", "day=1/d"]);
+    let third = objects(&*store, &new, None, Some("day=1/d"), 2).await;
+    assert_eq!(keys(&third), ["day=1/e", "day=1/ü"]);
+    assert!(third[0].removed && !third[1].removed);
+    assert_eq!(third[0].size, 10, "the first counted notification's size");
+    assert!(
+        objects(&*store, &new, None, Some("day=1/ü"), 2)
+            .await
+            .is_empty()
+    );
+
+    // A reopened watch: keys counted now are in generation 2.
+    let guard = Guard {
+        state: WatchState::Active,
+        generation: 1,
+        activity: None,
+    };
+    let reopened = policy::fresh_lifecycle(2, NOW, watch.counters.activity());
+    store
+        .apply(&new.tenant, &new.id, guard, reopened, vec![], NOW)
+        .await
+        .unwrap();
+    store
+        .record(
+            vec![
+                sized(&new, "day=1/late", "", 5),
+                sized(&new, "day=1/a b", "", 5),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        keys(&objects(&*store, &new, Some(2), None, 10).await),
+        ["day=1/late"]
+    );
+    assert_eq!(objects(&*store, &new, Some(1), None, 10).await.len(), 7);
+    assert_eq!(objects(&*store, &new, None, None, 100).await.len(), 8);
+    // A generation filter still fills a page.
+    assert_eq!(
+        keys(&objects(&*store, &new, Some(1), Some("day=1/c+d"), 2).await),
+        ["day=1/d", "day=1/e"]
+    );
+    // Another tenant sees none of it.
+    let stranger = NewWatch {
+        tenant: tenant("globex"),
+        ..new.clone()
+    };
+    assert!(objects(&*store, &stranger, None, None, 10).await.is_empty());
+    // Retiring the watch keeps its manifest.
+    store.retire(&new.tenant, &new.id, NOW).await.unwrap();
+    assert_eq!(objects(&*store, &new, None, None, 100).await.len(), 8);
+}
+
 async fn lifecycle_changes_are_guarded(store: Arc<dyn Store>) {
     let new = new_watch("acme", None);
     let watch = create(&*store, new.clone()).await;
@@ -539,6 +730,7 @@ async fn lifecycle_changes_are_guarded(store: Arc<dyn Store>) {
     assert_eq!(current.counters.object_count, 1);
     let events = vec![EventKind::Completed {
         object_count: 1,
+        object_bytes: 0,
         reason: "done".into(),
     }];
     let fresh = store
@@ -738,6 +930,7 @@ async fn complete(store: &dyn Store, watch: &streamwatch_server::watch::Watch) -
             completed,
             vec![EventKind::Completed {
                 object_count: watch.counters.object_count,
+                object_bytes: 0,
                 reason: "quiet".into(),
             }],
             NOW,
@@ -1005,4 +1198,6 @@ conformance!(
     terminal_events_write_outbox_entries_with_the_event,
     due_deliveries_are_claimed_once_per_lease,
     attempts_are_fenced_by_the_lease_and_failures_logged,
+    keeps_key_filters_and_sums_object_bytes_once_per_key,
+    manifests_page_in_key_order_with_what_was_told,
 );

@@ -120,6 +120,25 @@ def test_start_get_and_idempotent_retry(acme):
     acme.cancel_watch(w.watch_id)
 
 
+def test_key_filters_and_the_manifest_page_by_key(acme):
+    prefix = unique_prefix("objects")
+    w = acme.start_watch(
+        BUCKET, prefix, Policy.quiet_period(3600), include=["**/*.parquet"], exclude=["_temporary/**"]
+    ).watch
+    assert (list(w.include), list(w.exclude)) == (["**/*.parquet"], ["_temporary/**"])
+    keys = [f"{prefix}d/{i}.parquet" for i in (3, 1, 2)] + [f"{prefix}_temporary/x.parquet", f"{prefix}a.json"]
+    report = acme.ingest_s3_events([s3_document(BUCKET, *keys)])
+    assert report.counted == 3
+    objects = list(acme.list_watch_objects(w.watch_id, page_size=2))
+    assert [o.key for o in objects] == [f"{prefix}d/{i}.parquet" for i in (1, 2, 3)]
+    assert {(o.size, o.generation, o.removed) for o in objects} == {(1024, 1, False)}
+    assert acme.get_watch(w.watch_id).object_bytes == 3 * 1024
+    with pytest.raises(InvalidArgument) as bad:
+        acme.start_watch(BUCKET, prefix, Policy.quiet_period(60), include=["a[b"])
+    assert bad.value.field == "include[0]"
+    acme.cancel_watch(w.watch_id)
+
+
 def test_list_watches_follows_every_page_newest_first(acme):
     label = {"suite": unique_prefix("list")}
     ids = [acme.start_watch(BUCKET, unique_prefix("l"), Policy.quiet_period(3600), labels=label).watch.watch_id

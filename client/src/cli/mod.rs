@@ -187,6 +187,13 @@ enum Command {
         #[arg(long, value_name = "SEQ", default_value_t = 0)]
         after_seq: u64,
     },
+    /// List the objects a watch counted (its manifest), in key order
+    Objects {
+        watch_id: String,
+        /// Only the objects first counted in this generation [default: all]
+        #[arg(long, value_name = "N", default_value_t = 0)]
+        generation: u32,
+    },
     /// Wait until a watch ends; the exit code tells how it ended
     #[command(after_help = EXIT_CODES)]
     Wait { watch_id: String },
@@ -204,6 +211,14 @@ struct StartArgs {
     /// Only keys under this prefix
     #[arg(long)]
     prefix: Option<String>,
+
+    /// Count only keys matching this glob, on the key below the prefix: `**/*.parquet` (repeatable; `**` crosses `/`, `*` does not)
+    #[arg(long = "include", value_name = "GLOB")]
+    include: Vec<String>,
+
+    /// Leave out keys matching this glob: `_temporary/**`, `**/_SUCCESS` (repeatable)
+    #[arg(long = "exclude", value_name = "GLOB")]
+    exclude: Vec<String>,
 
     #[command(flatten)]
     policy: PolicyArgs,
@@ -451,6 +466,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
             follower.follow(&client, &watch_id, after_seq).await?;
             Ok(EXIT_COMPLETED)
         }
+        Command::Objects {
+            watch_id,
+            generation,
+        } => {
+            let mut client = cli.connection.connect().await?;
+            client
+                .for_each_watch_object::<anyhow::Error>(&watch_id, generation, |page| {
+                    Ok(printer.objects(&page)?)
+                })
+                .await?;
+            Ok(EXIT_COMPLETED)
+        }
         Command::Wait { watch_id } => {
             let mut client = cli.connection.connect().await?;
             let watch = client.get_watch(&watch_id).await?;
@@ -469,6 +496,12 @@ async fn start(connection: &Connection, printer: Printer, args: StartArgs) -> an
     let mut request = WatchRequest::new(args.bucket)
         .prefix(args.prefix.unwrap_or_default())
         .policy(args.notify.apply(args.policy.policy()));
+    for pattern in args.include {
+        request = request.include(pattern);
+    }
+    for pattern in args.exclude {
+        request = request.exclude(pattern);
+    }
     for (key, value) in args.labels {
         request = request.label(key, value);
     }

@@ -25,9 +25,14 @@ pub struct WatchJson {
     pub state: &'static str,
     pub generation: u32,
     pub object_count: u64,
+    pub object_bytes: u64,
     pub event_count: u64,
     pub removed_count: u64,
     pub last_seq: u64,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub include: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub exclude: Vec<String>,
     pub reason: String,
     pub labels: BTreeMap<String, String>,
     pub policy: PolicyJson,
@@ -86,6 +91,8 @@ pub struct EventJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub object_count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    pub object_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub event_count: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub removed_count: Option<u64>,
@@ -97,6 +104,33 @@ pub struct EventJson {
     pub max_repeats: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// One object of a watch's manifest, as `objects` prints it.
+#[derive(Debug, Serialize)]
+pub struct ObjectJson {
+    #[serde(rename = "type")]
+    pub shape: &'static str,
+    pub key: String,
+    pub size: u64,
+    pub sequencer: String,
+    pub event_time: Option<String>,
+    pub generation: u32,
+    pub removed: bool,
+}
+
+impl ObjectJson {
+    pub fn new(o: &v1::WatchObject) -> Self {
+        Self {
+            shape: "object",
+            key: o.key.clone(),
+            size: o.size,
+            sequencer: o.sequencer.clone(),
+            event_time: timestamp(o.event_time.as_ref()),
+            generation: o.generation,
+            removed: o.removed,
+        }
+    }
 }
 
 /// What `ingest` sent and what the server made of it, over all batches.
@@ -182,9 +216,12 @@ impl WatchJson {
             state: state_name(watch.state()),
             generation: watch.generation,
             object_count: watch.object_count,
+            object_bytes: watch.object_bytes,
             event_count: watch.event_count,
             removed_count: watch.removed_count,
             last_seq: watch.last_seq,
+            include: watch.include.clone(),
+            exclude: watch.exclude.clone(),
             reason: watch.reason.clone(),
             labels: watch.labels.clone().into_iter().collect(),
             policy: PolicyJson::new(watch.policy.as_ref()),
@@ -260,6 +297,7 @@ impl EventJson {
             generation: event.generation,
             kind: event.kind_name(),
             object_count: None,
+            object_bytes: None,
             event_count: None,
             removed_count: None,
             last_activity_at: None,
@@ -273,6 +311,7 @@ impl EventJson {
             }
             Some(Kind::Progress(p)) => {
                 json.object_count = Some(p.object_count);
+                json.object_bytes = Some(p.object_bytes);
                 json.event_count = Some(p.event_count);
                 json.removed_count = Some(p.removed_count);
                 json.last_activity_at = timestamp(p.last_activity_at.as_ref());
@@ -284,6 +323,7 @@ impl EventJson {
             }
             Some(Kind::Completed(c)) => {
                 json.object_count = Some(c.object_count);
+                json.object_bytes = Some(c.object_bytes);
                 json.reason = Some(c.reason.clone());
             }
             Some(Kind::TimedOut(t)) => {
@@ -441,7 +481,7 @@ impl Printer {
                 .unwrap_or_else(|| "-".into())
         };
         let mut text = format!(
-            "watch {}{}\n  state          {} (generation {})\n  watching       {}/{}\n  policy         {}\n  objects        {} ({} notifications, {} removed)\n  created        {}\n  last activity  {}\n",
+            "watch {}{}\n  state          {} (generation {})\n  watching       {}/{}\n  policy         {}\n  objects        {} ({} bytes; {} notifications, {} removed)\n  created        {}\n  last activity  {}\n",
             watch.watch_id,
             if created == Some(false) {
                 " (already started with this client token)"
@@ -454,11 +494,19 @@ impl Printer {
             watch.prefix,
             policy_text(watch.policy.as_ref()),
             watch.object_count,
+            watch.object_bytes,
             watch.event_count,
             watch.removed_count,
             stamp(watch.created_at.as_ref()),
             stamp(watch.last_activity_at.as_ref()),
         );
+        if !watch.include.is_empty() || !watch.exclude.is_empty() {
+            text += &format!(
+                "  keys           include [{}] exclude [{}]\n",
+                watch.include.join(", "),
+                watch.exclude.join(", ")
+            );
+        }
         if watch.completed_at.is_some() {
             text += &format!("  ended          {}\n", stamp(watch.completed_at.as_ref()));
         }
@@ -474,6 +522,29 @@ impl Printer {
             text += &format!("  delivery       {}\n", delivery_text(d));
         }
         write!(io::stdout().lock(), "{text}")
+    }
+
+    /// A page of a manifest: one JSON object per object, or one line each
+    /// (key, size, event time, generation, `removed`).
+    pub fn objects(&self, objects: &[v1::WatchObject]) -> io::Result<()> {
+        if self.format == Format::Json {
+            return objects
+                .iter()
+                .try_for_each(|o| self.json(&ObjectJson::new(o)));
+        }
+        let mut out = io::stdout().lock();
+        for o in objects {
+            writeln!(
+                out,
+                "{}\t{}\t{}\t{}{}",
+                o.key,
+                o.size,
+                timestamp(o.event_time.as_ref()).unwrap_or_else(|| "-".into()),
+                o.generation,
+                if o.removed { "\tremoved" } else { "" }
+            )?;
+        }
+        Ok(())
     }
 
     pub fn watch_list(&self, watches: &[v1::Watch]) -> io::Result<()> {

@@ -281,6 +281,7 @@ mod tests {
                 event_count: 8,
                 removed_count: 0,
                 last_activity_at: Some(stamp(at(10))),
+                object_bytes: 7 * 1024,
             })),
             ..Default::default()
         });

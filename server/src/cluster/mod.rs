@@ -651,7 +651,7 @@ impl RouteRefresher {
                     continue;
                 }
                 let shard = self.ownership.shard(&e.key.id);
-                self.routes.add(&e.bucket, &e.key, &e.prefix);
+                self.routes.add(&e.bucket, &e.key, &e.prefix, &e.filter);
                 known.insert(
                     e.key.clone(),
                     Known {
@@ -714,7 +714,7 @@ impl RouteRefresher {
         });
         for w in &live {
             if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(w.key()) {
-                self.routes.add(&w.bucket, slot.key(), &w.prefix);
+                self.routes.add(&w.bucket, slot.key(), &w.prefix, &w.filter);
                 slot.insert(Known {
                     shard: self.ownership.shard(&w.id),
                     created_at: w.created_at,

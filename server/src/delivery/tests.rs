@@ -87,6 +87,7 @@ async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: Delive
         id: WatchId::generate(),
         bucket: Bucket::parse("b", "data-lake").unwrap(),
         prefix: Prefix::parse("p", "").unwrap(),
+        filter: Default::default(),
         policy: Policy {
             notify: Notify {
                 targets: vec![NotifyTarget::Webhook {
@@ -110,6 +111,7 @@ async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: Delive
     lifecycle.completed_at = Some(T0);
     let completed = vec![EventKind::Completed {
         object_count: 0,
+        object_bytes: 0,
         reason: "quiet".into(),
     }];
     let Some(Applied::Done { watch, .. }) = store
@@ -322,6 +324,7 @@ fn bodies_carry_the_event_and_the_watch() {
         id: WatchId::generate(),
         bucket: Bucket::parse("b", "data-lake").unwrap(),
         prefix: Prefix::parse("p", "day=1/").unwrap(),
+        filter: Default::default(),
         policy: Policy::default(),
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: None,
@@ -341,6 +344,7 @@ fn bodies_carry_the_event_and_the_watch() {
         generation: 1,
         kind: EventKind::Completed {
             object_count: 3,
+            object_bytes: 0,
             reason: "quiet for 5s".into(),
         },
     };

@@ -1,7 +1,9 @@
 //! Storage notifications in: parses notification documents (S3 `Records`,
 //! SNS envelopes, EventBridge events, `s3:TestEvent`) into activities,
 //! authorizes each bucket for the caller, routes each key to the watches whose
-//! prefix it falls under, and records them through the store in one batch.
+//! prefix it falls under and whose key filter takes it, and records them
+//! through the store in one batch. A key a watch's filter leaves out is
+//! nothing to that watch: neither counted nor activity.
 //!
 //! [`sqs`] consumes the same documents from SQS queues. [`Watermarks`] says
 //! how far those queues have caught up, so no watch is called quiet while its
@@ -16,7 +18,7 @@ pub mod reconcile;
 pub mod sqs;
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::{Arc, Mutex, RwLock},
 };
 
@@ -36,7 +38,7 @@ use crate::{
     metrics::{Metrics, Notifications},
     observer::ObserverHandle,
     store::{Activity, ActivityKind, Recorded, Store},
-    watch::{Bucket, Prefix, TenantId, WatchKey},
+    watch::{Bucket, KeyFilter, KeyMatcher, Prefix, TenantId, WatchKey},
 };
 
 /// Largest notification document accepted (SQS and SNS cap bodies at 256 KiB).
@@ -56,6 +58,15 @@ pub struct Notification {
     pub key: String,
     pub kind: NotificationKind,
     pub sequencer: String,
+    /// `s3.object.size` (EventBridge: `detail.object.size`); 0 when absent.
+    pub size: u64,
+    /// `eventTime` (EventBridge: `time`), when the document had one.
+    pub event_time: Option<Timestamp>,
+}
+
+/// An instant from a notification; the epoch stands for "not given".
+fn event_instant(millis: i64) -> Option<Timestamp> {
+    (millis > 0).then(|| Timestamp::from_millis(millis))
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +102,8 @@ struct DetailObject {
     key: String,
     #[serde(default)]
     sequencer: Option<String>,
+    #[serde(default)]
+    size: Option<u64>,
 }
 
 /// Longest object key S3 allows, in bytes of UTF-8.
@@ -195,6 +208,13 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
                 key: decode_key(&key).map_err(|e| format!("Records[{i}].s3.object.{e}"))?,
                 kind: kind_of(&name),
                 sequencer: record.s3.object.sequencer.unwrap_or_default(),
+                size: record
+                    .s3
+                    .object
+                    .size
+                    .and_then(|s| u64::try_from(s).ok())
+                    .unwrap_or(0),
+                event_time: event_instant(record.event_time.timestamp_millis()),
             });
         }
         return Ok(Document::Records(out));
@@ -225,6 +245,8 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
             key: decode_key(&event.detail.object.key).map_err(|e| format!("detail.object.{e}"))?,
             kind,
             sequencer: event.detail.object.sequencer.unwrap_or_default(),
+            size: event.detail.object.size.unwrap_or(0),
+            event_time: event.time.and_then(|t| event_instant(t.timestamp_millis())),
         }]));
     }
     Err("not a storage notification: expected S3 Records, an SNS envelope, an EventBridge event or s3:TestEvent".into())
@@ -263,24 +285,25 @@ fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
 #[derive(Clone, Debug)]
 /// The watches of one bucket, indexed by prefix. A key matches exactly the
 /// prefixes that are its leading bytes, so a lookup tries one hash probe per
-/// prefix length in use instead of comparing the key with every watch.
+/// prefix length in use instead of comparing the key with every watch; then
+/// each watch's key filter, if it has one, sees the key below the prefix.
 #[derive(Default)]
 struct BucketRoutes {
-    by_prefix: HashMap<String, HashSet<WatchKey>>,
+    by_prefix: HashMap<String, HashMap<WatchKey, Option<Arc<KeyMatcher>>>>,
     /// How many distinct prefixes of each length (in bytes) are routed.
     lengths: BTreeMap<usize, usize>,
 }
 
 impl BucketRoutes {
-    fn add(&mut self, prefix: &Prefix, key: &WatchKey) {
+    fn add(&mut self, prefix: &Prefix, key: &WatchKey, filter: Option<Arc<KeyMatcher>>) {
         let keys = self
             .by_prefix
             .entry(prefix.as_str().to_owned())
             .or_insert_with(|| {
                 *self.lengths.entry(prefix.as_str().len()).or_default() += 1;
-                HashSet::new()
+                HashMap::new()
             });
-        keys.insert(key.clone());
+        keys.insert(key.clone(), filter);
     }
 
     fn remove(&mut self, prefix: &Prefix, key: &WatchKey) {
@@ -300,14 +323,19 @@ impl BucketRoutes {
         }
     }
 
-    /// The watches whose prefix `key` starts with.
+    /// The watches whose prefix `key` starts with and whose filter takes it.
     fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a WatchKey> + 'a {
         self.lengths
             .keys()
             .take_while(move |&&len| len <= key.len())
-            .filter_map(move |&len| key.get(..len))
-            .filter_map(|prefix| self.by_prefix.get(prefix))
-            .flatten()
+            .filter_map(move |&len| Some((key.get(..len)?, &key[len..])))
+            .filter_map(|(prefix, below)| Some((self.by_prefix.get(prefix)?, below)))
+            .flat_map(|(watches, below)| {
+                watches
+                    .iter()
+                    .filter(move |(_, filter)| filter.as_ref().is_none_or(|f| f.matches(below)))
+                    .map(|(key, _)| key)
+            })
     }
 
     fn is_empty(&self) -> bool {
@@ -365,9 +393,13 @@ impl Routes {
         }
     }
 
-    pub fn add(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
+    /// Routes the keys of `bucket` under `prefix` that `filter` takes to `key`.
+    pub fn add(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix, filter: &KeyFilter) {
+        let matcher = filter.matcher().map(Arc::new);
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
-        map.entry(bucket.clone()).or_default().add(prefix, key);
+        map.entry(bucket.clone())
+            .or_default()
+            .add(prefix, key, matcher);
     }
 
     pub fn remove(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
@@ -710,6 +742,8 @@ impl Ingest {
                             kind,
                             key: n.key.clone(),
                             sequencer: n.sequencer.clone(),
+                            size: n.size,
+                            event_time: n.event_time,
                         });
                     }
                 }
@@ -763,6 +797,8 @@ impl Ingest {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashSet;
+
     use super::*;
 
     fn watch_key() -> WatchKey {
@@ -791,17 +827,18 @@ mod tests {
             watch_key(),
             watch_key(),
         );
-        routes.add(&lake, &all, &prefix(""));
-        routes.add(&lake, &day, &prefix("day="));
-        routes.add(&lake, &day1, &prefix("day=1/"));
-        routes.add(&lake, &day10, &prefix("day=10/"));
+        routes.add(&lake, &all, &prefix(""), &KeyFilter::default());
+        routes.add(&lake, &day, &prefix("day="), &KeyFilter::default());
+        routes.add(&lake, &day1, &prefix("day=1/"), &KeyFilter::default());
+        routes.add(&lake, &day10, &prefix("day=10/"), &KeyFilter::default());
         routes.add(
             &Bucket::parse("bucket", "other").unwrap(),
             &other,
             &prefix(""),
+            &KeyFilter::default(),
         );
         // Adding a route twice keeps one.
-        routes.add(&lake, &day1, &prefix("day=1/"));
+        routes.add(&lake, &day1, &prefix("day=1/"), &KeyFilter::default());
 
         assert_eq!(
             routed(&routes, "lake", "day=1/a"),
@@ -828,6 +865,57 @@ mod tests {
             !routes.by_bucket.read().unwrap().contains_key("lake"),
             "a bucket without watches is dropped"
         );
+    }
+
+    #[test]
+    fn a_watch_takes_only_the_keys_its_filter_takes_below_its_prefix() {
+        let routes = Routes::default();
+        let lake = Bucket::parse("bucket", "lake").unwrap();
+        let prefix = Prefix::parse("prefix", "out/").unwrap();
+        let filter = KeyFilter::parse(
+            vec!["**/*.parquet".into(), "*.csv".into()],
+            vec!["_temporary/**".into(), "**/_SUCCESS".into()],
+        )
+        .unwrap();
+        let (filtered, all) = (watch_key(), watch_key());
+        routes.add(&lake, &filtered, &prefix, &filter);
+        routes.add(&lake, &all, &prefix, &KeyFilter::default());
+        let takes = |key: &str| routed(&routes, "lake", key).contains(&filtered);
+        assert!(takes("out/day=1/part 0.parquet"), "** crosses /");
+        assert!(takes("out/a.parquet"), "**/ also matches no directory");
+        assert!(takes("out/top.csv"));
+        assert!(!takes("out/day=1/deep.csv"), "* does not cross /");
+        assert!(!takes("out/_temporary/0/part.parquet"), "excluded");
+        assert!(!takes("out/day=1/_SUCCESS"));
+        assert!(!takes("out/day=1/part.json"), "not included");
+        assert!(
+            !takes("out.parquet") && !takes("other/a.parquet"),
+            "outside the prefix"
+        );
+        assert!(takes("out/ü +%/x.parquet"), "any characters");
+        assert!(
+            routed(&routes, "lake", "out/_temporary/x.json").contains(&all),
+            "another watch of the prefix is unaffected"
+        );
+    }
+
+    #[test]
+    fn bad_key_patterns_are_named_with_their_index() {
+        let err = |include: &[&str], exclude: &[&str]| {
+            KeyFilter::parse(
+                include.iter().map(|s| s.to_string()).collect(),
+                exclude.iter().map(|s| s.to_string()).collect(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(err(&["*.json", "*.csv", "a[b"], &[]).contains("include[2]"));
+        assert!(err(&[], &["{a,b"]).contains("exclude[0]"));
+        assert!(err(&[""], &[]).contains("include[0]"));
+        let long = "x".repeat(crate::watch::MAX_KEY_PATTERN_BYTES + 1);
+        assert!(err(&[], &["ok", &long]).contains("exclude[1]"));
+        let many = vec!["*"; crate::watch::MAX_KEY_PATTERNS + 1];
+        assert!(err(&many, &[]).contains("invalid include: has 33 patterns"));
     }
 
     #[test]
@@ -867,6 +955,12 @@ mod tests {
         );
         assert_eq!(r[0].kind, NotificationKind::Created);
         assert_eq!(r[0].sequencer, "0055AED6DCD90281E5");
+        assert_eq!(r[0].size, 1024);
+        assert_eq!(
+            r[0].event_time,
+            Some(Timestamp::from_millis(1_795_687_200_000))
+        );
+        assert_eq!(r[1].size, 0, "a removal carries no size");
         assert_eq!(r[1].kind, NotificationKind::Removed);
         assert_eq!(
             r[2].kind,
@@ -899,6 +993,8 @@ mod tests {
                 key: "day=1/eb file.json".into(),
                 kind: NotificationKind::Created,
                 sequencer: "00617F08299329D189".into(),
+                size: 5,
+                event_time: Some(Timestamp::from_millis(1_795_687_200_000)),
             }]
         );
         let r = records(include_str!(

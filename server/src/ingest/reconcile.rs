@@ -1,5 +1,6 @@
 //! Reconciliation: before a watch with `policy.reconcile` completes, list its
-//! prefix in S3 and record every key as a created object. Keys already seen
+//! prefix in S3 and record every key the watch's key filter takes as a
+//! created object, with the size the listing shows. Keys already seen
 //! count nothing; a key no notification told of counts (and is activity, so
 //! the watch keeps waiting). The store's exact counting does the comparison.
 
@@ -14,6 +15,14 @@ use crate::{
 /// Keys listed per ListObjectsV2 call: S3's maximum.
 const PAGE: i32 = 1000;
 
+/// One object of a listing.
+#[derive(Clone, Debug)]
+pub struct Listed {
+    pub key: String,
+    pub size: u64,
+    pub last_modified: Option<Timestamp>,
+}
+
 pub struct Reconciler {
     s3: Client,
 }
@@ -23,8 +32,8 @@ impl Reconciler {
         Self { s3 }
     }
 
-    /// Every key under `prefix` in `bucket`.
-    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<String>, String> {
+    /// Every object under `prefix` in `bucket`.
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<Listed>, String> {
         let mut keys = Vec::new();
         let mut pages = self
             .s3
@@ -40,7 +49,16 @@ impl Reconciler {
                 page.contents
                     .unwrap_or_default()
                     .into_iter()
-                    .filter_map(|o| o.key),
+                    .filter_map(|o| {
+                        Some(Listed {
+                            size: o.size.and_then(|s| u64::try_from(s).ok()).unwrap_or(0),
+                            last_modified: o
+                                .last_modified
+                                .and_then(|t| t.to_millis().ok())
+                                .map(Timestamp::from_millis),
+                            key: o.key?,
+                        })
+                    }),
             );
         }
         Ok(keys)
@@ -54,17 +72,25 @@ impl Reconciler {
         watch: &Watch,
         now: Timestamp,
     ) -> Result<Option<(Watch, Vec<WatchEvent>)>, String> {
-        let keys = self
+        let listed = self
             .list(watch.bucket.as_str(), watch.prefix.as_str())
             .await?;
-        let activities: Vec<Activity> = keys
+        let matcher = watch.filter.matcher();
+        let prefix = watch.prefix.as_str();
+        let activities: Vec<Activity> = listed
             .into_iter()
-            .map(|key| Activity {
+            .filter(|o| {
+                let below = o.key.strip_prefix(prefix).unwrap_or(&o.key);
+                matcher.as_ref().is_none_or(|m| m.matches(below))
+            })
+            .map(|o| Activity {
                 tenant: watch.tenant.clone(),
                 watch_id: watch.id.clone(),
                 kind: ActivityKind::Created,
-                key,
+                key: o.key,
                 sequencer: String::new(),
+                size: o.size,
+                event_time: o.last_modified,
             })
             .collect();
         let found = activities.len();

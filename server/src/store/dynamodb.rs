@@ -3,8 +3,8 @@
 //!
 //! | item | `pk` | `sk` | notes |
 //! |---|---|---|---|
-//! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields; `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
-//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | `sequencer`: one of the key's (empty while only notifications without one told of it); keys over 1000 bytes are stored as `K#c#~{sha256}` |
+//! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields (`filter`: the key filter as JSON, absent when none); `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
+//! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | `sequencer`: one of the key's (empty while only notifications without one told of it); `size`, `event_time` (ms, when told) and `generation` of its first counted notification (items written before them read as 0, none, 1); keys over 1000 bytes are stored as `K#c#~{sha256}` with the key in `key`. The `K#c#` items, in sort key order, are the manifest |
 //! | seen sequencer | `W#{tenant}#{watch_id}` | `S#c#{len}#{sequencer}#{key}` / `S#r#…` | one per further distinct sequencer of a seen key; over 1000 bytes, `S#c#~{sha256}` |
 //! | event | `W#{tenant}#{watch_id}` | `E#{seq:020}` | `time`, `generation`, `payload` (the event as JSON) |
 //! | client token | `C#{tenant}#{token}` | `TOKEN` | `watch_id` |
@@ -48,15 +48,15 @@ pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 
 use super::{
     Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Fence, Guard,
-    KeyEvent, ListQuery, NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, outbox_for,
-    sequencer_identity,
+    KeyEvent, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result,
+    Store, StoreError, outbox_for, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
     policy,
     watch::{
-        Counters, EventKind, Lifecycle, TenantId, TraceContext, Watch, WatchEvent, WatchId,
-        WatchKey, WatchState,
+        Counters, EventKind, KeyFilter, Lifecycle, TenantId, TraceContext, Watch, WatchEvent,
+        WatchId, WatchKey, WatchState,
     },
 };
 
@@ -298,6 +298,9 @@ fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     );
     item.insert("bucket".into(), s(w.bucket.as_str()));
     item.insert("prefix".into(), s(w.prefix.as_str()));
+    if !w.filter.is_empty() {
+        item.insert("filter".into(), s(json(&w.filter)?));
+    }
     item.insert("policy".into(), s(json(&w.policy)?));
     let labels = w.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect();
     item.insert("labels".into(), AttributeValue::M(labels));
@@ -321,6 +324,7 @@ fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     item.insert("object_count".into(), n(c.object_count));
     item.insert("event_count".into(), n(c.event_count));
     item.insert("removed_count".into(), n(c.removed_count));
+    item.insert("object_bytes".into(), n(c.object_bytes));
     if let Some(at) = c.last_activity_at {
         item.insert("last_activity_at".into(), n(at.as_millis()));
     }
@@ -342,6 +346,14 @@ fn opt_s(item: &Item, name: &str) -> String {
         .unwrap_or_default()
 }
 
+/// The key filter of a watch or route item (none when absent).
+fn item_filter(item: &Item) -> Result<KeyFilter> {
+    match item.get("filter") {
+        None => Ok(KeyFilter::default()),
+        Some(_) => from_json(get_s(item, "filter")?),
+    }
+}
+
 fn item_watch(item: &Item) -> Result<Watch> {
     let state_raw = get_s(item, "state")?;
     let labels = match item.get("labels") {
@@ -360,6 +372,7 @@ fn item_watch(item: &Item) -> Result<Watch> {
         id: stored(get_s(item, "watch_id")?)?,
         bucket: stored(get_s(item, "bucket")?)?,
         prefix: stored(get_s(item, "prefix")?)?,
+        filter: item_filter(item)?,
         policy: from_json(get_s(item, "policy")?)?,
         labels,
         client_token: item
@@ -379,6 +392,7 @@ fn item_watch(item: &Item) -> Result<Watch> {
             object_count: get_n(item, "object_count")?,
             event_count: get_n(item, "event_count")?,
             removed_count: get_n(item, "removed_count")?,
+            object_bytes: get_n(item, "object_bytes").unwrap_or(0),
             last_activity_at: get_opt_ts(item, "last_activity_at")?,
         },
         last_seq: get_n(item, "last_seq")?,
@@ -428,6 +442,11 @@ fn route_item(w: &Watch) -> Item {
     item.insert("watch_id".into(), s(w.id.as_str()));
     item.insert("bucket".into(), s(w.bucket.as_str()));
     item.insert("prefix".into(), s(w.prefix.as_str()));
+    if !w.filter.is_empty()
+        && let Ok(filter) = json(&w.filter)
+    {
+        item.insert("filter".into(), s(filter));
+    }
     item.insert("created_at".into(), n(created));
     item.insert(
         TTL_ATTRIBUTE.into(),
@@ -844,15 +863,13 @@ impl DynamoStore {
         Ok(found)
     }
 
-    /// The stored sequencer of each seen key in `sks` (strongly consistent).
-    async fn seen(&self, pk: &str, sks: &[String]) -> Result<HashMap<String, String>> {
+    /// The stored item of each seen key in `sks` (strongly consistent).
+    async fn seen(&self, pk: &str, sks: &[String]) -> Result<HashMap<String, Item>> {
         let keys = sks.iter().map(|sk| (pk.to_owned(), sk.clone())).collect();
         let mut found = HashMap::new();
         for item in self.batch_get(keys).await? {
-            found.insert(
-                get_s(&item, "sk")?.to_owned(),
-                get_s(&item, "sequencer")?.to_owned(),
-            );
+            get_s(&item, "sequencer")?;
+            found.insert(get_s(&item, "sk")?.to_owned(), item);
         }
         Ok(found)
     }
@@ -890,8 +907,12 @@ impl DynamoStore {
                 let seen = self.seen(&pk, &sks).await?;
                 // Other sequencers of keys seen with one: are those pairs recorded?
                 let mut asked = Vec::new();
+                let sequencer_of = |item: &Item| opt_s(item, "sequencer");
                 for key in chunk {
-                    let Some(stored) = seen.get(&key.sk).map(|s| sequencer_identity(s)) else {
+                    let Some(stored) = seen
+                        .get(&key.sk)
+                        .map(|i| sequencer_identity(&sequencer_of(i)))
+                    else {
                         continue;
                     };
                     for (_, sequencer) in &key.occurrences {
@@ -913,14 +934,19 @@ impl DynamoStore {
                 let before = watch.counters;
                 for key in chunk {
                     let stored = seen.get(&key.sk);
-                    let mut current = stored.map(|s| sequencer_identity(s));
+                    let mut current = stored.map(|i| sequencer_identity(&sequencer_of(i)));
                     let mut key_changed = false;
+                    // The first counted notification of a new key: what its item keeps.
+                    let mut first: Option<&Activity> = None;
                     for (i, sequencer) in &key.occurrences {
                         let counts = match KeyEvent::of(current.as_deref(), sequencer) {
                             KeyEvent::NewKey => {
+                                let a = &activities[*i];
                                 if key.kind == ActivityKind::Created {
                                     watch.counters.object_count += 1;
+                                    watch.counters.object_bytes += a.size;
                                 }
+                                first = Some(a);
                                 current = Some(sequencer.clone());
                                 key_changed = true;
                                 true
@@ -960,13 +986,34 @@ impl DynamoStore {
                         ));
                     }
                     if key_changed {
-                        let mut item = Item::new();
-                        item.insert("pk".into(), s(&pk));
-                        item.insert("sk".into(), s(&key.sk));
+                        // A stored item keeps its size, time and generation; it takes the sequencer.
+                        let mut item = match stored {
+                            Some(old) => old.clone(),
+                            None => {
+                                let mut item = Item::new();
+                                item.insert("pk".into(), s(&pk));
+                                item.insert("sk".into(), s(&key.sk));
+                                if key.sk.len() != key.key.len() + 4 {
+                                    item.insert("key".into(), s(&key.key));
+                                }
+                                if let Some(a) = first {
+                                    item.insert("size".into(), n(a.size));
+                                    if let Some(at) = a.event_time {
+                                        item.insert("event_time".into(), n(at.as_millis()));
+                                    }
+                                }
+                                item.insert("generation".into(), n(watch.lifecycle.generation));
+                                item
+                            }
+                        };
                         item.insert("sequencer".into(), s(current.unwrap_or_default()));
                         puts.push(match stored {
                             None => self.put(item, "attribute_not_exists(pk)", &[])?,
-                            Some(old) => self.put(item, "sequencer = :old", &[(":old", s(old))])?,
+                            Some(old) => self.put(
+                                item,
+                                "sequencer = :old",
+                                &[(":old", s(sequencer_of(old)))],
+                            )?,
                         });
                     }
                 }
@@ -1138,6 +1185,7 @@ impl Store for DynamoStore {
                 id: new.id.clone(),
                 bucket: new.bucket.clone(),
                 prefix: new.prefix.clone(),
+                filter: new.filter.clone(),
                 policy: new.policy.clone(),
                 labels: new.labels.clone(),
                 client_token: new.client_token.clone(),
@@ -1319,6 +1367,103 @@ impl Store for DynamoStore {
             .iter()
             .map(|item| item_event(tenant, id, item))
             .collect()
+    }
+
+    async fn list_objects(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        query: &ObjectsQuery,
+    ) -> Result<Vec<ManifestEntry>> {
+        let pk = watch_pk(tenant, id);
+        let limit = query.limit.max(1);
+        let mut start = query.after.as_ref().map(|after| {
+            HashMap::from([
+                ("pk".to_owned(), s(&pk)),
+                ("sk".to_owned(), s(key_sk(ActivityKind::Created, after))),
+            ])
+        });
+        let mut out = Vec::with_capacity(limit);
+        // Reads a page's worth at a time; a generation filter may need more pages.
+        while out.len() < limit {
+            let page = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression("pk = :pk AND begins_with(sk, :created)")
+                .expression_attribute_values(":pk", s(&pk))
+                .expression_attribute_values(":created", s("K#c#"))
+                .set_exclusive_start_key(start.take())
+                .consistent_read(true)
+                .limit(i32::try_from(limit).unwrap_or(i32::MAX))
+                .send()
+                .await
+                .map_err(aws)?;
+            let items = page.items.unwrap_or_default();
+            // A Query is billed on the total size it read, rounded up to 4 KB.
+            let bytes: u64 = items.iter().map(item_bytes).sum();
+            self.count(1, items.len() as u64, 0, bytes.div_ceil(4096).max(1));
+            for item in &items {
+                let generation = get_n(item, "generation").unwrap_or(1);
+                if query.generation.is_some_and(|g| g != generation) || out.len() == limit {
+                    continue;
+                }
+                let key = match item.get("key") {
+                    Some(_) => get_s(item, "key")?.to_owned(),
+                    None => get_s(item, "sk")?
+                        .strip_prefix("K#c#")
+                        .ok_or_else(|| corrupt("seen key sk"))?
+                        .to_owned(),
+                };
+                out.push(ManifestEntry {
+                    key,
+                    size: get_n(item, "size").unwrap_or(0),
+                    sequencer: opt_s(item, "sequencer"),
+                    event_time: get_opt_ts(item, "event_time")?,
+                    generation,
+                    removed: false,
+                });
+            }
+            match page.last_evaluated_key {
+                Some(k) if !k.is_empty() && out.len() < limit => start = Some(k),
+                _ => break,
+            }
+        }
+        // The page's removal items: one range query over the page's keys
+        // (costs what the removals hold), plus a get for each hashed key.
+        let mut removed = std::collections::HashSet::new();
+        let in_order: Vec<String> = out
+            .iter()
+            .map(|o| key_sk(ActivityKind::Removed, &o.key))
+            .filter(|sk| !sk.starts_with("K#r#~"))
+            .collect();
+        if let (Some(from), Some(to)) = (in_order.first(), in_order.last()) {
+            let items = self
+                .query_all(
+                    None,
+                    "pk = :pk AND sk BETWEEN :from AND :to",
+                    vec![(":pk", s(&pk)), (":from", s(from)), (":to", s(to))],
+                )
+                .await?;
+            for item in &items {
+                removed.insert(get_s(item, "sk")?.to_owned());
+            }
+        }
+        let hashed = out
+            .iter()
+            .map(|o| key_sk(ActivityKind::Removed, &o.key))
+            .filter(|sk| sk.starts_with("K#r#~"))
+            .map(|sk| (pk.clone(), sk))
+            .collect::<Vec<_>>();
+        if !hashed.is_empty() {
+            for item in self.batch_get(hashed).await? {
+                removed.insert(get_s(&item, "sk")?.to_owned());
+            }
+        }
+        for o in &mut out {
+            o.removed = removed.contains(&key_sk(ActivityKind::Removed, &o.key));
+        }
+        Ok(out)
     }
 
     async fn live_watches(&self, _now: Timestamp) -> Result<Vec<Watch>> {
@@ -1630,6 +1775,8 @@ mod tests {
             kind: ActivityKind::Created,
             key: key.to_owned(),
             sequencer,
+            size: 0,
+            event_time: None,
         };
         let mut activities: Vec<Activity> = (0..10)
             .map(|i| activity(&format!("k{i}"), String::new()))

@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::{
-    Activity, Applied, Claimed, Created, Delivery, Fence, Guard, ListQuery, NewWatch,
-    RecordOutcome, Result, Store,
+    Activity, Applied, Claimed, Created, Delivery, Fence, Guard, ListQuery, ManifestEntry,
+    NewWatch, ObjectsQuery, RecordOutcome, Result, Store,
 };
 use crate::{
     clock::Timestamp,
@@ -114,6 +114,15 @@ impl Store for Measured {
 
     async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {
         self.inner.watches(keys).await
+    }
+
+    async fn list_objects(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        query: &ObjectsQuery,
+    ) -> Result<Vec<ManifestEntry>> {
+        self.inner.list_objects(tenant, id, query).await
     }
 
     async fn events_after(

@@ -18,7 +18,9 @@
 //! one of the key's sequencers, and one per further distinct sequencer of the
 //! key; [`KeyEvent`] says how a notification counts against them. The
 //! counters are a function of which notifications were recorded, never of
-//! their order or of redeliveries.
+//! their order or of redeliveries. A created key's seen record also keeps
+//! the size, event time and generation of its first counted notification:
+//! the watch's manifest, which [`Store::list_objects`] pages in key order.
 //!
 //! Errors: each backend turns its own errors into a [`StoreError`] where it
 //! meets them, classified; no backend error type leaves this module.
@@ -34,8 +36,8 @@ use crate::{
     clock::Timestamp,
     policy::Policy,
     watch::{
-        Bucket, EventKind, Labels, Lifecycle, NotifyTarget, Prefix, TenantId, TraceContext, Watch,
-        WatchEvent, WatchId, WatchState,
+        Bucket, EventKind, KeyFilter, Labels, Lifecycle, NotifyTarget, Prefix, TenantId,
+        TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -88,6 +90,7 @@ pub struct NewWatch {
     pub id: WatchId,
     pub bucket: Bucket,
     pub prefix: Prefix,
+    pub filter: KeyFilter,
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,
@@ -122,6 +125,35 @@ pub struct Activity {
     pub key: String,
     /// S3's per-key ordering token (see [`sequencer_identity`]); empty when the notification had none.
     pub sequencer: String,
+    /// The object's size in bytes, as the notification (or listing) told it; 0 when it did not.
+    pub size: u64,
+    /// The notification's `eventTime` (a listing's `LastModified`), when it had one.
+    pub event_time: Option<Timestamp>,
+}
+
+/// One object of a watch's manifest: a created key as its seen record keeps it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub key: String,
+    /// The size the key's first counted notification carried.
+    pub size: u64,
+    /// The sequencer the seen record holds (empty when none was told).
+    pub sequencer: String,
+    pub event_time: Option<Timestamp>,
+    /// The generation the key was first counted in.
+    pub generation: u32,
+    /// Whether a removal of the key was recorded.
+    pub removed: bool,
+}
+
+/// A page of [`Store::list_objects`].
+#[derive(Clone, Debug, Default)]
+pub struct ObjectsQuery {
+    /// Only keys first counted in this generation; `None`: every key.
+    pub generation: Option<u32>,
+    /// Keys after this one (byte order of their UTF-8), the previous page's last.
+    pub after: Option<String>,
+    pub limit: usize,
 }
 
 /// The identity of an S3 sequencer, the token that orders the events of one
@@ -382,6 +414,17 @@ pub trait Store: Send + Sync + 'static {
         Ok(out)
     }
 
+    /// Up to `query.limit` created keys of the watch, in byte order of the
+    /// key, after `query.after`: a page of its manifest, read without
+    /// holding the rest. Keyed by key, so pages stay consistent while keys
+    /// are added. An unknown watch has none.
+    async fn list_objects(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        query: &ObjectsQuery,
+    ) -> Result<Vec<ManifestEntry>>;
+
     /// Up to `limit` events with `seq > after_seq`, in order.
     async fn events_after(
         &self,
@@ -396,7 +439,8 @@ pub trait Store: Send + Sync + 'static {
     async fn live_watches(&self, now: Timestamp) -> Result<Vec<Watch>>;
 
     /// Releases what a finished watch no longer needs once no activity can
-    /// count into it (its seen keys; on DynamoDB every item gets its TTL).
+    /// count into it (SQLite: the further sequencers of its keys, keeping the
+    /// seen keys its manifest reads; DynamoDB: every item gets its TTL).
     async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()>;
 
     /// Leases up to `limit` pending deliveries due at `now` until `lease_until`

@@ -10,7 +10,9 @@
 //!
 //! Tables: `watches` (one row per watch), `watch_labels` (for label filters),
 //! `seen_keys` (one row per watch, activity kind and key, with one sequencer
-//! of the key) and `seen_sequencers` (one row per further distinct sequencer
+//! of the key, and the size, event time and generation of its first counted
+//! notification: the rows of kind 0 are the watch's manifest, read in key
+//! order) and `seen_sequencers` (one row per further distinct sequencer
 //! of a key): the exactness of counting (see [`KeyEvent`]); `events` (the
 //! per-watch log, keyed by `seq`), `outbox` (one row per event and notify
 //! target, written in the transaction that appends the event; the delivery as
@@ -32,14 +34,15 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, KeyEvent, ListQuery,
-    NewWatch, RecordOutcome, Recorded, Result, Store, StoreError, outbox_for, sequencer_identity,
+    ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result, Store, StoreError,
+    outbox_for, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
     policy,
     watch::{
-        Counters, EventKind, Lifecycle, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId,
-        WatchState,
+        Counters, EventKind, KeyFilter, Lifecycle, Prefix, TenantId, TraceContext, Watch,
+        WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -48,7 +51,10 @@ const MAX_GROUP: usize = 512;
 const READERS: usize = 4;
 /// 2: the `outbox` table. 3: the `seen_sequencers` table (files of version 2
 /// get it, empty, when opened: their keys' earlier sequencers were not kept).
-const SCHEMA_VERSION: i64 = 3;
+/// 4: key filters and `object_bytes` on `watches`; size, event time and
+/// generation on `seen_keys` (rows of older files read as size 0, no event
+/// time, generation 1).
+const SCHEMA_VERSION: i64 = 4;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS watches (
@@ -130,9 +136,19 @@ ALTER TABLE watches ADD COLUMN traceparent TEXT NOT NULL DEFAULT '';
 ALTER TABLE watches ADD COLUMN tracestate TEXT NOT NULL DEFAULT '';
 ";
 
+/// Version 4: added to files created before it (and to new files), once,
+/// when `watches.object_bytes` is missing.
+const MANIFEST_COLUMNS: &str = "
+ALTER TABLE watches ADD COLUMN filter TEXT NOT NULL DEFAULT '';
+ALTER TABLE watches ADD COLUMN object_bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE seen_keys ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE seen_keys ADD COLUMN event_time INTEGER;
+ALTER TABLE seen_keys ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
+";
+
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
      generation, generation_started_at, completed_at, reason, polling, object_count, event_count, removed_count, \
-     last_activity_at, last_seq, traceparent, tracestate";
+     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes";
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -270,6 +286,14 @@ impl SqliteStore {
         )?;
         if !has_trace {
             tx.execute_batch(TRACE_COLUMNS)?;
+        }
+        let has_manifest: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'object_bytes'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_manifest {
+            tx.execute_batch(MANIFEST_COLUMNS)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -470,11 +494,17 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
     let state_raw = text(8)?;
     let state = WatchState::from_str_opt(&state_raw)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown watch state {state_raw:?}")))?;
+    let filter = text(21)?;
     Ok(Watch {
         tenant: stored(text(0)?)?,
         id: stored(text(1)?)?,
         bucket: stored(text(2)?)?,
         prefix: stored::<Prefix>(text(3)?)?,
+        filter: if filter.is_empty() {
+            KeyFilter::default()
+        } else {
+            from_json(&filter)?
+        },
         policy: from_json(&text(4)?)?,
         labels: from_json(&text(5)?)?,
         client_token: row.get(6)?,
@@ -491,6 +521,7 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
             object_count: count(14)?,
             event_count: count(15)?,
             removed_count: count(16)?,
+            object_bytes: count(22)?,
             last_activity_at: ts(17)?,
         },
         last_seq: count(18)?,
@@ -563,6 +594,7 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         id: new.id,
         bucket: new.bucket,
         prefix: new.prefix,
+        filter: new.filter,
         policy: new.policy,
         labels: new.labels,
         client_token: new.client_token,
@@ -579,8 +611,8 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
     conn.prepare_cached(
         "INSERT INTO watches (tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
          generation, generation_started_at, completed_at, reason, polling, late_window_ms, object_count, event_count, \
-         removed_count, last_activity_at, last_seq, traceparent, tracestate) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1, ?14, ?15)",
+         removed_count, last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1, ?14, ?15, ?16, 0)",
     )?
     .execute(params![
         watch.tenant.as_str(),
@@ -598,6 +630,11 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         late_window_ms,
         watch.trace.traceparent,
         watch.trace.tracestate,
+        if watch.filter.is_empty() {
+            String::new()
+        } else {
+            json(&watch.filter)?
+        },
     ])?;
     let mut label_stmt = conn.prepare_cached(
         "INSERT INTO watch_labels (tenant, watch_id, key, value) VALUES (?1, ?2, ?3, ?4)",
@@ -627,7 +664,8 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
         "SELECT sequencer FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2 AND kind = ?3 AND key = ?4",
     )?;
     let mut remember = conn.prepare_cached(
-        "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer) VALUES (?1, ?2, ?3, ?4, ?5) \
+        "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer, size, event_time, generation) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
          ON CONFLICT (tenant, watch_id, kind, key) DO UPDATE SET sequencer = excluded.sequencer",
     )?;
     let mut remember_other = conn.prepare_cached(
@@ -669,17 +707,29 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             a.key,
             sequencer
         ];
+        let first = params![
+            a.tenant.as_str(),
+            a.watch_id.as_str(),
+            kind,
+            a.key,
+            sequencer,
+            to_i64(a.size),
+            a.event_time.map(Timestamp::as_millis),
+            watch.lifecycle.generation,
+        ];
         let counts = match KeyEvent::of(stored.as_deref(), &sequencer) {
             KeyEvent::NewKey => {
-                remember.execute(key_params)?;
+                remember.execute(first)?;
                 if a.kind == ActivityKind::Created {
                     watch.counters.object_count += 1;
+                    watch.counters.object_bytes += a.size;
                 }
                 true
             }
             KeyEvent::Repeat => false,
             KeyEvent::FirstSequencer => {
-                remember.execute(key_params)?;
+                // Updates the sequencer only: the key keeps its first size and time.
+                remember.execute(first)?;
                 false
             }
             KeyEvent::OtherSequencer => remember_other.execute(key_params)? == 1,
@@ -700,7 +750,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
     let mut updated = Vec::new();
     let mut update = conn.prepare_cached(
         "UPDATE watches SET object_count = ?3, event_count = ?4, removed_count = ?5, last_activity_at = ?6, \
-         last_seq = ?7 WHERE tenant = ?1 AND watch_id = ?2",
+         last_seq = ?7, object_bytes = ?8 WHERE tenant = ?1 AND watch_id = ?2",
     )?;
     for key in order {
         let Some(Some((mut watch, true))) = watches.remove(&key) else {
@@ -721,6 +771,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             to_i64(counters.removed_count),
             counters.last_activity_at.map(Timestamp::as_millis),
             to_i64(watch.last_seq),
+            to_i64(counters.object_bytes),
         ])?;
         updated.push((watch, events));
     }
@@ -856,13 +907,10 @@ fn finish(conn: &Connection, args: FinishArgs) -> Result<Option<Vec<WatchEvent>>
     Ok(Some(events))
 }
 
+/// Drops the further sequencers; the seen keys stay: they are the manifest.
 fn retire(conn: &Connection, tenant: &TenantId, id: &WatchId) -> Result<()> {
-    for table in ["seen_keys", "seen_sequencers"] {
-        conn.prepare_cached(&format!(
-            "DELETE FROM {table} WHERE tenant = ?1 AND watch_id = ?2"
-        ))?
+    conn.prepare_cached("DELETE FROM seen_sequencers WHERE tenant = ?1 AND watch_id = ?2")?
         .execute(params![tenant.as_str(), id.as_str()])?;
-    }
     Ok(())
 }
 
@@ -953,6 +1001,45 @@ impl Store for SqliteStore {
         };
         self.call(|reply| Command::Apply(Box::new(args), reply))
             .await
+    }
+
+    async fn list_objects(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        query: &ObjectsQuery,
+    ) -> Result<Vec<ManifestEntry>> {
+        let (tenant, id, query) = (tenant.clone(), id.clone(), query.clone());
+        self.read(move |conn| {
+            // Walks the primary key from `after`: a page reads only its rows.
+            let mut stmt = conn.prepare_cached(
+                "SELECT k.key, k.size, k.sequencer, k.event_time, k.generation, \
+                 EXISTS (SELECT 1 FROM seen_keys r WHERE r.tenant = k.tenant AND r.watch_id = k.watch_id \
+                 AND r.kind = 1 AND r.key = k.key) \
+                 FROM seen_keys k WHERE k.tenant = ?1 AND k.watch_id = ?2 AND k.kind = 0 AND k.key > ?3 \
+                 AND (?4 IS NULL OR k.generation = ?4) ORDER BY k.key LIMIT ?5",
+            )?;
+            let mut rows = stmt.query(params![
+                tenant.as_str(),
+                id.as_str(),
+                query.after.as_deref().unwrap_or(""),
+                query.generation,
+                i64::try_from(query.limit).unwrap_or(i64::MAX),
+            ])?;
+            let mut out = Vec::new();
+            while let Some(row) = rows.next()? {
+                out.push(ManifestEntry {
+                    key: row.get(0)?,
+                    size: u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0),
+                    sequencer: row.get(2)?,
+                    event_time: row.get::<_, Option<i64>>(3)?.map(Timestamp::from_millis),
+                    generation: row.get(4)?,
+                    removed: row.get(5)?,
+                });
+            }
+            Ok(out)
+        })
+        .await
     }
 
     async fn events_after(
@@ -1067,6 +1154,8 @@ mod tests {
             kind: ActivityKind::Created,
             key: "a".into(),
             sequencer: sequencer.into(),
+            size: 0,
+            event_time: None,
         };
         let now = Timestamp::from_millis(1_800_000_000_000);
         let store = SqliteStore::open(&path).unwrap();
@@ -1076,6 +1165,7 @@ mod tests {
                 id: id.clone(),
                 bucket: Bucket::parse("bucket", "data-lake").unwrap(),
                 prefix: Prefix::parse("prefix", "").unwrap(),
+                filter: KeyFilter::default(),
                 policy: crate::policy::Policy::default(),
                 labels: Labels::default(),
                 client_token: None,
@@ -1120,6 +1210,80 @@ mod tests {
             (watch.counters.object_count, watch.counters.event_count),
             (1, 2)
         );
+    }
+
+    #[tokio::test]
+    async fn a_version_3_file_gets_manifest_columns_and_keeps_its_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v3.db");
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let created = |key: &str, size: u64| Activity {
+            tenant: tenant.clone(),
+            watch_id: id.clone(),
+            kind: ActivityKind::Created,
+            key: key.into(),
+            sequencer: String::new(),
+            size,
+            event_time: Some(Timestamp::from_millis(1_800_000_000_500)),
+        };
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let store = SqliteStore::open(&path).unwrap();
+        store
+            .create_watch(NewWatch {
+                tenant: tenant.clone(),
+                id: id.clone(),
+                bucket: Bucket::parse("bucket", "data-lake").unwrap(),
+                prefix: Prefix::parse("prefix", "").unwrap(),
+                filter: KeyFilter::default(),
+                policy: crate::policy::Policy::default(),
+                labels: Labels::default(),
+                client_token: None,
+                created_at: now,
+                trace: Default::default(),
+            })
+            .await
+            .unwrap();
+        store.record(vec![created("old", 7)], now).await.unwrap();
+        store.close().await.unwrap();
+        drop(store);
+        // Version 3 had none of the manifest columns.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "ALTER TABLE watches DROP COLUMN filter; ALTER TABLE watches DROP COLUMN object_bytes; \
+                 ALTER TABLE seen_keys DROP COLUMN size; ALTER TABLE seen_keys DROP COLUMN event_time; \
+                 ALTER TABLE seen_keys DROP COLUMN generation; PRAGMA user_version = 3;",
+            )
+            .unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 4);
+        let out = store
+            .record(vec![created("old", 7), created("new", 5)], now)
+            .await
+            .unwrap();
+        assert_eq!(out.results, [Recorded::Duplicate, Recorded::Counted]);
+        let watch = store.get_watch(&tenant, &id).await.unwrap().unwrap();
+        assert_eq!(watch.counters.object_count, 2);
+        assert_eq!(
+            watch.counters.object_bytes, 5,
+            "sizes before the upgrade were not kept"
+        );
+        let query = ObjectsQuery {
+            limit: 10,
+            ..Default::default()
+        };
+        let objects = store.list_objects(&tenant, &id, &query).await.unwrap();
+        let listed: Vec<_> = objects
+            .iter()
+            .map(|o| (o.key.as_str(), o.size, o.event_time.is_some(), o.generation))
+            .collect();
+        assert_eq!(listed, [("new", 5, true, 1), ("old", 0, false, 1)]);
     }
 
     fn classified(e: rusqlite::Error) -> StoreError {

@@ -272,6 +272,7 @@ pub fn replay(policy: &Policy, run: &Run) -> Outcome {
         id: WatchId::parse("watch_id", "01a217db-5f80-753f-b7b3-c836ae73bab5").unwrap(),
         bucket: Bucket::parse("bucket", "data-lake").unwrap(),
         prefix: Prefix::parse("prefix", "").unwrap(),
+        filter: Default::default(),
         policy: Policy {
             late_window: Some(LATE_WINDOW),
             ..policy.clone()

@@ -13,7 +13,7 @@ import grpc.aio
 
 from streamwatch import _transport
 from streamwatch._transport import DEFAULT_REQUEST_TIMEOUT, TLS, Backoff, Retry, is_terminal
-from streamwatch.client import _bounded, outcome, start_request
+from streamwatch.client import _bounded, objects_request, outcome, start_request
 from streamwatch.errors import (
     DeadlineExceeded,
     SequenceGap,
@@ -79,9 +79,26 @@ class AsyncClient:
         *,
         labels: Optional[Mapping[str, str]] = None,
         client_token: Optional[str] = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> watch_pb2.StartWatchResponse:
-        request = start_request(bucket, prefix, policy, labels, client_token)
+        request = start_request(bucket, prefix, policy, labels, client_token, include, exclude)
         return await self._call(self.watches.StartWatch, request)
+
+    async def list_watch_objects(
+        self, watch_id: str, *, generation: int = 0, page_size: Optional[int] = None
+    ) -> AsyncIterator[watch_pb2.WatchObject]:
+        """As `Client.list_watch_objects`, an async iterator."""
+        token = ""
+        while True:
+            page = await self._call(
+                self.watches.ListWatchObjects, objects_request(watch_id, generation, page_size, token)
+            )
+            for obj in page.objects:
+                yield obj
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     async def get_watch(self, watch_id: str) -> watch_pb2.Watch:
         request = watch_pb2.GetWatchRequest(watch_id=watch_id)

@@ -35,15 +35,28 @@ def start_request(
     policy: Union[Policy, watch_pb2.Policy, None],
     labels: Optional[Mapping[str, str]],
     client_token: Optional[str],
+    include: Sequence[str] = (),
+    exclude: Sequence[str] = (),
 ) -> watch_pb2.StartWatchRequest:
     if isinstance(policy, Policy):
         policy = None if policy == Policy() else policy.to_proto()
+    for name, patterns in (("include", include), ("exclude", exclude)):
+        if isinstance(patterns, str):
+            raise TypeError(f"{name} must be a sequence of glob patterns, not one string")
     return watch_pb2.StartWatchRequest(
         bucket=bucket,
         prefix=prefix,
         policy=policy,
         labels=dict(labels or {}),
         client_token=client_token or "",
+        include=list(include),
+        exclude=list(exclude),
+    )
+
+
+def objects_request(watch_id: str, generation: int, page_size: Optional[int], token: str) -> watch_pb2.ListWatchObjectsRequest:
+    return watch_pb2.ListWatchObjectsRequest(
+        watch_id=watch_id, generation=generation, page_size=page_size or 0, page_token=token
     )
 
 
@@ -133,11 +146,29 @@ class Client:
         *,
         labels: Optional[Mapping[str, str]] = None,
         client_token: Optional[str] = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
     ) -> watch_pb2.StartWatchResponse:
         """Starts watching `bucket`/`prefix`. With `client_token`, a retry
-        returns the watch the first call started (`created` is then False)."""
-        request = start_request(bucket, prefix, policy, labels, client_token)
+        returns the watch the first call started (`created` is then False).
+        `include`/`exclude` are globs on the key below the prefix
+        (`**/*.parquet`; `**` crosses `/`, `*` does not): a key counts when it
+        matches any include (none: every key) and no exclude."""
+        request = start_request(bucket, prefix, policy, labels, client_token, include, exclude)
         return self._call(self.watches.StartWatch, request)
+
+    def list_watch_objects(
+        self, watch_id: str, *, generation: int = 0, page_size: Optional[int] = None
+    ) -> Iterator[watch_pb2.WatchObject]:
+        """The watch's manifest: every object it counted (first counted in
+        `generation`; 0: all), in key order, fetching pages as it goes."""
+        token = ""
+        while True:
+            page = self._call(self.watches.ListWatchObjects, objects_request(watch_id, generation, page_size, token))
+            yield from page.objects
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
 
     def get_watch(self, watch_id: str) -> watch_pb2.Watch:
         return self._call(self.watches.GetWatch, watch_pb2.GetWatchRequest(watch_id=watch_id)).watch

@@ -90,6 +90,7 @@ pub struct RouteEntry {
     pub key: WatchKey,
     pub bucket: Bucket,
     pub prefix: Prefix,
+    pub filter: crate::watch::KeyFilter,
     pub created_at: Timestamp,
 }
 
@@ -419,6 +420,7 @@ impl DynamoStore {
                     key: WatchKey { tenant, id },
                     bucket: super::stored(get_s(item, "bucket")?)?,
                     prefix: super::stored(get_s(item, "prefix")?)?,
+                    filter: super::item_filter(item)?,
                     created_at: Timestamp::from_millis(get_n(item, "created_at")?),
                 });
             }

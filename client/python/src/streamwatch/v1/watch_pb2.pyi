@@ -175,7 +175,7 @@ class AdaptiveWindow(_message.Message):
     def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gap_quantile: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gaps: _Optional[int] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class Watch(_message.Message):
-    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "deliveries", "traceparent", "tracestate")
+    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "deliveries", "traceparent", "tracestate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +191,9 @@ class Watch(_message.Message):
     OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
     EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
     REMOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
+    OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_ACTIVITY_AT_FIELD_NUMBER: _ClassVar[int]
     COMPLETED_AT_FIELD_NUMBER: _ClassVar[int]
@@ -210,6 +213,9 @@ class Watch(_message.Message):
     object_count: int
     event_count: int
     removed_count: int
+    object_bytes: int
+    include: _containers.RepeatedScalarFieldContainer[str]
+    exclude: _containers.RepeatedScalarFieldContainer[str]
     created_at: _timestamp_pb2.Timestamp
     last_activity_at: _timestamp_pb2.Timestamp
     completed_at: _timestamp_pb2.Timestamp
@@ -221,10 +227,10 @@ class Watch(_message.Message):
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     traceparent: str
     tracestate: str
-    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class StartWatchRequest(_message.Message):
-    __slots__ = ("bucket", "prefix", "policy", "labels", "client_token")
+    __slots__ = ("bucket", "prefix", "policy", "labels", "client_token", "include", "exclude")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -237,12 +243,16 @@ class StartWatchRequest(_message.Message):
     POLICY_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_FIELD_NUMBER: _ClassVar[int]
     bucket: str
     prefix: str
     policy: Policy
     labels: _containers.ScalarMap[str, str]
     client_token: str
-    def __init__(self, bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_token: _Optional[str] = ...) -> None: ...
+    include: _containers.RepeatedScalarFieldContainer[str]
+    exclude: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_token: _Optional[str] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartWatchResponse(_message.Message):
     __slots__ = ("watch", "created")
@@ -321,16 +331,18 @@ class WatchEvent(_message.Message):
         watch: Watch
         def __init__(self, watch: _Optional[_Union[Watch, _Mapping]] = ...) -> None: ...
     class Progress(_message.Message):
-        __slots__ = ("object_count", "event_count", "removed_count", "last_activity_at")
+        __slots__ = ("object_count", "event_count", "removed_count", "last_activity_at", "object_bytes")
         OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
         EVENT_COUNT_FIELD_NUMBER: _ClassVar[int]
         REMOVED_COUNT_FIELD_NUMBER: _ClassVar[int]
         LAST_ACTIVITY_AT_FIELD_NUMBER: _ClassVar[int]
+        OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
         object_count: int
         event_count: int
         removed_count: int
         last_activity_at: _timestamp_pb2.Timestamp
-        def __init__(self, object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+        object_bytes: int
+        def __init__(self, object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., object_bytes: _Optional[int] = ...) -> None: ...
     class QuietTick(_message.Message):
         __slots__ = ("object_count", "repeated", "max_repeats")
         OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -341,12 +353,14 @@ class WatchEvent(_message.Message):
         max_repeats: int
         def __init__(self, object_count: _Optional[int] = ..., repeated: _Optional[int] = ..., max_repeats: _Optional[int] = ...) -> None: ...
     class Completed(_message.Message):
-        __slots__ = ("object_count", "reason")
+        __slots__ = ("object_count", "reason", "object_bytes")
         OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
         REASON_FIELD_NUMBER: _ClassVar[int]
+        OBJECT_BYTES_FIELD_NUMBER: _ClassVar[int]
         object_count: int
         reason: str
-        def __init__(self, object_count: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+        object_bytes: int
+        def __init__(self, object_count: _Optional[int] = ..., reason: _Optional[str] = ..., object_bytes: _Optional[int] = ...) -> None: ...
     class TimedOut(_message.Message):
         __slots__ = ("object_count", "reason")
         OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -406,3 +420,39 @@ class WatchEvent(_message.Message):
     reopened: WatchEvent.Reopened
     delivery_failed: WatchEvent.DeliveryFailed
     def __init__(self, watch_id: _Optional[str] = ..., seq: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ..., started: _Optional[_Union[WatchEvent.Started, _Mapping]] = ..., progress: _Optional[_Union[WatchEvent.Progress, _Mapping]] = ..., quiet_tick: _Optional[_Union[WatchEvent.QuietTick, _Mapping]] = ..., completed: _Optional[_Union[WatchEvent.Completed, _Mapping]] = ..., timed_out: _Optional[_Union[WatchEvent.TimedOut, _Mapping]] = ..., cancelled: _Optional[_Union[WatchEvent.Cancelled, _Mapping]] = ..., reopened: _Optional[_Union[WatchEvent.Reopened, _Mapping]] = ..., delivery_failed: _Optional[_Union[WatchEvent.DeliveryFailed, _Mapping]] = ...) -> None: ...
+
+class ListWatchObjectsRequest(_message.Message):
+    __slots__ = ("watch_id", "generation", "page_size", "page_token")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    watch_id: str
+    generation: int
+    page_size: int
+    page_token: str
+    def __init__(self, watch_id: _Optional[str] = ..., generation: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
+
+class WatchObject(_message.Message):
+    __slots__ = ("key", "size", "sequencer", "event_time", "removed", "generation")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCER_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    size: int
+    sequencer: str
+    event_time: _timestamp_pb2.Timestamp
+    removed: bool
+    generation: int
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., sequencer: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., removed: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
+
+class ListWatchObjectsResponse(_message.Message):
+    __slots__ = ("objects", "next_page_token")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[WatchObject]
+    next_page_token: str
+    def __init__(self, objects: _Optional[_Iterable[_Union[WatchObject, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...

@@ -59,6 +59,11 @@ class WatchServiceStub:
                 request_serializer=streamwatch_dot_v1_dot_watch__pb2.StreamWatchEventsRequest.SerializeToString,
                 response_deserializer=streamwatch_dot_v1_dot_watch__pb2.WatchEvent.FromString,
                 _registered_method=True)
+        self.ListWatchObjects = channel.unary_unary(
+                '/streamwatch.v1.WatchService/ListWatchObjects',
+                request_serializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsRequest.SerializeToString,
+                response_deserializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsResponse.FromString,
+                _registered_method=True)
 
 
 class WatchServiceServicer:
@@ -100,6 +105,16 @@ class WatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWatchObjects(self, request, context):
+        """The manifest: the objects a watch counted, in byte order of their key
+        (UTF-8), paged. Pages stay consistent while the watch keeps counting: a
+        page starts after the previous page's last key, so no object is listed
+        twice and none counted before the first page is skipped.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -127,6 +142,11 @@ def add_WatchServiceServicer_to_server(servicer, server):
                     servicer.StreamWatchEvents,
                     request_deserializer=streamwatch_dot_v1_dot_watch__pb2.StreamWatchEventsRequest.FromString,
                     response_serializer=streamwatch_dot_v1_dot_watch__pb2.WatchEvent.SerializeToString,
+            ),
+            'ListWatchObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWatchObjects,
+                    request_deserializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsRequest.FromString,
+                    response_serializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -264,6 +284,33 @@ class WatchService:
             '/streamwatch.v1.WatchService/StreamWatchEvents',
             streamwatch_dot_v1_dot_watch__pb2.StreamWatchEventsRequest.SerializeToString,
             streamwatch_dot_v1_dot_watch__pb2.WatchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWatchObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamwatch.v1.WatchService/ListWatchObjects',
+            streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsRequest.SerializeToString,
+            streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsResponse.FromString,
             options,
             channel_credentials,
             insecure,
