@@ -57,6 +57,13 @@ impl WatchService for Echo {
         Err(Status::unimplemented("echo answers GetWatch only"))
     }
 
+    async fn list_watch_objects(
+        &self,
+        _request: Request<v1::ListWatchObjectsRequest>,
+    ) -> Result<Response<v1::ListWatchObjectsResponse>, Status> {
+        Err(Status::unimplemented("echo answers GetWatch only"))
+    }
+
     type StreamWatchEventsStream = EventStream;
 
     async fn stream_watch_events(
