@@ -100,12 +100,24 @@ impl TokenBucket {
 
     /// Takes `n` tokens, or says how long until `n` are there (nothing taken).
     pub fn take(&mut self, n: u32, rate: u32, capacity: u32, now: Instant) -> Result<(), Duration> {
+        self.check(n, rate, capacity, now)?;
+        self.tokens -= f64::from(n);
+        Ok(())
+    }
+
+    /// Whether `n` tokens are there (nothing taken), or how long until they are.
+    pub fn check(
+        &mut self,
+        n: u32,
+        rate: u32,
+        capacity: u32,
+        now: Instant,
+    ) -> Result<(), Duration> {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
         self.last = now;
         self.tokens = (self.tokens + elapsed * f64::from(rate)).min(f64::from(capacity));
         let wanted = f64::from(n);
         if self.tokens >= wanted {
-            self.tokens -= wanted;
             return Ok(());
         }
         let missing = wanted - self.tokens;
@@ -178,9 +190,30 @@ impl Limiter {
         streams.get(tenant).copied().unwrap_or(0)
     }
 
+    /// Refuses at once a call of `documents` that cannot fit `tenant`'s ingest
+    /// bucket now (every document costs at least 1), before it is parsed.
+    pub fn ingest_fits(
+        &self,
+        tenant: &TenantId,
+        documents: usize,
+        quotas: &Quotas,
+    ) -> Result<(), Error> {
+        self.charge(tenant, documents, quotas, false)
+    }
+
     /// Takes `records` (see [`crate::ingest::Parsed::cost`]) from `tenant`'s
     /// ingest bucket, or RESOURCE_EXHAUSTED with how long to wait.
     pub fn ingest(&self, tenant: &TenantId, records: usize, quotas: &Quotas) -> Result<(), Error> {
+        self.charge(tenant, records, quotas, true)
+    }
+
+    fn charge(
+        &self,
+        tenant: &TenantId,
+        records: usize,
+        quotas: &Quotas,
+        take: bool,
+    ) -> Result<(), Error> {
         let n = u32::try_from(records.max(1)).unwrap_or(u32::MAX);
         if n > quotas.ingest_burst {
             return Err(Error::ResourceExhausted {
@@ -196,21 +229,19 @@ impl Limiter {
         let bucket = buckets
             .entry(tenant.clone())
             .or_insert_with(|| TokenBucket::full(quotas.ingest_burst, now));
-        bucket
-            .take(
-                n,
-                quotas.ingest_records_per_second,
-                quotas.ingest_burst,
-                now,
-            )
-            .map_err(|wait| Error::ResourceExhausted {
-                message: format!(
-                    "quota ingest_records_per_second: this tenant may send {} notification records a second; retry in {} ms",
-                    quotas.ingest_records_per_second,
-                    wait.as_millis()
-                ),
-                retry_after: Some(wait),
-            })
+        let (rate, burst) = (quotas.ingest_records_per_second, quotas.ingest_burst);
+        let charged = if take {
+            bucket.take(n, rate, burst, now)
+        } else {
+            bucket.check(n, rate, burst, now)
+        };
+        charged.map_err(|wait| Error::ResourceExhausted {
+            message: format!(
+                "quota ingest_records_per_second: this tenant may send {rate} notification records a second; retry in {} ms",
+                wait.as_millis()
+            ),
+            retry_after: Some(wait),
+        })
     }
 
     /// The lock a tenant's StartWatch holds from counting to creating.
@@ -343,6 +374,27 @@ mod tests {
                 .ingest(&globex, 1, &q)
                 .expect("globex has its own bucket");
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_call_is_checked_against_its_documents_before_it_is_parsed_and_nothing_is_taken() {
+        let limiter = Limiter::default();
+        let q = small();
+        let acme = tenant("acme");
+        limiter.ingest(&acme, 15, &q).unwrap();
+        for _ in 0..3 {
+            limiter
+                .ingest_fits(&acme, 5, &q)
+                .expect("five documents fit the five tokens left, and checking takes none");
+        }
+        let Err(Error::ResourceExhausted { retry_after, .. }) = limiter.ingest_fits(&acme, 6, &q)
+        else {
+            panic!("six documents cost at least six");
+        };
+        assert_eq!(retry_after, Some(Duration::from_millis(100)));
+        limiter
+            .ingest(&acme, 5, &q)
+            .expect("the five are still there");
     }
 
     #[tokio::test(start_paused = true)]

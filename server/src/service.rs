@@ -359,9 +359,12 @@ impl Service {
         documents: &[String],
     ) -> Result<IngestReport, Error> {
         let tenants = self.tenants.current();
+        let quotas = tenants.quotas(tenant);
+        // Every document costs at least 1: a flood over the quota is refused
+        // before it costs a parse.
+        self.limiter.ingest_fits(tenant, documents.len(), &quotas)?;
         let parsed = self.ingest.parse(tenant, documents)?;
-        self.limiter
-            .ingest(tenant, parsed.cost(), &tenants.quotas(tenant))?;
+        self.limiter.ingest(tenant, parsed.cost(), &quotas)?;
         let audience = if tenants.forwards(tenant) {
             Audience::AllowedTenants
         } else {

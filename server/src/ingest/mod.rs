@@ -591,14 +591,15 @@ impl Audience<'_> {
 pub struct Parsed {
     notifications: Vec<Notification>,
     report: IngestReport,
+    cost: usize,
 }
 
 impl Parsed {
-    /// What the call costs against the tenant's ingest rate: one per
-    /// notification record, and one per document that held none (a test
-    /// event, a rejected document), so parsing is never free.
+    /// What the call costs against the tenant's ingest rate: each document
+    /// its number of notification records, at least 1 (a test event, a
+    /// rejected document), so parsing is never free.
     pub fn cost(&self) -> usize {
-        self.notifications.len() + self.report.rejected.len() + self.report.ignored as usize
+        self.cost
     }
 }
 
@@ -614,10 +615,16 @@ impl Ingest {
         }
         let mut report = IngestReport::default();
         let mut notifications = Vec::new();
+        let mut cost = 0;
         let tenants = self.tenants.current();
         for (i, raw) in documents.iter().enumerate() {
             let index = u32::try_from(i).unwrap_or(u32::MAX);
-            match parse_document(raw) {
+            let parsed = parse_document(raw);
+            cost += match &parsed {
+                Ok(Document::Records(records)) => records.len().max(1),
+                _ => 1,
+            };
+            match parsed {
                 Ok(Document::Test) => report.ignored += 1,
                 Ok(Document::Records(records)) => {
                     if let Some(b) = records.iter().find(|n| !tenants.allows(caller, &n.bucket)) {
@@ -644,6 +651,7 @@ impl Ingest {
         Ok(Parsed {
             notifications,
             report,
+            cost,
         })
     }
 
@@ -656,6 +664,7 @@ impl Ingest {
         let Parsed {
             notifications,
             mut report,
+            cost: _,
         } = parsed;
         self.metrics
             .notifications(Notifications::Rejected, report.rejected.len() as u64);
