@@ -1160,18 +1160,7 @@ mod tests {
         let now = Timestamp::from_millis(1_800_000_000_000);
         let store = SqliteStore::open(&path).unwrap();
         store
-            .create_watch(NewWatch {
-                tenant: tenant.clone(),
-                id: id.clone(),
-                bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-                prefix: Prefix::parse("prefix", "").unwrap(),
-                filter: KeyFilter::default(),
-                policy: crate::policy::Policy::default(),
-                labels: Labels::default(),
-                client_token: None,
-                created_at: now,
-                trace: Default::default(),
-            })
+            .create_watch(data_lake_watch(&tenant, &id, now))
             .await
             .unwrap();
         store
@@ -1212,6 +1201,22 @@ mod tests {
         );
     }
 
+    /// A watch of all of `data-lake` with the default policy.
+    fn data_lake_watch(tenant: &TenantId, id: &WatchId, now: Timestamp) -> NewWatch {
+        NewWatch {
+            tenant: tenant.clone(),
+            id: id.clone(),
+            bucket: Bucket::parse("bucket", "data-lake").unwrap(),
+            prefix: Prefix::parse("prefix", "").unwrap(),
+            filter: KeyFilter::default(),
+            policy: crate::policy::Policy::default(),
+            labels: Labels::default(),
+            client_token: None,
+            created_at: now,
+            trace: Default::default(),
+        }
+    }
+
     #[tokio::test]
     async fn a_version_3_file_gets_manifest_columns_and_keeps_its_keys() {
         let dir = tempfile::tempdir().unwrap();
@@ -1230,18 +1235,7 @@ mod tests {
         let now = Timestamp::from_millis(1_800_000_000_000);
         let store = SqliteStore::open(&path).unwrap();
         store
-            .create_watch(NewWatch {
-                tenant: tenant.clone(),
-                id: id.clone(),
-                bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-                prefix: Prefix::parse("prefix", "").unwrap(),
-                filter: KeyFilter::default(),
-                policy: crate::policy::Policy::default(),
-                labels: Labels::default(),
-                client_token: None,
-                created_at: now,
-                trace: Default::default(),
-            })
+            .create_watch(data_lake_watch(&tenant, &id, now))
             .await
             .unwrap();
         store.record(vec![created("old", 7)], now).await.unwrap();
