@@ -175,6 +175,15 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
                 r.safety_factor
             },
         },
+        Some(v1::policy::Rule::Marker(r)) => Rule::Marker {
+            key: r.key.clone(),
+            quiet_window: duration(
+                "policy.marker.quiet_window",
+                r.quiet_window.as_ref(),
+                policy::MAX_WINDOW,
+            )?,
+            verify_manifest: r.verify_manifest,
+        },
     };
     if p.notify.len() > MAX_NOTIFY_TARGETS {
         return Err(Error::invalid(
@@ -356,6 +365,15 @@ pub fn policy_to_proto(p: &Policy) -> v1::Policy {
             quantile: *quantile,
             safety_factor: *safety_factor,
         }),
+        Rule::Marker {
+            key,
+            quiet_window,
+            verify_manifest,
+        } => v1::policy::Rule::Marker(v1::MarkerRule {
+            key: key.clone(),
+            quiet_window: quiet_window.map(proto_duration),
+            verify_manifest: *verify_manifest,
+        }),
     };
     v1::Policy {
         rule: Some(rule),
@@ -409,10 +427,30 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
             gaps: a.gaps,
             explanation: a.to_string(),
         }),
+        marker: marker_status(w),
         deliveries: Vec::new(),
         traceparent: w.trace.traceparent.clone(),
         tracestate: w.trace.tracestate.clone(),
     }
+}
+
+fn marker_status(w: &Watch) -> Option<v1::MarkerStatus> {
+    let Rule::Marker { .. } = &w.policy.rule else {
+        return None;
+    };
+    let check = w
+        .lifecycle
+        .polling
+        .manifest
+        .as_ref()
+        .filter(|c| c.marker == w.counters.marker_count);
+    Some(v1::MarkerStatus {
+        created_at: w.counters.marker_at.map(proto_timestamp),
+        seen: policy::marker_seen(w).is_some(),
+        manifest_files: check.map_or(0, |c| c.listed),
+        manifest_missing: check.map_or(0, |c| c.missing),
+        manifest_problem: check.map(|c| c.problem.clone()).unwrap_or_default(),
+    })
 }
 
 /// `e` as sent to subscribers: stamped with `trace`, its watch's StartWatch context.

@@ -29,13 +29,13 @@ use crate::{
     cluster::Ownership,
     error::Error,
     hub::Hub,
-    ingest::{Routes, Watermarks, reconcile::Reconciler},
+    ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
     metrics::Metrics,
     policy::{self, Rule},
     quota::{self, Limiter},
     store::{Applied, Fence, Guard, Store, StoreError},
     telemetry,
-    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchKey, WatchState},
+    watch::{self, EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchKey, WatchState},
 };
 
 /// How long to wait before retrying a watch whose store write failed.
@@ -63,6 +63,11 @@ enum Command {
         key: WatchKey,
         activity: u64,
         result: Result<Option<Box<Watch>>, String>,
+    },
+    /// A check of `key`'s marker manifest finished.
+    ManifestChecked {
+        key: WatchKey,
+        result: Result<marker::Checked, String>,
     },
     /// Watches of a shard this replica just took (or started elsewhere in one it holds).
     Adopt(Vec<Watch>),
@@ -129,6 +134,13 @@ struct Entry {
     /// The instant its next decision wants ingest settled past, as told to
     /// the queue consumers.
     wanted: Option<Timestamp>,
+    /// The marker rule's manifest check: on its way, and its result until
+    /// the next decision writes it into the lifecycle.
+    checking_manifest: bool,
+    manifest_checked: Option<marker::Checked>,
+    /// The files of the current marker's manifest not counted at the last
+    /// check (a later check looks up only these): `(marker_count, keys)`.
+    manifest_missing: Option<(u64, Vec<String>)>,
 }
 
 /// A lifecycle change the policy decided, on its way to the store.
@@ -418,6 +430,7 @@ impl Observer {
                     self.evaluate_all(batch.to_vec()).await;
                 }
             }
+            Command::ManifestChecked { key, result } => self.manifest_checked(key, result).await,
             Command::Reconciled {
                 key,
                 activity,
@@ -447,10 +460,94 @@ impl Observer {
         }
     }
 
+    /// Carries a finished manifest check into the watch's next decision.
+    async fn manifest_checked(&mut self, key: WatchKey, result: Result<marker::Checked, String>) {
+        let Some(entry) = self.watches.get_mut(&key) else {
+            return;
+        };
+        entry.checking_manifest = false;
+        match result {
+            Ok(checked) => {
+                entry.manifest_missing = Some((checked.check.marker, checked.missing.clone()));
+                entry.manifest_checked = Some(checked);
+                self.evaluate(&key).await;
+            }
+            Err(e) => {
+                tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e,
+                    "cannot check the marker's manifest; retrying");
+                let at = self.clock.now().plus(RECONCILE_RETRY);
+                self.schedule(&key, at);
+            }
+        }
+    }
+
+    /// Reads the watch's marker manifest (or looks up the files it still
+    /// misses) off the loop; the result comes back as a command.
+    fn start_manifest_check(&mut self, key: &WatchKey) {
+        let Some(entry) = self.watches.get_mut(key) else {
+            return;
+        };
+        if entry.checking_manifest {
+            return;
+        }
+        let watch = entry.watch.clone();
+        let Some(reconciler) = self.reconciler.clone() else {
+            // StartWatch refuses verify_manifest without AWS access; a watch
+            // from an earlier configuration waits, saying why.
+            let check = watch::ManifestCheck {
+                marker: watch.counters.marker_count,
+                activity: watch.counters.activity(),
+                problem: "this server has no AWS access to read the marker's manifest".into(),
+                ..Default::default()
+            };
+            entry.manifest_checked = Some(marker::Checked {
+                check,
+                missing: Vec::new(),
+            });
+            let now = self.clock.now();
+            self.schedule(key, now);
+            return;
+        };
+        entry.checking_manifest = true;
+        let known = entry
+            .manifest_missing
+            .clone()
+            .filter(|(marker, _)| *marker == watch.counters.marker_count);
+        let (store, tx) = (self.store.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = match known {
+                Some((_, keys)) => {
+                    let listed = watch
+                        .lifecycle
+                        .polling
+                        .manifest
+                        .as_ref()
+                        .map_or(0, |c| c.listed);
+                    marker::missing(&*store, &watch, keys).await.map(|mut c| {
+                        c.check.listed = listed;
+                        c
+                    })
+                }
+                None => marker::check(&reconciler.s3, &*store, &watch).await,
+            };
+            let _ = tx
+                .send(Command::ManifestChecked {
+                    key: watch.key(),
+                    result,
+                })
+                .await;
+        });
+    }
+
     fn insert(&mut self, watch: Watch) {
         let key = watch.key();
-        self.routes
-            .add(&watch.bucket, &key, &watch.prefix, &watch.filter);
+        self.routes.add(
+            &watch.bucket,
+            &key,
+            &watch.prefix,
+            &watch.filter,
+            watch.marker_key(),
+        );
         if !self.owns(&watch) {
             // Another replica times it; this one only counts into it.
             return;
@@ -467,6 +564,9 @@ impl Observer {
                         reconciled_at: None,
                         reconciling: false,
                         wanted: None,
+                        checking_manifest: false,
+                        manifest_checked: None,
+                        manifest_missing: None,
                     },
                 );
             }
@@ -739,6 +839,10 @@ impl Observer {
     /// The policy's decision for `key`; carried out at once when it changes
     /// no lifecycle, else returned to be written.
     fn decide(&mut self, key: &WatchKey) -> Option<Transition> {
+        let checked = self
+            .watches
+            .get_mut(key)
+            .and_then(|e| e.manifest_checked.take());
         let entry = self.watches.get(key)?;
         let fence = match &self.cluster {
             None => None,
@@ -757,7 +861,21 @@ impl Observer {
         }
         let now = self.clock.now();
         let settled = *self.settled.borrow();
-        let mut decision = policy::evaluate(&entry.watch, now, settled);
+        // A manifest check's result is decided on, and written with the decision.
+        let with_check = checked.map(|c| {
+            let mut watch = entry.watch.clone();
+            watch.lifecycle.polling.manifest = Some(c.check);
+            watch
+        });
+        let evaluated = with_check.as_ref().unwrap_or(&entry.watch);
+        let mut decision = policy::evaluate(evaluated, now, settled);
+        if decision.check_manifest {
+            self.start_manifest_check(key);
+            return None;
+        }
+        if decision.lifecycle.is_none() && with_check.is_some() {
+            decision.lifecycle = Some(evaluated.lifecycle.clone());
+        }
         let completes = decision
             .events
             .iter()
@@ -969,6 +1087,7 @@ fn evaluation_span(watch: &Watch, next: &Lifecycle, completes: bool) -> tracing:
         Rule::QuietPeriod { .. } => "quiet_period",
         Rule::ExpectedCount { .. } => "expected_count",
         Rule::Adaptive { .. } => "adaptive",
+        Rule::Marker { .. } => "marker",
     };
     let last_activity = watch
         .counters

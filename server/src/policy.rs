@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock::Timestamp,
     error::Error,
-    watch::{EventKind, Lifecycle, Notify, PollingProgress, Watch, WatchState},
+    watch::{EventKind, Lifecycle, ManifestCheck, Notify, PollingProgress, Watch, WatchState},
 };
 
 /// The longest delay, window or late window a policy accepts.
@@ -101,6 +101,15 @@ pub enum Rule {
         max_window: Duration,
         quantile: f64,
         safety_factor: f64,
+    },
+    /// Complete once the producer's marker object (`key`, below the prefix)
+    /// was created, optionally after `quiet_window` without activity, and
+    /// with `verify_manifest` once every file the marker's manifest lists is
+    /// counted (see [`crate::ingest::marker`]).
+    Marker {
+        key: String,
+        quiet_window: Option<Duration>,
+        verify_manifest: bool,
     },
 }
 
@@ -435,6 +444,14 @@ impl Policy {
                     ));
                 }
             }
+            Rule::Marker {
+                key, quiet_window, ..
+            } => {
+                crate::watch::check_marker_key("policy.marker.key", key)?;
+                if let Some(w) = quiet_window {
+                    check_duration("policy.marker.quiet_window", *w, MAX_WINDOW)?;
+                }
+            }
         }
         if self.min_objects > MAX_OBJECTS {
             return Err(Error::invalid(
@@ -463,6 +480,10 @@ pub struct Decision {
     /// The rule would decide now, but activity before this instant may still
     /// be on its way (a queue behind): evaluate again once ingest has settled past it.
     pub held_until_settled: Option<Timestamp>,
+    /// The marker rule would complete now, but the marker's manifest has not
+    /// been checked at this activity level: read it, record what it found in
+    /// `polling.manifest`, and evaluate again.
+    pub check_manifest: bool,
 }
 
 const HELD_REASON_PREFIX: &str = "waiting for the notification queues";
@@ -485,6 +506,8 @@ pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecyc
             last_sample: activity,
             next_sample_at: None,
             gaps: ActivityGaps::default(),
+            marker_after: None,
+            manifest: None,
         },
     }
 }
@@ -524,6 +547,10 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
     );
     // What the adaptive rule learnt carries over, the gap that reopened the watch included.
     lifecycle.polling.gaps = watch.lifecycle.polling.gaps.clone();
+    // A reopened marker watch waits for a marker written after this completion.
+    if matches!(watch.policy.rule, Rule::Marker { .. }) {
+        lifecycle.polling.marker_after = Some(completed_at);
+    }
     let reason = format!(
         "activity at {late_at}, {} after completion, within the late window of {}",
         humantime::format_duration(completed_at.until(late_at)),
@@ -604,6 +631,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         }],
         wake_at: policy.late_window.map(|w| now.plus(w)),
         held_until_settled: None,
+        check_manifest: false,
     };
     let hold = |at: Timestamp, polling: PollingProgress| {
         let reason = held_reason(at);
@@ -617,10 +645,15 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
             events: Vec::new(),
             wake_at: timeout_at,
             held_until_settled: Some(at),
+            check_manifest: false,
         }
     };
 
     let mut polling = life.polling.clone();
+    // The marker rule: what the watch shows while its manifest is incomplete,
+    // and whether the manifest must be read before it can complete.
+    let mut waiting_reason = None;
+    let mut check_manifest = false;
     if matches!(policy.rule, Rule::Adaptive { .. }) {
         polling.gaps.observe(counters.last_activity_at);
     }
@@ -703,6 +736,55 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 Quiet::Wait(wake) => wake,
             }
         }
+        Rule::Marker {
+            key,
+            quiet_window,
+            verify_manifest,
+        } => match marker_seen(watch) {
+            // Only the marker (or the timeout) can change the outcome.
+            None => None,
+            Some(marker_at) => {
+                // The queues must have caught up past the marker (objects
+                // created before it may still be on their way), or past the
+                // quiet window after it.
+                let deadline = match quiet_window {
+                    Some(w) => quiet_since.max(marker_at).plus(*w),
+                    None => marker_at,
+                };
+                match quiet(now, deadline, enough, settled_until, timeout_at) {
+                    Quiet::Hold(deadline) => return hold(deadline, polling),
+                    Quiet::Wait(wake) => wake,
+                    Quiet::Complete => {
+                        let check = polling
+                            .manifest
+                            .as_ref()
+                            .filter(|c| c.marker == counters.marker_count);
+                        let after = quiet_window
+                            .map(|w| {
+                                format!(", then no activity for {}", humantime::format_duration(w))
+                            })
+                            .unwrap_or_default();
+                        let reason = format!("marker {key} created{after}; {objects} objects");
+                        match check {
+                            _ if !verify_manifest => return complete(reason, polling),
+                            Some(c) if c.problem.is_empty() && c.missing == 0 => {
+                                return complete(
+                                    format!("{reason}; {}", manifest_summary(c)),
+                                    polling,
+                                );
+                            }
+                            // Nothing counted since the check: only activity
+                            // (or the timeout) can change the outcome.
+                            Some(c) if c.activity == counters.activity() => {
+                                waiting_reason = Some(manifest_summary(c));
+                            }
+                            _ => check_manifest = true,
+                        }
+                        None
+                    }
+                }
+            }
+        },
         Rule::Polling { max_repeats, .. }
             if polling.repeated >= *max_repeats
                 && !enough
@@ -779,7 +861,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
 
     if timeout_at.is_some_and(|at| now >= at) {
         let t = humantime::format_duration(policy.timeout.unwrap_or_default());
-        let reason = if enough {
+        let mut reason = if enough {
             format!(
                 "timed out after {t} with {objects} objects; min_objects ({}) was met",
                 policy.min_objects
@@ -790,6 +872,10 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 policy.min_objects
             )
         };
+        if let Some(marker) = marker_status(watch, &polling) {
+            reason.push_str("; ");
+            reason.push_str(&marker);
+        }
         events.push(EventKind::TimedOut {
             object_count: objects,
             reason: reason.clone(),
@@ -805,6 +891,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
             events,
             wake_at: None,
             held_until_settled: None,
+            check_manifest: false,
         };
     }
 
@@ -813,7 +900,9 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         (a, b) => a.or(b),
     };
     // A watch that was held shows no hold reason once it is back to waiting.
-    let reason = if life.reason.starts_with(HELD_REASON_PREFIX) {
+    let reason = if let Some(reason) = waiting_reason {
+        reason
+    } else if life.reason.starts_with(HELD_REASON_PREFIX) {
         String::new()
     } else {
         life.reason.clone()
@@ -828,7 +917,58 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         events,
         wake_at,
         held_until_settled: None,
+        check_manifest,
     }
+}
+
+/// When the marker that counts for the current generation was recorded:
+/// any marker in the first generation, one recorded after the previous
+/// completion in a reopened one.
+pub fn marker_seen(watch: &Watch) -> Option<Timestamp> {
+    let at = watch.counters.marker_at?;
+    let after = watch.lifecycle.polling.marker_after;
+    after.is_none_or(|after| at > after).then_some(at)
+}
+
+/// "the manifest lists 100 files, 3 not counted yet", or its problem.
+fn manifest_summary(c: &ManifestCheck) -> String {
+    if !c.problem.is_empty() {
+        return c.problem.clone();
+    }
+    match c.missing {
+        0 => format!(
+            "the marker's manifest lists {} files, all counted",
+            c.listed
+        ),
+        n => format!(
+            "the marker's manifest lists {} files, {n} not counted yet",
+            c.listed
+        ),
+    }
+}
+
+/// Where a marker rule stood, for a TIMED_OUT reason; `None` for other rules.
+fn marker_status(watch: &Watch, polling: &PollingProgress) -> Option<String> {
+    let Rule::Marker {
+        key,
+        verify_manifest,
+        ..
+    } = &watch.policy.rule
+    else {
+        return None;
+    };
+    if marker_seen(watch).is_none() {
+        return Some(format!("marker {key} not created"));
+    }
+    let check = polling
+        .manifest
+        .as_ref()
+        .filter(|c| c.marker == watch.counters.marker_count);
+    Some(match check {
+        Some(c) if *verify_manifest => manifest_summary(c),
+        _ if *verify_manifest => format!("marker {key} created, its manifest not read yet"),
+        _ => format!("marker {key} created"),
+    })
 }
 
 #[cfg(test)]
@@ -1037,7 +1177,7 @@ mod tests {
                 repeated: 0,
                 last_sample: 2,
                 next_sample_at: Some(at(20)),
-                gaps: ActivityGaps::default(),
+                ..PollingProgress::default()
             }
         );
         for (t, k) in [(20, 1), (30, 2)] {
@@ -1749,5 +1889,183 @@ mod tests {
             ..Policy::default()
         };
         assert!(adaptive.validate().is_ok());
+    }
+
+    fn marker_rule(quiet_window: Option<Duration>, verify_manifest: bool) -> Watch {
+        watch(Rule::Marker {
+            key: "_SUCCESS".into(),
+            quiet_window,
+            verify_manifest,
+        })
+    }
+
+    /// Records a marker creation at `t`, as the store does.
+    fn mark(w: &mut Watch, t: i64) {
+        w.counters.marker_count += 1;
+        w.counters.marker_at = Some(at(t));
+        w.counters.last_activity_at = Some(at(t));
+    }
+
+    #[test]
+    fn a_marker_completes_once_queues_caught_up_past_it_and_never_before() {
+        let mut w = marker_rule(None, false);
+        land(&mut w, 3, 10);
+        let d = evaluate(&w, at(500), Timestamp::MAX);
+        assert!(!completed(&d), "no marker, no completion however quiet");
+        assert_eq!(d.wake_at, None, "only the marker can change the outcome");
+        mark(&mut w, 20);
+        let d = evaluate(&w, at(20), at(19));
+        assert!(!completed(&d));
+        assert_eq!(
+            d.held_until_settled,
+            Some(at(20)),
+            "objects before the marker may be in a queue"
+        );
+        let d = evaluate(&w, at(20), at(20));
+        assert!(completed(&d));
+        let reason = d.lifecycle.unwrap().reason;
+        assert_eq!(reason, "marker _SUCCESS created; 3 objects");
+    }
+
+    #[test]
+    fn a_marker_with_a_quiet_window_waits_for_silence_after_it_and_min_objects() {
+        let mut w = marker_rule(Some(secs(5)), false);
+        w.policy.min_objects = 4;
+        land(&mut w, 3, 10);
+        mark(&mut w, 20);
+        assert_eq!(evaluate(&w, at(21), Timestamp::MAX).wake_at, Some(at(25)));
+        land(&mut w, 1, 23);
+        let d = evaluate(&w, at(25), Timestamp::MAX);
+        assert!(
+            !completed(&d),
+            "an object after the marker restarts the window"
+        );
+        assert_eq!(d.wake_at, Some(at(28)));
+        assert!(completed(&evaluate(&w, at(28), Timestamp::MAX)));
+        let mut short = marker_rule(None, false);
+        short.policy.min_objects = 4;
+        land(&mut short, 3, 10);
+        mark(&mut short, 20);
+        assert!(
+            !completed(&evaluate(&short, at(100), Timestamp::MAX)),
+            "3 of min_objects 4"
+        );
+    }
+
+    #[test]
+    fn a_reopened_marker_watch_waits_for_a_marker_after_its_completion() {
+        let mut w = marker_rule(None, false);
+        w.policy.late_window = Some(secs(60));
+        land(&mut w, 3, 10);
+        mark(&mut w, 20);
+        let d = evaluate(&w, at(20), Timestamp::MAX);
+        apply(&mut w, &d);
+        land(&mut w, 1, 30);
+        let d = evaluate(&w, at(30), Timestamp::MAX);
+        assert!(matches!(d.events[0], EventKind::Reopened { .. }));
+        assert!(
+            !completed(&d),
+            "the old marker does not complete the new generation"
+        );
+        apply(&mut w, &d);
+        assert!(!completed(&evaluate(&w, at(90), Timestamp::MAX)));
+        mark(&mut w, 95);
+        assert!(completed(&evaluate(&w, at(95), Timestamp::MAX)));
+    }
+
+    #[test]
+    fn verify_manifest_completes_only_once_every_listed_file_is_counted() {
+        let mut w = marker_rule(None, true);
+        w.policy.timeout = Some(secs(600));
+        land(&mut w, 2, 10);
+        mark(&mut w, 20);
+        let d = evaluate(&w, at(20), Timestamp::MAX);
+        assert!(!completed(&d));
+        assert!(d.check_manifest, "the manifest must be read first");
+        // The check found 1 of 3 listed files missing.
+        w.lifecycle.polling.manifest = Some(ManifestCheck {
+            marker: 1,
+            activity: w.counters.activity(),
+            listed: 3,
+            missing: 1,
+            problem: String::new(),
+        });
+        let d = evaluate(&w, at(21), Timestamp::MAX);
+        assert!(!completed(&d) && !d.check_manifest);
+        assert_eq!(d.wake_at, Some(at(600)));
+        let life = d.lifecycle.unwrap();
+        assert_eq!(
+            life.reason,
+            "the marker's manifest lists 3 files, 1 not counted yet"
+        );
+        w.lifecycle = life;
+        let timed_out = evaluate(&w, at(600), Timestamp::MAX).lifecycle.unwrap();
+        assert_eq!(timed_out.state, WatchState::TimedOut);
+        assert!(
+            timed_out
+                .reason
+                .ends_with("; the marker's manifest lists 3 files, 1 not counted yet"),
+            "{}",
+            timed_out.reason
+        );
+        // The missing file lands: check again, then complete.
+        land(&mut w, 1, 30);
+        assert!(evaluate(&w, at(30), Timestamp::MAX).check_manifest);
+        w.lifecycle.polling.manifest = Some(ManifestCheck {
+            marker: 1,
+            activity: w.counters.activity(),
+            listed: 3,
+            ..ManifestCheck::default()
+        });
+        let d = evaluate(&w, at(31), Timestamp::MAX);
+        assert!(completed(&d));
+        assert!(
+            d.lifecycle
+                .unwrap()
+                .reason
+                .ends_with("the marker's manifest lists 3 files, all counted")
+        );
+    }
+
+    #[test]
+    fn a_manifest_problem_keeps_the_watch_waiting_and_a_new_marker_is_read_again() {
+        let mut w = marker_rule(None, true);
+        mark(&mut w, 20);
+        w.lifecycle.polling.manifest = Some(ManifestCheck {
+            marker: 1,
+            activity: w.counters.activity(),
+            problem: "the marker's manifest says the job failed (\"success\": false)".into(),
+            ..ManifestCheck::default()
+        });
+        let d = evaluate(&w, at(100), Timestamp::MAX);
+        assert!(!completed(&d) && !d.check_manifest);
+        assert!(d.lifecycle.unwrap().reason.contains("the job failed"));
+        mark(&mut w, 120);
+        assert!(
+            evaluate(&w, at(120), Timestamp::MAX).check_manifest,
+            "a rewritten marker is read again"
+        );
+    }
+
+    #[test]
+    fn bad_marker_settings_are_named() {
+        for (key, says) in [
+            ("", "is required"),
+            ("/_SUCCESS", "must not start with '/'"),
+            ("a\nb", "control"),
+        ] {
+            let w = marker_rule(None, false);
+            let mut p = w.policy;
+            p.rule = Rule::Marker {
+                key: key.into(),
+                quiet_window: None,
+                verify_manifest: false,
+            };
+            let err = p.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("policy.marker.key") && err.contains(says),
+                "{key:?}: {err}"
+            );
+        }
     }
 }

@@ -15,7 +15,7 @@ use crate::{
     hub::Hub,
     ingest::{Audience, Ingest, IngestReport},
     observer::ObserverHandle,
-    policy::Policy,
+    policy::{self, Policy},
     quota::{self, Limiter},
     store::{Created, Delivery, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, Store},
     watch::{
@@ -90,6 +90,29 @@ impl Service {
                 "policy.reconcile",
                 "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
             ));
+        }
+        if let policy::Rule::Marker {
+            key,
+            verify_manifest,
+            ..
+        } = &start.policy.rule
+        {
+            if *verify_manifest && !self.reconcile_available {
+                return Err(Error::invalid(
+                    "policy.marker.verify_manifest",
+                    "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
+                ));
+            }
+            let full = start.prefix.as_str().len() + key.len();
+            if full > crate::watch::MAX_PREFIX_BYTES {
+                return Err(Error::invalid(
+                    "policy.marker.key",
+                    format!(
+                        "with the prefix makes a key of {full} bytes; S3 keys are at most {}",
+                        crate::watch::MAX_PREFIX_BYTES
+                    ),
+                ));
+            }
         }
         self.check_notify(tenant, &start.policy).await?;
         let tenants = self.tenants.current();

@@ -194,6 +194,34 @@ impl Prefix {
     }
 }
 
+/// Checks a marker key (`policy.marker.key`): the key below the prefix that
+/// the producer writes last. The prefix and the key together must be a
+/// valid S3 key; StartWatch checks that sum.
+pub fn check_marker_key(field: &str, key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(invalid(
+            field,
+            "is required (the marker's key below the prefix, e.g. _SUCCESS)",
+        ));
+    }
+    if key.starts_with('/') {
+        return Err(invalid(
+            field,
+            "must not start with '/': it is the key below the prefix",
+        ));
+    }
+    if key.len() > MAX_PREFIX_BYTES {
+        return Err(invalid(
+            field,
+            format!("is {} bytes; at most {MAX_PREFIX_BYTES}", key.len()),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    Ok(())
+}
+
 /// Most `include` (and, apart, `exclude`) patterns of one watch.
 pub const MAX_KEY_PATTERNS: usize = 32;
 /// Longest key pattern, in bytes.
@@ -437,13 +465,38 @@ pub struct Counters {
     #[serde(default)]
     pub object_bytes: u64,
     pub last_activity_at: Option<Timestamp>,
+    /// Distinct creations of the marker object (`policy.marker`), counted as
+    /// event_count is; the marker is never one of the objects.
+    #[serde(default)]
+    pub marker_count: u64,
+    /// When the newest marker creation was recorded.
+    #[serde(default)]
+    pub marker_at: Option<Timestamp>,
 }
 
 impl Counters {
     /// Every accepted activity so far; the polling rule samples this.
     pub fn activity(&self) -> u64 {
-        self.event_count + self.removed_count
+        self.event_count + self.removed_count + self.marker_count
     }
+}
+
+/// What reading a marker's manifest found (`verify_manifest`): persisted
+/// with the lifecycle, so a restart does not forget it and GetWatch shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestCheck {
+    /// The marker read: the watch's `marker_count` then.
+    pub marker: u64,
+    /// The activity level the listed files were looked up at.
+    pub activity: u64,
+    /// Files the manifest lists.
+    pub listed: u64,
+    /// Listed files not counted yet.
+    pub missing: u64,
+    /// Why this marker cannot complete the watch whatever is counted (not a
+    /// manifest, a failed job); empty when it can.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub problem: String,
 }
 
 /// Where the rule is in its cycle (the polling rule's samples, the adaptive
@@ -456,6 +509,13 @@ pub struct PollingProgress {
     /// Only the adaptive rule keeps gaps; absent from watches stored before it.
     #[serde(default, skip_serializing_if = "ActivityGaps::is_empty")]
     pub gaps: ActivityGaps,
+    /// The marker rule: only a marker recorded after this instant (the
+    /// previous generation's completion) completes this generation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub marker_after: Option<Timestamp>,
+    /// The marker rule with `verify_manifest`: the last check of the marker's manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub manifest: Option<ManifestCheck>,
 }
 
 /// A W3C trace context (`traceparent` and `tracestate` headers), carried
@@ -526,6 +586,14 @@ impl Watch {
             self.policy.late_window,
         ) {
             (WatchState::Completed, Some(at), Some(window)) => Some(at.plus(window)),
+            _ => None,
+        }
+    }
+
+    /// The marker key below the prefix, for a watch whose rule is `marker`.
+    pub fn marker_key(&self) -> Option<&str> {
+        match &self.policy.rule {
+            crate::policy::Rule::Marker { key, .. } => Some(key),
             _ => None,
         }
     }

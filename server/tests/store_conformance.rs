@@ -595,6 +595,93 @@ async fn keeps_key_filters_and_sums_object_bytes_once_per_key(store: Arc<dyn Sto
     );
 }
 
+async fn counts_markers_apart_from_objects_once_per_marker(store: Arc<dyn Store>) {
+    let new = NewWatch {
+        policy: Policy {
+            rule: policy::Rule::Marker {
+                key: "_SUCCESS".into(),
+                quiet_window: None,
+                verify_manifest: true,
+            },
+            ..Policy::default()
+        },
+        ..new_watch("acme", None)
+    };
+    let watch = create(&*store, new.clone()).await;
+    assert_eq!(watch.marker_key(), Some("_SUCCESS"));
+    let marker =
+        |sequencer: &str| activity(&new, ActivityKind::Marker, "day=1/_SUCCESS", sequencer);
+    let later = Timestamp::from_millis(NOW.as_millis() + 5_000);
+    let out = store
+        .record(
+            vec![sized(&new, "day=1/a", "01", 10), marker("0A"), marker("0A")],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.results,
+        [Recorded::Counted, Recorded::Counted, Recorded::Duplicate]
+    );
+    // Redelivered in a later batch: the same marker.
+    let out = store.record(vec![marker("0A")], later).await.unwrap();
+    assert_eq!(out.results, [Recorded::Duplicate]);
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let c = read.counters;
+    assert_eq!(
+        (c.object_count, c.object_bytes, c.event_count),
+        (1, 10, 1),
+        "the marker is no object"
+    );
+    assert_eq!((c.marker_count, c.marker_at), (1, Some(NOW)));
+    assert_eq!(
+        keys(&objects(&*store, &new, None, None, 10).await),
+        ["day=1/a"],
+        "nor in the manifest"
+    );
+    // A rewritten marker (another sequencer) is a new marker.
+    store.record(vec![marker("0B")], later).await.unwrap();
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (read.counters.marker_count, read.counters.marker_at),
+        (2, Some(later))
+    );
+    assert_eq!(read.counters.activity(), 3);
+    let asked = [
+        "day=1/a".to_owned(),
+        "day=1/_SUCCESS".into(),
+        "day=1/b".into(),
+        "day=1/a".into(),
+    ];
+    let counted = store
+        .counted_keys(&new.tenant, &new.id, &asked)
+        .await
+        .unwrap();
+    assert_eq!(
+        counted,
+        [true, false, false, true],
+        "only created objects are counted keys"
+    );
+    let other = new_watch("acme", None);
+    create(&*store, other.clone()).await;
+    assert_eq!(
+        store
+            .counted_keys(&other.tenant, &other.id, &asked[..1])
+            .await
+            .unwrap(),
+        [false],
+        "per watch"
+    );
+}
+
 async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
     let new = new_watch("acme", None);
     let watch = create(&*store, new.clone()).await;
@@ -1200,4 +1287,5 @@ conformance!(
     attempts_are_fenced_by_the_lease_and_failures_logged,
     keeps_key_filters_and_sums_object_bytes_once_per_key,
     manifests_page_in_key_order_with_what_was_told,
+    counts_markers_apart_from_objects_once_per_marker,
 );

@@ -651,7 +651,8 @@ impl RouteRefresher {
                     continue;
                 }
                 let shard = self.ownership.shard(&e.key.id);
-                self.routes.add(&e.bucket, &e.key, &e.prefix, &e.filter);
+                self.routes
+                    .add(&e.bucket, &e.key, &e.prefix, &e.filter, e.marker.as_deref());
                 known.insert(
                     e.key.clone(),
                     Known {
@@ -714,7 +715,8 @@ impl RouteRefresher {
         });
         for w in &live {
             if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(w.key()) {
-                self.routes.add(&w.bucket, slot.key(), &w.prefix, &w.filter);
+                self.routes
+                    .add(&w.bucket, slot.key(), &w.prefix, &w.filter, w.marker_key());
                 slot.insert(Known {
                     shard: self.ownership.shard(&w.id),
                     created_at: w.created_at,

@@ -14,6 +14,7 @@
 //! routed but not yet recorded, so the observer never calls a watch quiet
 //! while activity for it is still on its way.
 
+pub mod marker;
 pub mod reconcile;
 pub mod sqs;
 
@@ -289,13 +290,21 @@ fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
 /// each watch's key filter, if it has one, sees the key below the prefix.
 #[derive(Default)]
 struct BucketRoutes {
-    by_prefix: HashMap<String, HashMap<WatchKey, Option<Arc<KeyMatcher>>>>,
+    by_prefix: HashMap<String, HashMap<WatchKey, Route>>,
     /// How many distinct prefixes of each length (in bytes) are routed.
     lengths: BTreeMap<usize, usize>,
 }
 
+/// What one watch takes below its prefix.
+#[derive(Clone, Debug)]
+struct Route {
+    filter: Option<Arc<KeyMatcher>>,
+    /// The marker key below the prefix (`policy.marker`): routed whatever the filter says.
+    marker: Option<Box<str>>,
+}
+
 impl BucketRoutes {
-    fn add(&mut self, prefix: &Prefix, key: &WatchKey, filter: Option<Arc<KeyMatcher>>) {
+    fn add(&mut self, prefix: &Prefix, key: &WatchKey, route: Route) {
         let keys = self
             .by_prefix
             .entry(prefix.as_str().to_owned())
@@ -303,7 +312,7 @@ impl BucketRoutes {
                 *self.lengths.entry(prefix.as_str().len()).or_default() += 1;
                 HashMap::new()
             });
-        keys.insert(key.clone(), filter);
+        keys.insert(key.clone(), route);
     }
 
     fn remove(&mut self, prefix: &Prefix, key: &WatchKey) {
@@ -323,18 +332,22 @@ impl BucketRoutes {
         }
     }
 
-    /// The watches whose prefix `key` starts with and whose filter takes it.
-    fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = &'a WatchKey> + 'a {
+    /// The watches whose prefix `key` starts with and whose filter takes it,
+    /// each with whether `key` is its marker.
+    fn matching<'a>(&'a self, key: &'a str) -> impl Iterator<Item = (&'a WatchKey, bool)> + 'a {
         self.lengths
             .keys()
             .take_while(move |&&len| len <= key.len())
             .filter_map(move |&len| Some((key.get(..len)?, &key[len..])))
             .filter_map(|(prefix, below)| Some((self.by_prefix.get(prefix)?, below)))
             .flat_map(|(watches, below)| {
-                watches
-                    .iter()
-                    .filter(move |(_, filter)| filter.as_ref().is_none_or(|f| f.matches(below)))
-                    .map(|(key, _)| key)
+                watches.iter().filter_map(move |(key, route)| {
+                    if route.marker.as_deref() == Some(below) {
+                        return Some((key, true));
+                    }
+                    let takes = route.filter.as_ref().is_none_or(|f| f.matches(below));
+                    takes.then_some((key, false))
+                })
             })
     }
 
@@ -393,13 +406,24 @@ impl Routes {
         }
     }
 
-    /// Routes the keys of `bucket` under `prefix` that `filter` takes to `key`.
-    pub fn add(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix, filter: &KeyFilter) {
-        let matcher = filter.matcher().map(Arc::new);
+    /// Routes the keys of `bucket` under `prefix` that `filter` takes to
+    /// `key`, and the marker key below the prefix, if any, as its marker.
+    pub fn add(
+        &self,
+        bucket: &Bucket,
+        key: &WatchKey,
+        prefix: &Prefix,
+        filter: &KeyFilter,
+        marker: Option<&str>,
+    ) {
+        let route = Route {
+            filter: filter.matcher().map(Arc::new),
+            marker: marker.map(Into::into),
+        };
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
         map.entry(bucket.clone())
             .or_default()
-            .add(prefix, key, matcher);
+            .add(prefix, key, route);
     }
 
     pub fn remove(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
@@ -741,9 +765,15 @@ impl Ingest {
                 // Only valid buckets are routed, so a plain lookup by name suffices.
                 let routes = map.get(n.bucket.as_str());
                 let mut matched = false;
-                for watch in routes.into_iter().flat_map(|r| r.matching(&n.key)) {
+                for (watch, marker) in routes.into_iter().flat_map(|r| r.matching(&n.key)) {
                     if audience.includes(&watch.tenant) && tenants.allows(&watch.tenant, &n.bucket)
                     {
+                        let kind = match (marker, kind) {
+                            (false, kind) => kind,
+                            (true, ActivityKind::Created) => ActivityKind::Marker,
+                            // Removing the marker changes nothing.
+                            (true, ActivityKind::Removed | ActivityKind::Marker) => continue,
+                        };
                         matched = true;
                         activities.push(Activity {
                             tenant: watch.tenant.clone(),
@@ -820,7 +850,7 @@ mod tests {
     fn routed(routes: &Routes, bucket: &str, key: &str) -> HashSet<WatchKey> {
         let map = routes.by_bucket.read().unwrap();
         map.get(bucket)
-            .map(|r| r.matching(key).cloned().collect())
+            .map(|r| r.matching(key).map(|(k, _)| k.clone()).collect())
             .unwrap_or_default()
     }
 
@@ -836,18 +866,25 @@ mod tests {
             watch_key(),
             watch_key(),
         );
-        routes.add(&lake, &all, &prefix(""), &KeyFilter::default());
-        routes.add(&lake, &day, &prefix("day="), &KeyFilter::default());
-        routes.add(&lake, &day1, &prefix("day=1/"), &KeyFilter::default());
-        routes.add(&lake, &day10, &prefix("day=10/"), &KeyFilter::default());
+        routes.add(&lake, &all, &prefix(""), &KeyFilter::default(), None);
+        routes.add(&lake, &day, &prefix("day="), &KeyFilter::default(), None);
+        routes.add(&lake, &day1, &prefix("day=1/"), &KeyFilter::default(), None);
+        routes.add(
+            &lake,
+            &day10,
+            &prefix("day=10/"),
+            &KeyFilter::default(),
+            None,
+        );
         routes.add(
             &Bucket::parse("bucket", "other").unwrap(),
             &other,
             &prefix(""),
             &KeyFilter::default(),
+            None,
         );
         // Adding a route twice keeps one.
-        routes.add(&lake, &day1, &prefix("day=1/"), &KeyFilter::default());
+        routes.add(&lake, &day1, &prefix("day=1/"), &KeyFilter::default(), None);
 
         assert_eq!(
             routed(&routes, "lake", "day=1/a"),
@@ -887,8 +924,8 @@ mod tests {
         )
         .unwrap();
         let (filtered, all) = (watch_key(), watch_key());
-        routes.add(&lake, &filtered, &prefix, &filter);
-        routes.add(&lake, &all, &prefix, &KeyFilter::default());
+        routes.add(&lake, &filtered, &prefix, &filter, None);
+        routes.add(&lake, &all, &prefix, &KeyFilter::default(), None);
         let takes = |key: &str| routed(&routes, "lake", key).contains(&filtered);
         assert!(takes("out/day=1/part 0.parquet"), "** crosses /");
         assert!(takes("out/a.parquet"), "**/ also matches no directory");

@@ -1,6 +1,7 @@
 //! Reconciliation: before a watch with `policy.reconcile` completes, list its
 //! prefix in S3 and record every key the watch's key filter takes as a
-//! created object, with the size the listing shows. Keys already seen
+//! created object, with the size the listing shows (its marker key, if it
+//! has one, as a marker). Keys already seen
 //! count nothing; a key no notification told of counts (and is activity, so
 //! the watch keeps waiting). The store's exact counting does the comparison.
 
@@ -24,7 +25,7 @@ pub struct Listed {
 }
 
 pub struct Reconciler {
-    s3: Client,
+    pub(crate) s3: Client,
 }
 
 impl Reconciler {
@@ -79,14 +80,21 @@ impl Reconciler {
         let prefix = watch.prefix.as_str();
         let activities: Vec<Activity> = listed
             .into_iter()
-            .filter(|o| {
+            .filter_map(|o| {
                 let below = o.key.strip_prefix(prefix).unwrap_or(&o.key);
-                matcher.as_ref().is_none_or(|m| m.matches(below))
+                let kind = if watch.marker_key() == Some(below) {
+                    ActivityKind::Marker
+                } else if matcher.as_ref().is_none_or(|m| m.matches(below)) {
+                    ActivityKind::Created
+                } else {
+                    return None;
+                };
+                Some((kind, o))
             })
-            .map(|o| Activity {
+            .map(|(kind, o)| Activity {
                 tenant: watch.tenant.clone(),
                 watch_id: watch.id.clone(),
-                kind: ActivityKind::Created,
+                kind,
                 key: o.key,
                 sequencer: String::new(),
                 size: o.size,

@@ -49,7 +49,7 @@ pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 use super::{
     Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Fence, Guard,
     KeyEvent, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result,
-    Store, StoreError, outbox_for, sequencer_identity,
+    Store, StoreError, count_event, outbox_for, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -254,6 +254,7 @@ fn kind_tag(kind: ActivityKind) -> char {
     match kind {
         ActivityKind::Created => 'c',
         ActivityKind::Removed => 'r',
+        ActivityKind::Marker => 'm',
     }
 }
 
@@ -328,6 +329,12 @@ fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     if let Some(at) = c.last_activity_at {
         item.insert("last_activity_at".into(), n(at.as_millis()));
     }
+    if c.marker_count > 0 {
+        item.insert("marker_count".into(), n(c.marker_count));
+    }
+    if let Some(at) = c.marker_at {
+        item.insert("marker_at".into(), n(at.as_millis()));
+    }
     item.insert("last_seq".into(), n(w.last_seq));
     if !w.trace.is_empty() {
         item.insert("traceparent".into(), s(&w.trace.traceparent));
@@ -394,6 +401,8 @@ fn item_watch(item: &Item) -> Result<Watch> {
             removed_count: get_n(item, "removed_count")?,
             object_bytes: get_n(item, "object_bytes").unwrap_or(0),
             last_activity_at: get_opt_ts(item, "last_activity_at")?,
+            marker_count: get_n(item, "marker_count").unwrap_or(0),
+            marker_at: get_opt_ts(item, "marker_at")?,
         },
         last_seq: get_n(item, "last_seq")?,
         trace: TraceContext {
@@ -446,6 +455,9 @@ fn route_item(w: &Watch) -> Item {
         && let Ok(filter) = json(&w.filter)
     {
         item.insert("filter".into(), s(filter));
+    }
+    if let Some(marker) = w.marker_key() {
+        item.insert("marker".into(), s(marker));
     }
     item.insert("created_at".into(), n(created));
     item.insert(
@@ -971,10 +983,7 @@ impl DynamoStore {
                             }
                         };
                         if counts {
-                            match key.kind {
-                                ActivityKind::Created => watch.counters.event_count += 1,
-                                ActivityKind::Removed => watch.counters.removed_count += 1,
-                            }
+                            count_event(&mut watch.counters, key.kind, now);
                         }
                         outcome.push((
                             *i,
@@ -1330,6 +1339,24 @@ impl Store for DynamoStore {
     ) -> Result<Option<Applied>> {
         self.apply_with(tenant, id, guard, lifecycle, events, now, Some(fence))
             .await
+    }
+
+    async fn counted_keys(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        keys: &[String],
+    ) -> Result<Vec<bool>> {
+        let sks: Vec<String> = keys
+            .iter()
+            .map(|k| key_sk(ActivityKind::Created, k))
+            .collect();
+        // BatchGetItem refuses a key asked for twice.
+        let mut unique = sks.clone();
+        unique.sort();
+        unique.dedup();
+        let found = self.seen(&watch_pk(tenant, id), &unique).await?;
+        Ok(sks.iter().map(|sk| found.contains_key(sk)).collect())
     }
 
     async fn events_after(

@@ -125,6 +125,15 @@ impl Store for Measured {
         self.inner.list_objects(tenant, id, query).await
     }
 
+    async fn counted_keys(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        keys: &[String],
+    ) -> Result<Vec<bool>> {
+        self.inner.counted_keys(tenant, id, keys).await
+    }
+
     async fn events_after(
         &self,
         tenant: &TenantId,

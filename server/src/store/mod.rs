@@ -36,7 +36,7 @@ use crate::{
     clock::Timestamp,
     policy::Policy,
     watch::{
-        Bucket, EventKind, KeyFilter, Labels, Lifecycle, NotifyTarget, Prefix, TenantId,
+        Bucket, Counters, EventKind, KeyFilter, Labels, Lifecycle, NotifyTarget, Prefix, TenantId,
         TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
@@ -114,6 +114,23 @@ pub enum Created {
 pub enum ActivityKind {
     Created,
     Removed,
+    /// The creation of the watch's marker object (`policy.marker`): counted
+    /// in `marker_count`, never as an object.
+    Marker,
+}
+
+/// Adds one counted event of `kind` (a new `(key, sequencer)` pair) recorded
+/// at `now` to `counters`; a new created key also adds to `object_count` and
+/// `object_bytes`, which the caller knows.
+pub fn count_event(counters: &mut Counters, kind: ActivityKind, now: Timestamp) {
+    match kind {
+        ActivityKind::Created => counters.event_count += 1,
+        ActivityKind::Removed => counters.removed_count += 1,
+        ActivityKind::Marker => {
+            counters.marker_count += 1;
+            counters.marker_at = Some(now);
+        }
+    }
 }
 
 /// One notification routed to one watch.
@@ -413,6 +430,15 @@ pub trait Store: Send + Sync + 'static {
         }
         Ok(out)
     }
+
+    /// Which of `keys` the watch counted as created objects (in any
+    /// generation), in the order of `keys`.
+    async fn counted_keys(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        keys: &[String],
+    ) -> Result<Vec<bool>>;
 
     /// Up to `query.limit` created keys of the watch, in byte order of the
     /// key, after `query.after`: a page of its manifest, read without

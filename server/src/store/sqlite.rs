@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, KeyEvent, ListQuery,
     ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result, Store, StoreError,
-    outbox_for, sequencer_identity,
+    count_event, outbox_for, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -53,8 +53,9 @@ const READERS: usize = 4;
 /// get it, empty, when opened: their keys' earlier sequencers were not kept).
 /// 4: key filters and `object_bytes` on `watches`; size, event time and
 /// generation on `seen_keys` (rows of older files read as size 0, no event
-/// time, generation 1).
-const SCHEMA_VERSION: i64 = 4;
+/// time, generation 1). 5: `marker_count` and `marker_at` on `watches`
+/// (`seen_keys` rows of kind 2 are markers).
+const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS watches (
@@ -146,9 +147,15 @@ ALTER TABLE seen_keys ADD COLUMN event_time INTEGER;
 ALTER TABLE seen_keys ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
 ";
 
+/// Version 5: added once, when `watches.marker_count` is missing.
+const MARKER_COLUMNS: &str = "
+ALTER TABLE watches ADD COLUMN marker_count INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE watches ADD COLUMN marker_at INTEGER;
+";
+
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
      generation, generation_started_at, completed_at, reason, polling, object_count, event_count, removed_count, \
-     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes";
+     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes, marker_count, marker_at";
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -294,6 +301,14 @@ impl SqliteStore {
         )?;
         if !has_manifest {
             tx.execute_batch(MANIFEST_COLUMNS)?;
+        }
+        let has_marker: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'marker_count'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_marker {
+            tx.execute_batch(MARKER_COLUMNS)?;
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
@@ -523,6 +538,8 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
             removed_count: count(16)?,
             object_bytes: count(22)?,
             last_activity_at: ts(17)?,
+            marker_count: count(23)?,
+            marker_at: ts(24)?,
         },
         last_seq: count(18)?,
         trace: TraceContext {
@@ -691,6 +708,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
         let kind = match a.kind {
             ActivityKind::Created => 0,
             ActivityKind::Removed => 1,
+            ActivityKind::Marker => 2,
         };
         let stored: Option<String> = seen
             .query_row(
@@ -735,10 +753,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             KeyEvent::OtherSequencer => remember_other.execute(key_params)? == 1,
         };
         let outcome = if counts {
-            match a.kind {
-                ActivityKind::Created => watch.counters.event_count += 1,
-                ActivityKind::Removed => watch.counters.removed_count += 1,
-            }
+            count_event(&mut watch.counters, a.kind, now);
             watch.counters.last_activity_at = Some(now);
             *changed = true;
             Recorded::Counted
@@ -750,7 +765,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
     let mut updated = Vec::new();
     let mut update = conn.prepare_cached(
         "UPDATE watches SET object_count = ?3, event_count = ?4, removed_count = ?5, last_activity_at = ?6, \
-         last_seq = ?7, object_bytes = ?8 WHERE tenant = ?1 AND watch_id = ?2",
+         last_seq = ?7, object_bytes = ?8, marker_count = ?9, marker_at = ?10 WHERE tenant = ?1 AND watch_id = ?2",
     )?;
     for key in order {
         let Some(Some((mut watch, true))) = watches.remove(&key) else {
@@ -772,6 +787,8 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             counters.last_activity_at.map(Timestamp::as_millis),
             to_i64(watch.last_seq),
             to_i64(counters.object_bytes),
+            to_i64(counters.marker_count),
+            counters.marker_at.map(Timestamp::as_millis),
         ])?;
         updated.push((watch, events));
     }
@@ -1042,6 +1059,26 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn counted_keys(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        keys: &[String],
+    ) -> Result<Vec<bool>> {
+        let (tenant, id, keys) = (tenant.clone(), id.clone(), keys.to_vec());
+        self.read(move |conn| {
+            let mut stmt = conn.prepare_cached(
+                "SELECT EXISTS (SELECT 1 FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2 AND kind = 0 AND key = ?3)",
+            )?;
+            keys.iter()
+                .map(|key| {
+                    Ok(stmt.query_row(params![tenant.as_str(), id.as_str(), key], |r| r.get(0))?)
+                })
+                .collect()
+        })
+        .await
+    }
+
     async fn events_after(
         &self,
         tenant: &TenantId,
@@ -1247,7 +1284,8 @@ mod tests {
             .execute_batch(
                 "ALTER TABLE watches DROP COLUMN filter; ALTER TABLE watches DROP COLUMN object_bytes; \
                  ALTER TABLE seen_keys DROP COLUMN size; ALTER TABLE seen_keys DROP COLUMN event_time; \
-                 ALTER TABLE seen_keys DROP COLUMN generation; PRAGMA user_version = 3;",
+                 ALTER TABLE seen_keys DROP COLUMN generation; ALTER TABLE watches DROP COLUMN marker_count; \
+                 ALTER TABLE watches DROP COLUMN marker_at; PRAGMA user_version = 3;",
             )
             .unwrap();
 
@@ -1256,7 +1294,7 @@ mod tests {
             .unwrap()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 4);
+        assert_eq!(version, SCHEMA_VERSION);
         let out = store
             .record(vec![created("old", 7), created("new", 5)], now)
             .await

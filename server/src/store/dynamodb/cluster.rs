@@ -91,6 +91,8 @@ pub struct RouteEntry {
     pub bucket: Bucket,
     pub prefix: Prefix,
     pub filter: crate::watch::KeyFilter,
+    /// The marker key below the prefix (`policy.marker`).
+    pub marker: Option<String>,
     pub created_at: Timestamp,
 }
 
@@ -421,6 +423,7 @@ impl DynamoStore {
                     bucket: super::stored(get_s(item, "bucket")?)?,
                     prefix: super::stored(get_s(item, "prefix")?)?,
                     filter: super::item_filter(item)?,
+                    marker: item.get("marker").and_then(|v| v.as_s().ok()).cloned(),
                     created_at: Timestamp::from_millis(get_n(item, "created_at")?),
                 });
             }
