@@ -41,6 +41,15 @@ pub enum Rule {
     /// Complete when the silence after the last activity exceeds a window
     /// learnt from the gaps between this watch's activities.
     Adaptive(Adaptive),
+    /// Complete when the producer creates its marker object (`key`, below
+    /// the prefix, e.g. `_SUCCESS`); with `quiet_window`, after that long
+    /// without activity after it; with `verify_manifest`, once every file the
+    /// marker's committer manifest lists is counted (servers with AWS access).
+    Marker {
+        key: String,
+        quiet_window: Option<Duration>,
+        verify_manifest: bool,
+    },
 }
 
 /// The bounds and shape of an adaptive window: `safety_factor` x the
@@ -154,6 +163,27 @@ impl Policy {
         Self::with_rule(Rule::Adaptive(adaptive))
     }
 
+    /// The marker rule on `key` (below the prefix, e.g. `_SUCCESS`).
+    pub fn marker(key: impl Into<String>) -> Self {
+        Self::with_rule(Rule::Marker {
+            key: key.into(),
+            quiet_window: None,
+            verify_manifest: false,
+        })
+    }
+
+    /// A marker rule completes only once every file its manifest lists is
+    /// counted; other rules are unchanged.
+    pub fn verify_manifest(mut self) -> Self {
+        if let Some(Rule::Marker {
+            verify_manifest, ..
+        }) = &mut self.rule
+        {
+            *verify_manifest = true;
+        }
+        self
+    }
+
     fn with_rule(rule: Rule) -> Self {
         Self {
             rule: Some(rule),
@@ -170,10 +200,12 @@ impl Policy {
         self
     }
 
-    /// The quiet window of an expected-count rule; other rules keep theirs
-    /// unchanged.
+    /// The quiet window of an expected-count or marker rule; other rules
+    /// keep theirs unchanged.
     pub fn quiet_window(mut self, window: Duration) -> Self {
-        if let Some(Rule::ExpectedCount { quiet_window, .. }) = &mut self.rule {
+        if let Some(Rule::ExpectedCount { quiet_window, .. } | Rule::Marker { quiet_window, .. }) =
+            &mut self.rule
+        {
             *quiet_window = Some(window);
         }
         self
@@ -248,6 +280,15 @@ impl From<Rule> for v1::policy::Rule {
                 // 0 in the protobuf means "the server's default".
                 quantile: adaptive.quantile.unwrap_or_default(),
                 safety_factor: adaptive.safety_factor.unwrap_or_default(),
+            }),
+            Rule::Marker {
+                key,
+                quiet_window,
+                verify_manifest,
+            } => v1::policy::Rule::Marker(v1::MarkerRule {
+                key,
+                quiet_window: quiet_window.map(proto_duration),
+                verify_manifest,
             }),
         }
     }

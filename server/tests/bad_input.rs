@@ -18,6 +18,17 @@ fn polling(delay: Option<prost_types::Duration>, max_repeats: u32, schedule: i32
     }
 }
 
+fn marker(key: &str, verify_manifest: bool) -> v1::Policy {
+    v1::Policy {
+        rule: Some(v1::policy::Rule::Marker(v1::MarkerRule {
+            key: key.into(),
+            quiet_window: None,
+            verify_manifest,
+        })),
+        ..Default::default()
+    }
+}
+
 /// An adaptive policy; `None` leaves a window unset, 0.0 a number.
 fn adaptive(
     min_window_secs: Option<f64>,
@@ -184,6 +195,44 @@ async fn invalid_start_requests_name_the_field_and_create_nothing() {
             "policy.adaptive.safety_factor",
         ),
         (labelled, "labels"),
+        (
+            start_request("data-lake", "", marker("", false)),
+            "policy.marker.key",
+        ),
+        (
+            start_request("data-lake", "", marker("/_SUCCESS", false)),
+            "policy.marker.key",
+        ),
+        (
+            start_request("data-lake", "", marker("a\u{7}b", false)),
+            "policy.marker.key",
+        ),
+        (
+            start_request(
+                "data-lake",
+                &"p".repeat(1000),
+                marker(&"m".repeat(25), false),
+            ),
+            "policy.marker.key",
+        ),
+        (
+            start_request("data-lake", "", {
+                let mut p = marker("_SUCCESS", false);
+                if let Some(v1::policy::Rule::Marker(r)) = &mut p.rule {
+                    r.quiet_window = Some(prost_types::Duration {
+                        seconds: -1,
+                        nanos: 0,
+                    });
+                }
+                p
+            }),
+            "policy.marker.quiet_window",
+        ),
+        // This server has no AWS access to read the marker.
+        (
+            start_request("data-lake", "", marker("_SUCCESS", true)),
+            "policy.marker.verify_manifest",
+        ),
     ];
     for (request, field) in cases {
         let status = client.start_watch(request.clone()).await.expect_err(field);

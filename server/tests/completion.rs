@@ -325,3 +325,81 @@ async fn client_token_makes_start_idempotent() {
     let list = client.list_watches(Default::default()).await.unwrap();
     assert_eq!(list.watches.len(), 1);
 }
+
+fn marker(key: &str, quiet_window: Option<Duration>, verify_manifest: bool) -> v1::Policy {
+    v1::Policy {
+        rule: Some(v1::policy::Rule::Marker(v1::MarkerRule {
+            key: key.into(),
+            quiet_window: quiet_window.map(duration),
+            verify_manifest,
+        })),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_marker_completes_the_watch_and_is_no_object_of_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut request = start_request("data-lake", "day=1/", marker("_SUCCESS", None, false));
+    // Users exclude the marker from the data set; it still completes the watch.
+    request.exclude = vec!["**/_SUCCESS".into(), "_temporary/**".into()];
+    let watch = begin(&mut client, request).await;
+    let stream = client.events(&watch.watch_id, 0).await.unwrap();
+    client
+        .ingest_s3_events(vec![created(
+            "data-lake",
+            &[
+                "day=1/part 0.parquet",
+                "day=1/_temporary/x",
+                "day=1/part+1.parquet",
+            ],
+        )])
+        .await
+        .unwrap();
+    let seen = client.get_watch(&watch.watch_id).await.unwrap();
+    assert_eq!(seen.state, v1::WatchState::Active as i32, "no marker yet");
+    let status = seen.marker.unwrap();
+    assert!(!status.seen && status.created_at.is_none());
+    // A marker elsewhere is not this watch's marker.
+    let report = client
+        .ingest_s3_events(vec![
+            created("data-lake", &["day=1/sub/_SUCCESS", "day=2/_SUCCESS"]),
+            created("data-lake", &["day=1/_SUCCESS"]),
+            // Redelivered: the same marker.
+            created("data-lake", &["day=1/_SUCCESS"]),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.matched, report.counted, report.duplicates),
+        (2, 1, 1)
+    );
+
+    let events = read_to_end(stream, LIMIT).await;
+    assert_eq!(
+        kinds(&events),
+        ["started", "progress", "progress", "completed"]
+    );
+    let Some(v1::watch_event::Kind::Completed(done)) = &events[3].kind else {
+        unreachable!()
+    };
+    assert_eq!(done.reason, "marker _SUCCESS created; 2 objects");
+    let watch = client.get_watch(&watch.watch_id).await.unwrap();
+    assert_eq!((watch.object_count, watch.event_count), (2, 2));
+    let status = watch.marker.unwrap();
+    assert!(status.seen && status.created_at.is_some());
+    let objects = client
+        .list_watch_objects(v1::ListWatchObjectsRequest {
+            watch_id: watch.watch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let keys: Vec<_> = objects.objects.iter().map(|o| o.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        ["day=1/part 0.parquet", "day=1/part+1.parquet"],
+        "the marker is not in the manifest"
+    );
+}

@@ -1,6 +1,8 @@
-//! `policy.reconcile`: before completing, the server lists the prefix in S3
-//! and counts objects no notification told of; a watch without it trusts the
-//! notifications alone.
+//! Confirming against S3 itself. `policy.reconcile`: before completing, the
+//! server lists the prefix and counts objects no notification told of; a
+//! watch without it trusts the notifications alone. `marker.verify_manifest`:
+//! the server reads the producer's `_SUCCESS` and completes only once every
+//! file it lists has been counted.
 
 mod support;
 
@@ -183,5 +185,150 @@ async fn reconcile_needs_a_server_with_aws_access() {
         status.message().starts_with("invalid policy.reconcile:"),
         "{}",
         status.message()
+    );
+}
+
+fn fixture(name: &str) -> String {
+    let path = format!(
+        "{}/tests/fixtures/markers/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    std::fs::read_to_string(path).unwrap()
+}
+
+async fn put(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, body: &str) {
+    s3.put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(body.as_bytes().to_vec().into())
+        .send()
+        .await
+        .unwrap();
+}
+
+fn verified_marker(timeout: Option<Duration>) -> v1::Policy {
+    v1::Policy {
+        rule: Some(v1::policy::Rule::Marker(v1::MarkerRule {
+            key: "_SUCCESS".into(),
+            quiet_window: None,
+            verify_manifest: true,
+        })),
+        timeout: timeout.map(duration),
+        ..Default::default()
+    }
+}
+
+/// GetWatch until `reason` holds: waiting on a manifest writes no event.
+async fn until_reason(
+    client: &mut streamwatch_client::Client,
+    id: &str,
+    wanted: &str,
+) -> v1::Watch {
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let watch = client.get_watch(id).await.unwrap();
+        if watch.reason == wanted {
+            return watch;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reason stayed {:?}",
+            watch.reason
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_verified_marker_completes_only_once_every_file_its_manifest_lists_is_counted() {
+    let s3 = s3().await;
+    let bucket = aws::unique("marker");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let part = |i: u32| format!("out/day=1/part-0000{i}-3b1c.c000.snappy.parquet");
+    for i in 0..3 {
+        put(&s3, &bucket, &part(i), "PAR1").await;
+    }
+    // The S3A committers' _SUCCESS lists keys with a leading '/'.
+    put(
+        &s3,
+        &bucket,
+        "out/day=1/_SUCCESS",
+        &fixture("s3a_success.json"),
+    )
+    .await;
+    // The manifest committer's lists URIs; one of its files never arrives.
+    let manifest = fixture("manifest_success.json")
+        .replace("s3a://lake/out/day=1/", &format!("s3a://{bucket}/out/day=2/"));
+    put(&s3, &bucket, "out/day=2/_SUCCESS", &manifest).await;
+
+    let sqs = aws::sqs().await;
+    let (queue, _) =
+        aws::queue_with_dlq(&sqs, &aws::unique("marker"), 5, Duration::from_secs(30)).await;
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.sqs_queue_urls = vec![queue];
+    config.sqs_wait = Duration::from_secs(1);
+    let server = TestServer::start_with(dir, config, None).await;
+    let mut client = server.client().await;
+    let day1 = begin(
+        &mut client,
+        start_request(&bucket, "out/day=1/", verified_marker(None)),
+    )
+    .await;
+    let timeout = Duration::from_secs(4);
+    let day2 = begin(
+        &mut client,
+        start_request(&bucket, "out/day=2/", verified_marker(Some(timeout))),
+    )
+    .await;
+    let day1_events = client.events(&day1.watch_id, 0).await.unwrap();
+    let day2_events = client.events(&day2.watch_id, 0).await.unwrap();
+
+    // The marker's notification overtakes one part's.
+    client
+        .ingest_s3_events(vec![
+            created(&bucket, &[&part(0), &part(1), "out/day=1/_SUCCESS"]),
+            created(
+                &bucket,
+                &["out/day=2/part-00000 a+b.parquet", "out/day=2/_SUCCESS"],
+            ),
+        ])
+        .await
+        .unwrap();
+    let waiting = until_reason(
+        &mut client,
+        &day1.watch_id,
+        "the marker's manifest lists 3 files, 1 not counted yet",
+    )
+    .await;
+    assert_eq!(waiting.state, v1::WatchState::Active as i32);
+    let status = waiting.marker.unwrap();
+    assert_eq!(
+        (status.seen, status.manifest_files, status.manifest_missing),
+        (true, 3, 1)
+    );
+
+    client
+        .ingest_s3_events(vec![created(&bucket, &[&part(2)])])
+        .await
+        .unwrap();
+    let events = read_to_end(day1_events, LIMIT).await;
+    let Some(v1::watch_event::Kind::Completed(done)) = &events.last().unwrap().kind else {
+        panic!("expected COMPLETED, got {events:?}")
+    };
+    assert_eq!(
+        done.reason,
+        "marker _SUCCESS created; 3 objects; the marker's manifest lists 3 files, all counted"
+    );
+
+    let events = read_to_end(day2_events, LIMIT).await;
+    let Some(v1::watch_event::Kind::TimedOut(out)) = &events.last().unwrap().kind else {
+        panic!("expected TIMED_OUT, got {events:?}")
+    };
+    assert!(
+        out.reason
+            .ends_with("the marker's manifest lists 2 files, 1 not counted yet"),
+        "{}",
+        out.reason
     );
 }

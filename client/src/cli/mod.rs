@@ -282,6 +282,14 @@ struct PolicyArgs {
     #[arg(long, value_name = "F", requires = "adaptive")]
     adaptive_safety_factor: Option<f64>,
 
+    /// Complete when the producer creates this marker key below the prefix (e.g. _SUCCESS); with --quiet-period, after that long without activity after it
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["expected", "poll_delay", "adaptive"])]
+    marker: Option<String>,
+
+    /// With --marker: complete only once every file the marker's committer manifest lists is counted
+    #[arg(long, requires = "marker")]
+    verify_manifest: bool,
+
     /// Never complete with fewer distinct objects
     #[arg(long, value_name = "N")]
     min_objects: Option<u64>,
@@ -360,6 +368,16 @@ enum Schedule {
 impl PolicyArgs {
     fn policy(&self) -> Policy {
         let mut policy = match (self.quiet_period, self.expected, self.poll_delay) {
+            (quiet, _, _) if self.marker.is_some() => {
+                let mut policy = Policy::marker(self.marker.clone().unwrap_or_default());
+                if self.verify_manifest {
+                    policy = policy.verify_manifest();
+                }
+                match quiet {
+                    Some(window) => policy.quiet_window(window),
+                    None => policy,
+                }
+            }
             _ if self.adaptive => Policy::adaptive(Adaptive {
                 min_window: self.adaptive_min,
                 max_window: self.adaptive_max,

@@ -50,7 +50,7 @@ pub struct WatchJson {
 /// A watch's policy; durations in whole milliseconds.
 #[derive(Debug, Serialize)]
 pub struct PolicyJson {
-    /// `quiet_period`, `expected_count`, `polling`, `adaptive`, or `default`.
+    /// `quiet_period`, `expected_count`, `polling`, `adaptive`, `marker`, or `default`.
     pub rule: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub window_ms: Option<u64>,
@@ -72,6 +72,10 @@ pub struct PolicyJson {
     pub quantile: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub safety_factor: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marker_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_manifest: Option<bool>,
     pub min_objects: u64,
     pub timeout_ms: Option<u64>,
     pub late_window_ms: Option<u64>,
@@ -250,6 +254,8 @@ impl PolicyJson {
             max_window_ms: None,
             quantile: None,
             safety_factor: None,
+            marker_key: None,
+            verify_manifest: None,
             min_objects: policy.min_objects,
             timeout_ms: millis(policy.timeout.as_ref()),
             late_window_ms: millis(policy.late_window.as_ref()),
@@ -280,6 +286,12 @@ impl PolicyJson {
                 json.max_window_ms = millis(rule.max_window.as_ref());
                 json.quantile = Some(rule.quantile);
                 json.safety_factor = Some(rule.safety_factor);
+            }
+            Some(Rule::Marker(rule)) => {
+                json.rule = "marker";
+                json.marker_key = Some(rule.key.clone());
+                json.quiet_window_ms = millis(rule.quiet_window.as_ref());
+                json.verify_manifest = Some(rule.verify_manifest);
             }
             None => {}
         }
@@ -436,6 +448,16 @@ pub fn policy_text(policy: Option<&v1::Policy>) -> String {
             r.safety_factor,
             (r.quantile * 1000.0).round() / 10.0
         ),
+        Some(Rule::Marker(r)) => {
+            let mut text = format!("marker {}", r.key);
+            if r.verify_manifest {
+                text.push_str(" with its manifest verified");
+            }
+            if let Some(w) = &r.quiet_window {
+                text.push_str(&format!(", then quiet {}", d(Some(w))));
+            }
+            text
+        }
         None => "default rule".to_owned(),
     }];
     if policy.min_objects > 0 {

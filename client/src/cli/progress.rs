@@ -41,7 +41,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(watch: &v1::Watch) -> Self {
-        let rule = watch.policy.as_ref().and_then(|p| p.rule);
+        let rule = watch.policy.as_ref().and_then(|p| p.rule.clone());
         let max_repeats = match &rule {
             Some(Rule::Polling(p)) => p.max_repeats,
             _ => 0,
@@ -106,6 +106,7 @@ impl Progress {
         let window = match &self.rule {
             Some(Rule::QuietPeriod(r)) => std_duration(r.window.as_ref()),
             Some(Rule::ExpectedCount(r)) => std_duration(r.quiet_window.as_ref()),
+            Some(Rule::Marker(r)) => std_duration(r.quiet_window.as_ref()),
             _ => None,
         };
         if let Some(window) = window {
