@@ -66,6 +66,13 @@ def test_expected_count_keeps_its_quiet_window_and_limits():
     assert p.reconcile is True
 
 
+def test_a_marker_rule_carries_its_key_quiet_window_and_verification():
+    p = Policy.marker("done/_SUCCESS").verify_manifest().quiet_window(5).to_proto()
+    assert p.WhichOneof("rule") == "marker"
+    assert (p.marker.key, p.marker.verify_manifest, p.marker.quiet_window.seconds) == ("done/_SUCCESS", True, 5)
+    assert not Policy.expected_count(3).verify_manifest().to_proto().HasField("marker")
+
+
 def test_adaptive_leaves_unset_fields_to_the_server():
     p = Policy.adaptive(max_window=600, safety_factor=2.0).to_proto()
     assert p.WhichOneof("rule") == "adaptive"
@@ -218,6 +225,15 @@ def test_wait_for_completion_returns_the_completed_watch(acme):
     assert done.object_count == 1
     # Once over, it answers at once from GetWatch.
     assert acme.wait_for_completion(w.watch_id, timeout=5).last_seq == done.last_seq
+
+
+def test_a_marker_watch_completes_on_its_marker_and_does_not_count_it(acme):
+    prefix = unique_prefix("marker")
+    w = acme.start_watch(BUCKET, prefix, Policy.marker()).watch
+    acme.ingest_s3_events([s3_document(BUCKET, prefix + "part-0.parquet", prefix + "_SUCCESS")])
+    done = acme.wait_for_completion(w.watch_id, timeout=20)
+    assert done.reason == "marker _SUCCESS created; 1 objects"
+    assert (done.object_count, done.marker.seen) == (1, True)
 
 
 def test_wait_for_completion_raises_timed_out_and_cancelled_with_the_reason(acme):

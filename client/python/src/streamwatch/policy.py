@@ -1,6 +1,6 @@
 """Completion policies as values: the rule (quiet period, expected count, the
-classic polling rule with its delay schedule, or the adaptive window learnt
-from the producers' gaps) and the limits that apply to every rule.
+classic polling rule with its delay schedule, the adaptive window learnt
+from the producers' gaps, or the producer's marker object) and the limits that apply to every rule.
 
 A `Policy` is immutable; each builder method returns a new one. It converts to
 the protobuf `Policy` and decides nothing itself (the server's policy does).
@@ -72,7 +72,19 @@ class Adaptive:
     safety_factor: Optional[float] = None
 
 
-Rule = Union[QuietPeriod, ExpectedCount, Polling, Adaptive]
+@dataclass(frozen=True)
+class Marker:
+    """Complete when the producer creates its marker object (`key`, below the
+    prefix, e.g. `_SUCCESS`); with `quiet_window`, after that long without
+    activity after it; with `verify_manifest`, once every file the marker's
+    committer manifest lists is counted (servers with AWS access)."""
+
+    key: str
+    quiet_window: Optional[timedelta] = None
+    verify_manifest: bool = False
+
+
+Rule = Union[QuietPeriod, ExpectedCount, Polling, Adaptive, Marker]
 
 
 @dataclass(frozen=True)
@@ -124,6 +136,7 @@ class Policy:
         Policy.polling(30, 5).schedule(DelaySchedule.EXPONENTIAL)
         Policy.expected_count(1000).quiet_window(600).timeout(3600)
         Policy.adaptive(min_window=30).late_window(timedelta(hours=1))
+        Policy.marker("_SUCCESS").verify_manifest().timeout(3600)
     """
 
     rule: Optional[Rule] = None
@@ -169,6 +182,11 @@ class Policy:
             )
         )
 
+    @classmethod
+    def marker(cls, key: str = "_SUCCESS") -> "Policy":
+        """The marker rule on `key`, below the watch's prefix."""
+        return cls(rule=Marker(key))
+
     # --- refinements ---------------------------------------------------------
 
     def schedule(self, schedule: DelaySchedule) -> "Policy":
@@ -177,9 +195,16 @@ class Policy:
             return dataclasses.replace(self, rule=dataclasses.replace(self.rule, schedule=schedule))
         return self
 
+    def verify_manifest(self) -> "Policy":
+        """A marker rule completes only once every file its manifest lists is
+        counted; other rules are left unchanged."""
+        if isinstance(self.rule, Marker):
+            return dataclasses.replace(self, rule=dataclasses.replace(self.rule, verify_manifest=True))
+        return self
+
     def quiet_window(self, window: Seconds) -> "Policy":
-        """The quiet window of an expected-count rule; other rules are left unchanged."""
-        if isinstance(self.rule, ExpectedCount):
+        """The quiet window of an expected-count or marker rule; other rules are left unchanged."""
+        if isinstance(self.rule, (ExpectedCount, Marker)):
             rule = dataclasses.replace(self.rule, quiet_window=as_timedelta(window, "quiet_window"))
             return dataclasses.replace(self, rule=rule)
         return self
@@ -236,6 +261,11 @@ class Policy:
             # 0 in the protobuf means "the server's default".
             p.adaptive.quantile = rule.quantile or 0.0
             p.adaptive.safety_factor = rule.safety_factor or 0.0
+        elif isinstance(rule, Marker):
+            p.marker.key = rule.key
+            p.marker.verify_manifest = rule.verify_manifest
+            if rule.quiet_window is not None:
+                p.marker.quiet_window.CopyFrom(proto_duration(rule.quiet_window))
         if self.timeout_ is not None:
             p.timeout.CopyFrom(proto_duration(self.timeout_))
         if self.late_window_ is not None:

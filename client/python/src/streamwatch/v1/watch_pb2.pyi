@@ -49,11 +49,12 @@ DELAY_SCHEDULE_DIVIDE: DelaySchedule
 DELAY_SCHEDULE_EXPONENTIAL: DelaySchedule
 
 class Policy(_message.Message):
-    __slots__ = ("polling", "quiet_period", "expected_count", "adaptive", "min_objects", "timeout", "late_window", "reconcile", "notify", "notify_reopened")
+    __slots__ = ("polling", "quiet_period", "expected_count", "adaptive", "marker", "min_objects", "timeout", "late_window", "reconcile", "notify", "notify_reopened")
     POLLING_FIELD_NUMBER: _ClassVar[int]
     QUIET_PERIOD_FIELD_NUMBER: _ClassVar[int]
     EXPECTED_COUNT_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
     MIN_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_FIELD_NUMBER: _ClassVar[int]
     LATE_WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -64,13 +65,14 @@ class Policy(_message.Message):
     quiet_period: QuietPeriodRule
     expected_count: ExpectedCountRule
     adaptive: AdaptiveRule
+    marker: MarkerRule
     min_objects: int
     timeout: _duration_pb2.Duration
     late_window: _duration_pb2.Duration
     reconcile: bool
     notify: _containers.RepeatedCompositeFieldContainer[NotifyTarget]
     notify_reopened: bool
-    def __init__(self, polling: _Optional[_Union[PollingRule, _Mapping]] = ..., quiet_period: _Optional[_Union[QuietPeriodRule, _Mapping]] = ..., expected_count: _Optional[_Union[ExpectedCountRule, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveRule, _Mapping]] = ..., min_objects: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., late_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconcile: _Optional[bool] = ..., notify: _Optional[_Iterable[_Union[NotifyTarget, _Mapping]]] = ..., notify_reopened: _Optional[bool] = ...) -> None: ...
+    def __init__(self, polling: _Optional[_Union[PollingRule, _Mapping]] = ..., quiet_period: _Optional[_Union[QuietPeriodRule, _Mapping]] = ..., expected_count: _Optional[_Union[ExpectedCountRule, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveRule, _Mapping]] = ..., marker: _Optional[_Union[MarkerRule, _Mapping]] = ..., min_objects: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., late_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconcile: _Optional[bool] = ..., notify: _Optional[_Iterable[_Union[NotifyTarget, _Mapping]]] = ..., notify_reopened: _Optional[bool] = ...) -> None: ...
 
 class NotifyTarget(_message.Message):
     __slots__ = ("webhook", "sqs", "sns")
@@ -162,6 +164,30 @@ class AdaptiveRule(_message.Message):
     safety_factor: float
     def __init__(self, min_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., max_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., quantile: _Optional[float] = ..., safety_factor: _Optional[float] = ...) -> None: ...
 
+class MarkerRule(_message.Message):
+    __slots__ = ("key", "quiet_window", "verify_manifest")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    QUIET_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    VERIFY_MANIFEST_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    quiet_window: _duration_pb2.Duration
+    verify_manifest: bool
+    def __init__(self, key: _Optional[str] = ..., quiet_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., verify_manifest: _Optional[bool] = ...) -> None: ...
+
+class MarkerStatus(_message.Message):
+    __slots__ = ("created_at", "seen", "manifest_files", "manifest_missing", "manifest_problem")
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SEEN_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FILES_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_MISSING_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_PROBLEM_FIELD_NUMBER: _ClassVar[int]
+    created_at: _timestamp_pb2.Timestamp
+    seen: bool
+    manifest_files: int
+    manifest_missing: int
+    manifest_problem: str
+    def __init__(self, created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., seen: _Optional[bool] = ..., manifest_files: _Optional[int] = ..., manifest_missing: _Optional[int] = ..., manifest_problem: _Optional[str] = ...) -> None: ...
+
 class AdaptiveWindow(_message.Message):
     __slots__ = ("window", "gap_quantile", "gaps", "explanation")
     WINDOW_FIELD_NUMBER: _ClassVar[int]
@@ -175,7 +201,7 @@ class AdaptiveWindow(_message.Message):
     def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gap_quantile: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gaps: _Optional[int] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class Watch(_message.Message):
-    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "deliveries", "traceparent", "tracestate")
+    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "marker", "deliveries", "traceparent", "tracestate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -202,6 +228,7 @@ class Watch(_message.Message):
     REASON_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MARKER_FIELD_NUMBER: _ClassVar[int]
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     TRACESTATE_FIELD_NUMBER: _ClassVar[int]
@@ -224,10 +251,11 @@ class Watch(_message.Message):
     reason: str
     labels: _containers.ScalarMap[str, str]
     adaptive_window: AdaptiveWindow
+    marker: MarkerStatus
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     traceparent: str
     tracestate: str
-    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., marker: _Optional[_Union[MarkerStatus, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class StartWatchRequest(_message.Message):
     __slots__ = ("bucket", "prefix", "policy", "labels", "client_token", "include", "exclude")
