@@ -156,7 +156,13 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
                 r.min_window.as_ref(),
                 policy::MAX_WINDOW,
             )?
-            .unwrap_or(policy::DEFAULT_ADAPTIVE_MIN_WINDOW),
+            // A listing confirms what late notifications have not told yet:
+            // the floor need not cover their delay.
+            .unwrap_or(if p.reconcile {
+                policy::DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW
+            } else {
+                policy::DEFAULT_ADAPTIVE_MIN_WINDOW
+            }),
             max_window: duration(
                 "policy.adaptive.max_window",
                 r.max_window.as_ref(),
@@ -169,10 +175,12 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             } else {
                 r.quantile
             },
-            safety_factor: if r.safety_factor == 0.0 {
-                policy::DEFAULT_ADAPTIVE_SAFETY_FACTOR
-            } else {
+            safety_factor: if r.safety_factor != 0.0 {
                 r.safety_factor
+            } else if p.reconcile {
+                policy::DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR
+            } else {
+                policy::DEFAULT_ADAPTIVE_SAFETY_FACTOR
             },
         },
         Some(v1::policy::Rule::Marker(r)) => Rule::Marker {
@@ -428,6 +436,7 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
             explanation: a.to_string(),
         }),
         marker: marker_status(w),
+        newest_event_time: w.counters.newest_event_at.map(proto_timestamp),
         deliveries: Vec::new(),
         traceparent: w.trace.traceparent.clone(),
         tracestate: w.trace.tracestate.clone(),

@@ -38,6 +38,13 @@ pub const DEFAULT_QUIET_WINDOW: Duration = Duration::from_secs(60);
 /// server/DECISIONS.md).
 pub const DEFAULT_ADAPTIVE_MIN_WINDOW: Duration = Duration::from_secs(100);
 /// The adaptive rule's ceiling when unset.
+/// The adaptive floor when a listing confirms each completion (`reconcile`):
+/// it no longer has to cover a notification a minute late (the listing sees
+/// the object), only producer pauses longer than any gap seen so far.
+pub const DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW: Duration = Duration::from_secs(75);
+/// The safety factor when a listing confirms each completion: gaps are
+/// measured in creation time, which delivery jitter does not widen.
+pub const DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR: f64 = 1.2;
 pub const DEFAULT_ADAPTIVE_MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Which quantile of the observed gaps the adaptive rule scales, when unset.
 pub const DEFAULT_ADAPTIVE_QUANTILE: f64 = 0.99;
@@ -121,6 +128,17 @@ impl Rule {
             max_window: DEFAULT_ADAPTIVE_MAX_WINDOW,
             quantile: DEFAULT_ADAPTIVE_QUANTILE,
             safety_factor: DEFAULT_ADAPTIVE_SAFETY_FACTOR,
+        }
+    }
+
+    /// The adaptive rule at its defaults for a policy whose completions a
+    /// listing confirms (`reconcile`): a lower floor.
+    pub fn adaptive_confirmed() -> Self {
+        Self::Adaptive {
+            min_window: DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW,
+            max_window: DEFAULT_ADAPTIVE_MAX_WINDOW,
+            quantile: DEFAULT_ADAPTIVE_QUANTILE,
+            safety_factor: DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR,
         }
     }
 }
@@ -308,7 +326,7 @@ pub fn adaptive_window(watch: &Watch) -> Option<AdaptiveWindow> {
     };
     let mut gaps = watch.lifecycle.polling.gaps.clone();
     // The latest activity may not be counted yet (the observer has not evaluated it).
-    gaps.observe(watch.counters.last_activity_at);
+    gaps.observe(adaptive_clock(watch));
     Some(AdaptiveWindow::new(
         (min_window, max_window),
         quantile,
@@ -655,7 +673,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
     let mut waiting_reason = None;
     let mut check_manifest = false;
     if matches!(policy.rule, Rule::Adaptive { .. }) {
-        polling.gaps.observe(counters.last_activity_at);
+        polling.gaps.observe(adaptive_clock(watch));
     }
     let mut events = Vec::new();
     let rule_wake = match &policy.rule {
@@ -716,9 +734,12 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 *safety_factor,
                 &polling.gaps,
             );
+            let since = adaptive_clock(watch)
+                .unwrap_or(life.generation_started_at)
+                .max(life.generation_started_at);
             match quiet(
                 now,
-                quiet_since.plus(adaptive.window),
+                since.plus(adaptive.window),
                 enough,
                 settled_until,
                 timeout_at,
@@ -726,12 +747,17 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 Quiet::Hold(deadline) => return hold(deadline, polling),
                 Quiet::Complete => {
                     let w = human(adaptive.window);
-                    return complete(
+                    let reason = if policy.reconcile {
+                        format!(
+                            "no object created for {w}, the adaptive window ({adaptive}), \
+                             and a listing of the prefix found none unseen; {objects} objects"
+                        )
+                    } else {
                         format!(
                             "no activity for {w}, the adaptive window ({adaptive}); {objects} objects"
-                        ),
-                        polling,
-                    );
+                        )
+                    };
+                    return complete(reason, polling);
                 }
                 Quiet::Wait(wake) => wake,
             }
@@ -918,6 +944,20 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         wake_at,
         held_until_settled: None,
         check_manifest,
+    }
+}
+
+/// The instants the adaptive rule measures silence and gaps in: arrivals of
+/// activity, or, when a listing confirms each completion (`reconcile`), the
+/// creation of the newest object counted (its `eventTime`): a notification
+/// that arrives late does not look like new data, and the listing finds any
+/// object created but not yet notified. Arrivals when no event time was told.
+fn adaptive_clock(watch: &Watch) -> Option<Timestamp> {
+    let c = &watch.counters;
+    if watch.policy.reconcile {
+        c.newest_event_at.or(c.last_activity_at)
+    } else {
+        c.last_activity_at
     }
 }
 
@@ -2067,5 +2107,73 @@ mod tests {
                 "{key:?}: {err}"
             );
         }
+    }
+
+    /// Records an object created at `created_s` whose notification arrives at `arrives_s`.
+    fn notified(w: &mut Watch, created_s: i64, arrives_s: i64) {
+        w.counters.object_count += 1;
+        w.counters.event_count += 1;
+        w.counters.last_activity_at = Some(at(arrives_s));
+        w.counters.newest_event_at = w.counters.newest_event_at.max(Some(at(created_s)));
+        let d = evaluate(w, at(arrives_s), Timestamp::MAX);
+        apply(w, &d);
+    }
+
+    #[test]
+    fn with_a_listing_adaptive_counts_silence_from_the_newest_creation() {
+        let confirmed = |reconcile| {
+            let mut w = watch(Rule::adaptive_confirmed());
+            w.policy.reconcile = reconcile;
+            for t in 1..=20 {
+                notified(&mut w, t, t + 2);
+            }
+            // The last object's notification is a minute late.
+            notified(&mut w, 21, 81);
+            w
+        };
+        let listed = confirmed(true);
+        assert_eq!(
+            evaluate(&listed, at(81), Timestamp::MAX).wake_at,
+            Some(at(21 + 75)),
+            "75s after the newest creation, not after the late arrival"
+        );
+        let d = evaluate(&listed, at(96), Timestamp::MAX);
+        assert!(completed(&d));
+        let reason = d.lifecycle.unwrap().reason;
+        assert!(
+            reason.starts_with("no object created for 1m 15s, the adaptive window (min_window;")
+                && reason.ends_with("and a listing of the prefix found none unseen; 21 objects"),
+            "{reason}"
+        );
+        // Without a listing, the late arrival restarts the window: nothing
+        // else could tell it from a producer still at work.
+        let alone = confirmed(false);
+        assert_eq!(
+            evaluate(&alone, at(81), Timestamp::MAX).wake_at,
+            Some(at(81 + 75))
+        );
+    }
+
+    #[test]
+    fn with_a_listing_adaptive_learns_gaps_between_creations_not_arrivals() {
+        let mut w = watch(Rule::Adaptive {
+            min_window: secs(1),
+            max_window: secs(3600),
+            quantile: 1.0,
+            safety_factor: 2.0,
+        });
+        w.policy.reconcile = true;
+        // Created every 10s; delivery jitter makes arrivals 1-19s apart.
+        for (i, jitter) in [0, 9, 0, 9, 0, 9].into_iter().enumerate() {
+            let created = 10 * i as i64;
+            notified(&mut w, created, created + jitter);
+        }
+        let window = adaptive_window(&w).unwrap();
+        assert_eq!(window.gaps, 5);
+        let gap = window.gap_quantile.unwrap();
+        assert!(
+            gap >= secs(10) && gap < secs(11),
+            "{gap:?}: the creation gap, not 19s"
+        );
     }
 }

@@ -472,6 +472,11 @@ pub struct Counters {
     /// When the newest marker creation was recorded.
     #[serde(default)]
     pub marker_at: Option<Timestamp>,
+    /// The newest creation instant (`eventTime`; a listing's `LastModified`)
+    /// of the counted created events: when the data set last grew, whatever
+    /// the delivery delay.
+    #[serde(default)]
+    pub newest_event_at: Option<Timestamp>,
 }
 
 impl Counters {

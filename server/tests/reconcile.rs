@@ -257,8 +257,10 @@ async fn a_verified_marker_completes_only_once_every_file_its_manifest_lists_is_
     )
     .await;
     // The manifest committer's lists URIs; one of its files never arrives.
-    let manifest = fixture("manifest_success.json")
-        .replace("s3a://lake/out/day=1/", &format!("s3a://{bucket}/out/day=2/"));
+    let manifest = fixture("manifest_success.json").replace(
+        "s3a://lake/out/day=1/",
+        &format!("s3a://{bucket}/out/day=2/"),
+    );
     put(&s3, &bucket, "out/day=2/_SUCCESS", &manifest).await;
 
     let sqs = aws::sqs().await;
@@ -330,5 +332,116 @@ async fn a_verified_marker_completes_only_once_every_file_its_manifest_lists_is_
             .ends_with("the marker's manifest lists 2 files, 1 not counted yet"),
         "{}",
         out.reason
+    );
+}
+
+/// Object-created records for `keys`, each with the creation instant S3
+/// gave it (its `LastModified`) as `eventTime`, as S3 sends them.
+async fn notifications(s3: &aws_sdk_s3::Client, bucket: &str, keys: &[&str]) -> String {
+    let mut doc: serde_json::Value = serde_json::from_str(&created(bucket, keys)).unwrap();
+    for (record, key) in doc["Records"].as_array_mut().unwrap().iter_mut().zip(keys) {
+        let head = s3
+            .head_object()
+            .bucket(bucket)
+            .key(*key)
+            .send()
+            .await
+            .unwrap();
+        let modified = head.last_modified.unwrap();
+        let at = rfc3339(modified.secs(), modified.subsec_nanos());
+        record["eventTime"] = serde_json::Value::String(at);
+    }
+    doc.to_string()
+}
+
+/// RFC 3339 with milliseconds, from Unix seconds and nanoseconds.
+fn rfc3339(secs: i64, nanos: u32) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::new(secs as u64, nanos);
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+#[tokio::test]
+async fn adaptive_with_a_listing_waits_for_objects_whose_notifications_are_held_back() {
+    let s3 = s3().await;
+    let bucket = aws::unique("creation");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let sqs = aws::sqs().await;
+    let (queue, _) =
+        aws::queue_with_dlq(&sqs, &aws::unique("creation"), 5, Duration::from_secs(30)).await;
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.sqs_queue_urls = vec![queue];
+    config.sqs_wait = Duration::from_secs(1);
+    let server = TestServer::start_with(dir, config, None).await;
+    let mut client = server.client().await;
+
+    // With nothing set, a listing lowers the adaptive defaults.
+    let mut defaults = v1::Policy {
+        rule: Some(v1::policy::Rule::Adaptive(v1::AdaptiveRule::default())),
+        ..Default::default()
+    };
+    defaults.reconcile = true;
+    let stored = begin(&mut client, start_request(&bucket, "other/", defaults)).await;
+    let Some(v1::policy::Rule::Adaptive(rule)) = stored.policy.unwrap().rule else {
+        panic!("adaptive")
+    };
+    assert_eq!(
+        (rule.min_window.unwrap().seconds, rule.safety_factor),
+        (75, 1.2)
+    );
+
+    let mut policy = v1::Policy {
+        rule: Some(v1::policy::Rule::Adaptive(v1::AdaptiveRule {
+            min_window: Some(duration(Duration::from_secs(2))),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    policy.reconcile = true;
+    // Late data would reopen it: the held notifications must not.
+    policy.late_window = Some(duration(Duration::from_secs(600)));
+    let watch = begin(&mut client, start_request(&bucket, "run/", policy)).await;
+    let mut events = client.events(&watch.watch_id, 0).await.unwrap();
+    let keys = ["run/1", "run/2", "run/3", "run/4 four", "run/5"];
+    for key in keys {
+        put(&s3, &bucket, key, "{}").await;
+    }
+    // The last two notifications are held back, longer than the window.
+    let report = client
+        .ingest_s3_events(vec![notifications(&s3, &bucket, &keys[..3]).await])
+        .await
+        .unwrap();
+    assert_eq!(report.counted, 3);
+    let events = read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
+    assert_eq!(completed_count(&events), 5, "{:?}", kinds(&events));
+    let Some(v1::watch_event::Kind::Completed(done)) = &events.last().unwrap().kind else {
+        unreachable!()
+    };
+    assert!(
+        done.reason
+            .contains("a listing of the prefix found none unseen"),
+        "{}",
+        done.reason
+    );
+    assert!(
+        events
+            .iter()
+            .all(|e| !matches!(e.kind, Some(v1::watch_event::Kind::Reopened(_)))),
+        "it never completed short"
+    );
+    let seen = client.get_watch(&watch.watch_id).await.unwrap();
+    assert!(seen.newest_event_time.is_some());
+
+    // The held notifications arrive at last: the listing already counted them.
+    let report = client
+        .ingest_s3_events(vec![notifications(&s3, &bucket, &keys[3..]).await])
+        .await
+        .unwrap();
+    assert_eq!((report.counted, report.duplicates), (0, 2));
+    let after = client.get_watch(&watch.watch_id).await.unwrap();
+    assert_eq!(
+        (after.object_count, after.generation, after.last_seq),
+        (5, 1, seen.last_seq),
+        "no count, no activity, no reopening"
     );
 }

@@ -335,6 +335,9 @@ fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     if let Some(at) = c.marker_at {
         item.insert("marker_at".into(), n(at.as_millis()));
     }
+    if let Some(at) = c.newest_event_at {
+        item.insert("newest_event_at".into(), n(at.as_millis()));
+    }
     item.insert("last_seq".into(), n(w.last_seq));
     if !w.trace.is_empty() {
         item.insert("traceparent".into(), s(&w.trace.traceparent));
@@ -403,6 +406,7 @@ fn item_watch(item: &Item) -> Result<Watch> {
             last_activity_at: get_opt_ts(item, "last_activity_at")?,
             marker_count: get_n(item, "marker_count").unwrap_or(0),
             marker_at: get_opt_ts(item, "marker_at")?,
+            newest_event_at: get_opt_ts(item, "newest_event_at")?,
         },
         last_seq: get_n(item, "last_seq")?,
         trace: TraceContext {
@@ -983,7 +987,12 @@ impl DynamoStore {
                             }
                         };
                         if counts {
-                            count_event(&mut watch.counters, key.kind, now);
+                            count_event(
+                                &mut watch.counters,
+                                key.kind,
+                                activities[*i].event_time,
+                                now,
+                            );
                         }
                         outcome.push((
                             *i,

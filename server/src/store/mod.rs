@@ -120,11 +120,19 @@ pub enum ActivityKind {
 }
 
 /// Adds one counted event of `kind` (a new `(key, sequencer)` pair) recorded
-/// at `now` to `counters`; a new created key also adds to `object_count` and
-/// `object_bytes`, which the caller knows.
-pub fn count_event(counters: &mut Counters, kind: ActivityKind, now: Timestamp) {
+/// at `now`, created at `event_time`, to `counters`; a new created key also
+/// adds to `object_count` and `object_bytes`, which the caller knows.
+pub fn count_event(
+    counters: &mut Counters,
+    kind: ActivityKind,
+    event_time: Option<Timestamp>,
+    now: Timestamp,
+) {
     match kind {
-        ActivityKind::Created => counters.event_count += 1,
+        ActivityKind::Created => {
+            counters.event_count += 1;
+            counters.newest_event_at = counters.newest_event_at.max(event_time);
+        }
         ActivityKind::Removed => counters.removed_count += 1,
         ActivityKind::Marker => {
             counters.marker_count += 1;

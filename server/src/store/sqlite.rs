@@ -53,8 +53,8 @@ const READERS: usize = 4;
 /// get it, empty, when opened: their keys' earlier sequencers were not kept).
 /// 4: key filters and `object_bytes` on `watches`; size, event time and
 /// generation on `seen_keys` (rows of older files read as size 0, no event
-/// time, generation 1). 5: `marker_count` and `marker_at` on `watches`
-/// (`seen_keys` rows of kind 2 are markers).
+/// time, generation 1). 5: `marker_count`, `marker_at` and
+/// `newest_event_at` on `watches` (`seen_keys` rows of kind 2 are markers).
 const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
@@ -151,11 +151,12 @@ ALTER TABLE seen_keys ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
 const MARKER_COLUMNS: &str = "
 ALTER TABLE watches ADD COLUMN marker_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE watches ADD COLUMN marker_at INTEGER;
+ALTER TABLE watches ADD COLUMN newest_event_at INTEGER;
 ";
 
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
      generation, generation_started_at, completed_at, reason, polling, object_count, event_count, removed_count, \
-     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes, marker_count, marker_at";
+     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes, marker_count, marker_at, newest_event_at";
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -540,6 +541,7 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
             last_activity_at: ts(17)?,
             marker_count: count(23)?,
             marker_at: ts(24)?,
+            newest_event_at: ts(25)?,
         },
         last_seq: count(18)?,
         trace: TraceContext {
@@ -753,7 +755,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             KeyEvent::OtherSequencer => remember_other.execute(key_params)? == 1,
         };
         let outcome = if counts {
-            count_event(&mut watch.counters, a.kind, now);
+            count_event(&mut watch.counters, a.kind, a.event_time, now);
             watch.counters.last_activity_at = Some(now);
             *changed = true;
             Recorded::Counted
@@ -765,7 +767,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
     let mut updated = Vec::new();
     let mut update = conn.prepare_cached(
         "UPDATE watches SET object_count = ?3, event_count = ?4, removed_count = ?5, last_activity_at = ?6, \
-         last_seq = ?7, object_bytes = ?8, marker_count = ?9, marker_at = ?10 WHERE tenant = ?1 AND watch_id = ?2",
+         last_seq = ?7, object_bytes = ?8, marker_count = ?9, marker_at = ?10, newest_event_at = ?11 WHERE tenant = ?1 AND watch_id = ?2",
     )?;
     for key in order {
         let Some(Some((mut watch, true))) = watches.remove(&key) else {
@@ -789,6 +791,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             to_i64(counters.object_bytes),
             to_i64(counters.marker_count),
             counters.marker_at.map(Timestamp::as_millis),
+            counters.newest_event_at.map(Timestamp::as_millis),
         ])?;
         updated.push((watch, events));
     }
@@ -1285,7 +1288,7 @@ mod tests {
                 "ALTER TABLE watches DROP COLUMN filter; ALTER TABLE watches DROP COLUMN object_bytes; \
                  ALTER TABLE seen_keys DROP COLUMN size; ALTER TABLE seen_keys DROP COLUMN event_time; \
                  ALTER TABLE seen_keys DROP COLUMN generation; ALTER TABLE watches DROP COLUMN marker_count; \
-                 ALTER TABLE watches DROP COLUMN marker_at; PRAGMA user_version = 3;",
+                 ALTER TABLE watches DROP COLUMN marker_at; ALTER TABLE watches DROP COLUMN newest_event_at; PRAGMA user_version = 3;",
             )
             .unwrap();
 

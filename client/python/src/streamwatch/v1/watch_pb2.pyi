@@ -201,7 +201,7 @@ class AdaptiveWindow(_message.Message):
     def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gap_quantile: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gaps: _Optional[int] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class Watch(_message.Message):
-    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "marker", "deliveries", "traceparent", "tracestate")
+    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "marker", "newest_event_time", "deliveries", "traceparent", "tracestate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -229,6 +229,7 @@ class Watch(_message.Message):
     LABELS_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_WINDOW_FIELD_NUMBER: _ClassVar[int]
     MARKER_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     DELIVERIES_FIELD_NUMBER: _ClassVar[int]
     TRACEPARENT_FIELD_NUMBER: _ClassVar[int]
     TRACESTATE_FIELD_NUMBER: _ClassVar[int]
@@ -252,10 +253,11 @@ class Watch(_message.Message):
     labels: _containers.ScalarMap[str, str]
     adaptive_window: AdaptiveWindow
     marker: MarkerStatus
+    newest_event_time: _timestamp_pb2.Timestamp
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     traceparent: str
     tracestate: str
-    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., marker: _Optional[_Union[MarkerStatus, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., marker: _Optional[_Union[MarkerStatus, _Mapping]] = ..., newest_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class StartWatchRequest(_message.Message):
     __slots__ = ("bucket", "prefix", "policy", "labels", "client_token", "include", "exclude")
