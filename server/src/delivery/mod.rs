@@ -11,6 +11,7 @@
 //! and wakes it through a [`Notify`]. It never logs a secret or a target URL.
 
 pub mod address;
+pub mod manifest;
 pub mod send;
 
 use std::{
@@ -50,7 +51,7 @@ pub struct DeliveryConfig {
     pub deadline: Duration,
     /// The wait after the first failed attempt; doubles with each attempt.
     pub backoff: Duration,
-    /// The bound on one attempt (connect, send, answer).
+    /// The bound on one attempt (connect, send, answer; a whole manifest).
     pub timeout: Duration,
 }
 
