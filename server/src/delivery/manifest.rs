@@ -14,7 +14,7 @@ use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use aws_sdk_s3::{
     Client,
-    error::DisplayErrorContext,
+    error::{DisplayErrorContext, ProvideErrorMetadata, SdkError},
     primitives::ByteStream,
     types::{ChecksumAlgorithm, CompletedMultipartUpload, CompletedPart},
 };
@@ -215,8 +215,22 @@ fn metadata(d: &Delivery) -> HashMap<String, String> {
     ])
 }
 
-fn s3_error(what: &str, e: impl std::error::Error + 'static) -> Failure {
-    Failure::new("", format!("{what}: {}", DisplayErrorContext(e)))
+/// `what` failed: S3's error code and message, or what kept the request
+/// from an answer.
+fn s3_error<E, R>(what: &str, e: SdkError<E, R>) -> Failure
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+    R: std::fmt::Debug,
+{
+    let why = match e.as_service_error() {
+        Some(service) => format!(
+            "{}: {}",
+            service.code().unwrap_or("error"),
+            service.message().unwrap_or_default()
+        ),
+        None => DisplayErrorContext(&e).to_string(),
+    };
+    Failure::new("", format!("{what}: {why}"))
 }
 
 /// One manifest on its way out: the part being filled, and the upload once

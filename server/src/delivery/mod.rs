@@ -3,7 +3,9 @@
 //! the transaction of the event they carry), sends each to its notify target
 //! through a [`Transport`], and records the attempt: delivered, or retried
 //! with exponential backoff and jitter until the delivery deadline, then
-//! failed with a DELIVERY_FAILED event in the watch's log.
+//! failed with a DELIVERY_FAILED event in the watch's log. A manifest target
+//! is sent the same way; its document is built from the store when sent
+//! ([`manifest`]), while the outbox keeps the small event document.
 //!
 //! Delivery is at least once: an attempt whose outcome was not recorded (a
 //! crash, a lost lease) is made again, with the same body and idempotency key.
