@@ -86,6 +86,12 @@ pub enum NotifyTarget {
     Sns {
         topic_arn: String,
     },
+    /// The manifest of each completion (COMPLETED only), as JSON Lines at
+    /// `s3://bucket/key`; the bucket must be one of the tenant's.
+    Manifest {
+        bucket: String,
+        key: String,
+    },
 }
 
 impl From<NotifyTarget> for v1::NotifyTarget {
@@ -97,6 +103,9 @@ impl From<NotifyTarget> for v1::NotifyTarget {
             }
             NotifyTarget::Sqs { queue_url } => Target::Sqs(v1::SqsTarget { queue_url }),
             NotifyTarget::Sns { topic_arn } => Target::Sns(v1::SnsTarget { topic_arn }),
+            NotifyTarget::Manifest { bucket, key } => {
+                Target::Manifest(v1::S3ManifestTarget { bucket, key })
+            }
         };
         v1::NotifyTarget {
             target: Some(target),

@@ -14,6 +14,7 @@ use crate::{
     auth::Credential,
     clock::Timestamp,
     error::Error,
+    ingest::MAX_KEY_BYTES,
     policy::{self, DelaySchedule, Policy, Rule},
     service::{ListObjects, ListWatches, Service, StartWatch},
     store::{Delivery, DeliveryState, ManifestEntry},
@@ -250,7 +251,7 @@ fn notify_target_from_proto(field: &str, t: &v1::NotifyTarget) -> Result<NotifyT
     match &t.target {
         None => Err(Error::invalid(
             field,
-            "names no target (webhook, sqs or sns)",
+            "names no target (webhook, sqs, sns or manifest)",
         )),
         Some(Target::Webhook(w)) => {
             let url_field = format!("{field}.webhook.url");
@@ -280,6 +281,29 @@ fn notify_target_from_proto(field: &str, t: &v1::NotifyTarget) -> Result<NotifyT
         Some(Target::Sns(n)) => Ok(NotifyTarget::Sns {
             topic_arn: required_text(&format!("{field}.sns.topic_arn"), &n.topic_arn)?,
         }),
+        Some(Target::Manifest(m)) => {
+            let bucket = Bucket::parse(&format!("{field}.manifest.bucket"), &m.bucket)?;
+            let key_field = format!("{field}.manifest.key");
+            if m.key.is_empty() {
+                return Err(Error::invalid(&key_field, "is required"));
+            }
+            if m.key.len() > MAX_KEY_BYTES {
+                return Err(Error::invalid(
+                    &key_field,
+                    format!("is {} bytes; at most {MAX_KEY_BYTES}", m.key.len()),
+                ));
+            }
+            if m.key.chars().any(char::is_control) {
+                return Err(Error::invalid(
+                    &key_field,
+                    "must not contain control characters",
+                ));
+            }
+            Ok(NotifyTarget::Manifest {
+                bucket,
+                key: m.key.clone(),
+            })
+        }
     }
 }
 
@@ -295,6 +319,10 @@ fn notify_target_to_proto(t: &NotifyTarget) -> v1::NotifyTarget {
         }),
         NotifyTarget::Sns { topic_arn } => Target::Sns(v1::SnsTarget {
             topic_arn: topic_arn.clone(),
+        }),
+        NotifyTarget::Manifest { bucket, key } => Target::Manifest(v1::S3ManifestTarget {
+            bucket: bucket.as_str().to_owned(),
+            key: key.clone(),
         }),
     };
     v1::NotifyTarget {

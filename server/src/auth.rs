@@ -447,9 +447,17 @@ impl Callbacks {
     /// Whether `target` may be named by a watch (`field` names it in errors).
     fn check(&self, field: &str, target: &NotifyTarget) -> Result<(), Error> {
         let (field, address) = match target {
-            NotifyTarget::Webhook { url, .. } => (format!("{field}.webhook.url"), url),
-            NotifyTarget::Sqs { queue_url } => (format!("{field}.sqs.queue_url"), queue_url),
-            NotifyTarget::Sns { topic_arn } => (format!("{field}.sns.topic_arn"), topic_arn),
+            NotifyTarget::Webhook { url, .. } => (format!("{field}.webhook.url"), url.as_str()),
+            NotifyTarget::Sqs { queue_url } => {
+                (format!("{field}.sqs.queue_url"), queue_url.as_str())
+            }
+            NotifyTarget::Sns { topic_arn } => {
+                (format!("{field}.sns.topic_arn"), topic_arn.as_str())
+            }
+            // Not a callback: `Tenants::check_notify_target` checks its bucket.
+            NotifyTarget::Manifest { bucket, .. } => {
+                (format!("{field}.manifest.bucket"), bucket.as_str())
+            }
         };
         if let NotifyTarget::Webhook { url, .. } = target {
             let scheme = url.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
@@ -506,14 +514,25 @@ impl Tenants {
         self.tenants.iter().find(|t| &t.id == tenant)
     }
 
-    /// Whether `tenant` may deliver to `target` (pattern, scheme, secret name);
-    /// INVALID_ARGUMENT naming `field` (e.g. `policy.notify[0]`) if not.
+    /// Whether `tenant` may deliver to `target` (pattern, scheme, secret name;
+    /// for a manifest, the tenant's bucket patterns); INVALID_ARGUMENT naming
+    /// `field` (e.g. `policy.notify[0]`) if not.
     pub fn check_notify_target(
         &self,
         tenant: &TenantId,
         field: &str,
         target: &NotifyTarget,
     ) -> Result<(), Error> {
+        if let NotifyTarget::Manifest { bucket, .. } = target {
+            // Written where the tenant may watch: its bucket patterns decide.
+            if !self.allows(tenant, bucket.as_str()) {
+                return Err(Error::invalid(
+                    &format!("{field}.manifest.bucket"),
+                    format!("{bucket} is not one of the tenant's buckets"),
+                ));
+            }
+            return Ok(());
+        }
         let none = Callbacks::default();
         let callbacks = self.tenant(tenant).map_or(&none, |t| &t.callbacks);
         callbacks.check(field, target)

@@ -90,6 +90,12 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_DELIVERY_TIMEOUT", default_value = DEFAULT_DELIVERY_TIMEOUT, value_parser = humantime::parse_duration)]
     pub delivery_timeout: Duration,
 
+    /// The part size of the multipart uploads that write large manifests to
+    /// S3, in bytes (5 MiB-64 MiB). Each manifest being written holds one part
+    /// in memory; smaller than the manifest's size, it is one PutObject.
+    #[arg(long, env = "STREAMWATCH_MANIFEST_PART_SIZE", default_value_t = crate::delivery::manifest::DEFAULT_PART_SIZE, value_parser = parse_part_size)]
+    pub manifest_part_size: usize,
+
     /// Serve Prometheus metrics (text format) on `http://ADDR/metrics`. Off unless given.
     #[arg(long, env = "STREAMWATCH_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -113,6 +119,17 @@ fn parse_sqs_wait(raw: &str) -> Result<Duration, String> {
         return Err("must be whole seconds, at most 20s (SQS long polling)".into());
     }
     Ok(d)
+}
+
+fn parse_part_size(raw: &str) -> Result<usize, String> {
+    use crate::delivery::manifest::{MAX_PART_SIZE, MIN_PART_SIZE};
+    let n: usize = raw.parse().map_err(|e| format!("{e}"))?;
+    if !(MIN_PART_SIZE..=MAX_PART_SIZE).contains(&n) {
+        return Err(format!(
+            "must be {MIN_PART_SIZE}-{MAX_PART_SIZE} bytes (S3 takes parts of 5 MiB and more)"
+        ));
+    }
+    Ok(n)
 }
 
 impl Config {

@@ -46,7 +46,7 @@ use crate::{
     clock::Clock,
     cluster::Cluster,
     config::{Config, StoreKind},
-    delivery::{Deliverer, DeliveryStats, Targets},
+    delivery::{Deliverer, DeliveryStats, Targets, manifest::Manifests},
     hub::Hub,
     ingest::{
         Ingest, Routes, Watermarks,
@@ -242,7 +242,11 @@ impl Core {
         let deliverer = Deliverer::new(
             store.clone(),
             hub.clone(),
-            Arc::new(Targets::new(tenants.clone(), config.delivery_timeout)?),
+            Arc::new(Targets::new(
+                tenants.clone(),
+                config.delivery_timeout,
+                Manifests::new(store.clone(), config.manifest_part_size),
+            )?),
             clock,
             config.delivery(),
         );

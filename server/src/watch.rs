@@ -417,15 +417,32 @@ pub enum NotifyTarget {
     Sns {
         topic_arn: String,
     },
+    /// The manifest of each completion, written to `s3://bucket/key`
+    /// (checked against the tenant's bucket patterns, not its callback ones).
+    Manifest {
+        bucket: Bucket,
+        key: String,
+    },
 }
 
 impl NotifyTarget {
-    /// What the tenant's callback patterns are matched against.
+    /// What the tenant's patterns are matched against: its callback patterns,
+    /// or for a manifest its bucket patterns.
     pub fn address(&self) -> &str {
         match self {
             Self::Webhook { url, .. } => url,
             Self::Sqs { queue_url } => queue_url,
             Self::Sns { topic_arn } => topic_arn,
+            Self::Manifest { bucket, .. } => bucket.as_str(),
+        }
+    }
+
+    /// Whether an event of this kind goes to this target: a manifest is
+    /// written for COMPLETED only.
+    pub fn wants(&self, kind: &EventKind) -> bool {
+        match self {
+            Self::Manifest { .. } => matches!(kind, EventKind::Completed { .. }),
+            _ => true,
         }
     }
 }

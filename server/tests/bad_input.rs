@@ -423,3 +423,67 @@ async fn a_malformed_traceparent_is_ignored_not_stored() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_manifest_target_needs_one_of_the_tenants_buckets_and_a_valid_key() {
+    let server = TestServer::start_with_tenants().await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    let manifest = |bucket: &str, key: &str| {
+        let mut policy = quiet_period(Duration::from_secs(60));
+        policy.notify = vec![v1::NotifyTarget {
+            target: Some(v1::notify_target::Target::Manifest(v1::S3ManifestTarget {
+                bucket: bucket.into(),
+                key: key.into(),
+            })),
+        }];
+        start_request("acme-landing", "", policy)
+    };
+    let cases = [
+        (
+            manifest("globex-out", "m.jsonl"),
+            "policy.notify[0].manifest.bucket",
+            "not one of the tenant's buckets",
+        ),
+        (
+            manifest("Not_A_Bucket", "m.jsonl"),
+            "policy.notify[0].manifest.bucket",
+            "lowercase",
+        ),
+        (
+            manifest("acme-out", ""),
+            "policy.notify[0].manifest.key",
+            "is required",
+        ),
+        (
+            manifest("acme-out", &"k".repeat(1025)),
+            "policy.notify[0].manifest.key",
+            "at most 1024",
+        ),
+        (
+            manifest("acme-out", "day=1/\nmanifest.jsonl"),
+            "policy.notify[0].manifest.key",
+            "control characters",
+        ),
+    ];
+    for (request, field, why) in cases {
+        let status = client.start_watch(request).await.expect_err(field);
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(
+            status.message().starts_with(&format!("invalid {field}:"))
+                && status.message().contains(why),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    assert!(
+        client
+            .list_watches(Default::default())
+            .await
+            .unwrap()
+            .watches
+            .is_empty(),
+        "nothing was created"
+    );
+    // A key of exactly 1024 bytes in one of the tenant's buckets is fine.
+    begin(&mut client, manifest("shared-out", &"k".repeat(1024))).await;
+}

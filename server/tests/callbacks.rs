@@ -2,7 +2,9 @@
 //! first attempts still gets exactly one accepted, signed delivery; a server
 //! killed after the completion delivers after its restart; targets the
 //! tenants file does not allow are refused at StartWatch; SQS and SNS targets
-//! deliver to the AWS emulator.
+//! deliver to the AWS emulator; manifest targets write each completion's
+//! objects to the emulator's S3 (in parts when large, the same bytes on a
+//! retry, never over a later completion's manifest).
 
 mod support;
 
@@ -551,4 +553,406 @@ async fn an_sns_target_publishes_the_completion() {
         watch.deliveries[0].state,
         v1::DeliveryState::Delivered as i32
     );
+}
+
+fn manifest_target(bucket: &str, key: &str) -> v1::NotifyTarget {
+    v1::NotifyTarget {
+        target: Some(v1::notify_target::Target::Manifest(v1::S3ManifestTarget {
+            bucket: bucket.into(),
+            key: key.into(),
+        })),
+    }
+}
+
+/// A watch of `data-lake` that completes once `objects` objects landed,
+/// reopening for late data within a minute, with `targets`.
+fn counting_to(objects: u64, targets: Vec<v1::NotifyTarget>) -> v1::StartWatchRequest {
+    let policy = v1::Policy {
+        rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+            objects,
+            quiet_window: None,
+        })),
+        late_window: Some(duration(Duration::from_secs(60))),
+        notify: targets,
+        ..Default::default()
+    };
+    start_request("data-lake", "", policy)
+}
+
+/// Reads the watch until `count` deliveries exist and none is PENDING.
+async fn deliveries_finished(
+    client: &mut streamwatch_client::Client,
+    id: &str,
+    count: usize,
+) -> v1::Watch {
+    let deadline = tokio::time::Instant::now() + LIMIT * 2;
+    loop {
+        let watch = client.get_watch(id).await.unwrap();
+        if watch.deliveries.len() == count
+            && watch
+                .deliveries
+                .iter()
+                .all(|d| d.state != v1::DeliveryState::Pending as i32)
+        {
+            return watch;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "deliveries never finished: {:?}",
+            watch.deliveries
+        );
+        // The delivery is recorded by a task the client cannot await; poll its record.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The manifest at `s3://bucket/key`: its bytes, lines and user metadata.
+async fn read_manifest(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+) -> (
+    Vec<u8>,
+    Vec<serde_json::Value>,
+    HashMap<String, String>,
+    String,
+) {
+    let object = s3
+        .get_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .unwrap();
+    let metadata = object.metadata().cloned().unwrap_or_default();
+    let etag = object.e_tag().unwrap_or_default().to_owned();
+    let bytes = object.body.collect().await.unwrap().into_bytes().to_vec();
+    let lines = bytes
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| serde_json::from_slice(l).expect("each line is one JSON object"))
+        .collect();
+    (bytes, lines, metadata, etag)
+}
+
+fn keys_of(lines: &[serde_json::Value]) -> Vec<String> {
+    lines
+        .iter()
+        .map(|l| l["key"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_manifest_target_writes_the_counted_keys_to_s3() {
+    let s3 = aws::s3().await;
+    let bucket = aws::unique("manifests");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let server = start_server(&DataDir::new(), &[]).await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    let key = "runs/day=1/manifest one.jsonl";
+    let created = [
+        "out/part 0.json",
+        "out/a+b.json",
+        "out/é/ü.json",
+        "out/100%.json",
+        "out/gone.json",
+    ];
+    let watch = begin(
+        &mut client,
+        counting_to(5, vec![manifest_target(&bucket, key)]),
+    )
+    .await;
+    let mut records: Vec<(&str, &str, &str)> = created
+        .iter()
+        .map(|k| ("ObjectCreated:Put", *k, "0055AED6DCD90281E5"))
+        .collect();
+    records.push((
+        "ObjectRemoved:Delete",
+        "out/gone.json",
+        "0055AED6DCD90281E6",
+    ));
+    client
+        .ingest_s3_events(vec![s3_document("data-lake", &records)])
+        .await
+        .unwrap();
+
+    let done = deliveries_finished(&mut client, &watch.watch_id, 1).await;
+    let d = &done.deliveries[0];
+    assert_eq!(d.state, v1::DeliveryState::Delivered as i32, "{d:?}");
+    assert_eq!((d.generation, d.seq), (1, done.last_seq));
+    assert!(
+        d.last_status
+            .starts_with("s3 manifest 4 objects (4096 bytes)")
+            && d.last_status.ends_with("1 PutObject"),
+        "{d:?}"
+    );
+    let (_, lines, metadata, _) = read_manifest(&s3, &bucket, key).await;
+    let mut expected: Vec<String> = created[..4].iter().map(|k| k.to_string()).collect();
+    expected.sort();
+    assert_eq!(
+        keys_of(&lines),
+        expected,
+        "decoded keys, in byte order, the removed one left out"
+    );
+    assert_eq!(
+        lines[0],
+        serde_json::json!({"key": "out/100%.json", "size": 1024, "sequencer": "0055AED6DCD90281E5",
+            "event_time": "2026-11-26T10:00:00.000Z", "generation": 1})
+    );
+    // The same objects ListWatchObjects pages, less the removed one.
+    let listed = client
+        .list_watch_objects(v1::ListWatchObjectsRequest {
+            watch_id: watch.watch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let not_removed: Vec<String> = listed
+        .objects
+        .iter()
+        .filter(|o| !o.removed)
+        .map(|o| o.key.clone())
+        .collect();
+    assert_eq!(keys_of(&lines), not_removed);
+    assert_eq!(metadata["streamwatch-watch-id"], watch.watch_id);
+    assert_eq!(metadata["streamwatch-generation"], "1");
+    assert_eq!(metadata["streamwatch-seq"], d.seq.to_string());
+    assert_eq!(metadata["streamwatch-bucket"], "data-lake");
+}
+
+#[tokio::test]
+async fn a_manifest_larger_than_a_part_is_a_multipart_upload() {
+    let s3 = aws::s3().await;
+    let bucket = aws::unique("manifests");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.tenants = Some(tenants_file(&dir, &[]));
+    config.manifest_part_size = streamwatch_server::delivery::manifest::MIN_PART_SIZE;
+    config.delivery_timeout = Duration::from_secs(20);
+    let server = TestServer::start_with(dir, config, None).await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    // 6,000 keys of 1,000 bytes: about 6.2 MB of manifest, two 5 MiB parts.
+    let n = 6000;
+    let keys: Vec<String> = (0..n)
+        .map(|i| format!("big/{i:05}-{}", "x".repeat(1000 - 10)))
+        .collect();
+    let watch = begin(
+        &mut client,
+        counting_to(n as u64, vec![manifest_target(&bucket, "big.jsonl")]),
+    )
+    .await;
+    for chunk in keys.chunks(400) {
+        let chunk: Vec<&str> = chunk.iter().map(String::as_str).collect();
+        client
+            .ingest_s3_events(vec![created("data-lake", &chunk)])
+            .await
+            .unwrap();
+    }
+    let done = deliveries_finished(&mut client, &watch.watch_id, 1).await;
+    let d = &done.deliveries[0];
+    assert_eq!(d.state, v1::DeliveryState::Delivered as i32, "{d:?}");
+    assert!(d.last_status.ends_with("multipart, 2 parts"), "{d:?}");
+    let (bytes, lines, _, etag) = read_manifest(&s3, &bucket, "big.jsonl").await;
+    assert!(bytes.len() > streamwatch_server::delivery::manifest::MIN_PART_SIZE);
+    assert!(etag.trim_matches('"').ends_with("-2"), "two parts: {etag}");
+    assert_eq!(keys_of(&lines), keys, "every key once, in order");
+    let uploads = s3
+        .list_multipart_uploads()
+        .bucket(&bucket)
+        .send()
+        .await
+        .unwrap();
+    assert!(uploads.uploads().is_empty(), "no upload left open");
+}
+
+#[tokio::test]
+async fn a_retried_manifest_delivery_rewrites_the_same_object() {
+    let s3 = aws::s3().await;
+    // The bucket does not exist yet: the first attempts fail.
+    let bucket = aws::unique("manifests");
+    let dir = DataDir::new();
+    let server = start_server(&dir, &[]).await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    let id = begin(
+        &mut client,
+        counting_to(2, vec![manifest_target(&bucket, "m.jsonl")]),
+    )
+    .await
+    .watch_id;
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a.json", "b c.json"])])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let watch = client.get_watch(&id).await.unwrap();
+        if let Some(d) = watch.deliveries.first()
+            && d.attempts >= 1
+        {
+            assert_eq!(d.state, v1::DeliveryState::Pending as i32, "{d:?}");
+            assert_eq!(
+                d.last_error,
+                "PutObject: NoSuchBucket: The specified bucket does not exist"
+            );
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no failed attempt");
+        // The attempt is recorded by a task the client cannot await; poll its record.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let done = finished_delivery(&mut client, &id).await;
+    let d = &done.deliveries[0];
+    assert_eq!(d.state, v1::DeliveryState::Delivered as i32, "{d:?}");
+    assert!(d.attempts >= 2, "{d:?}");
+    let (first, lines, metadata, _) = read_manifest(&s3, &bucket, "m.jsonl").await;
+    assert_eq!(keys_of(&lines), ["a.json", "b c.json"]);
+
+    // An attempt whose outcome was lost is made again with the same outbox
+    // entry: it rewrites the same bytes (over whatever is there now).
+    s3.put_object()
+        .bucket(&bucket)
+        .key("m.jsonl")
+        .body(b"not a manifest".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+    let dir = server.stop().await;
+    let store = Arc::new(streamwatch_server::store::sqlite::SqliteStore::open(dir.db()).unwrap());
+    let tenant = streamwatch_server::watch::TenantId::parse("t", "acme").unwrap();
+    let watch_id = streamwatch_server::watch::WatchId::parse("w", &id).unwrap();
+    let stored = streamwatch_server::store::Store::deliveries(store.as_ref(), &tenant, &watch_id)
+        .await
+        .unwrap();
+    let tenants =
+        streamwatch_server::auth::LiveTenants::load(Some(&tenants_file(&dir, &[]))).unwrap();
+    let targets = streamwatch_server::delivery::Targets::new(
+        tenants,
+        Duration::from_secs(5),
+        streamwatch_server::delivery::manifest::Manifests::new(
+            store,
+            streamwatch_server::delivery::manifest::DEFAULT_PART_SIZE,
+        ),
+    )
+    .unwrap();
+    let status = streamwatch_server::delivery::Transport::send(&targets, &stored[0])
+        .await
+        .unwrap();
+    assert!(status.starts_with("s3 manifest 2 objects"), "{status}");
+    let (again, _, metadata_again, _) = read_manifest(&s3, &bucket, "m.jsonl").await;
+    assert_eq!(again, first, "the same bytes");
+    assert_eq!(metadata_again, metadata);
+}
+
+#[tokio::test]
+async fn a_reopened_watch_s_second_manifest_covers_the_whole_data_set() {
+    let s3 = aws::s3().await;
+    let bucket = aws::unique("manifests");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let server = start_server(&DataDir::new(), &[]).await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    let id = begin(
+        &mut client,
+        counting_to(2, vec![manifest_target(&bucket, "m.jsonl")]),
+    )
+    .await
+    .watch_id;
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a.json", "b.json"])])
+        .await
+        .unwrap();
+    deliveries_finished(&mut client, &id, 1).await;
+    let (_, lines, metadata, _) = read_manifest(&s3, &bucket, "m.jsonl").await;
+    assert_eq!(keys_of(&lines), ["a.json", "b.json"]);
+    assert_eq!(metadata["streamwatch-generation"], "1");
+
+    // Late data reopens the watch, and it completes again at once (3 >= 2).
+    client
+        .ingest_s3_events(vec![created("data-lake", &["c.json"])])
+        .await
+        .unwrap();
+    let done = deliveries_finished(&mut client, &id, 2).await;
+    assert_eq!(done.generation, 2);
+    let second = &done.deliveries[1];
+    assert_eq!(
+        (second.generation, second.state),
+        (2, v1::DeliveryState::Delivered as i32),
+        "{second:?}"
+    );
+    let (_, lines, metadata, _) = read_manifest(&s3, &bucket, "m.jsonl").await;
+    assert_eq!(keys_of(&lines), ["a.json", "b.json", "c.json"]);
+    assert_eq!(metadata["streamwatch-generation"], "2");
+}
+
+#[tokio::test]
+async fn a_manifest_a_later_completion_supersedes_is_not_written() {
+    let s3 = aws::s3().await;
+    // No bucket yet: generation 1's manifest is still pending when generation 2 completes.
+    let bucket = aws::unique("manifests");
+    let server = start_server(&DataDir::new(), &[]).await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    let id = begin(
+        &mut client,
+        counting_to(2, vec![manifest_target(&bucket, "m.jsonl")]),
+    )
+    .await
+    .watch_id;
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a.json", "b.json"])])
+        .await
+        .unwrap();
+    let mut events = client.events(&id, 0).await.unwrap();
+    read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
+    client
+        .ingest_s3_events(vec![created("data-lake", &["c.json"])])
+        .await
+        .unwrap();
+    read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while client.get_watch(&id).await.unwrap().deliveries.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "no second delivery");
+        // Deliveries are written with the event; the read may race the commit.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let done = deliveries_finished(&mut client, &id, 2).await;
+    let (first, second) = (&done.deliveries[0], &done.deliveries[1]);
+    assert_eq!(first.generation, 1);
+    assert_eq!(first.state, v1::DeliveryState::Delivered as i32);
+    assert!(
+        first.last_status.starts_with("s3 manifest skipped"),
+        "{first:?}"
+    );
+    assert!(
+        second.last_status.starts_with("s3 manifest 3 objects"),
+        "{second:?}"
+    );
+    let (_, lines, metadata, _) = read_manifest(&s3, &bucket, "m.jsonl").await;
+    assert_eq!(keys_of(&lines), ["a.json", "b.json", "c.json"]);
+    assert_eq!(metadata["streamwatch-generation"], "2");
+}
+
+#[tokio::test]
+async fn a_manifest_is_written_for_completions_only() {
+    let (addr, _requests) = receiver(|_| 200).await;
+    let server = start_server(&DataDir::new(), &[]).await;
+    let mut client = server.client_with_token(ACME_TOKEN).await;
+    let url = format!("http://{addr}/hooks/done");
+    let id = begin(
+        &mut client,
+        counting_to(
+            10,
+            vec![
+                manifest_target("data-lake", "m.jsonl"),
+                webhook(&url, "main"),
+            ],
+        ),
+    )
+    .await
+    .watch_id;
+    client.cancel_watch(&id, "not needed").await.unwrap();
+    let watch = finished_delivery(&mut client, &id).await;
+    let targets: Vec<u32> = watch.deliveries.iter().map(|d| d.target).collect();
+    assert_eq!(targets, [1], "the webhook only: {:?}", watch.deliveries);
 }

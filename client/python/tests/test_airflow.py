@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 from importlib import import_module
+from types import SimpleNamespace
 
 import pytest
 from conftest import TOKENS, s3_document, unique_prefix
@@ -184,3 +185,39 @@ def test_a_dag_whose_watch_times_out_fails_with_the_reason(airflow_env, acme, ca
     (watch,) = [w for w in acme.list_watches() if w.prefix == prefix]
     assert watch.state == watch_pb2.WATCH_STATE_TIMED_OUT
     assert watch.reason and f"timed out: {watch.reason}" in capfd.readouterr().out + caplog.text
+
+
+def test_the_operator_and_a_starting_sensor_pass_the_key_filter(airflow_env, acme):
+    from streamwatch.airflow.operators import StreamwatchStartWatchOperator
+    from streamwatch.airflow.sensors import StreamwatchWatchSensor
+    from streamwatch.airflow.triggers import StreamwatchTrigger
+
+    prefix = unique_prefix("filtered")
+    ti = SimpleNamespace(dag_id="d", task_id="start", run_id=prefix, map_index=-1)
+    operator = StreamwatchStartWatchOperator(
+        task_id="start", bucket=BUCKET, prefix=prefix, policy=Policy.expected_count(2),
+        include=["**/*.parquet"], exclude=["_temporary/**"],
+    )
+    assert {"include", "exclude"} <= set(operator.template_fields)
+    watch_id = operator.execute({"ti": ti})
+    watch = acme.get_watch(watch_id)
+    assert (list(watch.include), list(watch.exclude)) == (["**/*.parquet"], ["_temporary/**"])
+    assert operator.execute({"ti": ti}) == watch_id, "a retried task gets the same watch"
+    names = ("_temporary/0/x.parquet", "a.parquet", "notes.txt", "day=1/b.parquet")
+    acme.ingest_s3_events([s3_document(BUCKET, *(prefix + n for n in names))])
+    event = first_event(StreamwatchTrigger(watch_id))
+    assert event.payload["status"] == "completed"
+    summary = event.payload["watch"]
+    assert summary["object_count"] == 2, "only the included keys counted"
+    assert (summary["include"], summary["exclude"]) == (["**/*.parquet"], ["_temporary/**"])
+
+    sensor = StreamwatchWatchSensor(
+        task_id="wait", bucket=BUCKET, prefix=prefix + "s/", policy=Policy.expected_count(1), exclude=["**/_SUCCESS"]
+    )
+    assert sensor.poke({"ti": SimpleNamespace(dag_id="d", task_id="wait", run_id=prefix, map_index=-1)}) is False
+    started = acme.get_watch(sensor.watch_id)
+    assert (list(started.include), list(started.exclude)) == ([], ["**/_SUCCESS"])
+    with pytest.raises(ValueError, match="give them with bucket"):
+        StreamwatchWatchSensor(task_id="w", watch_id=watch_id, include=["*.json"])
+    with pytest.raises(TypeError, match="not one string"):
+        StreamwatchStartWatchOperator(task_id="s", bucket=BUCKET, include="*.json")

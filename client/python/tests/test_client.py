@@ -264,7 +264,13 @@ def test_the_async_client_covers_the_same_calls(server):
         async with AsyncClient(server.endpoint, token=TOKENS["acme"], timeout=10) as client:
             prefix = unique_prefix("aio")
             label = {"suite": prefix}
-            w = (await client.start_watch(BUCKET, prefix, Policy.expected_count(1), labels=label)).watch
+            w = (
+                await client.start_watch(
+                    BUCKET, prefix, Policy.expected_count(1), labels=label, include=["*.json"], exclude=["x*"]
+                )
+            ).watch
+            assert (list(w.include), list(w.exclude)) == (["*.json"], ["x*"])
+            await client.ingest_s3_events([s3_document(BUCKET, prefix + "x.json", prefix + "one.txt")])
             assert (await client.get_watch(w.watch_id)).state == watch_pb2.WATCH_STATE_ACTIVE
             assert [x.watch_id async for x in client.list_watches(labels=label, page_size=1)] == [w.watch_id]
             await client.ingest_s3_events([s3_document(BUCKET, prefix + "one.json")])
@@ -280,6 +286,7 @@ def test_the_async_client_covers_the_same_calls(server):
 
     done, events, field = asyncio.run(scenario())
     assert done.state == watch_pb2.WATCH_STATE_COMPLETED
+    assert done.object_count == 1, "the keys the filter leaves out did not count"
     assert [e.seq for e in events] == list(range(1, done.last_seq + 1))
     assert kinds(events)[-1] == "completed"
     assert field == "bucket"

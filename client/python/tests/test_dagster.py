@@ -105,3 +105,26 @@ def test_a_sensor_needs_one_way_to_find_its_watches():
         streamwatch_sensor(name="nothing", job=daily_report)
     with pytest.raises(ValueError, match="at least one label"):
         streamwatch_sensor(name="everything", job=daily_report, labels={})
+
+
+def test_the_resource_starts_a_filtered_watch_and_completions_carry_the_filter(server):
+    series = {"series": unique_prefix("filtered")}
+    prefix = unique_prefix("dagster-f")
+    resource = StreamwatchResource(endpoint=server.endpoint, token=TOKENS["acme"])
+    w = resource.start_watch(BUCKET, prefix, Policy.expected_count(1), labels=series,
+                             client_token=prefix, include=["**/*.csv"], exclude=["tmp/**"])
+    assert (list(w.include), list(w.exclude)) == (["**/*.csv"], ["tmp/**"])
+    again = resource.start_watch(BUCKET, prefix, Policy.expected_count(1), labels=series,
+                                 client_token=prefix, include=["**/*.csv"], exclude=["tmp/**"])
+    assert again.watch_id == w.watch_id, "a retried step gets the same watch"
+    sensor = streamwatch_sensor(name="filtered", job=daily_report, labels=series, run_config=run_config,
+                                asset_key="landed")
+    with Client(server.endpoint, token=TOKENS["acme"]) as client:
+        client.ingest_s3_events([s3_document(BUCKET, prefix + "tmp/x.csv", prefix + "a.txt", prefix + "a.csv")])
+        wait_generation(client, w.watch_id, 1)
+    result = sensor(dg.build_sensor_context(cursor=None, resources={"streamwatch": resource}))
+    (request,) = result.run_requests
+    assert request.run_config["ops"]["report"]["config"]["object_count"] == 1
+    (materialization,) = result.asset_events
+    assert materialization.metadata["include"].value == "**/*.csv"
+    assert materialization.metadata["exclude"].value == "tmp/**"

@@ -3,7 +3,9 @@
 //! the transaction of the event they carry), sends each to its notify target
 //! through a [`Transport`], and records the attempt: delivered, or retried
 //! with exponential backoff and jitter until the delivery deadline, then
-//! failed with a DELIVERY_FAILED event in the watch's log.
+//! failed with a DELIVERY_FAILED event in the watch's log. A manifest target
+//! is sent the same way; its document is built from the store when sent
+//! ([`manifest`]), while the outbox keeps the small event document.
 //!
 //! Delivery is at least once: an attempt whose outcome was not recorded (a
 //! crash, a lost lease) is made again, with the same body and idempotency key.
@@ -11,6 +13,7 @@
 //! and wakes it through a [`Notify`]. It never logs a secret or a target URL.
 
 pub mod address;
+pub mod manifest;
 pub mod send;
 
 use std::{
@@ -50,7 +53,7 @@ pub struct DeliveryConfig {
     pub deadline: Duration,
     /// The wait after the first failed attempt; doubles with each attempt.
     pub backoff: Duration,
-    /// The bound on one attempt (connect, send, answer).
+    /// The bound on one attempt (connect, send, answer; a whole manifest).
     pub timeout: Duration,
 }
 

@@ -1,7 +1,8 @@
 //! The real [`Transport`]: webhooks over HTTP(S) (signed with the tenant's
 //! callback secret, bounded in time and in how much of an answer is read,
-//! never following redirects), SQS SendMessage and SNS Publish. Errors name
-//! what failed without the URL or any secret.
+//! never following redirects), SQS SendMessage, SNS Publish and manifests
+//! written to S3 (see [`manifest`](super::manifest)). Errors name what failed
+//! without the URL or any secret.
 
 use std::{sync::Arc, time::Duration};
 
@@ -10,7 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tokio::sync::OnceCell;
 
-use super::{Failure, Transport, address};
+use super::{Failure, Transport, address, manifest::Manifests};
 use crate::{auth::LiveTenants, store::Delivery, watch::NotifyTarget};
 
 /// The webhook header carrying the body's signature.
@@ -39,12 +40,26 @@ pub struct Targets {
     http: reqwest::Client,
     /// For hosts a tenant pattern names exactly.
     http_pinned: reqwest::Client,
-    aws: OnceCell<(aws_sdk_sqs::Client, aws_sdk_sns::Client)>,
+    aws: OnceCell<Aws>,
+    manifests: Manifests,
     timeout: Duration,
 }
 
+/// AWS clients, made on the first delivery that needs one (credentials and
+/// region from the standard chain).
+struct Aws {
+    sqs: aws_sdk_sqs::Client,
+    sns: aws_sdk_sns::Client,
+    s3: aws_sdk_s3::Client,
+}
+
 impl Targets {
-    pub fn new(tenants: LiveTenants, timeout: Duration) -> anyhow::Result<Self> {
+    /// `timeout` bounds one attempt; manifests are read through `manifests`.
+    pub fn new(
+        tenants: LiveTenants,
+        timeout: Duration,
+        manifests: Manifests,
+    ) -> anyhow::Result<Self> {
         let builder = || {
             reqwest::Client::builder()
                 .timeout(timeout)
@@ -59,11 +74,12 @@ impl Targets {
                 .build()?,
             http_pinned: builder().build()?,
             aws: OnceCell::new(),
+            manifests,
             timeout,
         })
     }
 
-    async fn aws(&self) -> &(aws_sdk_sqs::Client, aws_sdk_sns::Client) {
+    async fn aws(&self) -> &Aws {
         self.aws
             .get_or_init(|| async {
                 let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
@@ -74,12 +90,18 @@ impl Targets {
                     .timeout_config(timeouts.clone())
                     .build();
                 let sns = aws_sdk_sns::config::Builder::from(&shared)
-                    .timeout_config(timeouts)
+                    .timeout_config(timeouts.clone())
                     .build();
-                (
-                    aws_sdk_sqs::Client::from_conf(sqs),
-                    aws_sdk_sns::Client::from_conf(sns),
-                )
+                // Emulators serve buckets by path, not by host name.
+                let s3 = aws_sdk_s3::config::Builder::from(&shared)
+                    .timeout_config(timeouts)
+                    .force_path_style(std::env::var_os("AWS_ENDPOINT_URL").is_some())
+                    .build();
+                Aws {
+                    sqs: aws_sdk_sqs::Client::from_conf(sqs),
+                    sns: aws_sdk_sns::Client::from_conf(sns),
+                    s3: aws_sdk_s3::Client::from_conf(s3),
+                }
             })
             .await
     }
@@ -182,7 +204,7 @@ impl Transport for Targets {
                     .current()
                     .check_notify_target(&d.tenant, "queue_url", &d.target)
                     .map_err(|e| Failure::new("", e.to_string()))?;
-                let (sqs, _) = self.aws().await;
+                let sqs = &self.aws().await.sqs;
                 let attribute = aws_sdk_sqs::types::MessageAttributeValue::builder()
                     .data_type("String")
                     .string_value(d.idempotency_key())
@@ -213,7 +235,7 @@ impl Transport for Targets {
                     .current()
                     .check_notify_target(&d.tenant, "topic_arn", &d.target)
                     .map_err(|e| Failure::new("", e.to_string()))?;
-                let (_, sns) = self.aws().await;
+                let sns = &self.aws().await.sns;
                 let attribute = aws_sdk_sns::types::MessageAttributeValue::builder()
                     .data_type("String")
                     .string_value(d.idempotency_key())
@@ -232,6 +254,14 @@ impl Transport for Targets {
                     out.message_id.unwrap_or_default()
                 ))
             }
+            NotifyTarget::Manifest { bucket, key } => {
+                self.tenants
+                    .current()
+                    .check_notify_target(&d.tenant, "manifest", &d.target)
+                    .map_err(|e| Failure::new("", e.to_string()))?;
+                let s3 = &self.aws().await.s3;
+                self.manifests.write(s3, d, bucket, key, self.timeout).await
+            }
         }
     }
 }
@@ -242,8 +272,9 @@ mod tests {
     use super::*;
     use crate::{
         clock::Timestamp,
-        store::DeliveryState,
-        watch::{TenantId, WatchId},
+        delivery::manifest,
+        store::{DeliveryState, sqlite::SqliteStore},
+        watch::{Bucket, TenantId, WatchId},
     };
 
     fn delivery(target: NotifyTarget) -> Delivery {
@@ -266,15 +297,25 @@ mod tests {
         }
     }
 
-    /// `acme` may call any host on any port under `/open/` (a wildcard host).
-    fn targets() -> Targets {
+    /// `acme` may call any host on any port under `/open/` (a wildcard host)
+    /// and use the buckets `acme-*`. The directory holds the store.
+    fn targets() -> (Targets, tempfile::TempDir) {
         let digest = hex::encode(<Sha256 as sha2::Digest>::digest(b"token"));
         let tenants = crate::auth::Tenants::parse(&format!(
-            "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{digest}\"]\nbuckets = [\"*\"]\n\
+            "[[tenant]]\nid = \"acme\"\ntoken_sha256 = [\"{digest}\"]\nbuckets = [\"acme-*\"]\n\
              callback_urls = [\"http://*:*/open/*\"]\n[tenant.callback_secrets]\nmain = \"0123456789abcdef\"\n"
         ))
         .unwrap();
-        Targets::new(LiveTenants::fixed(tenants), Duration::from_secs(2)).unwrap()
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let manifests = Manifests::new(store, manifest::DEFAULT_PART_SIZE);
+        let targets = Targets::new(
+            LiveTenants::fixed(tenants),
+            Duration::from_secs(2),
+            manifests,
+        )
+        .unwrap();
+        (targets, dir)
     }
 
     #[tokio::test]
@@ -290,7 +331,7 @@ mod tests {
                 url: url.clone(),
                 secret_ref: "main".into(),
             });
-            let failure = targets().send(&d).await.unwrap_err();
+            let failure = targets().0.send(&d).await.unwrap_err();
             assert!(failure.error.contains("loopback"), "{url}: {failure:?}");
             assert!(!failure.error.contains("0123456789abcdef"));
         }
@@ -312,14 +353,23 @@ mod tests {
             url: "http://203.0.113.9:80/closed/x".into(),
             secret_ref: "main".into(),
         });
-        let failure = targets().send(&d).await.unwrap_err();
+        let failure = targets().0.send(&d).await.unwrap_err();
         assert!(failure.error.contains("callback_urls"), "{failure:?}");
         let d = delivery(NotifyTarget::Webhook {
             url: "http://203.0.113.9:80/open/x".into(),
             secret_ref: "gone".into(),
         });
-        let failure = targets().send(&d).await.unwrap_err();
+        let failure = targets().0.send(&d).await.unwrap_err();
         assert!(failure.error.contains("callback_secrets"), "{failure:?}");
+        let d = delivery(NotifyTarget::Manifest {
+            bucket: Bucket::parse("b", "globex-out").unwrap(),
+            key: "manifest.jsonl".into(),
+        });
+        let failure = targets().0.send(&d).await.unwrap_err();
+        assert!(
+            failure.error.contains("not one of the tenant's buckets"),
+            "{failure:?}"
+        );
     }
 
     #[test]

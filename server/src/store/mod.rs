@@ -347,13 +347,17 @@ impl Delivery {
 }
 
 /// The outbox entries for `events` just appended to `watch` (after the
-/// change): one per notify target for each event the targets want.
+/// change): one per notify target for each event the targets want (a
+/// manifest target wants COMPLETED only).
 pub fn outbox_for(watch: &Watch, events: &[WatchEvent], now: Timestamp) -> Vec<Delivery> {
     let notify = &watch.policy.notify;
     let mut out = Vec::new();
     for event in events.iter().filter(|e| notify.wants(&e.kind)) {
         let body = crate::delivery::body(watch, event);
         for (i, target) in notify.targets.iter().enumerate() {
+            if !target.wants(&event.kind) {
+                continue;
+            }
             out.push(Delivery {
                 tenant: watch.tenant.clone(),
                 watch_id: watch.id.clone(),

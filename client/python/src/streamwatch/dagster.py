@@ -5,7 +5,8 @@ runs again and a repeated completion never does; optionally it also records
 an `AssetMaterialization` of an external asset per completion. The cursor
 is the last `seq` read of each watch (JSON `{watch_id: seq}`): each tick
 reads only the events after it, up to the watch's `last_seq`, and never
-waits for live ones. `StreamwatchResource` holds the endpoint, token and TLS.
+waits for live ones. `StreamwatchResource` holds the endpoint, token and TLS,
+and starts watches (with a key filter) from ops and assets.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Union
 
 import dagster as dg
 
-from streamwatch import TLS, Backoff, Client, watch_summary
+from streamwatch import TLS, Backoff, Client, Policy, watch_summary
 from streamwatch.v1 import watch_pb2
 
 #: A tick gives up on a server that stays unreachable this long (seconds).
@@ -40,6 +41,34 @@ class StreamwatchResource(dg.ConfigurableResource):
         if self.ca_certificate or self.server_name:
             tls = TLS(ca_certificate=self.ca_certificate, server_name=self.server_name)
         return Client(self.endpoint, token=self.token, tls=tls, timeout=self.timeout, backoff=backoff)
+
+    def start_watch(
+        self,
+        bucket: str,
+        prefix: str = "",
+        policy: Union[Policy, watch_pb2.Policy, None] = None,
+        *,
+        labels: Optional[Mapping[str, str]] = None,
+        client_token: Optional[str] = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
+    ) -> watch_pb2.Watch:
+        """Starts a watch from an op or asset (for example the one a
+        `streamwatch_sensor` follows by its labels) and returns it; as
+        `Client.start_watch`, with the key filter `include`/`exclude`. Give
+        a `client_token` derived from the run (`context.run_id`) so a retried
+        step gets the same watch."""
+        with self.get_client() as client:
+            started = client.start_watch(
+                bucket,
+                prefix,
+                policy,
+                labels=labels,
+                client_token=client_token,
+                include=include,
+                exclude=exclude,
+            )
+        return started.watch
 
 
 def completion(watch: watch_pb2.Watch, event: watch_pb2.WatchEvent) -> Dict[str, Any]:
@@ -133,6 +162,8 @@ def streamwatch_sensor(
                                         "watch_id": done["watch_id"],
                                         "generation": done["generation"],
                                         "object_count": done["object_count"],
+                                        "include": ", ".join(done["include"]),
+                                        "exclude": ", ".join(done["exclude"]),
                                     },
                                 )
                             )

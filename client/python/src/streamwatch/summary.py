@@ -24,7 +24,7 @@ def state_name(state: int) -> str:
 
 
 def watch_summary(watch: watch_pb2.Watch) -> Dict[str, Any]:
-    """The watch's identity, state, counts and times (RFC 3339), as a dict."""
+    """The watch's identity, key filter, state, counts and times (RFC 3339), as a dict."""
     return {
         "watch_id": watch.watch_id,
         "bucket": watch.bucket,
@@ -32,11 +32,14 @@ def watch_summary(watch: watch_pb2.Watch) -> Dict[str, Any]:
         "state": state_name(watch.state),
         "generation": watch.generation,
         "object_count": watch.object_count,
+        "object_bytes": watch.object_bytes,
         "event_count": watch.event_count,
         "removed_count": watch.removed_count,
         "last_seq": watch.last_seq,
         "reason": watch.reason,
         "labels": dict(watch.labels),
+        "include": list(watch.include),
+        "exclude": list(watch.exclude),
         "created_at": _time(watch, "created_at"),
         "last_activity_at": _time(watch, "last_activity_at"),
         "completed_at": _time(watch, "completed_at"),

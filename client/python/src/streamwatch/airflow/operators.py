@@ -4,7 +4,7 @@ Retries of the task reuse the watch the first try started."""
 
 from __future__ import annotations
 
-from typing import Any, Dict, Optional, Sequence, Union
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from airflow.sdk import BaseOperator
 
@@ -19,10 +19,21 @@ def task_client_token(context: Any) -> str:
     return f"airflow:{ti.dag_id}:{ti.task_id}:{ti.run_id}:{getattr(ti, 'map_index', -1)}"
 
 
-class StreamwatchStartWatchOperator(BaseOperator):
-    """Starts watching `bucket`/`prefix` under `policy` (a `streamwatch.Policy`)."""
+def key_filter(include: Sequence[str], exclude: Sequence[str]) -> Tuple[List[str], List[str]]:
+    """`include`/`exclude` as lists (templated fields), refusing a bare string."""
+    for name, patterns in (("include", include), ("exclude", exclude)):
+        if isinstance(patterns, str):
+            raise TypeError(f"{name} must be a list of glob patterns, not one string")
+    return list(include), list(exclude)
 
-    template_fields: Sequence[str] = ("bucket", "prefix", "labels")
+
+class StreamwatchStartWatchOperator(BaseOperator):
+    """Starts watching `bucket`/`prefix` under `policy` (a `streamwatch.Policy`).
+    `include`/`exclude` are the key filter: globs on the key below the prefix
+    (`**/*.parquet`, `_temporary/**`); a key counts when it matches any
+    include (none: every key) and no exclude."""
+
+    template_fields: Sequence[str] = ("bucket", "prefix", "labels", "include", "exclude")
 
     def __init__(
         self,
@@ -31,12 +42,15 @@ class StreamwatchStartWatchOperator(BaseOperator):
         prefix: str = "",
         policy: Union[Policy, watch_pb2.Policy, None] = None,
         labels: Optional[Dict[str, str]] = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         streamwatch_conn_id: str = StreamwatchHook.default_conn_name,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         self.bucket, self.prefix, self.policy = bucket, prefix, policy
         self.labels = labels or {}
+        self.include, self.exclude = key_filter(include, exclude)
         self.streamwatch_conn_id = streamwatch_conn_id
 
     def execute(self, context: Any) -> str:
@@ -47,6 +61,8 @@ class StreamwatchStartWatchOperator(BaseOperator):
                 self.policy,
                 labels=self.labels,
                 client_token=task_client_token(context),
+                include=self.include,
+                exclude=self.exclude,
             )
         self.log.info(
             "watch %s on %s/%s (%s)",

@@ -1,8 +1,8 @@
 """`StreamwatchWatchSensor`: waits until a watch completes and pushes its
 summary (`streamwatch.watch_summary`) to XCom. It takes a `watch_id` (for
 example `{{ ti.xcom_pull(task_ids='start') }}`) or starts a watch on
-`bucket`/`prefix` itself (one per task instance and run: a retry waits on the
-same watch). In poke mode it reads GetWatch every `poke_interval`;
+`bucket`/`prefix` itself, with the key filter `include`/`exclude` (one per
+task instance and run: a retry waits on the same watch). In poke mode it reads GetWatch every `poke_interval`;
 deferrable, it hands the wait to `StreamwatchTrigger` in the triggerer.
 TIMED_OUT, CANCELLED and FAILED fail the task, without retries, with the
 server's reason.
@@ -18,14 +18,14 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from streamwatch import Policy, watch_summary
 from streamwatch.airflow.hooks import StreamwatchHook
-from streamwatch.airflow.operators import task_client_token
+from streamwatch.airflow.operators import key_filter, task_client_token
 from streamwatch.airflow.triggers import StreamwatchTrigger
 from streamwatch.summary import state_name
 from streamwatch.v1 import watch_pb2
 
 
 class StreamwatchWatchSensor(BaseSensorOperator):
-    template_fields: Sequence[str] = ("watch_id", "bucket", "prefix", "labels")
+    template_fields: Sequence[str] = ("watch_id", "bucket", "prefix", "labels", "include", "exclude")
 
     def __init__(
         self,
@@ -35,16 +35,21 @@ class StreamwatchWatchSensor(BaseSensorOperator):
         prefix: str = "",
         policy: Union[Policy, watch_pb2.Policy, None] = None,
         labels: Optional[Dict[str, str]] = None,
+        include: Sequence[str] = (),
+        exclude: Sequence[str] = (),
         streamwatch_conn_id: str = StreamwatchHook.default_conn_name,
         deferrable: bool = False,
         **kwargs: Any,
     ) -> None:
         if (watch_id is None) == (bucket is None):
             raise ValueError("StreamwatchWatchSensor needs exactly one of watch_id or bucket")
+        if watch_id is not None and (include or exclude):
+            raise ValueError("include/exclude filter a watch the sensor starts: give them with bucket, not watch_id")
         super().__init__(**kwargs)
         self.watch_id, self.bucket, self.prefix = watch_id, bucket, prefix
         self.policy = policy
         self.labels = labels or {}
+        self.include, self.exclude = key_filter(include, exclude)
         self.streamwatch_conn_id = streamwatch_conn_id
         self.deferrable = deferrable
 
@@ -59,7 +64,13 @@ class StreamwatchWatchSensor(BaseSensorOperator):
             raise AirflowFailException("watch_id rendered empty: no watch to wait for")
         with self._hook().get_client() as client:
             started = client.start_watch(
-                self.bucket, self.prefix, self.policy, labels=self.labels, client_token=task_client_token(context)
+                self.bucket,
+                self.prefix,
+                self.policy,
+                labels=self.labels,
+                client_token=task_client_token(context),
+                include=self.include,
+                exclude=self.exclude,
             )
         self.watch_id = started.watch.watch_id
         self.log.info("waiting for watch %s on %s/%s", self.watch_id, self.bucket, self.prefix)

@@ -75,14 +75,16 @@ class Policy(_message.Message):
     def __init__(self, polling: _Optional[_Union[PollingRule, _Mapping]] = ..., quiet_period: _Optional[_Union[QuietPeriodRule, _Mapping]] = ..., expected_count: _Optional[_Union[ExpectedCountRule, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveRule, _Mapping]] = ..., marker: _Optional[_Union[MarkerRule, _Mapping]] = ..., min_objects: _Optional[int] = ..., timeout: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., late_window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reconcile: _Optional[bool] = ..., notify: _Optional[_Iterable[_Union[NotifyTarget, _Mapping]]] = ..., notify_reopened: _Optional[bool] = ...) -> None: ...
 
 class NotifyTarget(_message.Message):
-    __slots__ = ("webhook", "sqs", "sns")
+    __slots__ = ("webhook", "sqs", "sns", "manifest")
     WEBHOOK_FIELD_NUMBER: _ClassVar[int]
     SQS_FIELD_NUMBER: _ClassVar[int]
     SNS_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_FIELD_NUMBER: _ClassVar[int]
     webhook: WebhookTarget
     sqs: SqsTarget
     sns: SnsTarget
-    def __init__(self, webhook: _Optional[_Union[WebhookTarget, _Mapping]] = ..., sqs: _Optional[_Union[SqsTarget, _Mapping]] = ..., sns: _Optional[_Union[SnsTarget, _Mapping]] = ...) -> None: ...
+    manifest: S3ManifestTarget
+    def __init__(self, webhook: _Optional[_Union[WebhookTarget, _Mapping]] = ..., sqs: _Optional[_Union[SqsTarget, _Mapping]] = ..., sns: _Optional[_Union[SnsTarget, _Mapping]] = ..., manifest: _Optional[_Union[S3ManifestTarget, _Mapping]] = ...) -> None: ...
 
 class WebhookTarget(_message.Message):
     __slots__ = ("url", "secret_ref")
@@ -103,6 +105,14 @@ class SnsTarget(_message.Message):
     TOPIC_ARN_FIELD_NUMBER: _ClassVar[int]
     topic_arn: str
     def __init__(self, topic_arn: _Optional[str] = ...) -> None: ...
+
+class S3ManifestTarget(_message.Message):
+    __slots__ = ("bucket", "key")
+    BUCKET_FIELD_NUMBER: _ClassVar[int]
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    bucket: str
+    key: str
+    def __init__(self, bucket: _Optional[str] = ..., key: _Optional[str] = ...) -> None: ...
 
 class Delivery(_message.Message):
     __slots__ = ("seq", "generation", "target", "state", "attempts", "last_status", "last_error", "next_attempt_at", "finished_at", "idempotency_key")
