@@ -14,7 +14,7 @@ use streamwatch_server::{
         NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
     },
     watch::{
-        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, TenantId,
+        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, Source, TenantId,
         TraceContext, WatchId, WatchState,
     },
 };
@@ -29,9 +29,7 @@ fn new_watch(tenant_name: &str, token: Option<&str>) -> NewWatch {
     NewWatch {
         tenant: tenant(tenant_name),
         id: WatchId::generate(),
-        bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-        prefix: Prefix::parse("prefix", "day=1/").unwrap(),
-        filter: Default::default(),
+        source: Source::objects(Bucket::parse("bucket", "data-lake").unwrap(), Prefix::parse("prefix", "day=1/").unwrap(), Default::default()),
         policy: Policy::default(),
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: token.map(str::to_owned),

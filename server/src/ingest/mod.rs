@@ -38,7 +38,7 @@ use crate::{
     metrics::{Metrics, Notifications},
     observer::ObserverHandle,
     store::{Activity, ActivityKind, Recorded, Store},
-    watch::{Bucket, KeyFilter, KeyMatcher, Prefix, TenantId, WatchKey},
+    watch::{Bucket, KeyFilter, KeyMatcher, Prefix, Source, TenantId, WatchKey},
 };
 
 /// Largest notification document accepted (SQS and SNS cap bodies at 256 KiB).
@@ -400,6 +400,20 @@ impl Routes {
         map.entry(bucket.clone())
             .or_default()
             .add(prefix, key, matcher);
+    }
+
+    /// Routes what `source` counts to `key` (a group counts nothing).
+    pub fn add_source(&self, source: &Source, key: &WatchKey) {
+        if let Some(o) = source.as_objects() {
+            self.add(&o.bucket, key, &o.prefix, &o.filter);
+        }
+    }
+
+    /// Undoes [`Self::add_source`].
+    pub fn remove_source(&self, source: &Source, key: &WatchKey) {
+        if let Some(o) = source.as_objects() {
+            self.remove(&o.bucket, key, &o.prefix);
+        }
     }
 
     pub fn remove(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {
