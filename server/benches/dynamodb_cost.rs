@@ -56,7 +56,11 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     let new = NewWatch {
         tenant: tenant.clone(),
         id: id.clone(),
-        source: Source::objects(Bucket::parse("bucket", "data-lake")?, Prefix::parse("prefix", "")?, Default::default()),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake")?,
+            Prefix::parse("prefix", "")?,
+            Default::default(),
+        ),
         policy: Policy::default(),
         labels: Default::default(),
         client_token: None,
@@ -161,7 +165,11 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     let core = Core::start(&config, Clock::new()).await?;
     let tenant = TenantId::parse("tenant", "default")?;
     let start = StartWatch {
-        source: Source::objects(Bucket::parse("bucket", "data-lake")?, Prefix::parse("prefix", "")?, Default::default()),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake")?,
+            Prefix::parse("prefix", "")?,
+            Default::default(),
+        ),
         policy: Policy {
             rule: Rule::ExpectedCount {
                 objects: objects as u64,
@@ -294,7 +302,11 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
         Ok(NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
-            source: Source::objects(Bucket::parse("bucket", "data-lake")?, Prefix::parse("prefix", "")?, Default::default()),
+            source: Source::objects(
+                Bucket::parse("bucket", "data-lake")?,
+                Prefix::parse("prefix", "")?,
+                Default::default(),
+            ),
             policy,
             labels: Default::default(),
             client_token: None,

@@ -394,7 +394,9 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
     v1::Watch {
         watch_id: w.id.to_string(),
         bucket: objects.map(|o| o.bucket.to_string()).unwrap_or_default(),
-        prefix: objects.map(|o| o.prefix.as_str().to_owned()).unwrap_or_default(),
+        prefix: objects
+            .map(|o| o.prefix.as_str().to_owned())
+            .unwrap_or_default(),
         members: w.source.members().iter().map(|id| id.to_string()).collect(),
         policy: Some(policy),
         state: state_to_proto(w.state()) as i32,
@@ -402,8 +404,12 @@ pub fn watch_to_proto(w: &Watch) -> v1::Watch {
         event_count: w.counters.event_count,
         removed_count: w.counters.removed_count,
         object_bytes: w.counters.object_bytes,
-        include: objects.map(|o| o.filter.include.clone()).unwrap_or_default(),
-        exclude: objects.map(|o| o.filter.exclude.clone()).unwrap_or_default(),
+        include: objects
+            .map(|o| o.filter.include.clone())
+            .unwrap_or_default(),
+        exclude: objects
+            .map(|o| o.filter.exclude.clone())
+            .unwrap_or_default(),
         created_at: Some(proto_timestamp(w.created_at)),
         last_activity_at: w.counters.last_activity_at.map(proto_timestamp),
         completed_at: w.lifecycle.completed_at.map(proto_timestamp),

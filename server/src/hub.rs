@@ -358,7 +358,11 @@ mod tests {
             .create_watch(NewWatch {
                 tenant: TenantId::parse("tenant", "acme").unwrap(),
                 id: WatchId::generate(),
-                source: Source::objects(Bucket::parse("bucket", "acme-lake").unwrap(), Prefix::parse("prefix", "").unwrap(), Default::default()),
+                source: Source::objects(
+                    Bucket::parse("bucket", "acme-lake").unwrap(),
+                    Prefix::parse("prefix", "").unwrap(),
+                    Default::default(),
+                ),
                 policy: Policy::default(),
                 labels: Labels::default(),
                 client_token: None,

@@ -581,7 +581,11 @@ impl Member {
 /// naming the member; its own timeout ends it TIMED_OUT, naming the members
 /// still active. A member that started a new generation (reopened) after the
 /// group completed, within the group's late window, reopens the group.
-pub fn evaluate_group(group: &Watch, members: &HashMap<WatchId, Member>, now: Timestamp) -> Decision {
+pub fn evaluate_group(
+    group: &Watch,
+    members: &HashMap<WatchId, Member>,
+    now: Timestamp,
+) -> Decision {
     match group.lifecycle.state {
         WatchState::Active => evaluate_group_active(group, members, now),
         WatchState::Completed => evaluate_group_completed(group, members, now),
@@ -2015,7 +2019,11 @@ mod tests {
 
     #[test]
     fn a_member_that_times_out_ends_the_group_naming_it() {
-        for state in [WatchState::TimedOut, WatchState::Cancelled, WatchState::Failed] {
+        for state in [
+            WatchState::TimedOut,
+            WatchState::Cancelled,
+            WatchState::Failed,
+        ] {
             let (g, mut members) = group(2);
             end_member(&g, &mut members, 0, WatchState::Completed, 5, 2);
             end_member(&g, &mut members, 1, state, 7, 1);
@@ -2031,7 +2039,13 @@ mod tests {
                     state.as_str()
                 )
             );
-            assert!(matches!(&d.events[..], [EventKind::TimedOut { object_count: 3, .. }]));
+            assert!(matches!(
+                &d.events[..],
+                [EventKind::TimedOut {
+                    object_count: 3,
+                    ..
+                }]
+            ));
             assert_eq!(d.wake_at, None);
         }
     }
@@ -2074,12 +2088,25 @@ mod tests {
         let life = d.lifecycle.clone().unwrap();
         assert_eq!((life.state, life.generation), (WatchState::Active, 2));
         assert_eq!(life.generation_started_at, at(31));
-        let [EventKind::Reopened { object_count, reason }] = &d.events[..] else {
+        let [
+            EventKind::Reopened {
+                object_count,
+                reason,
+            },
+        ] = &d.events[..]
+        else {
             panic!("{:?}", d.events)
         };
         assert_eq!(*object_count, 6);
-        assert!(reason.starts_with(&format!("member {id} reopened at")), "{reason}");
-        assert_eq!(d.wake_at, Some(at(131)), "its timeout runs from the reopening");
+        assert!(
+            reason.starts_with(&format!("member {id} reopened at")),
+            "{reason}"
+        );
+        assert_eq!(
+            d.wake_at,
+            Some(at(131)),
+            "its timeout runs from the reopening"
+        );
         apply(&mut g, &d);
         assert!(evaluate_group(&g, &members, at(40)).lifecycle.is_none());
         // The member completes again: so does the group, in generation 2.
@@ -2110,6 +2137,9 @@ mod tests {
         no_window.policy.late_window = None;
         let m = members.get_mut(&g.source.members()[0]).unwrap();
         m.generation_started_at = at(20);
-        assert_eq!(evaluate_group(&no_window, &members, at(20)), Decision::default());
+        assert_eq!(
+            evaluate_group(&no_window, &members, at(20)),
+            Decision::default()
+        );
     }
 }

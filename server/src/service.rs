@@ -20,8 +20,8 @@ use crate::{
     quota::{self, Limiter},
     store::{Created, Delivery, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, Store},
     watch::{
-        Counters, Labels, NotifyTarget, Source, TenantId, TraceContext, Watch, WatchEvent,
-        WatchId, WatchKey, WatchState,
+        Counters, Labels, NotifyTarget, Source, TenantId, TraceContext, Watch, WatchEvent, WatchId,
+        WatchKey, WatchState,
     },
 };
 
@@ -125,8 +125,10 @@ impl Service {
                 self.hub.publish(&events);
                 self.observer.arm(watch.clone()).await?;
                 match watch.source.as_objects() {
-                    Some(o) => tracing::info!(tenant = %tenant, watch_id = %watch.id, bucket = %o.bucket,
-                        prefix = o.prefix.as_str(), "watch started"),
+                    Some(o) => {
+                        tracing::info!(tenant = %tenant, watch_id = %watch.id, bucket = %o.bucket,
+                        prefix = o.prefix.as_str(), "watch started")
+                    }
                     None => tracing::info!(tenant = %tenant, watch_id = %watch.id,
                         members = watch.source.members().len(), "watch group started"),
                 }

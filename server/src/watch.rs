@@ -314,7 +314,9 @@ pub const MAX_GROUP_MEMBERS: usize = 100;
 pub enum Source {
     Objects(Objects),
     /// The watch group's members, in the order the caller named them.
-    Members { members: Vec<WatchId> },
+    Members {
+        members: Vec<WatchId>,
+    },
 }
 
 /// The objects a watch counts: keys under `prefix` in `bucket` that pass `filter`.

@@ -54,7 +54,11 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         .create_watch(NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
-            source: Source::objects(Bucket::parse("bucket", "data-lake").unwrap(), Prefix::parse("prefix", "").unwrap(), Default::default()),
+            source: Source::objects(
+                Bucket::parse("bucket", "data-lake").unwrap(),
+                Prefix::parse("prefix", "").unwrap(),
+                Default::default(),
+            ),
             policy: Policy::default(),
             labels: Labels::default(),
             client_token: None,

@@ -29,7 +29,11 @@ fn tenant() -> TenantId {
 
 fn start(rule: Rule) -> StartWatch {
     StartWatch {
-        source: Source::objects(Bucket::parse("bucket", "data-lake").unwrap(), Prefix::parse("prefix", "").unwrap(), Default::default()),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake").unwrap(),
+            Prefix::parse("prefix", "").unwrap(),
+            Default::default(),
+        ),
         policy: Policy {
             rule,
             ..Policy::default()

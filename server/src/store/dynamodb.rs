@@ -55,8 +55,8 @@ use crate::{
     clock::Timestamp,
     policy,
     watch::{
-        Counters, EventKind, KeyFilter, Lifecycle, Source, TenantId, TraceContext, Watch, WatchEvent,
-        WatchId, WatchKey, WatchState,
+        Counters, EventKind, KeyFilter, Lifecycle, Source, TenantId, TraceContext, Watch,
+        WatchEvent, WatchId, WatchKey, WatchState,
     },
 };
 

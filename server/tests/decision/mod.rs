@@ -270,7 +270,11 @@ pub fn replay(policy: &Policy, run: &Run) -> Outcome {
     let mut watch = Watch {
         tenant: TenantId::parse("tenant", "scoring").unwrap(),
         id: WatchId::parse("watch_id", "01a217db-5f80-753f-b7b3-c836ae73bab5").unwrap(),
-        source: Source::objects(Bucket::parse("bucket", "data-lake").unwrap(), Prefix::parse("prefix", "").unwrap(), Default::default()),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake").unwrap(),
+            Prefix::parse("prefix", "").unwrap(),
+            Default::default(),
+        ),
         policy: Policy {
             late_window: Some(LATE_WINDOW),
             ..policy.clone()
