@@ -1310,6 +1310,50 @@ mod tests {
         assert_eq!(listed, [("new", 5, true, 1), ("old", 0, false, 1)]);
     }
 
+    #[tokio::test]
+    async fn a_version_4_file_gets_group_members_and_keeps_its_watches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let store = SqliteStore::open(&path).unwrap();
+        let old = match store
+            .create_watch(data_lake_watch(&tenant, &id, now))
+            .await
+            .unwrap()
+        {
+            Created::New { watch, .. } => watch,
+            Created::Existing(_) => unreachable!("a fresh file"),
+        };
+        store.close().await.unwrap();
+        drop(store);
+        // Version 4 had no members column.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE watches DROP COLUMN members; PRAGMA user_version = 4;")
+            .unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+        let read = store.get_watch(&tenant, &id).await.unwrap().unwrap();
+        assert_eq!(read, old, "a watch of objects reads as before");
+        let group = NewWatch {
+            id: WatchId::generate(),
+            source: Source::Members {
+                members: vec![id.clone()],
+            },
+            ..data_lake_watch(&tenant, &id, now)
+        };
+        store.create_watch(group.clone()).await.unwrap();
+        let read = store.get_watch(&tenant, &group.id).await.unwrap().unwrap();
+        assert_eq!(read.source, group.source);
+    }
+
     fn classified(e: rusqlite::Error) -> StoreError {
         StoreError::from(e)
     }
