@@ -1183,7 +1183,7 @@ async fn keeps_a_watch_groups_members(store: Arc<dyn Store>) {
         )
         .await
         .unwrap();
-    assert_eq!(listed, [watch.clone()]);
+    assert_eq!(listed, std::slice::from_ref(&watch));
     let live = store.live_watches(NOW).await.unwrap();
     assert!(
         live.contains(&watch),
