@@ -1,4 +1,5 @@
-//! Typed requests for the common calls: [`WatchRequest`] for StartWatch and
+//! Typed requests for the common calls: [`WatchRequest`] for StartWatch (a
+//! watch of a bucket, or a watch group over other watches) and
 //! [`ListFilter`] for ListWatches. They convert to the protobuf requests, so
 //! a caller never has to fill in protobuf structs for the usual paths.
 
@@ -33,6 +34,8 @@ pub struct WatchRequest {
     pub policy: Policy,
     pub labels: BTreeMap<String, String>,
     pub client_token: Option<String>,
+    /// A watch group's members (watch ids); empty for a watch of a bucket.
+    pub members: Vec<String>,
 }
 
 impl WatchRequest {
@@ -46,7 +49,32 @@ impl WatchRequest {
             policy: Policy::default(),
             labels: BTreeMap::new(),
             client_token: None,
+            members: Vec::new(),
         }
+    }
+
+    /// A watch group: completes once every one of `members` (ids of the
+    /// caller's watches) has completed. Takes no bucket, prefix, key filter or
+    /// rule; timeout, late window and labels apply.
+    ///
+    /// ```
+    /// use streamwatch_client::WatchRequest;
+    ///
+    /// let request = WatchRequest::group(["0193a5c0-0000-7000-8000-000000000001"])
+    ///     .member("0193a5c0-0000-7000-8000-000000000002");
+    /// # let _ = request;
+    /// ```
+    pub fn group(members: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        Self {
+            members: members.into_iter().map(Into::into).collect(),
+            ..Self::new("")
+        }
+    }
+
+    /// Adds a member to a watch group.
+    pub fn member(mut self, watch_id: impl Into<String>) -> Self {
+        self.members.push(watch_id.into());
+        self
     }
 
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
@@ -133,6 +161,7 @@ impl From<WatchRequest> for v1::StartWatchRequest {
             client_token: request.client_token.unwrap_or_default(),
             include: request.include,
             exclude: request.exclude,
+            members: request.members,
         }
     }
 }
@@ -206,6 +235,17 @@ mod tests {
         ));
         assert_eq!(request.labels.get("job").map(String::as_str), Some("x"));
         assert_eq!(request.client_token, "t-1");
+    }
+
+    #[test]
+    fn a_group_names_members_and_no_bucket() {
+        let request: v1::StartWatchRequest = WatchRequest::group(["a", "b"])
+            .member("c")
+            .timeout(Duration::from_secs(60))
+            .into();
+        assert_eq!(request.members, ["a", "b", "c"]);
+        assert_eq!(request.bucket, "");
+        assert_eq!(request.policy.and_then(|p| p.rule), None);
     }
 
     #[test]

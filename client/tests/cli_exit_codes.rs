@@ -181,3 +181,40 @@ async fn notify_targets_reach_the_server_and_a_refused_one_exits_1() {
     assert_eq!(run.code, 1, "{run:?}");
     assert!(run.stderr.contains("--notify-secret"), "{run:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_started_with_members_exits_as_its_members_decide() {
+    let server = TestServer::start().await;
+    let mut ids = Vec::new();
+    for prefix in ["a/", "b/"] {
+        let run = server
+            .cli()
+            .run(&[
+                "--output",
+                "json",
+                "start",
+                "lake",
+                "--prefix",
+                prefix,
+                "--expected",
+                "5",
+                "--timeout",
+                "300ms",
+            ])
+            .await;
+        assert_eq!(run.code, 0, "{run:?}");
+        let watch: serde_json::Value = serde_json::from_str(run.stdout.trim()).unwrap();
+        ids.push(watch["watch_id"].as_str().unwrap().to_owned());
+    }
+    let run = server
+        .cli()
+        .run(&["start", "--member", &ids[0], "--member", &ids[1], "--wait"])
+        .await;
+    assert_eq!(run.code, 2, "a member timed out: {run:?}");
+    assert!(run.stdout.contains("group of 2"), "{run:?}");
+    assert!(
+        run.stdout
+            .contains(&format!("member {} ended TIMED_OUT", ids[0])),
+        "{run:?}"
+    );
+}

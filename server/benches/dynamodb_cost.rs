@@ -35,7 +35,7 @@ use streamwatch_server::{
     store::{
         Activity, ActivityKind, Applied, Created, Guard, NewWatch, Store, dynamodb::DynamoStore,
     },
-    watch::{Bucket, Prefix, TenantId, Watch, WatchId},
+    watch::{Bucket, Prefix, Source, TenantId, Watch, WatchId},
 };
 
 fn name(prefix: &str) -> String {
@@ -56,9 +56,11 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     let new = NewWatch {
         tenant: tenant.clone(),
         id: id.clone(),
-        bucket: Bucket::parse("bucket", "data-lake")?,
-        prefix: Prefix::parse("prefix", "")?,
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake")?,
+            Prefix::parse("prefix", "")?,
+            Default::default(),
+        ),
         policy: Policy::default(),
         labels: Default::default(),
         client_token: None,
@@ -163,9 +165,11 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     let core = Core::start(&config, Clock::new()).await?;
     let tenant = TenantId::parse("tenant", "default")?;
     let start = StartWatch {
-        bucket: Bucket::parse("bucket", "data-lake")?,
-        prefix: Prefix::parse("prefix", "")?,
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake")?,
+            Prefix::parse("prefix", "")?,
+            Default::default(),
+        ),
         policy: Policy {
             rule: Rule::ExpectedCount {
                 objects: objects as u64,
@@ -298,9 +302,11 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
         Ok(NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
-            bucket: Bucket::parse("bucket", "data-lake")?,
-            prefix: Prefix::parse("prefix", "")?,
-            filter: Default::default(),
+            source: Source::objects(
+                Bucket::parse("bucket", "data-lake")?,
+                Prefix::parse("prefix", "")?,
+                Default::default(),
+            ),
             policy,
             labels: Default::default(),
             client_token: None,

@@ -21,7 +21,8 @@ use crate::{
     telemetry::{self, IncomingTrace},
     watch::{
         self, Bucket, EventKind, KeyFilter, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Notify,
-        NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent, WatchId, WatchState,
+        NotifyTarget, Prefix, Source, TenantId, TraceContext, Watch, WatchEvent, WatchId,
+        WatchState,
     },
 };
 
@@ -438,18 +439,31 @@ fn state_to_proto(s: WatchState) -> v1::WatchState {
 }
 
 pub fn watch_to_proto(w: &Watch) -> v1::Watch {
+    let objects = w.source.as_objects();
+    let mut policy = policy_to_proto(&w.policy);
+    if w.is_group() {
+        // Its members decide a group's completion: it has no rule.
+        policy.rule = None;
+    }
     v1::Watch {
         watch_id: w.id.to_string(),
-        bucket: w.bucket.to_string(),
-        prefix: w.prefix.as_str().to_owned(),
-        policy: Some(policy_to_proto(&w.policy)),
+        bucket: objects.map(|o| o.bucket.to_string()).unwrap_or_default(),
+        prefix: objects
+            .map(|o| o.prefix.as_str().to_owned())
+            .unwrap_or_default(),
+        members: w.source.members().iter().map(|id| id.to_string()).collect(),
+        policy: Some(policy),
         state: state_to_proto(w.state()) as i32,
         object_count: w.counters.object_count,
         event_count: w.counters.event_count,
         removed_count: w.counters.removed_count,
         object_bytes: w.counters.object_bytes,
-        include: w.filter.include.clone(),
-        exclude: w.filter.exclude.clone(),
+        include: objects
+            .map(|o| o.filter.include.clone())
+            .unwrap_or_default(),
+        exclude: objects
+            .map(|o| o.filter.exclude.clone())
+            .unwrap_or_default(),
         created_at: Some(proto_timestamp(w.created_at)),
         last_activity_at: w.counters.last_activity_at.map(proto_timestamp),
         completed_at: w.lifecycle.completed_at.map(proto_timestamp),
@@ -575,15 +589,78 @@ pub fn start_from_proto(
             format!("must be at most {MAX_CLIENT_TOKEN_BYTES} bytes"),
         ));
     }
+    let (source, policy) = if r.members.is_empty() {
+        let source = Source::objects(
+            Bucket::parse("bucket", &r.bucket)?,
+            Prefix::parse("prefix", &r.prefix)?,
+            KeyFilter::parse(r.include.clone(), r.exclude.clone())?,
+        );
+        (source, policy_from_proto(r.policy.as_ref())?)
+    } else {
+        group_from_proto(r)?
+    };
     Ok(StartWatch {
-        bucket: Bucket::parse("bucket", &r.bucket)?,
-        prefix: Prefix::parse("prefix", &r.prefix)?,
-        filter: KeyFilter::parse(r.include.clone(), r.exclude.clone())?,
-        policy: policy_from_proto(r.policy.as_ref())?,
+        source,
+        policy,
         labels,
         client_token: (!r.client_token.is_empty()).then(|| r.client_token.clone()),
         trace,
     })
+}
+
+/// Parses the members and policy of a StartWatch that starts a watch group.
+fn group_from_proto(r: &v1::StartWatchRequest) -> Result<(Source, Policy), Error> {
+    const NOT_FOR_GROUPS: &str = "a watch group (members) is decided by its members: it takes none";
+    let given = [
+        ("bucket", !r.bucket.is_empty()),
+        ("prefix", !r.prefix.is_empty()),
+        ("include", !r.include.is_empty()),
+        ("exclude", !r.exclude.is_empty()),
+    ];
+    if let Some((field, _)) = given.iter().find(|(_, given)| *given) {
+        return Err(Error::invalid(field, NOT_FOR_GROUPS));
+    }
+    if let Some(p) = &r.policy {
+        let rule = match &p.rule {
+            None => None,
+            Some(v1::policy::Rule::Polling(_)) => Some("policy.polling"),
+            Some(v1::policy::Rule::QuietPeriod(_)) => Some("policy.quiet_period"),
+            Some(v1::policy::Rule::ExpectedCount(_)) => Some("policy.expected_count"),
+            Some(v1::policy::Rule::Adaptive(_)) => Some("policy.adaptive"),
+            Some(v1::policy::Rule::Marker(_)) => Some("policy.marker"),
+        };
+        let given = [
+            (rule.unwrap_or_default(), rule.is_some()),
+            ("policy.min_objects", p.min_objects != 0),
+            ("policy.reconcile", p.reconcile),
+        ];
+        if let Some((field, _)) = given.iter().find(|(_, given)| *given) {
+            return Err(Error::invalid(field, NOT_FOR_GROUPS));
+        }
+    }
+    if r.members.len() > watch::MAX_GROUP_MEMBERS {
+        return Err(Error::invalid(
+            "members",
+            format!(
+                "has {} watches; at most {}",
+                r.members.len(),
+                watch::MAX_GROUP_MEMBERS
+            ),
+        ));
+    }
+    let mut members: Vec<WatchId> = Vec::with_capacity(r.members.len());
+    for (i, raw) in r.members.iter().enumerate() {
+        let field = format!("members[{i}]");
+        let id = WatchId::parse(&field, raw)?;
+        if let Some(j) = members.iter().position(|m| *m == id) {
+            return Err(Error::invalid(&field, format!("repeats members[{j}]")));
+        }
+        members.push(id);
+    }
+    Ok((
+        Source::Members { members },
+        policy_from_proto(r.policy.as_ref())?,
+    ))
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<v1::WatchEvent, Status>> + Send + 'static>>;

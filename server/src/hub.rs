@@ -350,7 +350,7 @@ mod tests {
     use crate::{
         policy::Policy,
         store::{Activity, ActivityKind, Applied, Created, Guard, NewWatch, sqlite::SqliteStore},
-        watch::{Bucket, Labels, Prefix, TenantId, WatchId},
+        watch::{Bucket, Labels, Prefix, Source, TenantId, WatchId},
     };
 
     async fn new_watch(store: &Arc<dyn Store>, clock: &Clock) -> (Watch, Vec<WatchEvent>) {
@@ -358,9 +358,11 @@ mod tests {
             .create_watch(NewWatch {
                 tenant: TenantId::parse("tenant", "acme").unwrap(),
                 id: WatchId::generate(),
-                bucket: Bucket::parse("bucket", "acme-lake").unwrap(),
-                prefix: Prefix::parse("prefix", "").unwrap(),
-                filter: Default::default(),
+                source: Source::objects(
+                    Bucket::parse("bucket", "acme-lake").unwrap(),
+                    Prefix::parse("prefix", "").unwrap(),
+                    Default::default(),
+                ),
                 policy: Policy::default(),
                 labels: Labels::default(),
                 client_token: None,

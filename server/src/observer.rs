@@ -8,6 +8,13 @@
 //! replica holds leases on, fences each transition with the lease, re-reads
 //! its watches every `--log-poll` for activity other replicas counted, and
 //! drops a shard at once when a write comes back fenced.
+//!
+//! Watch groups: the observer keeps an index from each member to the groups
+//! it times that contain it. A group's members are read from the store off
+//! the loop when the group is armed (and, in a cluster, on every re-read);
+//! after that each member transition this observer writes (or cancels)
+//! updates the groups' view of the member at once, and the groups are
+//! decided again ([`policy::evaluate_group`]).
 
 use std::{
     collections::{HashMap, HashSet},
@@ -31,11 +38,13 @@ use crate::{
     hub::Hub,
     ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
     metrics::Metrics,
-    policy::{self, Rule},
+    policy::{self, Member, Rule},
     quota::{self, Limiter},
     store::{Applied, Fence, Guard, Store, StoreError},
     telemetry,
-    watch::{self, EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchKey, WatchState},
+    watch::{
+        self, EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchKey, WatchState,
+    },
 };
 
 /// How long to wait before retrying a watch whose store write failed.
@@ -73,8 +82,13 @@ enum Command {
     Adopt(Vec<Watch>),
     /// This replica no longer holds the shard's lease.
     Disown(u32),
-    /// The owned watches as re-read from the store.
+    /// The owned watches (and the members of owned groups) as re-read from the store.
     Observed(Vec<Watch>),
+    /// The members of `group` as read from the store.
+    Members {
+        group: WatchKey,
+        result: Result<Vec<Watch>, String>,
+    },
 }
 
 /// The way in to the observer task.
@@ -141,6 +155,10 @@ struct Entry {
     /// The files of the current marker's manifest not counted at the last
     /// check (a later check looks up only these): `(marker_count, keys)`.
     manifest_missing: Option<(u64, Vec<String>)>,
+    /// A group's view of its members (empty for a watch of objects).
+    members: HashMap<WatchId, Member>,
+    /// A read of the group's members is on its way.
+    reading_members: bool,
 }
 
 /// A lifecycle change the policy decided, on its way to the store.
@@ -197,6 +215,10 @@ pub struct Observer {
     quotas: Option<(LiveTenants, Arc<Limiter>)>,
     metrics: Arc<Metrics>,
     cluster: Option<Clustered>,
+    /// Each member of a timed group, to the groups that contain it.
+    groups_of: HashMap<WatchKey, HashSet<WatchKey>>,
+    /// Groups whose members changed, to be decided again.
+    regroup: HashSet<WatchKey>,
 }
 
 impl Observer {
@@ -227,6 +249,8 @@ impl Observer {
             quotas: None,
             metrics,
             cluster: None,
+            groups_of: HashMap::new(),
+            regroup: HashSet::new(),
         };
         (observer, ObserverHandle { tx })
     }
@@ -297,6 +321,7 @@ impl Observer {
         for key in keys {
             self.evaluate(&key).await;
         }
+        self.evaluate_groups().await;
         Ok(n)
     }
 
@@ -355,6 +380,7 @@ impl Observer {
                     }
                 }
             }
+            self.evaluate_groups().await;
             self.metrics
                 .observer_watches(self.watches.len(), self.held.len());
         }
@@ -419,6 +445,7 @@ impl Observer {
                 let mut changed = Vec::new();
                 for watch in watches {
                     let key = watch.key();
+                    self.member_changed(&watch);
                     if let Some(entry) = self.watches.get_mut(&key)
                         && entry.watch.last_seq < watch.last_seq
                     {
@@ -431,6 +458,47 @@ impl Observer {
                 }
             }
             Command::ManifestChecked { key, result } => self.manifest_checked(key, result).await,
+            Command::Members { group, result } => {
+                let Some(entry) = self.watches.get_mut(&group) else {
+                    return;
+                };
+                entry.reading_members = false;
+                let watches = match result {
+                    Ok(watches) => watches,
+                    Err(e) => {
+                        tracing::warn!(tenant = %group.tenant, watch_id = %group.id, error = %e,
+                            "cannot read the members of a watch group; retrying");
+                        let at = self.clock.now().plus(RETRY_AFTER);
+                        self.schedule(&group, at);
+                        return;
+                    }
+                };
+                for watch in &watches {
+                    let member = Member::of(watch);
+                    let newer = entry
+                        .members
+                        .get(&member.id)
+                        .is_none_or(|known| known.last_seq <= member.last_seq);
+                    if newer {
+                        entry.members.insert(member.id.clone(), member);
+                    }
+                }
+                let missing = entry
+                    .watch
+                    .source
+                    .members()
+                    .iter()
+                    .any(|id| !entry.members.contains_key(id));
+                if missing {
+                    // Members are never deleted: damage, or a store that lags. Look again shortly.
+                    tracing::error!(tenant = %group.tenant, watch_id = %group.id,
+                        "a member of a watch group is missing from the store; retrying");
+                    let at = self.clock.now().plus(RETRY_AFTER);
+                    self.schedule(&group, at);
+                    return;
+                }
+                self.evaluate(&group).await;
+            }
             Command::Reconciled {
                 key,
                 activity,
@@ -541,13 +609,8 @@ impl Observer {
 
     fn insert(&mut self, watch: Watch) {
         let key = watch.key();
-        self.routes.add(
-            &watch.bucket,
-            &key,
-            &watch.prefix,
-            &watch.filter,
-            watch.marker_key(),
-        );
+        self.routes
+            .add_source(&watch.source, &key, watch.marker_key());
         if !self.owns(&watch) {
             // Another replica times it; this one only counts into it.
             return;
@@ -556,6 +619,12 @@ impl Observer {
             Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
             Some(_) => {}
             None => {
+                for member in watch.member_keys() {
+                    self.groups_of
+                        .entry(member)
+                        .or_default()
+                        .insert(key.clone());
+                }
                 self.watches.insert(
                     key,
                     Entry {
@@ -567,10 +636,75 @@ impl Observer {
                         checking_manifest: false,
                         manifest_checked: None,
                         manifest_missing: None,
+                        members: HashMap::new(),
+                        reading_members: false,
                     },
                 );
             }
         }
+    }
+
+    /// Drops the index entries of a group no longer timed.
+    fn unindex(&mut self, key: &WatchKey, group: &Watch) {
+        for member in group.member_keys() {
+            if let Some(groups) = self.groups_of.get_mut(&member) {
+                groups.remove(key);
+                if groups.is_empty() {
+                    self.groups_of.remove(&member);
+                }
+            }
+        }
+        self.regroup.remove(key);
+    }
+
+    /// Tells the groups containing `member` what it is now; those whose view
+    /// changed are decided again (see [`Self::evaluate_groups`]).
+    fn member_changed(&mut self, member: &Watch) {
+        let Some(groups) = self.groups_of.get(&member.key()) else {
+            return;
+        };
+        let now_is = Member::of(member);
+        for group in groups {
+            let Some(entry) = self.watches.get_mut(group) else {
+                continue;
+            };
+            let changed = entry
+                .members
+                .get(&now_is.id)
+                .is_none_or(|known| known.last_seq < now_is.last_seq);
+            if changed {
+                entry.members.insert(now_is.id.clone(), now_is.clone());
+                self.regroup.insert(group.clone());
+            }
+        }
+    }
+
+    /// Decides the groups whose members changed, until none did (a group
+    /// may be a member of another).
+    async fn evaluate_groups(&mut self) {
+        while !self.regroup.is_empty() {
+            let keys: Vec<WatchKey> = self.regroup.drain().collect();
+            for batch in keys.chunks(MAX_BATCH) {
+                self.evaluate_all(batch.to_vec()).await;
+            }
+        }
+    }
+
+    /// Reads the members of group `key` off the loop; they come back as a command.
+    fn read_members(&mut self, key: &WatchKey) {
+        let Some(entry) = self.watches.get_mut(key) else {
+            return;
+        };
+        if entry.reading_members {
+            return;
+        }
+        entry.reading_members = true;
+        let keys = entry.watch.member_keys();
+        let (store, tx, group) = (self.store.clone(), self.tx.clone(), key.clone());
+        tokio::spawn(async move {
+            let result = store.watches(&keys).await.map_err(|e| e.to_string());
+            let _ = tx.send(Command::Members { group, result }).await;
+        });
     }
 
     fn forget(&mut self, key: &WatchKey) {
@@ -580,8 +714,8 @@ impl Observer {
             if let Some(timer) = entry.timer {
                 self.queue.remove(&timer);
             }
-            self.routes
-                .remove(&entry.watch.bucket, key, &entry.watch.prefix);
+            self.unindex(key, &entry.watch);
+            self.routes.remove_source(&entry.watch.source, key);
             if entry.watch.state().is_terminal() {
                 self.retire(key);
             }
@@ -592,10 +726,11 @@ impl Observer {
     fn drop_timing(&mut self, key: &WatchKey) {
         self.held.remove(key);
         self.want(key, None);
-        if let Some(entry) = self.watches.remove(key)
-            && let Some(timer) = entry.timer
-        {
-            self.queue.remove(&timer);
+        if let Some(entry) = self.watches.remove(key) {
+            if let Some(timer) = entry.timer {
+                self.queue.remove(&timer);
+            }
+            self.unindex(key, &entry.watch);
         }
     }
 
@@ -622,7 +757,15 @@ impl Observer {
             return;
         }
         c.polling = true;
-        let keys: Vec<WatchKey> = self.watches.keys().cloned().collect();
+        // The members of its groups too: other replicas may time them.
+        let keys: Vec<WatchKey> = self
+            .watches
+            .keys()
+            .chain(self.groups_of.keys())
+            .cloned()
+            .collect::<HashSet<_>>()
+            .into_iter()
+            .collect();
         let (store, tx) = (self.store.clone(), self.tx.clone());
         tokio::spawn(async move {
             let watches = match store.watches(&keys).await {
@@ -860,6 +1003,36 @@ impl Observer {
             return None;
         }
         let now = self.clock.now();
+        if entry.watch.is_group() {
+            let known = entry
+                .watch
+                .source
+                .members()
+                .iter()
+                .all(|id| entry.members.contains_key(id));
+            if !known {
+                // Decided when the members are read.
+                self.read_members(key);
+                return None;
+            }
+            let mut decision = policy::evaluate_group(&entry.watch, &entry.members, now);
+            return match decision.lifecycle.take() {
+                None => {
+                    let watch = entry.watch.clone();
+                    self.settle(key, watch, &decision);
+                    None
+                }
+                Some(lifecycle) => Some(Transition {
+                    key: key.clone(),
+                    guard: Guard::exact(&entry.watch),
+                    span: evaluation_span(&entry.watch, &lifecycle, false),
+                    lifecycle,
+                    decision,
+                    now,
+                    fence,
+                }),
+            };
+        }
         let settled = *self.settled.borrow();
         // A manifest check's result is decided on, and written with the decision.
         let with_check = checked.map(|c| {
@@ -916,6 +1089,7 @@ impl Observer {
         match result {
             Ok(Some(Applied::Done { watch, events })) => {
                 self.transitioned(&watch, &events);
+                self.member_changed(&watch);
                 // The decision is committed: its span ends before anyone
                 // hears of it, so a consumer that follows the trace finds it.
                 drop(t.span);
@@ -1052,6 +1226,7 @@ impl Observer {
             {
                 Some(Applied::Done { watch, events }) => {
                     self.transitioned(&watch, &events);
+                    self.member_changed(&watch);
                     self.hub.publish(&events);
                     self.wake_deliveries_for(&watch, &events);
                     match self.watches.get_mut(key) {

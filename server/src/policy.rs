@@ -1,16 +1,20 @@
 //! Completion policy: a pure state machine. Given a watch, its counters and
 //! `now`, [`evaluate`] says what the watch's lifecycle becomes, which events
-//! that emits, and when to look again. No clocks, no I/O: everything it needs
-//! arrives as arguments.
+//! that emits, and when to look again; given a watch group and what it knows
+//! of its members, [`evaluate_group`] does the same for the group. No clocks,
+//! no I/O: everything it needs arrives as arguments.
 
-use std::{fmt, time::Duration};
+use std::{collections::HashMap, fmt, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::{
     clock::Timestamp,
     error::Error,
-    watch::{EventKind, Lifecycle, ManifestCheck, Notify, PollingProgress, Watch, WatchState},
+    watch::{
+        Counters, EventKind, Lifecycle, ManifestCheck, Notify, PollingProgress, Watch, WatchId,
+        WatchState,
+    },
 };
 
 /// The longest delay, window or late window a policy accepts.
@@ -590,6 +594,199 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
     next
 }
 
+/// What a watch group knows of one member: its lifecycle and counters as
+/// last read.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Member {
+    pub id: WatchId,
+    pub state: WatchState,
+    pub generation: u32,
+    pub generation_started_at: Timestamp,
+    pub reason: String,
+    pub counters: Counters,
+    /// Orders two reads of the member: the later one has the higher.
+    pub last_seq: u64,
+}
+
+impl Member {
+    pub fn of(watch: &Watch) -> Self {
+        Self {
+            id: watch.id.clone(),
+            state: watch.lifecycle.state,
+            generation: watch.lifecycle.generation,
+            generation_started_at: watch.lifecycle.generation_started_at,
+            reason: watch.lifecycle.reason.clone(),
+            counters: watch.counters,
+            last_seq: watch.last_seq,
+        }
+    }
+}
+
+/// Decides what happens to the watch group `group` at `now`, given what is
+/// known of its members (a member missing from `members` is not read yet:
+/// it neither completes nor fails the group). The group completes once every
+/// member is COMPLETED; a member that ended otherwise ends it TIMED_OUT,
+/// naming the member; its own timeout ends it TIMED_OUT, naming the members
+/// still active. A member that started a new generation (reopened) after the
+/// group completed, within the group's late window, reopens the group.
+pub fn evaluate_group(
+    group: &Watch,
+    members: &HashMap<WatchId, Member>,
+    now: Timestamp,
+) -> Decision {
+    match group.lifecycle.state {
+        WatchState::Active => evaluate_group_active(group, members, now),
+        WatchState::Completed => evaluate_group_completed(group, members, now),
+        WatchState::TimedOut | WatchState::Cancelled | WatchState::Failed => Decision::default(),
+    }
+}
+
+fn evaluate_group_completed(
+    group: &Watch,
+    members: &HashMap<WatchId, Member>,
+    now: Timestamp,
+) -> Decision {
+    let (Some(end), Some(completed_at)) = (group.late_window_end(), group.lifecycle.completed_at)
+    else {
+        return Decision::default();
+    };
+    let reopened = group
+        .source
+        .members()
+        .iter()
+        .filter_map(|id| members.get(id))
+        .filter(|m| m.generation > 1 && m.generation_started_at > completed_at)
+        .filter(|m| m.generation_started_at <= end)
+        .min_by_key(|m| m.generation_started_at);
+    let Some(m) = reopened else {
+        return Decision {
+            wake_at: (now < end).then_some(end),
+            ..Decision::default()
+        };
+    };
+    let reason = format!(
+        "member {} reopened at {} (its generation {}), {} after the group completed, within the late window of {}",
+        m.id,
+        m.generation_started_at,
+        m.generation,
+        humantime::format_duration(completed_at.until(m.generation_started_at)),
+        humantime::format_duration(group.policy.late_window.unwrap_or_default()),
+    );
+    let lifecycle = fresh_lifecycle(group.lifecycle.generation + 1, now, 0);
+    let again = Watch {
+        lifecycle,
+        ..group.clone()
+    };
+    let mut next = evaluate_group_active(&again, members, now);
+    let objects = group_counters(group, members).object_count;
+    next.events.insert(
+        0,
+        EventKind::Reopened {
+            object_count: objects,
+            reason,
+        },
+    );
+    next.lifecycle.get_or_insert(again.lifecycle);
+    next
+}
+
+/// The sums over the members of `group` known in `members`.
+pub fn group_counters(group: &Watch, members: &HashMap<WatchId, Member>) -> Counters {
+    Counters::sum(
+        group
+            .source
+            .members()
+            .iter()
+            .filter_map(|id| members.get(id))
+            .map(|m| &m.counters),
+    )
+}
+
+fn evaluate_group_active(
+    group: &Watch,
+    members: &HashMap<WatchId, Member>,
+    now: Timestamp,
+) -> Decision {
+    let life = &group.lifecycle;
+    let ids = group.source.members();
+    let counters = group_counters(group, members);
+    let objects = counters.object_count;
+    let end = |state: WatchState, reason: String, event: EventKind| Decision {
+        lifecycle: Some(Lifecycle {
+            state,
+            completed_at: Some(now),
+            reason,
+            ..life.clone()
+        }),
+        events: vec![event],
+        wake_at: None,
+        held_until_settled: None,
+        check_manifest: false,
+    };
+    let failed = ids.iter().filter_map(|id| members.get(id)).find(|m| {
+        matches!(
+            m.state,
+            WatchState::TimedOut | WatchState::Cancelled | WatchState::Failed
+        )
+    });
+    if let Some(m) = failed {
+        let reason = format!(
+            "member {} ended {}: {}; the group cannot complete",
+            m.id,
+            m.state.as_str(),
+            m.reason
+        );
+        let event = EventKind::TimedOut {
+            object_count: objects,
+            reason: reason.clone(),
+        };
+        return end(WatchState::TimedOut, reason, event);
+    }
+    let completed = |id: &WatchId| {
+        members
+            .get(id)
+            .is_some_and(|m| m.state == WatchState::Completed)
+    };
+    if ids.iter().all(completed) {
+        let reason = format!("all {} members completed; {objects} objects", ids.len());
+        let event = EventKind::Completed {
+            object_count: objects,
+            object_bytes: counters.object_bytes,
+            reason: reason.clone(),
+        };
+        let mut done = end(WatchState::Completed, reason, event);
+        done.wake_at = group.policy.late_window.map(|w| now.plus(w));
+        return done;
+    }
+    let timeout_at = group
+        .policy
+        .timeout
+        .map(|t| life.generation_started_at.plus(t));
+    if timeout_at.is_some_and(|at| now >= at) {
+        let active: Vec<&str> = ids
+            .iter()
+            .filter(|id| !completed(id))
+            .map(|id| id.as_str())
+            .collect();
+        let reason = format!(
+            "timed out after {} with {} of {} members still active: {}",
+            humantime::format_duration(group.policy.timeout.unwrap_or_default()),
+            active.len(),
+            ids.len(),
+            active.join(", ")
+        );
+        let event = EventKind::TimedOut {
+            object_count: objects,
+            reason: reason.clone(),
+        };
+        return end(WatchState::TimedOut, reason, event);
+    }
+    Decision {
+        wake_at: timeout_at,
+        ..Decision::default()
+    }
+}
+
 /// Where a quiet rule stands at `now` against its `deadline`.
 enum Quiet {
     /// The deadline passed, but ingest has not settled past it yet.
@@ -1014,7 +1211,7 @@ fn marker_status(watch: &Watch, polling: &PollingProgress) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::watch::{Bucket, Counters, Prefix, TenantId, WatchId};
+    use crate::watch::{Bucket, Prefix, Source, TenantId};
 
     const S: i64 = 1000;
 
@@ -1030,9 +1227,11 @@ mod tests {
         Watch {
             tenant: TenantId::parse("t", "acme").unwrap(),
             id: WatchId::generate(),
-            bucket: Bucket::parse("b", "data-lake").unwrap(),
-            prefix: Prefix::parse("p", "day=1/").unwrap(),
-            filter: Default::default(),
+            source: Source::objects(
+                Bucket::parse("b", "data-lake").unwrap(),
+                Prefix::parse("p", "day=1/").unwrap(),
+                Default::default(),
+            ),
             policy: Policy {
                 rule,
                 ..Policy::default()
@@ -1929,6 +2128,203 @@ mod tests {
             ..Policy::default()
         };
         assert!(adaptive.validate().is_ok());
+    }
+
+    /// A group of `n` members with a timeout of 100s and a late window of 50s.
+    fn group(n: usize) -> (Watch, HashMap<WatchId, Member>) {
+        let mut g = watch(Rule::QuietPeriod { window: secs(1) });
+        let ids: Vec<WatchId> = (0..n).map(|_| WatchId::generate()).collect();
+        g.source = Source::Members {
+            members: ids.clone(),
+        };
+        g.policy.timeout = Some(secs(100));
+        g.policy.late_window = Some(secs(50));
+        let members = ids
+            .into_iter()
+            .map(|id| {
+                let mut m = Member::of(&watch(Rule::QuietPeriod { window: secs(1) }));
+                m.id = id.clone();
+                (id, m)
+            })
+            .collect();
+        (g, members)
+    }
+
+    /// Ends member `i` of `g` in `state` at `t` with `objects` objects.
+    fn end_member(
+        g: &Watch,
+        members: &mut HashMap<WatchId, Member>,
+        i: usize,
+        state: WatchState,
+        t: i64,
+        objects: u64,
+    ) {
+        let m = members.get_mut(&g.source.members()[i]).unwrap();
+        m.state = state;
+        m.reason = format!("{} at {t}", state.as_str());
+        m.counters.object_count = objects;
+        m.counters.object_bytes = objects * 10;
+        m.last_seq += 1;
+    }
+
+    #[test]
+    fn a_group_completes_once_every_member_completed() {
+        let (g, mut members) = group(3);
+        end_member(&g, &mut members, 0, WatchState::Completed, 5, 2);
+        end_member(&g, &mut members, 2, WatchState::Completed, 6, 3);
+        let d = evaluate_group(&g, &members, at(10));
+        assert!(d.events.is_empty() && d.lifecycle.is_none());
+        assert_eq!(d.wake_at, Some(at(100)), "waits for its timeout");
+        end_member(&g, &mut members, 1, WatchState::Completed, 11, 4);
+        let d = evaluate_group(&g, &members, at(12));
+        let life = d.lifecycle.clone().unwrap();
+        assert_eq!(life.state, WatchState::Completed);
+        assert_eq!(life.completed_at, Some(at(12)));
+        assert_eq!(
+            d.events,
+            [EventKind::Completed {
+                object_count: 9,
+                object_bytes: 90,
+                reason: "all 3 members completed; 9 objects".into(),
+            }]
+        );
+        assert_eq!(d.wake_at, Some(at(62)), "until its late window ends");
+    }
+
+    #[test]
+    fn a_group_waits_for_members_not_read_yet() {
+        let (g, mut members) = group(2);
+        end_member(&g, &mut members, 0, WatchState::Completed, 5, 1);
+        end_member(&g, &mut members, 1, WatchState::Completed, 5, 1);
+        members.remove(&g.source.members()[1]);
+        let d = evaluate_group(&g, &members, at(10));
+        assert!(d.events.is_empty() && d.lifecycle.is_none());
+    }
+
+    #[test]
+    fn a_member_that_times_out_ends_the_group_naming_it() {
+        for state in [
+            WatchState::TimedOut,
+            WatchState::Cancelled,
+            WatchState::Failed,
+        ] {
+            let (g, mut members) = group(2);
+            end_member(&g, &mut members, 0, WatchState::Completed, 5, 2);
+            end_member(&g, &mut members, 1, state, 7, 1);
+            let d = evaluate_group(&g, &members, at(8));
+            let life = d.lifecycle.unwrap();
+            assert_eq!(life.state, WatchState::TimedOut, "{state:?}");
+            let id = &g.source.members()[1];
+            assert_eq!(
+                life.reason,
+                format!(
+                    "member {id} ended {}: {} at 7; the group cannot complete",
+                    state.as_str(),
+                    state.as_str()
+                )
+            );
+            assert!(matches!(
+                &d.events[..],
+                [EventKind::TimedOut {
+                    object_count: 3,
+                    ..
+                }]
+            ));
+            assert_eq!(d.wake_at, None);
+        }
+    }
+
+    #[test]
+    fn a_group_times_out_naming_the_members_still_active() {
+        let (g, mut members) = group(3);
+        end_member(&g, &mut members, 1, WatchState::Completed, 5, 2);
+        let d = evaluate_group(&g, &members, Timestamp::from_millis(100 * S - 1));
+        assert!(d.lifecycle.is_none());
+        let d = evaluate_group(&g, &members, at(100));
+        let life = d.lifecycle.unwrap();
+        assert_eq!(life.state, WatchState::TimedOut);
+        let ids = g.source.members();
+        assert_eq!(
+            life.reason,
+            format!(
+                "timed out after 1m 40s with 2 of 3 members still active: {}, {}",
+                ids[0], ids[2]
+            )
+        );
+    }
+
+    #[test]
+    fn a_member_reopening_within_the_late_window_reopens_the_group() {
+        let (mut g, mut members) = group(2);
+        end_member(&g, &mut members, 0, WatchState::Completed, 5, 2);
+        end_member(&g, &mut members, 1, WatchState::Completed, 6, 3);
+        let done = evaluate_group(&g, &members, at(10));
+        apply(&mut g, &done);
+        assert_eq!(g.state(), WatchState::Completed);
+        // Member 1 reopens (late data) at 30, inside the window (10..60).
+        let id = g.source.members()[1].clone();
+        let m = members.get_mut(&id).unwrap();
+        m.state = WatchState::Active;
+        m.generation = 2;
+        m.generation_started_at = at(30);
+        m.counters.object_count = 4;
+        let d = evaluate_group(&g, &members, at(31));
+        let life = d.lifecycle.clone().unwrap();
+        assert_eq!((life.state, life.generation), (WatchState::Active, 2));
+        assert_eq!(life.generation_started_at, at(31));
+        let [
+            EventKind::Reopened {
+                object_count,
+                reason,
+            },
+        ] = &d.events[..]
+        else {
+            panic!("{:?}", d.events)
+        };
+        assert_eq!(*object_count, 6);
+        assert!(
+            reason.starts_with(&format!("member {id} reopened at")),
+            "{reason}"
+        );
+        assert_eq!(
+            d.wake_at,
+            Some(at(131)),
+            "its timeout runs from the reopening"
+        );
+        apply(&mut g, &d);
+        assert!(evaluate_group(&g, &members, at(40)).lifecycle.is_none());
+        // The member completes again: so does the group, in generation 2.
+        end_member(&g, &mut members, 1, WatchState::Completed, 45, 4);
+        let d = evaluate_group(&g, &members, at(46));
+        let life = d.lifecycle.clone().unwrap();
+        assert_eq!((life.state, life.generation), (WatchState::Completed, 2));
+        apply(&mut g, &d);
+        assert!(
+            evaluate_group(&g, &members, at(47)).events.is_empty(),
+            "the reopening is told once"
+        );
+    }
+
+    #[test]
+    fn a_member_reopening_after_the_late_window_changes_nothing() {
+        let (mut g, mut members) = group(1);
+        end_member(&g, &mut members, 0, WatchState::Completed, 5, 2);
+        let done = evaluate_group(&g, &members, at(10));
+        apply(&mut g, &done);
+        let m = members.get_mut(&g.source.members()[0]).unwrap();
+        m.state = WatchState::Active;
+        m.generation = 2;
+        m.generation_started_at = at(61);
+        let d = evaluate_group(&g, &members, at(61));
+        assert_eq!(d, Decision::default());
+        let mut no_window = g.clone();
+        no_window.policy.late_window = None;
+        let m = members.get_mut(&g.source.members()[0]).unwrap();
+        m.generation_started_at = at(20);
+        assert_eq!(
+            evaluate_group(&no_window, &members, at(20)),
+            Decision::default()
+        );
     }
 
     fn marker_rule(quiet_window: Option<Duration>, verify_manifest: bool) -> Watch {

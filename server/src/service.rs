@@ -1,7 +1,8 @@
 //! The operations the RPCs expose, in domain types: start, read, list,
-//! cancel and follow watches, and ingest notifications. Tenancy is enforced
-//! here: every call names its tenant, and another tenant's watch is simply
-//! not found.
+//! cancel and follow watches (and watch groups), and ingest notifications.
+//! Tenancy is enforced here: every call names its tenant, and another
+//! tenant's watch is simply not found (a group names only its tenant's own
+//! watches). A group's counters are its members' sums, read with it.
 
 use std::sync::Arc;
 
@@ -19,8 +20,8 @@ use crate::{
     quota::{self, Limiter},
     store::{Created, Delivery, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, Store},
     watch::{
-        Bucket, KeyFilter, Labels, NotifyTarget, Prefix, TenantId, TraceContext, Watch, WatchEvent,
-        WatchId, WatchKey, WatchState,
+        Counters, Labels, NotifyTarget, Source, TenantId, TraceContext, Watch, WatchEvent, WatchId,
+        WatchKey, WatchState,
     },
 };
 
@@ -31,9 +32,8 @@ pub const MAX_PAGE_SIZE: usize = 1000;
 /// A validated StartWatch.
 #[derive(Clone, Debug)]
 pub struct StartWatch {
-    pub bucket: Bucket,
-    pub prefix: Prefix,
-    pub filter: KeyFilter,
+    /// A bucket's objects, or a group's members.
+    pub source: Source,
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,
@@ -103,7 +103,11 @@ impl Service {
                     "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
                 ));
             }
-            let full = start.prefix.as_str().len() + key.len();
+            let prefix = start
+                .source
+                .as_objects()
+                .map_or(0, |o| o.prefix.as_str().len());
+            let full = prefix + key.len();
             if full > crate::watch::MAX_PREFIX_BYTES {
                 return Err(Error::invalid(
                     "policy.marker.key",
@@ -116,12 +120,15 @@ impl Service {
         }
         self.check_notify(tenant, &start.policy).await?;
         let tenants = self.tenants.current();
-        if !tenants.allows(tenant, start.bucket.as_str()) {
+        if let Some(objects) = start.source.as_objects()
+            && !tenants.allows(tenant, objects.bucket.as_str())
+        {
             return Err(Error::PermissionDenied(format!(
                 "bucket {} is not allowed for this tenant",
-                start.bucket
+                objects.bucket
             )));
         }
+        self.check_members(tenant, &start).await?;
         let quotas = tenants.quotas(tenant);
         let start_lock = self.limiter.start_lock(tenant);
         let counting = start_lock.lock().await;
@@ -130,9 +137,7 @@ impl Service {
         let new = NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
-            bucket: start.bucket,
-            prefix: start.prefix,
-            filter: start.filter,
+            source: start.source,
             policy: start.policy,
             labels: start.labels,
             client_token: start.client_token,
@@ -146,15 +151,22 @@ impl Service {
             Created::New { watch, events } => {
                 self.hub.publish(&events);
                 self.observer.arm(watch.clone()).await?;
-                tracing::info!(tenant = %tenant, watch_id = %watch.id, bucket = %watch.bucket,
-                    prefix = watch.prefix.as_str(), "watch started");
+                match watch.source.as_objects() {
+                    Some(o) => {
+                        tracing::info!(tenant = %tenant, watch_id = %watch.id, bucket = %o.bucket,
+                        prefix = o.prefix.as_str(), "watch started")
+                    }
+                    None => tracing::info!(tenant = %tenant, watch_id = %watch.id,
+                        members = watch.source.members().len(), "watch group started"),
+                }
                 self.routed_everywhere(&watch).await;
+                let mut watches = [watch];
+                self.sum_members(tenant, &mut watches).await?;
+                let [watch] = watches;
                 Ok((watch, true))
             }
             Created::Existing(watch) => {
-                let same = watch.bucket == new.bucket
-                    && watch.prefix == new.prefix
-                    && watch.filter == new.filter
+                let same = watch.source == new.source
                     && watch.policy == new.policy
                     && watch.labels == new.labels;
                 if !same {
@@ -167,9 +179,62 @@ impl Service {
                     ));
                 }
                 self.routed_everywhere(&watch).await;
+                let mut watches = [watch];
+                self.sum_members(tenant, &mut watches).await?;
+                let [watch] = watches;
                 Ok((watch, false))
             }
         }
+    }
+
+    /// Refuses a group whose members are not all watches of `tenant` (another
+    /// tenant's watch is as unknown as one that never was), or that names
+    /// the watch its own client token started.
+    async fn check_members(&self, tenant: &TenantId, start: &StartWatch) -> Result<(), Error> {
+        let ids = start.source.members();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let keys: Vec<WatchKey> = ids
+            .iter()
+            .map(|id| WatchKey {
+                tenant: tenant.clone(),
+                id: id.clone(),
+            })
+            .collect();
+        let found = self.store.watches(&keys).await?;
+        for (i, id) in ids.iter().enumerate() {
+            let field = format!("members[{i}]");
+            let Some(member) = found.iter().find(|w| w.id == *id && w.tenant == *tenant) else {
+                return Err(Error::invalid(&field, "no such watch"));
+            };
+            if start.client_token.is_some() && member.client_token == start.client_token {
+                return Err(Error::invalid(
+                    &field,
+                    "is the watch this client_token started: a group cannot contain itself",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Gives each group among `watches` its members' counters, summed.
+    async fn sum_members(&self, tenant: &TenantId, watches: &mut [Watch]) -> Result<(), Error> {
+        let keys: Vec<WatchKey> = watches.iter().flat_map(Watch::member_keys).collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let members = self.store.watches(&keys).await?;
+        for watch in watches.iter_mut().filter(|w| w.is_group()) {
+            let ids = watch.source.members();
+            watch.counters = Counters::sum(
+                members
+                    .iter()
+                    .filter(|m| m.tenant == *tenant && ids.contains(&m.id))
+                    .map(|m| &m.counters),
+            );
+        }
+        Ok(())
     }
 
     /// Returns once every replica of a cluster routes notifications to
@@ -227,10 +292,15 @@ impl Service {
     }
 
     pub async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Watch, Error> {
-        self.store
+        let watch = self
+            .store
             .get_watch(tenant, id)
             .await?
-            .ok_or(Error::NotFound)
+            .ok_or(Error::NotFound)?;
+        let mut watches = [watch];
+        self.sum_members(tenant, &mut watches).await?;
+        let [watch] = watches;
+        Ok(watch)
     }
 
     /// One page of a watch's manifest and the last key, when more follow.
@@ -301,6 +371,7 @@ impl Service {
         } else {
             None
         };
+        self.sum_members(tenant, &mut watches).await?;
         Ok((watches, next))
     }
 
@@ -315,7 +386,8 @@ impl Service {
         } else {
             reason
         };
-        self.observer
+        let watch = self
+            .observer
             .cancel(
                 WatchKey {
                     tenant: tenant.clone(),
@@ -323,7 +395,11 @@ impl Service {
                 },
                 reason,
             )
-            .await
+            .await?;
+        let mut watches = [watch];
+        self.sum_members(tenant, &mut watches).await?;
+        let [watch] = watches;
+        Ok(watch)
     }
 
     /// The watch's events after `after_seq`. The stream holds a place in the

@@ -331,6 +331,58 @@ impl KeyMatcher {
     }
 }
 
+/// Most members of one watch group.
+pub const MAX_GROUP_MEMBERS: usize = 100;
+
+/// What decides a watch's completion: the objects under a bucket's prefix
+/// (counted from notifications), or other watches of the tenant (a watch
+/// group, which takes no notifications).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Source {
+    Objects(Objects),
+    /// The watch group's members, in the order the caller named them.
+    Members {
+        members: Vec<WatchId>,
+    },
+}
+
+/// The objects a watch counts: keys under `prefix` in `bucket` that pass `filter`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Objects {
+    pub bucket: Bucket,
+    pub prefix: Prefix,
+    /// Which keys under the prefix count; absent from watches stored before it.
+    #[serde(default, skip_serializing_if = "KeyFilter::is_empty")]
+    pub filter: KeyFilter,
+}
+
+impl Source {
+    pub fn objects(bucket: Bucket, prefix: Prefix, filter: KeyFilter) -> Self {
+        Self::Objects(Objects {
+            bucket,
+            prefix,
+            filter,
+        })
+    }
+
+    /// The objects counted; `None` for a group.
+    pub fn as_objects(&self) -> Option<&Objects> {
+        match self {
+            Self::Objects(o) => Some(o),
+            Self::Members { .. } => None,
+        }
+    }
+
+    /// A group's members; empty for a watch of objects.
+    pub fn members(&self) -> &[WatchId] {
+        match self {
+            Self::Objects(_) => &[],
+            Self::Members { members } => members,
+        }
+    }
+}
+
 /// Free-form labels a caller attaches to a watch and filters by.
 pub type Labels = BTreeMap<String, String>;
 
@@ -501,6 +553,20 @@ impl Counters {
     pub fn activity(&self) -> u64 {
         self.event_count + self.removed_count + self.marker_count
     }
+
+    /// A group's counters: the sums over its members, with the latest activity.
+    pub fn sum<'a>(members: impl IntoIterator<Item = &'a Counters>) -> Self {
+        members.into_iter().fold(Self::default(), |acc, c| Self {
+            object_count: acc.object_count.saturating_add(c.object_count),
+            event_count: acc.event_count.saturating_add(c.event_count),
+            removed_count: acc.removed_count.saturating_add(c.removed_count),
+            object_bytes: acc.object_bytes.saturating_add(c.object_bytes),
+            last_activity_at: acc.last_activity_at.max(c.last_activity_at),
+            marker_count: acc.marker_count.saturating_add(c.marker_count),
+            marker_at: acc.marker_at.max(c.marker_at),
+            newest_event_at: acc.newest_event_at.max(c.newest_event_at),
+        })
+    }
 }
 
 /// What reading a marker's manifest found (`verify_manifest`): persisted
@@ -571,11 +637,9 @@ pub struct Lifecycle {
 pub struct Watch {
     pub tenant: TenantId,
     pub id: WatchId,
-    pub bucket: Bucket,
-    pub prefix: Prefix,
-    /// Which keys under the prefix count; absent from watches stored before it.
-    #[serde(default, skip_serializing_if = "KeyFilter::is_empty")]
-    pub filter: KeyFilter,
+    /// Stored flat: `bucket`, `prefix`, `filter`, or a group's `members`.
+    #[serde(flatten)]
+    pub source: Source,
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,
@@ -598,6 +662,23 @@ impl Watch {
 
     pub fn state(&self) -> WatchState {
         self.lifecycle.state
+    }
+
+    /// Whether this is a watch group (its members decide its completion).
+    pub fn is_group(&self) -> bool {
+        matches!(self.source, Source::Members { .. })
+    }
+
+    /// The keys of a group's members (none for a watch of objects).
+    pub fn member_keys(&self) -> Vec<WatchKey> {
+        self.source
+            .members()
+            .iter()
+            .map(|id| WatchKey {
+                tenant: self.tenant.clone(),
+                id: id.clone(),
+            })
+            .collect()
     }
 
     /// The end of the late window, for a completed watch that has one.

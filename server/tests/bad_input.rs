@@ -425,6 +425,141 @@ async fn a_malformed_traceparent_is_ignored_not_stored() {
 }
 
 #[tokio::test]
+async fn invalid_watch_groups_name_the_field_and_create_nothing() {
+    let server = TestServer::start_with_tenants().await;
+    let mut acme = server.client_with_token(ACME_TOKEN).await;
+    let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
+    let mut request = start_request("acme-lake", "", quiet_period(Duration::from_secs(3600)));
+    request.client_token = "run-7".into();
+    let mine = begin(&mut acme, request).await.watch_id;
+    let theirs = begin(
+        &mut globex,
+        start_request("globex-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
+    let missing = "01930000-0000-7000-8000-000000000000".to_owned();
+    let group = |members: Vec<String>| v1::StartWatchRequest {
+        members,
+        ..Default::default()
+    };
+    let with = |f: &dyn Fn(&mut v1::StartWatchRequest)| {
+        let mut r = group(vec![mine.clone()]);
+        f(&mut r);
+        r
+    };
+    let policy = |f: &dyn Fn(&mut v1::Policy)| {
+        with(&|r: &mut v1::StartWatchRequest| {
+            let mut p = v1::Policy::default();
+            f(&mut p);
+            r.policy = Some(p);
+        })
+    };
+
+    let cases: Vec<(v1::StartWatchRequest, &str, &str)> = vec![
+        (
+            group(vec![mine.clone(), missing.clone()]),
+            "members[1]",
+            "no such watch",
+        ),
+        (
+            group(vec![mine.clone(), theirs.clone()]),
+            "members[1]",
+            "no such watch",
+        ),
+        (
+            group(vec!["day-1".into()]),
+            "members[0]",
+            "is not a watch id",
+        ),
+        (group(vec![mine.clone(); 101]), "members", "at most 100"),
+        (
+            group(vec![mine.clone(), mine.clone()]),
+            "members[1]",
+            "repeats members[0]",
+        ),
+        (
+            with(&|r| r.client_token = "run-7".into()),
+            "members[0]",
+            "a group cannot contain itself",
+        ),
+        (
+            with(&|r| r.bucket = "acme-lake".into()),
+            "bucket",
+            "takes none",
+        ),
+        (
+            with(&|r| r.prefix = "day=1/".into()),
+            "prefix",
+            "takes none",
+        ),
+        (
+            with(&|r| r.include = vec!["*.csv".into()]),
+            "include",
+            "takes none",
+        ),
+        (
+            with(&|r| r.exclude = vec!["*.crc".into()]),
+            "exclude",
+            "takes none",
+        ),
+        (
+            policy(&|p| *p = quiet_period(Duration::from_secs(5))),
+            "policy.quiet_period",
+            "takes none",
+        ),
+        (
+            policy(&|p| p.reconcile = true),
+            "policy.reconcile",
+            "takes none",
+        ),
+        (
+            policy(&|p| p.min_objects = 3),
+            "policy.min_objects",
+            "takes none",
+        ),
+    ];
+    for (request, field, says) in cases {
+        let status = acme.start_watch(request).await.unwrap_err();
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(&format!("invalid {field}:"))
+                && status.message().contains(says),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    // Another tenant's watch is told of exactly as one that never was.
+    let unknown = |id: &str| {
+        let request = group(vec![id.to_owned()]);
+        let mut acme = acme.clone();
+        async move {
+            acme.start_watch(request)
+                .await
+                .unwrap_err()
+                .message()
+                .to_owned()
+        }
+    };
+    assert_eq!(unknown(&theirs).await, unknown(&missing).await);
+    let listed = acme.list_watches(Default::default()).await.unwrap().watches;
+    assert_eq!(listed.len(), 1, "a refused group creates nothing");
+    assert_eq!(
+        globex
+            .list_watches(Default::default())
+            .await
+            .unwrap()
+            .watches
+            .len(),
+        1
+    );
+}
+
+#[tokio::test]
 async fn a_manifest_target_needs_one_of_the_tenants_buckets_and_a_valid_key() {
     let server = TestServer::start_with_tenants().await;
     let mut client = server.client_with_token(ACME_TOKEN).await;

@@ -20,7 +20,7 @@ use streamwatch_server::{
         Applied, Created, Guard, NewWatch, Store, StoreError,
         dynamodb::{DynamoStore, LeaseItem},
     },
-    watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, TenantId, WatchId, WatchState},
+    watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, Source, TenantId, WatchId, WatchState},
 };
 use support::*;
 
@@ -54,9 +54,11 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         .create_watch(NewWatch {
             tenant: tenant.clone(),
             id: WatchId::generate(),
-            bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-            prefix: Prefix::parse("prefix", "").unwrap(),
-            filter: Default::default(),
+            source: Source::objects(
+                Bucket::parse("bucket", "data-lake").unwrap(),
+                Prefix::parse("prefix", "").unwrap(),
+                Default::default(),
+            ),
             policy: Policy::default(),
             labels: Labels::default(),
             client_token: None,

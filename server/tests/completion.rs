@@ -326,6 +326,148 @@ async fn client_token_makes_start_idempotent() {
     assert_eq!(list.watches.len(), 1);
 }
 
+fn expected_count(objects: u64) -> v1::Policy {
+    v1::Policy {
+        rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+            objects,
+            quiet_window: None,
+        })),
+        ..Default::default()
+    }
+}
+
+fn group_request(members: &[&v1::Watch], policy: v1::Policy) -> v1::StartWatchRequest {
+    v1::StartWatchRequest {
+        members: members.iter().map(|w| w.watch_id.clone()).collect(),
+        policy: Some(policy),
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_watch_group_completes_after_all_its_members_and_reopens_with_one() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    // Two data sets with their own rules: one object expected, and a quiet period.
+    let a = begin(
+        &mut client,
+        start_request("data-lake", "a/", expected_count(1)),
+    )
+    .await;
+    let mut quiet = quiet_period(Duration::from_secs(5));
+    quiet.late_window = Some(duration(Duration::from_secs(600)));
+    let b = begin(&mut client, start_request("data-lake", "b/", quiet)).await;
+    let policy = v1::Policy {
+        timeout: Some(duration(Duration::from_secs(3600))),
+        late_window: Some(duration(Duration::from_secs(600))),
+        ..Default::default()
+    };
+    let group = begin(&mut client, group_request(&[&a, &b], policy)).await;
+    assert_eq!(group.members, [a.watch_id.clone(), b.watch_id.clone()]);
+    assert_eq!(
+        (group.bucket.as_str(), group.state),
+        ("", v1::WatchState::Active as i32)
+    );
+    let mut stream = client.events(&group.watch_id, 0).await.unwrap();
+
+    let report = client
+        .ingest_s3_events(vec![created("data-lake", &["a/1", "b/1", "b/2"])])
+        .await
+        .unwrap();
+    assert_eq!(report.counted, 3, "each object counts in its member, once");
+    let mut a_events = client.events(&a.watch_id, 0).await.unwrap();
+    read_until(&mut a_events, LIMIT, |e| kind(e) == "completed").await;
+    let waiting = client.get_watch(&group.watch_id).await.unwrap();
+    assert_eq!(
+        waiting.state,
+        v1::WatchState::Active as i32,
+        "b is still active"
+    );
+    assert_eq!(
+        (waiting.object_count, waiting.event_count),
+        (3, 3),
+        "a group shows its members' sums"
+    );
+
+    idle(Duration::from_secs(6)).await;
+    let events = read_until(&mut stream, LIMIT, |e| kind(e) == "completed").await;
+    assert_eq!(kinds(&events), ["started", "completed"]);
+    assert_gapless(&events, 1);
+    let Some(v1::watch_event::Kind::Completed(done)) = &events[1].kind else {
+        unreachable!()
+    };
+    assert_eq!(done.object_count, 3);
+    assert_eq!(done.reason, "all 2 members completed; 3 objects");
+    let b_now = client.get_watch(&b.watch_id).await.unwrap();
+    assert_eq!(b_now.state, v1::WatchState::Completed as i32);
+    let group_now = client.get_watch(&group.watch_id).await.unwrap();
+    assert!(
+        to_millis(group_now.completed_at.unwrap()) >= to_millis(b_now.completed_at.unwrap()),
+        "the group completed before its last member"
+    );
+
+    // Late data reopens b, and with it the group, until b completes again.
+    client
+        .ingest_s3_events(vec![created("data-lake", &["b/late"])])
+        .await
+        .unwrap();
+    let events = read_until(&mut stream, LIMIT, |e| kind(e) == "reopened").await;
+    let Some(v1::watch_event::Kind::Reopened(reopened)) = &events[0].kind else {
+        panic!("{events:?}")
+    };
+    assert!(reopened.reason.contains(&b.watch_id), "{}", reopened.reason);
+    assert_eq!(events[0].generation, 2);
+    let reopened = client.get_watch(&group.watch_id).await.unwrap();
+    assert_eq!(
+        (reopened.state, reopened.generation),
+        (v1::WatchState::Active as i32, 2)
+    );
+    idle(Duration::from_secs(6)).await;
+    let events = read_until(&mut stream, LIMIT, |e| kind(e) == "completed").await;
+    assert_eq!(kinds(&events), ["completed"]);
+    assert_eq!(events[0].generation, 2);
+    let done = client.get_watch(&group.watch_id).await.unwrap();
+    assert_eq!((done.object_count, done.last_seq), (4, 4));
+}
+
+#[tokio::test]
+async fn a_watch_group_ends_timed_out_when_a_member_is_cancelled() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let a = begin(
+        &mut client,
+        start_request("data-lake", "a/", expected_count(1)),
+    )
+    .await;
+    let b = begin(
+        &mut client,
+        start_request("data-lake", "b/", expected_count(1)),
+    )
+    .await;
+    let group = begin(&mut client, group_request(&[&a, &b], v1::Policy::default())).await;
+    let stream = client.events(&group.watch_id, 0).await.unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a/1"])])
+        .await
+        .unwrap();
+    client
+        .cancel_watch(&b.watch_id, "job aborted")
+        .await
+        .unwrap();
+    let events = read_to_end(stream, LIMIT).await;
+    assert_eq!(kinds(&events), ["started", "timed_out"]);
+    let Some(v1::watch_event::Kind::TimedOut(ended)) = &events[1].kind else {
+        unreachable!()
+    };
+    assert_eq!(
+        ended.reason,
+        format!(
+            "member {} ended CANCELLED: job aborted; the group cannot complete",
+            b.watch_id
+        )
+    );
+}
+
 fn marker(key: &str, quiet_window: Option<Duration>, verify_manifest: bool) -> v1::Policy {
     v1::Policy {
         rule: Some(v1::policy::Rule::Marker(v1::MarkerRule {

@@ -13,7 +13,7 @@ use streamwatch_server::{
     clock::{Clock, Timestamp},
     policy::{self, DelaySchedule, Policy, Rule},
     service::StartWatch,
-    watch::{Bucket, EventKind, Prefix, TenantId, Watch, WatchEvent},
+    watch::{Bucket, EventKind, Prefix, Source, TenantId, Watch, WatchEvent},
 };
 use support::*;
 
@@ -29,9 +29,11 @@ fn tenant() -> TenantId {
 
 fn start(rule: Rule) -> StartWatch {
     StartWatch {
-        bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-        prefix: Prefix::parse("prefix", "").unwrap(),
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake").unwrap(),
+            Prefix::parse("prefix", "").unwrap(),
+            Default::default(),
+        ),
         policy: Policy {
             rule,
             ..Policy::default()

@@ -56,6 +56,59 @@ async fn a_restart_mid_watch_still_completes_it() {
 }
 
 #[tokio::test]
+async fn a_watch_group_survives_a_restart_and_completes_after_it() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let expect_one = || v1::Policy {
+        rule: Some(v1::policy::Rule::ExpectedCount(v1::ExpectedCountRule {
+            objects: 1,
+            quiet_window: None,
+        })),
+        ..Default::default()
+    };
+    let a = begin(&mut client, start_request("data-lake", "a/", expect_one())).await;
+    let b = begin(&mut client, start_request("data-lake", "b/", expect_one())).await;
+    let group = begin(
+        &mut client,
+        v1::StartWatchRequest {
+            members: vec![a.watch_id.clone(), b.watch_id.clone()],
+            ..Default::default()
+        },
+    )
+    .await
+    .watch_id;
+    client
+        .ingest_s3_events(vec![created("data-lake", &["a/1"])])
+        .await
+        .unwrap();
+    let mut a_events = client.events(&a.watch_id, 0).await.unwrap();
+    read_until(&mut a_events, LIMIT, |e| kind(e) == "completed").await;
+    drop(a_events);
+
+    let server = server.restart().await;
+    let mut client = server.client().await;
+    let resumed = client.get_watch(&group).await.unwrap();
+    assert_eq!(resumed.state, v1::WatchState::Active as i32);
+    assert_eq!(resumed.members, [a.watch_id.clone(), b.watch_id.clone()]);
+    // The restarted server read that a completed before; b completing now completes the group.
+    client
+        .ingest_s3_events(vec![created("data-lake", &["b/1"])])
+        .await
+        .unwrap();
+    let events = read_to_end(client.events(&group, 0).await.unwrap(), LIMIT).await;
+    assert_eq!(kinds(&events), ["started", "completed"]);
+    let done = client.get_watch(&group).await.unwrap();
+    assert_eq!(
+        (done.state, done.object_count, done.reason.as_str()),
+        (
+            v1::WatchState::Completed as i32,
+            2,
+            "all 2 members completed; 2 objects"
+        )
+    );
+}
+
+#[tokio::test]
 async fn a_deadline_that_passed_while_down_is_decided_at_startup() {
     let server = TestServer::start().await;
     let mut client = server.client().await;

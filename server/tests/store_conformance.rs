@@ -14,7 +14,7 @@ use streamwatch_server::{
         NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
     },
     watch::{
-        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, TenantId,
+        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, Source, TenantId,
         TraceContext, WatchId, WatchState,
     },
 };
@@ -29,9 +29,11 @@ fn new_watch(tenant_name: &str, token: Option<&str>) -> NewWatch {
     NewWatch {
         tenant: tenant(tenant_name),
         id: WatchId::generate(),
-        bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-        prefix: Prefix::parse("prefix", "day=1/").unwrap(),
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake").unwrap(),
+            Prefix::parse("prefix", "day=1/").unwrap(),
+            Default::default(),
+        ),
         policy: Policy::default(),
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: token.map(str::to_owned),
@@ -540,18 +542,21 @@ fn keys(objects: &[ManifestEntry]) -> Vec<&str> {
 
 async fn keeps_key_filters_and_sums_object_bytes_once_per_key(store: Arc<dyn Store>) {
     let new = NewWatch {
-        filter: KeyFilter::parse(vec!["**/*.parquet".into()], vec!["_temporary/**".into()])
-            .unwrap(),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake").unwrap(),
+            Prefix::parse("prefix", "day=1/").unwrap(),
+            KeyFilter::parse(vec!["**/*.parquet".into()], vec!["_temporary/**".into()]).unwrap(),
+        ),
         ..new_watch("acme", None)
     };
     let watch = create(&*store, new.clone()).await;
-    assert_eq!(watch.filter, new.filter);
+    assert_eq!(watch.source, new.source);
     let read = store
         .get_watch(&new.tenant, &new.id)
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(read.filter, new.filter, "the filter is stored");
+    assert_eq!(read.source, new.source, "the filter is stored");
     let out = store
         .record(
             vec![
@@ -1223,6 +1228,64 @@ fn rand_suffix() -> String {
     WatchId::generate().as_str().replace('-', "")[20..].to_owned()
 }
 
+async fn keeps_a_watch_groups_members(store: Arc<dyn Store>) {
+    let members = vec![WatchId::generate(), WatchId::generate()];
+    let new = NewWatch {
+        source: Source::Members {
+            members: members.clone(),
+        },
+        ..new_watch("acme", Some("group-1"))
+    };
+    let watch = create(&*store, new.clone()).await;
+    assert_eq!(watch.source.members(), members);
+    assert!(watch.source.as_objects().is_none(), "a group has no bucket");
+    let read = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, watch);
+    let events = store
+        .events_after(&new.tenant, &new.id, 0, 10)
+        .await
+        .unwrap();
+    let EventKind::Started { watch: started } = &events[0].kind else {
+        panic!("{events:?}")
+    };
+    assert_eq!(
+        started.source, watch.source,
+        "the log keeps the members too"
+    );
+    match store.create_watch(new.clone()).await.unwrap() {
+        Created::Existing(w) => assert_eq!(w.source, watch.source),
+        Created::New { .. } => panic!("the token must return the group"),
+    }
+    let listed = store
+        .list_watches(
+            &new.tenant,
+            &ListQuery {
+                limit: 10,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(listed, std::slice::from_ref(&watch));
+    let live = store.live_watches(NOW).await.unwrap();
+    assert!(
+        live.contains(&watch),
+        "an active group is armed after a restart"
+    );
+    let done = complete(&*store, &watch).await;
+    let Some(Applied::Done { watch: done, .. }) = done else {
+        panic!("{done:?}")
+    };
+    assert_eq!(
+        (done.state(), done.source.members()),
+        (WatchState::Completed, &members[..])
+    );
+}
+
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("conformance.db")).unwrap();
@@ -1287,5 +1350,6 @@ conformance!(
     attempts_are_fenced_by_the_lease_and_failures_logged,
     keeps_key_filters_and_sums_object_bytes_once_per_key,
     manifests_page_in_key_order_with_what_was_told,
+    keeps_a_watch_groups_members,
     counts_markers_apart_from_objects_once_per_marker,
 );

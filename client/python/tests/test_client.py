@@ -250,6 +250,26 @@ def test_wait_for_completion_raises_timed_out_and_cancelled_with_the_reason(acme
     assert info.value.reason == "not needed today"
 
 
+def test_a_group_completes_once_its_members_have_sync_and_async(server, acme):
+    a = acme.start_watch(BUCKET, unique_prefix("grp-a"), Policy.expected_count(1)).watch
+    b = acme.start_watch(BUCKET, unique_prefix("grp-b"), Policy.expected_count(1)).watch
+    group = acme.start_group([a.watch_id, b.watch_id], labels={"suite": "group"}).watch
+    assert list(group.members) == [a.watch_id, b.watch_id] and group.bucket == ""
+    acme.ingest_s3_events([s3_document(BUCKET, a.prefix + "1.json", b.prefix + "1.json")])
+    done = acme.wait_for_completion(group.watch_id, timeout=20)
+    assert done.state == watch_pb2.WATCH_STATE_COMPLETED and done.object_count == 2
+    with pytest.raises(InvalidArgument) as info:
+        acme.start_group([a.watch_id, a.watch_id])
+    assert info.value.field == "members[1]"
+
+    async def scenario():
+        async with AsyncClient(server.endpoint, token=TOKENS["acme"], timeout=10) as client:
+            again = (await client.start_group([a.watch_id])).watch
+            return await client.wait_for_completion(again.watch_id, timeout=20)
+
+    assert asyncio.run(scenario()).reason == "all 1 members completed; 1 objects"
+
+
 def test_wait_for_completion_gives_up_after_its_timeout(acme):
     w = acme.start_watch(BUCKET, unique_prefix("slow"), Policy.quiet_period(3600)).watch
     with pytest.raises(WaitTimeout) as info:

@@ -165,7 +165,7 @@ impl Connection {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Start watching a bucket/prefix
+    /// Start watching a bucket/prefix, or a group of watches (--member)
     #[command(after_help = EXIT_CODES)]
     // Boxed: the policy flags make it much larger than the other commands.
     Start(Box<StartArgs>),
@@ -206,7 +206,12 @@ enum Command {
 #[derive(Debug, Args)]
 struct StartArgs {
     /// The bucket to watch
-    bucket: String,
+    #[arg(required_unless_present = "members")]
+    bucket: Option<String>,
+
+    /// Start a watch group instead: it completes once every member watch has completed (repeatable, 1-100 watch ids)
+    #[arg(long = "member", value_name = "WATCH_ID", conflicts_with_all = ["bucket", "prefix", "include", "exclude"])]
+    members: Vec<String>,
 
     /// Only keys under this prefix
     #[arg(long)]
@@ -511,7 +516,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
 }
 
 async fn start(connection: &Connection, printer: Printer, args: StartArgs) -> anyhow::Result<u8> {
-    let mut request = WatchRequest::new(args.bucket)
+    let request = match args.bucket {
+        _ if !args.members.is_empty() => WatchRequest::group(args.members),
+        bucket => WatchRequest::new(bucket.unwrap_or_default()),
+    };
+    let mut request = request
         .prefix(args.prefix.unwrap_or_default())
         .policy(args.notify.apply(args.policy.policy()));
     for pattern in args.include {

@@ -22,6 +22,9 @@ pub struct WatchJson {
     pub watch_id: String,
     pub bucket: String,
     pub prefix: String,
+    /// A watch group's members.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
     pub state: &'static str,
     pub generation: u32,
     pub object_count: u64,
@@ -210,6 +213,15 @@ pub fn human_duration(d: Duration) -> String {
     }
 }
 
+/// `bucket/prefix`, or a watch group's `group of N: id, id`.
+fn source_text(w: &v1::Watch) -> String {
+    if w.members.is_empty() {
+        format!("{}/{}", w.bucket, w.prefix)
+    } else {
+        format!("group of {}: {}", w.members.len(), w.members.join(", "))
+    }
+}
+
 impl WatchJson {
     pub fn new(watch: &v1::Watch, created: Option<bool>) -> Self {
         Self {
@@ -217,6 +229,7 @@ impl WatchJson {
             watch_id: watch.watch_id.clone(),
             bucket: watch.bucket.clone(),
             prefix: watch.prefix.clone(),
+            members: watch.members.clone(),
             state: state_name(watch.state()),
             generation: watch.generation,
             object_count: watch.object_count,
@@ -386,14 +399,7 @@ pub fn event_line(event: &v1::WatchEvent) -> String {
         Some(Kind::Started(s)) => s
             .watch
             .as_ref()
-            .map(|w| {
-                format!(
-                    "{}/{} ({})",
-                    w.bucket,
-                    w.prefix,
-                    policy_text(w.policy.as_ref())
-                )
-            })
+            .map(|w| format!("{} ({})", source_text(w), policy_text(w.policy.as_ref())))
             .unwrap_or_default(),
         Some(Kind::Progress(p)) => format!(
             "objects {} ({} notifications, {} removed)",
@@ -503,7 +509,7 @@ impl Printer {
                 .unwrap_or_else(|| "-".into())
         };
         let mut text = format!(
-            "watch {}{}\n  state          {} (generation {})\n  watching       {}/{}\n  policy         {}\n  objects        {} ({} bytes; {} notifications, {} removed)\n  created        {}\n  last activity  {}\n",
+            "watch {}{}\n  state          {} (generation {})\n  watching       {}\n  policy         {}\n  objects        {} ({} bytes; {} notifications, {} removed)\n  created        {}\n  last activity  {}\n",
             watch.watch_id,
             if created == Some(false) {
                 " (already started with this client token)"
@@ -512,8 +518,7 @@ impl Printer {
             },
             state_name(watch.state()).to_uppercase(),
             watch.generation,
-            watch.bucket,
-            watch.prefix,
+            source_text(watch),
             policy_text(watch.policy.as_ref()),
             watch.object_count,
             watch.object_bytes,
@@ -590,13 +595,12 @@ impl Printer {
                 .unwrap_or_default();
             writeln!(
                 out,
-                "{:<36}  {:<9}  {:>8}  {:<24}  {}/{}",
+                "{:<36}  {:<9}  {:>8}  {:<24}  {}",
                 w.watch_id,
                 state_name(w.state()),
                 w.object_count,
                 created,
-                w.bucket,
-                w.prefix
+                source_text(w)
             )?;
         }
         Ok(())

@@ -200,8 +200,7 @@ struct RouteBook {
 struct Known {
     shard: u32,
     created_at: Timestamp,
-    bucket: crate::watch::Bucket,
-    prefix: crate::watch::Prefix,
+    source: crate::watch::Source,
 }
 
 /// This replica's part of the cluster: built by [`Cluster::start`], which
@@ -652,14 +651,13 @@ impl RouteRefresher {
                 }
                 let shard = self.ownership.shard(&e.key.id);
                 self.routes
-                    .add(&e.bucket, &e.key, &e.prefix, &e.filter, e.marker.as_deref());
+                    .add_source(&e.source, &e.key, e.marker.as_deref());
                 known.insert(
                     e.key.clone(),
                     Known {
                         shard,
                         created_at: e.created_at,
-                        bucket: e.bucket,
-                        prefix: e.prefix,
+                        source: e.source,
                     },
                 );
                 fresh.push((e.key, shard));
@@ -709,19 +707,18 @@ impl RouteRefresher {
         known.retain(|key, k| {
             let keep = listed.contains(key) || k.created_at >= keep_after;
             if !keep {
-                self.routes.remove(&k.bucket, key, &k.prefix);
+                self.routes.remove_source(&k.source, key);
             }
             keep
         });
         for w in &live {
             if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(w.key()) {
                 self.routes
-                    .add(&w.bucket, slot.key(), &w.prefix, &w.filter, w.marker_key());
+                    .add_source(&w.source, slot.key(), w.marker_key());
                 slot.insert(Known {
                     shard: self.ownership.shard(&w.id),
                     created_at: w.created_at,
-                    bucket: w.bucket.clone(),
-                    prefix: w.prefix.clone(),
+                    source: w.source.clone(),
                 });
             }
         }

@@ -128,7 +128,7 @@ pub fn body(watch: &Watch, event: &WatchEvent) -> String {
     if let Some(fields) = detail.as_object_mut() {
         fields.remove("kind");
     }
-    serde_json::json!({
+    let mut body = serde_json::json!({
         "idempotency_key": format!("{}:{}:{}", event.watch_id, event.generation, event.seq),
         "event": {
             "watch_id": event.watch_id.as_str(),
@@ -140,8 +140,8 @@ pub fn body(watch: &Watch, event: &WatchEvent) -> String {
         },
         "watch": {
             "watch_id": watch.id.as_str(),
-            "bucket": watch.bucket.as_str(),
-            "prefix": watch.prefix.as_str(),
+            "bucket": watch.source.as_objects().map_or("", |o| o.bucket.as_str()),
+            "prefix": watch.source.as_objects().map_or("", |o| o.prefix.as_str()),
             "state": watch.state().as_str(),
             "generation": watch.lifecycle.generation,
             "object_count": watch.counters.object_count,
@@ -154,8 +154,12 @@ pub fn body(watch: &Watch, event: &WatchEvent) -> String {
             "labels": watch.labels,
             "last_seq": watch.last_seq,
         },
-    })
-    .to_string()
+    });
+    if watch.is_group() {
+        // A group has no bucket: its members instead.
+        body["watch"]["members"] = serde_json::json!(watch.source.members());
+    }
+    body.to_string()
 }
 
 /// The delivery task.

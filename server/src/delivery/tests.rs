@@ -19,7 +19,8 @@ use crate::{
     policy::{self, Policy},
     store::{Applied, Created, Guard, NewWatch, Store, sqlite::SqliteStore},
     watch::{
-        Bucket, EventKind, Notify, NotifyTarget, Prefix, TenantId, Watch, WatchId, WatchState,
+        Bucket, EventKind, Notify, NotifyTarget, Prefix, Source, TenantId, Watch, WatchId,
+        WatchState,
     },
 };
 
@@ -85,9 +86,11 @@ async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: Delive
     let new = NewWatch {
         tenant: tenant.clone(),
         id: WatchId::generate(),
-        bucket: Bucket::parse("b", "data-lake").unwrap(),
-        prefix: Prefix::parse("p", "").unwrap(),
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("b", "data-lake").unwrap(),
+            Prefix::parse("p", "").unwrap(),
+            Default::default(),
+        ),
         policy: Policy {
             notify: Notify {
                 targets: vec![NotifyTarget::Webhook {
@@ -322,9 +325,11 @@ fn bodies_carry_the_event_and_the_watch() {
     let mut watch = Watch {
         tenant: tenant.clone(),
         id: WatchId::generate(),
-        bucket: Bucket::parse("b", "data-lake").unwrap(),
-        prefix: Prefix::parse("p", "day=1/").unwrap(),
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("b", "data-lake").unwrap(),
+            Prefix::parse("p", "day=1/").unwrap(),
+            Default::default(),
+        ),
         policy: Policy::default(),
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: None,

@@ -106,10 +106,14 @@ pub async fn check(
     watch: &Watch,
 ) -> Result<Checked, String> {
     let marker = watch.marker_key().ok_or("the watch has no marker rule")?;
-    let key = format!("{}{marker}", watch.prefix.as_str());
+    let objects = watch
+        .source
+        .as_objects()
+        .ok_or("a watch group has no marker")?;
+    let key = format!("{}{marker}", objects.prefix.as_str());
     let object = s3
         .get_object()
-        .bucket(watch.bucket.as_str())
+        .bucket(objects.bucket.as_str())
         .key(&key)
         .send()
         .await
@@ -136,7 +140,7 @@ pub async fn check(
         .await
         .map_err(|e| format!("cannot read the marker {key}: {e}"))?
         .into_bytes();
-    match listed_keys(&body, watch.bucket.as_str()) {
+    match listed_keys(&body, objects.bucket.as_str()) {
         Err(problem) => Ok(Checked {
             check: check(0, problem),
             missing: Vec::new(),
@@ -166,9 +170,7 @@ pub async fn missing(
         .zip(counted)
         .filter_map(|(key, counted)| (!counted).then_some(key))
         .collect();
-    let outside = missing
-        .iter()
-        .find(|k| !watch.prefix.matches(k) || !takes(watch, k));
+    let outside = missing.iter().find(|k| !counts(watch, k));
     let problem = outside
         .map(|k| format!("the marker's manifest lists {k:?}, which this watch does not count (outside its prefix or key filter)"))
         .unwrap_or_default();
@@ -184,10 +186,13 @@ pub async fn missing(
     })
 }
 
-/// Whether the watch's key filter takes `key` (under its prefix).
-fn takes(watch: &Watch, key: &str) -> bool {
-    let below = key.strip_prefix(watch.prefix.as_str()).unwrap_or(key);
-    watch.filter.matcher().is_none_or(|m| m.matches(below))
+/// Whether `watch` counts `key`: under its prefix, and taken by its key filter.
+fn counts(watch: &Watch, key: &str) -> bool {
+    let Some(o) = watch.source.as_objects() else {
+        return false;
+    };
+    key.strip_prefix(o.prefix.as_str())
+        .is_some_and(|below| o.filter.matcher().is_none_or(|m| m.matches(below)))
 }
 
 #[cfg(test)]

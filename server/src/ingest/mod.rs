@@ -39,7 +39,7 @@ use crate::{
     metrics::{Metrics, Notifications},
     observer::ObserverHandle,
     store::{Activity, ActivityKind, Recorded, Store},
-    watch::{Bucket, KeyFilter, KeyMatcher, Prefix, TenantId, WatchKey},
+    watch::{Bucket, KeyFilter, KeyMatcher, Prefix, Source, TenantId, WatchKey},
 };
 
 /// Largest notification document accepted (SQS and SNS cap bodies at 256 KiB).
@@ -424,6 +424,21 @@ impl Routes {
         map.entry(bucket.clone())
             .or_default()
             .add(prefix, key, route);
+    }
+
+    /// Routes what `source` counts to `key`, and its marker key below the
+    /// prefix, if any, as its marker (a group counts nothing).
+    pub fn add_source(&self, source: &Source, key: &WatchKey, marker: Option<&str>) {
+        if let Some(o) = source.as_objects() {
+            self.add(&o.bucket, key, &o.prefix, &o.filter, marker);
+        }
+    }
+
+    /// Undoes [`Self::add_source`].
+    pub fn remove_source(&self, source: &Source, key: &WatchKey) {
+        if let Some(o) = source.as_objects() {
+            self.remove(&o.bucket, key, &o.prefix);
+        }
     }
 
     pub fn remove(&self, bucket: &Bucket, key: &WatchKey, prefix: &Prefix) {

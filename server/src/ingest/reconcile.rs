@@ -73,11 +73,15 @@ impl Reconciler {
         watch: &Watch,
         now: Timestamp,
     ) -> Result<Option<(Watch, Vec<WatchEvent>)>, String> {
+        let Some(objects) = watch.source.as_objects() else {
+            // A group counts no objects of its own (and takes no reconcile).
+            return Ok(None);
+        };
         let listed = self
-            .list(watch.bucket.as_str(), watch.prefix.as_str())
+            .list(objects.bucket.as_str(), objects.prefix.as_str())
             .await?;
-        let matcher = watch.filter.matcher();
-        let prefix = watch.prefix.as_str();
+        let matcher = objects.filter.matcher();
+        let prefix = objects.prefix.as_str();
         let activities: Vec<Activity> = listed
             .into_iter()
             .filter_map(|o| {

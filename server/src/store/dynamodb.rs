@@ -55,8 +55,8 @@ use crate::{
     clock::Timestamp,
     policy,
     watch::{
-        Counters, EventKind, KeyFilter, Lifecycle, TenantId, TraceContext, Watch, WatchEvent,
-        WatchId, WatchKey, WatchState,
+        Counters, EventKind, KeyFilter, Lifecycle, Source, TenantId, TraceContext, Watch,
+        WatchEvent, WatchId, WatchKey, WatchState,
     },
 };
 
@@ -297,11 +297,7 @@ fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
         "live_shard".into(),
         s(format!("LIVE#{}", shard_of(&w.id, shards))),
     );
-    item.insert("bucket".into(), s(w.bucket.as_str()));
-    item.insert("prefix".into(), s(w.prefix.as_str()));
-    if !w.filter.is_empty() {
-        item.insert("filter".into(), s(json(&w.filter)?));
-    }
+    source_attributes(&mut item, &w.source)?;
     item.insert("policy".into(), s(json(&w.policy)?));
     let labels = w.labels.iter().map(|(k, v)| (k.clone(), s(v))).collect();
     item.insert("labels".into(), AttributeValue::M(labels));
@@ -348,6 +344,47 @@ fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     Ok(item)
 }
 
+/// `bucket`, `prefix` and `filter` of a watch of objects; a group's
+/// `members` (a list of ids) instead.
+fn source_attributes(item: &mut Item, source: &Source) -> Result<()> {
+    match source {
+        Source::Objects(o) => {
+            item.insert("bucket".into(), s(o.bucket.as_str()));
+            item.insert("prefix".into(), s(o.prefix.as_str()));
+            if !o.filter.is_empty() {
+                item.insert("filter".into(), s(json(&o.filter)?));
+            }
+        }
+        Source::Members { members } => {
+            let ids = members.iter().map(|id| s(id.as_str())).collect();
+            item.insert("members".into(), AttributeValue::L(ids));
+        }
+    }
+    Ok(())
+}
+
+/// The source of a watch or route item.
+fn item_source(item: &Item) -> Result<Source> {
+    match item.get("members") {
+        None => Ok(Source::objects(
+            stored(get_s(item, "bucket")?)?,
+            stored(get_s(item, "prefix")?)?,
+            item_filter(item)?,
+        )),
+        Some(AttributeValue::L(ids)) => Ok(Source::Members {
+            members: ids
+                .iter()
+                .map(|v| {
+                    v.as_s()
+                        .map_err(|_| corrupt("members"))
+                        .and_then(|id| stored(id))
+                })
+                .collect::<Result<_>>()?,
+        }),
+        Some(_) => Err(corrupt("members")),
+    }
+}
+
 /// A string attribute the item may lack (empty when absent).
 fn opt_s(item: &Item, name: &str) -> String {
     item.get(name)
@@ -380,9 +417,7 @@ fn item_watch(item: &Item) -> Result<Watch> {
     Ok(Watch {
         tenant: stored(get_s(item, "tenant")?)?,
         id: stored(get_s(item, "watch_id")?)?,
-        bucket: stored(get_s(item, "bucket")?)?,
-        prefix: stored(get_s(item, "prefix")?)?,
-        filter: item_filter(item)?,
+        source: item_source(item)?,
         policy: from_json(get_s(item, "policy")?)?,
         labels,
         client_token: item
@@ -453,13 +488,8 @@ fn route_item(w: &Watch) -> Item {
     );
     item.insert("tenant".into(), s(w.tenant.as_str()));
     item.insert("watch_id".into(), s(w.id.as_str()));
-    item.insert("bucket".into(), s(w.bucket.as_str()));
-    item.insert("prefix".into(), s(w.prefix.as_str()));
-    if !w.filter.is_empty()
-        && let Ok(filter) = json(&w.filter)
-    {
-        item.insert("filter".into(), s(filter));
-    }
+    // A filter serializes (it is strings); a group's route item says it routes nothing.
+    let _ = source_attributes(&mut item, &w.source);
     if let Some(marker) = w.marker_key() {
         item.insert("marker".into(), s(marker));
     }
@@ -1201,9 +1231,7 @@ impl Store for DynamoStore {
             let watch = Watch {
                 tenant: new.tenant.clone(),
                 id: new.id.clone(),
-                bucket: new.bucket.clone(),
-                prefix: new.prefix.clone(),
-                filter: new.filter.clone(),
+                source: new.source.clone(),
                 policy: new.policy.clone(),
                 labels: new.labels.clone(),
                 client_token: new.client_token.clone(),

@@ -36,8 +36,8 @@ use crate::{
     clock::Timestamp,
     policy::Policy,
     watch::{
-        Bucket, Counters, EventKind, KeyFilter, Labels, Lifecycle, NotifyTarget, Prefix, TenantId,
-        TraceContext, Watch, WatchEvent, WatchId, WatchState,
+        Counters, EventKind, Labels, Lifecycle, NotifyTarget, Source, TenantId, TraceContext,
+        Watch, WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -88,9 +88,7 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 pub struct NewWatch {
     pub tenant: TenantId,
     pub id: WatchId,
-    pub bucket: Bucket,
-    pub prefix: Prefix,
-    pub filter: KeyFilter,
+    pub source: Source,
     pub policy: Policy,
     pub labels: Labels,
     pub client_token: Option<String>,

@@ -41,7 +41,7 @@ use crate::{
     clock::Timestamp,
     policy,
     watch::{
-        Counters, EventKind, KeyFilter, Lifecycle, Prefix, TenantId, TraceContext, Watch,
+        Counters, EventKind, KeyFilter, Lifecycle, Prefix, Source, TenantId, TraceContext, Watch,
         WatchEvent, WatchId, WatchState,
     },
 };
@@ -53,8 +53,10 @@ const READERS: usize = 4;
 /// get it, empty, when opened: their keys' earlier sequencers were not kept).
 /// 4: key filters and `object_bytes` on `watches`; size, event time and
 /// generation on `seen_keys` (rows of older files read as size 0, no event
-/// time, generation 1). 5: `marker_count`, `marker_at` and
-/// `newest_event_at` on `watches` (`seen_keys` rows of kind 2 are markers).
+/// time, generation 1). 5: `watches.members`, a watch group's members as a
+/// JSON list (empty for a watch of objects; a group's `bucket` and `prefix`
+/// are empty); `marker_count`, `marker_at` and `newest_event_at` on `watches`
+/// (`seen_keys` rows of kind 2 are markers).
 const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
@@ -147,7 +149,13 @@ ALTER TABLE seen_keys ADD COLUMN event_time INTEGER;
 ALTER TABLE seen_keys ADD COLUMN generation INTEGER NOT NULL DEFAULT 1;
 ";
 
-/// Version 5: added once, when `watches.marker_count` is missing.
+/// Version 5: added to files created before it (and to new files), once,
+/// when `watches.members` is missing.
+const MEMBERS_COLUMN: &str = "
+ALTER TABLE watches ADD COLUMN members TEXT NOT NULL DEFAULT '';
+";
+
+/// Version 5 too: added once, when `watches.marker_count` is missing.
 const MARKER_COLUMNS: &str = "
 ALTER TABLE watches ADD COLUMN marker_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE watches ADD COLUMN marker_at INTEGER;
@@ -156,7 +164,8 @@ ALTER TABLE watches ADD COLUMN newest_event_at INTEGER;
 
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
      generation, generation_started_at, completed_at, reason, polling, object_count, event_count, removed_count, \
-     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes, marker_count, marker_at, newest_event_at";
+     last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes, members, marker_count, marker_at, \
+     newest_event_at";
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -302,6 +311,14 @@ impl SqliteStore {
         )?;
         if !has_manifest {
             tx.execute_batch(MANIFEST_COLUMNS)?;
+        }
+        let has_members: bool = tx.query_row(
+            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'members'",
+            [],
+            |r| r.get(0),
+        )?;
+        if !has_members {
+            tx.execute_batch(MEMBERS_COLUMN)?;
         }
         let has_marker: bool = tx.query_row(
             "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'marker_count'",
@@ -511,16 +528,26 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
     let state = WatchState::from_str_opt(&state_raw)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown watch state {state_raw:?}")))?;
     let filter = text(21)?;
+    let members = text(23)?;
+    let source = if members.is_empty() {
+        Source::objects(
+            stored(text(2)?)?,
+            stored::<Prefix>(text(3)?)?,
+            if filter.is_empty() {
+                KeyFilter::default()
+            } else {
+                from_json(&filter)?
+            },
+        )
+    } else {
+        Source::Members {
+            members: from_json(&members)?,
+        }
+    };
     Ok(Watch {
         tenant: stored(text(0)?)?,
         id: stored(text(1)?)?,
-        bucket: stored(text(2)?)?,
-        prefix: stored::<Prefix>(text(3)?)?,
-        filter: if filter.is_empty() {
-            KeyFilter::default()
-        } else {
-            from_json(&filter)?
-        },
+        source,
         policy: from_json(&text(4)?)?,
         labels: from_json(&text(5)?)?,
         client_token: row.get(6)?,
@@ -539,9 +566,9 @@ fn row_to_watch(row: &Row<'_>) -> Result<Watch> {
             removed_count: count(16)?,
             object_bytes: count(22)?,
             last_activity_at: ts(17)?,
-            marker_count: count(23)?,
-            marker_at: ts(24)?,
-            newest_event_at: ts(25)?,
+            marker_count: count(24)?,
+            marker_at: ts(25)?,
+            newest_event_at: ts(26)?,
         },
         last_seq: count(18)?,
         trace: TraceContext {
@@ -611,9 +638,7 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
     let mut watch = Watch {
         tenant: new.tenant,
         id: new.id,
-        bucket: new.bucket,
-        prefix: new.prefix,
-        filter: new.filter,
+        source: new.source,
         policy: new.policy,
         labels: new.labels,
         client_token: new.client_token,
@@ -623,6 +648,7 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         last_seq: 0,
         trace: new.trace,
     };
+    let objects = watch.source.as_objects();
     let late_window_ms = watch
         .policy
         .late_window
@@ -630,14 +656,14 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
     conn.prepare_cached(
         "INSERT INTO watches (tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
          generation, generation_started_at, completed_at, reason, polling, late_window_ms, object_count, event_count, \
-         removed_count, last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1, ?14, ?15, ?16, 0)",
+         removed_count, last_activity_at, last_seq, traceparent, tracestate, filter, object_bytes, members) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, NULL, '', ?12, ?13, 0, 0, 0, NULL, 1, ?14, ?15, ?16, 0, ?17)",
     )?
     .execute(params![
         watch.tenant.as_str(),
         watch.id.as_str(),
-        watch.bucket.as_str(),
-        watch.prefix.as_str(),
+        objects.map_or("", |o| o.bucket.as_str()),
+        objects.map_or("", |o| o.prefix.as_str()),
         json(&watch.policy)?,
         json(&watch.labels)?,
         watch.client_token,
@@ -649,10 +675,13 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         late_window_ms,
         watch.trace.traceparent,
         watch.trace.tracestate,
-        if watch.filter.is_empty() {
-            String::new()
-        } else {
-            json(&watch.filter)?
+        match objects {
+            Some(o) if !o.filter.is_empty() => json(&o.filter)?,
+            _ => String::new(),
+        },
+        match &watch.source {
+            Source::Members { members } => json(members)?,
+            Source::Objects(_) => String::new(),
         },
     ])?;
     let mut label_stmt = conn.prepare_cached(
@@ -1246,9 +1275,11 @@ mod tests {
         NewWatch {
             tenant: tenant.clone(),
             id: id.clone(),
-            bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-            prefix: Prefix::parse("prefix", "").unwrap(),
-            filter: KeyFilter::default(),
+            source: Source::objects(
+                Bucket::parse("bucket", "data-lake").unwrap(),
+                Prefix::parse("prefix", "").unwrap(),
+                KeyFilter::default(),
+            ),
             policy: crate::policy::Policy::default(),
             labels: Labels::default(),
             client_token: None,
@@ -1319,6 +1350,50 @@ mod tests {
             .map(|o| (o.key.as_str(), o.size, o.event_time.is_some(), o.generation))
             .collect();
         assert_eq!(listed, [("new", 5, true, 1), ("old", 0, false, 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_version_4_file_gets_group_members_and_keeps_its_watches() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v4.db");
+        let tenant = TenantId::parse("tenant", "acme").unwrap();
+        let id = WatchId::generate();
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let store = SqliteStore::open(&path).unwrap();
+        let old = match store
+            .create_watch(data_lake_watch(&tenant, &id, now))
+            .await
+            .unwrap()
+        {
+            Created::New { watch, .. } => watch,
+            Created::Existing(_) => unreachable!("a fresh file"),
+        };
+        store.close().await.unwrap();
+        drop(store);
+        // Version 4 had no members column.
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("ALTER TABLE watches DROP COLUMN members; PRAGMA user_version = 4;")
+            .unwrap();
+
+        let store = SqliteStore::open(&path).unwrap();
+        let version: i64 = Connection::open(&path)
+            .unwrap()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 5);
+        let read = store.get_watch(&tenant, &id).await.unwrap().unwrap();
+        assert_eq!(read, old, "a watch of objects reads as before");
+        let group = NewWatch {
+            id: WatchId::generate(),
+            source: Source::Members {
+                members: vec![id.clone()],
+            },
+            ..data_lake_watch(&tenant, &id, now)
+        };
+        store.create_watch(group.clone()).await.unwrap();
+        let read = store.get_watch(&tenant, &group.id).await.unwrap().unwrap();
+        assert_eq!(read.source, group.source);
     }
 
     fn classified(e: rusqlite::Error) -> StoreError {

@@ -17,7 +17,7 @@ use std::{collections::HashSet, fmt::Write as _, time::Duration};
 use streamwatch_server::{
     clock::Timestamp,
     policy::{self, DelaySchedule, Policy, Rule},
-    watch::{Bucket, Counters, EventKind, Prefix, TenantId, Watch, WatchId, WatchState},
+    watch::{Bucket, Counters, EventKind, Prefix, Source, TenantId, Watch, WatchId, WatchState},
 };
 
 /// Where simulated time starts; the watch starts here, objects 5s later.
@@ -327,9 +327,11 @@ pub fn replay(policy: &Policy, run: &Run) -> Outcome {
     let mut watch = Watch {
         tenant: TenantId::parse("tenant", "scoring").unwrap(),
         id: WatchId::parse("watch_id", "01a217db-5f80-753f-b7b3-c836ae73bab5").unwrap(),
-        bucket: Bucket::parse("bucket", "data-lake").unwrap(),
-        prefix: Prefix::parse("prefix", "").unwrap(),
-        filter: Default::default(),
+        source: Source::objects(
+            Bucket::parse("bucket", "data-lake").unwrap(),
+            Prefix::parse("prefix", "").unwrap(),
+            Default::default(),
+        ),
         policy: Policy {
             late_window: Some(LATE_WINDOW),
             ..policy.clone()

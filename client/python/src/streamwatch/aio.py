@@ -85,6 +85,18 @@ class AsyncClient:
         request = start_request(bucket, prefix, policy, labels, client_token, include, exclude)
         return await self._call(self.watches.StartWatch, request)
 
+    async def start_group(
+        self,
+        members: Sequence[str],
+        policy: Union[Policy, watch_pb2.Policy, None] = None,
+        *,
+        labels: Optional[Mapping[str, str]] = None,
+        client_token: Optional[str] = None,
+    ) -> watch_pb2.StartWatchResponse:
+        """As `Client.start_group`."""
+        request = start_request("", "", policy, labels, client_token, members=members)
+        return await self._call(self.watches.StartWatch, request)
+
     async def list_watch_objects(
         self, watch_id: str, *, generation: int = 0, page_size: Optional[int] = None
     ) -> AsyncIterator[watch_pb2.WatchObject]:

@@ -37,7 +37,10 @@ def start_request(
     client_token: Optional[str],
     include: Sequence[str] = (),
     exclude: Sequence[str] = (),
+    members: Sequence[str] = (),
 ) -> watch_pb2.StartWatchRequest:
+    if isinstance(members, str):
+        raise TypeError("members must be a sequence of watch ids, not one string")
     if isinstance(policy, Policy):
         policy = None if policy == Policy() else policy.to_proto()
     for name, patterns in (("include", include), ("exclude", exclude)):
@@ -51,6 +54,7 @@ def start_request(
         client_token=client_token or "",
         include=list(include),
         exclude=list(exclude),
+        members=list(members),
     )
 
 
@@ -155,6 +159,21 @@ class Client:
         (`**/*.parquet`; `**` crosses `/`, `*` does not): a key counts when it
         matches any include (none: every key) and no exclude."""
         request = start_request(bucket, prefix, policy, labels, client_token, include, exclude)
+        return self._call(self.watches.StartWatch, request)
+
+    def start_group(
+        self,
+        members: Sequence[str],
+        policy: Union[Policy, watch_pb2.Policy, None] = None,
+        *,
+        labels: Optional[Mapping[str, str]] = None,
+        client_token: Optional[str] = None,
+    ) -> watch_pb2.StartWatchResponse:
+        """Starts a watch group: it completes once every one of `members`
+        (ids of this tenant's watches) has completed, and ends TIMED_OUT
+        naming a member that did not. The policy may set timeout, late window
+        and notify targets, no rule."""
+        request = start_request("", "", policy, labels, client_token, members=members)
         return self._call(self.watches.StartWatch, request)
 
     def list_watch_objects(

@@ -26,7 +26,7 @@ use super::{
 use crate::{
     clock::Timestamp,
     store::Fence,
-    watch::{Bucket, Prefix, TenantId, Watch, WatchId, WatchKey},
+    watch::{Source, TenantId, Watch, WatchId, WatchKey},
 };
 
 const CLUSTER_PK: &str = "CLUSTER";
@@ -88,9 +88,8 @@ pub struct ClusterView {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteEntry {
     pub key: WatchKey,
-    pub bucket: Bucket,
-    pub prefix: Prefix,
-    pub filter: crate::watch::KeyFilter,
+    /// What the watch routes (nothing, for a group: it is listed to be adopted).
+    pub source: Source,
     /// The marker key below the prefix (`policy.marker`).
     pub marker: Option<String>,
     pub created_at: Timestamp,
@@ -420,9 +419,7 @@ impl DynamoStore {
                 let id: WatchId = super::stored(get_s(item, "watch_id")?)?;
                 out.push(RouteEntry {
                     key: WatchKey { tenant, id },
-                    bucket: super::stored(get_s(item, "bucket")?)?,
-                    prefix: super::stored(get_s(item, "prefix")?)?,
-                    filter: super::item_filter(item)?,
+                    source: super::item_source(item)?,
                     marker: item.get("marker").and_then(|v| v.as_s().ok()).cloned(),
                     created_at: Timestamp::from_millis(get_n(item, "created_at")?),
                 });

@@ -211,7 +211,7 @@ class AdaptiveWindow(_message.Message):
     def __init__(self, window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gap_quantile: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., gaps: _Optional[int] = ..., explanation: _Optional[str] = ...) -> None: ...
 
 class Watch(_message.Message):
-    __slots__ = ("watch_id", "bucket", "prefix", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "marker", "newest_event_time", "deliveries", "traceparent", "tracestate")
+    __slots__ = ("watch_id", "bucket", "prefix", "members", "policy", "state", "object_count", "event_count", "removed_count", "object_bytes", "include", "exclude", "created_at", "last_activity_at", "completed_at", "generation", "last_seq", "reason", "labels", "adaptive_window", "marker", "newest_event_time", "deliveries", "traceparent", "tracestate")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -222,6 +222,7 @@ class Watch(_message.Message):
     WATCH_ID_FIELD_NUMBER: _ClassVar[int]
     BUCKET_FIELD_NUMBER: _ClassVar[int]
     PREFIX_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     OBJECT_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -246,6 +247,7 @@ class Watch(_message.Message):
     watch_id: str
     bucket: str
     prefix: str
+    members: _containers.RepeatedScalarFieldContainer[str]
     policy: Policy
     state: WatchState
     object_count: int
@@ -267,10 +269,10 @@ class Watch(_message.Message):
     deliveries: _containers.RepeatedCompositeFieldContainer[Delivery]
     traceparent: str
     tracestate: str
-    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., marker: _Optional[_Union[MarkerStatus, _Mapping]] = ..., newest_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
+    def __init__(self, watch_id: _Optional[str] = ..., bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., members: _Optional[_Iterable[str]] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., state: _Optional[_Union[WatchState, str]] = ..., object_count: _Optional[int] = ..., event_count: _Optional[int] = ..., removed_count: _Optional[int] = ..., object_bytes: _Optional[int] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_activity_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., completed_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., last_seq: _Optional[int] = ..., reason: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., adaptive_window: _Optional[_Union[AdaptiveWindow, _Mapping]] = ..., marker: _Optional[_Union[MarkerStatus, _Mapping]] = ..., newest_event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., deliveries: _Optional[_Iterable[_Union[Delivery, _Mapping]]] = ..., traceparent: _Optional[str] = ..., tracestate: _Optional[str] = ...) -> None: ...
 
 class StartWatchRequest(_message.Message):
-    __slots__ = ("bucket", "prefix", "policy", "labels", "client_token", "include", "exclude")
+    __slots__ = ("bucket", "prefix", "policy", "labels", "client_token", "include", "exclude", "members")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -285,6 +287,7 @@ class StartWatchRequest(_message.Message):
     CLIENT_TOKEN_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_FIELD_NUMBER: _ClassVar[int]
     EXCLUDE_FIELD_NUMBER: _ClassVar[int]
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
     bucket: str
     prefix: str
     policy: Policy
@@ -292,7 +295,8 @@ class StartWatchRequest(_message.Message):
     client_token: str
     include: _containers.RepeatedScalarFieldContainer[str]
     exclude: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_token: _Optional[str] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ...) -> None: ...
+    members: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bucket: _Optional[str] = ..., prefix: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., labels: _Optional[_Mapping[str, str]] = ..., client_token: _Optional[str] = ..., include: _Optional[_Iterable[str]] = ..., exclude: _Optional[_Iterable[str]] = ..., members: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class StartWatchResponse(_message.Message):
     __slots__ = ("watch", "created")

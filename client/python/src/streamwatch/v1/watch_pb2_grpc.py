@@ -70,7 +70,8 @@ class WatchServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def StartWatch(self, request, context):
-        """Starts watching `bucket`/`prefix`. Idempotent on `client_token`.
+        """Starts watching `bucket`/`prefix`, or starts a watch group over
+        `members`. Idempotent on `client_token`.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
