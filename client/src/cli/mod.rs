@@ -271,7 +271,7 @@ struct PolicyArgs {
     #[arg(long, conflicts_with_all = ["quiet_period", "expected", "poll_delay"])]
     adaptive: bool,
 
-    /// The adaptive window's lower bound [server default: 100s]
+    /// The adaptive window's lower bound [server default: 100s; 75s with --reconcile]
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, requires = "adaptive")]
     adaptive_min: Option<Duration>,
 
@@ -283,7 +283,7 @@ struct PolicyArgs {
     #[arg(long, value_name = "Q", requires = "adaptive")]
     adaptive_quantile: Option<f64>,
 
-    /// The multiplier on that quantile, 1 to 100 [server default: 1.5]
+    /// The multiplier on that quantile, 1 to 100 [server default: 1.5; 1.2 with --reconcile]
     #[arg(long, value_name = "F", requires = "adaptive")]
     adaptive_safety_factor: Option<f64>,
 
