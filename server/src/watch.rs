@@ -701,6 +701,17 @@ impl Watch {
         }
     }
 
+    /// The generation an object counted now belongs to: the current one, or,
+    /// for late activity after a completion, the one its reopening starts
+    /// (should the reopening be refused, by a quota, the object keeps that
+    /// number and is listed with every generation's objects).
+    pub fn counting_generation(&self) -> u32 {
+        match self.lifecycle.state {
+            WatchState::Completed => self.lifecycle.generation + 1,
+            _ => self.lifecycle.generation,
+        }
+    }
+
     /// Whether activity at `now` still counts into this watch.
     pub fn accepts_activity(&self, now: Timestamp) -> bool {
         self.lifecycle.state == WatchState::Active

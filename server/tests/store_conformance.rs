@@ -687,6 +687,61 @@ async fn counts_markers_apart_from_objects_once_per_marker(store: Arc<dyn Store>
     );
 }
 
+async fn late_objects_belong_to_the_generation_their_reopening_starts(store: Arc<dyn Store>) {
+    let new = NewWatch {
+        policy: Policy {
+            late_window: Some(Duration::from_secs(3600)),
+            ..Policy::default()
+        },
+        ..new_watch("acme", None)
+    };
+    let watch = create(&*store, new.clone()).await;
+    store
+        .record(vec![sized(&new, "day=1/a", "01", 1)], NOW)
+        .await
+        .unwrap();
+    let watch = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    let done = Lifecycle {
+        state: WatchState::Completed,
+        completed_at: Some(NOW),
+        ..watch.lifecycle.clone()
+    };
+    let completed = EventKind::Completed {
+        object_count: 1,
+        object_bytes: 1,
+        reason: "done".into(),
+    };
+    store
+        .apply(
+            &new.tenant,
+            &new.id,
+            Guard::exact(&watch),
+            done,
+            vec![completed],
+            NOW,
+        )
+        .await
+        .unwrap();
+    // Late data, recorded before the observer reopens the watch.
+    let out = store
+        .record(vec![sized(&new, "day=1/late", "02", 2)], NOW)
+        .await
+        .unwrap();
+    assert_eq!(out.results, [Recorded::Counted]);
+    assert_eq!(
+        keys(&objects(&*store, &new, Some(2), None, 10).await),
+        ["day=1/late"]
+    );
+    assert_eq!(
+        keys(&objects(&*store, &new, Some(1), None, 10).await),
+        ["day=1/a"]
+    );
+}
+
 async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
     let new = new_watch("acme", None);
     let watch = create(&*store, new.clone()).await;
@@ -1352,4 +1407,5 @@ conformance!(
     manifests_page_in_key_order_with_what_was_told,
     keeps_a_watch_groups_members,
     counts_markers_apart_from_objects_once_per_marker,
+    late_objects_belong_to_the_generation_their_reopening_starts,
 );

@@ -1050,7 +1050,7 @@ impl DynamoStore {
                                         item.insert("event_time".into(), n(at.as_millis()));
                                     }
                                 }
-                                item.insert("generation".into(), n(watch.lifecycle.generation));
+                                item.insert("generation".into(), n(watch.counting_generation()));
                                 item
                             }
                         };

@@ -764,7 +764,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             sequencer,
             to_i64(a.size),
             a.event_time.map(Timestamp::as_millis),
-            watch.lifecycle.generation,
+            watch.counting_generation(),
         ];
         let counts = match KeyEvent::of(stored.as_deref(), &sequencer) {
             KeyEvent::NewKey => {
