@@ -695,7 +695,7 @@ async fn late_objects_belong_to_the_generation_their_reopening_starts(store: Arc
         },
         ..new_watch("acme", None)
     };
-    let watch = create(&*store, new.clone()).await;
+    create(&*store, new.clone()).await;
     store
         .record(vec![sized(&new, "day=1/a", "01", 1)], NOW)
         .await
