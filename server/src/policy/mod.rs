@@ -1,0 +1,763 @@
+//! Completion policy: a pure state machine. Given a watch, its counters and
+//! `now`, [`evaluate`] says what the watch's lifecycle becomes, which events
+//! that emits, and when to look again; given a watch group and what it knows
+//! of its members, [`evaluate_group`] does the same for the group. No clocks,
+//! no I/O: everything it needs arrives as arguments.
+//!
+//! The adaptive rule's statistics live in `adaptive`, watch groups in
+//! `group`, the marker rule's helpers in `marker`; this module holds the
+//! policy itself, its validation and the rules' shared decision.
+
+mod adaptive;
+mod group;
+mod marker;
+#[cfg(test)]
+mod tests;
+
+use adaptive::adaptive_clock;
+pub use adaptive::{ActivityGaps, AdaptiveWindow, WindowBound, adaptive_window, human};
+pub use group::{Member, evaluate_group, group_counters};
+pub use marker::marker_seen;
+use marker::{manifest_summary, marker_status};
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    clock::Timestamp,
+    error::Error,
+    watch::{EventKind, Lifecycle, Notify, PollingProgress, Watch, WatchState},
+};
+
+/// The longest delay, window or late window a policy accepts.
+pub const MAX_WINDOW: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest timeout a policy accepts.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(366 * 24 * 3600);
+/// The shortest duration a policy accepts: timers run at millisecond grain.
+pub const MIN_DURATION: Duration = Duration::from_millis(1);
+/// The shortest wait between two polling samples (the `delay` a policy
+/// accepts, and the floor of every delay schedule). S3 delivers
+/// notifications seconds after the write, and a sample that waits for the
+/// notification queues is confirmed by a receive of [`CONFIRM_WAIT`] (1s):
+/// closer samples cannot see a settled count any sooner, so they decide
+/// nothing. It also caps what one watch appends to its log at one QUIET_TICK
+/// a second.
+///
+/// [`CONFIRM_WAIT`]: crate::ingest::sqs::CONFIRM_WAIT
+pub const MIN_POLLING_DELAY: Duration = Duration::from_secs(1);
+pub const MAX_REPEATS: u32 = 100_000;
+pub const MAX_OBJECTS: u64 = 1_000_000_000_000;
+/// The rule a StartWatch without a policy gets.
+pub const DEFAULT_QUIET_WINDOW: Duration = Duration::from_secs(60);
+/// The adaptive rule's floor when unset: covers a notification S3 delivers
+/// about a minute late, and a first gap no statistic has seen yet (see
+/// server/DECISIONS.md).
+pub const DEFAULT_ADAPTIVE_MIN_WINDOW: Duration = Duration::from_secs(100);
+/// The adaptive rule's ceiling when unset.
+/// The adaptive floor when a listing confirms each completion (`reconcile`):
+/// it no longer has to cover a notification a minute late (the listing sees
+/// the object), only producer pauses longer than any gap seen so far.
+pub const DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW: Duration = Duration::from_secs(75);
+/// The safety factor when a listing confirms each completion: gaps are
+/// measured in creation time, which delivery jitter does not widen.
+pub const DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR: f64 = 1.2;
+pub const DEFAULT_ADAPTIVE_MAX_WINDOW: Duration = Duration::from_secs(3600);
+/// Which quantile of the observed gaps the adaptive rule scales, when unset.
+pub const DEFAULT_ADAPTIVE_QUANTILE: f64 = 0.99;
+/// The adaptive rule's multiplier on that quantile, when unset.
+pub const DEFAULT_ADAPTIVE_SAFETY_FACTOR: f64 = 1.5;
+pub const MAX_SAFETY_FACTOR: f64 = 100.0;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    pub rule: Rule,
+    /// Never complete with fewer distinct objects.
+    pub min_objects: u64,
+    /// TIMED_OUT this long after the current generation started.
+    pub timeout: Option<Duration>,
+    /// Activity this long after completion reopens the watch.
+    pub late_window: Option<Duration>,
+    /// List the prefix in S3 before completing; count what notifications missed.
+    #[serde(default)]
+    pub reconcile: bool,
+    /// Where terminal events are delivered. Not part of the decision: the
+    /// rules above never read it.
+    #[serde(default, skip_serializing_if = "Notify::is_empty")]
+    pub notify: Notify,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            rule: Rule::QuietPeriod {
+                window: DEFAULT_QUIET_WINDOW,
+            },
+            min_objects: 0,
+            timeout: None,
+            late_window: None,
+            reconcile: false,
+            notify: Notify::default(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Rule {
+    /// Sample the activity count every delay; complete after `max_repeats` unchanged samples.
+    Polling {
+        delay: Duration,
+        max_repeats: u32,
+        schedule: DelaySchedule,
+    },
+    /// Complete exactly `window` after the last activity.
+    QuietPeriod { window: Duration },
+    /// Complete once `objects` distinct objects landed (or, optionally, after a quiet window).
+    ExpectedCount {
+        objects: u64,
+        quiet_window: Option<Duration>,
+    },
+    /// Complete after a quiet window that follows the producers:
+    /// `safety_factor` x the `quantile` of the watch's observed gaps between
+    /// activities, clamped to `[min_window, max_window]` (see [`adaptive_window`]).
+    Adaptive {
+        min_window: Duration,
+        max_window: Duration,
+        quantile: f64,
+        safety_factor: f64,
+    },
+    /// Complete once the producer's marker object (`key`, below the prefix)
+    /// was created, optionally after `quiet_window` without activity, and
+    /// with `verify_manifest` once every file the marker's manifest lists is
+    /// counted (see [`crate::ingest::marker`]).
+    Marker {
+        key: String,
+        quiet_window: Option<Duration>,
+        verify_manifest: bool,
+    },
+}
+
+impl Rule {
+    /// The adaptive rule with every setting at its default.
+    pub fn adaptive() -> Self {
+        Self::Adaptive {
+            min_window: DEFAULT_ADAPTIVE_MIN_WINDOW,
+            max_window: DEFAULT_ADAPTIVE_MAX_WINDOW,
+            quantile: DEFAULT_ADAPTIVE_QUANTILE,
+            safety_factor: DEFAULT_ADAPTIVE_SAFETY_FACTOR,
+        }
+    }
+
+    /// The adaptive rule at its defaults for a policy whose completions a
+    /// listing confirms (`reconcile`): a lower floor.
+    pub fn adaptive_confirmed() -> Self {
+        Self::Adaptive {
+            min_window: DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW,
+            max_window: DEFAULT_ADAPTIVE_MAX_WINDOW,
+            quantile: DEFAULT_ADAPTIVE_QUANTILE,
+            safety_factor: DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DelaySchedule {
+    #[default]
+    Fixed,
+    Divide,
+    Exponential,
+}
+
+impl DelaySchedule {
+    /// The wait before the next sample after `repeated` unchanged samples,
+    /// never below [`MIN_POLLING_DELAY`].
+    pub fn delay(self, delay: Duration, repeated: u32) -> Duration {
+        let d = match self {
+            Self::Fixed => delay,
+            Self::Divide if repeated == 0 => delay,
+            Self::Divide => delay / repeated,
+            Self::Exponential => {
+                let secs = (delay.as_secs_f64() * (-f64::from(repeated)).exp()).ceil();
+                Duration::from_secs_f64(secs).min(delay)
+            }
+        };
+        d.max(MIN_POLLING_DELAY)
+    }
+}
+/// Checks a duration field against `[MIN_DURATION, max]`.
+pub fn check_duration(field: &str, d: Duration, max: Duration) -> Result<Duration, Error> {
+    check_duration_in(field, d, MIN_DURATION, max)
+}
+
+/// Checks a duration field against `[min, max]`.
+pub fn check_duration_in(
+    field: &str,
+    d: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<Duration, Error> {
+    if d < min {
+        return Err(Error::invalid(
+            field,
+            format!("must be at least {}", humantime::format_duration(min)),
+        ));
+    }
+    if d > max {
+        return Err(Error::invalid(
+            field,
+            format!("must be at most {}", humantime::format_duration(max)),
+        ));
+    }
+    Ok(d)
+}
+
+impl Policy {
+    /// Checks the limits a parsed policy must respect.
+    pub fn validate(&self) -> Result<(), Error> {
+        match &self.rule {
+            Rule::Polling {
+                delay, max_repeats, ..
+            } => {
+                check_duration_in(
+                    "policy.polling.delay",
+                    *delay,
+                    MIN_POLLING_DELAY,
+                    MAX_WINDOW,
+                )?;
+                if *max_repeats == 0 || *max_repeats > MAX_REPEATS {
+                    return Err(Error::invalid(
+                        "policy.polling.max_repeats",
+                        format!("must be 1-{MAX_REPEATS}"),
+                    ));
+                }
+            }
+            Rule::QuietPeriod { window } => {
+                check_duration("policy.quiet_period.window", *window, MAX_WINDOW)?;
+            }
+            Rule::ExpectedCount {
+                objects,
+                quiet_window,
+            } => {
+                if *objects == 0 || *objects > MAX_OBJECTS {
+                    return Err(Error::invalid(
+                        "policy.expected_count.objects",
+                        format!("must be 1-{MAX_OBJECTS}"),
+                    ));
+                }
+                if let Some(w) = quiet_window {
+                    check_duration("policy.expected_count.quiet_window", *w, MAX_WINDOW)?;
+                }
+            }
+            Rule::Adaptive {
+                min_window,
+                max_window,
+                quantile,
+                safety_factor,
+            } => {
+                check_duration("policy.adaptive.min_window", *min_window, MAX_WINDOW)?;
+                check_duration("policy.adaptive.max_window", *max_window, MAX_WINDOW)?;
+                if max_window < min_window {
+                    return Err(Error::invalid(
+                        "policy.adaptive.max_window",
+                        format!(
+                            "must be at least min_window ({})",
+                            humantime::format_duration(*min_window)
+                        ),
+                    ));
+                }
+                if !(*quantile > 0.0 && *quantile <= 1.0) {
+                    return Err(Error::invalid(
+                        "policy.adaptive.quantile",
+                        "must be above 0 and at most 1",
+                    ));
+                }
+                if !(1.0..=MAX_SAFETY_FACTOR).contains(safety_factor) {
+                    return Err(Error::invalid(
+                        "policy.adaptive.safety_factor",
+                        format!("must be 1-{MAX_SAFETY_FACTOR}"),
+                    ));
+                }
+            }
+            Rule::Marker {
+                key, quiet_window, ..
+            } => {
+                crate::watch::check_marker_key("policy.marker.key", key)?;
+                if let Some(w) = quiet_window {
+                    check_duration("policy.marker.quiet_window", *w, MAX_WINDOW)?;
+                }
+            }
+        }
+        if self.min_objects > MAX_OBJECTS {
+            return Err(Error::invalid(
+                "policy.min_objects",
+                format!("must be at most {MAX_OBJECTS}"),
+            ));
+        }
+        if let Some(t) = self.timeout {
+            check_duration("policy.timeout", t, MAX_TIMEOUT)?;
+        }
+        if let Some(w) = self.late_window {
+            check_duration("policy.late_window", w, MAX_WINDOW)?;
+        }
+        Ok(())
+    }
+}
+
+/// What the observer should do with a watch now.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decision {
+    /// The lifecycle to persist (with `events`), when it changed.
+    pub lifecycle: Option<Lifecycle>,
+    pub events: Vec<EventKind>,
+    /// When to evaluate again; `None` with a non-live watch means forget it.
+    pub wake_at: Option<Timestamp>,
+    /// The rule would decide now, but activity before this instant may still
+    /// be on its way (a queue behind): evaluate again once ingest has settled past it.
+    pub held_until_settled: Option<Timestamp>,
+    /// The marker rule would complete now, but the marker's manifest has not
+    /// been checked at this activity level: read it, record what it found in
+    /// `polling.manifest`, and evaluate again.
+    pub check_manifest: bool,
+}
+
+const HELD_REASON_PREFIX: &str = "waiting for the notification queues";
+
+/// The reason a held watch shows while it waits for ingest to catch up.
+pub fn held_reason(at: Timestamp) -> String {
+    format!("{HELD_REASON_PREFIX} to catch up past {at} before deciding")
+}
+
+/// The lifecycle a watch starts with (or restarts with when reopened at `at`).
+pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecycle {
+    Lifecycle {
+        state: WatchState::Active,
+        generation,
+        generation_started_at: at,
+        completed_at: None,
+        reason: String::new(),
+        polling: PollingProgress {
+            repeated: 0,
+            last_sample: activity,
+            next_sample_at: None,
+            gaps: ActivityGaps::default(),
+            marker_after: None,
+            manifest: None,
+        },
+    }
+}
+
+/// Decides what happens to `watch` at `now`, given that every notification
+/// sent before `settled_until` has been recorded ([`Timestamp::MAX`] when
+/// nothing can be in flight). Quiet and polling decisions about an instant
+/// wait until ingest has settled past it; a lagging counter looks exactly
+/// like a finished producer.
+pub fn evaluate(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> Decision {
+    match watch.lifecycle.state {
+        WatchState::Active => evaluate_active(watch, now, settled_until),
+        WatchState::Completed => evaluate_completed(watch, now),
+        WatchState::TimedOut | WatchState::Cancelled | WatchState::Failed => Decision::default(),
+    }
+}
+
+fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
+    let (Some(end), Some(completed_at)) = (watch.late_window_end(), watch.lifecycle.completed_at)
+    else {
+        return Decision::default();
+    };
+    let late = watch
+        .counters
+        .last_activity_at
+        .filter(|at| *at > completed_at && *at <= end);
+    let Some(late_at) = late else {
+        return Decision {
+            wake_at: (now < end).then_some(end),
+            ..Decision::default()
+        };
+    };
+    let mut lifecycle = fresh_lifecycle(
+        watch.lifecycle.generation + 1,
+        now,
+        watch.counters.activity(),
+    );
+    // What the adaptive rule learnt carries over, the gap that reopened the watch included.
+    lifecycle.polling.gaps = watch.lifecycle.polling.gaps.clone();
+    // A reopened marker watch waits for a marker written after this completion.
+    if matches!(watch.policy.rule, Rule::Marker { .. }) {
+        lifecycle.polling.marker_after = Some(completed_at);
+    }
+    let reason = format!(
+        "activity at {late_at}, {} after completion, within the late window of {}",
+        humantime::format_duration(completed_at.until(late_at)),
+        humantime::format_duration(watch.policy.late_window.unwrap_or_default()),
+    );
+    let reopened = Watch {
+        lifecycle,
+        ..watch.clone()
+    };
+    let mut next = evaluate_active(&reopened, now, Timestamp::MAX);
+    next.events.insert(
+        0,
+        EventKind::Reopened {
+            object_count: watch.counters.object_count,
+            reason,
+        },
+    );
+    next.lifecycle.get_or_insert(reopened.lifecycle);
+    next
+}
+/// Where a quiet rule stands at `now` against its `deadline`.
+enum Quiet {
+    /// The deadline passed, but ingest has not settled past it yet.
+    Hold(Timestamp),
+    Complete,
+    /// Look again then (`None`: only new activity or the timeout can change anything).
+    Wait(Option<Timestamp>),
+}
+
+/// The one decision every quiet rule shares: complete once `deadline` has
+/// passed with enough objects and ingest settled past it; hold while it has
+/// not (unless the timeout is due, which then decides).
+fn quiet(
+    now: Timestamp,
+    deadline: Timestamp,
+    enough: bool,
+    settled_until: Timestamp,
+    timeout_at: Option<Timestamp>,
+) -> Quiet {
+    if now >= deadline && enough {
+        if settled_until >= deadline {
+            return Quiet::Complete;
+        }
+        if timeout_at.is_none_or(|t| now < t) {
+            return Quiet::Hold(deadline);
+        }
+        return Quiet::Wait(None);
+    }
+    // Below min_objects only new activity (or the timeout) can change the outcome.
+    Quiet::Wait((now < deadline).then_some(deadline))
+}
+
+fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> Decision {
+    let policy = &watch.policy;
+    let life = &watch.lifecycle;
+    let counters = &watch.counters;
+    let objects = counters.object_count;
+    let enough = objects >= policy.min_objects;
+    let timeout_at = policy.timeout.map(|t| life.generation_started_at.plus(t));
+    let quiet_since = counters
+        .last_activity_at
+        .unwrap_or(life.generation_started_at)
+        .max(life.generation_started_at);
+
+    let complete = |reason: String, polling: PollingProgress| Decision {
+        lifecycle: Some(Lifecycle {
+            state: WatchState::Completed,
+            completed_at: Some(now),
+            reason: reason.clone(),
+            polling,
+            ..life.clone()
+        }),
+        events: vec![EventKind::Completed {
+            object_count: objects,
+            object_bytes: counters.object_bytes,
+            reason,
+        }],
+        wake_at: policy.late_window.map(|w| now.plus(w)),
+        held_until_settled: None,
+        check_manifest: false,
+    };
+    let hold = |at: Timestamp, polling: PollingProgress| {
+        let reason = held_reason(at);
+        let lifecycle = (life.reason != reason || life.polling != polling).then(|| Lifecycle {
+            reason,
+            polling,
+            ..life.clone()
+        });
+        Decision {
+            lifecycle,
+            events: Vec::new(),
+            wake_at: timeout_at,
+            held_until_settled: Some(at),
+            check_manifest: false,
+        }
+    };
+
+    let mut polling = life.polling.clone();
+    // The marker rule: what the watch shows while its manifest is incomplete,
+    // and whether the manifest must be read before it can complete.
+    let mut waiting_reason = None;
+    let mut check_manifest = false;
+    if matches!(policy.rule, Rule::Adaptive { .. }) {
+        polling.gaps.observe(adaptive_clock(watch));
+    }
+    let mut events = Vec::new();
+    let rule_wake = match &policy.rule {
+        Rule::ExpectedCount {
+            objects: expected,
+            quiet_window,
+        } => {
+            if objects >= *expected && enough {
+                return complete(
+                    format!("expected count reached: {objects} of {expected} objects"),
+                    polling,
+                );
+            }
+            let decided = quiet_window.map(|w| {
+                (
+                    w,
+                    quiet(now, quiet_since.plus(w), enough, settled_until, timeout_at),
+                )
+            });
+            match decided {
+                Some((_, Quiet::Hold(deadline))) => return hold(deadline, polling),
+                Some((window, Quiet::Complete)) => {
+                    let w = humantime::format_duration(window);
+                    return complete(
+                        format!("no activity for {w}; {objects} of {expected} expected objects"),
+                        polling,
+                    );
+                }
+                Some((_, Quiet::Wait(wake))) => wake,
+                None => None,
+            }
+        }
+        Rule::QuietPeriod { window } => {
+            match quiet(
+                now,
+                quiet_since.plus(*window),
+                enough,
+                settled_until,
+                timeout_at,
+            ) {
+                Quiet::Hold(deadline) => return hold(deadline, polling),
+                Quiet::Complete => {
+                    let w = humantime::format_duration(*window);
+                    return complete(format!("no activity for {w}; {objects} objects"), polling);
+                }
+                Quiet::Wait(wake) => wake,
+            }
+        }
+        Rule::Adaptive {
+            min_window,
+            max_window,
+            quantile,
+            safety_factor,
+        } => {
+            let adaptive = AdaptiveWindow::new(
+                (*min_window, *max_window),
+                *quantile,
+                *safety_factor,
+                &polling.gaps,
+            );
+            let since = adaptive_clock(watch)
+                .unwrap_or(life.generation_started_at)
+                .max(life.generation_started_at);
+            match quiet(
+                now,
+                since.plus(adaptive.window),
+                enough,
+                settled_until,
+                timeout_at,
+            ) {
+                Quiet::Hold(deadline) => return hold(deadline, polling),
+                Quiet::Complete => {
+                    let w = human(adaptive.window);
+                    let reason = if policy.reconcile {
+                        format!(
+                            "no object created for {w}, the adaptive window ({adaptive}), \
+                             and a listing of the prefix found none unseen; {objects} objects"
+                        )
+                    } else {
+                        format!(
+                            "no activity for {w}, the adaptive window ({adaptive}); {objects} objects"
+                        )
+                    };
+                    return complete(reason, polling);
+                }
+                Quiet::Wait(wake) => wake,
+            }
+        }
+        Rule::Marker {
+            key,
+            quiet_window,
+            verify_manifest,
+        } => match marker_seen(watch) {
+            // Only the marker (or the timeout) can change the outcome.
+            None => None,
+            Some(marker_at) => {
+                // The queues must have caught up past the marker (objects
+                // created before it may still be on their way), or past the
+                // quiet window after it.
+                let deadline = match quiet_window {
+                    Some(w) => quiet_since.max(marker_at).plus(*w),
+                    None => marker_at,
+                };
+                match quiet(now, deadline, enough, settled_until, timeout_at) {
+                    Quiet::Hold(deadline) => return hold(deadline, polling),
+                    Quiet::Wait(wake) => wake,
+                    Quiet::Complete => {
+                        let check = polling
+                            .manifest
+                            .as_ref()
+                            .filter(|c| c.marker == counters.marker_count);
+                        let after = quiet_window
+                            .map(|w| {
+                                format!(", then no activity for {}", humantime::format_duration(w))
+                            })
+                            .unwrap_or_default();
+                        let reason = format!("marker {key} created{after}; {objects} objects");
+                        match check {
+                            _ if !verify_manifest => return complete(reason, polling),
+                            Some(c) if c.problem.is_empty() && c.missing == 0 => {
+                                return complete(
+                                    format!("{reason}; {}", manifest_summary(c)),
+                                    polling,
+                                );
+                            }
+                            // Nothing counted since the check: only activity
+                            // (or the timeout) can change the outcome.
+                            Some(c) if c.activity == counters.activity() => {
+                                waiting_reason = Some(manifest_summary(c));
+                            }
+                            _ => check_manifest = true,
+                        }
+                        None
+                    }
+                }
+            }
+        },
+        Rule::Polling { max_repeats, .. }
+            if polling.repeated >= *max_repeats
+                && !enough
+                && counters.activity() == polling.last_sample =>
+        {
+            // Enough unchanged samples but too few objects: another unchanged
+            // sample decides nothing, so none is taken (and no QUIET_TICK
+            // written) until activity changes the count or the timeout ends
+            // the watch. The next sample stays due where it was.
+            None
+        }
+        Rule::Polling {
+            delay,
+            max_repeats,
+            schedule,
+        } => {
+            let due = polling
+                .next_sample_at
+                .unwrap_or_else(|| life.generation_started_at.plus(schedule.delay(*delay, 0)));
+            let settled = settled_until >= due;
+            if now >= due && !settled && timeout_at.is_none_or(|t| now < t) {
+                return hold(
+                    due,
+                    PollingProgress {
+                        next_sample_at: Some(due),
+                        ..polling
+                    },
+                );
+            }
+            if now >= due && settled {
+                let sample = counters.activity();
+                if sample == polling.last_sample {
+                    polling.repeated = polling.repeated.saturating_add(1);
+                    events.push(EventKind::QuietTick {
+                        object_count: objects,
+                        repeated: polling.repeated,
+                        max_repeats: *max_repeats,
+                    });
+                } else {
+                    polling.repeated = 0;
+                    polling.last_sample = sample;
+                }
+                if polling.repeated >= *max_repeats && enough {
+                    let mut done = complete(
+                        format!(
+                            "count unchanged for {} samples; {objects} objects",
+                            polling.repeated
+                        ),
+                        PollingProgress {
+                            next_sample_at: None,
+                            ..polling
+                        },
+                    );
+                    events.append(&mut done.events);
+                    done.events = events;
+                    return done;
+                }
+                // A sample stands for the instant ingest had settled to (`now`
+                // without queues): waiting for a queue to catch up does not
+                // stretch the time between samples.
+                let sampled_at = now.min(settled_until);
+                polling.next_sample_at =
+                    Some(sampled_at.plus(schedule.delay(*delay, polling.repeated)));
+                // Below min_objects after max_repeats unchanged samples, only
+                // activity (or the timeout) can change the outcome: see above.
+                let waits_for_activity = polling.repeated >= *max_repeats && !enough;
+                polling.next_sample_at.filter(|_| !waits_for_activity)
+            } else {
+                polling.next_sample_at = Some(due);
+                polling.next_sample_at
+            }
+        }
+    };
+
+    if timeout_at.is_some_and(|at| now >= at) {
+        let t = humantime::format_duration(policy.timeout.unwrap_or_default());
+        let mut reason = if enough {
+            format!(
+                "timed out after {t} with {objects} objects; min_objects ({}) was met",
+                policy.min_objects
+            )
+        } else {
+            format!(
+                "timed out after {t} with {objects} objects; min_objects ({}) was not met",
+                policy.min_objects
+            )
+        };
+        if let Some(marker) = marker_status(watch, &polling) {
+            reason.push_str("; ");
+            reason.push_str(&marker);
+        }
+        events.push(EventKind::TimedOut {
+            object_count: objects,
+            reason: reason.clone(),
+        });
+        return Decision {
+            lifecycle: Some(Lifecycle {
+                state: WatchState::TimedOut,
+                completed_at: Some(now),
+                reason,
+                polling,
+                ..life.clone()
+            }),
+            events,
+            wake_at: None,
+            held_until_settled: None,
+            check_manifest: false,
+        };
+    }
+
+    let wake_at = match (rule_wake, timeout_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    // A watch that was held shows no hold reason once it is back to waiting.
+    let reason = if let Some(reason) = waiting_reason {
+        reason
+    } else if life.reason.starts_with(HELD_REASON_PREFIX) {
+        String::new()
+    } else {
+        life.reason.clone()
+    };
+    let lifecycle = (polling != life.polling || reason != life.reason).then(|| Lifecycle {
+        polling,
+        reason,
+        ..life.clone()
+    });
+    Decision {
+        lifecycle,
+        events,
+        wake_at,
+        held_until_settled: None,
+        check_manifest,
+    }
+}
