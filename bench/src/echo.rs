@@ -64,6 +64,13 @@ impl WatchService for Echo {
         Err(Status::unimplemented("echo answers GetWatch only"))
     }
 
+    async fn replay_watch(
+        &self,
+        _request: Request<v1::ReplayWatchRequest>,
+    ) -> Result<Response<v1::ReplayWatchResponse>, Status> {
+        Err(Status::unimplemented("echo answers GetWatch only"))
+    }
+
     type StreamWatchEventsStream = EventStream;
 
     async fn stream_watch_events(

@@ -119,6 +119,16 @@ impl Client {
         bounded("ListWatchObjects", self.request_timeout, call).await
     }
 
+    /// What completion policies would have decided on a watch's objects, or
+    /// on the objects given (see ReplayWatch).
+    pub async fn replay_watch(
+        &mut self,
+        request: v1::ReplayWatchRequest,
+    ) -> Result<v1::ReplayWatchResponse, Error> {
+        let call = self.watches.replay_watch(request);
+        bounded("ReplayWatch", self.request_timeout, call).await
+    }
+
     /// Every object of the watch's manifest (of `generation`, or of all
     /// when 0), in key order, following the pages and calling `on_page`
     /// with each; nothing is kept in between.

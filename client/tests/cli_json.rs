@@ -296,3 +296,66 @@ async fn start_with_the_adaptive_flags_starts_an_adaptive_watch() {
     );
     assert!(run.stderr.contains("--adaptive"), "{run:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_prints_each_policy_on_a_file_of_times() {
+    let server = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("run.csv");
+    // Created 1s apart from 2026-12-06T05:00:00Z, notified 1s later; the last 70s late.
+    let lines: Vec<String> = (0..10)
+        .map(|i| {
+            format!(
+                "{},{}",
+                1_796_533_200 + i,
+                1_796_533_200 + i + if i == 9 { 70 } else { 1 }
+            )
+        })
+        .collect();
+    std::fs::write(&file, format!("# created,arrived\n{}\n", lines.join("\n"))).unwrap();
+    let path = file.to_str().unwrap();
+    let run = server
+        .cli()
+        .run(&["replay", "--file", path, "-o", "json"])
+        .await;
+    assert_eq!(run.code, 0, "{run:?}");
+    let outcomes: Vec<Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let fields = [
+        "type",
+        "name",
+        "completed",
+        "early",
+        "first_completion_s",
+        "first_completion_objects",
+        "reopens",
+        "delay_s",
+        "listings",
+        "list_requests",
+    ];
+    for o in &outcomes {
+        assert_eq!(keys(o), fields.into_iter().collect(), "{o}");
+        assert_eq!(o["type"], "replay");
+    }
+    let find = |name: &str| outcomes.iter().find(|o| o["name"] == name).unwrap();
+    assert_eq!(find("quiet_period 30s")["early"], true);
+    assert_eq!(find("adaptive (defaults) + listing")["delay_s"], 75.0);
+
+    let run = server.cli().run(&["replay", "--file", path]).await;
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.starts_with("10 objects; watched from 2026-12-06T05:00:00.000Z, the last created 2026-12-06T05:00:09.000Z."), "{}", run.stdout);
+    assert!(
+        run.stdout.contains("EARLY +30.0s with 9 objects"),
+        "{}",
+        run.stdout
+    );
+
+    let run = server.cli().run(&["replay"]).await;
+    assert!(
+        run.code != 0 && run.stderr.contains("required arguments were not provided"),
+        "a watch id or --file is required: {run:?}"
+    );
+}

@@ -358,6 +358,74 @@ fn proto_duration(d: Duration) -> prost_types::Duration {
     }
 }
 
+/// A signed span of milliseconds as a protobuf Duration (seconds and nanos share its sign).
+fn signed_duration(ms: i64) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: ms / 1000,
+        nanos: i32::try_from((ms % 1000) * 1_000_000).unwrap_or(0),
+    }
+}
+
+/// A request timestamp, checked: years 1970-9999, nanos below 1e9.
+fn timestamp(field: &str, t: Option<&prost_types::Timestamp>) -> Result<Option<Timestamp>, Error> {
+    let Some(t) = t else { return Ok(None) };
+    const MAX_SECONDS: i64 = 253_402_300_799; // 9999-12-31T23:59:59Z
+    if !(0..=MAX_SECONDS).contains(&t.seconds) || !(0..1_000_000_000).contains(&t.nanos) {
+        return Err(Error::invalid(
+            field,
+            "must be a time between 1970 and 9999",
+        ));
+    }
+    Ok(Some(Timestamp::from_millis(
+        t.seconds * 1000 + i64::from(t.nanos) / 1_000_000,
+    )))
+}
+
+/// What a ReplayWatch replays: the caller's watch, or the objects it gives.
+fn replay_source(r: &v1::ReplayWatchRequest) -> Result<crate::service::ReplaySource, Error> {
+    match (r.watch_id.is_empty(), r.objects.is_empty()) {
+        (false, false) => Err(Error::invalid(
+            "objects",
+            "give a watch_id or objects, not both",
+        )),
+        (true, true) => Err(Error::invalid("watch_id", "is required (or give objects)")),
+        (false, true) => Ok(crate::service::ReplaySource::Watch(watch_id(&r.watch_id)?)),
+        (true, false) => {
+            if r.objects.len() > crate::service::MAX_REPLAY_OBJECTS {
+                return Err(Error::invalid(
+                    "objects",
+                    format!(
+                        "has {} objects; at most {}",
+                        r.objects.len(),
+                        crate::service::MAX_REPLAY_OBJECTS
+                    ),
+                ));
+            }
+            let objects = r
+                .objects
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    let created = timestamp(&format!("objects[{i}].created"), o.created.as_ref())?
+                        .ok_or_else(|| {
+                            Error::invalid(&format!("objects[{i}].created"), "is required")
+                        })?;
+                    let arrived = timestamp(&format!("objects[{i}].arrived"), o.arrived.as_ref())?
+                        .unwrap_or(created);
+                    if arrived < created {
+                        return Err(Error::invalid(
+                            &format!("objects[{i}].arrived"),
+                            "is before the object was created",
+                        ));
+                    }
+                    Ok((created, arrived))
+                })
+                .collect::<Result<_, Error>>()?;
+            Ok(crate::service::ReplaySource::Objects(objects))
+        }
+    }
+}
+
 fn proto_timestamp(t: Timestamp) -> prost_types::Timestamp {
     let ms = t.as_millis();
     prost_types::Timestamp {
@@ -800,6 +868,69 @@ impl WatchService for WatchApi {
         }))
     }
 
+    async fn replay_watch(
+        &self,
+        request: Request<v1::ReplayWatchRequest>,
+    ) -> Result<Response<v1::ReplayWatchResponse>, Status> {
+        let tenant = tenant(&request)?;
+        let r = request.get_ref();
+        let source = replay_source(r)?;
+        if r.policies.len() > crate::service::MAX_REPLAY_POLICIES {
+            return Err(Error::invalid(
+                "policies",
+                format!(
+                    "has {} policies; at most {}",
+                    r.policies.len(),
+                    crate::service::MAX_REPLAY_POLICIES
+                ),
+            )
+            .into());
+        }
+        let mut extra = Vec::with_capacity(r.policies.len());
+        for (i, p) in r.policies.iter().enumerate() {
+            let field = format!("policies[{i}]");
+            let mut policy = policy_from_proto(Some(p))
+                .and_then(|p| p.validate().map(|()| p))
+                .map_err(|e| match e {
+                    Error::InvalidArgument {
+                        field: inner,
+                        message,
+                    } => Error::invalid(
+                        &format!("{field}.{}", inner.trim_start_matches("policy.")),
+                        message,
+                    ),
+                    other => other,
+                })?;
+            policy.notify = Default::default();
+            policy.late_window = Some(crate::replay::LATE_WINDOW);
+            extra.push((field, policy));
+        }
+        let (history, replayed) = self.service.replay(&tenant, source, extra).await?;
+        let last = history.last_created();
+        let after_last =
+            |t: Timestamp| signed_duration(t.as_millis() - last.map_or(0, Timestamp::as_millis));
+        Ok(Response::new(v1::ReplayWatchResponse {
+            objects: history.objects(),
+            started: Some(proto_timestamp(history.start)),
+            last_created: last.map(proto_timestamp),
+            outcomes: replayed
+                .iter()
+                .map(|r| v1::ReplayOutcome {
+                    name: r.name.clone(),
+                    policy: Some(policy_to_proto(&r.policy)),
+                    completed: r.outcome.final_completion.is_some(),
+                    early: r.outcome.early(&history),
+                    first_completion: r.outcome.first_completion.map(after_last),
+                    first_completion_objects: r.outcome.first_completion_objects,
+                    reopens: r.outcome.reopens,
+                    delay: r.outcome.final_completion.map(after_last),
+                    listings: r.outcome.listings,
+                    list_requests: r.outcome.list_requests,
+                })
+                .collect(),
+        }))
+    }
+
     type StreamWatchEventsStream = EventStream;
 
     async fn stream_watch_events(
@@ -850,6 +981,7 @@ fn object_to_proto(o: &ManifestEntry) -> v1::WatchObject {
         event_time: o.event_time.map(proto_timestamp),
         removed: o.removed,
         generation: o.generation,
+        recorded_at: o.recorded_at.map(proto_timestamp),
     }
 }
 

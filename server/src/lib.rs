@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod observer;
 pub mod policy;
 pub mod quota;
+pub mod replay;
 pub mod service;
 pub mod store;
 pub mod telemetry;
@@ -306,6 +307,7 @@ impl Core {
             clock,
             reconcile_available: reconciler.is_some(),
             route_staleness: cluster.as_ref().map(|(c, _)| c.route_staleness),
+            replays: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         Ok(Self {
             service,

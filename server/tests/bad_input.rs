@@ -622,3 +622,102 @@ async fn a_manifest_target_needs_one_of_the_tenants_buckets_and_a_valid_key() {
     // A key of exactly 1024 bytes in one of the tenant's buckets is fine.
     begin(&mut client, manifest("shared-out", &"k".repeat(1024))).await;
 }
+
+#[tokio::test]
+async fn invalid_replays_name_the_field() {
+    let server = TestServer::start_with_tenants().await;
+    let mut acme = server.client_with_token(ACME_TOKEN).await;
+    let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
+    let theirs = begin(
+        &mut globex,
+        start_request("globex-lake", "", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
+    let t = |seconds: i64| prost_types::Timestamp { seconds, nanos: 0 };
+    let object = |created: Option<prost_types::Timestamp>,
+                  arrived: Option<prost_types::Timestamp>| {
+        v1::ReplayObject { created, arrived }
+    };
+    let objects = |list: Vec<v1::ReplayObject>| v1::ReplayWatchRequest {
+        objects: list,
+        ..Default::default()
+    };
+    let ok = || vec![object(Some(t(1_800_000_000)), None)];
+    let cases: Vec<(v1::ReplayWatchRequest, &str, &str)> = vec![
+        (v1::ReplayWatchRequest::default(), "watch_id", "is required"),
+        (
+            v1::ReplayWatchRequest {
+                watch_id: theirs.clone(),
+                objects: ok(),
+                ..Default::default()
+            },
+            "objects",
+            "not both",
+        ),
+        (
+            objects(vec![object(None, None)]),
+            "objects[0].created",
+            "is required",
+        ),
+        (
+            objects(vec![object(Some(t(-5)), None)]),
+            "objects[0].created",
+            "between 1970 and 9999",
+        ),
+        (
+            objects(vec![object(Some(t(100)), Some(t(99)))]),
+            "objects[0].arrived",
+            "before the object was created",
+        ),
+        (
+            objects(vec![object(Some(t(100)), None); 100_001]),
+            "objects",
+            "at most 100000",
+        ),
+        (
+            v1::ReplayWatchRequest {
+                objects: ok(),
+                policies: vec![quiet_period(Duration::from_secs(1)); 11],
+                ..Default::default()
+            },
+            "policies",
+            "at most 10",
+        ),
+        (
+            v1::ReplayWatchRequest {
+                objects: ok(),
+                policies: vec![
+                    quiet_period(Duration::from_secs(1)),
+                    quiet_period(Duration::ZERO),
+                ],
+                ..Default::default()
+            },
+            "policies[1].quiet_period.window",
+            "",
+        ),
+    ];
+    for (request, field, why) in cases {
+        let status = acme.replay_watch(request).await.expect_err(field);
+        assert_eq!(
+            status.code(),
+            tonic::Code::InvalidArgument,
+            "{field}: {status:?}"
+        );
+        assert!(
+            status.message().starts_with(&format!("invalid {field}:"))
+                && status.message().contains(why),
+            "{field}: {}",
+            status.message()
+        );
+    }
+    // Another tenant's watch is not there.
+    let status = acme
+        .replay_watch(v1::ReplayWatchRequest {
+            watch_id: theirs,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+}

@@ -545,3 +545,115 @@ async fn a_marker_completes_the_watch_and_is_no_object_of_it() {
         "the marker is not in the manifest"
     );
 }
+
+fn at(secs: f64) -> prost_types::Timestamp {
+    let ms = 1_796_533_200_000 + (secs * 1000.0) as i64;
+    prost_types::Timestamp {
+        seconds: ms / 1000,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
+}
+
+fn outcome<'a>(r: &'a v1::ReplayWatchResponse, name: &str) -> &'a v1::ReplayOutcome {
+    r.outcomes
+        .iter()
+        .find(|o| o.name == name)
+        .unwrap_or_else(|| {
+            panic!(
+                "no {name} in {:?}",
+                r.outcomes.iter().map(|o| &o.name).collect::<Vec<_>>()
+            )
+        })
+}
+
+fn secs(d: Option<&prost_types::Duration>) -> f64 {
+    let d = d.expect("a duration");
+    d.seconds as f64 + f64::from(d.nanos) / 1e9
+}
+
+#[tokio::test]
+async fn replay_shows_what_each_policy_would_have_decided() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    // Ten objects a second apart, notified a second later; the last one's
+    // notification is 70s late.
+    let objects = (0..10)
+        .map(|i| v1::ReplayObject {
+            created: Some(at(f64::from(i))),
+            arrived: Some(at(f64::from(i) + if i == 9 { 70.0 } else { 1.0 })),
+        })
+        .collect();
+    let extra = quiet_period(Duration::from_secs(30));
+    let r = client
+        .replay_watch(v1::ReplayWatchRequest {
+            objects,
+            policies: vec![extra],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.objects, 10);
+    assert_eq!(r.last_created, Some(at(9.0)));
+    // 30s after the ninth arrival (at 9s): before the tenth object's notification.
+    let quiet = outcome(&r, "policies[0]");
+    assert!(quiet.early && quiet.completed);
+    assert_eq!(quiet.first_completion_objects, 9);
+    assert_eq!(secs(quiet.first_completion.as_ref()), 30.0);
+    assert_eq!(quiet.reopens, 1);
+    assert_eq!(
+        secs(quiet.delay.as_ref()),
+        70.0 + 30.0,
+        "30s after the late arrival"
+    );
+    // With a listing, the tenth object is found at the first decision.
+    let listed = outcome(&r, "adaptive (defaults) + listing");
+    assert!(!listed.early && listed.listings >= 1);
+    assert_eq!(
+        secs(listed.delay.as_ref()),
+        75.0,
+        "the floor, after the last creation"
+    );
+    let knowing = outcome(&r, "expected_count 10");
+    assert!(!knowing.early);
+    assert_eq!(
+        secs(knowing.delay.as_ref()),
+        70.0,
+        "the late notification itself"
+    );
+
+    // On a watch of the server's: its own policy, replayed on what it counted.
+    let watch = begin(
+        &mut client,
+        start_request(
+            "data-lake",
+            "day=1/",
+            quiet_period(Duration::from_millis(500)),
+        ),
+    )
+    .await;
+    let stream = client.events(&watch.watch_id, 0).await.unwrap();
+    client
+        .ingest_s3_events(vec![created("data-lake", &["day=1/a", "day=1/b"])])
+        .await
+        .unwrap();
+    read_to_end(stream, LIMIT).await;
+    let done = client.get_watch(&watch.watch_id).await.unwrap();
+    let r = client
+        .replay_watch(v1::ReplayWatchRequest {
+            watch_id: watch.watch_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(r.objects, 2);
+    let own = outcome(&r, "this watch's policy");
+    assert!(own.completed && !own.early);
+    let replayed_at =
+        to_millis(r.last_created.unwrap()) + (secs(own.delay.as_ref()) * 1000.0).round() as i64;
+    assert_eq!(
+        replayed_at,
+        to_millis(done.last_activity_at.unwrap()) + 500,
+        "the replay completes where the rule's deadline fell"
+    );
+    assert!(replayed_at <= to_millis(done.completed_at.unwrap()));
+}

@@ -778,6 +778,7 @@ async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
             sequencer: "01".into(),
             event_time: Some(Timestamp::from_millis(NOW.as_millis() - 1000 + 11)),
             generation: 1,
+            recorded_at: Some(NOW),
             removed: false,
         }
     );

@@ -236,6 +236,24 @@ def test_a_marker_watch_completes_on_its_marker_and_does_not_count_it(acme):
     assert (done.object_count, done.marker.seen) == (1, True)
 
 
+def test_replay_compares_policies_on_a_watch_and_on_given_times(acme):
+    from datetime import datetime, timedelta, timezone
+
+    t0 = datetime(2026, 12, 6, 5, tzinfo=timezone.utc)
+    objects = [(t0 + timedelta(seconds=i), t0 + timedelta(seconds=i + (70 if i == 9 else 1))) for i in range(10)]
+    r = acme.replay_watch(objects=objects, policies=[Policy.quiet_period(30)])
+    by_name = {o.name: o for o in r.outcomes}
+    assert r.objects == 10
+    assert by_name["policies[0]"].early and by_name["policies[0]"].first_completion_objects == 9
+    assert not by_name["adaptive (defaults) + listing"].early
+    prefix = unique_prefix("replay")
+    w = acme.start_watch(BUCKET, prefix, Policy.expected_count(1)).watch
+    acme.ingest_s3_events([s3_document(BUCKET, prefix + "only.json")])
+    acme.wait_for_completion(w.watch_id, timeout=20)
+    own = {o.name: o for o in acme.replay_watch(w.watch_id).outcomes}["this watch's policy"]
+    assert own.completed and not own.early
+
+
 def test_wait_for_completion_raises_timed_out_and_cancelled_with_the_reason(acme):
     timed = acme.start_watch(BUCKET, unique_prefix("timeout"), Policy.quiet_period(3600).timeout(1)).watch
     with pytest.raises(TimedOut) as info:

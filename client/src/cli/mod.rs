@@ -7,6 +7,7 @@ mod demo;
 mod ingest;
 mod output;
 mod progress;
+mod replay;
 
 use std::{path::PathBuf, time::Duration};
 
@@ -194,6 +195,8 @@ enum Command {
         #[arg(long, value_name = "N", default_value_t = 0)]
         generation: u32,
     },
+    /// What completion policies would have decided on a watch's objects (or on a file of them): when each completes, whether early
+    Replay(replay::ReplayArgs),
     /// Wait until a watch ends; the exit code tells how it ended
     #[command(after_help = EXIT_CODES)]
     Wait { watch_id: String },
@@ -499,6 +502,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<u8> {
                     Ok(printer.objects(&page)?)
                 })
                 .await?;
+            Ok(EXIT_COMPLETED)
+        }
+        Command::Replay(args) => {
+            let mut client = cli.connection.connect().await?;
+            replay::run(&mut client, printer, args).await?;
             Ok(EXIT_COMPLETED)
         }
         Command::Wait { watch_id } => {

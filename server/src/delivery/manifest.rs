@@ -383,6 +383,7 @@ mod tests {
             sequencer: "0066A1B2C3D4E5F6".into(),
             event_time: Some(Timestamp::from_millis(1_796_000_000_000)),
             generation,
+            recorded_at: Some(Timestamp::from_millis(1_796_000_001_000)),
             removed,
         }
     }

@@ -1051,6 +1051,7 @@ impl DynamoStore {
                                     }
                                 }
                                 item.insert("generation".into(), n(watch.counting_generation()));
+                                item.insert("recorded_at".into(), n(now.as_millis()));
                                 item
                             }
                         };
@@ -1485,6 +1486,7 @@ impl Store for DynamoStore {
                     sequencer: opt_s(item, "sequencer"),
                     event_time: get_opt_ts(item, "event_time")?,
                     generation,
+                    recorded_at: get_opt_ts(item, "recorded_at")?,
                     removed: false,
                 });
             }

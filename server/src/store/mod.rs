@@ -165,6 +165,9 @@ pub struct ManifestEntry {
     pub event_time: Option<Timestamp>,
     /// The generation the key was first counted in.
     pub generation: u32,
+    /// When the key was first counted (its first notification's arrival, or
+    /// the listing that found it); `None` for keys counted before it was kept.
+    pub recorded_at: Option<Timestamp>,
     /// Whether a removal of the key was recorded.
     pub removed: bool,
 }

@@ -55,8 +55,8 @@ const READERS: usize = 4;
 /// generation on `seen_keys` (rows of older files read as size 0, no event
 /// time, generation 1). 5: `watches.members`, a watch group's members as a
 /// JSON list (empty for a watch of objects; a group's `bucket` and `prefix`
-/// are empty); `marker_count`, `marker_at` and `newest_event_at` on `watches`
-/// (`seen_keys` rows of kind 2 are markers).
+/// are empty); `marker_count`, `marker_at` and `newest_event_at` on `watches`,
+/// `recorded_at` on `seen_keys` (rows of kind 2 are markers).
 const SCHEMA_VERSION: i64 = 5;
 
 const SCHEMA: &str = "
@@ -160,6 +160,7 @@ const MARKER_COLUMNS: &str = "
 ALTER TABLE watches ADD COLUMN marker_count INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE watches ADD COLUMN marker_at INTEGER;
 ALTER TABLE watches ADD COLUMN newest_event_at INTEGER;
+ALTER TABLE seen_keys ADD COLUMN recorded_at INTEGER;
 ";
 
 const WATCH_COLUMNS: &str = "tenant, watch_id, bucket, prefix, policy, labels, client_token, created_at, state, \
@@ -712,8 +713,8 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
         "SELECT sequencer FROM seen_keys WHERE tenant = ?1 AND watch_id = ?2 AND kind = ?3 AND key = ?4",
     )?;
     let mut remember = conn.prepare_cached(
-        "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer, size, event_time, generation) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+        "INSERT INTO seen_keys (tenant, watch_id, kind, key, sequencer, size, event_time, generation, recorded_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
          ON CONFLICT (tenant, watch_id, kind, key) DO UPDATE SET sequencer = excluded.sequencer",
     )?;
     let mut remember_other = conn.prepare_cached(
@@ -765,6 +766,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             to_i64(a.size),
             a.event_time.map(Timestamp::as_millis),
             watch.counting_generation(),
+            now.as_millis(),
         ];
         let counts = match KeyEvent::of(stored.as_deref(), &sequencer) {
             KeyEvent::NewKey => {
@@ -1062,7 +1064,7 @@ impl Store for SqliteStore {
         self.read(move |conn| {
             // Walks the primary key from `after`: a page reads only its rows.
             let mut stmt = conn.prepare_cached(
-                "SELECT k.key, k.size, k.sequencer, k.event_time, k.generation, \
+                "SELECT k.key, k.size, k.sequencer, k.event_time, k.generation, k.recorded_at, \
                  EXISTS (SELECT 1 FROM seen_keys r WHERE r.tenant = k.tenant AND r.watch_id = k.watch_id \
                  AND r.kind = 1 AND r.key = k.key) \
                  FROM seen_keys k WHERE k.tenant = ?1 AND k.watch_id = ?2 AND k.kind = 0 AND k.key > ?3 \
@@ -1083,7 +1085,8 @@ impl Store for SqliteStore {
                     sequencer: row.get(2)?,
                     event_time: row.get::<_, Option<i64>>(3)?.map(Timestamp::from_millis),
                     generation: row.get(4)?,
-                    removed: row.get(5)?,
+                    recorded_at: row.get::<_, Option<i64>>(5)?.map(Timestamp::from_millis),
+                    removed: row.get(6)?,
                 });
             }
             Ok(out)
@@ -1319,7 +1322,7 @@ mod tests {
                 "ALTER TABLE watches DROP COLUMN filter; ALTER TABLE watches DROP COLUMN object_bytes; \
                  ALTER TABLE seen_keys DROP COLUMN size; ALTER TABLE seen_keys DROP COLUMN event_time; \
                  ALTER TABLE seen_keys DROP COLUMN generation; ALTER TABLE watches DROP COLUMN marker_count; \
-                 ALTER TABLE watches DROP COLUMN marker_at; ALTER TABLE watches DROP COLUMN newest_event_at; PRAGMA user_version = 3;",
+                 ALTER TABLE watches DROP COLUMN marker_at; ALTER TABLE watches DROP COLUMN newest_event_at; ALTER TABLE seen_keys DROP COLUMN recorded_at; PRAGMA user_version = 3;",
             )
             .unwrap();
 

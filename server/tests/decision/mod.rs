@@ -4,11 +4,9 @@
 //!
 //! A trace says when each object lands; the delivery model adds each
 //! notification's delay (seconds, with rare one-minute outliers) and
-//! redelivered duplicates. The replay counts distinct keys as the store does
-//! (a duplicate counts nothing and is no activity), evaluates the policy at
-//! every delivery and at every `wake_at` it asks for, and applies
-//! `Decision.lifecycle` as the observer does. Everything comes from a seed:
-//! every run is identical.
+//! redelivered duplicates. The server's replay engine
+//! ([`streamwatch_server::replay`], the one ReplayWatch runs) plays each run
+//! against each policy. Everything comes from a seed: every run is identical.
 
 #![allow(dead_code)] // the test and the table use different parts
 
@@ -17,7 +15,7 @@ use std::{collections::HashSet, fmt::Write as _, time::Duration};
 use streamwatch_server::{
     clock::Timestamp,
     policy::{self, DelaySchedule, Policy, Rule},
-    watch::{Bucket, Counters, EventKind, Prefix, Source, TenantId, Watch, WatchId, WatchState},
+    replay,
 };
 
 /// Where simulated time starts; the watch starts here, objects 5s later.
@@ -291,128 +289,43 @@ impl Outcome {
     }
 }
 
-/// Counts a new object created at `created`, as the store does.
-fn count(watch: &mut Watch, created: Timestamp) {
-    let c = &mut watch.counters;
-    c.object_count += 1;
-    c.event_count += 1;
-    c.newest_event_at = c.newest_event_at.max(Some(created));
-}
-
-/// A confirming listing at `now` (`policy.reconcile`), as the observer makes
-/// one: every object created by then that no notification told of counts,
-/// and is activity. Returns whether it found any, and its requests.
-fn list(run: &Run, seen: &mut HashSet<u32>, watch: &mut Watch, now: Timestamp) -> (bool, u64) {
-    let listed = run
-        .lands_ms
-        .iter()
-        .filter(|t| **t <= now.as_millis())
-        .count() as u64;
-    let mut found = false;
-    for (key, land) in run.lands_ms.iter().enumerate() {
-        if *land <= now.as_millis() && seen.insert(key as u32) {
-            count(watch, Timestamp::from_millis(*land));
-            found = true;
-        }
-    }
-    if found {
-        watch.counters.last_activity_at = Some(now);
-    }
-    (found, listed.div_ceil(1000).max(1))
-}
-
-/// Replays `run` against `policy` (its late window set to [`LATE_WINDOW`]).
-pub fn replay(policy: &Policy, run: &Run) -> Outcome {
-    let start = Timestamp::from_millis(T0);
-    let mut watch = Watch {
-        tenant: TenantId::parse("tenant", "scoring").unwrap(),
-        id: WatchId::parse("watch_id", "01a217db-5f80-753f-b7b3-c836ae73bab5").unwrap(),
-        source: Source::objects(
-            Bucket::parse("bucket", "data-lake").unwrap(),
-            Prefix::parse("prefix", "").unwrap(),
-            Default::default(),
-        ),
-        policy: Policy {
-            late_window: Some(LATE_WINDOW),
-            ..policy.clone()
-        },
-        labels: Default::default(),
-        client_token: None,
-        created_at: start,
-        lifecycle: policy::fresh_lifecycle(1, start, 0),
-        counters: Counters::default(),
-        last_seq: 1,
-        trace: Default::default(),
-    };
-    let mut seen = HashSet::new();
-    let mut outcome = Outcome::default();
-    // The activity level the prefix was last listed at (`policy.reconcile`).
-    let mut listed_at = None;
-    let mut next = 0;
-    // The observer evaluates a watch as soon as it is armed.
-    let mut wake = Some(start);
-    loop {
-        let arrival = run.deliveries.get(next).map(|d| d.at_ms);
-        let now = match (arrival, wake.map(Timestamp::as_millis)) {
-            (Some(a), Some(w)) => a.min(w),
-            (Some(a), None) => a,
-            (None, Some(w)) => w,
-            (None, None) => break,
-        };
-        let now = Timestamp::from_millis(now);
-        // Activity recorded at the instant a timer fires is handled first.
-        while let Some(d) = run
+impl Run {
+    /// The run as the replay engine takes it.
+    pub fn history(&self) -> replay::History {
+        let arrivals = self
             .deliveries
-            .get(next)
-            .filter(|d| d.at_ms == now.as_millis())
-        {
-            next += 1;
-            if watch.accepts_activity(now) && seen.insert(d.key) {
-                count(
-                    &mut watch,
-                    Timestamp::from_millis(run.lands_ms[d.key as usize]),
-                );
-                watch.counters.last_activity_at = Some(now);
-            }
-        }
-        let decision = policy::evaluate(&watch, now, Timestamp::MAX);
-        let completes = decision
-            .events
             .iter()
-            .any(|e| matches!(e, EventKind::Completed { .. }));
-        if completes && watch.policy.reconcile && listed_at != Some(watch.counters.activity()) {
-            // The observer lists before it commits a completion, then decides again.
-            let (found, requests) = list(run, &mut seen, &mut watch, now);
-            outcome.list_requests += requests;
-            outcome.listings += 1;
-            if !found {
-                listed_at = Some(watch.counters.activity());
-            }
-            wake = Some(now);
-            continue;
-        }
-        for event in &decision.events {
-            match event {
-                EventKind::Completed { object_count, .. } => {
-                    if outcome.first_completion_ms.is_none() {
-                        outcome.first_completion_ms = Some(now.as_millis());
-                        outcome.first_completion_objects = *object_count;
-                    }
-                    outcome.final_completion_ms = Some(now.as_millis());
-                }
-                EventKind::Reopened { .. } => outcome.reopens += 1,
-                _ => {}
-            }
-        }
-        if let Some(lifecycle) = decision.lifecycle {
-            watch.lifecycle = lifecycle;
-        }
-        wake = decision.wake_at;
-        if wake.is_none() && watch.lifecycle.state != WatchState::Active {
-            break; // forgotten: nothing can change it any more
-        }
+            .map(|d| replay::Arrival {
+                at: Timestamp::from_millis(d.at_ms),
+                object: d.key,
+            })
+            .collect();
+        let created = self
+            .lands_ms
+            .iter()
+            .map(|t| Timestamp::from_millis(*t))
+            .collect();
+        replay::History::new(Timestamp::from_millis(T0), created, arrivals)
     }
-    outcome
+}
+
+/// Replays `run` against `policy` (its late window set to [`LATE_WINDOW`])
+/// with the server's replay engine, the one ReplayWatch runs.
+pub fn replay(policy: &Policy, run: &Run) -> Outcome {
+    let policy = Policy {
+        late_window: Some(LATE_WINDOW),
+        ..policy.clone()
+    };
+    let o = replay::replay(&policy, &run.history());
+    assert!(!o.truncated, "{}#{} did not settle", run.trace, run.seed);
+    Outcome {
+        first_completion_ms: o.first_completion.map(Timestamp::as_millis),
+        first_completion_objects: o.first_completion_objects,
+        final_completion_ms: o.final_completion.map(Timestamp::as_millis),
+        reopens: o.reopens,
+        list_requests: o.list_requests,
+        listings: o.listings,
+    }
 }
 
 /// A policy to score, built per run (expected_count needs the run's true

@@ -6,6 +6,7 @@ and restarts. Create it inside the event loop that uses it.
 from __future__ import annotations
 
 import asyncio
+from datetime import datetime
 from typing import AsyncIterator, Mapping, Optional, Sequence, Union
 
 import grpc
@@ -13,7 +14,7 @@ import grpc.aio
 
 from streamwatch import _transport
 from streamwatch._transport import DEFAULT_REQUEST_TIMEOUT, TLS, Backoff, Retry, is_terminal
-from streamwatch.client import _bounded, objects_request, outcome, start_request
+from streamwatch.client import _bounded, objects_request, outcome, replay_request, start_request
 from streamwatch.errors import (
     DeadlineExceeded,
     SequenceGap,
@@ -111,6 +112,16 @@ class AsyncClient:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    async def replay_watch(
+        self,
+        watch_id: Optional[str] = None,
+        *,
+        objects: Optional[Sequence[tuple[datetime, Optional[datetime]]]] = None,
+        policies: Sequence[Policy] = (),
+    ) -> watch_pb2.ReplayWatchResponse:
+        """As `Client.replay_watch`."""
+        return await self._call(self.watches.ReplayWatch, replay_request(watch_id, objects, policies))
 
     async def get_watch(self, watch_id: str) -> watch_pb2.Watch:
         request = watch_pb2.GetWatchRequest(watch_id=watch_id)

@@ -8,6 +8,7 @@ disconnects and restarts (`events`), and waiting for a watch to end
 from __future__ import annotations
 
 import time
+from datetime import datetime
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import grpc
@@ -56,6 +57,22 @@ def start_request(
         exclude=list(exclude),
         members=list(members),
     )
+
+
+def replay_request(
+    watch_id: Optional[str],
+    objects: Optional[Sequence[tuple[datetime, Optional[datetime]]]],
+    policies: Sequence[Policy],
+) -> watch_pb2.ReplayWatchRequest:
+    request = watch_pb2.ReplayWatchRequest(watch_id=watch_id or "")
+    for created, arrived in objects or ():
+        obj = request.objects.add()
+        obj.created.FromDatetime(created)
+        if arrived is not None:
+            obj.arrived.FromDatetime(arrived)
+    for policy in policies:
+        request.policies.add().CopyFrom(policy.to_proto())
+    return request
 
 
 def objects_request(watch_id: str, generation: int, page_size: Optional[int], token: str) -> watch_pb2.ListWatchObjectsRequest:
@@ -188,6 +205,19 @@ class Client:
             if not page.next_page_token:
                 return
             token = page.next_page_token
+
+    def replay_watch(
+        self,
+        watch_id: Optional[str] = None,
+        *,
+        objects: Optional[Sequence[tuple[datetime, Optional[datetime]]]] = None,
+        policies: Sequence[Policy] = (),
+    ) -> watch_pb2.ReplayWatchResponse:
+        """What completion policies would have decided on the watch's own
+        objects, or on `objects` (`(created, arrived)` pairs of aware
+        datetimes; `arrived` None: at creation): one `ReplayOutcome` per
+        policy, the standard candidates and `policies` included."""
+        return self._call(self.watches.ReplayWatch, replay_request(watch_id, objects, policies))
 
     def get_watch(self, watch_id: str) -> watch_pb2.Watch:
         return self._call(self.watches.GetWatch, watch_pb2.GetWatchRequest(watch_id=watch_id)).watch

@@ -478,20 +478,76 @@ class ListWatchObjectsRequest(_message.Message):
     def __init__(self, watch_id: _Optional[str] = ..., generation: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class WatchObject(_message.Message):
-    __slots__ = ("key", "size", "sequencer", "event_time", "removed", "generation")
+    __slots__ = ("key", "size", "sequencer", "event_time", "removed", "generation", "recorded_at")
     KEY_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCER_FIELD_NUMBER: _ClassVar[int]
     EVENT_TIME_FIELD_NUMBER: _ClassVar[int]
     REMOVED_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
+    RECORDED_AT_FIELD_NUMBER: _ClassVar[int]
     key: str
     size: int
     sequencer: str
     event_time: _timestamp_pb2.Timestamp
     removed: bool
     generation: int
-    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., sequencer: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., removed: _Optional[bool] = ..., generation: _Optional[int] = ...) -> None: ...
+    recorded_at: _timestamp_pb2.Timestamp
+    def __init__(self, key: _Optional[str] = ..., size: _Optional[int] = ..., sequencer: _Optional[str] = ..., event_time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., removed: _Optional[bool] = ..., generation: _Optional[int] = ..., recorded_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReplayWatchRequest(_message.Message):
+    __slots__ = ("watch_id", "objects", "policies")
+    WATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_FIELD_NUMBER: _ClassVar[int]
+    watch_id: str
+    objects: _containers.RepeatedCompositeFieldContainer[ReplayObject]
+    policies: _containers.RepeatedCompositeFieldContainer[Policy]
+    def __init__(self, watch_id: _Optional[str] = ..., objects: _Optional[_Iterable[_Union[ReplayObject, _Mapping]]] = ..., policies: _Optional[_Iterable[_Union[Policy, _Mapping]]] = ...) -> None: ...
+
+class ReplayObject(_message.Message):
+    __slots__ = ("created", "arrived")
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    ARRIVED_FIELD_NUMBER: _ClassVar[int]
+    created: _timestamp_pb2.Timestamp
+    arrived: _timestamp_pb2.Timestamp
+    def __init__(self, created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., arrived: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class ReplayWatchResponse(_message.Message):
+    __slots__ = ("objects", "started", "last_created", "outcomes")
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    LAST_CREATED_FIELD_NUMBER: _ClassVar[int]
+    OUTCOMES_FIELD_NUMBER: _ClassVar[int]
+    objects: int
+    started: _timestamp_pb2.Timestamp
+    last_created: _timestamp_pb2.Timestamp
+    outcomes: _containers.RepeatedCompositeFieldContainer[ReplayOutcome]
+    def __init__(self, objects: _Optional[int] = ..., started: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_created: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., outcomes: _Optional[_Iterable[_Union[ReplayOutcome, _Mapping]]] = ...) -> None: ...
+
+class ReplayOutcome(_message.Message):
+    __slots__ = ("name", "policy", "completed", "early", "first_completion", "first_completion_objects", "reopens", "delay", "listings", "list_requests")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    EARLY_FIELD_NUMBER: _ClassVar[int]
+    FIRST_COMPLETION_FIELD_NUMBER: _ClassVar[int]
+    FIRST_COMPLETION_OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    REOPENS_FIELD_NUMBER: _ClassVar[int]
+    DELAY_FIELD_NUMBER: _ClassVar[int]
+    LISTINGS_FIELD_NUMBER: _ClassVar[int]
+    LIST_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    policy: Policy
+    completed: bool
+    early: bool
+    first_completion: _duration_pb2.Duration
+    first_completion_objects: int
+    reopens: int
+    delay: _duration_pb2.Duration
+    listings: int
+    list_requests: int
+    def __init__(self, name: _Optional[str] = ..., policy: _Optional[_Union[Policy, _Mapping]] = ..., completed: _Optional[bool] = ..., early: _Optional[bool] = ..., first_completion: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., first_completion_objects: _Optional[int] = ..., reopens: _Optional[int] = ..., delay: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., listings: _Optional[int] = ..., list_requests: _Optional[int] = ...) -> None: ...
 
 class ListWatchObjectsResponse(_message.Message):
     __slots__ = ("objects", "next_page_token")

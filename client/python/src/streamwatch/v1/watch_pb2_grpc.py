@@ -64,6 +64,11 @@ class WatchServiceStub:
                 request_serializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsRequest.SerializeToString,
                 response_deserializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsResponse.FromString,
                 _registered_method=True)
+        self.ReplayWatch = channel.unary_unary(
+                '/streamwatch.v1.WatchService/ReplayWatch',
+                request_serializer=streamwatch_dot_v1_dot_watch__pb2.ReplayWatchRequest.SerializeToString,
+                response_deserializer=streamwatch_dot_v1_dot_watch__pb2.ReplayWatchResponse.FromString,
+                _registered_method=True)
 
 
 class WatchServiceServicer:
@@ -116,6 +121,19 @@ class WatchServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReplayWatch(self, request, context):
+        """What completion policies would have decided on a watch's own objects
+        (when each was created and when streamwatch counted it), or on objects
+        given here: when each policy would have completed after the last object
+        was created, whether that was early, how often it reopened, and what
+        its listings cost. The engine that scores the policies of
+        server/DECISIONS.md. One replay runs at a time per server
+        (RESOURCE_EXHAUSTED with a retry hint otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WatchServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +166,11 @@ def add_WatchServiceServicer_to_server(servicer, server):
                     servicer.ListWatchObjects,
                     request_deserializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsRequest.FromString,
                     response_serializer=streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsResponse.SerializeToString,
+            ),
+            'ReplayWatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReplayWatch,
+                    request_deserializer=streamwatch_dot_v1_dot_watch__pb2.ReplayWatchRequest.FromString,
+                    response_serializer=streamwatch_dot_v1_dot_watch__pb2.ReplayWatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -312,6 +335,33 @@ class WatchService:
             '/streamwatch.v1.WatchService/ListWatchObjects',
             streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsRequest.SerializeToString,
             streamwatch_dot_v1_dot_watch__pb2.ListWatchObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReplayWatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/streamwatch.v1.WatchService/ReplayWatch',
+            streamwatch_dot_v1_dot_watch__pb2.ReplayWatchRequest.SerializeToString,
+            streamwatch_dot_v1_dot_watch__pb2.ReplayWatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
