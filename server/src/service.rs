@@ -29,6 +29,9 @@ use crate::{
 
 /// Watches per ListWatches page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Members of groups one ListWatches page reads at most (a page of groups
+/// ends early rather than read more).
+pub const MAX_MEMBER_READS: usize = 2_000;
 pub const MAX_PAGE_SIZE: usize = 1000;
 
 /// A validated StartWatch.
@@ -353,7 +356,10 @@ impl Service {
 
     /// Gives each group among `watches` its members' counters, summed.
     async fn sum_members(&self, tenant: &TenantId, watches: &mut [Watch]) -> Result<(), Error> {
-        let keys: Vec<WatchKey> = watches.iter().flat_map(Watch::member_keys).collect();
+        let mut keys: Vec<WatchKey> = watches.iter().flat_map(Watch::member_keys).collect();
+        // Groups may share members; a store reads each once.
+        keys.sort();
+        keys.dedup();
         if keys.is_empty() {
             return Ok(());
         }
@@ -498,8 +504,19 @@ impl Service {
             after: list.page_token,
         };
         let mut watches = self.store.list_watches(tenant, &query).await?;
-        let next = if watches.len() > limit {
-            watches.truncate(limit);
+        // A page of groups reads their members: it ends early rather than
+        // read more than MAX_MEMBER_READS of them (at least one watch a page).
+        let mut members = 0;
+        let within = watches
+            .iter()
+            .take(limit)
+            .position(|w| {
+                members += w.source.members().len();
+                members > MAX_MEMBER_READS
+            })
+            .map_or(limit, |at| at.max(1));
+        let next = if watches.len() > within {
+            watches.truncate(within);
             watches.last().map(|w| w.id.clone())
         } else {
             None

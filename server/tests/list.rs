@@ -84,3 +84,59 @@ async fn filters_by_state_and_labels_and_pages() {
         .collect();
     assert_eq!(runs, ["6", "4", "2"]);
 }
+
+#[tokio::test]
+async fn a_page_of_groups_ends_before_it_reads_too_many_members() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let mut members = Vec::new();
+    for _ in 0..100 {
+        let w = begin(
+            &mut client,
+            start_request("data-lake", "", quiet_period(Duration::from_secs(3600))),
+        )
+        .await;
+        members.push(w.watch_id);
+    }
+    // 21 groups of the same 100 members: 2,100 member reads in one page of 30.
+    for _ in 0..21 {
+        let group = v1::StartWatchRequest {
+            members: members.clone(),
+            ..Default::default()
+        };
+        begin(&mut client, group).await;
+    }
+    let page = client
+        .list_watches(v1::ListWatchesRequest {
+            page_size: 30,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let groups = page
+        .watches
+        .iter()
+        .filter(|w| !w.members.is_empty())
+        .count();
+    assert_eq!(
+        (page.watches.len(), groups),
+        (20, 20),
+        "the page ends at 2,000 member reads"
+    );
+    assert!(!page.next_page_token.is_empty());
+    let rest = client
+        .list_watches(v1::ListWatchesRequest {
+            page_size: 30,
+            page_token: page.next_page_token.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let seen: std::collections::HashSet<_> = page
+        .watches
+        .iter()
+        .chain(&rest.watches)
+        .map(|w| w.watch_id.clone())
+        .collect();
+    assert_eq!(seen.len(), 50, "no watch skipped or listed twice");
+}

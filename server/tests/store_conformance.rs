@@ -742,6 +742,27 @@ async fn late_objects_belong_to_the_generation_their_reopening_starts(store: Arc
     );
 }
 
+async fn reads_many_watches_each_once(store: Arc<dyn Store>) {
+    let (a, b) = (new_watch("acme", None), new_watch("acme", None));
+    create(&*store, a.clone()).await;
+    create(&*store, b.clone()).await;
+    let key = |w: &NewWatch| streamwatch_server::watch::WatchKey {
+        tenant: w.tenant.clone(),
+        id: w.id.clone(),
+    };
+    let missing = new_watch("acme", None);
+    // Groups that share a member ask for it twice.
+    let read = store
+        .watches(&[key(&a), key(&b), key(&a), key(&missing)])
+        .await
+        .unwrap();
+    let mut ids: Vec<_> = read.iter().map(|w| w.id.clone()).collect();
+    ids.sort();
+    let mut expected = vec![a.id.clone(), b.id.clone()];
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
 async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
     let new = new_watch("acme", None);
     let watch = create(&*store, new.clone()).await;
@@ -1409,4 +1430,5 @@ conformance!(
     keeps_a_watch_groups_members,
     counts_markers_apart_from_objects_once_per_marker,
     late_objects_belong_to_the_generation_their_reopening_starts,
+    reads_many_watches_each_once,
 );

@@ -1541,8 +1541,10 @@ impl Store for DynamoStore {
     }
 
     async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {
-        let keys = keys
-            .iter()
+        // BatchGetItem refuses a key asked for twice.
+        let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+        let keys = unique
+            .into_iter()
             .map(|k| (watch_pk(&k.tenant, &k.id), "WATCH".to_owned()))
             .collect();
         self.batch_get(keys).await?.iter().map(item_watch).collect()

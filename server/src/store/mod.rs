@@ -435,10 +435,12 @@ pub trait Store: Send + Sync + 'static {
         ))
     }
 
-    /// The watches of `keys` that exist, strongly consistent (any order).
+    /// The watches of `keys` that exist, strongly consistent (any order,
+    /// each once however often it is asked for).
     async fn watches(&self, keys: &[crate::watch::WatchKey]) -> Result<Vec<Watch>> {
-        let mut out = Vec::with_capacity(keys.len());
-        for key in keys {
+        let unique: std::collections::BTreeSet<_> = keys.iter().collect();
+        let mut out = Vec::with_capacity(unique.len());
+        for key in unique {
             out.extend(self.get_watch(&key.tenant, &key.id).await?);
         }
         Ok(out)
