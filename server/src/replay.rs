@@ -13,7 +13,10 @@ use std::{collections::HashSet, time::Duration};
 use crate::{
     clock::Timestamp,
     policy::{self, Policy, Rule},
-    watch::{Bucket, Counters, EventKind, Prefix, Source, TenantId, Watch, WatchId, WatchState},
+    watch::{
+        Bucket, Counters, EventKind, Prefix, SeriesPrior, Source, TenantId, Watch, WatchId,
+        WatchState,
+    },
 };
 
 /// Objects a listing returns per ListObjectsV2 request.
@@ -153,7 +156,14 @@ fn list(
 /// Replays `history` against `policy`, as given (give it a `late_window` to
 /// see a premature completion reopen and the one that stood).
 pub fn replay(policy: &Policy, history: &History) -> Outcome {
+    replay_in_series(policy, history, None)
+}
+
+/// [`replay`] of a watch that starts with what its series' earlier runs
+/// showed, as StartWatch gives a watch of a series.
+pub fn replay_in_series(policy: &Policy, history: &History, prior: Option<SeriesPrior>) -> Outcome {
     let mut watch = replayed_watch(policy, history.start);
+    watch.lifecycle.polling.series = prior;
     let mut seen = HashSet::new();
     let mut outcome = Outcome::default();
     // The activity level the prefix was last listed at (`policy.reconcile`).

@@ -22,13 +22,15 @@ use crate::{
     replay,
     store::{Created, Delivery, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, Store},
     watch::{
-        Counters, Labels, NotifyTarget, Source, TenantId, TraceContext, Watch, WatchEvent, WatchId,
-        WatchKey, WatchState,
+        Counters, Labels, NotifyTarget, SERIES_LABEL, SeriesPrior, Source, TenantId, TraceContext,
+        Watch, WatchEvent, WatchId, WatchKey, WatchState,
     },
 };
 
 /// Watches per ListWatches page when the caller does not say.
 pub const DEFAULT_PAGE_SIZE: usize = 100;
+/// Completed runs of a series a new watch learns from: the newest ones.
+pub const SERIES_RUNS: usize = 5;
 /// Members of groups one ListWatches page reads at most (a page of groups
 /// ends early rather than read more).
 pub const MAX_MEMBER_READS: usize = 2_000;
@@ -286,6 +288,7 @@ impl Service {
         match created {
             Created::New { watch, events } => {
                 self.hub.publish(&events);
+                let watch = self.learn_from_series(tenant, watch).await?;
                 self.observer.arm(watch.clone()).await?;
                 match watch.source.as_objects() {
                     Some(o) => {
@@ -320,6 +323,82 @@ impl Service {
                 let [watch] = watches;
                 Ok((watch, false))
             }
+        }
+    }
+
+    /// Gives a new adaptive watch of a series (label [`SERIES_LABEL`]) what
+    /// the newest completed adaptive watches of that series showed: their
+    /// object count when they all agree, and their longest gap (see
+    /// [`policy::SeriesFloor`]). Only runs confirmed the same way (by a
+    /// listing, or not) are read: their gaps are on the same clock.
+    async fn learn_from_series(&self, tenant: &TenantId, watch: Watch) -> Result<Watch, Error> {
+        let Some(series) = watch.labels.get(SERIES_LABEL).cloned() else {
+            return Ok(watch);
+        };
+        if !matches!(watch.policy.rule, policy::Rule::Adaptive { .. }) {
+            return Ok(watch);
+        }
+        let query = ListQuery {
+            state: Some(WatchState::Completed),
+            labels: [(SERIES_LABEL.to_owned(), series.clone())].into(),
+            limit: SERIES_RUNS * 4,
+            after: None,
+        };
+        let runs: Vec<Watch> = self
+            .store
+            .list_watches(tenant, &query)
+            .await?
+            .into_iter()
+            .filter(|w| {
+                matches!(w.policy.rule, policy::Rule::Adaptive { .. })
+                    && w.policy.reconcile == watch.policy.reconcile
+            })
+            .take(SERIES_RUNS)
+            .collect();
+        let Some(first) = runs.first() else {
+            return Ok(watch);
+        };
+        let count = first.counters.object_count;
+        // Each run's longest gap (its histogram's top bucket).
+        let longest: Vec<u64> = runs
+            .iter()
+            .map(|w| {
+                w.lifecycle
+                    .polling
+                    .gaps
+                    .quantile(1.0)
+                    .map_or(0, |d| d.as_millis() as u64)
+            })
+            .collect();
+        let prior = SeriesPrior {
+            series,
+            runs: runs.len() as u32,
+            count: runs
+                .iter()
+                .all(|w| w.counters.object_count == count)
+                .then_some(count),
+            max_gap_ms: longest.iter().copied().max().unwrap_or(0),
+            min_max_gap_ms: longest.iter().copied().min().unwrap_or(0),
+        };
+        let mut lifecycle = watch.lifecycle.clone();
+        lifecycle.polling.series = Some(prior);
+        let guard = crate::store::Guard::exact(&watch);
+        match self
+            .store
+            .apply(
+                tenant,
+                &watch.id,
+                guard,
+                lifecycle,
+                Vec::new(),
+                self.clock.now(),
+            )
+            .await?
+        {
+            Some(crate::store::Applied::Done { watch, .. }) => Ok(watch),
+            // It changed already (or is gone): it runs without the history.
+            Some(crate::store::Applied::Conflict(watch)) => Ok(watch),
+            None => Ok(watch),
         }
     }
 

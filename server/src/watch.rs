@@ -604,6 +604,32 @@ pub struct PollingProgress {
     /// The marker rule with `verify_manifest`: the last check of the marker's manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub manifest: Option<ManifestCheck>,
+    /// The adaptive rule: what the completed watches of its series showed
+    /// before it started (see [`SERIES_LABEL`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub series: Option<SeriesPrior>,
+}
+
+/// The label that names a watch's series: watches of one recurring data set
+/// (a daily export, an hourly partition) that learn from each other.
+pub const SERIES_LABEL: &str = "series";
+
+/// What a new adaptive watch learnt from the completed adaptive watches of
+/// its series (the newest few, of its tenant).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeriesPrior {
+    /// The series, and how many completed watches of it were read.
+    pub series: String,
+    pub runs: u32,
+    /// The object count every one of those runs completed with, when they agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<u64>,
+    /// The longest gap between activities any of them showed (between
+    /// creations, for watches confirmed by a listing), in milliseconds; and
+    /// the shortest of their longest gaps.
+    pub max_gap_ms: u64,
+    #[serde(default)]
+    pub min_max_gap_ms: u64,
 }
 
 /// A W3C trace context (`traceparent` and `tracestate` headers), carried

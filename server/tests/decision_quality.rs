@@ -192,7 +192,7 @@ fn decisions_md_holds_the_current_table() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/DECISIONS.md");
     let md = std::fs::read_to_string(path).expect("server/DECISIONS.md");
     assert!(
-        md.contains(&scored().0),
+        md.contains(&scored().0) && md.contains(&series_scored().0),
         "server/DECISIONS.md is stale: paste the output of \
          `cargo test -p streamwatch-server --test decision_quality -- --ignored --nocapture`"
     );
@@ -202,4 +202,43 @@ fn decisions_md_holds_the_current_table() {
 #[ignore = "prints the table for server/DECISIONS.md"]
 fn print_decision_table() {
     println!("{}", scored().0);
+}
+
+/// The series table and its scores, computed once.
+fn series_scored() -> &'static (String, Vec<(String, SeriesScore)>) {
+    static TABLE: OnceLock<(String, Vec<(String, SeriesScore)>)> = OnceLock::new();
+    TABLE.get_or_init(|| series_table(TABLE_SEEDS))
+}
+
+#[test]
+fn a_series_learns_its_count_and_its_gaps_from_the_runs_before() {
+    let scores = &series_scored().1;
+    let find = |name: &str| &scores.iter().find(|(n, _)| n == name).unwrap().1;
+    // Where the count repeats and nothing is late, it completes on the count.
+    for trace in ["steady", "firehose_60s", "trickle"] {
+        let s = find(&format!("{trace} (as generated)"));
+        assert!(s.repeats, "{trace}");
+        let p99 = percentile(&s.delays_learnt, 0.99).unwrap();
+        assert!(p99 <= 5_000, "{trace}: p99 {p99}ms with history");
+    }
+    for (name, s) in scores.iter().filter(|(_, s)| s.repeats) {
+        assert!(
+            s.false_learnt <= s.false_alone,
+            "{name}: {} vs {}",
+            s.false_learnt,
+            s.false_alone
+        );
+    }
+    // The history knows the 5-minute pause the rule alone cannot.
+    let paused = find("pause_5m (count varies)");
+    assert_eq!((paused.false_alone, paused.false_learnt), (200, 0));
+    // What defeats it: a count that repeated and then grows after a pause.
+    let grows = find("steady, count repeats 5 runs then grows");
+    assert_eq!((grows.false_alone, grows.false_learnt), (0, 40));
+}
+
+#[test]
+#[ignore = "prints the series table for server/DECISIONS.md"]
+fn print_series_table() {
+    println!("{}", series_scored().0);
 }

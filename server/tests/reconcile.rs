@@ -445,3 +445,75 @@ async fn adaptive_with_a_listing_waits_for_objects_whose_notifications_are_held_
         "no count, no activity, no reopening"
     );
 }
+
+#[tokio::test]
+async fn a_series_completes_its_third_run_on_the_count_the_first_two_ended_with() {
+    let s3 = s3().await;
+    let bucket = aws::unique("series");
+    s3.create_bucket().bucket(&bucket).send().await.unwrap();
+    let sqs = aws::sqs().await;
+    let (queue, _) =
+        aws::queue_with_dlq(&sqs, &aws::unique("series"), 5, Duration::from_secs(30)).await;
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.sqs_queue_urls = vec![queue];
+    config.sqs_wait = Duration::from_secs(1);
+    let server = TestServer::start_with(dir, config, None).await;
+    let mut client = server.client().await;
+    let policy = v1::Policy {
+        rule: Some(v1::policy::Rule::Adaptive(v1::AdaptiveRule {
+            min_window: Some(duration(Duration::from_secs(2))),
+            ..Default::default()
+        })),
+        reconcile: true,
+        ..Default::default()
+    };
+    let mut reasons = Vec::new();
+    for day in 1..=3 {
+        let prefix = format!("day={day}/");
+        let mut request = start_request(&bucket, &prefix, policy.clone());
+        request
+            .labels
+            .insert("series".into(), "daily-export".into());
+        let watch = begin(&mut client, request).await;
+        let mut events = client.events(&watch.watch_id, 0).await.unwrap();
+        let keys: Vec<String> = (0..3).map(|i| format!("{prefix}part-{i}.json")).collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        for key in &keys {
+            put(&s3, &bucket, key, "{}").await;
+        }
+        client
+            .ingest_s3_events(vec![notifications(&s3, &bucket, &keys).await])
+            .await
+            .unwrap();
+        let events = read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
+        assert_eq!(completed_count(&events), 3, "day {day}");
+        let Some(v1::watch_event::Kind::Completed(done)) = &events.last().unwrap().kind else {
+            unreachable!()
+        };
+        reasons.push(done.reason.clone());
+        if day == 3 {
+            let window = client
+                .get_watch(&watch.watch_id)
+                .await
+                .unwrap()
+                .adaptive_window
+                .unwrap();
+            assert!(
+                window
+                    .explanation
+                    .starts_with("series daily-export: 1.5 x the longest gap of its last 2 runs"),
+                "{}",
+                window.explanation
+            );
+        }
+    }
+    for reason in &reasons[..2] {
+        assert!(reason.starts_with("no object created for 2s"), "{reason}");
+    }
+    assert_eq!(
+        reasons[2],
+        "the count of series daily-export landed: 3 objects, as in each of its last 2 runs, \
+         and a listing of the prefix found none unseen"
+    );
+}

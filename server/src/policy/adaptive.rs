@@ -106,6 +106,53 @@ pub struct AdaptiveWindow {
     pub safety_factor: f64,
     /// Which bound the window sits on, if the statistic fell outside them.
     pub bound: Option<WindowBound>,
+    /// The series the lower bound was learnt from, instead of `min_window`.
+    pub series: Option<SeriesFloor>,
+}
+
+/// A lower bound learnt from a watch's series: [`SERIES_SAFETY_FACTOR`] x the
+/// longest gap its earlier runs showed, at least [`MIN_SERIES_WINDOW`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct SeriesFloor {
+    pub series: String,
+    pub runs: u32,
+    pub longest_gap: Duration,
+}
+
+/// Completed runs of a series a watch needs before it learns from them.
+pub const MIN_SERIES_RUNS: u32 = 2;
+/// The shortest window a series' history sets.
+pub const MIN_SERIES_WINDOW: Duration = Duration::from_secs(1);
+/// The multiplier on the longest gap a series' runs showed: a run may pause
+/// somewhat longer than the runs before it.
+pub const SERIES_SAFETY_FACTOR: f64 = 1.5;
+/// How far apart a series' runs' longest gaps may be for the series to set
+/// the window.
+pub const SERIES_GAP_SPREAD: f64 = 2.0;
+
+/// The lower bound of `watch`'s adaptive window: `min_window`, or what its
+/// series learnt, when it has enough runs that agree on their longest pause
+/// (the longest is at most [`SERIES_GAP_SPREAD`] times the shortest of
+/// them; runs that disagree say little about this one).
+fn floor(watch: &Watch, min_window: Duration) -> (Duration, Option<SeriesFloor>) {
+    let Some(p) = watch
+        .lifecycle
+        .polling
+        .series
+        .as_ref()
+        .filter(|p| p.runs >= MIN_SERIES_RUNS)
+        .filter(|p| p.max_gap_ms as f64 <= p.min_max_gap_ms as f64 * SERIES_GAP_SPREAD)
+    else {
+        return (min_window, None);
+    };
+    let longest_gap = Duration::from_millis(p.max_gap_ms);
+    let scaled = Duration::from_millis((p.max_gap_ms as f64 * SERIES_SAFETY_FACTOR).ceil() as u64);
+    let learnt = SeriesFloor {
+        series: p.series.clone(),
+        runs: p.runs,
+        longest_gap,
+    };
+    (scaled.clamp(MIN_SERIES_WINDOW, MAX_WINDOW), Some(learnt))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -118,8 +165,17 @@ impl fmt::Display for AdaptiveWindow {
     /// Why the window is what it is: `3 x p99 gap 13.6s over 57 gaps`,
     /// `min_window; 3 x p99 gap 0.5s over 199 gaps is shorter`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let lower = match &self.series {
+            Some(s) => format!(
+                "series {}: {SERIES_SAFETY_FACTOR} x the longest gap of its last {} runs, {}",
+                s.series,
+                s.runs,
+                human(s.longest_gap)
+            ),
+            None => "min_window".to_owned(),
+        };
         let Some(gap) = self.gap_quantile else {
-            return f.write_str("min_window; no gaps seen yet");
+            return write!(f, "{lower}; no gaps seen yet");
         };
         let p = (self.quantile * 1000.0).round() / 10.0;
         let statistic = format!(
@@ -130,7 +186,7 @@ impl fmt::Display for AdaptiveWindow {
         );
         match self.bound {
             None => f.write_str(&statistic),
-            Some(WindowBound::MinWindow) => write!(f, "min_window; {statistic} is shorter"),
+            Some(WindowBound::MinWindow) => write!(f, "{lower}; {statistic} is shorter"),
             Some(WindowBound::MaxWindow) => write!(f, "max_window; {statistic} is longer"),
         }
     }
@@ -168,7 +224,8 @@ pub fn adaptive_window(watch: &Watch) -> Option<AdaptiveWindow> {
     let mut gaps = watch.lifecycle.polling.gaps.clone();
     // The latest activity may not be counted yet (the observer has not evaluated it).
     gaps.observe(adaptive_clock(watch));
-    Some(AdaptiveWindow::new(
+    Some(AdaptiveWindow::of(
+        watch,
         (min_window, max_window),
         quantile,
         safety_factor,
@@ -177,6 +234,26 @@ pub fn adaptive_window(watch: &Watch) -> Option<AdaptiveWindow> {
 }
 
 impl AdaptiveWindow {
+    /// `watch`'s window from `gaps`, its lower bound learnt from its series
+    /// when it has one.
+    pub(super) fn of(
+        watch: &Watch,
+        (min_window, max_window): (Duration, Duration),
+        quantile: f64,
+        safety_factor: f64,
+        gaps: &ActivityGaps,
+    ) -> Self {
+        let (lower, series) = floor(watch, min_window);
+        let mut window = Self::new(
+            (lower, max_window.max(lower)),
+            quantile,
+            safety_factor,
+            gaps,
+        );
+        window.series = series;
+        window
+    }
+
     pub(super) fn new(
         (min_window, max_window): (Duration, Duration),
         quantile: f64,
@@ -205,6 +282,7 @@ impl AdaptiveWindow {
             quantile,
             safety_factor,
             bound,
+            series: None,
         }
     }
 }

@@ -15,7 +15,10 @@ mod marker;
 mod tests;
 
 use adaptive::adaptive_clock;
-pub use adaptive::{ActivityGaps, AdaptiveWindow, WindowBound, adaptive_window, human};
+pub use adaptive::{
+    ActivityGaps, AdaptiveWindow, MIN_SERIES_RUNS, MIN_SERIES_WINDOW, SeriesFloor, WindowBound,
+    adaptive_window, human,
+};
 pub use group::{Member, evaluate_group, group_counters};
 pub use marker::marker_seen;
 use marker::{manifest_summary, marker_status};
@@ -342,6 +345,7 @@ pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecyc
             gaps: ActivityGaps::default(),
             marker_after: None,
             manifest: None,
+            series: None,
         },
     }
 }
@@ -381,6 +385,7 @@ fn evaluate_completed(watch: &Watch, now: Timestamp) -> Decision {
     );
     // What the adaptive rule learnt carries over, the gap that reopened the watch included.
     lifecycle.polling.gaps = watch.lifecycle.polling.gaps.clone();
+    lifecycle.polling.series = watch.lifecycle.polling.series.clone();
     // A reopened marker watch waits for a marker written after this completion.
     if matches!(watch.policy.rule, Rule::Marker { .. }) {
         lifecycle.polling.marker_after = Some(completed_at);
@@ -543,12 +548,27 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
             quantile,
             safety_factor,
         } => {
-            let adaptive = AdaptiveWindow::new(
+            let adaptive = AdaptiveWindow::of(
+                watch,
                 (*min_window, *max_window),
                 *quantile,
                 *safety_factor,
                 &polling.gaps,
             );
+            // A series whose runs all ended with one count: that count,
+            // confirmed by a listing, completes the watch at once.
+            let repeated = polling
+                .series
+                .as_ref()
+                .filter(|p| p.runs >= MIN_SERIES_RUNS && p.count == Some(objects));
+            if let Some(p) = repeated.filter(|_| policy.reconcile && enough) {
+                let reason = format!(
+                    "the count of series {} landed: {objects} objects, as in each of its last {} runs, \
+                     and a listing of the prefix found none unseen",
+                    p.series, p.runs
+                );
+                return complete(reason, polling);
+            }
             let since = adaptive_clock(watch)
                 .unwrap_or(life.generation_started_at)
                 .max(life.generation_started_at);

@@ -1361,3 +1361,56 @@ fn with_a_listing_adaptive_learns_gaps_between_creations_not_arrivals() {
         "{gap:?}: the creation gap, not 19s"
     );
 }
+
+fn in_series(count: Option<u64>, longest_ms: (u64, u64)) -> Watch {
+    let mut w = watch(Rule::adaptive_confirmed());
+    w.policy.reconcile = true;
+    w.lifecycle.polling.series = Some(crate::watch::SeriesPrior {
+        series: "daily".into(),
+        runs: 3,
+        count,
+        max_gap_ms: longest_ms.1,
+        min_max_gap_ms: longest_ms.0,
+    });
+    w
+}
+
+#[test]
+fn a_series_count_completes_at_once_and_its_gaps_set_the_floor() {
+    let mut w = in_series(Some(3), (800, 1000));
+    notified(&mut w, 1, 2);
+    notified(&mut w, 2, 3);
+    let d = evaluate(&w, at(3), Timestamp::MAX);
+    assert!(!completed(&d));
+    assert_eq!(
+        d.wake_at,
+        Some(at(2).plus(Duration::from_millis(1500))),
+        "1.5 x 1s from the newest creation"
+    );
+    w.counters.object_count += 1;
+    w.counters.event_count += 1;
+    w.counters.last_activity_at = Some(at(4));
+    let d = evaluate(&w, at(4), Timestamp::MAX);
+    assert!(completed(&d), "the series' count landed");
+    assert!(
+        d.lifecycle
+            .unwrap()
+            .reason
+            .starts_with("the count of series daily landed: 3 objects")
+    );
+    // Without a listing to confirm it, the count is no reason.
+    let mut unconfirmed = in_series(Some(3), (800, 1000));
+    unconfirmed.policy.reconcile = false;
+    for t in 1..=3 {
+        notified(&mut unconfirmed, t, t + 1);
+    }
+    assert_eq!(unconfirmed.state(), WatchState::Active);
+    assert!(!completed(&evaluate(&unconfirmed, at(4), Timestamp::MAX)));
+    // Runs that disagree on their longest pause leave min_window as it is.
+    let mut spread = in_series(None, (1000, 5000));
+    notified(&mut spread, 1, 2);
+    assert_eq!(
+        evaluate(&spread, at(2), Timestamp::MAX).wake_at,
+        Some(at(1 + 75))
+    );
+}

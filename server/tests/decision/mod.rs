@@ -14,8 +14,9 @@ use std::{collections::HashSet, fmt::Write as _, time::Duration};
 
 use streamwatch_server::{
     clock::Timestamp,
-    policy::{self, DelaySchedule, Policy, Rule},
+    policy::{self, ActivityGaps, DelaySchedule, Policy, Rule},
     replay,
+    watch::SeriesPrior,
 };
 
 /// Where simulated time starts; the watch starts here, objects 5s later.
@@ -664,4 +665,263 @@ pub fn table(seeds: std::ops::Range<u64>) -> (String, Vec<Score>) {
         out.push('\n');
     }
     (out, scores)
+}
+
+/// Runs in each series of the series suite; runs from [`SERIES_SCORED_FROM`]
+/// on (0-based) have three or more earlier runs and are scored.
+pub const SERIES_LEN: u64 = 8;
+pub const SERIES_SCORED_FROM: usize = 3;
+
+impl Run {
+    /// The run without its `m` last created objects (keys stay dense: the
+    /// traces number objects in creation order).
+    pub fn without_last(&self, m: usize) -> Run {
+        let keep = self.lands_ms.len().saturating_sub(m).max(1);
+        let lands: Vec<i64> = self.lands_ms[..keep].to_vec();
+        let deliveries = self
+            .deliveries
+            .iter()
+            .copied()
+            .filter(|d| (d.key as usize) < keep)
+            .collect();
+        Run::of(self.trace, self.seed, lands, deliveries)
+    }
+
+    /// The run with `extra` more objects, the first `pause_ms` after its
+    /// last, then one a second, each notified a second after it lands.
+    pub fn with_more(&self, extra: usize, pause_ms: i64) -> Run {
+        let mut lands = self.lands_ms.clone();
+        let mut deliveries = self.deliveries.clone();
+        let last = lands.iter().copied().max().unwrap_or(T0);
+        for i in 0..extra {
+            let at = last + pause_ms + 1000 * i as i64;
+            deliveries.push(Delivery {
+                at_ms: at + 1000,
+                key: lands.len() as u32,
+            });
+            lands.push(at);
+        }
+        deliveries.sort_by_key(|d| (d.at_ms, d.key));
+        Run::of(self.trace, self.seed, lands, deliveries)
+    }
+
+    /// A run from its creations and deliveries, its truths derived.
+    fn of(trace: &'static str, seed: u64, lands_ms: Vec<i64>, deliveries: Vec<Delivery>) -> Run {
+        let mut seen = HashSet::new();
+        let firsts: Vec<i64> = deliveries
+            .iter()
+            .filter(|d| seen.insert(d.key))
+            .map(|d| d.at_ms)
+            .collect();
+        let mut created = lands_ms.clone();
+        created.sort_unstable();
+        Run {
+            trace,
+            seed,
+            objects: lands_ms.len() as u64,
+            longest_creation_gap_ms: created.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0),
+            last_landed_ms: created.last().copied().unwrap_or(T0),
+            done_ms: firsts.iter().copied().max().unwrap_or(T0),
+            longest_silence_ms: firsts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0),
+            lands_ms,
+            deliveries,
+        }
+    }
+}
+
+/// What StartWatch gives a watch of a series whose earlier runs (oldest
+/// first) are `earlier`: the newest five, as the server reads them.
+pub fn prior(earlier: &[Run]) -> SeriesPrior {
+    let newest: Vec<&Run> = earlier.iter().rev().take(5).collect();
+    let count = newest[0].objects;
+    let longest: Vec<u64> = newest
+        .iter()
+        .map(|r| {
+            let mut created = r.lands_ms.clone();
+            created.sort_unstable();
+            let mut gaps = ActivityGaps::default();
+            for w in created.windows(2) {
+                gaps.add(Duration::from_millis((w[1] - w[0]) as u64));
+            }
+            gaps.quantile(1.0).map_or(0, |d| d.as_millis() as u64)
+        })
+        .collect();
+    SeriesPrior {
+        series: newest[0].trace.to_owned(),
+        runs: newest.len() as u32,
+        count: newest.iter().all(|r| r.objects == count).then_some(count),
+        max_gap_ms: longest.iter().copied().max().unwrap_or(0),
+        min_max_gap_ms: longest.iter().copied().min().unwrap_or(0),
+    }
+}
+
+/// The policy the series suite scores: adaptive at its defaults with a listing.
+fn series_policy() -> Policy {
+    Policy {
+        rule: Rule::adaptive_confirmed(),
+        min_objects: 1,
+        reconcile: true,
+        late_window: Some(LATE_WINDOW),
+        ..Policy::default()
+    }
+}
+
+/// How the adaptive rule with a listing did on a set of scored series runs,
+/// without history and with the earlier runs' history.
+#[derive(Clone, Debug, Default)]
+pub struct SeriesScore {
+    pub runs: usize,
+    pub repeats: bool,
+    pub oracle_ms: i64,
+    pub false_alone: usize,
+    pub false_learnt: usize,
+    pub delays_alone: Vec<i64>,
+    pub delays_learnt: Vec<i64>,
+}
+
+/// Scores `series` (each oldest run first) from [`SERIES_SCORED_FROM`] on.
+pub fn score_series(series: &[Vec<Run>]) -> SeriesScore {
+    let mut s = SeriesScore {
+        repeats: true,
+        ..SeriesScore::default()
+    };
+    let mut scored = Vec::new();
+    for runs in series {
+        s.repeats &= runs.iter().all(|r| r.objects == runs[0].objects);
+        for k in SERIES_SCORED_FROM..runs.len() {
+            let run = &runs[k];
+            let alone = replay::replay(&series_policy(), &run.history());
+            let learnt =
+                replay::replay_in_series(&series_policy(), &run.history(), Some(prior(&runs[..k])));
+            for (o, false_n, delays) in [
+                (alone, &mut s.false_alone, &mut s.delays_alone),
+                (learnt, &mut s.false_learnt, &mut s.delays_learnt),
+            ] {
+                if o.early(&run.history()) {
+                    *false_n += 1;
+                }
+                delays.extend(o.delay_ms(&run.history()));
+            }
+            scored.push(run);
+        }
+    }
+    s.runs = scored.len();
+    s.oracle_ms = oracle_ms(&scored);
+    s.delays_alone.sort_unstable();
+    s.delays_learnt.sort_unstable();
+    s
+}
+
+/// The series of `trace` for each of `seeds`: [`SERIES_LEN`] runs, as
+/// generated, or with a seeded 1-10% of each run's last objects dropped
+/// (`vary`), so that the count varies.
+pub fn series_of(trace: &Trace, seeds: std::ops::Range<u64>, vary: bool) -> Vec<Vec<Run>> {
+    seeds
+        .map(|seed| {
+            (0..SERIES_LEN)
+                .map(|k| {
+                    let run = trace.run(seed * 100 + k);
+                    if !vary {
+                        return run;
+                    }
+                    let mut rng = fastrand::Rng::with_seed(seed * 100 + k);
+                    let n = run.objects as usize;
+                    run.without_last(rng.usize(1..=(n / 10).max(1)))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A series whose count repeats for five runs and then grows: steady runs
+/// cut to 500 objects, and a sixth with 40 more, 20s after the 500th.
+pub fn series_that_grows(seeds: std::ops::Range<u64>) -> Vec<Vec<Run>> {
+    let steady = SUITE.iter().find(|t| t.name == "steady").expect("steady");
+    seeds
+        .map(|seed| {
+            (0..6)
+                .map(|k| {
+                    let run = steady.run(seed * 100 + k);
+                    let cut = run.without_last(run.objects as usize - 500);
+                    if k == 5 {
+                        cut.with_more(40, 20_000)
+                    } else {
+                        cut
+                    }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The series suite as markdown, and its scores by (trace, variant).
+pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, SeriesScore)>) {
+    let mut scores = Vec::new();
+    for trace in SUITE {
+        for (variant, vary) in [("as generated", false), ("count varies", true)] {
+            let s = score_series(&series_of(trace, seeds.clone(), vary));
+            scores.push((format!("{} ({variant})", trace.name), s));
+        }
+    }
+    scores.push((
+        "steady, count repeats 5 runs then grows".into(),
+        score_series_from(&series_that_grows(seeds.clone()), 5),
+    ));
+    let mut out = String::new();
+    writeln!(
+        out,
+        "Series suite: each series is {SERIES_LEN} runs of one trace (seeds {}-{} x 100 + run); \
+         runs 4-{SERIES_LEN} are scored given the runs before them (the newest five, as StartWatch \
+         reads them). The policy: adaptive at its defaults with a listing, without history and \
+         with it. Delays in seconds after the last creation.\n",
+        seeds.start,
+        seeds.end - 1
+    )
+    .unwrap();
+    out.push_str("| series | count | runs | oracle | false, no history | false, history | p99, no history | p99, history |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    for (name, s) in &scores {
+        writeln!(
+            out,
+            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            if s.repeats { "repeats" } else { "varies" },
+            s.runs,
+            secs(Some(s.oracle_ms)),
+            s.false_alone,
+            s.false_learnt,
+            secs(percentile(&s.delays_alone, 0.99)),
+            secs(percentile(&s.delays_learnt, 0.99)),
+        )
+        .unwrap();
+    }
+    (out, scores)
+}
+
+/// [`score_series`] scoring runs from `from` on.
+fn score_series_from(series: &[Vec<Run>], from: usize) -> SeriesScore {
+    let mut s = SeriesScore {
+        repeats: false,
+        ..SeriesScore::default()
+    };
+    let mut scored = Vec::new();
+    for runs in series {
+        let run = &runs[from];
+        let alone = replay::replay(&series_policy(), &run.history());
+        let learnt =
+            replay::replay_in_series(&series_policy(), &run.history(), Some(prior(&runs[..from])));
+        if alone.early(&run.history()) {
+            s.false_alone += 1;
+        }
+        if learnt.early(&run.history()) {
+            s.false_learnt += 1;
+        }
+        s.delays_alone.extend(alone.delay_ms(&run.history()));
+        s.delays_learnt.extend(learnt.delay_ms(&run.history()));
+        scored.push(run);
+    }
+    s.runs = scored.len();
+    s.oracle_ms = oracle_ms(&scored);
+    s.delays_alone.sort_unstable();
+    s.delays_learnt.sort_unstable();
+    s
 }
