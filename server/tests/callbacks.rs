@@ -904,6 +904,25 @@ async fn a_manifest_a_later_completion_supersedes_is_not_written() {
         .unwrap();
     let mut events = client.events(&id, 0).await.unwrap();
     read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
+    // Generation 1's first attempt has failed on the missing bucket before
+    // generation 2 completes (an attempt already under way would write).
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    loop {
+        let watch = client.get_watch(&id).await.unwrap();
+        let tried = watch
+            .deliveries
+            .first()
+            .is_some_and(|d| d.attempts >= 1 && d.state == v1::DeliveryState::Pending as i32);
+        if tried {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no failed first attempt: {watch:?}"
+        );
+        // No event tells of a failed attempt: GetWatch shows it.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     client
         .ingest_s3_events(vec![created("data-lake", &["c.json"])])
         .await
