@@ -55,7 +55,7 @@ pub enum Rule {
 /// The bounds and shape of an adaptive window: `safety_factor` x the
 /// `quantile` of the observed gaps, clamped to [`min_window`, `max_window`].
 /// A field left `None` takes the server's default (100s, 1h, 0.99, 1.5; with
-/// `reconcile`, 75s, 1h, 0.99, 1.2).
+/// `reconcile`, 75s, 1h, 0.99, 1.15).
 ///
 /// [`min_window`]: Adaptive::min_window
 /// [`max_window`]: Adaptive::max_window

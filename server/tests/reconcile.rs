@@ -387,7 +387,7 @@ async fn adaptive_with_a_listing_waits_for_objects_whose_notifications_are_held_
     };
     assert_eq!(
         (rule.min_window.unwrap().seconds, rule.safety_factor),
-        (75, 1.2)
+        (75, 1.15)
     );
 
     let mut policy = v1::Policy {

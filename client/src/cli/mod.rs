@@ -286,7 +286,7 @@ struct PolicyArgs {
     #[arg(long, value_name = "Q", requires = "adaptive")]
     adaptive_quantile: Option<f64>,
 
-    /// The multiplier on that quantile, 1 to 100 [server default: 1.5; 1.2 with --reconcile]
+    /// The multiplier on that quantile, 1 to 100 [server default: 1.5; 1.15 with --reconcile]
     #[arg(long, value_name = "F", requires = "adaptive")]
     adaptive_safety_factor: Option<f64>,
 

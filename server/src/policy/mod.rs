@@ -64,7 +64,7 @@ pub const DEFAULT_ADAPTIVE_MIN_WINDOW: Duration = Duration::from_secs(100);
 pub const DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW: Duration = Duration::from_secs(75);
 /// The safety factor when a listing confirms each completion: gaps are
 /// measured in creation time, which delivery jitter does not widen.
-pub const DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR: f64 = 1.2;
+pub const DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR: f64 = 1.15;
 pub const DEFAULT_ADAPTIVE_MAX_WINDOW: Duration = Duration::from_secs(3600);
 /// Which quantile of the observed gaps the adaptive rule scales, when unset.
 pub const DEFAULT_ADAPTIVE_QUANTILE: f64 = 0.99;

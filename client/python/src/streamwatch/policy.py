@@ -64,7 +64,7 @@ class Polling:
 class Adaptive:
     """`safety_factor` x the `quantile` of the observed gaps, clamped to
     [`min_window`, `max_window`]; None takes the server's default (100s, 1h,
-    0.99, 1.5; with `reconcile`, 75s, 1h, 0.99, 1.2)."""
+    0.99, 1.5; with `reconcile`, 75s, 1h, 0.99, 1.15)."""
 
     min_window: Optional[timedelta] = None
     max_window: Optional[timedelta] = None
