@@ -297,37 +297,21 @@ impl SqliteStore {
         }
         let tx = conn.transaction()?;
         tx.execute_batch(SCHEMA)?;
-        let has_trace: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'traceparent'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_trace {
-            tx.execute_batch(TRACE_COLUMNS)?;
-        }
-        let has_manifest: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'object_bytes'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_manifest {
-            tx.execute_batch(MANIFEST_COLUMNS)?;
-        }
-        let has_members: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'members'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_members {
-            tx.execute_batch(MEMBERS_COLUMN)?;
-        }
-        let has_marker: bool = tx.query_row(
-            "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = 'marker_count'",
-            [],
-            |r| r.get(0),
-        )?;
-        if !has_marker {
-            tx.execute_batch(MARKER_COLUMNS)?;
+        // Columns added since the first version, each once, when missing.
+        for (column, add) in [
+            ("traceparent", TRACE_COLUMNS),
+            ("object_bytes", MANIFEST_COLUMNS),
+            ("members", MEMBERS_COLUMN),
+            ("marker_count", MARKER_COLUMNS),
+        ] {
+            let present: bool = tx.query_row(
+                "SELECT count(*) > 0 FROM pragma_table_info('watches') WHERE name = ?1",
+                [column],
+                |r| r.get(0),
+            )?;
+            if !present {
+                tx.execute_batch(add)?;
+            }
         }
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
