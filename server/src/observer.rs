@@ -1015,23 +1015,8 @@ impl Observer {
                 self.read_members(key);
                 return None;
             }
-            let mut decision = policy::evaluate_group(&entry.watch, &entry.members, now);
-            return match decision.lifecycle.take() {
-                None => {
-                    let watch = entry.watch.clone();
-                    self.settle(key, watch, &decision);
-                    None
-                }
-                Some(lifecycle) => Some(Transition {
-                    key: key.clone(),
-                    guard: Guard::exact(&entry.watch),
-                    span: evaluation_span(&entry.watch, &lifecycle, false),
-                    lifecycle,
-                    decision,
-                    now,
-                    fence,
-                }),
-            };
+            let decision = policy::evaluate_group(&entry.watch, &entry.members, now);
+            return self.transition(key, decision, false, now, fence);
         }
         let settled = *self.settled.borrow();
         // A manifest check's result is decided on, and written with the decision.
@@ -1060,6 +1045,20 @@ impl Observer {
             self.start_reconcile(key);
             return None;
         }
+        self.transition(key, decision, completes, now, fence)
+    }
+
+    /// A decision that changes the watch's lifecycle, as a transition to
+    /// write; one that changes none is carried out here.
+    fn transition(
+        &mut self,
+        key: &WatchKey,
+        mut decision: policy::Decision,
+        completes: bool,
+        now: Timestamp,
+        fence: Option<Fence>,
+    ) -> Option<Transition> {
+        let entry = self.watches.get(key)?;
         match decision.lifecycle.take() {
             None => {
                 let watch = entry.watch.clone();
