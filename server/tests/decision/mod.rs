@@ -779,34 +779,36 @@ pub struct SeriesScore {
     pub delays_learnt: Vec<i64>,
 }
 
-/// Scores `series` (each oldest run first) from [`SERIES_SCORED_FROM`] on.
-pub fn score_series(series: &[Vec<Run>]) -> SeriesScore {
+/// Scores the runs `scored` (indexes) of each of `series` (oldest run
+/// first), each given the runs before it.
+pub fn score_series(series: &[Vec<Run>], scored: std::ops::Range<usize>) -> SeriesScore {
     let mut s = SeriesScore {
         repeats: true,
         ..SeriesScore::default()
     };
-    let mut scored = Vec::new();
+    let mut runs_scored = Vec::new();
     for runs in series {
         s.repeats &= runs.iter().all(|r| r.objects == runs[0].objects);
-        for k in SERIES_SCORED_FROM..runs.len() {
+        for k in scored.clone().filter(|k| *k < runs.len()) {
             let run = &runs[k];
-            let alone = replay::replay(&series_policy(), &run.history());
+            let history = run.history();
+            let alone = replay::replay(&series_policy(), &history);
             let learnt =
-                replay::replay_in_series(&series_policy(), &run.history(), Some(prior(&runs[..k])));
+                replay::replay_in_series(&series_policy(), &history, Some(prior(&runs[..k])));
             for (o, false_n, delays) in [
                 (alone, &mut s.false_alone, &mut s.delays_alone),
                 (learnt, &mut s.false_learnt, &mut s.delays_learnt),
             ] {
-                if o.early(&run.history()) {
+                if o.early(&history) {
                     *false_n += 1;
                 }
-                delays.extend(o.delay_ms(&run.history()));
+                delays.extend(o.delay_ms(&history));
             }
-            scored.push(run);
+            runs_scored.push(run);
         }
     }
-    s.runs = scored.len();
-    s.oracle_ms = oracle_ms(&scored);
+    s.runs = runs_scored.len();
+    s.oracle_ms = oracle_ms(&runs_scored);
     s.delays_alone.sort_unstable();
     s.delays_learnt.sort_unstable();
     s
@@ -859,13 +861,14 @@ pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, Series
     let mut scores = Vec::new();
     for trace in SUITE {
         for (variant, vary) in [("as generated", false), ("count varies", true)] {
-            let s = score_series(&series_of(trace, seeds.clone(), vary));
+            let series = series_of(trace, seeds.clone(), vary);
+            let s = score_series(&series, SERIES_SCORED_FROM..SERIES_LEN as usize);
             scores.push((format!("{} ({variant})", trace.name), s));
         }
     }
     scores.push((
         "steady, count repeats 5 runs then grows".into(),
-        score_series_from(&series_that_grows(seeds.clone()), 5),
+        score_series(&series_that_grows(seeds.clone()), 5..6),
     ));
     let mut out = String::new();
     writeln!(
@@ -895,33 +898,4 @@ pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, Series
         .unwrap();
     }
     (out, scores)
-}
-
-/// [`score_series`] scoring runs from `from` on.
-fn score_series_from(series: &[Vec<Run>], from: usize) -> SeriesScore {
-    let mut s = SeriesScore {
-        repeats: false,
-        ..SeriesScore::default()
-    };
-    let mut scored = Vec::new();
-    for runs in series {
-        let run = &runs[from];
-        let alone = replay::replay(&series_policy(), &run.history());
-        let learnt =
-            replay::replay_in_series(&series_policy(), &run.history(), Some(prior(&runs[..from])));
-        if alone.early(&run.history()) {
-            s.false_alone += 1;
-        }
-        if learnt.early(&run.history()) {
-            s.false_learnt += 1;
-        }
-        s.delays_alone.extend(alone.delay_ms(&run.history()));
-        s.delays_learnt.extend(learnt.delay_ms(&run.history()));
-        scored.push(run);
-    }
-    s.runs = scored.len();
-    s.oracle_ms = oracle_ms(&scored);
-    s.delays_alone.sort_unstable();
-    s.delays_learnt.sort_unstable();
-    s
 }
