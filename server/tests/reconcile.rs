@@ -23,6 +23,19 @@ async fn s3() -> aws_sdk_s3::Client {
     )
 }
 
+/// A server with AWS access (it consumes a queue of its own), as listing S3
+/// needs.
+async fn server_with_queue(name: &str) -> TestServer {
+    let sqs = aws::sqs().await;
+    let (queue, _) =
+        aws::queue_with_dlq(&sqs, &aws::unique(name), 5, Duration::from_secs(30)).await;
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.sqs_queue_urls = vec![queue];
+    config.sqs_wait = Duration::from_secs(1);
+    TestServer::start_with(dir, config, None).await
+}
+
 fn completed_count(events: &[v1::WatchEvent]) -> u64 {
     match &events.last().expect("events").kind {
         Some(v1::watch_event::Kind::Completed(done)) => done.object_count,
@@ -59,14 +72,7 @@ async fn reconcile_counts_objects_whose_notifications_were_lost() {
         .await
         .unwrap();
 
-    let sqs = aws::sqs().await;
-    let (queue, _) =
-        aws::queue_with_dlq(&sqs, &aws::unique("reconcile"), 5, Duration::from_secs(30)).await;
-    let dir = DataDir::new();
-    let mut config = dir.config(false);
-    config.sqs_queue_urls = vec![queue];
-    config.sqs_wait = Duration::from_secs(1);
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = server_with_queue("reconcile").await;
     let mut client = server.client().await;
 
     let mut checked = quiet_period(Duration::from_secs(2));
@@ -126,19 +132,7 @@ async fn reconcile_counts_only_the_keys_the_filter_takes() {
             .await
             .unwrap();
     }
-    let sqs = aws::sqs().await;
-    let (queue, _) = aws::queue_with_dlq(
-        &sqs,
-        &aws::unique("reconfilter"),
-        5,
-        Duration::from_secs(30),
-    )
-    .await;
-    let dir = DataDir::new();
-    let mut config = dir.config(false);
-    config.sqs_queue_urls = vec![queue];
-    config.sqs_wait = Duration::from_secs(1);
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = server_with_queue("reconfilter").await;
     let mut client = server.client().await;
 
     let mut policy = quiet_period(Duration::from_secs(2));
@@ -263,14 +257,7 @@ async fn a_verified_marker_completes_only_once_every_file_its_manifest_lists_is_
     );
     put(&s3, &bucket, "out/day=2/_SUCCESS", &manifest).await;
 
-    let sqs = aws::sqs().await;
-    let (queue, _) =
-        aws::queue_with_dlq(&sqs, &aws::unique("marker"), 5, Duration::from_secs(30)).await;
-    let dir = DataDir::new();
-    let mut config = dir.config(false);
-    config.sqs_queue_urls = vec![queue];
-    config.sqs_wait = Duration::from_secs(1);
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = server_with_queue("marker").await;
     let mut client = server.client().await;
     let day1 = begin(
         &mut client,
@@ -365,14 +352,7 @@ async fn adaptive_with_a_listing_waits_for_objects_whose_notifications_are_held_
     let s3 = s3().await;
     let bucket = aws::unique("creation");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let sqs = aws::sqs().await;
-    let (queue, _) =
-        aws::queue_with_dlq(&sqs, &aws::unique("creation"), 5, Duration::from_secs(30)).await;
-    let dir = DataDir::new();
-    let mut config = dir.config(false);
-    config.sqs_queue_urls = vec![queue];
-    config.sqs_wait = Duration::from_secs(1);
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = server_with_queue("creation").await;
     let mut client = server.client().await;
 
     // With nothing set, a listing lowers the adaptive defaults.
@@ -451,14 +431,7 @@ async fn a_series_completes_its_third_run_on_the_count_the_first_two_ended_with(
     let s3 = s3().await;
     let bucket = aws::unique("series");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
-    let sqs = aws::sqs().await;
-    let (queue, _) =
-        aws::queue_with_dlq(&sqs, &aws::unique("series"), 5, Duration::from_secs(30)).await;
-    let dir = DataDir::new();
-    let mut config = dir.config(false);
-    config.sqs_queue_urls = vec![queue];
-    config.sqs_wait = Duration::from_secs(1);
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = server_with_queue("series").await;
     let mut client = server.client().await;
     let policy = v1::Policy {
         rule: Some(v1::policy::Rule::Adaptive(v1::AdaptiveRule {
