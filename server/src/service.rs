@@ -355,31 +355,21 @@ impl Service {
             })
             .take(SERIES_RUNS)
             .collect();
-        let Some(first) = runs.first() else {
+        if runs.is_empty() {
             return Ok(watch);
-        };
-        let count = first.counters.object_count;
-        // Each run's longest gap (its histogram's top bucket).
-        let longest: Vec<u64> = runs
+        }
+        // Each run's count and longest gap (its histogram's top bucket).
+        let learnt: Vec<(u64, u64)> = runs
             .iter()
             .map(|w| {
-                w.lifecycle
-                    .polling
-                    .gaps
-                    .quantile(1.0)
-                    .map_or(0, |d| d.as_millis() as u64)
+                let longest = w.lifecycle.polling.gaps.quantile(1.0);
+                (
+                    w.counters.object_count,
+                    longest.map_or(0, |d| d.as_millis() as u64),
+                )
             })
             .collect();
-        let prior = SeriesPrior {
-            series,
-            runs: runs.len() as u32,
-            count: runs
-                .iter()
-                .all(|w| w.counters.object_count == count)
-                .then_some(count),
-            max_gap_ms: longest.iter().copied().max().unwrap_or(0),
-            min_max_gap_ms: longest.iter().copied().min().unwrap_or(0),
-        };
+        let prior = SeriesPrior::of(series, &learnt);
         let mut lifecycle = watch.lifecycle.clone();
         lifecycle.polling.series = Some(prior);
         let guard = crate::store::Guard::exact(&watch);

@@ -632,6 +632,21 @@ pub struct SeriesPrior {
     pub min_max_gap_ms: u64,
 }
 
+impl SeriesPrior {
+    /// What `runs` (each's final object count and longest gap, in ms; at
+    /// least one) of `series` teach a new watch of it.
+    pub fn of(series: String, runs: &[(u64, u64)]) -> Self {
+        let count = runs.first().map_or(0, |r| r.0);
+        Self {
+            series,
+            runs: runs.len() as u32,
+            count: runs.iter().all(|r| r.0 == count).then_some(count),
+            max_gap_ms: runs.iter().map(|r| r.1).max().unwrap_or(0),
+            min_max_gap_ms: runs.iter().map(|r| r.1).min().unwrap_or(0),
+        }
+    }
+}
+
 /// A W3C trace context (`traceparent` and `tracestate` headers), carried
 /// through as text; both empty when there is none.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -732,10 +732,10 @@ impl Run {
 /// What StartWatch gives a watch of a series whose earlier runs (oldest
 /// first) are `earlier`: the newest five, as the server reads them.
 pub fn prior(earlier: &[Run]) -> SeriesPrior {
-    let newest: Vec<&Run> = earlier.iter().rev().take(5).collect();
-    let count = newest[0].objects;
-    let longest: Vec<u64> = newest
+    let newest: Vec<(u64, u64)> = earlier
         .iter()
+        .rev()
+        .take(streamwatch_server::service::SERIES_RUNS)
         .map(|r| {
             let mut created = r.lands_ms.clone();
             created.sort_unstable();
@@ -743,16 +743,13 @@ pub fn prior(earlier: &[Run]) -> SeriesPrior {
             for w in created.windows(2) {
                 gaps.add(Duration::from_millis((w[1] - w[0]) as u64));
             }
-            gaps.quantile(1.0).map_or(0, |d| d.as_millis() as u64)
+            (
+                r.objects,
+                gaps.quantile(1.0).map_or(0, |d| d.as_millis() as u64),
+            )
         })
         .collect();
-    SeriesPrior {
-        series: newest[0].trace.to_owned(),
-        runs: newest.len() as u32,
-        count: newest.iter().all(|r| r.objects == count).then_some(count),
-        max_gap_ms: longest.iter().copied().max().unwrap_or(0),
-        min_max_gap_ms: longest.iter().copied().min().unwrap_or(0),
-    }
+    SeriesPrior::of(earlier[0].trace.to_owned(), &newest)
 }
 
 /// The policy the series suite scores: adaptive at its defaults with a listing.
