@@ -779,14 +779,9 @@ impl WatchService for WatchApi {
         let tenant = tenant(&request)?;
         let id = watch_id(&request.get_ref().watch_id)?;
         let watch = self.service.get_watch(&tenant, &id).await?;
+        let deliveries = self.service.deliveries(&watch).await?;
         let mut watch = watch_to_proto(&watch);
-        watch.deliveries = self
-            .service
-            .deliveries(&tenant, &id)
-            .await?
-            .iter()
-            .map(delivery_to_proto)
-            .collect();
+        watch.deliveries = deliveries.iter().map(delivery_to_proto).collect();
         Ok(Response::new(v1::GetWatchResponse { watch: Some(watch) }))
     }
 

@@ -58,7 +58,13 @@ use crate::{
     observer::Observer,
     quota::Limiter,
     service::Service,
-    store::{Store, dynamodb::DynamoStore, measured::Measured, sqlite::SqliteStore},
+    store::{
+        Store,
+        cached::{self, Cached},
+        dynamodb::DynamoStore,
+        measured::Measured,
+        sqlite::SqliteStore,
+    },
     telemetry::RpcLayer,
 };
 
@@ -174,7 +180,12 @@ impl Core {
             ),
             _ => None,
         };
-        let store: Arc<dyn Store> = Arc::new(Measured::new(store, metrics.clone()));
+        let mut store: Arc<dyn Store> = Arc::new(Measured::new(store, metrics.clone()));
+        if config.store == StoreKind::Sqlite {
+            // This process is the SQLite store's only writer: a watch it
+            // wrote is read back from memory (see `store::cached`).
+            store = Arc::new(Cached::new(store, cached::DEFAULT_CAPACITY));
+        }
         let (sqs, visibility) = match (&aws, config.sqs_queue_urls.is_empty()) {
             (Some(aws), false) => {
                 let (sqs, visibility) = open_queues(aws, &config.sqs_queue_urls).await?;

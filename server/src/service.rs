@@ -490,13 +490,13 @@ impl Service {
         Ok(())
     }
 
-    /// The watch's callback deliveries (none for a watch without notify targets).
-    pub async fn deliveries(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-    ) -> Result<Vec<Delivery>, Error> {
-        Ok(self.store.deliveries(tenant, id).await?)
+    /// The watch's callback deliveries: none, without a store read, for a
+    /// watch without notify targets (only notify targets get outbox entries).
+    pub async fn deliveries(&self, watch: &Watch) -> Result<Vec<Delivery>, Error> {
+        if watch.policy.notify.targets.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(self.store.deliveries(&watch.tenant, &watch.id).await?)
     }
 
     pub async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Watch, Error> {

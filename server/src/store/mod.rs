@@ -25,6 +25,7 @@
 //! Errors: each backend turns its own errors into a [`StoreError`] where it
 //! meets them, classified; no backend error type leaves this module.
 
+pub mod cached;
 pub mod dynamodb;
 pub mod measured;
 pub mod sqlite;
