@@ -1,8 +1,12 @@
 //! Observer timers: one task owns one timer queue with an entry per live
 //! watch, wakes each watch at its deadline, asks the policy what happens, and
-//! appends the outcome through the store. Everything else talks to it through
-//! [`ObserverHandle`]; it is the only writer of lifecycle transitions, so each
-//! generation gets exactly one terminal event.
+//! hands the outcome to the store without waiting for it: writes (and every
+//! other read or listing) run in tasks of their own ([`writer`]) and their
+//! results come back as commands, so a slow store delays no other watch's
+//! deadline. A watch with a write on its way is not decided again until the
+//! write returns. Everything else talks to it through [`ObserverHandle`]; it
+//! is the only writer of lifecycle transitions, so each generation gets
+//! exactly one terminal event.
 //!
 //! In a cluster ([`crate::cluster`]) it times only the watches of shards this
 //! replica holds leases on, fences each transition with the lease, re-reads
@@ -28,7 +32,6 @@ use tokio_util::{
     sync::CancellationToken,
     time::{DelayQueue, delay_queue},
 };
-use tracing::Instrument;
 
 use crate::{
     auth::LiveTenants,
@@ -39,19 +42,24 @@ use crate::{
     ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
     metrics::Metrics,
     policy::{self, Member, Rule},
-    quota::{self, Limiter},
+    quota::Limiter,
     store::{Applied, Fence, Guard, Store, StoreError},
     telemetry,
-    watch::{
-        self, EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchKey, WatchState,
-    },
+    watch::{self, EventKind, Lifecycle, Watch, WatchEvent, WatchId, WatchKey, WatchState},
 };
+
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use writer::{Outcome, Transition, Writer};
 
 /// How long to wait before retrying a watch whose store write failed.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long to wait before listing S3 again after a failed reconciliation.
 const RECONCILE_RETRY: Duration = Duration::from_secs(5);
-/// How often one evaluation re-reads a watch that changed under it.
+/// How often a watch is decided again at once after it changed under a write.
 const MAX_CONFLICTS: usize = 16;
 /// Most watches decided and written together.
 const MAX_BATCH: usize = 1000;
@@ -65,6 +73,14 @@ enum Command {
     Cancel {
         key: WatchKey,
         reason: String,
+        reply: oneshot::Sender<Result<Watch, Error>>,
+    },
+    /// A batch of transitions went to the store.
+    Written(Vec<(Transition, Outcome)>),
+    /// A cancellation went to the store.
+    Cancelled {
+        key: WatchKey,
+        result: Result<Box<(Watch, Vec<WatchEvent>)>, Error>,
         reply: oneshot::Sender<Result<Watch, Error>>,
     },
     /// A reconciliation of `key` at activity level `activity` finished.
@@ -159,27 +175,12 @@ struct Entry {
     members: HashMap<WatchId, Member>,
     /// A read of the group's members is on its way.
     reading_members: bool,
-}
-
-/// A lifecycle change the policy decided, on its way to the store.
-struct Transition {
-    key: WatchKey,
-    guard: Guard,
-    /// The evaluation's span (linked to the watch's StartWatch trace).
-    span: tracing::Span,
-    lifecycle: Lifecycle,
-    /// The rest of the decision (its events, next wake-up), carried out once written.
-    decision: policy::Decision,
-    now: Timestamp,
-    /// The lease the write needs (in a cluster).
-    fence: Option<Fence>,
-}
-
-/// A tenant's active watches as a batch of reopenings takes places, with
-/// its start lock held until the batch is written.
-struct Places {
-    _lock: tokio::sync::OwnedMutexGuard<()>,
-    active: usize,
+    /// Writes of this watch on their way; it is not decided meanwhile.
+    writing: u32,
+    /// It was due while a write was on its way: decide it when the write returns.
+    again: bool,
+    /// Writes in a row that found it changed.
+    conflicts: usize,
 }
 
 /// What a replica of a cluster observes: the shards it owns, and how often
@@ -211,8 +212,8 @@ pub struct Observer {
     deliveries: Option<Arc<tokio::sync::Notify>>,
     /// Where the queue consumers learn which instants decisions want settled.
     confirm: Option<Arc<Watermarks>>,
-    /// Quotas a reopening counts against, as a start does.
-    quotas: Option<(LiveTenants, Arc<Limiter>)>,
+    /// Writes transitions off the loop.
+    writer: Arc<Writer>,
     metrics: Arc<Metrics>,
     cluster: Option<Clustered>,
     /// Each member of a timed group, to the groups that contain it.
@@ -232,6 +233,12 @@ impl Observer {
         metrics: Arc<Metrics>,
     ) -> (Self, ObserverHandle) {
         let (tx, rx) = mpsc::channel(1024);
+        let writer = Arc::new(Writer {
+            store: store.clone(),
+            quotas: Default::default(),
+            metrics: metrics.clone(),
+            clock,
+        });
         let observer = Self {
             store,
             hub,
@@ -246,7 +253,7 @@ impl Observer {
             reconciler,
             deliveries: None,
             confirm: None,
-            quotas: None,
+            writer,
             metrics,
             cluster: None,
             groups_of: HashMap::new(),
@@ -275,7 +282,7 @@ impl Observer {
     /// Counts reopenings against the tenants' `max_active_watches`, as
     /// StartWatch does (same store count, same per-tenant lock).
     pub fn limit_reopening(&mut self, tenants: LiveTenants, limiter: Arc<Limiter>) {
-        self.quotas = Some((tenants, limiter));
+        let _ = self.writer.quotas.set((tenants, limiter));
     }
 
     /// Tells the queue consumers of `watermarks` the instants each watch's
@@ -318,10 +325,10 @@ impl Observer {
             self.insert(watch);
         }
         let keys: Vec<WatchKey> = self.watches.keys().cloned().collect();
-        for key in keys {
-            self.evaluate(&key).await;
+        for batch in keys.chunks(MAX_BATCH) {
+            self.evaluate_all(batch.to_vec());
         }
-        self.evaluate_groups().await;
+        self.evaluate_groups();
         Ok(n)
     }
 
@@ -342,7 +349,7 @@ impl Observer {
                 () = shutdown.cancelled() => break,
                 _ = observe.tick(), if self.cluster.is_some() => self.observe(),
                 command = self.rx.recv() => match command {
-                    Some(command) => self.handle(command).await,
+                    Some(command) => self.handle(command),
                     None => break,
                 },
                 Some(expired) = self.queue.next(), if !self.queue.is_empty() => {
@@ -362,9 +369,9 @@ impl Observer {
                     }
                     // Activity reported while the timers fired comes first.
                     while let Ok(command) = self.rx.try_recv() {
-                        self.handle(command).await;
+                        self.handle(command);
                     }
-                    self.evaluate_all(due).await;
+                    self.evaluate_all(due);
                 }
                 changed = self.settled.changed(), if !self.held.is_empty() => {
                     if changed.is_err() {
@@ -376,11 +383,11 @@ impl Observer {
                     let ready: Vec<WatchKey> = self.held.iter().cloned().collect();
                     tracing::debug!(%settled, held = ready.len(), "ingest settled further");
                     for batch in ready.chunks(MAX_BATCH) {
-                        self.evaluate_all(batch.to_vec()).await;
+                        self.evaluate_all(batch.to_vec());
                     }
                 }
             }
-            self.evaluate_groups().await;
+            self.evaluate_groups();
             self.metrics
                 .observer_watches(self.watches.len(), self.held.len());
         }
@@ -395,13 +402,13 @@ impl Observer {
         self.watches.is_empty()
     }
 
-    async fn handle(&mut self, command: Command) {
+    fn handle(&mut self, command: Command) {
         match command {
             Command::Arm(watch, reply) => {
                 let key = watch.key();
                 self.insert(*watch);
                 let _ = reply.send(());
-                self.evaluate(&key).await;
+                self.evaluate(&key);
             }
             Command::Activity { updated, touched } => {
                 for watch in updated {
@@ -416,12 +423,14 @@ impl Observer {
                     }
                 }
                 for batch in touched.chunks(MAX_BATCH) {
-                    self.evaluate_all(batch.to_vec()).await;
+                    self.evaluate_all(batch.to_vec());
                 }
             }
-            Command::Cancel { key, reason, reply } => {
-                let _ = reply.send(self.cancel(&key, reason).await);
+            Command::Cancel { key, reason, reply } => self.cancel(key, reason, reply),
+            Command::Cancelled { key, result, reply } => {
+                let _ = reply.send(self.cancelled(&key, result));
             }
+            Command::Written(written) => self.written(written),
             Command::Adopt(watches) => {
                 let mut keys = Vec::with_capacity(watches.len());
                 for watch in watches {
@@ -434,7 +443,7 @@ impl Observer {
                     tracing::debug!(watches = keys.len(), "adopted watches");
                 }
                 for batch in keys.chunks(MAX_BATCH) {
-                    self.evaluate_all(batch.to_vec()).await;
+                    self.evaluate_all(batch.to_vec());
                 }
             }
             Command::Disown(shard) => self.disown(shard),
@@ -454,10 +463,10 @@ impl Observer {
                     }
                 }
                 for batch in changed.chunks(MAX_BATCH) {
-                    self.evaluate_all(batch.to_vec()).await;
+                    self.evaluate_all(batch.to_vec());
                 }
             }
-            Command::ManifestChecked { key, result } => self.manifest_checked(key, result).await,
+            Command::ManifestChecked { key, result } => self.manifest_checked(key, result),
             Command::Members { group, result } => {
                 let Some(entry) = self.watches.get_mut(&group) else {
                     return;
@@ -497,7 +506,7 @@ impl Observer {
                     self.schedule(&group, at);
                     return;
                 }
-                self.evaluate(&group).await;
+                self.evaluate(&group);
             }
             Command::Reconciled {
                 key,
@@ -523,13 +532,13 @@ impl Observer {
                         return;
                     }
                 }
-                self.evaluate(&key).await;
+                self.evaluate(&key);
             }
         }
     }
 
     /// Carries a finished manifest check into the watch's next decision.
-    async fn manifest_checked(&mut self, key: WatchKey, result: Result<marker::Checked, String>) {
+    fn manifest_checked(&mut self, key: WatchKey, result: Result<marker::Checked, String>) {
         let Some(entry) = self.watches.get_mut(&key) else {
             return;
         };
@@ -538,7 +547,7 @@ impl Observer {
             Ok(checked) => {
                 entry.manifest_missing = Some((checked.check.marker, checked.missing.clone()));
                 entry.manifest_checked = Some(checked);
-                self.evaluate(&key).await;
+                self.evaluate(&key);
             }
             Err(e) => {
                 tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e,
@@ -638,6 +647,9 @@ impl Observer {
                         manifest_missing: None,
                         members: HashMap::new(),
                         reading_members: false,
+                        writing: 0,
+                        again: false,
+                        conflicts: 0,
                     },
                 );
             }
@@ -681,11 +693,11 @@ impl Observer {
 
     /// Decides the groups whose members changed, until none did (a group
     /// may be a member of another).
-    async fn evaluate_groups(&mut self) {
+    fn evaluate_groups(&mut self) {
         while !self.regroup.is_empty() {
             let keys: Vec<WatchKey> = self.regroup.drain().collect();
             for batch in keys.chunks(MAX_BATCH) {
-                self.evaluate_all(batch.to_vec()).await;
+                self.evaluate_all(batch.to_vec());
             }
         }
     }
@@ -850,142 +862,88 @@ impl Observer {
     }
 
     /// Asks the policy about one watch and carries out its decision.
-    async fn evaluate(&mut self, key: &WatchKey) {
-        self.evaluate_all(vec![key.clone()]).await;
+    fn evaluate(&mut self, key: &WatchKey) {
+        self.evaluate_all(vec![key.clone()]);
     }
 
-    /// Asks the policy about each of `keys` and carries out the decisions.
-    /// The transitions are written concurrently, so the store records them
-    /// together (one group commit for watches whose deadlines fell together).
-    async fn evaluate_all(&mut self, mut keys: Vec<WatchKey>) {
-        for _ in 0..MAX_CONFLICTS {
-            let decided: Vec<Transition> = keys.iter().filter_map(|k| self.decide(k)).collect();
-            if decided.is_empty() {
-                return;
-            }
-            // Held until the reopenings are written, so no start takes their place meanwhile.
-            let mut places = HashMap::new();
-            let mut pending = Vec::with_capacity(decided.len());
-            for t in decided {
-                if let Some(t) = self.within_quota(t, &mut places).await {
-                    pending.push(t);
-                }
-            }
-            let store = self.store.clone();
-            let results = futures::future::join_all(pending.iter().map(|t| {
-                let (tenant, id, events) = (&t.key.tenant, &t.key.id, t.decision.events.clone());
-                let lifecycle = t.lifecycle.clone();
-                let store = store.clone();
-                async move {
-                    match &t.fence {
-                        Some(fence) => {
-                            store
-                                .apply_fenced(tenant, id, t.guard, lifecycle, events, t.now, fence)
-                                .await
-                        }
-                        None => {
-                            store
-                                .apply(tenant, id, t.guard, lifecycle, events, t.now)
-                                .await
-                        }
-                    }
-                }
-                .instrument(t.span.clone())
-            }))
-            .await;
-            drop(places);
-            keys = pending
-                .into_iter()
-                .zip(results)
-                .filter_map(|(t, result)| self.finish(t, result))
-                .collect();
+    /// Asks the policy about each of `keys` and carries out the decisions;
+    /// the lifecycle changes go to the store together, off the loop (see
+    /// [`Writer::write`]), and come back as [`Command::Written`].
+    fn evaluate_all(&mut self, keys: Vec<WatchKey>) {
+        let decided: Vec<Transition> = keys.iter().filter_map(|k| self.decide(k)).collect();
+        if decided.is_empty() {
+            return;
         }
-        for key in keys {
+        for t in &decided {
+            if let Some(entry) = self.watches.get_mut(&t.key) {
+                entry.writing += 1;
+            }
+        }
+        let (writer, tx) = (self.writer.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let written = writer.write(decided).await;
+            let _ = tx.send(Command::Written(written)).await;
+        });
+    }
+
+    /// Carries out transitions the store has answered; decides again the
+    /// watches that changed under their writes or fell due meanwhile.
+    fn written(&mut self, written: Vec<(Transition, Outcome)>) {
+        let mut again = Vec::new();
+        for (t, outcome) in written {
+            let key = t.key.clone();
+            let due = self.watches.get_mut(&key).is_some_and(|entry| {
+                entry.writing = entry.writing.saturating_sub(1);
+                std::mem::take(&mut entry.again)
+            });
+            let changed = match outcome {
+                Outcome::Written(result) => self.finish(t, *result).is_some(),
+                Outcome::Unchanged => {
+                    if let Some(watch) = self.watches.get(&key).map(|e| e.watch.clone()) {
+                        self.settle(&key, watch, &t.decision);
+                    }
+                    false
+                }
+                Outcome::Retry => {
+                    self.schedule(&key, t.now.plus(RETRY_AFTER));
+                    false
+                }
+            };
+            let Some(entry) = self.watches.get_mut(&key) else {
+                continue;
+            };
+            if !changed {
+                entry.conflicts = 0;
+                if due {
+                    again.push(key);
+                }
+                continue;
+            }
+            entry.conflicts += 1;
+            if entry.conflicts < MAX_CONFLICTS {
+                again.push(key);
+                continue;
+            }
+            entry.conflicts = 0;
             tracing::warn!(watch = ?key, "watch kept changing during evaluation; retrying shortly");
             let at = self.clock.now().plus(RETRY_AFTER);
             self.schedule(&key, at);
         }
-    }
-
-    /// `t` if it may be written: a reopening takes a place under the tenant's
-    /// `max_active_watches`, counted in the store once per batch and then
-    /// here (`places` holds each tenant's start lock and count until the
-    /// batch is written). Without a place the watch stays completed and its
-    /// reason says why; it is decided again on its next activity and at the
-    /// end of its late window, and reopens then if a place has freed up.
-    async fn within_quota(
-        &mut self,
-        mut t: Transition,
-        places: &mut HashMap<TenantId, Places>,
-    ) -> Option<Transition> {
-        let reopens = matches!(t.decision.events.first(), Some(EventKind::Reopened { .. }));
-        let Some((tenants, limiter)) = self.quotas.as_ref().filter(|_| reopens) else {
-            return Some(t);
-        };
-        let quotas = tenants.current().quotas(&t.key.tenant);
-        if quotas.max_active_watches == u32::MAX {
-            return Some(t);
+        for batch in again.chunks(MAX_BATCH) {
+            self.evaluate_all(batch.to_vec());
         }
-        if !places.contains_key(&t.key.tenant) {
-            let lock = limiter.start_lock(&t.key.tenant).lock_owned().await;
-            match quota::active_watches(self.store.as_ref(), &t.key.tenant, &quotas).await {
-                Ok(active) => {
-                    places.insert(
-                        t.key.tenant.clone(),
-                        Places {
-                            _lock: lock,
-                            active,
-                        },
-                    );
-                }
-                Err(e) => {
-                    tracing::warn!(tenant = %t.key.tenant, watch_id = %t.key.id, error = %e,
-                        "cannot count active watches for a reopening; retrying");
-                    self.schedule(&t.key, t.now.plus(RETRY_AFTER));
-                    return None;
-                }
-            }
-        }
-        let tenant_places = places.get_mut(&t.key.tenant)?;
-        if tenant_places.active < quotas.max_active_watches as usize {
-            tenant_places.active += 1;
-            return Some(t);
-        }
-        let entry = self.watches.get(&t.key)?;
-        let watch = &entry.watch;
-        let reason = format!(
-            "late activity not reopened: quota max_active_watches: this tenant already has {} active watches",
-            quotas.max_active_watches
-        );
-        self.metrics.transition("reopen_refused");
-        let window_open = watch.late_window_end().filter(|end| t.now < *end);
-        let decision = policy::Decision {
-            wake_at: window_open,
-            ..policy::Decision::default()
-        };
-        if watch.lifecycle.reason == reason {
-            // Refused before and told so: nothing new to write.
-            let watch = watch.clone();
-            self.settle(&t.key, watch, &decision);
-            return None;
-        }
-        tracing::info!(tenant = %t.key.tenant, watch_id = %t.key.id, max_active_watches = quotas.max_active_watches,
-            "late activity not reopened: the tenant is at its quota of active watches");
-        t.lifecycle = Lifecycle {
-            reason,
-            ..watch.lifecycle.clone()
-        };
-        t.decision = decision;
-        Some(t)
     }
 
     /// The policy's decision for `key`; carried out at once when it changes
     /// no lifecycle, else returned to be written.
     fn decide(&mut self, key: &WatchKey) -> Option<Transition> {
-        let checked = self
-            .watches
-            .get_mut(key)
-            .and_then(|e| e.manifest_checked.take());
+        let entry = self.watches.get_mut(key)?;
+        if entry.writing > 0 {
+            // Decided again when the write comes back.
+            entry.again = true;
+            return None;
+        }
+        let checked = entry.manifest_checked.take();
         let entry = self.watches.get(key)?;
         let fence = match &self.cluster {
             None => None,
@@ -1073,6 +1031,8 @@ impl Observer {
                 decision,
                 now,
                 fence,
+                was: entry.watch.lifecycle.clone(),
+                late_window_end: entry.watch.late_window_end(),
             }),
         }
     }
@@ -1186,62 +1146,53 @@ impl Observer {
         }
     }
 
-    async fn cancel(&mut self, key: &WatchKey, reason: String) -> Result<Watch, Error> {
-        let mut current = match self.watches.get(key) {
-            Some(entry) => entry.watch.clone(),
-            None => self
-                .store
-                .get_watch(&key.tenant, &key.id)
-                .await?
-                .ok_or(Error::NotFound)?,
-        };
-        for _ in 0..MAX_CONFLICTS {
-            if current.state() != WatchState::Active {
-                return Err(Error::FailedPrecondition(format!(
-                    "watch {} is {}; only an ACTIVE watch can be cancelled",
-                    current.id,
-                    current.state().as_str()
-                )));
-            }
-            let now = self.clock.now();
-            let lifecycle = Lifecycle {
-                state: WatchState::Cancelled,
-                completed_at: Some(now),
-                reason: reason.clone(),
-                ..current.lifecycle.clone()
-            };
-            let guard = Guard {
-                state: WatchState::Active,
-                generation: current.lifecycle.generation,
-                activity: None,
-            };
-            let events = vec![crate::watch::EventKind::Cancelled {
-                reason: reason.clone(),
-            }];
-            match self
-                .store
-                .apply(&key.tenant, &key.id, guard, lifecycle, events, now)
-                .await?
-            {
-                Some(Applied::Done { watch, events }) => {
-                    self.transitioned(&watch, &events);
-                    self.member_changed(&watch);
-                    self.hub.publish(&events);
-                    self.wake_deliveries_for(&watch, &events);
-                    match self.watches.get_mut(key) {
-                        Some(entry) => entry.watch = watch.clone(),
-                        None => self.retire(key),
-                    }
-                    self.forget(key);
-                    return Ok(watch);
+    /// Cancels `key` off the loop; the outcome comes back as [`Command::Cancelled`].
+    fn cancel(
+        &mut self,
+        key: WatchKey,
+        reason: String,
+        reply: oneshot::Sender<Result<Watch, Error>>,
+    ) {
+        let current = self.watches.get_mut(&key).map(|entry| {
+            entry.writing += 1;
+            entry.watch.clone()
+        });
+        let (writer, tx) = (self.writer.clone(), self.tx.clone());
+        tokio::spawn(async move {
+            let result = writer.cancel(&key, current, reason).await;
+            let _ = tx.send(Command::Cancelled { key, result, reply }).await;
+        });
+    }
+
+    /// Carries out a cancellation the store has answered.
+    fn cancelled(
+        &mut self,
+        key: &WatchKey,
+        result: Result<Box<(Watch, Vec<WatchEvent>)>, Error>,
+    ) -> Result<Watch, Error> {
+        let due = self.watches.get_mut(key).is_some_and(|entry| {
+            entry.writing = entry.writing.saturating_sub(1);
+            std::mem::take(&mut entry.again)
+        });
+        let (watch, events) = match result {
+            Ok(cancelled) => *cancelled,
+            Err(e) => {
+                if due {
+                    self.evaluate(key);
                 }
-                Some(Applied::Conflict(now_is)) => current = now_is,
-                None => return Err(Error::NotFound),
+                return Err(e);
             }
+        };
+        self.transitioned(&watch, &events);
+        self.member_changed(&watch);
+        self.hub.publish(&events);
+        self.wake_deliveries_for(&watch, &events);
+        match self.watches.get_mut(key) {
+            Some(entry) => entry.watch = watch.clone(),
+            None => self.retire(key),
         }
-        Err(Error::Unavailable(
-            "the watch is changing too fast to cancel; retry".into(),
-        ))
+        self.forget(key);
+        Ok(watch)
     }
 }
 

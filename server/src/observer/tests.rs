@@ -1,0 +1,263 @@
+//! The observer's loop against a store whose writes can be held: a write
+//! on its way delays no other watch's decision.
+
+use std::{sync::Mutex, time::Duration};
+
+use async_trait::async_trait;
+use futures::StreamExt;
+
+use super::*;
+use crate::{
+    policy::Policy,
+    store::{
+        Activity, ActivityKind, Claimed, Created, Delivery, ListQuery, ManifestEntry, NewWatch,
+        ObjectsQuery, RecordOutcome, Result, sqlite::SqliteStore,
+    },
+    watch::{Bucket, Labels, Prefix, Source, TenantId},
+};
+
+const T0: i64 = 1_800_000_000_000;
+
+/// A store whose `apply` of one watch waits until it is let through.
+struct Gated {
+    inner: Arc<dyn Store>,
+    held: Mutex<Option<WatchId>>,
+    open: tokio::sync::watch::Sender<bool>,
+}
+
+impl Gated {
+    async fn wait_for(&self, id: &WatchId) {
+        let held = self.held.lock().unwrap().as_ref() == Some(id);
+        if held {
+            let mut open = self.open.subscribe();
+            let _ = open.wait_for(|open| *open).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Store for Gated {
+    async fn create_watch(&self, new: NewWatch) -> Result<Created> {
+        self.inner.create_watch(new).await
+    }
+
+    async fn get_watch(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+        self.inner.get_watch(tenant, id).await
+    }
+
+    async fn list_watches(&self, tenant: &TenantId, query: &ListQuery) -> Result<Vec<Watch>> {
+        self.inner.list_watches(tenant, query).await
+    }
+
+    async fn record(&self, activities: Vec<Activity>, now: Timestamp) -> Result<RecordOutcome> {
+        self.inner.record(activities, now).await
+    }
+
+    async fn apply(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Applied>> {
+        self.wait_for(id).await;
+        self.inner
+            .apply(tenant, id, guard, lifecycle, events, now)
+            .await
+    }
+
+    async fn apply_fenced(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+        fence: &Fence,
+    ) -> Result<Option<Applied>> {
+        self.inner
+            .apply_fenced(tenant, id, guard, lifecycle, events, now, fence)
+            .await
+    }
+
+    async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {
+        self.inner.watches(keys).await
+    }
+
+    async fn list_objects(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        query: &ObjectsQuery,
+    ) -> Result<Vec<ManifestEntry>> {
+        self.inner.list_objects(tenant, id, query).await
+    }
+
+    async fn counted_keys(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        keys: &[String],
+    ) -> Result<Vec<bool>> {
+        self.inner.counted_keys(tenant, id, keys).await
+    }
+
+    async fn events_after(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<WatchEvent>> {
+        self.inner.events_after(tenant, id, after_seq, limit).await
+    }
+
+    async fn live_watches(&self, now: Timestamp) -> Result<Vec<Watch>> {
+        self.inner.live_watches(now).await
+    }
+
+    async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()> {
+        self.inner.retire(tenant, id, now).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        now: Timestamp,
+        lease_until: Timestamp,
+        limit: usize,
+    ) -> Result<Claimed> {
+        self.inner.claim_deliveries(now, lease_until, limit).await
+    }
+
+    async fn finish_delivery(
+        &self,
+        delivery: &Delivery,
+        lease: Timestamp,
+        event: Option<EventKind>,
+        now: Timestamp,
+    ) -> Result<Option<Vec<WatchEvent>>> {
+        self.inner
+            .finish_delivery(delivery, lease, event, now)
+            .await
+    }
+
+    async fn deliveries(&self, tenant: &TenantId, id: &WatchId) -> Result<Vec<Delivery>> {
+        self.inner.deliveries(tenant, id).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        self.inner.close().await
+    }
+}
+
+fn quiet(window: u64, now: Timestamp) -> NewWatch {
+    NewWatch {
+        tenant: TenantId::parse("tenant", "acme").unwrap(),
+        id: WatchId::generate(),
+        source: Source::objects(
+            Bucket::parse("bucket", "acme-lake").unwrap(),
+            Prefix::parse("prefix", "").unwrap(),
+            Default::default(),
+        ),
+        policy: Policy {
+            rule: Rule::QuietPeriod {
+                window: Duration::from_secs(window),
+            },
+            ..Policy::default()
+        },
+        labels: Labels::default(),
+        client_token: None,
+        created_at: now,
+        trace: Default::default(),
+    }
+}
+
+/// A watch of one object, created at `now`.
+async fn watch_of_one(store: &dyn Store, window: u64, now: Timestamp) -> Watch {
+    let Created::New { watch, .. } = store.create_watch(quiet(window, now)).await.unwrap() else {
+        panic!("a new watch");
+    };
+    let activity = Activity {
+        tenant: watch.tenant.clone(),
+        watch_id: watch.id.clone(),
+        kind: ActivityKind::Created,
+        key: "a".into(),
+        sequencer: String::new(),
+        size: 1,
+        event_time: None,
+    };
+    let outcome = store.record(vec![activity], now).await.unwrap();
+    outcome.updated[0].0.clone()
+}
+
+/// The watch's terminal event, within a minute (of paused time).
+async fn terminal(hub: &Arc<Hub>, watch: &Watch) -> (&'static str, Timestamp) {
+    let mut events = hub.subscribe(watch, watch.last_seq);
+    let first_terminal = async {
+        while let Some(event) = events.next().await {
+            let event = event.expect("event");
+            if event.kind.is_terminal() {
+                return (event.kind.name(), event.time);
+            }
+        }
+        panic!("the stream ended without a terminal event");
+    };
+    tokio::time::timeout(Duration::from_secs(60), first_terminal)
+        .await
+        .expect("a terminal event within a minute")
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_held_write_delays_no_other_watchs_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (open, _) = tokio::sync::watch::channel(false);
+    let gated = Arc::new(Gated {
+        inner: Arc::new(SqliteStore::open(dir.path().join("o.db")).unwrap()),
+        held: Mutex::new(None),
+        open,
+    });
+    let store: Arc<dyn Store> = gated.clone();
+    let t0 = Timestamp::from_millis(T0);
+    let clock = Clock::starting_at(t0);
+    let shutdown = CancellationToken::new();
+    let hub = Arc::new(Hub::new(store.clone(), clock, shutdown.clone()));
+    let (_settled_tx, settled) = tokio::sync::watch::channel(Timestamp::MAX);
+    let (observer, handle) = Observer::new(
+        store.clone(),
+        hub.clone(),
+        Arc::new(Routes::default()),
+        clock,
+        settled,
+        None,
+        Arc::new(Metrics::new()),
+    );
+    let running = tokio::spawn(observer.run(shutdown.clone()));
+
+    // `stuck` is due at 10 s and its write waits; `next` is due at 20 s.
+    let stuck = watch_of_one(&*store, 10, t0).await;
+    let next = watch_of_one(&*store, 20, t0).await;
+    *gated.held.lock().unwrap() = Some(stuck.id.clone());
+    handle.arm(stuck.clone()).await.unwrap();
+    handle.arm(next.clone()).await.unwrap();
+
+    assert_eq!(
+        terminal(&hub, &next).await,
+        ("completed", t0.plus(Duration::from_secs(20))),
+        "decided at its deadline while the other watch's write waits"
+    );
+    let held = store
+        .get_watch(&stuck.tenant, &stuck.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(held.state(), WatchState::Active, "its write is still held");
+
+    gated.open.send_replace(true);
+    let (kind, _) = terminal(&hub, &stuck).await;
+    assert_eq!(kind, "completed", "written once let through");
+    shutdown.cancel();
+    running.await.unwrap();
+}
