@@ -63,6 +63,7 @@ use crate::{
         cached::{self, Cached},
         dynamodb::DynamoStore,
         measured::Measured,
+        publishing::Publishing,
         sqlite::SqliteStore,
     },
     telemetry::RpcLayer,
@@ -204,6 +205,9 @@ impl Core {
             None => Routes::default(),
         });
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));
+        // Every write from here on publishes what it committed.
+        let publishing = Arc::new(Publishing::new(store, hub.clone()));
+        let store: Arc<dyn Store> = publishing.clone();
         if let Some(c) = &cluster {
             // Ends with the streams, at shutdown.
             tokio::spawn(hub.clone().follow_log(c.log_poll()));
@@ -218,7 +222,6 @@ impl Core {
         });
         let (mut observer, observer_handle) = Observer::new(
             store.clone(),
-            hub.clone(),
             routes.clone(),
             clock,
             match &cluster {
@@ -253,7 +256,6 @@ impl Core {
         };
         let deliverer = Deliverer::new(
             store.clone(),
-            hub.clone(),
             Arc::new(Targets::new(
                 tenants.clone(),
                 config.delivery_timeout,
@@ -263,7 +265,7 @@ impl Core {
             config.delivery(),
         );
         let delivery_stats = deliverer.stats();
-        observer.wake_deliveries(deliverer.waker());
+        publishing.wake_deliveries(deliverer.waker());
         let deliveries_end = CancellationToken::new();
         let deliverer_task = tokio::spawn(deliverer.run(deliveries_end.clone()));
         let recovered = observer
@@ -276,7 +278,6 @@ impl Core {
             store: store.clone(),
             routes,
             observer: observer_handle.clone(),
-            hub: hub.clone(),
             tenants: tenants.clone(),
             clock,
             metrics: metrics.clone(),

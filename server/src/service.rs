@@ -286,8 +286,7 @@ impl Service {
         // Counted and created: later starts of this tenant may count now.
         drop(counting);
         match created {
-            Created::New { watch, events } => {
-                self.hub.publish(&events);
+            Created::New { watch, .. } => {
                 let watch = self.learn_from_series(tenant, watch).await?;
                 self.observer.arm(watch.clone()).await?;
                 match watch.source.as_objects() {

@@ -247,6 +247,14 @@ pub fn link_to(span: &tracing::Span, trace: &TraceContext) {
     }
 }
 
+/// Ends `span`, keeping its OpenTelemetry context: work run under that
+/// context ([`opentelemetry::trace::FutureExt::with_context`], outside any
+/// `tracing` span) makes spans that are children of `span`, which has already
+/// ended and is exported before anyone hears of that work's outcome.
+pub fn ended(span: tracing::Span) -> opentelemetry::Context {
+    span.context()
+}
+
 /// The tower layer in front of every gRPC service: one server span per call
 /// (child of the caller's `traceparent`), its status code, and the RPC metrics.
 #[derive(Clone)]

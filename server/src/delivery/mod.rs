@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     clock::{Clock, Timestamp},
-    hub::Hub,
     store::{Delivery, DeliveryState, Store},
     watch::{EventKind, Watch, WatchEvent},
 };
@@ -170,7 +169,6 @@ pub struct Deliverer {
 
 struct Context {
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
     transport: Arc<dyn Transport>,
     clock: Clock,
     config: DeliveryConfig,
@@ -180,7 +178,6 @@ struct Context {
 impl Deliverer {
     pub fn new(
         store: Arc<dyn Store>,
-        hub: Arc<Hub>,
         transport: Arc<dyn Transport>,
         clock: Clock,
         config: DeliveryConfig,
@@ -188,7 +185,6 @@ impl Deliverer {
         Self {
             ctx: Arc::new(Context {
                 store,
-                hub,
                 transport,
                 clock,
                 config,
@@ -319,28 +315,25 @@ async fn attempt(ctx: Arc<Context>, mut delivery: Delivery) {
     }
     let d = &delivery;
     match ctx.store.finish_delivery(d, lease, event, now).await {
-        Ok(Some(events)) => {
-            ctx.hub.publish(&events);
-            match d.state {
-                DeliveryState::Delivered => {
-                    ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(tenant = %d.tenant, watch_id = %d.watch_id, seq = d.seq,
+        Ok(Some(_)) => match d.state {
+            DeliveryState::Delivered => {
+                ctx.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(tenant = %d.tenant, watch_id = %d.watch_id, seq = d.seq,
                         target = d.target_index, attempts = d.attempts, status = %d.last_status, "delivered");
-                }
-                DeliveryState::Pending => {
-                    ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
-                    tracing::info!(tenant = %d.tenant, watch_id = %d.watch_id, seq = d.seq,
+            }
+            DeliveryState::Pending => {
+                ctx.stats.retried.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(tenant = %d.tenant, watch_id = %d.watch_id, seq = d.seq,
                         target = d.target_index, attempts = d.attempts, error = %d.last_error,
                         next_attempt_at = %d.next_attempt_at, "delivery failed; will retry");
-                }
-                DeliveryState::Failed => {
-                    ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(tenant = %d.tenant, watch_id = %d.watch_id, seq = d.seq,
+            }
+            DeliveryState::Failed => {
+                ctx.stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(tenant = %d.tenant, watch_id = %d.watch_id, seq = d.seq,
                         target = d.target_index, attempts = d.attempts, error = %d.last_error,
                         "delivery given up at the deadline");
-                }
             }
-        }
+        },
         Ok(None) => {
             tracing::debug!(watch_id = %d.watch_id, seq = d.seq, target = d.target_index,
                 "the delivery's lease ran out before its attempt was recorded");

@@ -15,7 +15,6 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::{
     clock::{Clock, Timestamp},
-    hub::Hub,
     policy::{self, Policy},
     store::{Applied, Created, Guard, NewWatch, Store, sqlite::SqliteStore},
     watch::{
@@ -142,8 +141,7 @@ async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: Delive
         None => Arc::new(Hanging),
     };
     let end = CancellationToken::new();
-    let hub = Arc::new(Hub::new(store.clone(), clock, end.clone()));
-    let deliverer = Deliverer::new(store.clone(), hub, transport, clock, config);
+    let deliverer = Deliverer::new(store.clone(), transport, clock, config);
     let stats = deliverer.stats();
     let task = tokio::spawn(deliverer.run(end.clone()));
     Setup {

@@ -35,7 +35,6 @@ use crate::{
     auth::LiveTenants,
     clock::{Clock, Timestamp},
     error::Error,
-    hub::Hub,
     metrics::{Metrics, Notifications},
     observer::ObserverHandle,
     store::{Activity, ActivityKind, Recorded, Store},
@@ -600,7 +599,6 @@ pub struct Ingest {
     pub(crate) store: Arc<dyn Store>,
     pub(crate) routes: Arc<Routes>,
     pub(crate) observer: ObserverHandle,
-    pub(crate) hub: Arc<Hub>,
     pub(crate) tenants: LiveTenants,
     pub(crate) clock: Clock,
     pub(crate) metrics: Arc<Metrics>,
@@ -839,11 +837,7 @@ impl Ingest {
                 Recorded::NotLive => {}
             }
         }
-        let mut watches = Vec::with_capacity(outcome.updated.len());
-        for (watch, events) in outcome.updated {
-            self.hub.publish(&events);
-            watches.push(watch);
-        }
+        let watches = outcome.updated.into_iter().map(|(w, _)| w).collect();
         self.observer.activity(watches, keys).await;
         Ok(())
     }

@@ -38,7 +38,6 @@ use crate::{
     clock::{Clock, Timestamp},
     cluster::Ownership,
     error::Error,
-    hub::Hub,
     ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
     metrics::Metrics,
     policy::{self, Member, Rule},
@@ -194,7 +193,6 @@ struct Clustered {
 
 pub struct Observer {
     store: Arc<dyn Store>,
-    hub: Arc<Hub>,
     routes: Arc<Routes>,
     clock: Clock,
     rx: mpsc::Receiver<Command>,
@@ -208,8 +206,6 @@ pub struct Observer {
     reconciler: Option<Arc<Reconciler>>,
     /// For results of work done off the loop.
     tx: mpsc::Sender<Command>,
-    /// Wakes the delivery task after events with callbacks are committed.
-    deliveries: Option<Arc<tokio::sync::Notify>>,
     /// Where the queue consumers learn which instants decisions want settled.
     confirm: Option<Arc<Watermarks>>,
     /// Writes transitions off the loop.
@@ -225,7 +221,6 @@ pub struct Observer {
 impl Observer {
     pub fn new(
         store: Arc<dyn Store>,
-        hub: Arc<Hub>,
         routes: Arc<Routes>,
         clock: Clock,
         settled: tokio::sync::watch::Receiver<Timestamp>,
@@ -241,7 +236,6 @@ impl Observer {
         });
         let observer = Self {
             store,
-            hub,
             routes,
             clock,
             rx,
@@ -251,7 +245,6 @@ impl Observer {
             settled,
             held: HashSet::new(),
             reconciler,
-            deliveries: None,
             confirm: None,
             writer,
             metrics,
@@ -300,20 +293,6 @@ impl Observer {
             confirm.rewant(entry.wanted, at);
         }
         entry.wanted = at;
-    }
-
-    /// Has the delivery task woken whenever committed events have callbacks
-    /// (the store wrote their outbox entries; this only says "look now").
-    pub fn wake_deliveries(&mut self, wake: Arc<tokio::sync::Notify>) {
-        self.deliveries = Some(wake);
-    }
-
-    fn wake_deliveries_for(&self, watch: &Watch, events: &[crate::watch::WatchEvent]) {
-        if let Some(wake) = &self.deliveries
-            && events.iter().any(|e| watch.policy.notify.wants(&e.kind))
-        {
-            wake.notify_one();
-        }
     }
 
     /// Arms every watch the store says is live (after a restart: with its
@@ -806,23 +785,18 @@ impl Observer {
             return;
         }
         entry.reconciling = true;
-        let (watch, store, hub, tx, now) = (
+        let (watch, store, tx, now) = (
             entry.watch.clone(),
             self.store.clone(),
-            self.hub.clone(),
             self.tx.clone(),
             self.clock.now(),
         );
         tokio::spawn(async move {
             let activity = watch.counters.activity();
-            let result = match reconciler.reconcile(&*store, &watch, now).await {
-                Ok(Some((watch, events))) => {
-                    hub.publish(&events);
-                    Ok(Some(Box::new(watch)))
-                }
-                Ok(None) => Ok(None),
-                Err(e) => Err(e),
-            };
+            let result = reconciler
+                .reconcile(&*store, &watch, now)
+                .await
+                .map(|found| found.map(|(watch, _)| Box::new(watch)));
             let _ = tx
                 .send(Command::Reconciled {
                     key: watch.key(),
@@ -1026,7 +1000,7 @@ impl Observer {
             Some(lifecycle) => Some(Transition {
                 key: key.clone(),
                 guard: Guard::exact(&entry.watch),
-                span: evaluation_span(&entry.watch, &lifecycle, completes),
+                decided: telemetry::ended(evaluation_span(&entry.watch, &lifecycle, completes)),
                 lifecycle,
                 decision,
                 now,
@@ -1049,11 +1023,6 @@ impl Observer {
             Ok(Some(Applied::Done { watch, events })) => {
                 self.transitioned(&watch, &events);
                 self.member_changed(&watch);
-                // The decision is committed: its span ends before anyone
-                // hears of it, so a consumer that follows the trace finds it.
-                drop(t.span);
-                self.hub.publish(&events);
-                self.wake_deliveries_for(&watch, &events);
                 self.settle(&t.key, watch, &t.decision);
                 None
             }
@@ -1185,8 +1154,6 @@ impl Observer {
         };
         self.transitioned(&watch, &events);
         self.member_changed(&watch);
-        self.hub.publish(&events);
-        self.wake_deliveries_for(&watch, &events);
         match self.watches.get_mut(key) {
             Some(entry) => entry.watch = watch.clone(),
             None => self.retire(key),

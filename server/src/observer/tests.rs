@@ -8,10 +8,11 @@ use futures::StreamExt;
 
 use super::*;
 use crate::{
+    hub::Hub,
     policy::Policy,
     store::{
         Activity, ActivityKind, Claimed, Created, Delivery, ListQuery, ManifestEntry, NewWatch,
-        ObjectsQuery, RecordOutcome, Result, sqlite::SqliteStore,
+        ObjectsQuery, RecordOutcome, Result, publishing::Publishing, sqlite::SqliteStore,
     },
     watch::{Bucket, Labels, Prefix, Source, TenantId},
 };
@@ -219,15 +220,14 @@ async fn a_held_write_delays_no_other_watchs_deadline() {
         held: Mutex::new(None),
         open,
     });
-    let store: Arc<dyn Store> = gated.clone();
     let t0 = Timestamp::from_millis(T0);
     let clock = Clock::starting_at(t0);
     let shutdown = CancellationToken::new();
-    let hub = Arc::new(Hub::new(store.clone(), clock, shutdown.clone()));
+    let hub = Arc::new(Hub::new(gated.clone(), clock, shutdown.clone()));
+    let store: Arc<dyn Store> = Arc::new(Publishing::new(gated.clone(), hub.clone()));
     let (_settled_tx, settled) = tokio::sync::watch::channel(Timestamp::MAX);
     let (observer, handle) = Observer::new(
         store.clone(),
-        hub.clone(),
         Arc::new(Routes::default()),
         clock,
         settled,

@@ -9,7 +9,7 @@
 
 use std::{collections::HashMap, sync::Arc};
 
-use tracing::Instrument;
+use opentelemetry::trace::FutureExt as _;
 
 use crate::{
     auth::LiveTenants,
@@ -29,8 +29,11 @@ const MAX_CONFLICTS: usize = 16;
 pub(super) struct Transition {
     pub key: WatchKey,
     pub guard: Guard,
-    /// The evaluation's span (linked to the watch's StartWatch trace).
-    pub span: tracing::Span,
+    /// The trace context of the decision's span (linked to the watch's
+    /// StartWatch trace): the write's spans are its children. The span itself
+    /// ended when the decision was made, so it is exported before anyone
+    /// hears of the outcome.
+    pub decided: opentelemetry::Context,
     pub lifecycle: Lifecycle,
     /// The rest of the decision (its events, next wake-up), carried out once written.
     pub decision: policy::Decision,
@@ -112,7 +115,7 @@ impl Writer {
                 }
             }
         };
-        write.instrument(t.span.clone()).await
+        write.with_context(t.decided.clone()).await
     }
 
     /// `t` to write (`None`), or what became of it: a reopening takes a

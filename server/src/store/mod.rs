@@ -28,6 +28,7 @@
 pub mod cached;
 pub mod dynamodb;
 pub mod measured;
+pub mod publishing;
 pub mod sqlite;
 
 use async_trait::async_trait;
