@@ -1,7 +1,10 @@
 //! State: watches, their counters, the keys they have seen and their event
 //! logs. [`Store`] is the only way the rest of the service reads or changes
 //! state, and every call is scoped to a tenant. Backends: [`sqlite`] (the
-//! embedded default) and [`dynamodb`] (shared by many replicas).
+//! embedded default) and [`dynamodb`] (shared by many replicas). In front of
+//! the backend, outermost first: [`publishing`] (hands every committed event
+//! to the hub, once), [`cached`] (SQLite only: a watch this process wrote is
+//! read back from memory) and [`measured`] (traces and times each write).
 //!
 //! A store assigns each event its `seq` (the watch's `last_seq + 1`) in the
 //! same transaction that changes the watch, so the log has no gaps and every
