@@ -1,19 +1,16 @@
-//! The service's error type and its one mapping to gRPC status codes.
-//! Internal errors are logged here, once, and reach the caller only as a
-//! generic message. A store condition that passes says so: a full disk is
-//! RESOURCE_EXHAUSTED, a busy or unreachable store UNAVAILABLE (the code gRPC
-//! clients retry), each naming the cause and with a retry hint.
+//! The service's error type, by meaning, and its one mapping to gRPC status
+//! codes. Internal errors are logged here, once, and reach the caller only as
+//! a generic message. A condition that passes says so, with a retry hint in
+//! gRPC's pushback trailer: too much asked (or a full disk) is
+//! RESOURCE_EXHAUSTED, a busy or unreachable dependency UNAVAILABLE (the code
+//! gRPC clients retry), a concurrent change that won ABORTED. Each layer turns
+//! its own errors into these where it meets them (the store's in
+//! [`crate::store`]); this module knows none of them.
 
 use std::time::Duration;
 
-use crate::store::StoreError;
-
 /// The trailer telling a client how many milliseconds to wait before retrying.
 pub const RETRY_PUSHBACK_HEADER: &str = "grpc-retry-pushback-ms";
-/// The retry hint when the store is out of space: freeing it takes a person.
-pub const STORE_FULL_RETRY: Duration = Duration::from_secs(30);
-/// The retry hint when the store is busy, throttled or unreachable.
-pub const STORE_BUSY_RETRY: Duration = Duration::from_secs(1);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -30,17 +27,26 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     PermissionDenied(String),
-    /// The server is shutting down.
+    /// The server is shutting down, or a dependency is busy or unreachable:
+    /// the same call is likely to succeed later (after `retry_after`, when known).
+    #[error("{message}")]
+    Unavailable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// A concurrent change won over this one; retrying the call is likely to succeed.
     #[error("{0}")]
-    Unavailable(String),
-    /// The tenant is at one of its quotas; `retry_after` when waiting helps.
+    Aborted(String),
+    /// The tenant is at one of its quotas, or the store is out of space;
+    /// `retry_after` when waiting helps.
     #[error("{message}")]
     ResourceExhausted {
         message: String,
-        retry_after: Option<std::time::Duration>,
+        retry_after: Option<Duration>,
     },
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    /// A bug or damaged data, not a condition to wait out.
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl Error {
@@ -48,6 +54,14 @@ impl Error {
         Self::InvalidArgument {
             field: field.to_owned(),
             message: message.into(),
+        }
+    }
+
+    /// UNAVAILABLE without a hint (the server is shutting down, or a stream ended).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::Unavailable {
+            message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -60,31 +74,17 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(m) => tonic::Status::failed_precondition(m),
             Error::Unauthenticated(m) => tonic::Status::unauthenticated(m),
             Error::PermissionDenied(m) => tonic::Status::permission_denied(m),
-            Error::Unavailable(m) => tonic::Status::unavailable(m),
+            Error::Unavailable {
+                message,
+                retry_after,
+            } => pushback(tonic::Status::unavailable(message), retry_after),
+            Error::Aborted(m) => tonic::Status::aborted(m),
             Error::ResourceExhausted {
                 message,
                 retry_after,
             } => pushback(tonic::Status::resource_exhausted(message), retry_after),
-            Error::Store(StoreError::Closed) => {
-                tonic::Status::unavailable("the server is shutting down")
-            }
-            Error::Store(e @ StoreError::Full(_)) => {
-                tracing::warn!(error = %e, "store failure");
-                let message = format!("{e}; retry once space is freed");
-                pushback(
-                    tonic::Status::resource_exhausted(message),
-                    Some(STORE_FULL_RETRY),
-                )
-            }
-            Error::Store(e @ (StoreError::Busy(_) | StoreError::Unavailable(_))) => {
-                tracing::warn!(error = %e, "store failure");
-                pushback(
-                    tonic::Status::unavailable(format!("{e}; retry")),
-                    Some(STORE_BUSY_RETRY),
-                )
-            }
-            Error::Store(e) => {
-                tracing::error!(error = %e, "store failure");
+            Error::Internal(e) => {
+                tracing::error!(error = %e, "internal error");
                 tonic::Status::internal("internal error")
             }
         }
@@ -107,57 +107,20 @@ fn pushback(mut status: tonic::Status, wait: Option<Duration>) -> tonic::Status 
 mod tests {
     use super::*;
 
-    fn status(e: StoreError) -> tonic::Status {
-        Error::Store(e).into()
-    }
-
-    fn pushback_ms(status: &tonic::Status) -> Option<String> {
-        status
-            .metadata()
-            .get(RETRY_PUSHBACK_HEADER)
-            .map(|v| v.to_str().unwrap().to_owned())
-    }
-
     #[test]
-    fn a_full_store_is_resource_exhausted_with_a_hint() {
-        let s = status(StoreError::Full("SQLite: database or disk is full".into()));
-        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
-        assert_eq!(
-            s.message(),
-            "the store is out of space: SQLite: database or disk is full; retry once space is freed"
-        );
-        assert_eq!(pushback_ms(&s).as_deref(), Some("30000"));
-    }
-
-    #[test]
-    fn a_busy_or_unreachable_store_is_unavailable() {
-        for (e, message) in [
-            (
-                StoreError::Busy("DynamoDB throttled the request (ThrottlingException)".into()),
-                "the store is busy: DynamoDB throttled the request (ThrottlingException); retry",
-            ),
-            (
-                StoreError::Unavailable("SQLite: disk I/O error".into()),
-                "the store is unavailable: SQLite: disk I/O error; retry",
-            ),
-        ] {
-            let s = status(e);
-            assert_eq!(s.code(), tonic::Code::Unavailable);
-            assert_eq!(s.message(), message);
-            assert_eq!(pushback_ms(&s).as_deref(), Some("1000"));
+    fn a_hint_becomes_the_pushback_trailer_and_internal_errors_say_nothing() {
+        let busy: tonic::Status = Error::Unavailable {
+            message: "the store is busy; retry".into(),
+            retry_after: Some(Duration::from_secs(1)),
         }
-    }
-
-    #[test]
-    fn bugs_and_corruption_stay_internal_and_say_nothing() {
-        for e in [
-            StoreError::Internal("sqlite: UNIQUE constraint failed: watches.tenant".into()),
-            StoreError::Corrupt("unknown watch state \"X\"".into()),
-        ] {
-            let s = status(e);
-            assert_eq!(s.code(), tonic::Code::Internal);
-            assert_eq!(s.message(), "internal error");
-            assert!(pushback_ms(&s).is_none());
-        }
+        .into();
+        assert_eq!(busy.code(), tonic::Code::Unavailable);
+        assert_eq!(busy.metadata().get(RETRY_PUSHBACK_HEADER).unwrap(), "1000");
+        let bug: tonic::Status = Error::Internal("UNIQUE constraint failed".into()).into();
+        assert_eq!(bug.code(), tonic::Code::Internal);
+        assert_eq!(bug.message(), "internal error");
+        assert!(bug.metadata().get(RETRY_PUSHBACK_HEADER).is_none());
+        let lost: tonic::Status = Error::Aborted("the watch changed; retry".into()).into();
+        assert_eq!(lost.code(), tonic::Code::Aborted);
     }
 }

@@ -250,7 +250,7 @@ impl Subscription {
             let flow = tokio::select! {
                 biased;
                 () = hub.shutdown.cancelled() => {
-                    let _ = self.tx.send(Err(Error::Unavailable("the server is shutting down; resume with after_seq".into()))).await;
+                    let _ = self.tx.send(Err(Error::unavailable("the server is shutting down; resume with after_seq"))).await;
                     Flow::Stop
                 }
                 () = self.tx.closed() => Flow::Stop,

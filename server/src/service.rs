@@ -212,7 +212,7 @@ impl Service {
             (history, out)
         })
         .await
-        .map_err(|_| Error::Unavailable("the replay was stopped; retry".into()))?;
+        .map_err(|_| Error::unavailable("the replay was stopped; retry"))?;
         Ok(replayed)
     }
 

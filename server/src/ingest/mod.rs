@@ -399,9 +399,10 @@ impl Routes {
         }
         match tokio::time::timeout(FRESH_ROUTES_WAIT, fresh.wait_for(is_fresh)).await {
             Ok(Ok(_)) => Ok(()),
-            _ => Err(Error::Unavailable(
-                "the routing table could not be refreshed from the store; retry".into(),
-            )),
+            _ => Err(Error::Unavailable {
+                message: "the routing table could not be refreshed from the store; retry".into(),
+                retry_after: Some(crate::store::BUSY_RETRY),
+            }),
         }
     }
 

@@ -151,7 +151,7 @@ impl ObserverHandle {
 }
 
 fn stopped() -> Error {
-    Error::Unavailable("the server is shutting down".into())
+    Error::unavailable("the server is shutting down")
 }
 
 struct Entry {

@@ -236,7 +236,7 @@ impl Writer {
                 None => return Err(Error::NotFound),
             }
         }
-        Err(Error::Unavailable(
+        Err(Error::Aborted(
             "the watch is changing too fast to cancel; retry".into(),
         ))
     }

@@ -37,8 +37,11 @@ pub mod sqlite;
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use std::time::Duration;
+
 use crate::{
     clock::Timestamp,
+    error::Error,
     policy::Policy,
     watch::{
         Counters, EventKind, Labels, Lifecycle, NotifyTarget, Source, TenantId, TraceContext,
@@ -83,6 +86,40 @@ impl StoreError {
     /// Whether waiting (or freeing space) can make the same call succeed.
     pub fn is_transient(&self) -> bool {
         matches!(self, Self::Full(_) | Self::Busy(_) | Self::Unavailable(_))
+    }
+}
+
+/// The retry hint when the store is out of space: freeing it takes a person.
+pub const FULL_RETRY: Duration = Duration::from_secs(30);
+/// The retry hint when the store is busy, throttled or unreachable.
+pub const BUSY_RETRY: Duration = Duration::from_secs(1);
+
+/// What a store condition means to a caller: a full disk is exhausted
+/// space, contention and outages pass (UNAVAILABLE with a hint), a write
+/// fenced off by another replica is retried there; anything else is a bug
+/// or damage (logged when it reaches a caller, which hears nothing of it).
+impl From<StoreError> for Error {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Closed => Error::unavailable("the server is shutting down"),
+            StoreError::Full(_) => {
+                tracing::warn!(error = %e, "store failure");
+                Error::ResourceExhausted {
+                    message: format!("{e}; retry once space is freed"),
+                    retry_after: Some(FULL_RETRY),
+                }
+            }
+            StoreError::Busy(_) | StoreError::Unavailable(_) | StoreError::Fenced { .. } => {
+                tracing::warn!(error = %e, "store failure");
+                Error::Unavailable {
+                    message: format!("{e}; retry"),
+                    retry_after: Some(BUSY_RETRY),
+                }
+            }
+            StoreError::Corrupt(_) | StoreError::Internal(_) | StoreError::Unsupported(_) => {
+                Error::Internal(format!("store failure: {e}"))
+            }
+        }
     }
 }
 
@@ -518,7 +555,61 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{KeyEvent, sequencer_identity};
+    use super::{Error, KeyEvent, StoreError, sequencer_identity};
+
+    fn status(e: StoreError) -> tonic::Status {
+        Error::from(e).into()
+    }
+
+    fn pushback_ms(status: &tonic::Status) -> Option<String> {
+        status
+            .metadata()
+            .get(crate::error::RETRY_PUSHBACK_HEADER)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    #[test]
+    fn a_full_store_is_resource_exhausted_with_a_hint() {
+        let s = status(StoreError::Full("SQLite: database or disk is full".into()));
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            s.message(),
+            "the store is out of space: SQLite: database or disk is full; retry once space is freed"
+        );
+        assert_eq!(pushback_ms(&s).as_deref(), Some("30000"));
+    }
+
+    #[test]
+    fn a_busy_or_unreachable_store_is_unavailable() {
+        for (e, message) in [
+            (
+                StoreError::Busy("DynamoDB throttled the request (ThrottlingException)".into()),
+                "the store is busy: DynamoDB throttled the request (ThrottlingException); retry",
+            ),
+            (
+                StoreError::Unavailable("SQLite: disk I/O error".into()),
+                "the store is unavailable: SQLite: disk I/O error; retry",
+            ),
+        ] {
+            let s = status(e);
+            assert_eq!(s.code(), tonic::Code::Unavailable);
+            assert_eq!(s.message(), message);
+            assert_eq!(pushback_ms(&s).as_deref(), Some("1000"));
+        }
+    }
+
+    #[test]
+    fn bugs_and_corruption_stay_internal_and_say_nothing() {
+        for e in [
+            StoreError::Internal("sqlite: UNIQUE constraint failed: watches.tenant".into()),
+            StoreError::Corrupt("unknown watch state \"X\"".into()),
+        ] {
+            let s = status(e);
+            assert_eq!(s.code(), tonic::Code::Internal);
+            assert_eq!(s.message(), "internal error");
+            assert!(pushback_ms(&s).is_none());
+        }
+    }
 
     #[test]
     fn sequencers_are_compared_as_s3_pads_them() {

@@ -225,10 +225,13 @@ mod tests {
         let wake = Arc::new(Notify::new());
         store.wake_deliveries(wake.clone());
         let mut policy = Policy::default();
-        policy.notify.targets.push(crate::watch::NotifyTarget::Webhook {
-            url: "https://hooks.example.com/done".into(),
-            secret_ref: String::new(),
-        });
+        policy
+            .notify
+            .targets
+            .push(crate::watch::NotifyTarget::Webhook {
+                url: "https://hooks.example.com/done".into(),
+                secret_ref: String::new(),
+            });
         let new = NewWatch {
             tenant: TenantId::parse("tenant", "acme").unwrap(),
             id: WatchId::generate(),
@@ -249,7 +252,10 @@ mod tests {
         let mut stream = hub.subscribe(&watch, 0);
         let mut next = async || {
             let event = tokio::time::timeout(Duration::from_secs(10), stream.next()).await;
-            let event = event.expect("published").expect("an event").expect("not an error");
+            let event = event
+                .expect("published")
+                .expect("an event")
+                .expect("not an error");
             (event.seq, event.kind.name())
         };
         assert_eq!(next().await, (1, "started"), "from the log");
@@ -281,7 +287,14 @@ mod tests {
         }];
         let guard = Guard::exact(&current);
         let applied = store
-            .apply(&watch.tenant, &watch.id, guard, cancelled, kinds, clock.now())
+            .apply(
+                &watch.tenant,
+                &watch.id,
+                guard,
+                cancelled,
+                kinds,
+                clock.now(),
+            )
             .await
             .unwrap();
         assert!(matches!(applied, Some(Applied::Done { .. })));
