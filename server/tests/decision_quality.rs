@@ -222,7 +222,10 @@ fn a_series_learns_its_count_and_its_gaps_from_the_runs_before() {
     }
     for trace in ["slow_start", "pause_1m", "late_pause"] {
         let s = find(&format!("{trace} (as generated)"));
-        assert!(s.probes_learnt > 0, "{trace}: late notifications are probed for");
+        assert!(
+            s.probes_learnt > 0,
+            "{trace}: late notifications are probed for"
+        );
     }
     // History never completes early more often than the rule alone, but
     // where the count grows after it repeated.
@@ -260,4 +263,3 @@ fn a_series_learns_its_count_and_its_gaps_from_the_runs_before() {
 fn print_series_table() {
     println!("{}", series_scored().0);
 }
-

@@ -16,9 +16,9 @@ mod tests;
 
 use adaptive::adaptive_clock;
 pub use adaptive::{
-    ActivityGaps, AdaptiveWindow, MAX_PROBES, MIN_SERIES_RUNS, MIN_SERIES_WINDOW, PROBE_INTERVAL, PROBE_QUIET,
-    SERIES_COUNT_QUIET, SERIES_OWN_GAPS, SeriesFloor, WindowBound, adaptive_window, human,
-    probe_quiet, probe_shortfall,
+    ActivityGaps, AdaptiveWindow, MAX_PROBES, MIN_SERIES_RUNS, MIN_SERIES_WINDOW, PROBE_INTERVAL,
+    PROBE_QUIET, SERIES_COUNT_QUIET, SERIES_OWN_GAPS, SeriesFloor, WindowBound, adaptive_window,
+    human, probe_quiet, probe_shortfall,
 };
 pub use group::{Member, evaluate_group, group_counters};
 pub use marker::marker_seen;

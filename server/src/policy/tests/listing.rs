@@ -106,7 +106,10 @@ fn a_series_count_completes_once_no_object_was_created_for_a_few_seconds() {
     w.counters.last_activity_at = Some(at(4));
     w.counters.newest_event_at = Some(at(3));
     let d = evaluate(&w, at(4), Timestamp::MAX);
-    assert!(!completed(&d), "an object created 1s ago may not be the last");
+    assert!(
+        !completed(&d),
+        "an object created 1s ago may not be the last"
+    );
     assert_eq!(d.wake_at, Some(at(3 + 3)));
     let d = evaluate(&w, at(6), Timestamp::MAX);
     assert!(completed(&d), "the series' count landed 3s ago");
