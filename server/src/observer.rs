@@ -4,6 +4,11 @@
 //! [`ObserverHandle`]; it is the only writer of lifecycle transitions, so each
 //! generation gets exactly one terminal event.
 //!
+//! Listings of a watch's prefix (`policy.reconcile`) run off the loop: one
+//! before a completion is written (the watch is decided again on what it
+//! counted), and a probe when the policy asks for one; a completion decided
+//! right after a probe, on the count it left, is confirmed by that probe.
+//!
 //! In a cluster ([`crate::cluster`]) it times only the watches of shards this
 //! replica holds leases on, fences each transition with the lease, re-reads
 //! its watches every `--log-poll` for activity other replicas counted, and

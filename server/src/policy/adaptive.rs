@@ -1,6 +1,7 @@
 //! The adaptive rule's statistics: the histogram of gaps a watch has seen,
-//! the window derived from it, and the clock it is measured on. Pure, like
-//! the rest of the policy.
+//! the window derived from it, the clock it is measured on, and what a
+//! series' earlier runs set (the window's floor; when a watch short of the
+//! series' count asks for a probe listing). Pure, like the rest of the policy.
 
 use std::{fmt, time::Duration};
 
