@@ -4,7 +4,7 @@
 //! millisecond, the way the observer runs it: arrivals at an instant are
 //! recorded before a timer of the same instant fires, a redelivery counts
 //! nothing, and a policy with `reconcile` lists the prefix (every object
-//! created by then) before it completes. The decision-quality harness
+//! created by then) before it completes, and when it asks for a probe. The decision-quality harness
 //! (server/DECISIONS.md) scores policies with it, and ReplayWatch runs it on
 //! a user's own watch. Pure: no clock, no I/O.
 
@@ -77,6 +77,8 @@ pub struct Outcome {
     /// Listings made (`reconcile`), and their ListObjectsV2 requests.
     pub listings: u64,
     pub list_requests: u64,
+    /// Of those listings, the probes a watch of a series asked for.
+    pub probes: u64,
     /// The replay stopped at [`MAX_EVALUATIONS`] before the policy settled.
     pub truncated: bool,
 }
@@ -168,6 +170,9 @@ pub fn replay_in_series(policy: &Policy, history: &History, prior: Option<Series
     let mut outcome = Outcome::default();
     // The activity level the prefix was last listed at (`policy.reconcile`).
     let mut listed_at = None;
+    // The level a probe listing just left: it confirms a completion decided
+    // on it, in the evaluation right after it.
+    let mut probed = None;
     let mut next = 0;
     // The observer evaluates a watch as soon as it is armed.
     let mut wake = Some(history.start);
@@ -191,11 +196,27 @@ pub fn replay_in_series(policy: &Policy, history: &History, prior: Option<Series
             }
         }
         let decision = policy::evaluate(&watch, now, Timestamp::MAX);
+        let just_probed = probed.take();
+        if decision.probe {
+            // The observer lists, records the probe, then decides again.
+            let (_, requests) = list(history, &mut seen, &mut watch, now);
+            outcome.list_requests += requests;
+            outcome.listings += 1;
+            outcome.probes += 1;
+            let progress = &mut watch.lifecycle.polling;
+            progress.probes += 1;
+            progress.probed_at = Some(now);
+            probed = Some(watch.counters.activity());
+            wake = Some(now);
+            continue;
+        }
         let completes = decision
             .events
             .iter()
             .any(|e| matches!(e, EventKind::Completed { .. }));
-        if completes && watch.policy.reconcile && listed_at != Some(watch.counters.activity()) {
+        let activity = watch.counters.activity();
+        let confirmed = listed_at == Some(activity) || just_probed == Some(activity);
+        if completes && watch.policy.reconcile && !confirmed {
             // The observer lists before it commits a completion, then decides again.
             let (found, requests) = list(history, &mut seen, &mut watch, now);
             outcome.list_requests += requests;
@@ -342,6 +363,35 @@ mod tests {
         assert!(!o.early(&h));
         assert_eq!(o.first_completion, Some(at(80_000)));
         assert_eq!((o.listings, o.list_requests), (2, 2));
+    }
+
+    #[test]
+    fn a_watch_short_of_its_series_count_probes_and_the_probe_confirms() {
+        // 100 objects a second apart, notified a second later; object 98's
+        // notification is a minute late.
+        let arrivals = (0..100u32).map(|k| Arrival {
+            at: at(1_000 * i64::from(k) + if k == 98 { 60_000 } else { 1_000 }),
+            object: k,
+        });
+        let created = (0..100).map(|k| at(1_000 * k)).collect();
+        let h = History::new(at(0), created, arrivals.collect());
+        let prior = SeriesPrior::of("daily".into(), &[(100, 1_000); 3]);
+        let policy = Policy {
+            rule: Rule::adaptive_confirmed(),
+            min_objects: 1,
+            reconcile: true,
+            late_window: Some(LATE_WINDOW),
+            ..Policy::default()
+        };
+        let o = replay_in_series(&policy, &h, Some(prior));
+        // 4s after the newest creation (99s) the probe finds object 98, and
+        // the count has been there for more than 3s: one listing.
+        assert_eq!(o.first_completion, Some(at(103_000)));
+        assert!(!o.early(&h));
+        assert_eq!((o.listings, o.probes, o.list_requests), (1, 1, 1));
+        // Without history the window (75s) waits, and its listing finds it.
+        let alone = replay(&policy, &h);
+        assert_eq!(alone.first_completion, Some(at(99_000 + 75_000)));
     }
 
     #[test]

@@ -608,6 +608,17 @@ pub struct PollingProgress {
     /// before it started (see [`SERIES_LABEL`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub series: Option<SeriesPrior>,
+    /// The adaptive rule in a series whose count repeats: the probe
+    /// listings this generation made while a few objects short of that
+    /// count, and when the last one ran.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub probes: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probed_at: Option<Timestamp>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 /// The label that names a watch's series: watches of one recurring data set

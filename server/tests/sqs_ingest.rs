@@ -1,8 +1,10 @@
 //! Notifications through SQS: consumed, counted exactly, deleted once
 //! durable; bodies that are not notifications go to the dead-letter queue;
-//! no watch completes while its queue is still backed up; and, from a real
-//! bucket with the default flags, confirming that the queue has caught up
-//! costs a short receive, not a long poll.
+//! no watch completes while its queue is still backed up; a watch that lists
+//! its prefix counts objects whose notifications are held back, and counts
+//! nothing twice when they arrive; and, from a real bucket with the default
+//! flags, confirming that the queue has caught up costs a short receive, not
+//! a long poll.
 
 mod support;
 
@@ -185,6 +187,163 @@ async fn a_watch_waits_for_its_backed_up_queue_before_completing() {
         "completed only once the queue had caught up"
     );
     assert_gapless(&events, 1);
+}
+
+/// Receives from `queue` until it holds every notification of `keys`, each
+/// kept invisible (held back from the server) for `hold`; any other message
+/// goes back to the queue at once. Returns the held messages' receipt handles.
+async fn hold_back(
+    sqs: &aws_sdk_sqs::Client,
+    queue: &str,
+    keys: &[String],
+    hold: Duration,
+) -> Vec<String> {
+    let mut held = Vec::new();
+    let mut missing: Vec<&String> = keys.iter().collect();
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while !missing.is_empty() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no notification of {missing:?} reached the queue"
+        );
+        let out = sqs
+            .receive_message()
+            .queue_url(queue)
+            .max_number_of_messages(10)
+            .visibility_timeout(hold.as_secs() as i32)
+            .wait_time_seconds(1)
+            .send()
+            .await
+            .unwrap();
+        for m in out.messages.unwrap_or_default() {
+            let (body, receipt) = (m.body().unwrap_or_default(), m.receipt_handle().unwrap());
+            // Keys are URL-encoded in notifications (the emulator encodes `/` too).
+            let names = |k: &str| [k.to_owned(), k.replace('/', "%2F")];
+            match missing
+                .iter()
+                .position(|k| names(k).iter().any(|n| body.contains(n.as_str())))
+            {
+                Some(i) => {
+                    missing.remove(i);
+                    held.push(receipt.to_owned());
+                }
+                None => release(sqs, queue, &[receipt.to_owned()]).await,
+            }
+        }
+    }
+    held
+}
+
+/// Makes held messages visible again: the server receives them now.
+async fn release(sqs: &aws_sdk_sqs::Client, queue: &str, receipts: &[String]) {
+    for receipt in receipts {
+        sqs.change_message_visibility()
+            .queue_url(queue)
+            .receipt_handle(receipt)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_reconciling_watch_counts_held_back_notifications_by_listing_and_never_twice() {
+    let (s3, sqs) = (aws::s3().await, aws::sqs().await);
+    let (bucket, queue) =
+        aws::bucket_to_queue(&s3, &sqs, "heldback", Duration::from_secs(30)).await;
+    let dir = DataDir::new();
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let mut client = server.client().await;
+    let policy = |reconcile: bool| {
+        let mut p = quiet_period(Duration::from_secs(3));
+        p.min_objects = 1;
+        p.reconcile = reconcile;
+        // Activity after the completion would reopen the watch.
+        p.late_window = Some(duration(Duration::from_secs(600)));
+        p
+    };
+    let listing = begin(&mut client, start_request(&bucket, "in/", policy(true))).await;
+    let trusting = begin(&mut client, start_request(&bucket, "in/", policy(false))).await;
+    let dir = server.stop().await;
+
+    // The producer writes 8 objects; S3's notifications of the last 3 are
+    // late: the test takes them off the queue before the server runs and
+    // holds them invisible.
+    let keys: Vec<String> = (1..=8).map(|i| format!("in/part-{i}.json")).collect();
+    for key in &keys {
+        s3.put_object()
+            .bucket(&bucket)
+            .key(key)
+            .body(b"{}".to_vec().into())
+            .send()
+            .await
+            .expect("put object");
+    }
+    let held = hold_back(&sqs, &queue, &keys[5..], Duration::from_secs(600)).await;
+
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let mut client = server.client().await;
+    let completed =
+        |e: &v1::WatchEvent| matches!(e.kind, Some(v1::watch_event::Kind::Completed(_)));
+    let mut listed = client.events(&listing.watch_id, 0).await.unwrap();
+    let mut trusted = client.events(&trusting.watch_id, 0).await.unwrap();
+    let listed_events = read_until(&mut listed, LIMIT, completed).await;
+    assert_eq!(
+        completed_count(&listed_events),
+        8,
+        "{:?}",
+        kinds(&listed_events)
+    );
+    let trusted_events = read_until(&mut trusted, LIMIT, completed).await;
+    assert_eq!(
+        completed_count(&trusted_events),
+        5,
+        "only notifications told it"
+    );
+    assert_eq!(
+        visible(&sqs, &queue).await,
+        3,
+        "the listing counted the 3 objects while their notifications were still held"
+    );
+
+    // The held notifications arrive: the watch that never listed counts
+    // them (and reopens); the one that listed counts nothing twice.
+    release(&sqs, &queue, &held).await;
+    let reopened = read_until(&mut trusted, LIMIT, completed).await;
+    assert!(
+        kinds(&reopened).contains(&"reopened"),
+        "{:?}",
+        kinds(&reopened)
+    );
+    assert_eq!(completed_count(&reopened), 8);
+    let deadline = tokio::time::Instant::now() + LIMIT;
+    while visible(&sqs, &queue).await > 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the released notifications were not consumed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await; // SQS has no change notification to await
+    }
+    let watch = client.get_watch(&listing.watch_id).await.unwrap();
+    assert_eq!(
+        (watch.object_count, watch.event_count, watch.generation),
+        (8, 8, 1),
+        "the late notifications counted nothing and reopened nothing"
+    );
+    assert_eq!(watch.state, v1::WatchState::Completed as i32);
+    assert_eq!(
+        watch.last_seq,
+        listed_events.last().unwrap().seq,
+        "no event after COMPLETED"
+    );
+}
+
+fn completed_count(events: &[v1::WatchEvent]) -> u64 {
+    match &events.last().expect("events").kind {
+        Some(v1::watch_event::Kind::Completed(done)) => done.object_count,
+        other => panic!("expected COMPLETED last, got {other:?}"),
+    }
 }
 
 /// Objects PUT into a bucket whose notifications go to the queue the server

@@ -1,5 +1,5 @@
-//! Reconciliation: before a watch with `policy.reconcile` completes, list its
-//! prefix in S3 and record every key the watch's key filter takes as a
+//! Reconciliation: before a watch with `policy.reconcile` completes (and
+//! when its policy asks for a probe), list its prefix in S3 and record every key the watch's key filter takes as a
 //! created object, with the size the listing shows (its marker key, if it
 //! has one, as a marker). Keys already seen
 //! count nothing; a key no notification told of counts (and is activity, so

@@ -8,6 +8,11 @@
 //! is the only writer of lifecycle transitions, so each generation gets
 //! exactly one terminal event.
 //!
+//! Listings of a watch's prefix (`policy.reconcile`) run off the loop: one
+//! before a completion is written (the watch is decided again on what it
+//! counted), and a probe when the policy asks for one; a completion decided
+//! right after a probe, on the count it left, is confirmed by that probe.
+//!
 //! In a cluster ([`crate::cluster`]) it times only the watches of shards this
 //! replica holds leases on, fences each transition with the lease, re-reads
 //! its watches every `--log-poll` for activity other replicas counted, and
@@ -82,10 +87,12 @@ enum Command {
         result: Result<Box<(Watch, Vec<WatchEvent>)>, Error>,
         reply: oneshot::Sender<Result<Watch, Error>>,
     },
-    /// A reconciliation of `key` at activity level `activity` finished.
+    /// A reconciliation of `key` at activity level `activity` finished; a
+    /// probe (the policy asked for it) listed at `probe`.
     Reconciled {
         key: WatchKey,
         activity: u64,
+        probe: Option<Timestamp>,
         result: Result<Option<Box<Watch>>, String>,
     },
     /// A check of `key`'s marker manifest finished.
@@ -160,6 +167,9 @@ struct Entry {
     /// The activity level S3 was last listed at (`policy.reconcile`).
     reconciled_at: Option<u64>,
     reconciling: bool,
+    /// A probe listing that finished: the activity level it left and when
+    /// it listed, until the next decision records it.
+    probed: Option<(u64, Timestamp)>,
     /// The instant its next decision wants ingest settled past, as told to
     /// the queue consumers.
     wanted: Option<Timestamp>,
@@ -490,6 +500,7 @@ impl Observer {
             Command::Reconciled {
                 key,
                 activity,
+                probe,
                 result,
             } => {
                 let Some(entry) = self.watches.get_mut(&key) else {
@@ -498,9 +509,14 @@ impl Observer {
                 entry.reconciling = false;
                 match result {
                     Ok(Some(watch)) => {
+                        let level = watch.counters.activity();
                         if entry.watch.last_seq <= watch.last_seq {
                             entry.watch = *watch;
                         }
+                        entry.probed = probe.map(|at| (level, at));
+                    }
+                    Ok(None) if probe.is_some() => {
+                        entry.probed = probe.map(|at| (activity, at));
                     }
                     Ok(None) => entry.reconciled_at = Some(activity),
                     Err(e) => {
@@ -620,6 +636,7 @@ impl Observer {
                         timer: None,
                         reconciled_at: None,
                         reconciling: false,
+                        probed: None,
                         wanted: None,
                         checking_manifest: false,
                         manifest_checked: None,
@@ -770,27 +787,30 @@ impl Observer {
         });
     }
 
-    /// Lists the watch's prefix off the loop; the result comes back as a command.
-    fn start_reconcile(&mut self, key: &WatchKey) {
+    /// Lists the watch's prefix off the loop, to confirm a completion or as
+    /// a probe; the result comes back as a command.
+    fn start_reconcile(&mut self, key: &WatchKey, probe: bool) {
+        let now = self.clock.now();
         let Some(entry) = self.watches.get_mut(key) else {
             return;
         };
         let Some(reconciler) = self.reconciler.clone() else {
             // StartWatch refuses reconcile without AWS access; a watch from an
             // earlier configuration completes as if it had none.
-            entry.reconciled_at = Some(entry.watch.counters.activity());
+            let activity = entry.watch.counters.activity();
+            if probe {
+                entry.probed = Some((activity, now));
+                self.schedule(key, now);
+            } else {
+                entry.reconciled_at = Some(activity);
+            }
             return;
         };
         if entry.reconciling {
             return;
         }
         entry.reconciling = true;
-        let (watch, store, tx, now) = (
-            entry.watch.clone(),
-            self.store.clone(),
-            self.tx.clone(),
-            self.clock.now(),
-        );
+        let (watch, store, tx) = (entry.watch.clone(), self.store.clone(), self.tx.clone());
         tokio::spawn(async move {
             let activity = watch.counters.activity();
             let result = reconciler
@@ -801,6 +821,7 @@ impl Observer {
                 .send(Command::Reconciled {
                     key: watch.key(),
                     activity,
+                    probe: probe.then_some(now),
                     result,
                 })
                 .await;
@@ -950,31 +971,48 @@ impl Observer {
             let decision = policy::evaluate_group(&entry.watch, &entry.members, now);
             return self.transition(key, decision, false, now, fence);
         }
+        // Taken only now that the watch is decided on: a probe not recorded
+        // could be asked for again.
+        let probed = self.watches.get_mut(key).and_then(|e| e.probed.take());
+        let entry = self.watches.get(key)?;
         let settled = *self.settled.borrow();
-        // A manifest check's result is decided on, and written with the decision.
-        let with_check = checked.map(|c| {
+        // A manifest check's result, and a probe listing, are decided on and
+        // written with the decision.
+        let recorded = (checked.is_some() || probed.is_some()).then(|| {
             let mut watch = entry.watch.clone();
-            watch.lifecycle.polling.manifest = Some(c.check);
+            let progress = &mut watch.lifecycle.polling;
+            if let Some(c) = checked {
+                progress.manifest = Some(c.check);
+            }
+            if let Some((_, at)) = probed {
+                progress.probes = progress.probes.saturating_add(1);
+                progress.probed_at = Some(at);
+            }
             watch
         });
-        let evaluated = with_check.as_ref().unwrap_or(&entry.watch);
+        let evaluated = recorded.as_ref().unwrap_or(&entry.watch);
         let mut decision = policy::evaluate(evaluated, now, settled);
         if decision.check_manifest {
             self.start_manifest_check(key);
             return None;
         }
-        if decision.lifecycle.is_none() && with_check.is_some() {
+        if decision.probe {
+            self.start_reconcile(key, true);
+            return None;
+        }
+        if decision.lifecycle.is_none() && recorded.is_some() {
             decision.lifecycle = Some(evaluated.lifecycle.clone());
         }
         let completes = decision
             .events
             .iter()
             .any(|e| matches!(e, EventKind::Completed { .. }));
-        if completes
-            && entry.watch.policy.reconcile
-            && entry.reconciled_at != Some(entry.watch.counters.activity())
-        {
-            self.start_reconcile(key);
+        // A probe confirms a completion decided on the level it left.
+        let activity = entry.watch.counters.activity();
+        let confirmed = entry.reconciled_at == Some(activity)
+            || probed.is_some_and(|(level, _)| level == activity);
+        if completes && entry.watch.policy.reconcile && !confirmed {
+            self.start_reconcile(key, false);
             return None;
         }
         self.transition(key, decision, completes, now, fence)

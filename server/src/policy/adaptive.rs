@@ -1,6 +1,7 @@
 //! The adaptive rule's statistics: the histogram of gaps a watch has seen,
-//! the window derived from it, and the clock it is measured on. Pure, like
-//! the rest of the policy.
+//! the window derived from it, the clock it is measured on, and what a
+//! series' earlier runs set (the window's floor; when a watch short of the
+//! series' count asks for a probe listing). Pure, like the rest of the policy.
 
 use std::{fmt, time::Duration};
 
@@ -121,20 +122,62 @@ pub struct SeriesFloor {
 
 /// Completed runs of a series a watch needs before it learns from them.
 pub const MIN_SERIES_RUNS: u32 = 2;
-/// The shortest window a series' history sets.
-pub const MIN_SERIES_WINDOW: Duration = Duration::from_secs(1);
+/// The shortest window a series' history sets: longer than S3 usually takes
+/// to deliver a notification (seconds). Shorter, the confirming listing runs
+/// while producers are at work and their notifications on their way, finds
+/// those objects, and runs again and again.
+pub const MIN_SERIES_WINDOW: Duration = Duration::from_secs(5);
 /// The multiplier on the longest gap a series' runs showed: a run may pause
 /// somewhat longer than the runs before it.
 pub const SERIES_SAFETY_FACTOR: f64 = 1.5;
 /// How far apart a series' runs' longest gaps may be for the series to set
 /// the window.
 pub const SERIES_GAP_SPREAD: f64 = 2.0;
+/// Gaps a run must show before its series may lower the window below
+/// `min_window`: producers that start one after another pause between
+/// their first objects longer than a few runs' longest gaps bound.
+pub const SERIES_OWN_GAPS: u64 = 10;
+/// How long no object may have been created before a series' repeated count
+/// is taken as landed (a listing then confirms it): a run that goes on past
+/// the count at a steady producer's pace shows it within this.
+pub const SERIES_COUNT_QUIET: Duration = Duration::from_secs(3);
+/// How long no object may have been created, at least, before a watch a few
+/// objects short of its series' count lists the prefix (a probe): longer
+/// than S3 usually takes to deliver a notification, so what a probe finds
+/// is late, not merely on its way.
+pub const PROBE_QUIET: Duration = Duration::from_secs(4);
+/// A probe also waits this many times the run's median gap: a producer that
+/// writes every 30s is, 4s after its last object, most likely about to
+/// write the next one.
+pub const PROBE_MEDIAN_GAPS: f64 = 2.0;
+/// The shortest time between two probe listings of a watch.
+pub const PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// The most probe listings a generation makes.
+pub const MAX_PROBES: u32 = 3;
+
+/// How long no object may have been created before a watch short of its
+/// series' count asks for a probe, given the gaps it has seen.
+pub fn probe_quiet(gaps: &ActivityGaps) -> Duration {
+    let median = gaps.quantile(0.5).unwrap_or_default();
+    median.mul_f64(PROBE_MEDIAN_GAPS).max(PROBE_QUIET)
+}
+
+/// How many objects short of its series' count a watch may be for a probe:
+/// 1% of the count, at least one. S3 is late with about one notification in
+/// hundreds; a watch further short is waiting for its producers, which no
+/// listing hurries.
+pub fn probe_shortfall(count: u64) -> u64 {
+    (count / 100).max(1)
+}
 
 /// The lower bound of `watch`'s adaptive window: `min_window`, or what its
 /// series learnt, when it has enough runs that agree on their longest pause
 /// (the longest is at most [`SERIES_GAP_SPREAD`] times the shortest of
 /// them; runs that disagree say little about this one).
-fn floor(watch: &Watch, min_window: Duration) -> (Duration, Option<SeriesFloor>) {
+///
+/// A learnt bound below `min_window` waits until the run has shown
+/// [`SERIES_OWN_GAPS`] gaps of its own (`gaps`).
+fn floor(watch: &Watch, min_window: Duration, gaps: u64) -> (Duration, Option<SeriesFloor>) {
     let Some(p) = watch
         .lifecycle
         .polling
@@ -152,7 +195,11 @@ fn floor(watch: &Watch, min_window: Duration) -> (Duration, Option<SeriesFloor>)
         runs: p.runs,
         longest_gap,
     };
-    (scaled.clamp(MIN_SERIES_WINDOW, MAX_WINDOW), Some(learnt))
+    let window = scaled.clamp(MIN_SERIES_WINDOW, MAX_WINDOW);
+    if window < min_window && gaps < SERIES_OWN_GAPS {
+        return (min_window, None);
+    }
+    (window, Some(learnt))
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -243,7 +290,7 @@ impl AdaptiveWindow {
         safety_factor: f64,
         gaps: &ActivityGaps,
     ) -> Self {
-        let (lower, series) = floor(watch, min_window);
+        let (lower, series) = floor(watch, min_window, gaps.count());
         let mut window = Self::new(
             (lower, max_window.max(lower)),
             quantile,

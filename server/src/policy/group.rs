@@ -137,6 +137,7 @@ fn evaluate_group_active(
         wake_at: None,
         held_until_settled: None,
         check_manifest: false,
+        probe: false,
     };
     let failed = ids.iter().filter_map(|id| members.get(id)).find(|m| {
         matches!(

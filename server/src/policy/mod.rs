@@ -16,8 +16,9 @@ mod tests;
 
 use adaptive::adaptive_clock;
 pub use adaptive::{
-    ActivityGaps, AdaptiveWindow, MIN_SERIES_RUNS, MIN_SERIES_WINDOW, SeriesFloor, WindowBound,
-    adaptive_window, human,
+    ActivityGaps, AdaptiveWindow, MAX_PROBES, MIN_SERIES_RUNS, MIN_SERIES_WINDOW, PROBE_INTERVAL,
+    PROBE_QUIET, SERIES_COUNT_QUIET, SERIES_OWN_GAPS, SeriesFloor, WindowBound, adaptive_window,
+    human, probe_quiet, probe_shortfall,
 };
 pub use group::{Member, evaluate_group, group_counters};
 pub use marker::marker_seen;
@@ -321,6 +322,12 @@ pub struct Decision {
     /// been checked at this activity level: read it, record what it found in
     /// `polling.manifest`, and evaluate again.
     pub check_manifest: bool,
+    /// The adaptive rule, a few objects short of its series' count: list the
+    /// prefix now (a probe; what it finds counts), record it in
+    /// `polling.probes` and `polling.probed_at`, and evaluate again at once.
+    /// A completion that this evaluation decides at the level the listing
+    /// left is confirmed by it.
+    pub probe: bool,
 }
 
 const HELD_REASON_PREFIX: &str = "waiting for the notification queues";
@@ -346,6 +353,8 @@ pub fn fresh_lifecycle(generation: u32, at: Timestamp, activity: u64) -> Lifecyc
             marker_after: None,
             manifest: None,
             series: None,
+            probes: 0,
+            probed_at: None,
         },
     }
 }
@@ -470,6 +479,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         wake_at: policy.late_window.map(|w| now.plus(w)),
         held_until_settled: None,
         check_manifest: false,
+        probe: false,
     };
     let hold = |at: Timestamp, polling: PollingProgress| {
         let reason = held_reason(at);
@@ -484,6 +494,7 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
             wake_at: timeout_at,
             held_until_settled: Some(at),
             check_manifest: false,
+            probe: false,
         }
     };
 
@@ -492,6 +503,10 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
     // and whether the manifest must be read before it can complete.
     let mut waiting_reason = None;
     let mut check_manifest = false;
+    // The adaptive rule in a series: a probe listing is due now, or when the
+    // series' count would be looked at next.
+    let mut probe = false;
+    let mut count_wake = None;
     if matches!(policy.rule, Rule::Adaptive { .. }) {
         polling.gaps.observe(adaptive_clock(watch));
     }
@@ -555,23 +570,48 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                 *safety_factor,
                 &polling.gaps,
             );
-            // A series whose runs all ended with one count: that count,
-            // confirmed by a listing, completes the watch at once.
-            let repeated = polling
-                .series
-                .as_ref()
-                .filter(|p| p.runs >= MIN_SERIES_RUNS && p.count == Some(objects));
-            if let Some(p) = repeated.filter(|_| policy.reconcile && enough) {
-                let reason = format!(
-                    "the count of series {} landed: {objects} objects, as in each of its last {} runs, \
-                     and a listing of the prefix found none unseen",
-                    p.series, p.runs
-                );
-                return complete(reason, polling);
-            }
             let since = adaptive_clock(watch)
                 .unwrap_or(life.generation_started_at)
                 .max(life.generation_started_at);
+            // A series whose runs all ended with one count: that count,
+            // once no object was created for a few seconds and a listing
+            // confirms it, completes the watch. A few objects short of it
+            // and as quiet, a probe listing counts what notifications have
+            // not told of yet.
+            let learnt = polling
+                .series
+                .as_ref()
+                .filter(|p| p.runs >= MIN_SERIES_RUNS && policy.reconcile && enough)
+                .and_then(|p| p.count.map(|c| (p, c)));
+            if let Some((p, count)) = learnt {
+                let quiet_at = since.plus(SERIES_COUNT_QUIET);
+                if objects == count && now >= quiet_at {
+                    let reason = format!(
+                        "the count of series {} landed: {objects} objects, as in each of its last {} runs; \
+                         no object created for {}, and a listing of the prefix found none unseen",
+                        p.series,
+                        p.runs,
+                        human(SERIES_COUNT_QUIET)
+                    );
+                    return complete(reason, polling);
+                }
+                if objects == count {
+                    count_wake = Some(quiet_at);
+                } else if objects < count
+                    && count - objects <= probe_shortfall(count)
+                    && polling.probes < MAX_PROBES
+                {
+                    let quiet_at = since.plus(probe_quiet(&polling.gaps));
+                    let due = polling
+                        .probed_at
+                        .map_or(quiet_at, |t| quiet_at.max(t.plus(PROBE_INTERVAL)));
+                    if now >= due {
+                        probe = true;
+                    } else {
+                        count_wake = Some(due);
+                    }
+                }
+            }
             match quiet(
                 now,
                 since.plus(adaptive.window),
@@ -594,7 +634,8 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
                     };
                     return complete(reason, polling);
                 }
-                Quiet::Wait(wake) => wake,
+                Quiet::Wait(_) if probe => None,
+                Quiet::Wait(wake) => earliest(wake, count_wake),
             }
         }
         Rule::Marker {
@@ -753,13 +794,11 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
             wake_at: None,
             held_until_settled: None,
             check_manifest: false,
+            probe: false,
         };
     }
 
-    let wake_at = match (rule_wake, timeout_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
+    let wake_at = earliest(rule_wake, timeout_at);
     // A watch that was held shows no hold reason once it is back to waiting.
     let reason = if let Some(reason) = waiting_reason {
         reason
@@ -779,5 +818,13 @@ fn evaluate_active(watch: &Watch, now: Timestamp, settled_until: Timestamp) -> D
         wake_at,
         held_until_settled: None,
         check_manifest,
+        probe,
+    }
+}
+
+fn earliest(a: Option<Timestamp>, b: Option<Timestamp>) -> Option<Timestamp> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

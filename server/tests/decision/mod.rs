@@ -774,6 +774,43 @@ pub struct SeriesScore {
     pub false_learnt: usize,
     pub delays_alone: Vec<i64>,
     pub delays_learnt: Vec<i64>,
+    /// Objects the scored runs created, and the ListObjectsV2 requests of
+    /// the listings without history and with it (probes included).
+    pub objects: u64,
+    pub list_requests_alone: u64,
+    pub list_requests_learnt: u64,
+    /// Listings without history and with it, and how many of the latter were probes.
+    pub listings_alone: u64,
+    pub listings_learnt: u64,
+    pub probes_learnt: u64,
+}
+
+impl SeriesScore {
+    /// The scores of several sets of runs, pooled (counts and delays only).
+    pub fn pooled<'a>(scores: impl IntoIterator<Item = &'a SeriesScore>) -> SeriesScore {
+        let mut all = SeriesScore::default();
+        for s in scores {
+            all.runs += s.runs;
+            all.false_alone += s.false_alone;
+            all.false_learnt += s.false_learnt;
+            all.objects += s.objects;
+            all.list_requests_alone += s.list_requests_alone;
+            all.list_requests_learnt += s.list_requests_learnt;
+            all.listings_alone += s.listings_alone;
+            all.listings_learnt += s.listings_learnt;
+            all.probes_learnt += s.probes_learnt;
+        }
+        all
+    }
+
+    /// ListObjectsV2 requests per 1,000 objects, without history and with it.
+    pub fn lists_per_1000(&self) -> (f64, f64) {
+        let per = |n: u64| n as f64 * 1000.0 / self.objects.max(1) as f64;
+        (
+            per(self.list_requests_alone),
+            per(self.list_requests_learnt),
+        )
+    }
 }
 
 /// Scores the runs `scored` (indexes) of each of `series` (oldest run
@@ -792,6 +829,12 @@ pub fn score_series(series: &[Vec<Run>], scored: std::ops::Range<usize>) -> Seri
             let alone = replay::replay(&series_policy(), &history);
             let learnt =
                 replay::replay_in_series(&series_policy(), &history, Some(prior(&runs[..k])));
+            s.objects += run.objects;
+            s.list_requests_alone += alone.list_requests;
+            s.list_requests_learnt += learnt.list_requests;
+            s.listings_alone += alone.listings;
+            s.listings_learnt += learnt.listings;
+            s.probes_learnt += learnt.probes;
             for (o, false_n, delays) in [
                 (alone, &mut s.false_alone, &mut s.delays_alone),
                 (learnt, &mut s.false_learnt, &mut s.delays_learnt),
@@ -833,8 +876,9 @@ pub fn series_of(trace: &Trace, seeds: std::ops::Range<u64>, vary: bool) -> Vec<
 }
 
 /// A series whose count repeats for five runs and then grows: steady runs
-/// cut to 500 objects, and a sixth with 40 more, 20s after the 500th.
-pub fn series_that_grows(seeds: std::ops::Range<u64>) -> Vec<Vec<Run>> {
+/// cut to 500 objects, and a sixth with 40 more, the first `pause_ms` after
+/// the 500th.
+pub fn series_that_grows(seeds: std::ops::Range<u64>, pause_ms: i64) -> Vec<Vec<Run>> {
     let steady = SUITE.iter().find(|t| t.name == "steady").expect("steady");
     seeds
         .map(|seed| {
@@ -843,7 +887,7 @@ pub fn series_that_grows(seeds: std::ops::Range<u64>) -> Vec<Vec<Run>> {
                     let run = steady.run(seed * 100 + k);
                     let cut = run.without_last(run.objects as usize - 500);
                     if k == 5 {
-                        cut.with_more(40, 20_000)
+                        cut.with_more(40, pause_ms)
                     } else {
                         cut
                     }
@@ -852,6 +896,9 @@ pub fn series_that_grows(seeds: std::ops::Range<u64>) -> Vec<Vec<Run>> {
         })
         .collect()
 }
+
+pub const GROWS: &str = "steady, count repeats 5 runs then grows after 20s";
+pub const GROWS_AT_ONCE: &str = "steady, count repeats 5 runs then grows 1s later";
 
 /// The series suite as markdown, and its scores by (trace, variant).
 pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, SeriesScore)>) {
@@ -864,8 +911,12 @@ pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, Series
         }
     }
     scores.push((
-        "steady, count repeats 5 runs then grows".into(),
-        score_series(&series_that_grows(seeds.clone()), 5..6),
+        GROWS.into(),
+        score_series(&series_that_grows(seeds.clone(), 20_000), 5..6),
+    ));
+    scores.push((
+        GROWS_AT_ONCE.into(),
+        score_series(&series_that_grows(seeds.clone(), 1_000), 5..6),
     ));
     let mut out = String::new();
     writeln!(
@@ -873,17 +924,20 @@ pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, Series
         "Series suite: each series is {SERIES_LEN} runs of one trace (seeds {}-{} x 100 + run); \
          runs 4-{SERIES_LEN} are scored given the runs before them (the newest five, as StartWatch \
          reads them). The policy: adaptive at its defaults with a listing, without history and \
-         with it. Delays in seconds after the last creation.\n",
+         with it. Delays in seconds after the last creation. LIST: ListObjectsV2 requests per \
+         1,000 objects (every listing, probes included); probes: the listings with history \
+         that were probes.\n",
         seeds.start,
         seeds.end - 1
     )
     .unwrap();
-    out.push_str("| series | count | runs | oracle | false, no history | false, history | p99, no history | p99, history |\n");
-    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|\n");
+    out.push_str("| series | count | runs | oracle | false, no history | false, history | p99, no history | p99, history | LIST per 1k, no history | LIST per 1k, history | probes |\n");
+    out.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for (name, s) in &scores {
+        let (lists_alone, lists_learnt) = s.lists_per_1000();
         writeln!(
             out,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {lists_alone:.2} | {lists_learnt:.2} | {} / {} |",
             if s.repeats { "repeats" } else { "varies" },
             s.runs,
             secs(Some(s.oracle_ms)),
@@ -891,6 +945,30 @@ pub fn series_table(seeds: std::ops::Range<u64>) -> (String, Vec<(String, Series
             s.false_learnt,
             secs(percentile(&s.delays_alone, 0.99)),
             secs(percentile(&s.delays_learnt, 0.99)),
+            s.probes_learnt,
+            s.listings_learnt,
+        )
+        .unwrap();
+    }
+    let pools = [
+        ("all", SeriesScore::pooled(scores.iter().map(|(_, s)| s))),
+        (
+            "the series whose count repeats",
+            SeriesScore::pooled(scores.iter().filter(|(_, s)| s.repeats).map(|(_, s)| s)),
+        ),
+    ];
+    out.push('\n');
+    for (which, pool) in pools {
+        let (alone, learnt) = pool.lists_per_1000();
+        writeln!(
+            out,
+            "Pooled over {which} ({} scored runs): {alone:.2} ListObjectsV2 requests per 1,000 \
+             objects without history, {learnt:.2} with it; {:.2} and {:.2} listings per run \
+             ({} probes).",
+            pool.runs,
+            pool.listings_alone as f64 / pool.runs as f64,
+            pool.listings_learnt as f64 / pool.runs as f64,
+            pool.probes_learnt,
         )
         .unwrap();
     }
