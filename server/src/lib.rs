@@ -4,7 +4,8 @@
 //!
 //! Modules, one per concept: [`ingest`] (notifications in), [`store`] (state),
 //! [`policy`] (pure completion rules), [`observer`] (timers), [`hub`] (event
-//! fan-out), [`delivery`] (completion callbacks), [`service`] (the
+//! fan-out), [`delivery`] (completion callbacks) and [`document`] (what they
+//! send), [`service`] (the
 //! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`cluster`]
 //! (many replicas on one table), [`quota`]
 //! (per-tenant limits), [`transport`] (TLS and connection limits), [`config`],
@@ -16,6 +17,7 @@ pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod delivery;
+pub mod document;
 pub mod error;
 pub mod hub;
 pub mod ingest;

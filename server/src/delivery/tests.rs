@@ -351,7 +351,8 @@ fn bodies_carry_the_event_and_the_watch() {
             reason: "quiet for 5s".into(),
         },
     };
-    let body: serde_json::Value = serde_json::from_str(&body(&watch, &event)).unwrap();
+    let body: serde_json::Value =
+        serde_json::from_str(&crate::document::body(&watch, &event)).unwrap();
     assert_eq!(body["idempotency_key"], format!("{}:1:4", watch.id));
     assert_eq!(body["event"]["kind"], "completed");
     assert_eq!(body["event"]["seq"], 4);

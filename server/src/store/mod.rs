@@ -34,10 +34,10 @@ pub mod measured;
 pub mod publishing;
 pub mod sqlite;
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-
-use std::time::Duration;
 
 use crate::{
     clock::Timestamp,
@@ -396,7 +396,7 @@ pub fn outbox_for(watch: &Watch, events: &[WatchEvent], now: Timestamp) -> Vec<D
     let notify = &watch.policy.notify;
     let mut out = Vec::new();
     for event in events.iter().filter(|e| notify.wants(&e.kind)) {
-        let body = crate::delivery::body(watch, event);
+        let body = crate::document::body(watch, event);
         for (i, target) in notify.targets.iter().enumerate() {
             if !target.wants(&event.kind) {
                 continue;
@@ -409,7 +409,7 @@ pub fn outbox_for(watch: &Watch, events: &[WatchEvent], now: Timestamp) -> Vec<D
                 target_index: u32::try_from(i).unwrap_or(u32::MAX),
                 target: target.clone(),
                 body: body.clone(),
-                traceparent: crate::delivery::traceparent_of(watch),
+                traceparent: crate::document::traceparent_of(watch),
                 state: DeliveryState::Pending,
                 attempts: 0,
                 created_at: now,
