@@ -37,20 +37,9 @@ impl v1::WatchEvent {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     tonic::include_file_descriptor_set!("streamwatch_descriptor");
 
-/// The port the server listens on when none is given.
-pub const DEFAULT_PORT: u16 = 50051;
 /// The address the server listens on when none is given: loopback only.
 pub const DEFAULT_LISTEN_ADDR: &str = "127.0.0.1:50051";
 /// The endpoint clients use when none is given.
 pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:50051";
 /// The metadata key carrying the caller's token, as `Bearer <token>`.
 pub const AUTHORIZATION_HEADER: &str = "authorization";
-
-/// Opens a channel to `endpoint` (for example [`DEFAULT_ENDPOINT`]).
-pub async fn connect(
-    endpoint: impl Into<String>,
-) -> Result<tonic::transport::Channel, tonic::transport::Error> {
-    tonic::transport::Endpoint::from_shared(endpoint.into())?
-        .connect()
-        .await
-}

@@ -133,6 +133,7 @@ impl ServerProcess {
         let fields: Vec<&str> = after.split_whitespace().collect();
         let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
         // SAFETY: sysconf only reads a constant of the system.
+        #[allow(unsafe_code)]
         let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         Ok(ticks / per_second)
     }

@@ -91,7 +91,7 @@ fn start_server(
 ) -> anyhow::Result<(Server, telemetry::Telemetry)> {
     let dir = tempfile::tempdir()?;
     let (subscriber, telemetry) =
-        exports.block_on(async { telemetry::subscriber("text", otlp) })?;
+        exports.block_on(async { telemetry::subscriber(telemetry::LogFormat::Text, otlp) })?;
     let dispatch = tracing::Dispatch::new(subscriber);
     let runtime = runtime(name, 2, Some(dispatch));
     let mut config = Config::embedded_default();

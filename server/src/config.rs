@@ -7,6 +7,8 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::Parser;
 
+use crate::telemetry::LogFormat;
+
 pub const DEFAULT_DATA_FILE: &str = "streamwatch.db";
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "10s";
 pub const DEFAULT_RETENTION: &str = "30days";
@@ -109,8 +111,8 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterArgs,
 
     /// Log format: `text` or `json`. `RUST_LOG` filters (default `info`).
-    #[arg(long, env = "STREAMWATCH_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
-    pub log_format: String,
+    #[arg(long, env = "STREAMWATCH_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
 }
 
 fn parse_sqs_wait(raw: &str) -> Result<Duration, String> {

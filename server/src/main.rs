@@ -8,7 +8,7 @@ use streamwatch_server::{config::Config, serve, telemetry};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let telemetry = telemetry::init(&config.log_format)?;
+    let telemetry = telemetry::init(config.log_format)?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;

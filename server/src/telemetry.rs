@@ -85,14 +85,14 @@ impl Telemetry {
 
 /// Installs the subscriber with the exporter the environment asks for.
 /// Must run inside the tokio runtime (the gRPC exporter lives on it).
-pub fn init(format: &str) -> anyhow::Result<Telemetry> {
+pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
     init_with(format, otlp_endpoint_from_env())
 }
 
 /// Installs the subscriber, exporting spans to `otlp_endpoint` when given.
 /// A second call in one process (tests start many servers) keeps the first
 /// subscriber and exports nothing.
-pub fn init_with(format: &str, otlp_endpoint: Option<String>) -> anyhow::Result<Telemetry> {
+pub fn init_with(format: LogFormat, otlp_endpoint: Option<String>) -> anyhow::Result<Telemetry> {
     let (subscriber, telemetry) = subscriber(format, otlp_endpoint)?;
     if subscriber.try_init().is_err() {
         telemetry.shutdown();
@@ -105,16 +105,26 @@ pub fn init_with(format: &str, otlp_endpoint: Option<String>) -> anyhow::Result<
     Ok(telemetry)
 }
 
+/// How log lines are written to stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One human-readable line per event (coloured on a terminal).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
 /// The subscriber [`init_with`] installs, not installed (for a thread-local
 /// default, as the tracing cost benchmark sets one per runtime).
 pub fn subscriber(
-    format: &str,
+    format: LogFormat,
     otlp_endpoint: Option<String>,
 ) -> anyhow::Result<(impl tracing::Subscriber + Send + Sync + 'static, Telemetry)> {
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours for a terminal only, not for files and log collectors.
     let ansi = std::io::stderr().is_terminal();
-    let fmt_layer = if format == "json" {
+    let fmt_layer = if format == LogFormat::Json {
         fmt::layer()
             .json()
             .with_writer(std::io::stderr)

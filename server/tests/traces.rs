@@ -109,9 +109,11 @@ async fn spans_follow_the_callers_trace_and_completion_links_to_start() {
             .add_service(TraceServiceServer::new(receiver.clone()))
             .serve_with_incoming(TcpListenerStream::new(listener)),
     );
-    let telemetry =
-        streamwatch_server::telemetry::init_with("text", Some(format!("http://{otlp}")))
-            .expect("exporter");
+    let telemetry = streamwatch_server::telemetry::init_with(
+        streamwatch_server::telemetry::LogFormat::Text,
+        Some(format!("http://{otlp}")),
+    )
+    .expect("exporter");
     assert!(telemetry.exporting());
 
     let server = TestServer::start_with_tenants().await;

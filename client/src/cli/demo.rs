@@ -511,6 +511,7 @@ impl LocalServer {
         {
             // SAFETY: kill(2) only sends a signal; `pid` is our child, not yet
             // reaped (`id()` is Some until then), so it names no other process.
+            #[allow(unsafe_code)]
             let sent = unsafe { libc::kill(pid, libc::SIGTERM) } == 0;
             if sent && let Ok(status) = tokio::time::timeout(STOP_LIMIT, self.child.wait()).await {
                 let status = status.context("cannot wait for the local server")?;
