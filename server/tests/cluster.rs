@@ -18,7 +18,7 @@ use streamwatch_server::{
     policy::Policy,
     store::{
         Applied, Created, Guard, NewWatch, Store, StoreError,
-        dynamodb::{DynamoStore, LeaseItem},
+        dynamodb::{DynamoStore, LeaseItem, ReplicaItem},
     },
     watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, Source, TenantId, WatchId, WatchState},
 };
@@ -28,6 +28,9 @@ const LIMIT: Duration = Duration::from_secs(180);
 /// Lease settings of the replicas under test (the README gives the defaults).
 const LEASE: &str = "3s";
 const HEARTBEAT: &str = "1s";
+/// The emulator serializes DynamoDB requests: under this test's load a
+/// refresh takes up to a couple of seconds (milliseconds on DynamoDB).
+const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
@@ -71,19 +74,30 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         panic!("a new watch");
     };
 
-    // replica-a pauses and stops renewing; replica-b saw the lease stand still
-    // for a lease duration and takes it over.
+    // replica-a pauses and its heartbeat stands still; replica-b and
+    // replica-c saw it stand still for a lease duration and both try to take
+    // the lease over, from the same read: one wins.
     let seen = store.cluster_view().await.unwrap().leases.remove(0);
-    assert_eq!(seen, a, "nobody renewed it");
+    assert_eq!(seen, a, "a lease is written only when it changes hands");
     let b = store
         .take_lease(&seen, "replica-b", now)
         .await
         .unwrap()
         .expect("replica-b takes the expired lease");
     assert_eq!((b.owner.as_str(), b.version), ("replica-b", 2));
+    assert_eq!(
+        store.take_lease(&seen, "replica-c", now).await.unwrap(),
+        None,
+        "a second taker from the same read loses"
+    );
 
-    // replica-a wakes up: its renewal fails, and so does its stale decision.
-    assert_eq!(store.renew_lease(&a, now).await.unwrap(), None);
+    // replica-a wakes up: its next read shows the lease taken, and its stale
+    // decision is refused.
+    assert_eq!(
+        store.cluster_view().await.unwrap().leases,
+        [b.clone()],
+        "the lease names replica-b"
+    );
     let completed = |reason: &str| {
         (
             Lifecycle {
@@ -152,6 +166,15 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         store.take_lease(&stale, "replica-a", now).await.unwrap(),
         None
     );
+    // A released lease is free, at the same version, for one taker.
+    store.release_lease(&b, now).await.unwrap();
+    let released = store.cluster_view().await.unwrap().leases.remove(0);
+    assert_eq!((released.owner.as_str(), released.version), ("", 2));
+    assert_eq!(
+        store.take_lease(&b, "replica-a", now).await.unwrap(),
+        None,
+        "a take of the lease as replica-b held it fails once released"
+    );
     // So does a replica started with another shard count.
     let other = DynamoStore::new(
         DynamoStore::client_from_env().await,
@@ -161,6 +184,56 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
     .with_shards(2);
     let refused = other.ensure_shards().await.unwrap_err().to_string();
     assert!(refused.contains("--shards 1"), "{refused}");
+}
+
+#[tokio::test]
+async fn replicas_acknowledge_the_route_version_they_loaded() {
+    aws::require_emulator();
+    let table = aws::unique("routes");
+    let client = DynamoStore::client_from_env().await;
+    let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
+    store.create_table().await.unwrap();
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let replica = |id: &str, heartbeat: u64| ReplicaItem {
+        id: id.into(),
+        heartbeat,
+        settled: now,
+        visibility: Duration::from_secs(30),
+        routes: 0,
+    };
+    assert_eq!(store.routes_version().await.unwrap(), 0, "no watch yet");
+    store.beat(&replica("replica-a", 1), now).await.unwrap();
+    store.beat(&replica("replica-b", 1), now).await.unwrap();
+    assert_eq!(store.bump_routes().await.unwrap(), 1);
+    assert_eq!(store.bump_routes().await.unwrap(), 2);
+    assert_eq!(store.routes_version().await.unwrap(), 2);
+
+    store.ack_routes("replica-a", 2).await.unwrap();
+    let routes = |replicas: Vec<ReplicaItem>| -> Vec<(String, u64, u64)> {
+        let mut out: Vec<_> = replicas
+            .into_iter()
+            .map(|r| (r.id, r.heartbeat, r.routes))
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(
+        routes(store.replicas().await.unwrap()),
+        [("replica-a".into(), 1, 2), ("replica-b".into(), 1, 0)]
+    );
+    // A heartbeat keeps the acknowledgement; the cluster view shows both.
+    store.beat(&replica("replica-a", 2), now).await.unwrap();
+    assert_eq!(
+        routes(store.cluster_view().await.unwrap().replicas),
+        [("replica-a".into(), 2, 2), ("replica-b".into(), 1, 0)]
+    );
+    // A replica that left is not brought back by a late acknowledgement.
+    store.leave("replica-b").await.unwrap();
+    store.ack_routes("replica-b", 2).await.unwrap();
+    assert_eq!(
+        routes(store.replicas().await.unwrap()),
+        [("replica-a".into(), 2, 2)]
+    );
 }
 
 struct Replica {
@@ -187,9 +260,8 @@ impl Replica {
             .args(["--listen", &listen, "--store", "dynamodb", "--table", table])
             .args(["--cluster", "--replica-id", name, "--shards", "16"])
             .args(["--lease-duration", LEASE, "--heartbeat", HEARTBEAT])
-            // The emulator serializes DynamoDB requests: under this test's load
-            // a refresh takes up to a couple of seconds (milliseconds on DynamoDB).
-            .args(["--route-refresh", "2s", "--log-poll", "2s"])
+            .args(["--route-refresh", &format!("{}s", ROUTE_REFRESH.as_secs())])
+            .args(["--log-poll", "2s"])
             .args(["--sqs-queue-url", queue, "--sqs-wait", "1s"])
             .arg("--data")
             .arg(dir.db())
@@ -306,6 +378,27 @@ async fn three_replicas_complete_every_watch_exactly_once_across_a_kill_9() {
     for r in &replicas {
         clients.push(r.client().await);
     }
+    // StartWatch returns once every replica routes to the watch, sooner
+    // than the staleness bound (twice --route-refresh) it once waited out.
+    let starting = Instant::now();
+    let first = begin(
+        &mut clients[1].clone(),
+        start_request(&bucket, "first/", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
+    let took = starting.elapsed();
+    eprintln!("StartWatch returned after {took:?}");
+    assert!(
+        took < ROUTE_REFRESH * 2,
+        "StartWatch took {took:?}, the staleness bound {:?}; logs {logs:?}",
+        ROUTE_REFRESH * 2
+    );
+    clients[2]
+        .clone()
+        .cancel_watch(&first, "timed only")
+        .await
+        .unwrap();
     let ids: Vec<String> = futures::stream::iter(0..WATCHES)
         .map(|i| {
             let mut client = clients[i % 3].clone();
