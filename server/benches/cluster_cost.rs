@@ -30,14 +30,15 @@
 //!    (owners re-reading their watches, log follow): observation, per
 //!    watch-hour. Also how long each StartWatch took (`--route-refresh 2s`:
 //!    the staleness bound is 4s).
-//! 3. A day's watches, priced: three replicas, 60 watches (quiet period 3s)
-//!    each sent 20 notifications through the queue, until all completed; the
+//! 3. A day's watches, priced: three replicas, 30 watches (quiet period 3s)
+//!    each sent 10 notifications through the queue, until all completed; the
 //!    read and write units the replicas counted by DynamoDB's rules, less
 //!    the lease and route requests meanwhile, are one watch's cost. With the
 //!    fixed cost of part 2 and the SQS requests per object (S3's send, and
 //!    receive and delete in batches of 10), it prices a month of 1,000 and
 //!    100,000 watches a day of 100 objects each, observed for an hour, at
-//!    the on-demand rates in [`RATES`].
+//!    the on-demand rates in [`RATES`]: with each build's fixed and
+//!    observation cost (part 2's read units), and this build's watch.
 //! 4. Ingest throughput of one replica and of three (unless `--no-ingest`):
 //!    N S3 notifications sent straight to the queue (SendMessageBatch, 10 a
 //!    call) for 50 watches, from the first send until the replicas'
@@ -85,6 +86,9 @@ const READ_UNITS: &str = "streamwatch_dynamodb_read_units_total";
 const NOTIFICATIONS: &str = "streamwatch_notifications_total";
 const QUIET: Duration = Duration::from_secs(3600);
 const ROUTE_REFRESH: Duration = Duration::from_secs(2);
+/// From the last start to the idle measure: longer than a route refresh
+/// looks back (45s), so what is measured is a steady state.
+const SETTLE: Duration = Duration::from_secs(50);
 
 /// On-demand prices in us-east-1, standard table class and standard queues,
 /// as AWS publishes them (DynamoDB since its 2024-11-01 reduction; SQS
@@ -471,13 +475,16 @@ struct Idle {
     /// request but the lease requests.
     observation: f64,
     not_lease: f64,
+    /// Read units per watch-hour of the observation requests (a
+    /// BatchGetItem reads up to 100 watches).
+    observation_reads: f64,
     /// StartWatch: median and slowest.
     start_median: Duration,
     start_max: Duration,
 }
 
-/// `(requests, lease, route)` of each replica.
-fn request_counts(scrapes: &[Scrape]) -> Vec<(f64, f64, f64)> {
+/// `(requests, lease, route, read units)` of each replica.
+fn request_counts(scrapes: &[Scrape]) -> Vec<(f64, f64, f64, f64)> {
     scrapes
         .iter()
         .map(|s| {
@@ -485,6 +492,7 @@ fn request_counts(scrapes: &[Scrape]) -> Vec<(f64, f64, f64)> {
                 value(s, REQUESTS, &[]),
                 value(s, LEASE_REQUESTS, &[]),
                 value(s, ROUTE_REQUESTS, &[]),
+                value(s, READ_UNITS, &[]),
             )
         })
         .collect()
@@ -513,22 +521,24 @@ async fn idle_requests(
     let (start_median, start_max) = (median(&starts), *starts.last().expect("watches"));
     println!(
         "   {watches} watches started in {:.1}s (32 at a time); each StartWatch took {:.2}s median, \
-         {:.2}s at most (staleness bound {:.0}s); settling 10s",
+         {:.2}s at most (staleness bound {:.0}s); settling {}s",
         started.elapsed().as_secs_f64(),
         start_median.as_secs_f64(),
         start_max.as_secs_f64(),
-        (ROUTE_REFRESH * 2).as_secs_f64()
+        (ROUTE_REFRESH * 2).as_secs_f64(),
+        SETTLE.as_secs()
     );
-    tokio::time::sleep(Duration::from_secs(10)).await;
+    tokio::time::sleep(SETTLE).await;
     let before = request_counts(&cluster.scrapes().await?);
     let from = Instant::now();
     tokio::time::sleep(window).await;
     let after = request_counts(&cluster.scrapes().await?);
     let elapsed = from.elapsed().as_secs_f64();
     let per_hour = 3600.0 / elapsed;
-    let (mut all, mut lease, mut route) = (0.0, 0.0, 0.0);
+    let (mut all, mut lease, mut route, mut reads) = (0.0, 0.0, 0.0, 0.0);
     for (r, (b, a)) in cluster.replicas.iter().zip(before.iter().zip(&after)) {
         let (d_all, d_lease, d_route) = (a.0 - b.0, a.1 - b.1, a.2 - b.2);
+        reads += a.3 - b.3;
         println!(
             "   {}: {:.0} requests per hour: {:.0} lease requests, {:.0} route requests",
             r.name,
@@ -554,12 +564,15 @@ async fn idle_requests(
         route: route * per_hour,
         observation: observation * per_hour / watches as f64,
         not_lease: (all - lease) * per_hour / watches as f64,
+        // Lease requests: half of them the Query; route requests: reads.
+        observation_reads: (reads - lease / 2.0 - route) * per_hour / watches as f64,
         start_median,
         start_max,
     };
     println!(
-        "   per watch-hour: {:.1} observation requests; {:.1} counting the route requests too (over {:.1}s measured)",
-        idle.observation, idle.not_lease, elapsed
+        "   per watch-hour: {:.1} observation requests ({:.0} read units); {:.1} counting the route requests too \
+         (over {:.1}s measured)",
+        idle.observation, idle.observation_reads, idle.not_lease, elapsed
     );
     cluster.stop().await;
     Ok(idle)
@@ -687,8 +700,8 @@ fn monthly_price(
     let per_watch_dynamodb = (watch.write_units * scale * RATES.write_unit
         + watch.read_units * scale * RATES.read_unit)
         * million;
-    // Observation for an hour: re-reads of one item, eventually consistent at worst 1 unit.
-    let per_watch_observation = idle.observation * RATES.read_unit * million;
+    // Observation for an hour, in the read units measured.
+    let per_watch_observation = idle.observation_reads * RATES.read_unit * million;
     // SQS: S3's send per object, receive and delete in batches of 10; each
     // replica's consumer long-polls `sqs_wait` when idle.
     let per_watch_sqs = OBJECTS * (1.0 + 0.2) * RATES.sqs_request * million;
@@ -798,7 +811,7 @@ async fn main() -> anyhow::Result<()> {
     let (watches, window, notifications, day) = if quick {
         (30, Duration::from_secs(10), 200, (12, 5))
     } else {
-        (300, Duration::from_secs(60), 2_000, (60, 20))
+        (300, Duration::from_secs(60), 2_000, (30, 10))
     };
     let sqs = aws_sdk_sqs::Client::new(
         &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
@@ -828,23 +841,23 @@ async fn main() -> anyhow::Result<()> {
     }
     println!(
         "   build  | takeover median | lease req/cluster-h | route req/cluster-h | observation req/watch-h | \
-         non-lease req/watch-h | StartWatch median (max)"
+         non-lease req/watch-h | observation read units/watch-h | StartWatch median (max)"
     );
     for (label, takeover, idle) in &figures {
         println!(
-            "   {label:6} | {:>13.2}s | {:>19.0} | {:>19.0} | {:>23.1} | {:>21.1} | {:.2}s ({:.2}s)",
+            "   {label:6} | {:>13.2}s | {:>19.0} | {:>19.0} | {:>23.1} | {:>21.1} | {:>30.0} | {:.2}s ({:.2}s)",
             takeover.as_secs_f64(),
             idle.lease,
             idle.route,
             idle.observation,
             idle.not_lease,
+            idle.observation_reads,
             idle.start_median.as_secs_f64(),
             idle.start_max.as_secs_f64()
         );
     }
     let after = builds.last().expect("this build");
     let watch = lifecycle(after, &sqs, &logs, day.0, day.1).await?;
-    let (_, _, idle) = figures.last().expect("this build's figures");
     println!(
         "   monthly on-demand price, 3 replicas at this run's settings (heartbeat {}s, route refresh {}s, \
          default --sqs-wait 20s), watches of 100 objects observed for an hour; DynamoDB ${}/M write units, \
@@ -856,9 +869,12 @@ async fn main() -> anyhow::Result<()> {
         RATES.sqs_request,
         RATES.as_of
     );
-    for per_day in [1_000.0, 100_000.0] {
-        let (total, detail) = monthly_price(per_day, idle, &watch, Duration::from_secs(20));
-        println!("   {per_day:>7.0} watches a day: ${total:.2} a month ({detail})");
+    // Each build's fixed and observation cost, with this build's cost of a watch's objects.
+    for (label, _, idle) in &figures {
+        for per_day in [1_000.0, 100_000.0] {
+            let (total, detail) = monthly_price(per_day, idle, &watch, Duration::from_secs(20));
+            println!("   [{label}] {per_day:>7.0} watches a day: ${total:.2} a month ({detail})");
+        }
     }
     if !no_ingest {
         println!(
