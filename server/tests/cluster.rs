@@ -95,7 +95,7 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
     // decision is refused.
     assert_eq!(
         store.cluster_view().await.unwrap().leases,
-        [b.clone()],
+        std::slice::from_ref(&b),
         "the lease names replica-b"
     );
     let completed = |reason: &str| {
