@@ -240,16 +240,19 @@ struct Replica {
     child: tokio::process::Child,
     endpoint: String,
     log: std::path::PathBuf,
+    metrics: std::net::SocketAddr,
 }
 
 impl Replica {
     async fn spawn(dir: &DataDir, name: &str, table: &str, queue: &str, create: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let listen = format!("127.0.0.1:{}", free().port());
+        let metrics = free();
         // Kept after the test (under target/), for a failure to be read.
         let logs =
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{table}"));
@@ -263,6 +266,7 @@ impl Replica {
             .args(["--route-refresh", &format!("{}s", ROUTE_REFRESH.as_secs())])
             .args(["--log-poll", "2s"])
             .args(["--sqs-queue-url", queue, "--sqs-wait", "1s"])
+            .args(["--metrics-addr", &metrics.to_string()])
             .arg("--data")
             .arg(dir.db())
             .env("RUST_LOG", "info")
@@ -298,7 +302,38 @@ impl Replica {
             child,
             endpoint,
             log,
+            metrics,
         }
+    }
+
+    /// DynamoDB requests so far: `(all, lease, route)`.
+    async fn dynamodb_requests(&self) -> (f64, f64, f64) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        conn.read_to_string(&mut raw).await.unwrap();
+        let (_, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+        let scrape =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let total = |name: &str| {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == name)
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    _ => 0.0,
+                })
+                .sum::<f64>()
+        };
+        (
+            total("streamwatch_dynamodb_requests_total"),
+            total("streamwatch_dynamodb_lease_requests_total"),
+            total("streamwatch_dynamodb_route_requests_total"),
+        )
     }
 
     async fn client(&self) -> streamwatch_client::Client {
@@ -353,6 +388,42 @@ async fn s3() -> aws_sdk_s3::Client {
             .force_path_style(true)
             .build(),
     )
+}
+
+#[tokio::test]
+async fn an_owner_does_not_re_read_watches_whose_deadline_is_far_on_every_poll() {
+    let sqs = aws::sqs().await;
+    let (queue, _dlq) =
+        aws::queue_with_dlq(&sqs, &aws::unique("observe"), 5, Duration::from_secs(30)).await;
+    let table = aws::unique("observe");
+    let dir = DataDir::new();
+    let replica = Replica::spawn(&dir, "replica-0", &table, &queue, true).await;
+    let client = replica.client().await;
+    // Owned by the one replica, deadlines an hour away: re-read once a
+    // minute, not every --log-poll (2s).
+    futures::future::join_all((0..20).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let request = start_request(
+                "observed-bucket",
+                &format!("set-{i:02}/"),
+                quiet_period(Duration::from_secs(3600)),
+            );
+            begin(&mut client, request).await
+        }
+    }))
+    .await;
+    let from = replica.dynamodb_requests().await;
+    // A span of polls, waited out: nothing to await but time passing.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let to = replica.dynamodb_requests().await;
+    let other = (to.0 - from.0) - (to.1 - from.1) - (to.2 - from.2);
+    // The delivery outbox poll (every 5s) is what remains.
+    assert!(
+        other <= 2.0,
+        "{other} requests beyond leases and routes in 8s; log {}",
+        replica.log.display()
+    );
 }
 
 const WATCHES: usize = 200;
