@@ -56,11 +56,12 @@ const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 const MAX_CONFLICTS: usize = 16;
 /// Most watches decided and written together.
 const MAX_BATCH: usize = 1000;
-/// How often a replica of a cluster re-reads every watch it times. The
-/// others' activity only delays a deadline, and a transition is written
-/// only if the watch's activity is still as read, so a watch whose next
-/// decision is far is re-read this rarely; one whose deadline is within
-/// [`NEAR_POLLS`] polls is re-read every poll.
+/// How often a replica of a cluster re-reads every watch it times. Others'
+/// activity delays a quiet deadline (an adaptive window it shortens is seen
+/// up to this late), and a transition is written only if the watch's
+/// activity is still as read, so a watch whose next decision is far is
+/// re-read this rarely; one whose deadline is within [`NEAR_POLLS`] polls
+/// is re-read every poll.
 pub const SWEEP: Duration = Duration::from_secs(60);
 /// Polls before its deadline from which a watch is re-read every poll.
 const NEAR_POLLS: u32 = 2;

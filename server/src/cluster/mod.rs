@@ -458,8 +458,10 @@ impl Routing {
     /// route item is written.
     pub async fn routed_everywhere(&self) {
         let Some(version) = self.bump().await else {
-            // Every replica reads the route items by then, bumped or not.
-            tokio::time::sleep(ROUTE_REQUERY + self.bound).await;
+            // Every replica reads the route items within a requery and a
+            // refresh (half the bound), bumped or not, and routes with them
+            // within the bound after.
+            tokio::time::sleep(ROUTE_REQUERY + self.bound + self.bound / 2).await;
             return;
         };
         let bumped = Instant::now();
