@@ -410,7 +410,7 @@ impl Cluster {
 /// every waiting StartWatch), or the route staleness has passed since the
 /// bump (a replica that has not loaded it by then refuses to route).
 pub struct Routing {
-    store: Arc<DynamoStore>,
+    table: Arc<dyn RouteTable>,
     bound: Duration,
     poll: Duration,
     /// Replicas whose heartbeat stood still for a lease duration (from the lease task).
@@ -420,6 +420,26 @@ pub struct Routing {
     /// The last read of the acknowledgements: when it started, and the
     /// version every replica not silent had loaded.
     acked: watch::Sender<(Option<Instant>, u64)>,
+}
+
+/// What [`Routing`] asks of the table.
+#[async_trait::async_trait]
+pub trait RouteTable: Send + Sync {
+    /// Bumps the route version; the version after the bump.
+    async fn bump_routes(&self) -> crate::store::Result<u64>;
+    /// Every replica item, with the route version it acknowledged.
+    async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>>;
+}
+
+#[async_trait::async_trait]
+impl RouteTable for DynamoStore {
+    async fn bump_routes(&self) -> crate::store::Result<u64> {
+        DynamoStore::bump_routes(self).await
+    }
+
+    async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>> {
+        DynamoStore::replicas(self).await
+    }
 }
 
 /// Counts a waiting StartWatch while it lives.
@@ -443,9 +463,9 @@ fn acked_everywhere(replicas: &[ReplicaItem], silent: &HashSet<String>) -> u64 {
 }
 
 impl Routing {
-    fn new(store: Arc<DynamoStore>, bound: Duration, poll: Duration) -> Self {
+    fn new(table: Arc<dyn RouteTable>, bound: Duration, poll: Duration) -> Self {
         Self {
-            store,
+            table,
             bound,
             poll,
             silent: Arc::default(),
@@ -484,7 +504,7 @@ impl Routing {
     async fn bump(&self) -> Option<u64> {
         let mut wait = Duration::from_millis(50);
         for attempt in 1..=BUMP_ATTEMPTS {
-            match self.store.bump_routes().await {
+            match self.table.bump_routes().await {
                 Ok(version) => return Some(version),
                 Err(e) => {
                     tracing::warn!(attempt, error = %e, "cannot bump the route version");
@@ -505,7 +525,7 @@ impl Routing {
                 someone = waiting.wait_for(|n| *n > 0) => if someone.is_err() { return },
             }
             let started = Instant::now();
-            match self.store.replicas().await {
+            match self.table.replicas().await {
                 Ok(replicas) => {
                     let silent = self
                         .silent
@@ -1166,6 +1186,125 @@ mod tests {
         let refreshed = t + Duration::from_secs(30);
         let fresh = fresh_from(Some(refreshed), Some(t), bound, staleness).unwrap();
         assert_eq!(fresh + staleness, t + bound);
+    }
+
+    /// The route version and replica items, in memory.
+    #[derive(Default)]
+    struct Table {
+        state: Mutex<(u64, Vec<ReplicaItem>)>,
+    }
+
+    impl Table {
+        fn with(replicas: &[&str]) -> Arc<Self> {
+            let table = Self::default();
+            table.state.lock().unwrap().1 = replicas.iter().map(|id| replica(id, 1, 0)).collect();
+            Arc::new(table)
+        }
+
+        /// `id` acknowledges the route version as it is now.
+        fn ack(&self, id: &str) {
+            let mut state = self.state.lock().unwrap();
+            let version = state.0;
+            for r in state.1.iter_mut().filter(|r| r.id == id) {
+                r.routes = version;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl RouteTable for Table {
+        async fn bump_routes(&self) -> crate::store::Result<u64> {
+            let mut state = self.state.lock().unwrap();
+            state.0 += 1;
+            Ok(state.0)
+        }
+
+        async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>> {
+            Ok(self.state.lock().unwrap().1.clone())
+        }
+    }
+
+    const BOUND: Duration = Duration::from_secs(1);
+    const POLL: Duration = Duration::from_millis(125);
+
+    /// A StartWatch's wait on `table` (with its acknowledgement poller),
+    /// `silent` excused; how long it took.
+    fn start(
+        table: Arc<Table>,
+        silent: &[&str],
+    ) -> (
+        Arc<Routing>,
+        tokio::task::JoinHandle<Duration>,
+        CancellationToken,
+    ) {
+        let routing = Arc::new(Routing::new(table, BOUND, POLL));
+        *routing.silent.write().unwrap() = silent.iter().map(|s| s.to_string()).collect();
+        let end = CancellationToken::new();
+        tokio::spawn(routing.clone().poll_acks(end.clone()));
+        let waiter = routing.clone();
+        let wait = tokio::spawn(async move {
+            let started = Instant::now();
+            waiter.routed_everywhere().await;
+            started.elapsed()
+        });
+        (routing, wait, end)
+    }
+
+    /// Lets the start bump the version (paused time moves on by 1ms).
+    async fn bumped() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_returns_once_every_replica_acknowledged_its_version() {
+        let table = Table::with(&["a", "b"]);
+        let (_routing, wait, end) = start(table.clone(), &[]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        table.ack("a");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!wait.is_finished(), "b has not acknowledged");
+        table.ack("b");
+        let took = wait.await.unwrap();
+        assert!(
+            took >= Duration::from_millis(500) && took <= Duration::from_millis(500) + POLL,
+            "{took:?}"
+        );
+        end.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_waits_out_the_bound_for_a_replica_that_does_not_acknowledge() {
+        let table = Table::with(&["a", "b"]);
+        let (_routing, wait, end) = start(table.clone(), &[]);
+        bumped().await;
+        table.ack("a");
+        assert_eq!(wait.await.unwrap(), BOUND);
+        end.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_replica_is_not_waited_for() {
+        let table = Table::with(&["a", "b", "gone"]);
+        let (_routing, wait, end) = start(table.clone(), &["gone"]);
+        bumped().await;
+        table.ack("a");
+        table.ack("b");
+        let took = wait.await.unwrap();
+        assert!(took <= POLL + Duration::from_millis(1), "{took:?}");
+        end.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_from_before_the_bump_does_not_count() {
+        let table = Table::with(&["a"]);
+        let routing = Arc::new(Routing::new(table.clone(), BOUND, POLL));
+        // A read that saw every replica far ahead, but before this start's
+        // bump; no poller reads again.
+        routing.acked.send_replace((Some(Instant::now()), u64::MAX));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let started = Instant::now();
+        routing.routed_everywhere().await;
+        assert_eq!(started.elapsed(), BOUND);
     }
 
     #[test]
