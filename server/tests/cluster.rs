@@ -413,15 +413,22 @@ async fn an_owner_does_not_re_read_watches_whose_deadline_is_far_on_every_poll()
         }
     }))
     .await;
-    let from = replica.dynamodb_requests().await;
-    // A span of polls, waited out: nothing to await but time passing.
-    tokio::time::sleep(Duration::from_secs(8)).await;
-    let to = replica.dynamodb_requests().await;
-    let other = (to.0 - from.0) - (to.1 - from.1) - (to.2 - from.2);
-    // The delivery outbox poll (every 5s) is what remains.
+    // Spans of four polls, waited out: nothing to await but time passing.
+    // The delivery outbox poll (every 5s) is what remains; a span may also
+    // see the tail of the replica's startup reads, so three are allowed.
+    let mut spans = Vec::new();
+    for _ in 0..3 {
+        let from = replica.dynamodb_requests().await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let to = replica.dynamodb_requests().await;
+        spans.push((to.0 - from.0) - (to.1 - from.1) - (to.2 - from.2));
+        if spans.last() <= Some(&2.0) {
+            break;
+        }
+    }
     assert!(
-        other <= 2.0,
-        "{other} requests beyond leases and routes in 8s; log {}",
+        spans.last() <= Some(&2.0),
+        "requests beyond leases and routes in each 8s: {spans:?}; log {}",
         replica.log.display()
     );
 }
