@@ -320,7 +320,7 @@ impl Core {
             limiter,
             clock,
             reconcile_available: reconciler.is_some(),
-            route_staleness: cluster.as_ref().map(|(c, _)| c.route_staleness),
+            routing: cluster.as_ref().map(|(c, _)| c.routing.clone()),
             replays: Arc::new(tokio::sync::Semaphore::new(1)),
         });
         Ok(Self {

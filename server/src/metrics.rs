@@ -419,6 +419,12 @@ impl Collector for Sources {
                 "Of the DynamoDB requests, those spent on shard leases and replica heartbeats",
                 s.lease_requests.load(Ordering::Relaxed),
             )?;
+            counter(
+                &mut encoder,
+                "streamwatch_dynamodb_route_requests",
+                "Of the DynamoDB requests, those spent on routing new watches across replicas",
+                s.route_requests.load(Ordering::Relaxed),
+            )?;
         }
         Ok(())
     }

@@ -95,9 +95,9 @@ pub struct Service {
     pub(crate) clock: Clock,
     /// Whether this server can list S3 for `policy.reconcile`.
     pub(crate) reconcile_available: bool,
-    /// In a cluster: how long other replicas may take to route to a new
-    /// watch; StartWatch returns only once that has passed.
-    pub(crate) route_staleness: Option<std::time::Duration>,
+    /// In a cluster: StartWatch returns only once every replica routes to
+    /// the new watch.
+    pub(crate) routing: Option<Arc<crate::cluster::Routing>>,
     /// ReplayWatch runs one replay at a time: it is CPU-bound.
     pub(crate) replays: Arc<tokio::sync::Semaphore>,
 }
@@ -297,7 +297,7 @@ impl Service {
                     None => tracing::info!(tenant = %tenant, watch_id = %watch.id,
                         members = watch.source.members().len(), "watch group started"),
                 }
-                self.routed_everywhere(&watch).await;
+                self.routed_everywhere().await;
                 let mut watches = [watch];
                 self.sum_members(tenant, &mut watches).await?;
                 let [watch] = watches;
@@ -316,7 +316,7 @@ impl Service {
                         ),
                     ));
                 }
-                self.routed_everywhere(&watch).await;
+                self.routed_everywhere().await;
                 let mut watches = [watch];
                 self.sum_members(tenant, &mut watches).await?;
                 let [watch] = watches;
@@ -444,12 +444,11 @@ impl Service {
         Ok(())
     }
 
-    /// Returns once every replica of a cluster routes notifications to
-    /// `watch` (at once outside a cluster).
-    async fn routed_everywhere(&self, watch: &Watch) {
-        if let Some(staleness) = self.route_staleness {
-            let at = watch.created_at.plus(staleness);
-            tokio::time::sleep_until(self.clock.instant_at(at)).await;
+    /// Returns once every replica of a cluster routes notifications to the
+    /// watch just written (at once outside a cluster).
+    async fn routed_everywhere(&self) {
+        if let Some(routing) = &self.routing {
+            routing.routed_everywhere().await;
         }
     }
 

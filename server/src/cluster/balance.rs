@@ -86,7 +86,6 @@ mod tests {
                 shard,
                 owner: owner.into(),
                 version: 1,
-                heartbeat: 1,
             },
             expired: false,
         }

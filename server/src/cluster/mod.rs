@@ -2,34 +2,47 @@
 //! Replicas coordinate only through the table:
 //!
 //! - **Observer ownership by shard leases.** A watch belongs to shard
-//!   `hash(watch id) % shards`; each shard has a lease item (owner, version,
-//!   heartbeat). Every heartbeat a replica reads all leases and replicas in
-//!   one Query, renews its leases, takes free ones and ones whose heartbeat
-//!   stood still for a lease duration (by its own clock, so clocks need not
-//!   agree), and steals from a replica holding more than its share
-//!   ([`balance`]). Only the owner of a watch's shard times it, and every
-//!   transition it writes is fenced by the lease's version: once another
-//!   replica took the lease, the write fails ([`StoreError::Fenced`]) and the
-//!   old owner stops timing that shard.
+//!   `hash(watch id) % shards`; each shard has a lease item (owner, version).
+//!   A lease is not renewed: it stays its owner's while the owner's replica
+//!   item keeps moving (as the Kinesis Client Library's newer leases do), so
+//!   a heartbeat is one write, whatever the leases held. Every heartbeat a
+//!   replica reads all leases and replicas in one Query, writes its replica
+//!   item, takes free leases and leases whose owner's heartbeat stood still
+//!   for a lease duration (by its own clock, from when it first saw that
+//!   heartbeat, so clocks need not agree), and steals from a replica holding
+//!   more than its share ([`balance`]). A take is conditional on the lease's
+//!   owner and version as read, so two takers cannot both win. Only the
+//!   owner of a watch's shard times it, and every transition it writes is
+//!   fenced by the lease's version: once another replica took the lease, the
+//!   write fails ([`StoreError::Fenced`]) and the old owner stops timing
+//!   that shard (it also drops the shard when its next Query shows the
+//!   lease taken).
 //! - **Shared routing with bounded staleness.** Every replica consumes the
 //!   queues and counts into any watch. A watch's route item is written with
-//!   it; each replica reads new route items every `--route-refresh` and
-//!   refuses to route a notification with a route table older than
-//!   [`Cluster::route_staleness`] (twice the refresh interval). StartWatch
-//!   waits that long before it returns, so a notification any replica routes
-//!   after StartWatch returned finds the watch.
+//!   it, and StartWatch then bumps the route version item. Each replica reads
+//!   the route version every `--route-refresh`, reads the new route items
+//!   when it moved, and acknowledges the version it loaded in its replica
+//!   item; it refuses to route a notification with a route table older than
+//!   [`Cluster::route_staleness`] (twice the refresh interval), or once its
+//!   own heartbeat has failed for a lease duration less a heartbeat (the
+//!   others stop waiting for its acknowledgements by then). StartWatch
+//!   returns once every replica acknowledged its version ([`Routing`]), or
+//!   the staleness bound passed since the bump; either way a notification
+//!   any replica routes after StartWatch returned finds the watch.
 //! - **Quiet means quiet everywhere.** Each replica publishes how far its
 //!   queue consumers have recorded (its watermark) with its heartbeat; an
 //!   owner holds a completion until every live replica has settled past it.
 //!   A replica that stopped beating holds completions back for a lease
 //!   duration plus its queues' visibility timeout: the messages it had
 //!   received come back to the queue by then, for the others to count.
-//! - **Events from the shared log.** Owners re-read their watches every
-//!   `--log-poll` (activity counted by other replicas), and subscribers
-//!   re-read the event log as often, so a stream on any replica sees every
-//!   event in order.
+//! - **Events from the shared log.** Owners re-read their watches for
+//!   activity other replicas counted (every `--log-poll` those whose decision
+//!   is near or may come at any count, the others every [`SWEEP`]), and
+//!   subscribers re-read the event log every `--log-poll`, so a stream on any
+//!   replica sees every event in order.
 //!
 //! [`StoreError::Fenced`]: crate::store::StoreError::Fenced
+//! [`SWEEP`]: crate::observer::SWEEP
 
 pub mod balance;
 
@@ -49,7 +62,7 @@ use crate::{
     observer::ObserverHandle,
     store::{
         Fence, Store,
-        dynamodb::{DynamoStore, LeaseItem, ReplicaItem, shard_of},
+        dynamodb::{ClusterView, DynamoStore, LeaseItem, ReplicaItem, shard_of},
     },
     watch::{WatchId, WatchKey},
 };
@@ -60,6 +73,12 @@ const ROUTE_LOOKBACK: Duration = Duration::from_secs(30);
 /// How often the route table is rebuilt from the `live` index, dropping
 /// watches that finished elsewhere.
 const ROUTE_RELOAD: Duration = Duration::from_secs(300);
+/// How often a refresh reads new route items although the route version
+/// stood still (a StartWatch that failed before its bump).
+const ROUTE_REQUERY: Duration = Duration::from_secs(15);
+/// Bumps of the route version a StartWatch tries before it waits out
+/// [`ROUTE_REQUERY`] instead.
+const BUMP_ATTEMPTS: u32 = 3;
 
 /// `--cluster` and its settings.
 #[derive(Clone, Debug, clap::Args)]
@@ -89,7 +108,7 @@ pub struct ClusterArgs {
     pub heartbeat: Duration,
 
     /// How often a replica reads the watches other replicas started; StartWatch
-    /// waits twice this before it returns.
+    /// waits until every replica has read its watch, at most twice this.
     #[arg(long, env = "STREAMWATCH_ROUTE_REFRESH", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub route_refresh: Duration,
 
@@ -209,6 +228,9 @@ pub struct Cluster {
     pub ownership: Arc<Ownership>,
     /// How old a route table may be when a notification is routed with it.
     pub route_staleness: Duration,
+    /// StartWatch's wait until every replica routes a new watch.
+    pub routing: Arc<Routing>,
+    freshness: Arc<Freshness>,
     /// The last instant every replica's queues had recorded up to (for the observer).
     pub settled: watch::Receiver<Timestamp>,
     /// The start of the last successful route refresh (for ingest).
@@ -219,11 +241,11 @@ pub struct Cluster {
     metrics: Arc<Metrics>,
     book: Arc<RouteBook>,
     settled_tx: watch::Sender<Timestamp>,
-    fresh_tx: watch::Sender<Option<Instant>>,
 }
 
 /// What a heartbeat remembers of a lease or replica: the value last read and
 /// when (by this replica's clock) it last changed.
+#[derive(Debug)]
 struct Observed<T> {
     value: T,
     changed: Instant,
@@ -267,12 +289,26 @@ impl Cluster {
         store.ensure_shards().await?;
         let (settled_tx, settled) = watch::channel(Timestamp::from_millis(0));
         let (fresh_tx, routes_fresh) = watch::channel(None);
+        let freshness = Arc::new(Freshness {
+            tx: fresh_tx,
+            last: Mutex::default(),
+            beat_bound: args.lease_duration.saturating_sub(args.heartbeat),
+            staleness: args.route_refresh * 2,
+        });
         let replica = args.replica();
         tracing::info!(%replica, shards = store.shards(), lease_duration = ?args.lease_duration,
             heartbeat = ?args.heartbeat, "joining the cluster");
+        let route_staleness = args.route_refresh * 2;
         Ok(Self {
+            routing: Arc::new(Routing::new(
+                store.clone(),
+                route_staleness,
+                (args.route_refresh / 4)
+                    .clamp(Duration::from_millis(25), Duration::from_millis(250)),
+            )),
+            freshness,
             ownership: Arc::new(Ownership::new(replica, store.shards())),
-            route_staleness: args.route_refresh * 2,
+            route_staleness,
             settled,
             routes_fresh,
             store,
@@ -281,7 +317,6 @@ impl Cluster {
             metrics,
             book: Arc::default(),
             settled_tx,
-            fresh_tx,
         })
     }
 
@@ -299,6 +334,29 @@ impl Cluster {
         visibility: Duration,
         end: CancellationToken,
     ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+        let mut leases = Leases {
+            store: self.store.clone(),
+            ownership: self.ownership.clone(),
+            observer: observer.clone(),
+            clock: self.clock,
+            args: self.args.clone(),
+            metrics: self.metrics.clone(),
+            book: self.book.clone(),
+            seen_leases: HashMap::new(),
+            seen_replicas: HashMap::new(),
+            // Unlike any value an earlier process under this id wrote.
+            beats: self.clock.now().as_millis().max(0) as u64,
+            remote_settled: Timestamp::MAX,
+            local_settled,
+            visibility,
+            settled: self.settled_tx.clone(),
+            silent: self.routing.silent.clone(),
+            freshness: self.freshness.clone(),
+        };
+        // The replica item exists before the first route refresh: a watch
+        // started after another replica read the replica items is one this
+        // replica's first refresh finds.
+        leases.beat().await?;
         let mut refresher = RouteRefresher {
             store: self.store.clone(),
             routes,
@@ -306,32 +364,20 @@ impl Cluster {
             ownership: self.ownership.clone(),
             observer: observer.clone(),
             clock: self.clock,
-            fresh: self.fresh_tx.clone(),
+            freshness: self.freshness.clone(),
             cursor: self.clock.now(),
             reloaded: None,
+            queried: None,
+            loaded: 0,
+            acked: 0,
         };
         refresher.refresh().await?;
-        let mut leases = Leases {
-            store: self.store.clone(),
-            ownership: self.ownership.clone(),
-            observer,
-            clock: self.clock,
-            args: self.args.clone(),
-            metrics: self.metrics.clone(),
-            book: self.book.clone(),
-            seen_leases: HashMap::new(),
-            seen_replicas: HashMap::new(),
-            beats: 0,
-            remote_settled: Timestamp::MAX,
-            local_settled,
-            visibility,
-            settled: self.settled_tx.clone(),
-        };
         leases.heartbeat().await?;
         let every = self.args.route_refresh;
         Ok(vec![
             tokio::spawn(refresher.run(every, end.clone())),
-            tokio::spawn(leases.run(end)),
+            tokio::spawn(leases.run(end.clone())),
+            tokio::spawn(self.routing.clone().poll_acks(end)),
         ])
     }
 
@@ -346,7 +392,6 @@ impl Cluster {
                 shard,
                 owner: self.ownership.replica.clone(),
                 version,
-                heartbeat: 0,
             };
             self.ownership.lose(shard, version);
             if let Err(e) = self.store.release_lease(&lease, now).await {
@@ -359,6 +404,203 @@ impl Cluster {
     }
 }
 
+/// StartWatch's wait until every replica routes a new watch: it bumps the
+/// route version, then waits until every replica not silent has
+/// acknowledged that version in its replica item (read by one poller for
+/// every waiting StartWatch), or the route staleness has passed since the
+/// bump (a replica that has not loaded it by then refuses to route).
+pub struct Routing {
+    table: Arc<dyn RouteTable>,
+    bound: Duration,
+    poll: Duration,
+    /// Replicas whose heartbeat stood still for a lease duration (from the lease task).
+    silent: Arc<RwLock<HashSet<String>>>,
+    /// StartWatches waiting.
+    waiting: watch::Sender<usize>,
+    /// The last read of the acknowledgements: when it started, and the
+    /// version every replica not silent had loaded.
+    acked: watch::Sender<(Option<Instant>, u64)>,
+}
+
+/// What [`Routing`] asks of the table.
+#[async_trait::async_trait]
+pub trait RouteTable: Send + Sync {
+    /// Bumps the route version; the version after the bump.
+    async fn bump_routes(&self) -> crate::store::Result<u64>;
+    /// Every replica item, with the route version it acknowledged.
+    async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>>;
+}
+
+#[async_trait::async_trait]
+impl RouteTable for DynamoStore {
+    async fn bump_routes(&self) -> crate::store::Result<u64> {
+        DynamoStore::bump_routes(self).await
+    }
+
+    async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>> {
+        DynamoStore::replicas(self).await
+    }
+}
+
+/// Counts a waiting StartWatch while it lives.
+struct Waiting<'a>(&'a watch::Sender<usize>);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n -= 1);
+    }
+}
+
+/// The route version every replica of `replicas` except the `silent` ones
+/// has loaded (`u64::MAX` when none is left to wait for).
+fn acked_everywhere(replicas: &[ReplicaItem], silent: &HashSet<String>) -> u64 {
+    replicas
+        .iter()
+        .filter(|r| !silent.contains(&r.id))
+        .map(|r| r.routes)
+        .min()
+        .unwrap_or(u64::MAX)
+}
+
+impl Routing {
+    fn new(table: Arc<dyn RouteTable>, bound: Duration, poll: Duration) -> Self {
+        Self {
+            table,
+            bound,
+            poll,
+            silent: Arc::default(),
+            waiting: watch::channel(0).0,
+            acked: watch::channel((None, 0)).0,
+        }
+    }
+
+    /// Returns once every replica routes notifications to a watch whose
+    /// route item is written.
+    pub async fn routed_everywhere(&self) {
+        let Some(version) = self.bump().await else {
+            // Every replica reads the route items within a requery and a
+            // refresh (half the bound), bumped or not, and routes with them
+            // within the bound after.
+            tokio::time::sleep(ROUTE_REQUERY + self.bound + self.bound / 2).await;
+            return;
+        };
+        let bumped = Instant::now();
+        self.waiting.send_modify(|n| *n += 1);
+        let _waiting = Waiting(&self.waiting);
+        let mut acked = self.acked.subscribe();
+        // Only a read that started after the bump counts: a replica that
+        // joined later refreshes after that read, and finds the watch.
+        let everywhere = acked
+            .wait_for(|(read, acked)| read.is_some_and(|read| read >= bumped) && *acked >= version);
+        match tokio::time::timeout_at(bumped + self.bound, everywhere).await {
+            Ok(_) => tracing::debug!(version, took = ?bumped.elapsed(), "routed everywhere"),
+            Err(_) => tracing::debug!(
+                version,
+                "route staleness passed before every replica acknowledged"
+            ),
+        }
+    }
+
+    async fn bump(&self) -> Option<u64> {
+        let mut wait = Duration::from_millis(50);
+        for attempt in 1..=BUMP_ATTEMPTS {
+            match self.table.bump_routes().await {
+                Ok(version) => return Some(version),
+                Err(e) => {
+                    tracing::warn!(attempt, error = %e, "cannot bump the route version");
+                    tokio::time::sleep(wait).await;
+                    wait *= 4;
+                }
+            }
+        }
+        None
+    }
+
+    /// Reads the replicas' acknowledgements every `poll` while a StartWatch waits.
+    async fn poll_acks(self: Arc<Self>, end: CancellationToken) {
+        let mut waiting = self.waiting.subscribe();
+        loop {
+            tokio::select! {
+                () = end.cancelled() => return,
+                someone = waiting.wait_for(|n| *n > 0) => if someone.is_err() { return },
+            }
+            let started = Instant::now();
+            match self.table.replicas().await {
+                Ok(replicas) => {
+                    let silent = self
+                        .silent
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .clone();
+                    let acked = acked_everywhere(&replicas, &silent);
+                    self.acked.send_replace((Some(started), acked));
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the route acknowledgements"),
+            }
+            tokio::select! {
+                () = end.cancelled() => return,
+                () = tokio::time::sleep(self.poll) => {}
+            }
+        }
+    }
+}
+
+/// How fresh this replica's routes are, for ingest: fresh for the route
+/// staleness after a refresh started, and never longer than a lease duration
+/// less a heartbeat after the last heartbeat that landed started (the others
+/// stop waiting for this replica's route acknowledgements, and its
+/// watermark, a lease duration after they last saw its heartbeat move).
+struct Freshness {
+    tx: watch::Sender<Option<Instant>>,
+    /// The starts of the last route refresh and of the last heartbeat that landed.
+    last: Mutex<(Option<Instant>, Option<Instant>)>,
+    beat_bound: Duration,
+    staleness: Duration,
+}
+
+impl Freshness {
+    fn routes_read(&self, at: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.0 = Some(at);
+        self.publish(*last);
+    }
+
+    fn beaten(&self, at: Instant) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.1 = Some(at);
+        self.publish(*last);
+    }
+
+    /// Publishes the instant the routes count as refreshed at (ingest routes
+    /// for the staleness after it).
+    fn publish(&self, (routes, beaten): (Option<Instant>, Option<Instant>)) {
+        let fresh = fresh_from(routes, beaten, self.beat_bound, self.staleness);
+        self.tx.send_if_modified(|current| {
+            let changed = *current != fresh;
+            *current = fresh;
+            changed
+        });
+    }
+}
+
+/// The instant routes count as refreshed at: the refresh's start, held back
+/// so that it goes stale `beat_bound` after the last heartbeat landed.
+fn fresh_from(
+    routes: Option<Instant>,
+    beaten: Option<Instant>,
+    beat_bound: Duration,
+    staleness: Duration,
+) -> Option<Instant> {
+    let routes = routes?;
+    Some(match beaten {
+        Some(beaten) => {
+            let until = beaten + beat_bound;
+            routes.min(until.checked_sub(staleness).unwrap_or(beaten))
+        }
+        None => routes,
+    })
+}
+
 /// The lease task: one heartbeat every `--heartbeat`.
 struct Leases {
     store: Arc<DynamoStore>,
@@ -368,8 +610,9 @@ struct Leases {
     args: ClusterArgs,
     metrics: Arc<Metrics>,
     book: Arc<RouteBook>,
-    seen_leases: HashMap<u32, Observed<(String, u64, u64)>>,
+    seen_leases: HashMap<u32, Observed<Holding>>,
     seen_replicas: HashMap<String, Observed<u64>>,
+    /// This replica's heartbeat value: moves on every beat.
     beats: u64,
     /// The least settled instant among the other live replicas.
     remote_settled: Timestamp,
@@ -377,6 +620,53 @@ struct Leases {
     /// The longest visibility timeout of this replica's queues.
     visibility: Duration,
     settled: watch::Sender<Timestamp>,
+    /// Replicas whose heartbeat stood still for a lease duration (for [`Routing`]).
+    silent: Arc<RwLock<HashSet<String>>>,
+    freshness: Arc<Freshness>,
+}
+
+/// A lease as a taker judges it: its owner, its version, and the owner's
+/// heartbeat (`None`: the owner has no replica item).
+type Holding = (String, u64, Option<u64>);
+
+/// Every lease as `me` judges it on a heartbeat at `now`: a lease whose
+/// owner, version and owner's heartbeat all stood still for `lease_duration`
+/// since this replica first saw them is expired. A lease `me` is named on
+/// but does not hold (an earlier process under this id) reads as free.
+fn judge(
+    me: &str,
+    held: &Ownership,
+    view: &ClusterView,
+    seen: &mut HashMap<u32, Observed<Holding>>,
+    now: Instant,
+    lease_duration: Duration,
+) -> Vec<balance::Seen> {
+    let beats: HashMap<&str, u64> = view
+        .replicas
+        .iter()
+        .map(|r| (r.id.as_str(), r.heartbeat))
+        .collect();
+    view.leases
+        .iter()
+        .map(|l| {
+            let holding = (
+                l.owner.clone(),
+                l.version,
+                beats.get(l.owner.as_str()).copied(),
+            );
+            let changed = observe(seen, l.shard, holding, now);
+            let mut lease = l.clone();
+            if lease.owner == me && !held.holds(l.shard) {
+                lease.owner.clear();
+            }
+            balance::Seen {
+                expired: !l.owner.is_empty()
+                    && l.owner != me
+                    && now.duration_since(changed) >= lease_duration,
+                lease,
+            }
+        })
+        .collect()
 }
 
 impl Leases {
@@ -411,6 +701,27 @@ impl Leases {
         });
     }
 
+    /// Writes this replica's item: its heartbeat moves, which keeps its leases.
+    async fn beat(&mut self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        self.beats += 1;
+        let local_settled = *self.local_settled.borrow();
+        self.store
+            .beat(
+                &ReplicaItem {
+                    id: self.ownership.replica.clone(),
+                    heartbeat: self.beats,
+                    settled: local_settled,
+                    visibility: self.visibility,
+                    routes: 0,
+                },
+                self.clock.now(),
+            )
+            .await?;
+        self.freshness.beaten(started);
+        Ok(())
+    }
+
     async fn heartbeat(&mut self) -> anyhow::Result<()> {
         let me = self.ownership.replica.clone();
         let now = Instant::now();
@@ -423,19 +734,7 @@ impl Leases {
             }
             view = self.store.cluster_view().await?;
         }
-        self.beats += 1;
-        let local_settled = *self.local_settled.borrow();
-        self.store
-            .beat(
-                &ReplicaItem {
-                    id: me.clone(),
-                    heartbeat: self.beats,
-                    settled: local_settled,
-                    visibility: self.visibility,
-                },
-                self.clock.now(),
-            )
-            .await?;
+        self.beat().await?;
 
         // Who is alive: replicas whose heartbeat moved within a lease
         // duration. A replica that stopped still holds completions back for
@@ -443,6 +742,7 @@ impl Leases {
         // but not recorded reaches the queue again only then.
         let mut live = 1;
         let mut remote_settled = Timestamp::MAX;
+        let mut silent = HashSet::new();
         for replica in view.replicas.iter().filter(|r| r.id != me) {
             let changed = observe(
                 &mut self.seen_replicas,
@@ -450,82 +750,54 @@ impl Leases {
                 replica.heartbeat,
                 now,
             );
-            let silent = now.duration_since(changed);
-            if silent < self.args.lease_duration {
+            let quiet_for = now.duration_since(changed);
+            if quiet_for < self.args.lease_duration {
                 live += 1;
+            } else {
+                silent.insert(replica.id.clone());
             }
-            if silent < self.args.lease_duration + replica.visibility {
+            if quiet_for < self.args.lease_duration + replica.visibility {
                 remote_settled = remote_settled.min(replica.settled);
             }
         }
+        *self.silent.write().unwrap_or_else(|p| p.into_inner()) = silent;
         self.remote_settled = remote_settled;
         self.publish_settled();
 
-        // Renew what this replica holds; a lease read with another owner or version is lost.
+        // What this replica holds stays held while the lease still names it
+        // at the version it took; otherwise another replica took it.
         let read: HashMap<u32, &LeaseItem> = view.leases.iter().map(|l| (l.shard, l)).collect();
-        let held = self.ownership.held();
-        let renewals = held.iter().map(|&(shard, version)| {
-            let lease = read.get(&shard).copied().cloned();
-            let store = self.store.clone();
-            let me = me.clone();
-            let at = self.clock.now();
-            async move {
-                let renewed = match lease {
-                    Some(l) if l.owner == me && l.version == version => {
-                        store.renew_lease(&l, at).await
-                    }
-                    _ => Ok(None),
-                };
-                (shard, version, renewed)
-            }
-        });
-        for (shard, version, renewed) in futures::future::join_all(renewals).await {
-            match renewed {
-                Ok(Some(_)) => {}
-                Ok(None) => {
-                    if self.ownership.lose(shard, version) {
-                        tracing::warn!(
-                            shard,
-                            version,
-                            "lease lost to another replica; no longer observing its watches"
-                        );
-                        self.observer.disown(shard).await;
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(shard, error = %e, "cannot renew a lease; retrying on the next heartbeat")
-                }
+        for (shard, version) in self.ownership.held() {
+            let kept = read
+                .get(&shard)
+                .is_some_and(|l| l.owner == me && l.version == version);
+            if !kept && self.ownership.lose(shard, version) {
+                tracing::warn!(
+                    shard,
+                    version,
+                    "lease lost to another replica; no longer observing its watches"
+                );
+                self.observer.disown(shard).await;
             }
         }
 
-        let seen: Vec<balance::Seen> = view
-            .leases
-            .iter()
-            .map(|l| {
-                let changed = observe(
-                    &mut self.seen_leases,
-                    l.shard,
-                    (l.owner.clone(), l.version, l.heartbeat),
-                    now,
-                );
-                let mut lease = l.clone();
-                if lease.owner == me && !self.ownership.holds(l.shard) {
-                    // An earlier process under this replica id: free to take.
-                    lease.owner.clear();
-                }
-                balance::Seen {
-                    expired: !l.owner.is_empty()
-                        && l.owner != me
-                        && now.duration_since(changed) >= self.args.lease_duration,
-                    lease,
-                }
-            })
-            .collect();
+        let seen = judge(
+            &me,
+            &self.ownership,
+            &view,
+            &mut self.seen_leases,
+            now,
+            self.args.lease_duration,
+        );
         let takes = balance::plan(&me, &seen, live);
         let at = self.clock.now();
-        let taken =
-            futures::future::join_all(takes.iter().map(|l| self.store.take_lease(l, &me, at)))
-                .await;
+        // Conditional on the lease as read (the plan sees a lease of an
+        // earlier process under this id as free).
+        let taken = futures::future::join_all(takes.iter().map(|l| {
+            let as_read = read.get(&l.shard).copied().unwrap_or(l);
+            self.store.take_lease(as_read, &me, at)
+        }))
+        .await;
         for (seen, taken) in takes.iter().zip(taken) {
             match taken {
                 Ok(Some(lease)) => {
@@ -609,11 +881,17 @@ struct RouteRefresher {
     ownership: Arc<Ownership>,
     observer: ObserverHandle,
     clock: Clock,
-    fresh: watch::Sender<Option<Instant>>,
-    /// The wall time the last successful refresh started at.
+    freshness: Arc<Freshness>,
+    /// The wall time the last successful read of route items started at.
     cursor: Timestamp,
     /// When the table was last rebuilt from the `live` index.
     reloaded: Option<Instant>,
+    /// When route items were last read.
+    queried: Option<Instant>,
+    /// The route version whose route items are loaded, and the last one
+    /// acknowledged in this replica's item.
+    loaded: u64,
+    acked: u64,
 }
 
 impl RouteRefresher {
@@ -636,6 +914,43 @@ impl RouteRefresher {
     async fn refresh(&mut self) -> anyhow::Result<()> {
         let started = Instant::now();
         let wall = self.clock.now();
+        let version = self.store.routes_version().await?;
+        let requery = self
+            .queried
+            .is_none_or(|at| started.duration_since(at) >= ROUTE_REQUERY);
+        if version != self.loaded || requery {
+            self.read_routes(wall).await?;
+            self.queried = Some(started);
+            self.loaded = version;
+        }
+        self.freshness.routes_read(started);
+        tracing::debug!(took = ?started.elapsed(), version, "routes refreshed");
+        if self.loaded > self.acked {
+            match self
+                .store
+                .ack_routes(&self.ownership.replica, self.loaded)
+                .await
+            {
+                Ok(()) => self.acked = self.loaded,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot acknowledge the routes loaded; retrying on the next refresh")
+                }
+            }
+        }
+        if self
+            .reloaded
+            .is_none_or(|at| started.duration_since(at) >= ROUTE_RELOAD)
+        {
+            self.reload(wall).await?;
+            self.reloaded = Some(started);
+        }
+        Ok(())
+    }
+
+    /// Reads the route items written since the last read (with room for
+    /// clocks to disagree), routes them, and has the observer time those
+    /// in shards this replica owns.
+    async fn read_routes(&mut self, wall: Timestamp) -> anyhow::Result<()> {
         let since =
             Timestamp::from_millis(self.cursor.as_millis() - ROUTE_LOOKBACK.as_millis() as i64);
         let mut fresh: Vec<(WatchKey, u32)> = Vec::new();
@@ -683,15 +998,6 @@ impl RouteRefresher {
             }
         }
         self.cursor = wall;
-        self.fresh.send_replace(Some(started));
-        tracing::debug!(took = ?started.elapsed(), "routes refreshed");
-        if self
-            .reloaded
-            .is_none_or(|at| started.duration_since(at) >= ROUTE_RELOAD)
-        {
-            self.reload(wall).await?;
-            self.reloaded = Some(started);
-        }
         Ok(())
     }
 
@@ -723,5 +1029,297 @@ impl RouteRefresher {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LEASE: Duration = Duration::from_secs(10);
+
+    fn lease(shard: u32, owner: &str, version: u64) -> LeaseItem {
+        LeaseItem {
+            shard,
+            owner: owner.into(),
+            version,
+        }
+    }
+
+    fn replica(id: &str, heartbeat: u64, routes: u64) -> ReplicaItem {
+        ReplicaItem {
+            id: id.into(),
+            heartbeat,
+            settled: Timestamp::MAX,
+            visibility: Duration::ZERO,
+            routes,
+        }
+    }
+
+    fn view(leases: Vec<LeaseItem>, replicas: Vec<ReplicaItem>) -> ClusterView {
+        ClusterView { leases, replicas }
+    }
+
+    /// Shards judged expired on each heartbeat at `at[i]` of `views[i]`.
+    fn expired_each(
+        me: &str,
+        held: &Ownership,
+        beats: &[(Duration, ClusterView)],
+    ) -> Vec<Vec<u32>> {
+        let start = Instant::now();
+        let mut seen = HashMap::new();
+        beats
+            .iter()
+            .map(|(at, view)| {
+                judge(me, held, view, &mut seen, start + *at, LEASE)
+                    .into_iter()
+                    .filter(|s| s.expired)
+                    .map(|s| s.lease.shard)
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lease_stays_its_owners_while_the_owners_heartbeat_moves() {
+        let held = Ownership::new("b".into(), 1);
+        // The lease item never changes: only a's replica item does.
+        let beats: Vec<(Duration, ClusterView)> = (0..20)
+            .map(|i| {
+                (
+                    Duration::from_secs(3 * i),
+                    view(vec![lease(0, "a", 1)], vec![replica("a", 100 + i, 0)]),
+                )
+            })
+            .collect();
+        assert!(expired_each("b", &held, &beats).iter().all(Vec::is_empty));
+    }
+
+    #[test]
+    fn a_lease_expires_a_lease_duration_after_its_owners_heartbeat_was_first_seen_still() {
+        let held = Ownership::new("b".into(), 2);
+        let still = || {
+            view(
+                vec![lease(0, "a", 1), lease(1, "gone", 4)],
+                vec![replica("a", 7, 0)],
+            )
+        };
+        let moved = view(
+            vec![lease(0, "a", 1), lease(1, "gone", 4)],
+            vec![replica("a", 8, 0)],
+        );
+        let expired = expired_each(
+            "b",
+            &held,
+            &[
+                (Duration::ZERO, still()),
+                (Duration::from_secs(9), still()),
+                // Its owner's heartbeat moved: a new lease duration starts.
+                (Duration::from_secs(12), moved.clone()),
+                (Duration::from_secs(21), moved.clone()),
+                (Duration::from_secs(22), moved),
+            ],
+        );
+        // Shard 1's owner has no replica item: it expires as a still one does.
+        assert_eq!(expired, [vec![], vec![], vec![1], vec![1], vec![0, 1]]);
+    }
+
+    #[test]
+    fn a_new_owner_or_version_starts_a_new_lease_duration() {
+        let held = Ownership::new("c".into(), 1);
+        let by = |owner: &str, version| view(vec![lease(0, owner, version)], vec![]);
+        let expired = expired_each(
+            "c",
+            &held,
+            &[
+                (Duration::ZERO, by("a", 1)),
+                (Duration::from_secs(8), by("b", 2)),
+                (Duration::from_secs(12), by("b", 2)),
+                (Duration::from_secs(18), by("b", 2)),
+            ],
+        );
+        assert_eq!(expired, [vec![], vec![], vec![], vec![0]]);
+    }
+
+    #[test]
+    fn a_lease_of_an_earlier_process_under_this_id_reads_as_free() {
+        let held = Ownership::new("a".into(), 2);
+        held.insert(1, 3);
+        let mut seen = HashMap::new();
+        let judged = judge(
+            "a",
+            &held,
+            &view(vec![lease(0, "a", 2), lease(1, "a", 3)], vec![]),
+            &mut seen,
+            Instant::now(),
+            LEASE,
+        );
+        let owners: Vec<(&str, bool)> = judged
+            .iter()
+            .map(|s| (s.lease.owner.as_str(), s.expired))
+            .collect();
+        assert_eq!(owners, [("", false), ("a", false)]);
+    }
+
+    #[test]
+    fn routes_are_acknowledged_everywhere_at_the_least_version_of_the_replicas_not_silent() {
+        let replicas = [replica("a", 1, 7), replica("b", 1, 5), replica("c", 1, 2)];
+        assert_eq!(acked_everywhere(&replicas, &HashSet::new()), 2);
+        let silent: HashSet<String> = ["c".to_owned()].into();
+        assert_eq!(acked_everywhere(&replicas, &silent), 5);
+        assert_eq!(acked_everywhere(&[], &silent), u64::MAX);
+    }
+
+    #[test]
+    fn routes_go_stale_a_lease_duration_less_a_heartbeat_after_the_last_beat_landed() {
+        let t = Instant::now();
+        let (bound, staleness) = (Duration::from_secs(7), Duration::from_secs(1));
+        assert_eq!(fresh_from(None, Some(t), bound, staleness), None);
+        assert_eq!(fresh_from(Some(t), None, bound, staleness), Some(t));
+        // A recent beat: fresh from the refresh's start.
+        let refreshed = t + Duration::from_secs(2);
+        assert_eq!(
+            fresh_from(Some(refreshed), Some(t), bound, staleness),
+            Some(refreshed)
+        );
+        // The beat is old: fresh only until 7s after it, however recent the refresh.
+        let refreshed = t + Duration::from_secs(30);
+        let fresh = fresh_from(Some(refreshed), Some(t), bound, staleness).unwrap();
+        assert_eq!(fresh + staleness, t + bound);
+    }
+
+    /// The route version and replica items, in memory.
+    #[derive(Default)]
+    struct Table {
+        state: Mutex<(u64, Vec<ReplicaItem>)>,
+    }
+
+    impl Table {
+        fn with(replicas: &[&str]) -> Arc<Self> {
+            let table = Self::default();
+            table.state.lock().unwrap().1 = replicas.iter().map(|id| replica(id, 1, 0)).collect();
+            Arc::new(table)
+        }
+
+        /// `id` acknowledges the route version as it is now.
+        fn ack(&self, id: &str) {
+            let mut state = self.state.lock().unwrap();
+            let version = state.0;
+            for r in state.1.iter_mut().filter(|r| r.id == id) {
+                r.routes = version;
+            }
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl RouteTable for Table {
+        async fn bump_routes(&self) -> crate::store::Result<u64> {
+            let mut state = self.state.lock().unwrap();
+            state.0 += 1;
+            Ok(state.0)
+        }
+
+        async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>> {
+            Ok(self.state.lock().unwrap().1.clone())
+        }
+    }
+
+    const BOUND: Duration = Duration::from_secs(1);
+    const POLL: Duration = Duration::from_millis(125);
+
+    /// A StartWatch's wait on `table` (with its acknowledgement poller),
+    /// `silent` excused; how long it took.
+    fn start(
+        table: Arc<Table>,
+        silent: &[&str],
+    ) -> (
+        Arc<Routing>,
+        tokio::task::JoinHandle<Duration>,
+        CancellationToken,
+    ) {
+        let routing = Arc::new(Routing::new(table, BOUND, POLL));
+        *routing.silent.write().unwrap() = silent.iter().map(|s| s.to_string()).collect();
+        let end = CancellationToken::new();
+        tokio::spawn(routing.clone().poll_acks(end.clone()));
+        let waiter = routing.clone();
+        let wait = tokio::spawn(async move {
+            let started = Instant::now();
+            waiter.routed_everywhere().await;
+            started.elapsed()
+        });
+        (routing, wait, end)
+    }
+
+    /// Lets the start bump the version (paused time moves on by 1ms).
+    async fn bumped() {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_returns_once_every_replica_acknowledged_its_version() {
+        let table = Table::with(&["a", "b"]);
+        let (_routing, wait, end) = start(table.clone(), &[]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        table.ack("a");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(!wait.is_finished(), "b has not acknowledged");
+        table.ack("b");
+        let took = wait.await.unwrap();
+        assert!(
+            took >= Duration::from_millis(500) && took <= Duration::from_millis(500) + POLL,
+            "{took:?}"
+        );
+        end.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_start_waits_out_the_bound_for_a_replica_that_does_not_acknowledge() {
+        let table = Table::with(&["a", "b"]);
+        let (_routing, wait, end) = start(table.clone(), &[]);
+        bumped().await;
+        table.ack("a");
+        assert_eq!(wait.await.unwrap(), BOUND);
+        end.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_replica_is_not_waited_for() {
+        let table = Table::with(&["a", "b", "gone"]);
+        let (_routing, wait, end) = start(table.clone(), &["gone"]);
+        bumped().await;
+        table.ack("a");
+        table.ack("b");
+        let took = wait.await.unwrap();
+        assert!(took <= POLL + Duration::from_millis(1), "{took:?}");
+        end.cancel();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_read_from_before_the_bump_does_not_count() {
+        let table = Table::with(&["a"]);
+        let routing = Arc::new(Routing::new(table.clone(), BOUND, POLL));
+        // A read that saw every replica far ahead, but before this start's
+        // bump; no poller reads again.
+        routing.acked.send_replace((Some(Instant::now()), u64::MAX));
+        tokio::time::advance(Duration::from_millis(10)).await;
+        let started = Instant::now();
+        routing.routed_everywhere().await;
+        assert_eq!(started.elapsed(), BOUND);
+    }
+
+    #[test]
+    fn a_waiting_start_is_counted_until_its_wait_ends() {
+        let waiting = watch::channel(0).0;
+        let mut seen = waiting.subscribe();
+        {
+            waiting.send_modify(|n| *n += 1);
+            let _one = Waiting(&waiting);
+            assert_eq!(*seen.borrow_and_update(), 1);
+        }
+        assert_eq!(
+            *seen.borrow_and_update(),
+            0,
+            "a finished wait is no longer counted"
+        );
     }
 }

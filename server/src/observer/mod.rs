@@ -15,8 +15,9 @@
 //!
 //! In a cluster ([`crate::cluster`]) it times only the watches of shards this
 //! replica holds leases on, fences each transition with the lease, re-reads
-//! its watches every `--log-poll` for activity other replicas counted, and
-//! drops a shard at once when a write comes back fenced.
+//! its watches for activity other replicas counted (every `--log-poll` those
+//! whose next decision is near or may come with any count, every [`SWEEP`]
+//! the rest), and drops a shard at once when a write comes back fenced.
 //!
 //! Watch groups: the observer keeps an index from each member to the groups
 //! it times that contain it. A group's members are read from the store off
@@ -67,6 +68,15 @@ const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 const MAX_CONFLICTS: usize = 16;
 /// Most watches decided and written together.
 const MAX_BATCH: usize = 1000;
+/// How often a replica of a cluster re-reads every watch it times. Others'
+/// activity delays a quiet deadline (an adaptive window it shortens is seen
+/// up to this late), and a transition is written only if the watch's
+/// activity is still as read, so a watch whose next decision is far is
+/// re-read this rarely; one whose deadline is within [`NEAR_POLLS`] polls
+/// is re-read every poll.
+pub const SWEEP: Duration = Duration::from_secs(60);
+/// Polls before its deadline from which a watch is re-read every poll.
+const NEAR_POLLS: u32 = 2;
 
 enum Command {
     Arm(Box<Watch>, oneshot::Sender<()>),
@@ -199,6 +209,30 @@ struct Clustered {
     poll: Duration,
     /// A re-read is on its way.
     polling: bool,
+    /// When every timed watch was last re-read.
+    swept: Option<tokio::time::Instant>,
+}
+
+/// Whether a replica of a cluster re-reads `entry` on every poll: a group
+/// (its members may change anywhere), a watch within its late window (late
+/// activity reopens it), a rule that may complete on any count, and a watch
+/// whose next decision is near or waits without a timer.
+fn rereads_every_poll(
+    entry: &Entry,
+    queue: &DelayQueue<WatchKey>,
+    soon: tokio::time::Instant,
+) -> bool {
+    let watch = &entry.watch;
+    watch.is_group()
+        || watch.state() != WatchState::Active
+        || matches!(
+            watch.policy.rule,
+            Rule::ExpectedCount { .. } | Rule::Marker { .. }
+        )
+        || entry
+            .timer
+            .as_ref()
+            .is_none_or(|timer| queue.deadline(timer) <= soon)
 }
 
 pub struct Observer {
@@ -272,6 +306,7 @@ impl Observer {
             ownership,
             poll,
             polling: false,
+            swept: None,
         });
     }
 
@@ -757,23 +792,36 @@ impl Observer {
         }
     }
 
-    /// Re-reads every timed watch off the loop, for activity other replicas
-    /// counted (and changes they made); the result comes back as a command.
+    /// Re-reads timed watches off the loop, for activity other replicas
+    /// counted (and changes they made): every [`SWEEP`] all of them, else
+    /// those [`rereads_every_poll`] picks; the result comes back as a command.
     fn observe(&mut self) {
-        let Some(c) = &mut self.cluster else { return };
+        let Some(c) = &self.cluster else { return };
         if c.polling || self.watches.is_empty() {
             return;
         }
-        c.polling = true;
+        let now = tokio::time::Instant::now();
+        let sweep = c.swept.is_none_or(|at| now.duration_since(at) >= SWEEP);
+        let soon = now + c.poll * NEAR_POLLS;
         // The members of its groups too: other replicas may time them.
         let keys: Vec<WatchKey> = self
             .watches
-            .keys()
+            .iter()
+            .filter(|(_, entry)| sweep || rereads_every_poll(entry, &self.queue, soon))
+            .map(|(key, _)| key)
             .chain(self.groups_of.keys())
             .cloned()
             .collect::<HashSet<_>>()
             .into_iter()
             .collect();
+        if keys.is_empty() {
+            return;
+        }
+        let Some(c) = &mut self.cluster else { return };
+        c.polling = true;
+        if sweep {
+            c.swept = Some(now);
+        }
         let (store, tx) = (self.store.clone(), self.tx.clone());
         tokio::spawn(async move {
             let watches = match store.watches(&keys).await {

@@ -87,6 +87,9 @@ pub struct DynamoStats {
     pub read_units: AtomicU64,
     /// Of `requests`, those spent on shard leases and replica heartbeats.
     pub lease_requests: AtomicU64,
+    /// Of `requests`, those spent on routing new watches in a cluster:
+    /// route refreshes, route version bumps and acknowledgements.
+    pub route_requests: AtomicU64,
 }
 
 pub struct DynamoStore {
@@ -1166,6 +1169,17 @@ impl DynamoStore {
         key_condition: &str,
         values: Vec<(&str, AttributeValue)>,
     ) -> Result<Vec<Item>> {
+        self.query_counted(index, key_condition, values, None).await
+    }
+
+    /// [`Self::query_all`], adding its requests to `also` too.
+    async fn query_counted(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        also: Option<&AtomicU64>,
+    ) -> Result<Vec<Item>> {
         let mut items = Vec::new();
         let mut start = None;
         loop {
@@ -1183,7 +1197,11 @@ impl DynamoStore {
             for (k, v) in &values {
                 q = q.expression_attribute_values(*k, v.clone());
             }
-            let out = q.send().await.map_err(aws)?;
+            let out = q.send().await;
+            if let Some(also) = also {
+                also.fetch_add(1, Ordering::Relaxed);
+            }
+            let out = out.map_err(aws)?;
             let page = out.items.unwrap_or_default();
             self.count(
                 1,

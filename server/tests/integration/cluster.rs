@@ -17,7 +17,7 @@ use streamwatch_server::{
     policy::Policy,
     store::{
         Applied, Created, Guard, NewWatch, Store, StoreError,
-        dynamodb::{DynamoStore, LeaseItem},
+        dynamodb::{DynamoStore, LeaseItem, ReplicaItem},
     },
     watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, Source, TenantId, WatchId, WatchState},
 };
@@ -26,6 +26,9 @@ const LIMIT: Duration = Duration::from_secs(180);
 /// Lease settings of the replicas under test (the README gives the defaults).
 const LEASE: &str = "3s";
 const HEARTBEAT: &str = "1s";
+/// The emulator serializes DynamoDB requests: under this test's load a
+/// refresh takes up to a couple of seconds (milliseconds on DynamoDB).
+const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
@@ -69,19 +72,30 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         panic!("a new watch");
     };
 
-    // replica-a pauses and stops renewing; replica-b saw the lease stand still
-    // for a lease duration and takes it over.
+    // replica-a pauses and its heartbeat stands still; replica-b and
+    // replica-c saw it stand still for a lease duration and both try to take
+    // the lease over, from the same read: one wins.
     let seen = store.cluster_view().await.unwrap().leases.remove(0);
-    assert_eq!(seen, a, "nobody renewed it");
+    assert_eq!(seen, a, "a lease is written only when it changes hands");
     let b = store
         .take_lease(&seen, "replica-b", now)
         .await
         .unwrap()
         .expect("replica-b takes the expired lease");
     assert_eq!((b.owner.as_str(), b.version), ("replica-b", 2));
+    assert_eq!(
+        store.take_lease(&seen, "replica-c", now).await.unwrap(),
+        None,
+        "a second taker from the same read loses"
+    );
 
-    // replica-a wakes up: its renewal fails, and so does its stale decision.
-    assert_eq!(store.renew_lease(&a, now).await.unwrap(), None);
+    // replica-a wakes up: its next read shows the lease taken, and its stale
+    // decision is refused.
+    assert_eq!(
+        store.cluster_view().await.unwrap().leases,
+        std::slice::from_ref(&b),
+        "the lease names replica-b"
+    );
     let completed = |reason: &str| {
         (
             Lifecycle {
@@ -150,6 +164,15 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         store.take_lease(&stale, "replica-a", now).await.unwrap(),
         None
     );
+    // A released lease is free, at the same version, for one taker.
+    store.release_lease(&b, now).await.unwrap();
+    let released = store.cluster_view().await.unwrap().leases.remove(0);
+    assert_eq!((released.owner.as_str(), released.version), ("", 2));
+    assert_eq!(
+        store.take_lease(&b, "replica-a", now).await.unwrap(),
+        None,
+        "a take of the lease as replica-b held it fails once released"
+    );
     // So does a replica started with another shard count.
     let other = DynamoStore::new(
         DynamoStore::client_from_env().await,
@@ -161,20 +184,73 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
     assert!(refused.contains("--shards 1"), "{refused}");
 }
 
+#[tokio::test]
+async fn replicas_acknowledge_the_route_version_they_loaded() {
+    aws::require_emulator();
+    let table = aws::unique("routes");
+    let client = DynamoStore::client_from_env().await;
+    let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
+    store.create_table().await.unwrap();
+    let now = Timestamp::from_millis(1_800_000_000_000);
+    let replica = |id: &str, heartbeat: u64| ReplicaItem {
+        id: id.into(),
+        heartbeat,
+        settled: now,
+        visibility: Duration::from_secs(30),
+        routes: 0,
+    };
+    assert_eq!(store.routes_version().await.unwrap(), 0, "no watch yet");
+    store.beat(&replica("replica-a", 1), now).await.unwrap();
+    store.beat(&replica("replica-b", 1), now).await.unwrap();
+    assert_eq!(store.bump_routes().await.unwrap(), 1);
+    assert_eq!(store.bump_routes().await.unwrap(), 2);
+    assert_eq!(store.routes_version().await.unwrap(), 2);
+
+    store.ack_routes("replica-a", 2).await.unwrap();
+    let routes = |replicas: Vec<ReplicaItem>| -> Vec<(String, u64, u64)> {
+        let mut out: Vec<_> = replicas
+            .into_iter()
+            .map(|r| (r.id, r.heartbeat, r.routes))
+            .collect();
+        out.sort();
+        out
+    };
+    assert_eq!(
+        routes(store.replicas().await.unwrap()),
+        [("replica-a".into(), 1, 2), ("replica-b".into(), 1, 0)]
+    );
+    // A heartbeat keeps the acknowledgement; the cluster view shows both.
+    store.beat(&replica("replica-a", 2), now).await.unwrap();
+    assert_eq!(
+        routes(store.cluster_view().await.unwrap().replicas),
+        [("replica-a".into(), 2, 2), ("replica-b".into(), 1, 0)]
+    );
+    // A replica that left is not brought back by a late acknowledgement.
+    store.leave("replica-b").await.unwrap();
+    store.ack_routes("replica-b", 2).await.unwrap();
+    assert_eq!(
+        routes(store.replicas().await.unwrap()),
+        [("replica-a".into(), 2, 2)]
+    );
+}
+
 struct Replica {
     child: tokio::process::Child,
     endpoint: String,
     log: std::path::PathBuf,
+    metrics: std::net::SocketAddr,
 }
 
 impl Replica {
     async fn spawn(dir: &DataDir, name: &str, table: &str, queue: &str, create: bool) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
+        let free = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        };
+        let listen = format!("127.0.0.1:{}", free().port());
+        let metrics = free();
         // Kept after the test (under target/), for a failure to be read.
         let logs =
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{table}"));
@@ -185,10 +261,10 @@ impl Replica {
             .args(["--listen", &listen, "--store", "dynamodb", "--table", table])
             .args(["--cluster", "--replica-id", name, "--shards", "16"])
             .args(["--lease-duration", LEASE, "--heartbeat", HEARTBEAT])
-            // The emulator serializes DynamoDB requests: under this test's load
-            // a refresh takes up to a couple of seconds (milliseconds on DynamoDB).
-            .args(["--route-refresh", "2s", "--log-poll", "2s"])
+            .args(["--route-refresh", &format!("{}s", ROUTE_REFRESH.as_secs())])
+            .args(["--log-poll", "2s"])
             .args(["--sqs-queue-url", queue, "--sqs-wait", "1s"])
+            .args(["--metrics-addr", &metrics.to_string()])
             .arg("--data")
             .arg(dir.db())
             .env("RUST_LOG", "info")
@@ -224,7 +300,38 @@ impl Replica {
             child,
             endpoint,
             log,
+            metrics,
         }
+    }
+
+    /// DynamoDB requests so far: `(all, lease, route)`.
+    async fn dynamodb_requests(&self) -> (f64, f64, f64) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut conn = tokio::net::TcpStream::connect(self.metrics).await.unwrap();
+        conn.write_all(b"GET /metrics HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut raw = String::new();
+        conn.read_to_string(&mut raw).await.unwrap();
+        let (_, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+        let scrape =
+            prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_owned()))).unwrap();
+        let total = |name: &str| {
+            scrape
+                .samples
+                .iter()
+                .filter(|s| s.metric == name)
+                .map(|s| match s.value {
+                    prometheus_parse::Value::Counter(v) => v,
+                    _ => 0.0,
+                })
+                .sum::<f64>()
+        };
+        (
+            total("streamwatch_dynamodb_requests_total"),
+            total("streamwatch_dynamodb_lease_requests_total"),
+            total("streamwatch_dynamodb_route_requests_total"),
+        )
     }
 
     async fn client(&self) -> streamwatch_client::Client {
@@ -281,6 +388,49 @@ async fn s3() -> aws_sdk_s3::Client {
     )
 }
 
+#[tokio::test]
+async fn an_owner_does_not_re_read_watches_whose_deadline_is_far_on_every_poll() {
+    let sqs = aws::sqs().await;
+    let (queue, _dlq) =
+        aws::queue_with_dlq(&sqs, &aws::unique("observe"), 5, Duration::from_secs(30)).await;
+    let table = aws::unique("observe");
+    let dir = DataDir::new();
+    let replica = Replica::spawn(&dir, "replica-0", &table, &queue, true).await;
+    let client = replica.client().await;
+    // Owned by the one replica, deadlines an hour away: re-read once a
+    // minute, not every --log-poll (2s).
+    futures::future::join_all((0..20).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let request = start_request(
+                "observed-bucket",
+                &format!("set-{i:02}/"),
+                quiet_period(Duration::from_secs(3600)),
+            );
+            begin(&mut client, request).await
+        }
+    }))
+    .await;
+    // Spans of four polls, waited out: nothing to await but time passing.
+    // The delivery outbox poll (every 5s) is what remains; a span may also
+    // see the tail of the replica's startup reads, so three are allowed.
+    let mut spans = Vec::new();
+    for _ in 0..3 {
+        let from = replica.dynamodb_requests().await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        let to = replica.dynamodb_requests().await;
+        spans.push((to.0 - from.0) - (to.1 - from.1) - (to.2 - from.2));
+        if spans.last() <= Some(&2.0) {
+            break;
+        }
+    }
+    assert!(
+        spans.last() <= Some(&2.0),
+        "requests beyond leases and routes in each 8s: {spans:?}; log {}",
+        replica.log.display()
+    );
+}
+
 const WATCHES: usize = 200;
 const OBJECTS_PER_WATCH: usize = 2;
 
@@ -304,6 +454,27 @@ async fn three_replicas_complete_every_watch_exactly_once_across_a_kill_9() {
     for r in &replicas {
         clients.push(r.client().await);
     }
+    // StartWatch returns once every replica routes to the watch, sooner
+    // than the staleness bound (twice --route-refresh) it once waited out.
+    let starting = Instant::now();
+    let first = begin(
+        &mut clients[1].clone(),
+        start_request(&bucket, "first/", quiet_period(Duration::from_secs(3600))),
+    )
+    .await
+    .watch_id;
+    let took = starting.elapsed();
+    eprintln!("StartWatch returned after {took:?}");
+    assert!(
+        took < ROUTE_REFRESH * 2,
+        "StartWatch took {took:?}, the staleness bound {:?}; logs {logs:?}",
+        ROUTE_REFRESH * 2
+    );
+    clients[2]
+        .clone()
+        .cancel_watch(&first, "timed only")
+        .await
+        .unwrap();
     let ids: Vec<String> = futures::stream::iter(0..WATCHES)
         .map(|i| {
             let mut client = clients[i % 3].clone();

@@ -4,20 +4,23 @@
 //! | item | `pk` | `sk` | notes |
 //! |---|---|---|---|
 //! | shard count | `CLUSTER` | `META` | `shards`: every replica of the table must agree |
-//! | shard lease | `CLUSTER` | `LEASE#{shard:05}` | `owner` (empty when free), `version` (the fencing token: bumped on every change of owner), `heartbeat` (bumped on every renewal), `renewed_at` |
-//! | replica | `CLUSTER` | `REPLICA#{id}` | `heartbeat`, `settled` (how far its queue consumers have recorded), `visibility_ms` (its queues' longest visibility timeout), TTL a day after its last beat |
+//! | shard lease | `CLUSTER` | `LEASE#{shard:05}` | `owner` (empty when free), `version` (the fencing token: bumped on every change of owner), `taken_at`; written only when it changes hands |
+//! | replica | `CLUSTER` | `REPLICA#{id}` | `heartbeat` (moves on every beat: it keeps the replica's leases), `settled` (how far its queue consumers have recorded), `visibility_ms` (its queues' longest visibility timeout), `routes` (the route version it has loaded), TTL a day after its last beat |
+//! | route version | `CLUSTER` | `ROUTES` | `version`: bumped after each new route item is written |
 //! | route | `R#{minute}` | `{created_ms:013}#W#{tenant}#{watch_id}` | `tenant`, `watch_id`, `bucket`, `prefix`; written with the watch, TTL [`ROUTE_ITEM_LIFETIME`] |
 //!
 //! Leases and replicas share one partition, so one strongly consistent
-//! Query reads the whole cluster. Route items are partitioned by the minute
+//! Query reads the whole cluster. A lease is not renewed: it stays its
+//! owner's while the owner's replica item keeps moving, so a heartbeat is one
+//! write whatever the leases held. Route items are partitioned by the minute
 //! the watch was created, so a refresh reads the last few seconds of new
-//! watches from one or two partitions.
+//! watches from one or two partitions, and only when the route version moved.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
 use aws_sdk_dynamodb::{
     error::SdkError,
-    types::{AttributeValue, ConditionCheck, ReturnValue, TransactWriteItem},
+    types::{ConditionCheck, ReturnValue, TransactWriteItem},
 };
 
 use super::{
@@ -51,8 +54,6 @@ pub struct LeaseItem {
     pub owner: String,
     /// The fencing token: changes whenever the owner does.
     pub version: u64,
-    /// Bumped by every renewal: a lease whose heartbeat stands still is expiring.
-    pub heartbeat: u64,
 }
 
 impl LeaseItem {
@@ -75,6 +76,8 @@ pub struct ReplicaItem {
     /// The longest visibility timeout of its queues: how long after it stops
     /// a message it had received may still come back.
     pub visibility: Duration,
+    /// The route version whose route items it has loaded (0: none yet).
+    pub routes: u64,
 }
 
 /// Every lease and replica of the table, read at once.
@@ -112,13 +115,34 @@ fn item_lease(item: &Item) -> Result<LeaseItem> {
         shard,
         owner: get_s(item, "owner")?.to_owned(),
         version: get_n(item, "version")?,
+    })
+}
+
+fn optional_n(item: &Item, name: &str) -> u64 {
+    item.get(name)
+        .and_then(|v| v.as_n().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn item_replica(id: &str, item: &Item) -> Result<ReplicaItem> {
+    Ok(ReplicaItem {
+        id: id.to_owned(),
         heartbeat: get_n(item, "heartbeat")?,
+        settled: Timestamp::from_millis(get_n(item, "settled")?),
+        visibility: Duration::from_millis(optional_n(item, "visibility_ms")),
+        routes: optional_n(item, "routes"),
     })
 }
 
 impl DynamoStore {
     fn count_lease_request(&self, written: bool) {
         self.stats.lease_requests.fetch_add(1, Ordering::Relaxed);
+        self.count(1, 1, u64::from(written), u64::from(!written));
+    }
+
+    fn count_route_request(&self, written: bool) {
+        self.stats.route_requests.fetch_add(1, Ordering::Relaxed);
         self.count(1, 1, u64::from(written), u64::from(!written));
     }
 
@@ -191,17 +215,7 @@ impl DynamoStore {
                 if sk.starts_with("LEASE#") {
                     view.leases.push(item_lease(&item)?);
                 } else if let Some(id) = sk.strip_prefix("REPLICA#") {
-                    view.replicas.push(ReplicaItem {
-                        id: id.to_owned(),
-                        heartbeat: get_n(&item, "heartbeat")?,
-                        settled: Timestamp::from_millis(get_n(&item, "settled")?),
-                        visibility: Duration::from_millis(
-                            item.get("visibility_ms")
-                                .and_then(|v| v.as_n().ok())
-                                .and_then(|v| v.parse().ok())
-                                .unwrap_or(0),
-                        ),
-                    });
+                    view.replicas.push(item_replica(id, &item)?);
                 }
             }
             match out.last_evaluated_key {
@@ -221,7 +235,6 @@ impl DynamoStore {
             .item("sk", s(lease_sk(shard)))
             .item("owner", s(""))
             .item("version", n(0))
-            .item("heartbeat", n(0))
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
@@ -233,14 +246,38 @@ impl DynamoStore {
         }
     }
 
-    /// Changes `lease` (as last read) by `update`, if it is still as read;
-    /// the lease after the change, or `None` when someone else changed it.
+    /// Takes `seen` (free, expired or stolen) for `me`, if its owner and
+    /// version are still as read (two takers cannot both win); the new
+    /// version fences off the old owner. `None` when someone else moved first.
+    pub async fn take_lease(
+        &self,
+        seen: &LeaseItem,
+        me: &str,
+        now: Timestamp,
+    ) -> Result<Option<LeaseItem>> {
+        self.change_lease(
+            seen,
+            "SET #owner = :me, version = version + :one, taken_at = :now",
+            me,
+            now,
+        )
+        .await
+    }
+
+    /// Gives up a lease held by `lease.owner`, so another replica takes it at once.
+    pub async fn release_lease(&self, lease: &LeaseItem, now: Timestamp) -> Result<()> {
+        self.change_lease(lease, "SET #owner = :me, taken_at = :now", "", now)
+            .await
+            .map(|_| ())
+    }
+
+    /// Changes `lease` (as last read) by `update` (`:me` is `owner`), if
+    /// its owner and version are still as read; the lease after the change.
     async fn change_lease(
         &self,
         lease: &LeaseItem,
-        condition: &str,
         update: &str,
-        values: Vec<(&str, AttributeValue)>,
+        owner: &str,
         now: Timestamp,
     ) -> Result<Option<LeaseItem>> {
         let mut request = self
@@ -249,17 +286,17 @@ impl DynamoStore {
             .table_name(&self.table)
             .key("pk", s(CLUSTER_PK))
             .key("sk", s(lease_sk(lease.shard)))
-            .condition_expression(condition)
+            .condition_expression("#owner = :seen AND version = :version")
             .update_expression(update)
             .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":seen", s(&lease.owner))
             .expression_attribute_values(":version", n(lease.version))
-            .expression_attribute_values(":one", n(1))
-            .expression_attribute_values(":now", n(now.as_millis()))
-            .return_values(ReturnValue::AllNew);
-        for (k, v) in values {
-            request = request.expression_attribute_values(k, v);
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":now", n(now.as_millis()));
+        if update.contains(":one") {
+            request = request.expression_attribute_values(":one", n(1));
         }
-        let out = request.send().await;
+        let out = request.return_values(ReturnValue::AllNew).send().await;
         self.count_lease_request(true);
         match out {
             Ok(out) => {
@@ -272,71 +309,116 @@ impl DynamoStore {
         }
     }
 
-    /// Renews a lease `lease.owner` holds; `None` when it was lost.
-    pub async fn renew_lease(
-        &self,
-        lease: &LeaseItem,
-        now: Timestamp,
-    ) -> Result<Option<LeaseItem>> {
-        self.change_lease(
-            lease,
-            "#owner = :me AND version = :version",
-            "SET heartbeat = heartbeat + :one, renewed_at = :now",
-            vec![(":me", s(&lease.owner))],
-            now,
-        )
-        .await
-    }
-
-    /// Takes `seen` (free, expired or stolen) for `me`, if nobody changed or
-    /// renewed it since it was read; the new version fences off the old owner.
-    pub async fn take_lease(
-        &self,
-        seen: &LeaseItem,
-        me: &str,
-        now: Timestamp,
-    ) -> Result<Option<LeaseItem>> {
-        self.change_lease(
-            seen,
-            "version = :version AND heartbeat = :heartbeat",
-            "SET #owner = :me, version = version + :one, heartbeat = heartbeat + :one, renewed_at = :now",
-            vec![(":me", s(me)), (":heartbeat", n(seen.heartbeat))],
-            now,
-        )
-        .await
-    }
-
-    /// Gives up a lease held by `lease.owner`, so another replica takes it at once.
-    pub async fn release_lease(&self, lease: &LeaseItem, now: Timestamp) -> Result<()> {
-        self.change_lease(
-            lease,
-            "#owner = :me AND version = :version",
-            "SET #owner = :free, heartbeat = heartbeat + :one, renewed_at = :now",
-            vec![(":me", s(&lease.owner)), (":free", s(""))],
-            now,
-        )
-        .await
-        .map(|_| ())
-    }
-
-    /// Writes `replica`'s heartbeat and how far its queues have settled.
+    /// Writes `replica`'s heartbeat and how far its queues have settled
+    /// (its `routes` are written by [`Self::ack_routes`] alone).
     pub async fn beat(&self, replica: &ReplicaItem, now: Timestamp) -> Result<()> {
         let expires = now.plus(REPLICA_ITEM_LIFETIME).as_millis() / 1000;
         self.client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .item("pk", s(CLUSTER_PK))
-            .item("sk", s(format!("REPLICA#{}", replica.id)))
-            .item("heartbeat", n(replica.heartbeat))
-            .item("settled", n(replica.settled.as_millis()))
-            .item("visibility_ms", n(replica.visibility.as_millis()))
-            .item("beat_at", n(now.as_millis()))
-            .item(super::TTL_ATTRIBUTE, n(expires))
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(format!("REPLICA#{}", replica.id)))
+            .update_expression(
+                "SET heartbeat = :heartbeat, settled = :settled, visibility_ms = :visibility, \
+                 beat_at = :now, #ttl = :expires",
+            )
+            .expression_attribute_names("#ttl", super::TTL_ATTRIBUTE)
+            .expression_attribute_values(":heartbeat", n(replica.heartbeat))
+            .expression_attribute_values(":settled", n(replica.settled.as_millis()))
+            .expression_attribute_values(":visibility", n(replica.visibility.as_millis()))
+            .expression_attribute_values(":now", n(now.as_millis()))
+            .expression_attribute_values(":expires", n(expires))
             .send()
             .await
             .map_err(aws)?;
         self.count_lease_request(true);
         Ok(())
+    }
+
+    /// Bumps the route version after a route item was written; the version
+    /// after the bump (a replica that loaded it routes to that watch).
+    pub async fn bump_routes(&self) -> Result<u64> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s("ROUTES"))
+            .update_expression("ADD version :one")
+            .expression_attribute_values(":one", n(1))
+            .return_values(ReturnValue::UpdatedNew)
+            .send()
+            .await;
+        self.count_route_request(true);
+        let out = out.map_err(aws)?;
+        let attributes = out
+            .attributes
+            .as_ref()
+            .ok_or_else(|| super::corrupt("route version update returned nothing"))?;
+        get_n(attributes, "version")
+    }
+
+    /// The route version (strongly consistent: a version read after a bump
+    /// returned is at least that bump's).
+    pub async fn routes_version(&self) -> Result<u64> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s("ROUTES"))
+            .consistent_read(true)
+            .send()
+            .await;
+        self.count_route_request(false);
+        Ok(out
+            .map_err(aws)?
+            .item
+            .as_ref()
+            .map_or(0, |item| optional_n(item, "version")))
+    }
+
+    /// Records in `replica`'s item that it has loaded the route items of
+    /// `version` (nothing when the item is gone: it left).
+    pub async fn ack_routes(&self, replica: &str, version: u64) -> Result<()> {
+        let out = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(format!("REPLICA#{replica}")))
+            .condition_expression("attribute_exists(pk)")
+            .update_expression("SET #routes = :version")
+            .expression_attribute_names("#routes", "routes")
+            .expression_attribute_values(":version", n(version))
+            .send()
+            .await;
+        self.count_route_request(true);
+        match out {
+            Ok(_) => Ok(()),
+            Err(e) if conditional_failed(&e) => Ok(()),
+            Err(e) => Err(aws(e)),
+        }
+    }
+
+    /// Every replica item (one strongly consistent Query), for the route
+    /// versions they acknowledged.
+    pub async fn replicas(&self) -> Result<Vec<ReplicaItem>> {
+        let items = self
+            .query_counted(
+                None,
+                "pk = :pk AND begins_with(sk, :replica)",
+                vec![(":pk", s(CLUSTER_PK)), (":replica", s("REPLICA#"))],
+                Some(&self.stats.route_requests),
+            )
+            .await?;
+        let mut replicas = Vec::new();
+        for item in &items {
+            if let Some(id) = get_s(item, "sk")?.strip_prefix("REPLICA#") {
+                replicas.push(item_replica(id, item)?);
+            }
+        }
+        Ok(replicas)
     }
 
     /// Removes `replica`'s heartbeat item: the others stop counting it as
@@ -405,13 +487,14 @@ impl DynamoStore {
         let mut out = Vec::new();
         for minute in first..=last.max(first) {
             let items = self
-                .query_all(
+                .query_counted(
                     None,
                     "pk = :pk AND sk >= :since",
                     vec![
                         (":pk", s(format!("R#{minute}"))),
                         (":since", s(format!("{:013}", since.as_millis().max(0)))),
                     ],
+                    Some(&self.stats.route_requests),
                 )
                 .await?;
             for item in &items {
