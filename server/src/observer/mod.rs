@@ -1139,10 +1139,16 @@ impl Observer {
     }
 
     /// Keeps `watch` as the decision left it and sets its next wake-up.
+    /// A watch no longer timed here (forgotten while its write was on its
+    /// way) is left alone; activity recorded while the write was on its way
+    /// is not replaced by the state the write returned.
     fn settle(&mut self, key: &WatchKey, watch: Watch, decision: &policy::Decision) {
         let active = watch.state() == WatchState::Active;
         let live = active || decision.wake_at.is_some();
-        if let Some(entry) = self.watches.get_mut(key) {
+        let Some(entry) = self.watches.get_mut(key) else {
+            return;
+        };
+        if entry.watch.last_seq <= watch.last_seq {
             entry.watch = watch;
         }
         // An active watch's next wake-up is a quiet deadline or a polling
