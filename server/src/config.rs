@@ -102,6 +102,12 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
 
+    /// Once serving, write the addresses actually bound to this file
+    /// (`grpc=HOST:PORT`, and `metrics=HOST:PORT` when serving metrics), so
+    /// a supervisor or a test that listens on port 0 learns the port.
+    #[arg(long, env = "STREAMWATCH_ADDRESS_FILE", value_name = "FILE")]
+    pub address_file: Option<PathBuf>,
+
     /// TLS, client certificates and the connection cap.
     #[command(flatten)]
     pub transport: crate::transport::TransportArgs,

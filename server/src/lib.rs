@@ -425,6 +425,7 @@ pub async fn serve_with_listeners(
         .build_v1alpha()?;
     let auth = AuthInterceptor::new(core.tenants.clone());
     let metrics_end = CancellationToken::new();
+    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
     let metrics_task = match metrics {
         Some(listener) => {
             let metrics_addr = listener.local_addr()?;
@@ -464,6 +465,9 @@ pub async fn serve_with_listeners(
         );
     tracing::info!(%addr, tls, client_certificates = config.transport.tls_client_ca.is_some(),
         data = %config.data.display(), "serving");
+    if let Some(path) = &config.address_file {
+        write_addresses(path, addr, metrics_addr)?;
+    }
 
     tokio::pin!(server);
     let served = tokio::select! {
@@ -495,6 +499,22 @@ pub async fn serve_with_listeners(
     }
     tracing::info!("stopped");
     served.context("the gRPC server failed")
+}
+
+/// Writes `--address-file`: whole or not at all (a reader never sees half of it).
+fn write_addresses(
+    path: &std::path::Path,
+    grpc: std::net::SocketAddr,
+    metrics: Option<std::net::SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut text = format!("grpc={grpc}\n");
+    if let Some(metrics) = metrics {
+        text.push_str(&format!("metrics={metrics}\n"));
+    }
+    let partial = path.with_extension("partial");
+    std::fs::write(&partial, text)
+        .and_then(|()| std::fs::rename(&partial, path))
+        .with_context(|| format!("cannot write the address file {}", path.display()))
 }
 
 /// Reloads the tenants file on every SIGHUP; a file that cannot be loaded is

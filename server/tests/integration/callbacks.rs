@@ -336,40 +336,18 @@ async fn targets_the_tenant_does_not_allow_are_refused_at_start() {
 }
 
 /// Starts the server binary on `dir` with the callback tenants file.
-async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"))
-        .args(["--listen", &listen, "--data"])
+async fn start_binary(dir: &DataDir) -> (tokio::process::Child, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"));
+    command
+        .arg("--data")
         .arg(dir.db())
         .arg("--tenants")
         .arg(tenants_file(dir, &[]))
         .args(["--delivery-backoff", "100ms", "--delivery-timeout", "1s"])
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn server");
-    let endpoint = format!("http://{listen}");
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let options = ConnectOptions::new().token(ACME_TOKEN);
-        if streamwatch_client::Client::connect_with(endpoint.clone(), options)
-            .await
-            .is_ok()
-        {
-            return (child, endpoint);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling a port that is not open yet
-    }
+        .stdout(Stdio::null());
+    let (child, bound) = spawn_binary(command, dir.path(), false).await;
+    (child, bound.endpoint)
 }
 
 #[tokio::test]
@@ -388,7 +366,7 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
     })
     .await;
     let dir = DataDir::new();
-    let (mut child, endpoint) = spawn_binary(&dir).await;
+    let (mut child, endpoint) = start_binary(&dir).await;
     let options = || ConnectOptions::new().token(ACME_TOKEN);
     let mut client = streamwatch_client::Client::connect_with(endpoint, options())
         .await
@@ -411,7 +389,7 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
     }
     dead.store(true, Ordering::SeqCst);
 
-    let (_child, endpoint) = spawn_binary(&dir).await;
+    let (_child, endpoint) = start_binary(&dir).await;
     let mut client = streamwatch_client::Client::connect_with(endpoint, options())
         .await
         .unwrap();

@@ -243,14 +243,6 @@ struct Replica {
 
 impl Replica {
     async fn spawn(dir: &DataDir, name: &str, table: &str, queue: &str, create: bool) -> Self {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        };
-        let listen = format!("127.0.0.1:{}", free().port());
-        let metrics = free();
         // Kept after the test (under target/), for a failure to be read.
         let logs =
             std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("cluster-{table}"));
@@ -258,44 +250,24 @@ impl Replica {
         let log = logs.join(format!("{name}.log"));
         let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"));
         command
-            .args(["--listen", &listen, "--store", "dynamodb", "--table", table])
+            .args(["--store", "dynamodb", "--table", table])
             .args(["--cluster", "--replica-id", name, "--shards", "16"])
             .args(["--lease-duration", LEASE, "--heartbeat", HEARTBEAT])
             .args(["--route-refresh", &format!("{}s", ROUTE_REFRESH.as_secs())])
             .args(["--log-poll", "2s"])
             .args(["--sqs-queue-url", queue, "--sqs-wait", "1s"])
-            .args(["--metrics-addr", &metrics.to_string()])
             .arg("--data")
             .arg(dir.db())
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
+            .stderr(std::fs::File::create(&log).unwrap());
         if create {
             command.arg("--create-table");
         }
-        let child = command.spawn().expect("spawn a replica");
-        let endpoint = format!("http://{listen}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        // Serving means answering an RPC (the port is bound before the store
-        // is open, and the next replica needs the table this one creates).
-        let serving = |endpoint: String| async move {
-            match streamwatch_client::Client::connect(endpoint).await {
-                Ok(mut client) => client
-                    .list_all_watches(&streamwatch_client::ListFilter::new())
-                    .await
-                    .is_ok(),
-                Err(_) => false,
-            }
-        };
-        while !serving(endpoint.clone()).await {
-            assert!(
-                Instant::now() < deadline,
-                "replica {name} did not come up; see {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await; // polling a server that is not up yet
-        }
+        // Serving: the table is there (the next replica needs the one this
+        // one creates) and the replica answers.
+        let (child, bound) = spawn_binary(command, dir.path(), true).await;
+        let (endpoint, metrics) = (bound.endpoint, bound.metrics.expect("metrics served"));
         Self {
             child,
             endpoint,

@@ -30,23 +30,16 @@ struct Binary {
 
 impl Binary {
     async fn spawn(dir: &DataDir) -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"))
-            .args(["--listen", &listen, "--log-format", "json", "--data"])
+        let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"));
+        command
+            .args(["--log-format", "json", "--data"])
             .arg(dir.db())
             .arg("--tenants")
             .arg(dir.path().join("tenants.toml"))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn server");
+            .stderr(Stdio::piped());
+        let (mut child, bound) = spawn_binary(command, dir.path(), false).await;
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, log) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -59,7 +52,7 @@ impl Binary {
         });
         let mut binary = Self {
             child,
-            endpoint: format!("http://{listen}"),
+            endpoint: bound.endpoint,
             log,
         };
         binary.wait_for_log("serving").await;

@@ -171,42 +171,21 @@ async fn shutdown_ends_streams_with_unavailable_and_a_subscription_resumes() {
 }
 
 /// Starts the server binary on `dir`, returning it and its address.
-async fn spawn_binary(dir: &DataDir) -> (tokio::process::Child, String) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"))
-        .args(["--listen", &listen, "--data"])
+async fn start_binary(dir: &DataDir) -> (tokio::process::Child, String) {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"));
+    command
+        .arg("--data")
         .arg(dir.db())
         .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn server");
-    let endpoint = format!("http://{listen}");
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        if streamwatch_client::Client::connect(endpoint.clone())
-            .await
-            .is_ok()
-        {
-            return (child, endpoint);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "server did not come up"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await; // polling a port that is not open yet
-    }
+        .stdout(Stdio::null());
+    let (child, bound) = spawn_binary(command, dir.path(), false).await;
+    (child, bound.endpoint)
 }
 
 #[tokio::test]
 async fn kill_9_loses_nothing_that_was_acknowledged() {
     let dir = DataDir::new();
-    let (mut child, endpoint) = spawn_binary(&dir).await;
+    let (mut child, endpoint) = start_binary(&dir).await;
     let mut client = streamwatch_client::Client::connect(endpoint.clone())
         .await
         .unwrap();
@@ -239,7 +218,7 @@ async fn kill_9_loses_nothing_that_was_acknowledged() {
         acked.push(i);
     }
 
-    let (_child, endpoint) = spawn_binary(&dir).await;
+    let (_child, endpoint) = start_binary(&dir).await;
     let mut client = streamwatch_client::Client::connect(endpoint).await.unwrap();
     let watch = client.get_watch(&id).await.unwrap();
     assert!(
@@ -333,7 +312,7 @@ async fn a_full_disk_is_refused_as_retryable_and_nothing_acknowledged_is_lost() 
     let Some(disk) = SmallDisk::mount("2m") else {
         return;
     };
-    let (mut child, endpoint) = spawn_binary(&disk.dir).await;
+    let (mut child, endpoint) = start_binary(&disk.dir).await;
     let mut client = streamwatch_client::Client::connect(endpoint.clone())
         .await
         .unwrap();

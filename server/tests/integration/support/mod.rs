@@ -1,6 +1,7 @@
 //! Shared test harness: starts the real server on `127.0.0.1:0` with a fresh
-//! data file, hands out real clients, and builds notification documents the
-//! way S3 writes them.
+//! data file (in process, or as the binary, which reports the ports it bound
+//! through `--address-file`), hands out real clients, and builds notification
+//! documents the way S3 writes them.
 
 #![allow(dead_code)] // each test file uses a different part of the harness
 
@@ -332,4 +333,59 @@ pub fn assert_gapless(events: &[v1::WatchEvent], first: u64) {
 pub async fn begin(client: &mut Client, request: v1::StartWatchRequest) -> v1::Watch {
     let response = client.start_watch(request).await.expect("StartWatch");
     response.watch.expect("StartWatch returns the watch")
+}
+
+/// Where a server binary started by [`spawn_binary`] listens.
+pub struct Bound {
+    pub endpoint: String,
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Starts the server binary as `command` (its other flags set) on ports the
+/// kernel picks (`--listen 127.0.0.1:0`, and `--metrics-addr 127.0.0.1:0`
+/// with `metrics`), and returns once it wrote the addresses it bound
+/// (`--address-file`): it is serving then. Each call uses its own file in `dir`.
+pub async fn spawn_binary(
+    mut command: tokio::process::Command,
+    dir: &Path,
+    metrics: bool,
+) -> (tokio::process::Child, Bound) {
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let file = dir.join(format!("address-{n}"));
+    let _ = std::fs::remove_file(&file);
+    command
+        .args(["--listen", "127.0.0.1:0", "--address-file"])
+        .arg(&file);
+    if metrics {
+        command.args(["--metrics-addr", "127.0.0.1:0"]);
+    }
+    let mut child = command.kill_on_drop(true).spawn().expect("spawn server");
+    // A replica of a cluster on the emulator may take tens of seconds.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(&file) {
+            break text;
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited before serving: {status}");
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the server did not write its addresses"
+        );
+        // A file's creation has no event to await here; the server renames it into place whole.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let address = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix('='))
+            .map(|a| a.parse::<SocketAddr>().expect("an address"))
+    };
+    let grpc = address("grpc").expect("the gRPC address");
+    let bound = Bound {
+        endpoint: format!("http://{grpc}"),
+        metrics: address("metrics"),
+    };
+    (child, bound)
 }
