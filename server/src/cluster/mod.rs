@@ -209,6 +209,20 @@ impl Ownership {
     }
 }
 
+impl crate::observer::Owned for Ownership {
+    fn shard(&self, id: &WatchId) -> u32 {
+        Ownership::shard(self, id)
+    }
+
+    fn fence(&self, id: &WatchId) -> Option<Fence> {
+        Ownership::fence(self, id)
+    }
+
+    fn lose(&self, shard: u32, version: u64) {
+        Ownership::lose(self, shard, version);
+    }
+}
+
 /// The watches this replica has learned from route items, by shard (to
 /// hand to the observer when a shard's lease is taken).
 #[derive(Default)]

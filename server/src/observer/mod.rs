@@ -13,8 +13,9 @@
 //! counted), and a probe when the policy asks for one; a completion decided
 //! right after a probe, on the count it left, is confirmed by that probe.
 //!
-//! In a cluster ([`crate::cluster`]) it times only the watches of shards this
-//! replica holds leases on, fences each transition with the lease, re-reads
+//! In a cluster it times only the watches the cluster says this replica owns
+//! ([`Owned`]: the shards it holds leases on; the observer knows nothing else
+//! of leases), fences each transition with the lease, re-reads
 //! its watches for activity other replicas counted (every `--log-poll` those
 //! whose next decision is near or may come with any count, every [`SWEEP`]
 //! the rest), and drops a shard at once when a write comes back fenced.
@@ -42,7 +43,6 @@ use tokio_util::{
 use crate::{
     auth::LiveTenants,
     clock::{Clock, Timestamp},
-    cluster::Ownership,
     error::Error,
     ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
     metrics::Metrics,
@@ -121,6 +121,20 @@ enum Command {
         group: WatchKey,
         result: Result<Vec<Watch>, String>,
     },
+}
+
+/// Which watches this replica times, as the cluster tells it: the observer
+/// knows nothing of leases beyond this.
+pub trait Owned: Send + Sync {
+    /// The shard `id` belongs to.
+    fn shard(&self, id: &WatchId) -> u32;
+    /// The fence a write to `id` needs, while this replica holds its shard.
+    fn fence(&self, id: &WatchId) -> Option<Fence>;
+    fn owns(&self, id: &WatchId) -> bool {
+        self.fence(id).is_some()
+    }
+    /// A write came back fenced at `version`: the shard is no longer held.
+    fn lose(&self, shard: u32, version: u64);
 }
 
 /// The way in to the observer task.
@@ -205,7 +219,7 @@ struct Entry {
 /// What a replica of a cluster observes: the shards it owns, and how often
 /// it re-reads its watches.
 struct Clustered {
-    ownership: Arc<Ownership>,
+    ownership: Arc<dyn Owned>,
     poll: Duration,
     /// A re-read is on its way.
     polling: bool,
@@ -301,7 +315,7 @@ impl Observer {
 
     /// Makes this observer one replica's of a cluster: it times only watches
     /// of shards in `ownership`, and re-reads them every `poll`.
-    pub fn clustered(&mut self, ownership: Arc<Ownership>, poll: Duration) {
+    pub fn clustered(&mut self, ownership: Arc<dyn Owned>, poll: Duration) {
         self.cluster = Some(Clustered {
             ownership,
             poll,
