@@ -372,14 +372,14 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
         let decision = policy::evaluate(&current, now, Timestamp::MAX);
         if let Some(lifecycle) = decision.lifecycle {
             let Some(Applied::Done { watch: applied, .. }) = store
-                .apply(
+                .apply(streamwatch_server::store::Change::new(
                     &tenant,
                     &watch.id,
                     Guard::exact(&current),
                     lifecycle,
                     decision.events,
                     now,
-                )
+                ))
                 .await?
             else {
                 anyhow::bail!("the completion did not apply")

@@ -400,14 +400,14 @@ mod tests {
                 reason: "done".into(),
             };
             let Some(Applied::Done { watch, events }) = store
-                .apply(
+                .apply(crate::store::Change::new(
                     &watch.tenant,
                     &watch.id,
                     guard,
                     lifecycle,
                     vec![cancelled],
                     clock.now(),
-                )
+                ))
                 .await
                 .unwrap()
             else {

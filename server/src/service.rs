@@ -374,14 +374,14 @@ impl Service {
         let guard = crate::store::Guard::exact(&watch);
         match self
             .store
-            .apply(
+            .apply(crate::store::Change::new(
                 tenant,
                 &watch.id,
                 guard,
                 lifecycle,
                 Vec::new(),
                 self.clock.now(),
-            )
+            ))
             .await?
         {
             Some(crate::store::Applied::Done { watch, .. }) => Ok(watch),

@@ -117,14 +117,14 @@ async fn setup_with(script: Option<Vec<Result<String, Failure>>>, config: Delive
         reason: "quiet".into(),
     }];
     let Some(Applied::Done { watch, .. }) = store
-        .apply(
+        .apply(crate::store::Change::new(
             &tenant,
             &watch.id,
             Guard::exact(&watch),
             lifecycle,
             completed,
             T0,
-        )
+        ))
         .await
         .unwrap()
     else {

@@ -11,8 +11,8 @@ use crate::{
     hub::Hub,
     policy::Policy,
     store::{
-        Activity, ActivityKind, Claimed, Created, Delivery, ListQuery, ManifestEntry, NewWatch,
-        ObjectsQuery, RecordOutcome, Result, publishing::Publishing, sqlite::SqliteStore,
+        Activity, ActivityKind, Change, Claimed, Created, Delivery, ListQuery, ManifestEntry,
+        NewWatch, ObjectsQuery, RecordOutcome, Result, publishing::Publishing, sqlite::SqliteStore,
     },
     watch::{Bucket, Labels, Prefix, Source, TenantId},
 };
@@ -54,34 +54,9 @@ impl Store for Gated {
         self.inner.record(activities, now).await
     }
 
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>> {
-        self.wait_for(id).await;
-        self.inner
-            .apply(tenant, id, guard, lifecycle, events, now)
-            .await
-    }
-
-    async fn apply_fenced(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fence: &Fence,
-    ) -> Result<Option<Applied>> {
-        self.inner
-            .apply_fenced(tenant, id, guard, lifecycle, events, now, fence)
-            .await
+    async fn apply(&self, change: Change) -> Result<Option<Applied>> {
+        self.wait_for(&change.id).await;
+        self.inner.apply(change).await
     }
 
     async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {

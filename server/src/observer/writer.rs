@@ -18,7 +18,7 @@ use crate::{
     metrics::Metrics,
     policy,
     quota::{self, Limiter},
-    store::{Applied, Fence, Guard, Store, StoreError},
+    store::{Applied, Change, Fence, Guard, Store, StoreError},
     watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchKey, WatchState},
 };
 
@@ -99,23 +99,21 @@ impl Writer {
     }
 
     async fn apply(&self, t: &Transition) -> Result<Option<Applied>, StoreError> {
-        let (tenant, id, events) = (&t.key.tenant, &t.key.id, t.decision.events.clone());
-        let lifecycle = t.lifecycle.clone();
-        let write = async {
-            match &t.fence {
-                Some(fence) => {
-                    self.store
-                        .apply_fenced(tenant, id, t.guard, lifecycle, events, t.now, fence)
-                        .await
-                }
-                None => {
-                    self.store
-                        .apply(tenant, id, t.guard, lifecycle, events, t.now)
-                        .await
-                }
-            }
+        let change = Change {
+            fence: t.fence.clone(),
+            ..Change::new(
+                &t.key.tenant,
+                &t.key.id,
+                t.guard,
+                t.lifecycle.clone(),
+                t.decision.events.clone(),
+                t.now,
+            )
         };
-        write.with_context(t.decided.clone()).await
+        self.store
+            .apply(change)
+            .with_context(t.decided.clone())
+            .await
     }
 
     /// `t` to write (`None`), or what became of it: a reopening takes a
@@ -228,7 +226,14 @@ impl Writer {
             }];
             match self
                 .store
-                .apply(&key.tenant, &key.id, guard, lifecycle, events, now)
+                .apply(Change::new(
+                    &key.tenant,
+                    &key.id,
+                    guard,
+                    lifecycle,
+                    events,
+                    now,
+                ))
                 .await?
             {
                 Some(Applied::Done { watch, events }) => return Ok(Box::new((watch, events))),

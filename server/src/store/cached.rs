@@ -20,12 +20,12 @@ use async_trait::async_trait;
 use quick_cache::sync::{Cache, EntryAction, EntryResult};
 
 use super::{
-    Activity, Applied, Claimed, Created, Delivery, Fence, Guard, ListQuery, ManifestEntry,
-    NewWatch, ObjectsQuery, RecordOutcome, Result, Store,
+    Activity, Applied, Change, Claimed, Created, Delivery, ListQuery, ManifestEntry, NewWatch,
+    ObjectsQuery, RecordOutcome, Result, Store,
 };
 use crate::{
     clock::Timestamp,
-    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchKey},
+    watch::{EventKind, TenantId, Watch, WatchEvent, WatchId, WatchKey},
 };
 
 /// Watches kept by default: a few tens of MiB at most.
@@ -164,38 +164,10 @@ impl Store for Cached {
         }
     }
 
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>> {
-        let result = self
-            .inner
-            .apply(tenant, id, guard, lifecycle, events, now)
-            .await;
-        self.after_apply(&key_of(tenant, id), &result);
-        result
-    }
-
-    async fn apply_fenced(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fence: &Fence,
-    ) -> Result<Option<Applied>> {
-        let result = self
-            .inner
-            .apply_fenced(tenant, id, guard, lifecycle, events, now, fence)
-            .await;
-        self.after_apply(&key_of(tenant, id), &result);
+    async fn apply(&self, change: Change) -> Result<Option<Applied>> {
+        let key = change.key();
+        let result = self.inner.apply(change).await;
+        self.after_apply(&key, &result);
         result
     }
 

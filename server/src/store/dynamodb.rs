@@ -47,9 +47,10 @@ mod cluster;
 pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 
 use super::{
-    Activity, ActivityKind, Applied, Claimed, Created, Delivery, DeliveryState, Fence, Guard,
-    KeyEvent, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result,
-    Store, StoreError, count_event, outbox_for, sequencer_identity,
+    Activity, ActivityKind, Applied, Change as LifecycleChange, Claimed, Created, Delivery,
+    DeliveryState, Fence, Guard, KeyEvent, ListQuery, ManifestEntry, NewWatch, ObjectsQuery,
+    RecordOutcome, Recorded, Result, Store, StoreError, count_event, outbox_for,
+    sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -1113,7 +1114,10 @@ impl DynamoStore {
 
     /// [`Store::apply`], with the write also conditioned on `fence` (the
     /// caller's lease of the watch's shard) when given.
-    #[allow(clippy::too_many_arguments)]
+    #[allow(
+        clippy::too_many_arguments,
+        reason = "a [`Change`] taken apart, borrowed"
+    )]
     async fn apply_with(
         &self,
         tenant: &TenantId,
@@ -1370,30 +1374,17 @@ impl Store for DynamoStore {
         Ok(RecordOutcome { results, updated })
     }
 
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>> {
-        self.apply_with(tenant, id, guard, lifecycle, events, now, None)
-            .await
-    }
-
-    async fn apply_fenced(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fence: &Fence,
-    ) -> Result<Option<Applied>> {
-        self.apply_with(tenant, id, guard, lifecycle, events, now, Some(fence))
+    async fn apply(&self, change: LifecycleChange) -> Result<Option<Applied>> {
+        let LifecycleChange {
+            tenant,
+            id,
+            guard,
+            lifecycle,
+            events,
+            now,
+            fence,
+        } = change;
+        self.apply_with(&tenant, &id, guard, lifecycle, events, now, fence.as_ref())
             .await
     }
 

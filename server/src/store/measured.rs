@@ -8,13 +8,13 @@ use async_trait::async_trait;
 use tracing::Instrument;
 
 use super::{
-    Activity, Applied, Claimed, Created, Delivery, Fence, Guard, ListQuery, ManifestEntry,
-    NewWatch, ObjectsQuery, RecordOutcome, Result, Store,
+    Activity, Applied, Change, Claimed, Created, Delivery, ListQuery, ManifestEntry, NewWatch,
+    ObjectsQuery, RecordOutcome, Result, Store,
 };
 use crate::{
     clock::Timestamp,
     metrics::Metrics,
-    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchKey},
+    watch::{EventKind, TenantId, Watch, WatchEvent, WatchId, WatchKey},
 };
 
 pub struct Measured {
@@ -71,45 +71,11 @@ impl Store for Measured {
             .await
     }
 
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>> {
-        let span = tracing::info_span!("store.apply", tenant = %tenant, watch_id = %id,
-            state = lifecycle.state.as_str(), events = events.len() as i64, error = tracing::field::Empty);
-        self.timed(
-            "apply",
-            span,
-            self.inner.apply(tenant, id, guard, lifecycle, events, now),
-        )
-        .await
-    }
-
-    async fn apply_fenced(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fence: &Fence,
-    ) -> Result<Option<Applied>> {
-        let span = tracing::info_span!("store.apply", tenant = %tenant, watch_id = %id,
-            state = lifecycle.state.as_str(), events = events.len() as i64,
-            shard = i64::from(fence.shard), error = tracing::field::Empty);
-        self.timed(
-            "apply",
-            span,
-            self.inner
-                .apply_fenced(tenant, id, guard, lifecycle, events, now, fence),
-        )
-        .await
+    async fn apply(&self, change: Change) -> Result<Option<Applied>> {
+        let span = tracing::info_span!("store.apply", tenant = %change.tenant, watch_id = %change.id,
+            state = change.lifecycle.state.as_str(), events = change.events.len() as i64,
+            shard = change.fence.as_ref().map(|f| i64::from(f.shard)), error = tracing::field::Empty);
+        self.timed("apply", span, self.inner.apply(change)).await
     }
 
     async fn watches(&self, keys: &[WatchKey]) -> Result<Vec<Watch>> {

@@ -324,6 +324,57 @@ pub struct Fence {
     pub version: u64,
 }
 
+/// A lifecycle change of one watch, as [`Store::apply`] takes it.
+#[derive(Clone, Debug)]
+pub struct Change {
+    pub tenant: TenantId,
+    pub id: WatchId,
+    /// What the watch must still be for the change to apply.
+    pub guard: Guard,
+    pub lifecycle: Lifecycle,
+    /// Appended to its log, each with the next `seq`.
+    pub events: Vec<EventKind>,
+    pub now: Timestamp,
+    /// The lease the write needs (a replica of a cluster).
+    pub fence: Option<Fence>,
+}
+
+impl Change {
+    pub fn new(
+        tenant: &TenantId,
+        id: &WatchId,
+        guard: Guard,
+        lifecycle: Lifecycle,
+        events: Vec<EventKind>,
+        now: Timestamp,
+    ) -> Self {
+        Self {
+            tenant: tenant.clone(),
+            id: id.clone(),
+            guard,
+            lifecycle,
+            events,
+            now,
+            fence: None,
+        }
+    }
+
+    /// Written only while `fence` holds.
+    pub fn fenced(self, fence: Fence) -> Self {
+        Self {
+            fence: Some(fence),
+            ..self
+        }
+    }
+
+    pub fn key(&self) -> crate::watch::WatchKey {
+        crate::watch::WatchKey {
+            tenant: self.tenant.clone(),
+            id: self.id.clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub enum Applied {
     Done {
@@ -446,36 +497,12 @@ pub trait Store: Send + Sync + 'static {
     /// Records routed activities exactly once each, durably, at `now`.
     async fn record(&self, activities: Vec<Activity>, now: Timestamp) -> Result<RecordOutcome>;
 
-    /// Sets the watch's lifecycle and appends `events`, if `guard` holds.
-    /// `Err`s only on failure; a missing watch is `Ok(None)`.
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>>;
-
-    /// [`Store::apply`], refused with [`StoreError::Fenced`] unless `fence`
-    /// still holds. Only a store shared by replicas can fence.
-    #[allow(clippy::too_many_arguments)]
-    async fn apply_fenced(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fence: &Fence,
-    ) -> Result<Option<Applied>> {
-        let _ = (tenant, id, guard, lifecycle, events, now, fence);
-        Err(StoreError::Unsupported(
-            "this store cannot fence writes; clusters need --store dynamodb",
-        ))
-    }
+    /// Sets the watch's lifecycle and appends the change's events, if its
+    /// guard holds (and, with a fence, only while that lease does: refused
+    /// with [`StoreError::Fenced`] otherwise; a store that cannot fence
+    /// refuses every fenced change). `Err`s only on failure; a missing watch
+    /// is `Ok(None)`.
+    async fn apply(&self, change: Change) -> Result<Option<Applied>>;
 
     /// The watches of `keys` that exist, strongly consistent (any order,
     /// each once however often it is asked for).

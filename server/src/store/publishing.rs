@@ -17,13 +17,13 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 
 use super::{
-    Activity, Applied, Claimed, Created, Delivery, Fence, Guard, ListQuery, ManifestEntry,
-    NewWatch, ObjectsQuery, RecordOutcome, Result, Store,
+    Activity, Applied, Change, Claimed, Created, Delivery, ListQuery, ManifestEntry, NewWatch,
+    ObjectsQuery, RecordOutcome, Result, Store,
 };
 use crate::{
     clock::Timestamp,
     hub::Hub,
-    watch::{EventKind, Lifecycle, TenantId, Watch, WatchEvent, WatchId, WatchKey},
+    watch::{EventKind, TenantId, Watch, WatchEvent, WatchId, WatchKey},
 };
 
 pub struct Publishing {
@@ -89,37 +89,8 @@ impl Store for Publishing {
         Ok(outcome)
     }
 
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>> {
-        let result = self
-            .inner
-            .apply(tenant, id, guard, lifecycle, events, now)
-            .await;
-        self.applied(&result);
-        result
-    }
-
-    async fn apply_fenced(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-        fence: &Fence,
-    ) -> Result<Option<Applied>> {
-        let result = self
-            .inner
-            .apply_fenced(tenant, id, guard, lifecycle, events, now, fence)
-            .await;
+    async fn apply(&self, change: Change) -> Result<Option<Applied>> {
+        let result = self.inner.apply(change).await;
         self.applied(&result);
         result
     }
@@ -277,7 +248,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let cancelled = Lifecycle {
+        let cancelled = crate::watch::Lifecycle {
             state: WatchState::Cancelled,
             completed_at: Some(clock.now()),
             ..current.lifecycle.clone()
@@ -285,16 +256,16 @@ mod tests {
         let kinds = vec![EventKind::Cancelled {
             reason: "done".into(),
         }];
-        let guard = Guard::exact(&current);
+        let guard = crate::store::Guard::exact(&current);
         let applied = store
-            .apply(
+            .apply(crate::store::Change::new(
                 &watch.tenant,
                 &watch.id,
                 guard,
                 cancelled,
                 kinds,
                 clock.now(),
-            )
+            ))
             .await
             .unwrap();
         assert!(matches!(applied, Some(Applied::Done { .. })));

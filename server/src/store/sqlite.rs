@@ -33,7 +33,7 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, Transaction, param
 use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Activity, ActivityKind, Applied, Claimed, Created, Delivery, Guard, KeyEvent, ListQuery,
+    Activity, ActivityKind, Applied, Change, Claimed, Created, Delivery, KeyEvent, ListQuery,
     ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result, Store, StoreError,
     count_event, outbox_for, sequencer_identity,
 };
@@ -173,7 +173,7 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Command {
     Create(Box<NewWatch>, Reply<Created>),
     Record(Vec<Activity>, Timestamp, Reply<RecordOutcome>),
-    Apply(Box<ApplyArgs>, Reply<Option<Applied>>),
+    Apply(Box<Change>, Reply<Option<Applied>>),
     Retire(TenantId, WatchId, Reply<()>),
     Claim(Timestamp, Timestamp, usize, Reply<Claimed>),
     Finish(Box<FinishArgs>, Reply<Option<Vec<WatchEvent>>>),
@@ -184,15 +184,6 @@ struct FinishArgs {
     delivery: Delivery,
     lease: Timestamp,
     event: Option<EventKind>,
-    now: Timestamp,
-}
-
-struct ApplyArgs {
-    tenant: TenantId,
-    id: WatchId,
-    guard: Guard,
-    lifecycle: Lifecycle,
-    events: Vec<EventKind>,
     now: Timestamp,
 }
 
@@ -813,7 +804,7 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
     Ok(RecordOutcome { results, updated })
 }
 
-fn apply(conn: &Connection, args: ApplyArgs) -> Result<Option<Applied>> {
+fn apply(conn: &Connection, args: Change) -> Result<Option<Applied>> {
     let Some(mut watch) = load_watch(conn, &args.tenant, &args.id)? else {
         return Ok(None);
     };
@@ -1017,24 +1008,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn apply(
-        &self,
-        tenant: &TenantId,
-        id: &WatchId,
-        guard: Guard,
-        lifecycle: Lifecycle,
-        events: Vec<EventKind>,
-        now: Timestamp,
-    ) -> Result<Option<Applied>> {
-        let args = ApplyArgs {
-            tenant: tenant.clone(),
-            id: id.clone(),
-            guard,
-            lifecycle,
-            events,
-            now,
-        };
-        self.call(|reply| Command::Apply(Box::new(args), reply))
+    async fn apply(&self, change: Change) -> Result<Option<Applied>> {
+        if change.fence.is_some() {
+            return Err(StoreError::Unsupported(
+                "this store cannot fence writes; clusters need --store dynamodb",
+            ));
+        }
+        self.call(|reply| Command::Apply(Box::new(change), reply))
             .await
     }
 

@@ -16,7 +16,7 @@ use streamwatch_server::{
     clock::Timestamp,
     policy::Policy,
     store::{
-        Applied, Created, Guard, NewWatch, Store, StoreError,
+        Applied, Change, Created, Guard, NewWatch, Store, StoreError,
         dynamodb::{DynamoStore, LeaseItem, ReplicaItem},
     },
     watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, Source, TenantId, WatchId, WatchState},
@@ -113,14 +113,16 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
     };
     let (lifecycle, events) = completed("decided by replica-a");
     let refused = store
-        .apply_fenced(
-            &tenant,
-            &watch.id,
-            Guard::exact(&watch),
-            lifecycle,
-            events,
-            now,
-            &a.fence(),
+        .apply(
+            Change::new(
+                &tenant,
+                &watch.id,
+                Guard::exact(&watch),
+                lifecycle,
+                events,
+                now,
+            )
+            .fenced(a.fence().clone()),
         )
         .await
         .expect_err("the stale owner's write is refused");
@@ -143,14 +145,16 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
     // The new owner's decision goes through, once.
     let (lifecycle, events) = completed("decided by replica-b");
     let applied = store
-        .apply_fenced(
-            &tenant,
-            &watch.id,
-            Guard::exact(&watch),
-            lifecycle,
-            events,
-            now,
-            &b.fence(),
+        .apply(
+            Change::new(
+                &tenant,
+                &watch.id,
+                Guard::exact(&watch),
+                lifecycle,
+                events,
+                now,
+            )
+            .fenced(b.fence().clone()),
         )
         .await
         .unwrap();

@@ -8,8 +8,9 @@ use streamwatch_server::{
     clock::Timestamp,
     policy::{self, Policy},
     store::{
-        Activity, ActivityKind, Applied, Created, DeliveryState, Guard, ListQuery, ManifestEntry,
-        NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore, sqlite::SqliteStore,
+        Activity, ActivityKind, Applied, Change, Created, DeliveryState, Guard, ListQuery,
+        ManifestEntry, NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore,
+        sqlite::SqliteStore,
     },
     watch::{
         Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, Source, TenantId,
@@ -429,7 +430,7 @@ async fn keeps_the_start_trace_context(store: Arc<dyn Store>) {
         ..current.lifecycle.clone()
     };
     let applied = store
-        .apply(
+        .apply(Change::new(
             &new.tenant,
             &new.id,
             Guard::exact(&current),
@@ -440,7 +441,7 @@ async fn keeps_the_start_trace_context(store: Arc<dyn Store>) {
                 reason: "test".into(),
             }],
             NOW,
-        )
+        ))
         .await
         .unwrap();
     let Some(Applied::Done { watch, .. }) = applied else {
@@ -477,14 +478,14 @@ async fn finished_watches_take_no_activity(store: Arc<dyn Store>) {
         activity: None,
     };
     let applied = store
-        .apply(
+        .apply(Change::new(
             &new.tenant,
             &new.id,
             guard,
             done,
             vec![EventKind::Cancelled { reason: "x".into() }],
             NOW,
-        )
+        ))
         .await
         .unwrap();
     assert!(matches!(applied, Some(Applied::Done { .. })));
@@ -714,14 +715,14 @@ async fn late_objects_belong_to_the_generation_their_reopening_starts(store: Arc
         reason: "done".into(),
     };
     store
-        .apply(
+        .apply(Change::new(
             &new.tenant,
             &new.id,
             Guard::exact(&watch),
             done,
             vec![completed],
             NOW,
-        )
+        ))
         .await
         .unwrap();
     // Late data, recorded before the observer reopens the watch.
@@ -829,7 +830,14 @@ async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
     };
     let reopened = policy::fresh_lifecycle(2, NOW, watch.counters.activity());
     store
-        .apply(&new.tenant, &new.id, guard, reopened, vec![], NOW)
+        .apply(Change::new(
+            &new.tenant,
+            &new.id,
+            guard,
+            reopened,
+            vec![],
+            NOW,
+        ))
         .await
         .unwrap();
     store
@@ -881,14 +889,14 @@ async fn lifecycle_changes_are_guarded(store: Arc<dyn Store>) {
         ..watch.lifecycle.clone()
     };
     let stale = store
-        .apply(
+        .apply(Change::new(
             &new.tenant,
             &new.id,
             Guard::exact(&watch),
             completed.clone(),
             vec![],
             NOW,
-        )
+        ))
         .await
         .unwrap();
     let Some(Applied::Conflict(current)) = stale else {
@@ -901,14 +909,14 @@ async fn lifecycle_changes_are_guarded(store: Arc<dyn Store>) {
         reason: "done".into(),
     }];
     let fresh = store
-        .apply(
+        .apply(Change::new(
             &new.tenant,
             &new.id,
             Guard::exact(&current),
             completed,
             events,
             NOW,
-        )
+        ))
         .await
         .unwrap();
     let Some(Applied::Done { watch, events }) = fresh else {
@@ -919,14 +927,14 @@ async fn lifecycle_changes_are_guarded(store: Arc<dyn Store>) {
         (WatchState::Completed, 3, 3)
     );
     let missing = store
-        .apply(
+        .apply(Change::new(
             &new.tenant,
             &WatchId::generate(),
             Guard::exact(&watch),
             watch.lifecycle.clone(),
             vec![],
             NOW,
-        )
+        ))
         .await
         .unwrap();
     assert!(missing.is_none());
@@ -1037,7 +1045,14 @@ async fn live_watches_are_found_for_recovery(store: Arc<dyn Store>) {
         activity: None,
     };
     store
-        .apply(&new.tenant, &new.id, guard, cancelled, vec![], NOW)
+        .apply(Change::new(
+            &new.tenant,
+            &new.id,
+            guard,
+            cancelled,
+            vec![],
+            NOW,
+        ))
         .await
         .unwrap();
     store.retire(&new.tenant, &new.id, NOW).await.unwrap();
@@ -1090,7 +1105,7 @@ async fn complete(store: &dyn Store, watch: &streamwatch_server::watch::Watch) -
         ..watch.lifecycle.clone()
     };
     store
-        .apply(
+        .apply(Change::new(
             &watch.tenant,
             &watch.id,
             Guard::exact(watch),
@@ -1101,7 +1116,7 @@ async fn complete(store: &dyn Store, watch: &streamwatch_server::watch::Watch) -
                 reason: "quiet".into(),
             }],
             NOW,
-        )
+        ))
         .await
         .unwrap()
 }
