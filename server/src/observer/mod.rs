@@ -26,6 +26,9 @@
 //! after that each member transition this observer writes (or cancels)
 //! updates the groups' view of the member at once, and the groups are
 //! decided again ([`policy::evaluate_group`]).
+//!
+//! Files: this one owns the loop, the timers and the live entries; [`writer`]
+//! the writes, [`listing`] the S3 reads, [`groups`] the members' index.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -53,6 +56,8 @@ use crate::{
     watch::{self, EventKind, Lifecycle, Watch, WatchEvent, WatchId, WatchKey, WatchState},
 };
 
+mod groups;
+mod listing;
 mod writer;
 
 #[cfg(test)]
@@ -505,159 +510,14 @@ impl Observer {
                 }
             }
             Command::ManifestChecked { key, result } => self.manifest_checked(key, result),
-            Command::Members { group, result } => {
-                let Some(entry) = self.watches.get_mut(&group) else {
-                    return;
-                };
-                entry.reading_members = false;
-                let watches = match result {
-                    Ok(watches) => watches,
-                    Err(e) => {
-                        tracing::warn!(tenant = %group.tenant, watch_id = %group.id, error = %e,
-                            "cannot read the members of a watch group; retrying");
-                        let at = self.clock.now().plus(RETRY_AFTER);
-                        self.schedule(&group, at);
-                        return;
-                    }
-                };
-                for watch in &watches {
-                    let member = Member::of(watch);
-                    let newer = entry
-                        .members
-                        .get(&member.id)
-                        .is_none_or(|known| known.last_seq <= member.last_seq);
-                    if newer {
-                        entry.members.insert(member.id.clone(), member);
-                    }
-                }
-                let missing = entry
-                    .watch
-                    .source
-                    .members()
-                    .iter()
-                    .any(|id| !entry.members.contains_key(id));
-                if missing {
-                    // Members are never deleted: damage, or a store that lags. Look again shortly.
-                    tracing::error!(tenant = %group.tenant, watch_id = %group.id,
-                        "a member of a watch group is missing from the store; retrying");
-                    let at = self.clock.now().plus(RETRY_AFTER);
-                    self.schedule(&group, at);
-                    return;
-                }
-                self.evaluate(&group);
-            }
+            Command::Members { group, result } => self.members_read(group, result),
             Command::Reconciled {
                 key,
                 activity,
                 probe,
                 result,
-            } => {
-                let Some(entry) = self.watches.get_mut(&key) else {
-                    return;
-                };
-                entry.reconciling = false;
-                match result {
-                    Ok(Some(watch)) => {
-                        let level = watch.counters.activity();
-                        if entry.watch.last_seq <= watch.last_seq {
-                            entry.watch = *watch;
-                        }
-                        entry.probed = probe.map(|at| (level, at));
-                    }
-                    Ok(None) if probe.is_some() => {
-                        entry.probed = probe.map(|at| (activity, at));
-                    }
-                    Ok(None) => entry.reconciled_at = Some(activity),
-                    Err(e) => {
-                        tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e,
-                            "cannot list the prefix to reconcile; retrying");
-                        let at = self.clock.now().plus(RECONCILE_RETRY);
-                        self.schedule(&key, at);
-                        return;
-                    }
-                }
-                self.evaluate(&key);
-            }
+            } => self.listed(key, activity, probe, result),
         }
-    }
-
-    /// Carries a finished manifest check into the watch's next decision.
-    fn manifest_checked(&mut self, key: WatchKey, result: Result<marker::Checked, String>) {
-        let Some(entry) = self.watches.get_mut(&key) else {
-            return;
-        };
-        entry.checking_manifest = false;
-        match result {
-            Ok(checked) => {
-                entry.manifest_missing = Some((checked.check.marker, checked.missing.clone()));
-                entry.manifest_checked = Some(checked);
-                self.evaluate(&key);
-            }
-            Err(e) => {
-                tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e,
-                    "cannot check the marker's manifest; retrying");
-                let at = self.clock.now().plus(RECONCILE_RETRY);
-                self.schedule(&key, at);
-            }
-        }
-    }
-
-    /// Reads the watch's marker manifest (or looks up the files it still
-    /// misses) off the loop; the result comes back as a command.
-    fn start_manifest_check(&mut self, key: &WatchKey) {
-        let Some(entry) = self.watches.get_mut(key) else {
-            return;
-        };
-        if entry.checking_manifest {
-            return;
-        }
-        let watch = entry.watch.clone();
-        let Some(reconciler) = self.reconciler.clone() else {
-            // StartWatch refuses verify_manifest without AWS access; a watch
-            // from an earlier configuration waits, saying why.
-            let check = watch::ManifestCheck {
-                marker: watch.counters.marker_count,
-                activity: watch.counters.activity(),
-                problem: "this server has no AWS access to read the marker's manifest".into(),
-                ..Default::default()
-            };
-            entry.manifest_checked = Some(marker::Checked {
-                check,
-                missing: Vec::new(),
-            });
-            let now = self.clock.now();
-            self.schedule(key, now);
-            return;
-        };
-        entry.checking_manifest = true;
-        let known = entry
-            .manifest_missing
-            .clone()
-            .filter(|(marker, _)| *marker == watch.counters.marker_count);
-        let (store, tx) = (self.store.clone(), self.tx.clone());
-        tokio::spawn(async move {
-            let result = match known {
-                Some((_, keys)) => {
-                    let listed = watch
-                        .lifecycle
-                        .polling
-                        .manifest
-                        .as_ref()
-                        .map_or(0, |c| c.listed);
-                    marker::missing(&*store, &watch, keys).await.map(|mut c| {
-                        c.check.listed = listed;
-                        c
-                    })
-                }
-                None => marker::check(&reconciler.s3, &*store, &watch).await,
-            };
-            let _ = tx
-                .send(Command::ManifestChecked {
-                    key: watch.key(),
-                    result,
-                })
-                .await;
-        });
     }
 
     fn insert(&mut self, watch: Watch) {
@@ -699,69 +559,6 @@ impl Observer {
                 );
             }
         }
-    }
-
-    /// Drops the index entries of a group no longer timed.
-    fn unindex(&mut self, key: &WatchKey, group: &Watch) {
-        for member in group.member_keys() {
-            if let Some(groups) = self.groups_of.get_mut(&member) {
-                groups.remove(key);
-                if groups.is_empty() {
-                    self.groups_of.remove(&member);
-                }
-            }
-        }
-        self.regroup.remove(key);
-    }
-
-    /// Tells the groups containing `member` what it is now; those whose view
-    /// changed are decided again (see [`Self::evaluate_groups`]).
-    fn member_changed(&mut self, member: &Watch) {
-        let Some(groups) = self.groups_of.get(&member.key()) else {
-            return;
-        };
-        let now_is = Member::of(member);
-        for group in groups {
-            let Some(entry) = self.watches.get_mut(group) else {
-                continue;
-            };
-            let changed = entry
-                .members
-                .get(&now_is.id)
-                .is_none_or(|known| known.last_seq < now_is.last_seq);
-            if changed {
-                entry.members.insert(now_is.id.clone(), now_is.clone());
-                self.regroup.insert(group.clone());
-            }
-        }
-    }
-
-    /// Decides the groups whose members changed, until none did (a group
-    /// may be a member of another).
-    fn evaluate_groups(&mut self) {
-        while !self.regroup.is_empty() {
-            let keys: Vec<WatchKey> = self.regroup.drain().collect();
-            for batch in keys.chunks(MAX_BATCH) {
-                self.evaluate_all(batch.to_vec());
-            }
-        }
-    }
-
-    /// Reads the members of group `key` off the loop; they come back as a command.
-    fn read_members(&mut self, key: &WatchKey) {
-        let Some(entry) = self.watches.get_mut(key) else {
-            return;
-        };
-        if entry.reading_members {
-            return;
-        }
-        entry.reading_members = true;
-        let keys = entry.watch.member_keys();
-        let (store, tx, group) = (self.store.clone(), self.tx.clone(), key.clone());
-        tokio::spawn(async move {
-            let result = store.watches(&keys).await.map_err(|e| e.to_string());
-            let _ = tx.send(Command::Members { group, result }).await;
-        });
     }
 
     fn forget(&mut self, key: &WatchKey) {
@@ -846,47 +643,6 @@ impl Observer {
                 }
             };
             let _ = tx.send(Command::Observed(watches)).await;
-        });
-    }
-
-    /// Lists the watch's prefix off the loop, to confirm a completion or as
-    /// a probe; the result comes back as a command.
-    fn start_reconcile(&mut self, key: &WatchKey, probe: bool) {
-        let now = self.clock.now();
-        let Some(entry) = self.watches.get_mut(key) else {
-            return;
-        };
-        let Some(reconciler) = self.reconciler.clone() else {
-            // StartWatch refuses reconcile without AWS access; a watch from an
-            // earlier configuration completes as if it had none.
-            let activity = entry.watch.counters.activity();
-            if probe {
-                entry.probed = Some((activity, now));
-                self.schedule(key, now);
-            } else {
-                entry.reconciled_at = Some(activity);
-            }
-            return;
-        };
-        if entry.reconciling {
-            return;
-        }
-        entry.reconciling = true;
-        let (watch, store, tx) = (entry.watch.clone(), self.store.clone(), self.tx.clone());
-        tokio::spawn(async move {
-            let activity = watch.counters.activity();
-            let result = reconciler
-                .reconcile(&*store, &watch, now)
-                .await
-                .map(|found| found.map(|(watch, _)| Box::new(watch)));
-            let _ = tx
-                .send(Command::Reconciled {
-                    key: watch.key(),
-                    activity,
-                    probe: probe.then_some(now),
-                    result,
-                })
-                .await;
         });
     }
 
