@@ -1,7 +1,7 @@
 //! Observer timers: one task owns one timer queue with an entry per live
 //! watch, wakes each watch at its deadline, asks the policy what happens, and
 //! hands the outcome to the store without waiting for it: writes (and every
-//! other read or listing) run in tasks of their own ([`writer`]) and their
+//! other read or listing) run in tasks of their own (`writer`) and their
 //! results come back as commands, so a slow store delays no other watch's
 //! deadline. A watch with a write on its way is not decided again until the
 //! write returns. Everything else talks to it through [`ObserverHandle`]; it
@@ -27,8 +27,8 @@
 //! updates the groups' view of the member at once, and the groups are
 //! decided again ([`policy::evaluate_group`]).
 //!
-//! Files: this one owns the loop, the timers and the live entries; [`writer`]
-//! the writes, [`listing`] the S3 reads, [`groups`] the members' index.
+//! Files: this one owns the loop, the timers and the live entries; `writer`
+//! the writes, `listing` the S3 reads, `groups` the members' index.
 
 use std::{
     collections::{HashMap, HashSet},
