@@ -141,12 +141,12 @@ impl Store for Cached {
     }
 
     async fn record(&self, activities: Vec<Activity>, now: Timestamp) -> Result<RecordOutcome> {
+        // Each watch once (a batch holds many activities of few watches).
+        let mut seen = std::collections::HashSet::new();
         let keys: Vec<WatchKey> = activities
             .iter()
-            .map(|a| WatchKey {
-                tenant: a.tenant.clone(),
-                id: a.watch_id.clone(),
-            })
+            .filter(|a| seen.insert((&a.tenant, &a.watch_id)))
+            .map(|a| key_of(&a.tenant, &a.watch_id))
             .collect();
         match self.inner.record(activities, now).await {
             Ok(outcome) => {
