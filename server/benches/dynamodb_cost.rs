@@ -30,12 +30,12 @@ use streamwatch_server::{
     Core,
     clock::{Clock, Timestamp},
     config::{Config, StoreKind},
-    policy::{self, DelaySchedule, Policy, Rule},
+    policy,
     service::StartWatch,
     store::{
         Activity, ActivityKind, Applied, Created, Guard, NewWatch, Store, dynamodb::DynamoStore,
     },
-    watch::{Bucket, Prefix, Source, TenantId, Watch, WatchId},
+    watch::{Bucket, DelaySchedule, Policy, Prefix, Rule, Source, TenantId, Watch, WatchId},
 };
 
 fn name(prefix: &str) -> String {

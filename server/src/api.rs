@@ -15,14 +15,14 @@ use crate::{
     clock::Timestamp,
     error::Error,
     ingest::MAX_KEY_BYTES,
-    policy::{self, DelaySchedule, Policy, Rule},
+    policy,
     service::{ListObjects, ListWatches, Service, StartWatch},
     store::{Delivery, DeliveryState, ManifestEntry},
     telemetry::{self, IncomingTrace},
     watch::{
-        self, Bucket, EventKind, KeyFilter, MAX_CLIENT_TOKEN_BYTES, MAX_REASON_BYTES, Notify,
-        NotifyTarget, Prefix, Source, TenantId, TraceContext, Watch, WatchEvent, WatchId,
-        WatchState,
+        self, Bucket, DelaySchedule, EventKind, KeyFilter, MAX_CLIENT_TOKEN_BYTES,
+        MAX_REASON_BYTES, Notify, NotifyTarget, Policy, Prefix, Rule, Source, TenantId,
+        TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -71,7 +71,7 @@ fn duration(
     d: Option<&prost_types::Duration>,
     max: Duration,
 ) -> Result<Option<Duration>, Error> {
-    duration_in(field, d, policy::MIN_DURATION, max)
+    duration_in(field, d, crate::watch::policy::MIN_DURATION, max)
 }
 
 fn duration_in(
@@ -92,7 +92,7 @@ fn duration_in(
         seconds.min(max.as_secs() + 1),
         u32::try_from(d.nanos).unwrap_or(0),
     );
-    policy::check_duration_in(field, std, min, max).map(Some)
+    crate::watch::policy::check_duration_in(field, std, min, max).map(Some)
 }
 
 fn required(
@@ -129,8 +129,8 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
                 delay: required(
                     "policy.polling.delay",
                     r.delay.as_ref(),
-                    policy::MIN_POLLING_DELAY,
-                    policy::MAX_WINDOW,
+                    crate::watch::policy::MIN_POLLING_DELAY,
+                    crate::watch::policy::MAX_WINDOW,
                 )?,
                 max_repeats: r.max_repeats,
                 schedule,
@@ -140,8 +140,8 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             window: required(
                 "policy.quiet_period.window",
                 r.window.as_ref(),
-                policy::MIN_DURATION,
-                policy::MAX_WINDOW,
+                crate::watch::policy::MIN_DURATION,
+                crate::watch::policy::MAX_WINDOW,
             )?,
         },
         Some(v1::policy::Rule::ExpectedCount(r)) => Rule::ExpectedCount {
@@ -149,40 +149,40 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             quiet_window: duration(
                 "policy.expected_count.quiet_window",
                 r.quiet_window.as_ref(),
-                policy::MAX_WINDOW,
+                crate::watch::policy::MAX_WINDOW,
             )?,
         },
         Some(v1::policy::Rule::Adaptive(r)) => Rule::Adaptive {
             min_window: duration(
                 "policy.adaptive.min_window",
                 r.min_window.as_ref(),
-                policy::MAX_WINDOW,
+                crate::watch::policy::MAX_WINDOW,
             )?
             // A listing confirms what late notifications have not told yet:
             // the floor need not cover their delay.
             .unwrap_or(if p.reconcile {
-                policy::DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW
+                crate::watch::policy::DEFAULT_ADAPTIVE_CONFIRMED_MIN_WINDOW
             } else {
-                policy::DEFAULT_ADAPTIVE_MIN_WINDOW
+                crate::watch::policy::DEFAULT_ADAPTIVE_MIN_WINDOW
             }),
             max_window: duration(
                 "policy.adaptive.max_window",
                 r.max_window.as_ref(),
-                policy::MAX_WINDOW,
+                crate::watch::policy::MAX_WINDOW,
             )?
-            .unwrap_or(policy::DEFAULT_ADAPTIVE_MAX_WINDOW),
+            .unwrap_or(crate::watch::policy::DEFAULT_ADAPTIVE_MAX_WINDOW),
             // Unset proto3 doubles read as 0, which no valid setting is.
             quantile: if r.quantile == 0.0 {
-                policy::DEFAULT_ADAPTIVE_QUANTILE
+                crate::watch::policy::DEFAULT_ADAPTIVE_QUANTILE
             } else {
                 r.quantile
             },
             safety_factor: if r.safety_factor != 0.0 {
                 r.safety_factor
             } else if p.reconcile {
-                policy::DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR
+                crate::watch::policy::DEFAULT_ADAPTIVE_CONFIRMED_SAFETY_FACTOR
             } else {
-                policy::DEFAULT_ADAPTIVE_SAFETY_FACTOR
+                crate::watch::policy::DEFAULT_ADAPTIVE_SAFETY_FACTOR
             },
         },
         Some(v1::policy::Rule::Marker(r)) => Rule::Marker {
@@ -190,7 +190,7 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             quiet_window: duration(
                 "policy.marker.quiet_window",
                 r.quiet_window.as_ref(),
-                policy::MAX_WINDOW,
+                crate::watch::policy::MAX_WINDOW,
             )?,
             verify_manifest: r.verify_manifest,
         },
@@ -217,11 +217,15 @@ pub fn policy_from_proto(p: Option<&v1::Policy>) -> Result<Policy, Error> {
             reopened: p.notify_reopened,
         },
         min_objects: p.min_objects,
-        timeout: duration("policy.timeout", p.timeout.as_ref(), policy::MAX_TIMEOUT)?,
+        timeout: duration(
+            "policy.timeout",
+            p.timeout.as_ref(),
+            crate::watch::policy::MAX_TIMEOUT,
+        )?,
         late_window: duration(
             "policy.late_window",
             p.late_window.as_ref(),
-            policy::MAX_WINDOW,
+            crate::watch::policy::MAX_WINDOW,
         )?,
         reconcile: p.reconcile,
     };

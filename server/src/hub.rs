@@ -348,8 +348,8 @@ mod tests {
 
     use super::*;
     use crate::{
-        policy::Policy,
         store::{Activity, ActivityKind, Applied, Created, Guard, NewWatch, sqlite::SqliteStore},
+        watch::Policy,
         watch::{Bucket, Labels, Prefix, Source, TenantId, WatchId},
     };
 

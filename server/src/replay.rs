@@ -12,10 +12,10 @@ use std::{collections::HashSet, time::Duration};
 
 use crate::{
     clock::Timestamp,
-    policy::{self, Policy, Rule},
+    policy,
     watch::{
-        Bucket, Counters, EventKind, Prefix, SeriesPrior, Source, TenantId, Watch, WatchId,
-        WatchState,
+        Bucket, Counters, EventKind, Lifecycle, Policy, Prefix, Rule, SeriesPrior, Source,
+        TenantId, Watch, WatchId, WatchState,
     },
 };
 
@@ -113,7 +113,7 @@ fn replayed_watch(policy: &Policy, start: Timestamp) -> Watch {
         labels: Default::default(),
         client_token: None,
         created_at: start,
-        lifecycle: policy::fresh_lifecycle(1, start, 0),
+        lifecycle: Lifecycle::fresh(1, start, 0),
         counters: Counters::default(),
         last_seq: 1,
         trace: Default::default(),
@@ -274,7 +274,7 @@ pub fn candidates(objects: u64) -> Vec<(String, Policy)> {
             Rule::Polling {
                 delay: s(30),
                 max_repeats: 3,
-                schedule: policy::DelaySchedule::Fixed,
+                schedule: crate::watch::DelaySchedule::Fixed,
             },
             false,
         ),
@@ -401,7 +401,7 @@ mod tests {
             rule: Rule::Polling {
                 delay: Duration::from_secs(1),
                 max_repeats: 3,
-                schedule: policy::DelaySchedule::Fixed,
+                schedule: crate::watch::DelaySchedule::Fixed,
             },
             min_objects: 4,
             ..Policy::default()

@@ -17,13 +17,12 @@ use crate::{
     hub::Hub,
     ingest::{Audience, Ingest, IngestReport},
     observer::ObserverHandle,
-    policy::{self, Policy},
     quota::{self, Limiter},
     replay,
     store::{Created, Delivery, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, Store},
     watch::{
-        Counters, Labels, NotifyTarget, SERIES_LABEL, SeriesPrior, Source, TenantId, TraceContext,
-        Watch, WatchEvent, WatchId, WatchKey, WatchState,
+        Counters, Labels, NotifyTarget, Policy, SERIES_LABEL, SeriesPrior, Source, TenantId,
+        TraceContext, Watch, WatchEvent, WatchId, WatchKey, WatchState,
     },
 };
 
@@ -229,7 +228,7 @@ impl Service {
                 "this server has no AWS access configured (--store dynamodb or --sqs-queue-url)",
             ));
         }
-        if let policy::Rule::Marker {
+        if let crate::watch::Rule::Marker {
             key,
             verify_manifest,
             ..
@@ -328,13 +327,13 @@ impl Service {
     /// Gives a new adaptive watch of a series (label [`SERIES_LABEL`]) what
     /// the newest completed adaptive watches of that series showed: their
     /// object count when they all agree, and their longest gap (see
-    /// [`policy::SeriesFloor`]). Only runs confirmed the same way (by a
+    /// [`SeriesFloor`](crate::policy::SeriesFloor)). Only runs confirmed the same way (by a
     /// listing, or not) are read: their gaps are on the same clock.
     async fn learn_from_series(&self, tenant: &TenantId, watch: Watch) -> Result<Watch, Error> {
         let Some(series) = watch.labels.get(SERIES_LABEL).cloned() else {
             return Ok(watch);
         };
-        if !matches!(watch.policy.rule, policy::Rule::Adaptive { .. }) {
+        if !matches!(watch.policy.rule, crate::watch::Rule::Adaptive { .. }) {
             return Ok(watch);
         }
         let query = ListQuery {
@@ -349,7 +348,7 @@ impl Service {
             .await?
             .into_iter()
             .filter(|w| {
-                matches!(w.policy.rule, policy::Rule::Adaptive { .. })
+                matches!(w.policy.rule, crate::watch::Rule::Adaptive { .. })
                     && w.policy.reconcile == watch.policy.reconcile
             })
             .take(SERIES_RUNS)

@@ -15,11 +15,10 @@ use tokio_util::sync::CancellationToken;
 use super::*;
 use crate::{
     clock::{Clock, Timestamp},
-    policy::{self, Policy},
     store::{Applied, Created, Guard, NewWatch, Store, sqlite::SqliteStore},
     watch::{
-        Bucket, EventKind, Notify, NotifyTarget, Prefix, Source, TenantId, Watch, WatchId,
-        WatchState,
+        Bucket, EventKind, Lifecycle, Notify, NotifyTarget, Policy, Prefix, Source, TenantId,
+        Watch, WatchId, WatchState,
     },
 };
 
@@ -332,7 +331,7 @@ fn bodies_carry_the_event_and_the_watch() {
         labels: [("team".to_owned(), "etl".to_owned())].into(),
         client_token: None,
         created_at: T0,
-        lifecycle: policy::fresh_lifecycle(1, T0, 0),
+        lifecycle: Lifecycle::fresh(1, T0, 0),
         counters: Default::default(),
         last_seq: 4,
         trace: Default::default(),

@@ -49,11 +49,11 @@ use crate::{
     error::Error,
     ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
     metrics::Metrics,
-    policy::{self, Member, Rule},
+    policy::{self, Member},
     quota::Limiter,
     store::{Applied, Fence, Guard, Store, StoreError},
     telemetry,
-    watch::{self, EventKind, Lifecycle, Watch, WatchEvent, WatchId, WatchKey, WatchState},
+    watch::{self, EventKind, Lifecycle, Rule, Watch, WatchEvent, WatchId, WatchKey, WatchState},
 };
 
 mod groups;

@@ -9,12 +9,11 @@ use futures::StreamExt;
 use super::*;
 use crate::{
     hub::Hub,
-    policy::Policy,
     store::{
         Activity, ActivityKind, Change, Claimed, Created, Delivery, ListQuery, ManifestEntry,
         NewWatch, ObjectsQuery, RecordOutcome, Result, publishing::Publishing, sqlite::SqliteStore,
     },
-    watch::{Bucket, Labels, Prefix, Source, TenantId},
+    watch::{Bucket, Labels, Policy, Prefix, Source, TenantId},
 };
 
 const T0: i64 = 1_800_000_000_000;

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use super::{Decision, fresh_lifecycle};
+use super::Decision;
 use crate::{
     clock::Timestamp,
     watch::{Counters, EventKind, Lifecycle, Watch, WatchId, WatchState},
@@ -87,7 +87,7 @@ fn evaluate_group_completed(
         humantime::format_duration(completed_at.until(m.generation_started_at)),
         humantime::format_duration(group.policy.late_window.unwrap_or_default()),
     );
-    let lifecycle = fresh_lifecycle(group.lifecycle.generation + 1, now, 0);
+    let lifecycle = Lifecycle::fresh(group.lifecycle.generation + 1, now, 0);
     let again = Watch {
         lifecycle,
         ..group.clone()

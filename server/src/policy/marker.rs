@@ -1,7 +1,7 @@
 //! The marker rule's view of a watch: whether the marker counts for the
 //! current generation, and how its manifest check reads in a reason.
 
-use super::Rule;
+use crate::watch::Rule;
 use crate::{
     clock::Timestamp,
     watch::{ManifestCheck, PollingProgress, Watch},

@@ -270,8 +270,8 @@ fn key_of(tenant: &TenantId, id: &WatchId) -> WatchKey {
 mod tests {
     use super::*;
     use crate::{
-        policy::Policy,
         store::{ActivityKind, sqlite::SqliteStore},
+        watch::Policy,
         watch::{Bucket, Labels, Prefix, Source},
     };
 

@@ -54,7 +54,6 @@ use super::{
 };
 use crate::{
     clock::Timestamp,
-    policy,
     watch::{
         Counters, EventKind, KeyFilter, Lifecycle, Source, TenantId, TraceContext, Watch,
         WatchEvent, WatchId, WatchKey, WatchState,
@@ -1259,7 +1258,7 @@ impl Store for DynamoStore {
                 labels: new.labels.clone(),
                 client_token: new.client_token.clone(),
                 created_at: new.created_at,
-                lifecycle: policy::fresh_lifecycle(1, new.created_at, 0),
+                lifecycle: Lifecycle::fresh(1, new.created_at, 0),
                 counters: Counters::default(),
                 last_seq: 0,
                 trace: new.trace.clone(),

@@ -42,10 +42,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     clock::Timestamp,
     error::Error,
-    policy::Policy,
     watch::{
-        Counters, EventKind, Labels, Lifecycle, NotifyTarget, Source, TenantId, TraceContext,
-        Watch, WatchEvent, WatchId, WatchState,
+        Counters, EventKind, Labels, Lifecycle, NotifyTarget, Policy, Source, TenantId,
+        TraceContext, Watch, WatchEvent, WatchId, WatchState,
     },
 };
 

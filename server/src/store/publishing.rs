@@ -181,8 +181,8 @@ mod tests {
     use super::*;
     use crate::{
         clock::Clock,
-        policy::Policy,
         store::{ActivityKind, sqlite::SqliteStore},
+        watch::Policy,
         watch::{Bucket, Labels, Prefix, Source, WatchState},
     };
 

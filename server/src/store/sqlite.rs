@@ -39,7 +39,6 @@ use super::{
 };
 use crate::{
     clock::Timestamp,
-    policy,
     watch::{
         Counters, EventKind, KeyFilter, Lifecycle, Prefix, Source, TenantId, TraceContext, Watch,
         WatchEvent, WatchId, WatchState,
@@ -619,7 +618,7 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
         labels: new.labels,
         client_token: new.client_token,
         created_at: new.created_at,
-        lifecycle: policy::fresh_lifecycle(1, new.created_at, 0),
+        lifecycle: Lifecycle::fresh(1, new.created_at, 0),
         counters: Counters::default(),
         last_seq: 0,
         trace: new.trace,
@@ -1247,7 +1246,7 @@ mod tests {
                 Prefix::parse("prefix", "").unwrap(),
                 KeyFilter::default(),
             ),
-            policy: crate::policy::Policy::default(),
+            policy: crate::watch::Policy::default(),
             labels: Labels::default(),
             client_token: None,
             created_at: now,

@@ -14,12 +14,13 @@ use futures::{StreamExt, TryStreamExt};
 use streamwatch_client::proto as v1;
 use streamwatch_server::{
     clock::Timestamp,
-    policy::Policy,
     store::{
         Applied, Change, Created, Guard, NewWatch, Store, StoreError,
         dynamodb::{DynamoStore, LeaseItem, ReplicaItem},
     },
-    watch::{Bucket, EventKind, Labels, Lifecycle, Prefix, Source, TenantId, WatchId, WatchState},
+    watch::{
+        Bucket, EventKind, Labels, Lifecycle, Policy, Prefix, Source, TenantId, WatchId, WatchState,
+    },
 };
 
 const LIMIT: Duration = Duration::from_secs(180);

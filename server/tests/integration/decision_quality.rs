@@ -6,7 +6,7 @@
 use std::{sync::OnceLock, time::Duration};
 
 use crate::decision::*;
-use streamwatch_server::policy::{Policy, Rule};
+use streamwatch_server::watch::{Policy, Rule};
 
 /// The table and its target-suite scores, computed once for every test here.
 fn scored() -> &'static (String, Vec<Score>) {

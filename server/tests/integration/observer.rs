@@ -10,9 +10,11 @@ use futures::StreamExt;
 use streamwatch_server::{
     Core,
     clock::{Clock, Timestamp},
-    policy::{self, DelaySchedule, Policy, Rule},
+    policy,
     service::StartWatch,
-    watch::{Bucket, EventKind, Prefix, Source, TenantId, Watch, WatchEvent},
+    watch::{
+        Bucket, DelaySchedule, EventKind, Policy, Prefix, Rule, Source, TenantId, Watch, WatchEvent,
+    },
 };
 
 const T0: i64 = 1_800_000_000_000;

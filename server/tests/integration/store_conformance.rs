@@ -6,15 +6,14 @@ use std::{sync::Arc, time::Duration};
 
 use streamwatch_server::{
     clock::Timestamp,
-    policy::{self, Policy},
     store::{
         Activity, ActivityKind, Applied, Change, Created, DeliveryState, Guard, ListQuery,
         ManifestEntry, NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore,
         sqlite::SqliteStore,
     },
     watch::{
-        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Prefix, Source, TenantId,
-        TraceContext, WatchId, WatchState,
+        Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Policy, Prefix, Rule,
+        Source, TenantId, TraceContext, WatchId, WatchState,
     },
 };
 
@@ -602,7 +601,7 @@ async fn keeps_key_filters_and_sums_object_bytes_once_per_key(store: Arc<dyn Sto
 async fn counts_markers_apart_from_objects_once_per_marker(store: Arc<dyn Store>) {
     let new = NewWatch {
         policy: Policy {
-            rule: policy::Rule::Marker {
+            rule: Rule::Marker {
                 key: "_SUCCESS".into(),
                 quiet_window: None,
                 verify_manifest: true,
@@ -828,7 +827,7 @@ async fn manifests_page_in_key_order_with_what_was_told(store: Arc<dyn Store>) {
         generation: 1,
         activity: None,
     };
-    let reopened = policy::fresh_lifecycle(2, NOW, watch.counters.activity());
+    let reopened = Lifecycle::fresh(2, NOW, watch.counters.activity());
     store
         .apply(Change::new(
             &new.tenant,
@@ -1076,7 +1075,6 @@ async fn live_watches_are_found_for_recovery(store: Arc<dyn Store>) {
             .len(),
         1
     );
-    let _ = policy::DEFAULT_QUIET_WINDOW;
 }
 
 /// A watch delivering its terminal events to a webhook and a queue.

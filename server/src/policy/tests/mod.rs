@@ -7,9 +7,12 @@ mod listing;
 mod marker;
 
 use super::*;
-use std::collections::HashMap;
+use crate::error::Error;
+use std::{collections::HashMap, time::Duration};
 
-use crate::watch::{Bucket, Counters, ManifestCheck, Prefix, Source, TenantId, WatchId};
+use crate::watch::{
+    ActivityGaps, Bucket, Counters, ManifestCheck, Prefix, Source, TenantId, WatchId, policy::*,
+};
 
 const S: i64 = 1000;
 
@@ -37,7 +40,7 @@ fn watch(rule: Rule) -> Watch {
         labels: Default::default(),
         client_token: None,
         created_at: at(0),
-        lifecycle: fresh_lifecycle(1, at(0), 0),
+        lifecycle: Lifecycle::fresh(1, at(0), 0),
         counters: Counters::default(),
         last_seq: 1,
         trace: Default::default(),
@@ -771,7 +774,7 @@ fn adaptive_gaps_survive_a_serde_round_trip_and_older_records_read() {
     let before_adaptive: PollingProgress =
         serde_json::from_str(r#"{"repeated":2,"last_sample":7,"next_sample_at":null}"#).unwrap();
     assert!(before_adaptive.gaps.is_empty());
-    let quiet = serde_json::to_string(&fresh_lifecycle(1, at(0), 0).polling).unwrap();
+    let quiet = serde_json::to_string(&Lifecycle::fresh(1, at(0), 0).polling).unwrap();
     assert!(
         !quiet.contains("gaps"),
         "other rules store nothing new: {quiet}"

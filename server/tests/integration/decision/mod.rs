@@ -14,9 +14,8 @@ use std::{collections::HashSet, fmt::Write as _, time::Duration};
 
 use streamwatch_server::{
     clock::Timestamp,
-    policy::{self, ActivityGaps, DelaySchedule, Policy, Rule},
-    replay,
-    watch::SeriesPrior,
+    policy, replay,
+    watch::{ActivityGaps, DelaySchedule, Policy, Rule, SeriesPrior},
 };
 
 /// Where simulated time starts; the watch starts here, objects 5s later.
