@@ -165,7 +165,7 @@ pub fn replay(policy: &Policy, history: &History) -> Outcome {
 /// showed, as StartWatch gives a watch of a series.
 pub fn replay_in_series(policy: &Policy, history: &History, prior: Option<SeriesPrior>) -> Outcome {
     let mut watch = replayed_watch(policy, history.start);
-    watch.lifecycle.polling.series = prior;
+    watch.lifecycle.polling.series = prior.map(Box::new);
     let mut seen = HashSet::new();
     let mut outcome = Outcome::default();
     // The activity level the prefix was last listed at (`policy.reconcile`).

@@ -369,7 +369,7 @@ impl Service {
             .collect();
         let prior = SeriesPrior::of(series, &learnt);
         let mut lifecycle = watch.lifecycle.clone();
-        lifecycle.polling.series = Some(prior);
+        lifecycle.polling.series = Some(Box::new(prior));
         let guard = crate::store::Guard::exact(&watch);
         match self
             .store

@@ -289,7 +289,7 @@ fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
 /// each watch's key filter, if it has one, sees the key below the prefix.
 #[derive(Default)]
 struct BucketRoutes {
-    by_prefix: HashMap<String, HashMap<WatchKey, Route>>,
+    by_prefix: HashMap<Prefix, Watchers>,
     /// How many distinct prefixes of each length (in bytes) are routed.
     lengths: BTreeMap<usize, usize>,
 }
@@ -302,24 +302,66 @@ struct Route {
     marker: Option<Box<str>>,
 }
 
+/// The watches of one prefix: nearly always one, kept in place (a map per
+/// prefix would cost a million watches on distinct prefixes a few hundred
+/// megabytes); a map once a second watch shares the prefix.
+#[derive(Clone, Debug)]
+enum Watchers {
+    One(WatchKey, Route),
+    Many(HashMap<WatchKey, Route>),
+}
+
+impl Watchers {
+    fn insert(&mut self, key: WatchKey, route: Route) {
+        match self {
+            Self::One(only, existing) if *only == key => *existing = route,
+            Self::One(only, existing) => {
+                let first = (only.clone(), existing.clone());
+                *self = Self::Many(HashMap::from([first, (key, route)]));
+            }
+            Self::Many(map) => {
+                map.insert(key, route);
+            }
+        }
+    }
+
+    /// Removes `key`; whether no watch is left.
+    fn remove(&mut self, key: &WatchKey) -> bool {
+        match self {
+            Self::One(only, _) => only == key,
+            Self::Many(map) => {
+                map.remove(key);
+                map.is_empty()
+            }
+        }
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&WatchKey, &Route)> {
+        let (one, many) = match self {
+            Self::One(key, route) => (Some((key, route)), None),
+            Self::Many(map) => (None, Some(map.iter())),
+        };
+        one.into_iter().chain(many.into_iter().flatten())
+    }
+}
+
 impl BucketRoutes {
     fn add(&mut self, prefix: &Prefix, key: &WatchKey, route: Route) {
-        let keys = self
-            .by_prefix
-            .entry(prefix.as_str().to_owned())
-            .or_insert_with(|| {
+        match self.by_prefix.get_mut(prefix.as_str()) {
+            Some(watchers) => watchers.insert(key.clone(), route),
+            None => {
                 *self.lengths.entry(prefix.as_str().len()).or_default() += 1;
-                HashMap::new()
-            });
-        keys.insert(key.clone(), route);
+                self.by_prefix
+                    .insert(prefix.clone(), Watchers::One(key.clone(), route));
+            }
+        }
     }
 
     fn remove(&mut self, prefix: &Prefix, key: &WatchKey) {
-        let Some(keys) = self.by_prefix.get_mut(prefix.as_str()) else {
+        let Some(watchers) = self.by_prefix.get_mut(prefix.as_str()) else {
             return;
         };
-        keys.remove(key);
-        if keys.is_empty() {
+        if watchers.remove(key) {
             self.by_prefix.remove(prefix.as_str());
             let len = prefix.as_str().len();
             if let Some(n) = self.lengths.get_mut(&len) {
@@ -921,6 +963,41 @@ mod tests {
             !routes.by_bucket.read().unwrap().contains_key("lake"),
             "a bucket without watches is dropped"
         );
+    }
+
+    #[test]
+    fn watches_sharing_a_prefix_are_routed_until_each_is_removed() {
+        let routes = Routes::default();
+        let lake = Bucket::parse("bucket", "lake").unwrap();
+        let prefix = Prefix::parse("prefix", "day=1/").unwrap();
+        let (a, b, c) = (watch_key(), watch_key(), watch_key());
+        let add = |key: &WatchKey| routes.add(&lake, key, &prefix, &KeyFilter::default(), None);
+        add(&a);
+        // A second route of the same watch replaces the first.
+        add(&a);
+        assert_eq!(
+            routed(&routes, "lake", "day=1/x"),
+            HashSet::from([a.clone()])
+        );
+        add(&b);
+        add(&c);
+        assert_eq!(
+            routed(&routes, "lake", "day=1/x"),
+            HashSet::from([a.clone(), b.clone(), c.clone()])
+        );
+        routes.remove(&lake, &b, &prefix);
+        assert_eq!(
+            routed(&routes, "lake", "day=1/x"),
+            HashSet::from([a.clone(), c.clone()])
+        );
+        routes.remove(&lake, &a, &prefix);
+        routes.remove(&lake, &a, &prefix);
+        assert_eq!(
+            routed(&routes, "lake", "day=1/x"),
+            HashSet::from([c.clone()])
+        );
+        routes.remove(&lake, &c, &prefix);
+        assert!(!routes.by_bucket.read().unwrap().contains_key("lake"));
     }
 
     #[test]

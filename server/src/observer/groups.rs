@@ -31,11 +31,15 @@ impl Observer {
                 continue;
             };
             let changed = entry
+                .aside()
                 .members
                 .get(&now_is.id)
                 .is_none_or(|known| known.last_seq < now_is.last_seq);
             if changed {
-                entry.members.insert(now_is.id.clone(), now_is.clone());
+                entry
+                    .aside()
+                    .members
+                    .insert(now_is.id.clone(), now_is.clone());
                 self.regroup.insert(group.clone());
             }
         }
@@ -57,10 +61,10 @@ impl Observer {
         let Some(entry) = self.watches.get_mut(key) else {
             return;
         };
-        if entry.reading_members {
+        if entry.aside().reading_members {
             return;
         }
-        entry.reading_members = true;
+        entry.aside().reading_members = true;
         let keys = entry.watch.member_keys();
         let (store, tx, group) = (self.store.clone(), self.tx.clone(), key.clone());
         tokio::spawn(async move {
@@ -75,7 +79,7 @@ impl Observer {
         let Some(entry) = self.watches.get_mut(&group) else {
             return;
         };
-        entry.reading_members = false;
+        entry.aside().reading_members = false;
         let watches = match result {
             Ok(watches) => watches,
             Err(e) => {
@@ -89,19 +93,21 @@ impl Observer {
         for watch in &watches {
             let member = Member::of(watch);
             let newer = entry
+                .aside()
                 .members
                 .get(&member.id)
                 .is_none_or(|known| known.last_seq <= member.last_seq);
             if newer {
-                entry.members.insert(member.id.clone(), member);
+                entry.aside().members.insert(member.id.clone(), member);
             }
         }
+        let known = &entry.aside.get_or_insert_default().members;
         let missing = entry
             .watch
             .source
             .members()
             .iter()
-            .any(|id| !entry.members.contains_key(id));
+            .any(|id| !known.contains_key(id));
         if missing {
             // Members are never deleted: damage, or a store that lags. Look again shortly.
             tracing::error!(tenant = %group.tenant, watch_id = %group.id,

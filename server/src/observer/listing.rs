@@ -15,11 +15,12 @@ impl Observer {
         let Some(entry) = self.watches.get_mut(&key) else {
             return;
         };
-        entry.checking_manifest = false;
+        entry.aside().checking_manifest = false;
         match result {
             Ok(checked) => {
-                entry.manifest_missing = Some((checked.check.marker, checked.missing.clone()));
-                entry.manifest_checked = Some(checked);
+                entry.aside().manifest_missing =
+                    Some((checked.check.marker, checked.missing.clone()));
+                entry.aside().manifest_checked = Some(checked);
                 self.evaluate(&key);
             }
             Err(e) => {
@@ -37,7 +38,7 @@ impl Observer {
         let Some(entry) = self.watches.get_mut(key) else {
             return;
         };
-        if entry.checking_manifest {
+        if entry.aside().checking_manifest {
             return;
         }
         let watch = entry.watch.clone();
@@ -50,7 +51,7 @@ impl Observer {
                 problem: "this server has no AWS access to read the marker's manifest".into(),
                 ..Default::default()
             };
-            entry.manifest_checked = Some(marker::Checked {
+            entry.aside().manifest_checked = Some(marker::Checked {
                 check,
                 missing: Vec::new(),
             });
@@ -58,8 +59,9 @@ impl Observer {
             self.schedule(key, now);
             return;
         };
-        entry.checking_manifest = true;
+        entry.aside().checking_manifest = true;
         let known = entry
+            .aside()
             .manifest_missing
             .clone()
             .filter(|(marker, _)| *marker == watch.counters.marker_count);
@@ -101,17 +103,17 @@ impl Observer {
             // earlier configuration completes as if it had none.
             let activity = entry.watch.counters.activity();
             if probe {
-                entry.probed = Some((activity, now));
+                entry.aside().probed = Some((activity, now));
                 self.schedule(key, now);
             } else {
-                entry.reconciled_at = Some(activity);
+                entry.aside().reconciled_at = Some(activity);
             }
             return;
         };
-        if entry.reconciling {
+        if entry.aside().reconciling {
             return;
         }
-        entry.reconciling = true;
+        entry.aside().reconciling = true;
         let (watch, store, tx) = (entry.watch.clone(), self.store.clone(), self.tx.clone());
         tokio::spawn(async move {
             let activity = watch.counters.activity();
@@ -143,19 +145,17 @@ impl Observer {
         let Some(entry) = self.watches.get_mut(&key) else {
             return;
         };
-        entry.reconciling = false;
+        entry.aside().reconciling = false;
         match result {
             Ok(Some(watch)) => {
                 let level = watch.counters.activity();
-                if entry.watch.last_seq <= watch.last_seq {
-                    entry.watch = *watch;
-                }
-                entry.probed = probe.map(|at| (level, at));
+                entry.update(*watch);
+                entry.aside().probed = probe.map(|at| (level, at));
             }
             Ok(None) if probe.is_some() => {
-                entry.probed = probe.map(|at| (activity, at));
+                entry.aside().probed = probe.map(|at| (activity, at));
             }
-            Ok(None) => entry.reconciled_at = Some(activity),
+            Ok(None) => entry.aside().reconciled_at = Some(activity),
             Err(e) => {
                 tracing::warn!(tenant = %key.tenant, watch_id = %key.id, error = %e,
                     "cannot list the prefix to reconcile; retrying");

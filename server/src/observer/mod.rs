@@ -70,7 +70,7 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 /// How long to wait before listing S3 again after a failed reconciliation.
 const RECONCILE_RETRY: Duration = Duration::from_secs(5);
 /// How often a watch is decided again at once after it changed under a write.
-const MAX_CONFLICTS: usize = 16;
+const MAX_CONFLICTS: u32 = 16;
 /// Most watches decided and written together.
 const MAX_BATCH: usize = 1000;
 /// How often a replica of a cluster re-reads every watch it times. Others'
@@ -190,18 +190,70 @@ fn stopped() -> Error {
     Error::unavailable("the server is shutting down")
 }
 
+/// A live watch the observer times. Boxed in the table (a million of them
+/// would otherwise double in place on every resize), with what only some
+/// watches need kept aside.
 struct Entry {
     watch: Watch,
     timer: Option<delay_queue::Key>,
+    /// The instant its next decision wants ingest settled past, as told to
+    /// the queue consumers.
+    wanted: Option<Timestamp>,
+    /// Writes of this watch on their way; it is not decided meanwhile.
+    writing: u32,
+    /// Writes in a row that found it changed.
+    conflicts: u32,
+    /// It was due while a write was on its way: decide it when the write returns.
+    again: bool,
+    /// Listings, manifest checks and a group's members: allocated the first
+    /// time a watch needs one of them.
+    aside: Option<Box<Aside>>,
+}
+
+/// What the observer keeps of a watch: everything but its labels and client
+/// token, which it never reads (they stay in the store and in what the
+/// store returns to callers).
+fn kept(mut watch: Watch) -> Watch {
+    watch.labels = Default::default();
+    watch.client_token = None;
+    watch
+}
+
+impl Entry {
+    fn new(watch: Watch) -> Box<Self> {
+        Box::new(Self {
+            watch: kept(watch),
+            timer: None,
+            wanted: None,
+            writing: 0,
+            conflicts: 0,
+            again: false,
+            aside: None,
+        })
+    }
+
+    fn aside(&mut self) -> &mut Aside {
+        self.aside.get_or_insert_default()
+    }
+
+    /// Keeps `watch` unless the one kept is newer.
+    fn update(&mut self, watch: Watch) {
+        if self.watch.last_seq <= watch.last_seq {
+            self.watch = kept(watch);
+        }
+    }
+}
+
+/// What the observer keeps for watches that list S3, check a marker's
+/// manifest or group other watches.
+#[derive(Default)]
+struct Aside {
     /// The activity level S3 was last listed at (`policy.reconcile`).
     reconciled_at: Option<u64>,
     reconciling: bool,
     /// A probe listing that finished: the activity level it left and when
     /// it listed, until the next decision records it.
     probed: Option<(u64, Timestamp)>,
-    /// The instant its next decision wants ingest settled past, as told to
-    /// the queue consumers.
-    wanted: Option<Timestamp>,
     /// The marker rule's manifest check: on its way, and its result until
     /// the next decision writes it into the lifecycle.
     checking_manifest: bool,
@@ -209,16 +261,10 @@ struct Entry {
     /// The files of the current marker's manifest not counted at the last
     /// check (a later check looks up only these): `(marker_count, keys)`.
     manifest_missing: Option<(u64, Vec<String>)>,
-    /// A group's view of its members (empty for a watch of objects).
+    /// A group's view of its members.
     members: HashMap<WatchId, Member>,
     /// A read of the group's members is on its way.
     reading_members: bool,
-    /// Writes of this watch on their way; it is not decided meanwhile.
-    writing: u32,
-    /// It was due while a write was on its way: decide it when the write returns.
-    again: bool,
-    /// Writes in a row that found it changed.
-    conflicts: usize,
 }
 
 /// What a replica of a cluster observes: the shards it owns, and how often
@@ -260,7 +306,7 @@ pub struct Observer {
     clock: Clock,
     rx: mpsc::Receiver<Command>,
     queue: DelayQueue<WatchKey>,
-    watches: HashMap<WatchKey, Entry>,
+    watches: HashMap<WatchKey, Box<Entry>>,
     /// How far ingest has settled (see [`policy::evaluate`]).
     settled: tokio::sync::watch::Receiver<Timestamp>,
     /// Watches waiting for ingest to settle past an instant.
@@ -457,10 +503,7 @@ impl Observer {
                 for watch in updated {
                     let key = watch.key();
                     match self.watches.get_mut(&key) {
-                        Some(entry) if entry.watch.last_seq <= watch.last_seq => {
-                            entry.watch = watch
-                        }
-                        Some(_) => {}
+                        Some(entry) => entry.update(watch),
                         None if watch.accepts_activity(self.clock.now()) => self.insert(watch),
                         None => {}
                     }
@@ -501,7 +544,7 @@ impl Observer {
                     if let Some(entry) = self.watches.get_mut(&key)
                         && entry.watch.last_seq < watch.last_seq
                     {
-                        entry.watch = watch;
+                        entry.update(watch);
                         changed.push(key);
                     }
                 }
@@ -529,8 +572,7 @@ impl Observer {
             return;
         }
         match self.watches.get_mut(&key) {
-            Some(entry) if entry.watch.last_seq <= watch.last_seq => entry.watch = watch,
-            Some(_) => {}
+            Some(entry) => entry.update(watch),
             None => {
                 for member in watch.member_keys() {
                     self.groups_of
@@ -538,25 +580,7 @@ impl Observer {
                         .or_default()
                         .insert(key.clone());
                 }
-                self.watches.insert(
-                    key,
-                    Entry {
-                        watch,
-                        timer: None,
-                        reconciled_at: None,
-                        reconciling: false,
-                        probed: None,
-                        wanted: None,
-                        checking_manifest: false,
-                        manifest_checked: None,
-                        manifest_missing: None,
-                        members: HashMap::new(),
-                        reading_members: false,
-                        writing: 0,
-                        again: false,
-                        conflicts: 0,
-                    },
-                );
+                self.watches.insert(key, Entry::new(watch));
             }
         }
     }
@@ -756,7 +780,7 @@ impl Observer {
             entry.again = true;
             return None;
         }
-        let checked = entry.manifest_checked.take();
+        let checked = entry.aside.as_mut().and_then(|a| a.manifest_checked.take());
         let entry = self.watches.get(key)?;
         let fence = match &self.cluster {
             None => None,
@@ -775,23 +799,27 @@ impl Observer {
         }
         let now = self.clock.now();
         if entry.watch.is_group() {
+            let members = entry.aside.as_ref().map(|a| &a.members);
             let known = entry
                 .watch
                 .source
                 .members()
                 .iter()
-                .all(|id| entry.members.contains_key(id));
-            if !known {
+                .all(|id| members.is_some_and(|m| m.contains_key(id)));
+            let (true, Some(members)) = (known, members) else {
                 // Decided when the members are read.
                 self.read_members(key);
                 return None;
-            }
-            let decision = policy::evaluate_group(&entry.watch, &entry.members, now);
+            };
+            let decision = policy::evaluate_group(&entry.watch, members, now);
             return self.transition(key, decision, false, now, fence);
         }
         // Taken only now that the watch is decided on: a probe not recorded
         // could be asked for again.
-        let probed = self.watches.get_mut(key).and_then(|e| e.probed.take());
+        let probed = self
+            .watches
+            .get_mut(key)
+            .and_then(|e| e.aside.as_mut()?.probed.take());
         let entry = self.watches.get(key)?;
         let settled = *self.settled.borrow();
         // A manifest check's result, and a probe listing, are decided on and
@@ -800,7 +828,7 @@ impl Observer {
             let mut watch = entry.watch.clone();
             let progress = &mut watch.lifecycle.polling;
             if let Some(c) = checked {
-                progress.manifest = Some(c.check);
+                progress.manifest = Some(Box::new(c.check));
             }
             if let Some((_, at)) = probed {
                 progress.probes = progress.probes.saturating_add(1);
@@ -827,7 +855,7 @@ impl Observer {
             .any(|e| matches!(e, EventKind::Completed { .. }));
         // A probe confirms a completion decided on the level it left.
         let activity = entry.watch.counters.activity();
-        let confirmed = entry.reconciled_at == Some(activity)
+        let confirmed = entry.aside.as_ref().and_then(|a| a.reconciled_at) == Some(activity)
             || probed.is_some_and(|(level, _)| level == activity);
         if completes && entry.watch.policy.reconcile && !confirmed {
             self.start_reconcile(key, false);
@@ -918,9 +946,7 @@ impl Observer {
         let Some(entry) = self.watches.get_mut(key) else {
             return;
         };
-        if entry.watch.last_seq <= watch.last_seq {
-            entry.watch = watch;
-        }
+        entry.update(watch);
         // An active watch's next wake-up is a quiet deadline or a polling
         // sample (or its timeout, which waits for nothing: confirming then costs one short receive).
         let wanted = decision
@@ -1017,7 +1043,7 @@ impl Observer {
         self.transitioned(&watch, &events);
         self.member_changed(&watch);
         match self.watches.get_mut(key) {
-            Some(entry) => entry.watch = watch.clone(),
+            Some(entry) => entry.update(watch.clone()),
             None => self.retire(key),
         }
         self.forget(key);

@@ -205,11 +205,11 @@ pub struct PollingProgress {
     pub marker_after: Option<Timestamp>,
     /// The marker rule with `verify_manifest`: the last check of the marker's manifest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub manifest: Option<ManifestCheck>,
+    pub manifest: Option<Box<ManifestCheck>>,
     /// The adaptive rule: what the completed watches of its series showed
     /// before it started (see [`SERIES_LABEL`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub series: Option<SeriesPrior>,
+    pub series: Option<Box<SeriesPrior>>,
     /// The adaptive rule in a series whose count repeats: the probe
     /// listings this generation made while a few objects short of that
     /// count, and when the last one ran.

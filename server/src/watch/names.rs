@@ -1,8 +1,9 @@
 //! Typed ids and names, validated once at the edge: tenants, watch ids,
 //! buckets, prefixes, key filters, a watch's source (objects or a group's
-//! members) and its labels. Each parse names the field it refuses.
+//! members) and its labels. Each parse names the field it refuses. Ids are
+//! shared (`Arc<str>`): a watch's key is cloned into every index that names it.
 
-use std::{collections::BTreeMap, fmt};
+use std::{collections::BTreeMap, fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -26,7 +27,7 @@ fn invalid(field: &str, message: impl Into<String>) -> Error {
 /// An authenticated caller; owns its watches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct TenantId(String);
+pub struct TenantId(Arc<str>);
 
 impl TenantId {
     /// Tenant ids come from the tenants file: 1-64 of `[A-Za-z0-9._-]`.
@@ -36,7 +37,7 @@ impl TenantId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
         if ok {
-            Ok(Self(raw.to_owned()))
+            Ok(Self(raw.into()))
         } else {
             Err(invalid(
                 field,
@@ -59,11 +60,11 @@ impl fmt::Display for TenantId {
 /// A watch's id: a UUIDv7 (time-ordered) in its hyphenated form.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct WatchId(String);
+pub struct WatchId(Arc<str>);
 
 impl WatchId {
     pub fn generate() -> Self {
-        Self(uuid::Uuid::now_v7().hyphenated().to_string())
+        Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
     }
 
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
@@ -71,7 +72,7 @@ impl WatchId {
             return Err(invalid(field, "is required"));
         }
         uuid::Uuid::try_parse(raw)
-            .map(|id| Self(id.hyphenated().to_string()))
+            .map(|id| Self(id.hyphenated().to_string().into()))
             .map_err(|_| invalid(field, "is not a watch id (a UUID)"))
     }
 
@@ -89,7 +90,7 @@ impl fmt::Display for WatchId {
 /// An S3 bucket name, checked against the S3 naming rules.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Bucket(String);
+pub struct Bucket(Arc<str>);
 
 /// Bucket name beginnings S3 reserves (punycode, its own configurator, documentation examples).
 const RESERVED_BUCKET_PREFIXES: [&str; 3] = ["xn--", "sthree-", "amzn-s3-demo-"];
@@ -140,7 +141,7 @@ impl Bucket {
                 format!("must not end with {s:?} (reserved by S3)"),
             ));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     pub fn as_str(&self) -> &str {
@@ -165,7 +166,7 @@ impl fmt::Display for Bucket {
 /// A key prefix; empty watches the whole bucket.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct Prefix(String);
+pub struct Prefix(Arc<str>);
 
 impl Prefix {
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
@@ -178,14 +179,21 @@ impl Prefix {
         if raw.chars().any(|c| c == '\0') {
             return Err(invalid(field, "must not contain NUL"));
         }
-        Ok(Self(raw.to_owned()))
+        Ok(Self(raw.into()))
     }
 
     pub fn matches(&self, key: &str) -> bool {
-        key.starts_with(&self.0)
+        key.starts_with(self.as_str())
     }
 
     pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+/// `Prefix` derives its comparisons from the text, as `Borrow` requires.
+impl std::borrow::Borrow<str> for Prefix {
+    fn borrow(&self) -> &str {
         &self.0
     }
 }

@@ -73,13 +73,13 @@ fn with_a_listing_adaptive_learns_gaps_between_creations_not_arrivals() {
 fn in_series(count: Option<u64>, longest_ms: (u64, u64)) -> Watch {
     let mut w = watch(Rule::adaptive_confirmed());
     w.policy.reconcile = true;
-    w.lifecycle.polling.series = Some(crate::watch::SeriesPrior {
+    w.lifecycle.polling.series = Some(Box::new(crate::watch::SeriesPrior {
         series: "daily".into(),
         runs: 3,
         count,
         max_gap_ms: longest_ms.1,
         min_max_gap_ms: longest_ms.0,
-    });
+    }));
     w
 }
 

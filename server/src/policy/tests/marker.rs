@@ -94,13 +94,13 @@ fn verify_manifest_completes_only_once_every_listed_file_is_counted() {
     assert!(!completed(&d));
     assert!(d.check_manifest, "the manifest must be read first");
     // The check found 1 of 3 listed files missing.
-    w.lifecycle.polling.manifest = Some(ManifestCheck {
+    w.lifecycle.polling.manifest = Some(Box::new(ManifestCheck {
         marker: 1,
         activity: w.counters.activity(),
         listed: 3,
         missing: 1,
         problem: String::new(),
-    });
+    }));
     let d = evaluate(&w, at(21), Timestamp::MAX);
     assert!(!completed(&d) && !d.check_manifest);
     assert_eq!(d.wake_at, Some(at(600)));
@@ -122,12 +122,12 @@ fn verify_manifest_completes_only_once_every_listed_file_is_counted() {
     // The missing file lands: check again, then complete.
     land(&mut w, 1, 30);
     assert!(evaluate(&w, at(30), Timestamp::MAX).check_manifest);
-    w.lifecycle.polling.manifest = Some(ManifestCheck {
+    w.lifecycle.polling.manifest = Some(Box::new(ManifestCheck {
         marker: 1,
         activity: w.counters.activity(),
         listed: 3,
         ..ManifestCheck::default()
-    });
+    }));
     let d = evaluate(&w, at(31), Timestamp::MAX);
     assert!(completed(&d));
     assert!(
@@ -142,12 +142,12 @@ fn verify_manifest_completes_only_once_every_listed_file_is_counted() {
 fn a_manifest_problem_keeps_the_watch_waiting_and_a_new_marker_is_read_again() {
     let mut w = marker_rule(None, true);
     mark(&mut w, 20);
-    w.lifecycle.polling.manifest = Some(ManifestCheck {
+    w.lifecycle.polling.manifest = Some(Box::new(ManifestCheck {
         marker: 1,
         activity: w.counters.activity(),
         problem: "the marker's manifest says the job failed (\"success\": false)".into(),
         ..ManifestCheck::default()
-    });
+    }));
     let d = evaluate(&w, at(100), Timestamp::MAX);
     assert!(!completed(&d) && !d.check_manifest);
     assert!(d.lifecycle.unwrap().reason.contains("the job failed"));
