@@ -171,7 +171,7 @@ impl Hub {
         self: &Arc<Self>,
         watch: &Watch,
         after_seq: u64,
-    ) -> ReceiverStream<Result<WatchEvent, Error>> {
+    ) -> ReceiverStream<Result<Arc<WatchEvent>, Error>> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
         let live = self.live(watch);
         self.subscribers.fetch_add(1, Ordering::Relaxed);
@@ -210,7 +210,8 @@ struct Subscription {
     ends_at: Option<Timestamp>,
     /// Its receiver of the watch's live path; always there until dropped.
     live: Option<broadcast::Receiver<Arc<WatchEvent>>>,
-    tx: mpsc::Sender<Result<WatchEvent, Error>>,
+    /// Events are shared with the live path, not copied per subscriber.
+    tx: mpsc::Sender<Result<Arc<WatchEvent>, Error>>,
 }
 
 /// What a subscription registered, its end releases: the count, and the
@@ -256,7 +257,7 @@ impl Subscription {
                 () = self.tx.closed() => Flow::Stop,
                 received = live.recv() => match received {
                     Ok(event) if event.seq <= self.cursor => Flow::Continue,
-                    Ok(event) if event.seq == self.cursor + 1 => self.deliver((*event).clone()).await,
+                    Ok(event) if event.seq == self.cursor + 1 => self.deliver(event).await,
                     Ok(_) => self.catch_up().await,
                     Err(broadcast::error::RecvError::Lagged(_)) => {
                         self.hub.lagged_total.fetch_add(1, Ordering::Relaxed);
@@ -300,7 +301,7 @@ impl Subscription {
             };
             let full = page.len() == LOG_PAGE;
             for event in page {
-                if let Flow::Stop = self.deliver(event).await {
+                if let Flow::Stop = self.deliver(Arc::new(event)).await {
                     return Flow::Stop;
                 }
             }
@@ -315,7 +316,7 @@ impl Subscription {
         }
     }
 
-    async fn deliver(&mut self, event: WatchEvent) -> Flow {
+    async fn deliver(&mut self, event: Arc<WatchEvent>) -> Flow {
         self.cursor = event.seq;
         match &event.kind {
             EventKind::Completed { .. } => {

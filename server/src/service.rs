@@ -625,7 +625,8 @@ impl Service {
         tenant: &TenantId,
         id: &WatchId,
         after_seq: u64,
-    ) -> Result<impl Stream<Item = Result<WatchEvent, Error>> + Send + Unpin + 'static, Error> {
+    ) -> Result<impl Stream<Item = Result<Arc<WatchEvent>, Error>> + Send + Unpin + 'static, Error>
+    {
         Ok(self.subscribe(tenant, id, after_seq).await?.1)
     }
 
@@ -638,7 +639,7 @@ impl Service {
     ) -> Result<
         (
             Watch,
-            impl Stream<Item = Result<WatchEvent, Error>> + Send + Unpin + 'static,
+            impl Stream<Item = Result<Arc<WatchEvent>, Error>> + Send + Unpin + 'static,
         ),
         Error,
     > {

@@ -736,9 +736,7 @@ impl Observer {
             let changed = match outcome {
                 Outcome::Written(result) => self.finish(t, *result).is_some(),
                 Outcome::Unchanged => {
-                    if let Some(watch) = self.watches.get(&key).map(|e| e.watch.clone()) {
-                        self.settle(&key, watch, &t.decision);
-                    }
+                    self.settle(&key, None, &t.decision);
                     false
                 }
                 Outcome::Retry => {
@@ -877,8 +875,7 @@ impl Observer {
         let entry = self.watches.get(key)?;
         match decision.lifecycle.take() {
             None => {
-                let watch = entry.watch.clone();
-                self.settle(key, watch, &decision);
+                self.settle(key, None, &decision);
                 None
             }
             Some(lifecycle) => Some(Transition {
@@ -907,7 +904,7 @@ impl Observer {
             Ok(Some(Applied::Done { watch, events })) => {
                 self.transitioned(&watch, &events);
                 self.member_changed(&watch);
-                self.settle(&t.key, watch, &t.decision);
+                self.settle(&t.key, Some(watch), &t.decision);
                 None
             }
             Ok(Some(Applied::Conflict(current))) => {
@@ -936,17 +933,19 @@ impl Observer {
         }
     }
 
-    /// Keeps `watch` as the decision left it and sets its next wake-up.
+    /// Keeps `watch` as the decision left it (`None`: the watch as kept) and sets its next wake-up.
     /// A watch no longer timed here (forgotten while its write was on its
     /// way) is left alone; activity recorded while the write was on its way
     /// is not replaced by the state the write returned.
-    fn settle(&mut self, key: &WatchKey, watch: Watch, decision: &policy::Decision) {
-        let active = watch.state() == WatchState::Active;
-        let live = active || decision.wake_at.is_some();
+    fn settle(&mut self, key: &WatchKey, watch: Option<Watch>, decision: &policy::Decision) {
         let Some(entry) = self.watches.get_mut(key) else {
             return;
         };
-        entry.update(watch);
+        if let Some(watch) = watch {
+            entry.update(watch);
+        }
+        let active = entry.watch.state() == WatchState::Active;
+        let live = active || decision.wake_at.is_some();
         // An active watch's next wake-up is a quiet deadline or a polling
         // sample (or its timeout, which waits for nothing: confirming then costs one short receive).
         let wanted = decision

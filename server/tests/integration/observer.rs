@@ -74,7 +74,7 @@ async fn events(core: &Core, watch: &Watch) -> Vec<WatchEvent> {
         .stream_events(&tenant(), &watch.id, 0)
         .await
         .expect("stream");
-    stream.map(|e| e.expect("event")).collect().await
+    stream.map(|e| (*e.expect("event")).clone()).collect().await
 }
 
 fn timeline(events: &[WatchEvent]) -> Vec<(&'static str, Timestamp)> {
@@ -240,7 +240,7 @@ async fn a_late_window_keeps_the_stream_open_until_it_closes() {
     assert_eq!(seen.last().unwrap().time, at(30));
     tokio::time::sleep(Duration::from_secs(100)).await;
     land(&core, &["late"]).await;
-    let rest: Vec<_> = stream.map(|e| e.unwrap()).collect().await;
+    let rest: Vec<_> = stream.map(|e| (*e.unwrap()).clone()).collect().await;
     assert_eq!(
         timeline(&rest),
         [
