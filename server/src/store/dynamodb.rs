@@ -49,8 +49,7 @@ pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 use super::{
     Activity, ActivityKind, Applied, Change as LifecycleChange, Claimed, Created, Delivery,
     DeliveryState, Fence, Guard, KeyEvent, ListQuery, ManifestEntry, NewWatch, ObjectsQuery,
-    RecordOutcome, Recorded, Result, Store, StoreError, count_event, outbox_for,
-    sequencer_identity,
+    RecordOutcome, Recorded, Result, Store, StoreError, outbox_for, rules, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -780,18 +779,7 @@ impl DynamoStore {
             extra,
             now,
         } = change;
-        let mut appended = Vec::with_capacity(events.len());
-        for kind in events {
-            watch.last_seq += 1;
-            appended.push(WatchEvent {
-                tenant: watch.tenant.clone(),
-                watch_id: watch.id.clone(),
-                seq: watch.last_seq,
-                time: now,
-                generation: watch.lifecycle.generation,
-                kind,
-            });
-        }
+        let appended = rules::sequence(&mut watch, events, now);
         let mut items = Vec::with_capacity(2 + appended.len() + extra.len());
         items.push(match expected_last_seq {
             Some(seq) => self.put(
@@ -980,7 +968,7 @@ impl DynamoStore {
                 }
                 let mut outcome = Vec::new();
                 let mut puts = Vec::new();
-                let before = watch.counters;
+                let mut counted = false;
                 for key in chunk {
                     let stored = seen.get(&key.sk);
                     let mut current = stored.map(|i| sequencer_identity(&sequencer_of(i)));
@@ -988,24 +976,17 @@ impl DynamoStore {
                     // The first counted notification of a new key: what its item keeps.
                     let mut first: Option<&Activity> = None;
                     for (i, sequencer) in &key.occurrences {
-                        let counts = match KeyEvent::of(current.as_deref(), sequencer) {
-                            KeyEvent::NewKey => {
-                                let a = &activities[*i];
-                                if key.kind == ActivityKind::Created {
-                                    watch.counters.object_count += 1;
-                                    watch.counters.object_bytes += a.size;
+                        let a = &activities[*i];
+                        let event = match KeyEvent::of(current.as_deref(), sequencer) {
+                            event @ (KeyEvent::NewKey | KeyEvent::FirstSequencer) => {
+                                if event == KeyEvent::NewKey {
+                                    first = Some(a);
                                 }
-                                first = Some(a);
                                 current = Some(sequencer.clone());
                                 key_changed = true;
-                                true
+                                event
                             }
-                            KeyEvent::Repeat => false,
-                            KeyEvent::FirstSequencer => {
-                                current = Some(sequencer.clone());
-                                key_changed = true;
-                                false
-                            }
+                            KeyEvent::Repeat => KeyEvent::Repeat,
                             KeyEvent::OtherSequencer => {
                                 let sk = pair_sk(key.kind, &key.key, sequencer);
                                 let new = recorded_pairs.insert(sk.clone());
@@ -1016,25 +997,12 @@ impl DynamoStore {
                                     item.insert("sequencer".into(), s(sequencer));
                                     puts.push(self.put(item, "attribute_not_exists(pk)", &[])?);
                                 }
-                                new
+                                KeyEvent::OtherSequencer.given_pair(!new)
                             }
                         };
-                        if counts {
-                            count_event(
-                                &mut watch.counters,
-                                key.kind,
-                                activities[*i].event_time,
-                                now,
-                            );
-                        }
-                        outcome.push((
-                            *i,
-                            if counts {
-                                Recorded::Counted
-                            } else {
-                                Recorded::Duplicate
-                            },
-                        ));
+                        let recorded = rules::count(&mut watch, event, a, now);
+                        counted |= recorded == Recorded::Counted;
+                        outcome.push((*i, recorded));
                     }
                     if key_changed {
                         // A stored item keeps its size, time and generation; it takes the sequencer.
@@ -1069,7 +1037,7 @@ impl DynamoStore {
                         });
                     }
                 }
-                if watch.counters == before {
+                if !counted {
                     // Nothing counted, but a key may have taken its first sequencer.
                     if puts.is_empty() || self.transact(puts).await? {
                         results.extend(outcome);
@@ -1078,13 +1046,11 @@ impl DynamoStore {
                     }
                     continue;
                 }
-                watch.counters.last_activity_at = Some(now);
                 let expected = watch.last_seq;
-                let counters = watch.counters;
                 let change = Change {
+                    events: vec![rules::progress(&watch)],
                     watch,
                     expected_last_seq: Some(expected),
-                    events: vec![EventKind::Progress { counters }],
                     extra: puts,
                     now,
                 };
@@ -1131,12 +1097,7 @@ impl DynamoStore {
             let Some(mut watch) = self.load(tenant, id).await? else {
                 return Ok(None);
             };
-            let holds = watch.lifecycle.state == guard.state
-                && watch.lifecycle.generation == guard.generation
-                && guard
-                    .activity
-                    .is_none_or(|a| a == watch.counters.activity());
-            if !holds {
+            if !guard.holds(&watch) {
                 return Ok(Some(Applied::Conflict(watch)));
             }
             let expected = watch.last_seq;
@@ -1228,6 +1189,7 @@ impl DynamoStore {
 impl Store for DynamoStore {
     async fn create_watch(&self, new: NewWatch) -> Result<Created> {
         let token_pk = new.client_token.as_ref().map(|t| token_pk(&new.tenant, t));
+        let fresh = new.into_watch();
         for _ in 0..MAX_ATTEMPTS {
             if let Some(token_pk) = &token_pk {
                 let out = self
@@ -1244,40 +1206,24 @@ impl Store for DynamoStore {
                 if let Some(item) = out.item {
                     let id: WatchId = stored(get_s(&item, "watch_id")?)?;
                     let watch = self
-                        .load(&new.tenant, &id)
+                        .load(&fresh.tenant, &id)
                         .await?
                         .ok_or_else(|| corrupt("client token names a missing watch"))?;
                     return Ok(Created::Existing(watch));
                 }
             }
-            let watch = Watch {
-                tenant: new.tenant.clone(),
-                id: new.id.clone(),
-                source: new.source.clone(),
-                policy: new.policy.clone(),
-                labels: new.labels.clone(),
-                client_token: new.client_token.clone(),
-                created_at: new.created_at,
-                lifecycle: Lifecycle::fresh(1, new.created_at, 0),
-                counters: Counters::default(),
-                last_seq: 0,
-                trace: new.trace.clone(),
-            };
-            let mut snapshot = watch.clone();
-            snapshot.last_seq = 1;
+            let watch = fresh.clone();
             let mut extra = vec![self.put(route_item(&watch), "attribute_not_exists(pk)", &[])?];
-            if let Some(token) = &new.client_token {
-                let item = token_item(&new.tenant, token, &new.id);
+            if let Some(token) = &watch.client_token {
+                let item = token_item(&watch.tenant, token, &watch.id);
                 extra.push(self.put(item, "attribute_not_exists(pk)", &[])?);
             }
             let change = Change {
+                events: vec![rules::started(&watch)],
+                now: watch.created_at,
                 watch,
                 expected_last_seq: None,
-                events: vec![EventKind::Started {
-                    watch: Box::new(snapshot),
-                }],
                 extra,
-                now: new.created_at,
             };
             if let Some((watch, events)) = self.commit(change).await? {
                 return Ok(Created::New { watch, events });

@@ -10,6 +10,11 @@
 //! same transaction that changes the watch, so the log has no gaps and every
 //! committed change is in it.
 //!
+//! What a change does is decided once, in `rules` (the new watch, guards,
+//! `seq`s, how a notification counts, the outbox entries): a backend reads,
+//! asks those rules, and writes the result in its own transaction; it never
+//! re-decides any of it.
+//!
 //! The outbox: when [`Store::apply`] appends an event the watch's notify
 //! targets want, it writes one [`Delivery`] per target in the same
 //! transaction ([`outbox_for`]), so a decision that committed is always
@@ -32,7 +37,10 @@ pub mod cached;
 pub mod dynamodb;
 pub mod measured;
 pub mod publishing;
+mod rules;
 pub mod sqlite;
+
+pub use rules::{KeyEvent, outbox_for, sequencer_identity};
 
 use std::time::Duration;
 
@@ -43,8 +51,8 @@ use crate::{
     clock::Timestamp,
     error::Error,
     watch::{
-        Counters, EventKind, Labels, Lifecycle, NotifyTarget, Policy, Source, TenantId,
-        TraceContext, Watch, WatchEvent, WatchId, WatchState,
+        EventKind, Labels, Lifecycle, NotifyTarget, Policy, Source, TenantId, TraceContext, Watch,
+        WatchEvent, WatchId, WatchState,
     },
 };
 
@@ -158,28 +166,6 @@ pub enum ActivityKind {
     Marker,
 }
 
-/// Adds one counted event of `kind` (a new `(key, sequencer)` pair) recorded
-/// at `now`, created at `event_time`, to `counters`; a new created key also
-/// adds to `object_count` and `object_bytes`, which the caller knows.
-pub fn count_event(
-    counters: &mut Counters,
-    kind: ActivityKind,
-    event_time: Option<Timestamp>,
-    now: Timestamp,
-) {
-    match kind {
-        ActivityKind::Created => {
-            counters.event_count += 1;
-            counters.newest_event_at = counters.newest_event_at.max(event_time);
-        }
-        ActivityKind::Removed => counters.removed_count += 1,
-        ActivityKind::Marker => {
-            counters.marker_count += 1;
-            counters.marker_at = Some(now);
-        }
-    }
-}
-
 /// One notification routed to one watch.
 #[derive(Clone, Debug)]
 pub struct Activity {
@@ -223,48 +209,6 @@ pub struct ObjectsQuery {
     pub limit: usize,
 }
 
-/// The identity of an S3 sequencer, the token that orders the events of one
-/// key: S3 compares sequencers as hex strings, the shorter padded with zeros
-/// on the right, so neither case nor trailing zeros tell two events apart.
-/// Empty for a notification without one.
-pub fn sequencer_identity(sequencer: &str) -> String {
-    sequencer.trim_end_matches('0').to_ascii_uppercase()
-}
-
-/// How one notification of a key counts, given the sequencer identity on the
-/// key's seen record (`None`: the key is new to the watch). A watch counts
-/// the distinct `(key, sequencer)` pairs it was told of; a notification
-/// without a sequencer stands for an event of its key (a redelivery and an
-/// overwrite look the same without one, and the redelivery is common), so it
-/// adds to a key only when nothing else told of the key. The totals depend on
-/// which notifications arrived, never on their order.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum KeyEvent {
-    /// The key's first notification: counts (a new object, for a creation).
-    NewKey,
-    /// The same event again (the same sequencer, or none): counts nothing.
-    Repeat,
-    /// A first sequencer for a key known only from notifications without
-    /// one: the event already counted. Counts nothing; the key's record takes
-    /// the sequencer, so later sequencers of the key are told apart from it.
-    FirstSequencer,
-    /// Another sequencer of a key: a further event, unless that pair is
-    /// already recorded.
-    OtherSequencer,
-}
-
-impl KeyEvent {
-    /// `stored` and `sequencer` are sequencer identities ([`sequencer_identity`]).
-    pub fn of(stored: Option<&str>, sequencer: &str) -> Self {
-        match stored {
-            None => Self::NewKey,
-            Some(s) if sequencer.is_empty() || s == sequencer => Self::Repeat,
-            Some("") => Self::FirstSequencer,
-            Some(_) => Self::OtherSequencer,
-        }
-    }
-}
-
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Recorded {
     /// Accepted: the counters moved (by one).
@@ -291,17 +235,6 @@ pub struct Guard {
     pub generation: u32,
     /// `None` accepts any counters (cancellation does not care).
     pub activity: Option<u64>,
-}
-
-impl Guard {
-    /// Expects `watch` exactly as it is, counters included.
-    pub fn exact(watch: &Watch) -> Self {
-        Self {
-            state: watch.lifecycle.state,
-            generation: watch.lifecycle.generation,
-            activity: Some(watch.counters.activity()),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Default)]
@@ -439,40 +372,6 @@ impl Delivery {
     }
 }
 
-/// The outbox entries for `events` just appended to `watch` (after the
-/// change): one per notify target for each event the targets want (a
-/// manifest target wants COMPLETED only).
-pub fn outbox_for(watch: &Watch, events: &[WatchEvent], now: Timestamp) -> Vec<Delivery> {
-    let notify = &watch.policy.notify;
-    let mut out = Vec::new();
-    for event in events.iter().filter(|e| notify.wants(&e.kind)) {
-        let body = crate::document::body(watch, event);
-        for (i, target) in notify.targets.iter().enumerate() {
-            if !target.wants(&event.kind) {
-                continue;
-            }
-            out.push(Delivery {
-                tenant: watch.tenant.clone(),
-                watch_id: watch.id.clone(),
-                seq: event.seq,
-                generation: event.generation,
-                target_index: u32::try_from(i).unwrap_or(u32::MAX),
-                target: target.clone(),
-                body: body.clone(),
-                traceparent: crate::document::traceparent_of(watch),
-                state: DeliveryState::Pending,
-                attempts: 0,
-                created_at: now,
-                next_attempt_at: now,
-                last_status: String::new(),
-                last_error: String::new(),
-                finished_at: None,
-            });
-        }
-    }
-    out
-}
-
 /// What [`Store::claim_deliveries`] found.
 #[derive(Clone, Debug, Default)]
 pub struct Claimed {
@@ -581,7 +480,7 @@ pub trait Store: Send + Sync + 'static {
 
 #[cfg(test)]
 mod tests {
-    use super::{Error, KeyEvent, StoreError, sequencer_identity};
+    use super::{Error, StoreError};
 
     fn status(e: StoreError) -> tonic::Status {
         Error::from(e).into()
@@ -635,44 +534,5 @@ mod tests {
             assert_eq!(s.message(), "internal error");
             assert!(pushback_ms(&s).is_none());
         }
-    }
-
-    #[test]
-    fn sequencers_are_compared_as_s3_pads_them() {
-        let id = sequencer_identity;
-        assert_eq!(id("0055AED6DCD90281E5"), id("0055aed6dcd90281e5"), "case");
-        assert_eq!(
-            id("0055AED6DCD90281E500"),
-            id("0055AED6DCD90281E5"),
-            "padding"
-        );
-        assert_ne!(id("0055AED6DCD90281E501"), id("0055AED6DCD90281E5"));
-        assert_ne!(id("0055AED6DCD90281E4"), id("0055AED6DCD90281E5"));
-        assert_eq!(id(""), "");
-    }
-
-    #[test]
-    fn a_key_counts_its_distinct_sequencers() {
-        use KeyEvent::*;
-        assert_eq!(KeyEvent::of(None, "01"), NewKey);
-        assert_eq!(KeyEvent::of(None, ""), NewKey);
-        assert_eq!(KeyEvent::of(Some("01"), "01"), Repeat, "a redelivery");
-        assert_eq!(
-            KeyEvent::of(Some("01"), "02"),
-            OtherSequencer,
-            "an overwrite"
-        );
-        assert_eq!(
-            KeyEvent::of(Some("02"), "01"),
-            OtherSequencer,
-            "an earlier event, late"
-        );
-        assert_eq!(
-            KeyEvent::of(Some("01"), ""),
-            Repeat,
-            "no sequencer: one of the key's events"
-        );
-        assert_eq!(KeyEvent::of(Some(""), ""), Repeat);
-        assert_eq!(KeyEvent::of(Some(""), "01"), FirstSequencer);
     }
 }

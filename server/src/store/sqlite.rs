@@ -35,7 +35,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{
     Activity, ActivityKind, Applied, Change, Claimed, Created, Delivery, KeyEvent, ListQuery,
     ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Recorded, Result, Store, StoreError,
-    count_event, outbox_for, sequencer_identity,
+    outbox_for, rules, sequencer_identity,
 };
 use crate::{
     clock::Timestamp,
@@ -573,26 +573,17 @@ fn append_events(
     let mut stmt = conn.prepare_cached(
         "INSERT INTO events (tenant, watch_id, seq, time, generation, kind, payload) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
-    let mut events = Vec::with_capacity(kinds.len());
-    for kind in kinds {
-        watch.last_seq += 1;
+    let events = rules::sequence(watch, kinds, now);
+    for e in &events {
         stmt.execute(params![
-            watch.tenant.as_str(),
-            watch.id.as_str(),
-            to_i64(watch.last_seq),
-            now.as_millis(),
-            watch.lifecycle.generation,
-            kind.name(),
-            json(&kind)?,
+            e.tenant.as_str(),
+            e.watch_id.as_str(),
+            to_i64(e.seq),
+            e.time.as_millis(),
+            e.generation,
+            e.kind.name(),
+            json(&e.kind)?,
         ])?;
-        events.push(WatchEvent {
-            tenant: watch.tenant.clone(),
-            watch_id: watch.id.clone(),
-            seq: watch.last_seq,
-            time: now,
-            generation: watch.lifecycle.generation,
-            kind,
-        });
     }
     Ok(events)
 }
@@ -610,19 +601,7 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
             return Ok(Created::Existing(watch));
         }
     }
-    let mut watch = Watch {
-        tenant: new.tenant,
-        id: new.id,
-        source: new.source,
-        policy: new.policy,
-        labels: new.labels,
-        client_token: new.client_token,
-        created_at: new.created_at,
-        lifecycle: Lifecycle::fresh(1, new.created_at, 0),
-        counters: Counters::default(),
-        last_seq: 0,
-        trace: new.trace,
-    };
+    let mut watch = new.into_watch();
     let objects = watch.source.as_objects();
     let late_window_ms = watch
         .policy
@@ -665,17 +644,8 @@ fn create(conn: &Connection, new: NewWatch) -> Result<Created> {
     for (k, v) in &watch.labels {
         label_stmt.execute(params![watch.tenant.as_str(), watch.id.as_str(), k, v])?;
     }
-    let mut snapshot = watch.clone();
-    snapshot.last_seq = 1;
-    let at = watch.created_at;
-    let events = append_events(
-        conn,
-        &mut watch,
-        vec![EventKind::Started {
-            watch: Box::new(snapshot),
-        }],
-        at,
-    )?;
+    let (started, at) = (rules::started(&watch), watch.created_at);
+    let events = append_events(conn, &mut watch, vec![started], at)?;
     Ok(Created::New { watch, events })
 }
 
@@ -742,31 +712,21 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             watch.counting_generation(),
             now.as_millis(),
         ];
-        let counts = match KeyEvent::of(stored.as_deref(), &sequencer) {
-            KeyEvent::NewKey => {
+        let event = match KeyEvent::of(stored.as_deref(), &sequencer) {
+            // A key taking its first sequencer updates the sequencer only: it
+            // keeps its first size and time.
+            event @ (KeyEvent::NewKey | KeyEvent::FirstSequencer) => {
                 remember.execute(first)?;
-                if a.kind == ActivityKind::Created {
-                    watch.counters.object_count += 1;
-                    watch.counters.object_bytes += a.size;
-                }
-                true
+                event
             }
-            KeyEvent::Repeat => false,
-            KeyEvent::FirstSequencer => {
-                // Updates the sequencer only: the key keeps its first size and time.
-                remember.execute(first)?;
-                false
+            KeyEvent::Repeat => KeyEvent::Repeat,
+            KeyEvent::OtherSequencer => {
+                let new_pair = remember_other.execute(key_params)? == 1;
+                KeyEvent::OtherSequencer.given_pair(!new_pair)
             }
-            KeyEvent::OtherSequencer => remember_other.execute(key_params)? == 1,
         };
-        let outcome = if counts {
-            count_event(&mut watch.counters, a.kind, a.event_time, now);
-            watch.counters.last_activity_at = Some(now);
-            *changed = true;
-            Recorded::Counted
-        } else {
-            Recorded::Duplicate
-        };
+        let outcome = rules::count(watch, event, a, now);
+        *changed |= outcome == Recorded::Counted;
         results.push(outcome);
     }
     let mut updated = Vec::new();
@@ -779,12 +739,8 @@ fn record(conn: &Connection, activities: &[Activity], now: Timestamp) -> Result<
             continue;
         };
         let counters = watch.counters;
-        let events = append_events(
-            conn,
-            &mut watch,
-            vec![EventKind::Progress { counters }],
-            now,
-        )?;
+        let progress = rules::progress(&watch);
+        let events = append_events(conn, &mut watch, vec![progress], now)?;
         update.execute(params![
             watch.tenant.as_str(),
             watch.id.as_str(),
@@ -807,13 +763,7 @@ fn apply(conn: &Connection, args: Change) -> Result<Option<Applied>> {
     let Some(mut watch) = load_watch(conn, &args.tenant, &args.id)? else {
         return Ok(None);
     };
-    let holds = watch.lifecycle.state == args.guard.state
-        && watch.lifecycle.generation == args.guard.generation
-        && args
-            .guard
-            .activity
-            .is_none_or(|a| a == watch.counters.activity());
-    if !holds {
+    if !args.guard.holds(&watch) {
         return Ok(Some(Applied::Conflict(watch)));
     }
     watch.lifecycle = args.lifecycle;
