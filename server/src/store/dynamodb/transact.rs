@@ -1,0 +1,270 @@
+//! The transaction engine of the DynamoDB store: reading a watch, and
+//! writing a change of it as one `TransactWriteItems` conditioned on its
+//! `last_seq` being what was read (a new watch: on its item not existing),
+//! with its appended events (their `seq`s from [`rules::sequence`]) and
+//! their outbox entries ([`rules::outbox_for`]). A cancelled transaction is
+//! reported, not retried: callers read again and retry. Also the batched
+//! reads and paged queries the other parts use, each counted in
+//! [`super::DynamoStats`]. It never decides what a change is.
+
+use std::{
+    collections::HashMap,
+    sync::atomic::{AtomicU64, Ordering},
+};
+
+use aws_sdk_dynamodb::{
+    error::{DisplayErrorContext, SdkError},
+    operation::transact_write_items::TransactWriteItemsError,
+    types::{AttributeValue, KeysAndAttributes, Put, PutRequest, TransactWriteItem, WriteRequest},
+};
+
+use super::{
+    DynamoStore, MAX_ATTEMPTS,
+    codec::{Item, delivery_item, event_item, item_bytes, item_watch, n, s, watch_item, watch_pk},
+    error::{aws, built},
+};
+use crate::{
+    clock::Timestamp,
+    store::{Result, StoreError, rules},
+    watch::{EventKind, TenantId, Watch, WatchEvent, WatchId},
+};
+
+/// A watch read and the events to append, as one conditioned transaction.
+pub(super) struct Change {
+    pub watch: Watch,
+    pub expected_last_seq: Option<u64>,
+    pub events: Vec<EventKind>,
+    pub extra: Vec<TransactWriteItem>,
+    pub now: Timestamp,
+}
+
+/// A BatchWriteItem put of `item`.
+pub(super) fn put_request(item: Item) -> Result<WriteRequest> {
+    let put = PutRequest::builder()
+        .set_item(Some(item))
+        .build()
+        .map_err(built)?;
+    Ok(WriteRequest::builder().put_request(put).build())
+}
+
+impl DynamoStore {
+    pub(super) async fn load(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(watch_pk(tenant, id)))
+            .key("sk", s("WATCH"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        self.count(1, 1, 0, 1);
+        out.item.as_ref().map(item_watch).transpose()
+    }
+
+    pub(super) fn put(
+        &self,
+        item: Item,
+        condition: &str,
+        values: &[(&str, AttributeValue)],
+    ) -> Result<TransactWriteItem> {
+        let mut put = Put::builder()
+            .table_name(&self.table)
+            .set_item(Some(item))
+            .condition_expression(condition);
+        for (k, v) in values {
+            put = put.expression_attribute_values(*k, v.clone());
+        }
+        Ok(TransactWriteItem::builder()
+            .put(put.build().map_err(built)?)
+            .build())
+    }
+
+    /// Writes `change` if the watch's `last_seq` is still the one read; `None` when it moved.
+    pub(super) async fn commit(&self, change: Change) -> Result<Option<(Watch, Vec<WatchEvent>)>> {
+        let Change {
+            mut watch,
+            expected_last_seq,
+            events,
+            extra,
+            now,
+        } = change;
+        let appended = rules::sequence(&mut watch, events, now);
+        let mut items = Vec::with_capacity(2 + appended.len() + extra.len());
+        items.push(match expected_last_seq {
+            Some(seq) => self.put(
+                watch_item(&watch, self.shards)?,
+                "last_seq = :expected",
+                &[(":expected", n(seq))],
+            )?,
+            None => self.put(
+                watch_item(&watch, self.shards)?,
+                "attribute_not_exists(pk)",
+                &[],
+            )?,
+        });
+        for e in &appended {
+            items.push(self.put(event_item(e)?, "attribute_not_exists(pk)", &[])?);
+        }
+        for d in rules::outbox_for(&watch, &appended, now) {
+            items.push(self.put(delivery_item(&d, None)?, "attribute_not_exists(pk)", &[])?);
+        }
+        items.extend(extra);
+        Ok(self.transact(items).await?.then_some((watch, appended)))
+    }
+
+    /// Writes `items` in one transaction; false when it was cancelled by a
+    /// condition or a conflicting write (read again and retry), an error when
+    /// DynamoDB throttled it.
+    pub(super) async fn transact(&self, items: Vec<TransactWriteItem>) -> Result<bool> {
+        let units: u64 = items
+            .iter()
+            .filter_map(|i| i.put())
+            .map(|p| 2 * item_bytes(p.item()).div_ceil(1024).max(1))
+            .sum();
+        self.count(1, items.len() as u64, units, 0);
+        let e = match self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await
+        {
+            Ok(_) => return Ok(true),
+            Err(e) => e,
+        };
+        let SdkError::ServiceError(service) = &e else {
+            return Err(aws(e));
+        };
+        let TransactWriteItemsError::TransactionCanceledException(cancelled) = service.err() else {
+            return Err(aws(e));
+        };
+        let codes = cancelled
+            .cancellation_reasons()
+            .iter()
+            .filter_map(|r| r.code());
+        for code in codes {
+            match code {
+                "ThrottlingError" | "ProvisionedThroughputExceeded" => {
+                    return Err(StoreError::Busy(format!(
+                        "DynamoDB throttled the request ({code})"
+                    )));
+                }
+                "ValidationError" | "ItemCollectionSizeLimitExceeded" => {
+                    return Err(StoreError::Internal(format!(
+                        "dynamodb: {}",
+                        DisplayErrorContext(&e)
+                    )));
+                }
+                _ => {}
+            }
+        }
+        Ok(false)
+    }
+
+    /// The items at `keys` (`(pk, sk)` pairs) that exist, strongly
+    /// consistent, 100 per BatchGetItem (unprocessed keys retried).
+    pub(super) async fn batch_get(&self, keys: Vec<(String, String)>) -> Result<Vec<Item>> {
+        let mut found = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(100) {
+            let mut wanted = KeysAndAttributes::builder().consistent_read(true);
+            for (pk, sk) in chunk {
+                wanted = wanted.keys(HashMap::from([
+                    ("pk".to_owned(), s(pk)),
+                    ("sk".to_owned(), s(sk)),
+                ]));
+            }
+            let mut request = HashMap::from([(self.table.clone(), wanted.build().map_err(built)?)]);
+            for _ in 0..MAX_ATTEMPTS {
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                let items = out
+                    .responses
+                    .unwrap_or_default()
+                    .remove(&self.table)
+                    .unwrap_or_default();
+                // Strongly consistent: at least a unit per key asked for, found or not.
+                let units = items
+                    .iter()
+                    .map(|i| item_bytes(i).div_ceil(4096))
+                    .sum::<u64>()
+                    .max(chunk.len() as u64);
+                self.count(1, chunk.len() as u64, 0, units);
+                found.extend(items);
+                request = out.unprocessed_keys.unwrap_or_default();
+                if request.is_empty() {
+                    break;
+                }
+            }
+            if !request.is_empty() {
+                return Err(StoreError::Busy(format!(
+                    "DynamoDB left keys unprocessed after {MAX_ATTEMPTS} attempts"
+                )));
+            }
+        }
+        Ok(found)
+    }
+
+    pub(super) async fn query_all(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+    ) -> Result<Vec<Item>> {
+        self.query_counted(index, key_condition, values, None).await
+    }
+
+    /// [`Self::query_all`], adding its requests to `also` too.
+    pub(super) async fn query_counted(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        values: Vec<(&str, AttributeValue)>,
+        also: Option<&AtomicU64>,
+    ) -> Result<Vec<Item>> {
+        let mut items = Vec::new();
+        let mut start = None;
+        loop {
+            let mut q = self
+                .client
+                .query()
+                .table_name(&self.table)
+                .key_condition_expression(key_condition)
+                .set_exclusive_start_key(start.take());
+            if let Some(index) = index {
+                q = q.index_name(index);
+            } else {
+                q = q.consistent_read(true);
+            }
+            for (k, v) in &values {
+                q = q.expression_attribute_values(*k, v.clone());
+            }
+            let out = q.send().await;
+            if let Some(also) = also {
+                also.fetch_add(1, Ordering::Relaxed);
+            }
+            let out = out.map_err(aws)?;
+            let page = out.items.unwrap_or_default();
+            self.count(
+                1,
+                page.len() as u64,
+                0,
+                page.iter()
+                    .map(|i| item_bytes(i).div_ceil(4096))
+                    .sum::<u64>()
+                    .max(1),
+            );
+            items.extend(page);
+            match out.last_evaluated_key {
+                Some(k) if !k.is_empty() => start = Some(k),
+                _ => return Ok(items),
+            }
+        }
+    }
+}
