@@ -1,8 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode, the service's default.
-//! This module is the [`Store`] impl: it opens the file ([`schema`] upgrades
-//! it), hands every write to the one writer task ([`writer`]: group commit;
-//! the writes themselves are [`commands`]) and answers reads from a small
-//! pool of read-only connections, decoding rows with [`codec`]. It never
+//! This module is the [`Store`] impl: it opens the file (`schema` upgrades
+//! it), hands every write to the one writer task (`writer`: group commit;
+//! the writes themselves are `commands`) and answers reads from a small
+//! pool of read-only connections, decoding rows with `codec`. It never
 //! writes outside the writer task.
 //!
 //! SQLite errors become [`StoreError`]s here, classified by their code (a
