@@ -19,6 +19,11 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::report::Report;
 
+/// The allocator `streamwatch-server` runs with, so that the bare tonic
+/// server it is measured against is not slowed by a different one.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(name = "streamwatch-bench", version)]
 struct Cli {

@@ -38,6 +38,14 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_TENANTS")]
     pub tenants: Option<PathBuf>,
 
+    /// Whether the observer runs on a thread of its own (always, from the
+    /// command line): a burst of ready tasks (thousands of subscriber
+    /// streams woken by one event) then never queues a due deadline behind
+    /// them. Tests that pause tokio's clock run it as a task of their
+    /// runtime, which a paused clock drives.
+    #[arg(skip = true)]
+    pub observer_thread: bool,
+
     /// How long shutdown waits for in-flight calls before closing connections.
     #[arg(long, env = "STREAMWATCH_SHUTDOWN_GRACE", default_value = DEFAULT_SHUTDOWN_GRACE, value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,

@@ -275,7 +275,16 @@ impl Core {
             .await
             .context("cannot resume the live watches")?;
         tracing::info!(live_watches = recovered, "observer resumed");
-        let observer_task = tokio::spawn(observer.run(observer_end.clone()));
+        let observer_task = if config.observer_thread {
+            // Polled on a thread of its own; what it spawns (writes,
+            // listings) runs on the runtime's workers, its timers on the
+            // runtime's clock.
+            let runtime = tokio::runtime::Handle::current();
+            let end = observer_end.clone();
+            tokio::task::spawn_blocking(move || runtime.block_on(observer.run(end)))
+        } else {
+            tokio::spawn(observer.run(observer_end.clone()))
+        };
         let ingest = Arc::new(Ingest {
             store: store.clone(),
             routes,

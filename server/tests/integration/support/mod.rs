@@ -57,6 +57,10 @@ impl DataDir {
         config.data = self.db();
         config.tenants = tenants.then(|| self.tenants_file());
         config.shutdown_grace = Duration::from_secs(5);
+        // Tests here may pause tokio's clock, which drives only tasks of
+        // their runtime; servers run as binaries, and the client's tests,
+        // run the observer on its own thread.
+        config.observer_thread = false;
         config
     }
 }
