@@ -77,7 +77,7 @@ struct Server {
     runtime: Runtime,
     endpoint: String,
     stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    task: tokio::task::JoinHandle<Result<(), streamwatch_server::ServeError>>,
     _dir: tempfile::TempDir,
 }
 

@@ -23,7 +23,7 @@ use wildmatch::WildMatch;
 
 use crate::{
     error::Error,
-    quota::Quotas,
+    quota::{Quotas, QuotasError},
     watch::{NotifyTarget, TenantId},
 };
 
@@ -99,8 +99,58 @@ pub enum TenantsError {
         path: String,
         source: std::io::Error,
     },
-    #[error("{path}: {message}")]
-    Invalid { path: String, message: String },
+    #[error("{path}: {error}")]
+    Invalid {
+        path: String,
+        error: TenantsFileError,
+    },
+}
+
+/// What is wrong in a tenants file. Messages name the line or the field
+/// (`tenant[1].buckets`), never the offending text: it may hold secrets.
+#[derive(Debug, thiserror::Error)]
+pub enum TenantsFileError {
+    /// Not TOML, or not the file's shape (an unknown field, a wrong type).
+    #[error("line {line}: {message}")]
+    Syntax { line: usize, message: String },
+    /// As [`Self::Syntax`], where the parser names no place.
+    #[error("{0}")]
+    Shape(String),
+    /// A tenant id that is not a valid name.
+    #[error("{0}")]
+    InvalidId(Error),
+    #[error("tenant[{index}].id: {id} appears twice")]
+    DuplicateId { index: usize, id: TenantId },
+    #[error("tenant[{index}].token_sha256[{token}]: not a hex SHA-256 digest (64 hex digits)")]
+    TokenDigest { index: usize, token: usize },
+    #[error("tenant[{index}].token_sha256: a tenant needs at least one token")]
+    NoToken { index: usize },
+    #[error("tenant[{index}].buckets: a tenant needs at least one bucket pattern")]
+    NoBucket { index: usize },
+    #[error(
+        "tenant[{index}].callback_secrets: name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+    )]
+    SecretName { index: usize, name: String },
+    #[error(
+        "tenant[{index}].callback_secrets.{name}: must be at least {MIN_CALLBACK_SECRET_BYTES} bytes"
+    )]
+    ShortSecret { index: usize, name: String },
+    #[error("tenant[{index}].client_subjects[{subject}]: is empty")]
+    EmptySubject { index: usize, subject: usize },
+    /// A certificate subject another tenant already lists.
+    #[error(
+        "tenant[{index}].client_subjects[{subject}]: {name:?} already stands for tenant {other}"
+    )]
+    SharedSubject {
+        index: usize,
+        subject: usize,
+        name: String,
+        other: TenantId,
+    },
+    #[error(transparent)]
+    Quotas(#[from] QuotasError),
+    #[error("no [[tenant]] entries")]
+    NoTenants,
 }
 
 impl Tenants {
@@ -129,66 +179,59 @@ impl Tenants {
             path: shown.clone(),
             source,
         })?;
-        Self::parse(&raw).map_err(|message| TenantsError::Invalid {
-            path: shown,
-            message,
-        })
+        Self::parse(&raw).map_err(|error| TenantsError::Invalid { path: shown, error })
     }
 
-    pub fn parse(raw: &str) -> Result<Self, String> {
+    pub fn parse(raw: &str) -> Result<Self, TenantsFileError> {
         // The message and the line, not the offending text: it may hold secrets.
         let file: TenantsFile = toml::from_str(raw).map_err(|e| match e.span() {
-            Some(span) => format!(
-                "line {}: {}",
-                raw.as_bytes()[..span.start.min(raw.len())]
+            Some(span) => TenantsFileError::Syntax {
+                line: raw.as_bytes()[..span.start.min(raw.len())]
                     .iter()
                     .filter(|b| **b == b'\n')
                     .count()
                     + 1,
-                e.message()
-            ),
-            None => e.message().to_owned(),
+                message: e.message().to_owned(),
+            },
+            None => TenantsFileError::Shape(e.message().to_owned()),
         })?;
         let mut tenants: Vec<Tenant> = Vec::new();
         for (i, entry) in file.tenant.into_iter().enumerate() {
             let id = TenantId::parse(&format!("tenant[{i}].id"), &entry.id)
-                .map_err(|e| e.to_string())?;
+                .map_err(TenantsFileError::InvalidId)?;
             if tenants.iter().any(|t| t.id == id) {
-                return Err(format!("tenant[{i}].id: {id} appears twice"));
+                return Err(TenantsFileError::DuplicateId { index: i, id });
             }
             let mut token_digests = Vec::new();
             for (j, hex_digest) in entry.token_sha256.iter().enumerate() {
                 let bytes = hex::decode(hex_digest.trim())
                     .ok()
                     .and_then(|b| <[u8; 32]>::try_from(b).ok());
-                let digest = bytes.ok_or_else(|| {
-                    format!(
-                        "tenant[{i}].token_sha256[{j}]: not a hex SHA-256 digest (64 hex digits)"
-                    )
-                })?;
+                let digest = bytes.ok_or(TenantsFileError::TokenDigest { index: i, token: j })?;
                 token_digests.push(digest);
             }
             if token_digests.is_empty() {
-                return Err(format!(
-                    "tenant[{i}].token_sha256: a tenant needs at least one token"
-                ));
+                return Err(TenantsFileError::NoToken { index: i });
             }
             if entry.buckets.is_empty() {
-                return Err(format!(
-                    "tenant[{i}].buckets: a tenant needs at least one bucket pattern"
-                ));
+                return Err(TenantsFileError::NoBucket { index: i });
             }
             let buckets = entry.buckets.iter().map(|p| WildMatch::new(p)).collect();
             let callbacks = Callbacks::parse(i, &entry.callback_urls, entry.callback_secrets)?;
             for (j, subject) in entry.client_subjects.iter().enumerate() {
                 if subject.trim().is_empty() {
-                    return Err(format!("tenant[{i}].client_subjects[{j}]: is empty"));
+                    return Err(TenantsFileError::EmptySubject {
+                        index: i,
+                        subject: j,
+                    });
                 }
                 if let Some(other) = tenants.iter().find(|t| t.client_subjects.contains(subject)) {
-                    return Err(format!(
-                        "tenant[{i}].client_subjects[{j}]: {subject:?} already stands for tenant {}",
-                        other.id
-                    ));
+                    return Err(TenantsFileError::SharedSubject {
+                        index: i,
+                        subject: j,
+                        name: subject.clone(),
+                        other: other.id.clone(),
+                    });
                 }
             }
             entry.quotas.validate(&format!("tenant[{i}].quotas"))?;
@@ -203,7 +246,7 @@ impl Tenants {
             });
         }
         if tenants.is_empty() {
-            return Err("no [[tenant]] entries".into());
+            return Err(TenantsFileError::NoTenants);
         }
         Ok(Self {
             tenants,
@@ -420,18 +463,14 @@ impl Callbacks {
         i: usize,
         patterns: &[String],
         secrets: std::collections::BTreeMap<String, String>,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TenantsFileError> {
         let mut checked = std::collections::BTreeMap::new();
         for (name, secret) in secrets {
             if TenantId::parse("name", &name).is_err() {
-                return Err(format!(
-                    "tenant[{i}].callback_secrets: name {name:?} must be 1-64 characters of A-Z a-z 0-9 . _ -"
-                ));
+                return Err(TenantsFileError::SecretName { index: i, name });
             }
             if secret.len() < MIN_CALLBACK_SECRET_BYTES {
-                return Err(format!(
-                    "tenant[{i}].callback_secrets.{name}: must be at least {MIN_CALLBACK_SECRET_BYTES} bytes"
-                ));
+                return Err(TenantsFileError::ShortSecret { index: i, name });
             }
             checked.insert(name, CallbackSecret(secret.into_bytes()));
         }
@@ -823,7 +862,8 @@ mod tests {
             digest("x")
         ))
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(err.contains("callback_secrets.main"), "{err}");
         assert!(!err.contains("short"), "the secret is not echoed: {err}");
     }
@@ -833,15 +873,17 @@ mod tests {
         let err =
             Tenants::parse("[[tenant]]\nid = \"a\"\ntoken_sha256 = [\"xyz\"]\nbuckets = [\"*\"]\n")
                 .err()
-                .unwrap();
+                .unwrap()
+                .to_string();
         assert!(err.contains("token_sha256[0]"), "{err}");
         let err = Tenants::parse(
             "[[tenant]]\nid = \"a\"\ntoken_sha256 = []\nbuckets = [\"*\"]\nextra = 1\n",
         )
         .err()
-        .unwrap();
+        .unwrap()
+        .to_string();
         assert!(err.contains("extra"), "{err}");
-        let err = Tenants::parse("").err().unwrap();
+        let err = Tenants::parse("").err().unwrap().to_string();
         assert!(err.contains("no [[tenant]]"), "{err}");
     }
 
@@ -890,11 +932,13 @@ mod tests {
         );
         let err = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_stream = 3\n"))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("max_stream"), "{err}");
         let err = Tenants::parse(&format!("{base}[tenant.quotas]\nmax_streams = 0\n"))
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.contains("tenant[0].quotas.max_streams"), "{err}");
     }
 
@@ -902,7 +946,8 @@ mod tests {
     fn parse_errors_do_not_quote_the_file() {
         let err = Tenants::parse("[[tenant]]\nid = \"a\"\ntoken = s3cr3t-value\n")
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(err.starts_with("line 3:"), "{err}");
         assert!(!err.contains("s3cr3t"), "{err}");
     }

@@ -32,9 +32,13 @@ pub mod telemetry;
 pub mod transport;
 pub mod watch;
 
-use std::{future::Future, sync::Arc};
+use std::{
+    future::Future,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
-use anyhow::Context;
 use streamwatch::v1::{
     ingest_service_server::IngestServiceServer, watch_service_server::WatchServiceServer,
 };
@@ -45,23 +49,23 @@ use tonic_health::ServingStatus;
 
 use crate::{
     api::{IngestApi, WatchApi},
-    auth::{AuthInterceptor, LiveTenants},
+    auth::{AuthInterceptor, LiveTenants, TenantsError},
     clock::Clock,
-    cluster::Cluster,
+    cluster::{Cluster, ClusterError},
     config::{Config, StoreKind},
     delivery::{Deliverer, DeliveryStats, Targets, manifest::Manifests},
     hub::Hub,
     ingest::{
         Ingest, Routes, Watermarks,
         reconcile::Reconciler,
-        sqs::{QueueConsumer, QueueStats},
+        sqs::{QueueConsumer, QueueError, QueueStats},
     },
     metrics::{Metrics, Sources},
     observer::Observer,
     quota::Limiter,
     service::Service,
     store::{
-        Store,
+        Store, StoreError,
         cached::{self, Cached},
         dynamodb::DynamoStore,
         measured::Measured,
@@ -69,7 +73,67 @@ use crate::{
         sqlite::SqliteStore,
     },
     telemetry::RpcLayer,
+    transport::TlsError,
 };
+
+/// Why the service cannot start. Each names what it could not set up; the
+/// underlying failure is its source.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Tenants(#[from] TenantsError),
+    #[error("--cluster needs --store dynamodb: replicas share their state through it")]
+    ClusterNeedsDynamodb,
+    #[error("--store dynamodb needs --table")]
+    NoTable,
+    #[error("no AWS configuration")]
+    NoAwsConfig,
+    #[error("cannot open the store {}", .path.display())]
+    OpenStore { path: PathBuf, source: StoreError },
+    #[error("cannot create the DynamoDB table {table}")]
+    CreateTable { table: String, source: StoreError },
+    #[error("cannot reach the DynamoDB table {table}")]
+    ReachTable { table: String, source: StoreError },
+    #[error("cannot reach the SQS queue {url}")]
+    Queue { url: String, source: QueueError },
+    #[error("cannot join the cluster")]
+    Cluster(#[source] ClusterError),
+    /// No HTTP client for webhooks could be built (no TLS roots).
+    #[error("cannot set up the webhook HTTP clients")]
+    Callbacks(#[source] reqwest::Error),
+    #[error("cannot resume the live watches")]
+    Resume(#[source] StoreError),
+}
+
+/// Why [`serve`] stopped with an error: at startup, or the server itself.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Startup(#[from] StartupError),
+    #[error(
+        "refusing to serve on {0} without a tenants file: anyone could call it; \
+         pass --tenants FILE or listen on a loopback address"
+    )]
+    OpenToTheNetwork(SocketAddr),
+    #[error(transparent)]
+    Metrics(#[from] metrics::BindError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// The listener has no local address (it is not bound).
+    #[error("cannot read the listening address")]
+    Listener(#[source] std::io::Error),
+    #[error("cannot build the reflection service")]
+    Reflection(#[source] tonic_reflection::server::Error),
+    #[error("cannot write the address file {}", .path.display())]
+    AddressFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot flush the store")]
+    Flush(#[source] StoreError),
+    #[error("the gRPC server failed")]
+    Server(#[source] tonic::transport::Error),
+}
 
 /// Largest IngestS3Events request accepted (room for [`ingest::MAX_RECORDS`] records).
 pub const MAX_INGEST_REQUEST_BYTES: usize = 16 * 1024 * 1024;
@@ -105,21 +169,20 @@ pub struct Core {
 async fn open_store(
     config: &Config,
     aws: Option<&aws_config::SdkConfig>,
-) -> anyhow::Result<(Arc<dyn Store>, Option<Arc<DynamoStore>>)> {
+) -> Result<(Arc<dyn Store>, Option<Arc<DynamoStore>>), StartupError> {
     Ok(match config.store {
         StoreKind::Sqlite => (
-            Arc::new(
-                SqliteStore::open(&config.data)
-                    .with_context(|| format!("cannot open the store {}", config.data.display()))?,
-            ),
+            Arc::new(SqliteStore::open(&config.data).map_err(|source| {
+                StartupError::OpenStore {
+                    path: config.data.clone(),
+                    source,
+                }
+            })?),
             None,
         ),
         StoreKind::Dynamodb => {
-            let table = config
-                .table
-                .clone()
-                .context("--store dynamodb needs --table")?;
-            let aws = aws.context("no AWS configuration")?;
+            let table = config.table.clone().ok_or(StartupError::NoTable)?;
+            let aws = aws.ok_or(StartupError::NoAwsConfig)?;
             let store =
                 DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &table, config.retention)
                     .with_shards(config.cluster.shards);
@@ -127,13 +190,19 @@ async fn open_store(
                 store
                     .create_table()
                     .await
-                    .with_context(|| format!("cannot create the DynamoDB table {table}"))?;
+                    .map_err(|source| StartupError::CreateTable {
+                        table: table.clone(),
+                        source,
+                    })?;
                 tracing::info!(%table, "created the DynamoDB table");
             }
             store
                 .check()
                 .await
-                .with_context(|| format!("cannot reach the DynamoDB table {table}"))?;
+                .map_err(|source| StartupError::ReachTable {
+                    table: table.clone(),
+                    source,
+                })?;
             let store = Arc::new(store);
             (store.clone(), Some(store))
         }
@@ -145,14 +214,17 @@ async fn open_store(
 async fn open_queues(
     aws: &aws_config::SdkConfig,
     urls: &[String],
-) -> anyhow::Result<(aws_sdk_sqs::Client, std::time::Duration)> {
+) -> Result<(aws_sdk_sqs::Client, std::time::Duration), StartupError> {
     let sqs = aws_sdk_sqs::Client::new(aws);
     let mut longest = std::time::Duration::ZERO;
     for url in urls {
-        let visibility = ingest::sqs::check(&sqs, url)
-            .await
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("cannot reach the SQS queue {url}"))?;
+        let visibility =
+            ingest::sqs::check(&sqs, url)
+                .await
+                .map_err(|source| StartupError::Queue {
+                    url: url.clone(),
+                    source,
+                })?;
         longest = longest.max(visibility);
     }
     Ok((sqs, longest))
@@ -161,7 +233,7 @@ async fn open_queues(
 impl Core {
     /// Opens the store, checks every queue, resumes every live watch and
     /// starts the observer and the queue consumers.
-    pub async fn start(config: &Config, clock: Clock) -> anyhow::Result<Self> {
+    pub async fn start(config: &Config, clock: Clock) -> Result<Self, StartupError> {
         let tenants = LiveTenants::load(config.tenants.as_deref())?;
         let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
             Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
@@ -170,16 +242,14 @@ impl Core {
         };
         let metrics = Arc::new(Metrics::new());
         if config.cluster.cluster && config.store != StoreKind::Dynamodb {
-            anyhow::bail!(
-                "--cluster needs --store dynamodb: replicas share their state through it"
-            );
+            return Err(StartupError::ClusterNeedsDynamodb);
         }
         let (store, dynamodb) = open_store(config, aws.as_ref()).await?;
         let cluster = match (&dynamodb, config.cluster.cluster) {
             (Some(dynamodb), true) => Some(
                 Cluster::new(&config.cluster, dynamodb.clone(), clock, metrics.clone())
                     .await
-                    .context("cannot join the cluster")?,
+                    .map_err(StartupError::Cluster)?,
             ),
             _ => None,
         };
@@ -251,18 +321,21 @@ impl Core {
                         cluster_end.clone(),
                     )
                     .await
-                    .context("cannot join the cluster")?;
+                    .map_err(|e| StartupError::Cluster(e.into()))?;
                 Some((c, tasks))
             }
             None => None,
         };
         let deliverer = Deliverer::new(
             store.clone(),
-            Arc::new(Targets::new(
-                tenants.clone(),
-                config.delivery_timeout,
-                Manifests::new(store.clone(), config.manifest_part_size),
-            )?),
+            Arc::new(
+                Targets::new(
+                    tenants.clone(),
+                    config.delivery_timeout,
+                    Manifests::new(store.clone(), config.manifest_part_size),
+                )
+                .map_err(StartupError::Callbacks)?,
+            ),
             clock,
             config.delivery(),
         );
@@ -270,10 +343,7 @@ impl Core {
         publishing.wake_deliveries(deliverer.waker());
         let deliveries_end = CancellationToken::new();
         let deliverer_task = tokio::spawn(deliverer.run(deliveries_end.clone()));
-        let recovered = observer
-            .recover()
-            .await
-            .context("cannot resume the live watches")?;
+        let recovered = observer.recover().await.map_err(StartupError::Resume)?;
         tracing::info!(live_watches = recovered, "observer resumed");
         let observer_task = if config.observer_thread {
             // Polled on a thread of its own; what it spawns (writes,
@@ -357,7 +427,7 @@ impl Core {
     }
 
     /// Stops the queue consumers and the observer, and flushes the store.
-    pub async fn shutdown(self) -> anyhow::Result<()> {
+    pub async fn shutdown(self) -> Result<(), StoreError> {
         self.consumers_end.cancel();
         for consumer in self.consumers {
             let _ = consumer.await;
@@ -375,7 +445,7 @@ impl Core {
             // Nothing writes under the leases now: hand them over at once.
             cluster.release().await;
         }
-        self.store.close().await.context("cannot flush the store")
+        self.store.close().await
     }
 }
 
@@ -385,7 +455,7 @@ pub async fn serve(
     config: Config,
     listener: TcpListener,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     serve_with_clock(config, listener, Clock::new(), shutdown).await
 }
 
@@ -395,7 +465,7 @@ pub async fn serve_with_clock(
     listener: TcpListener,
     clock: Clock,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> Result<(), ServeError> {
     let metrics = match config.metrics_addr {
         Some(addr) => Some(metrics::bind(addr).await?),
         None => None,
@@ -411,13 +481,10 @@ pub async fn serve_with_listeners(
     metrics: Option<TcpListener>,
     clock: Clock,
     shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    let addr = listener.local_addr()?;
+) -> Result<(), ServeError> {
+    let addr = listener.local_addr().map_err(ServeError::Listener)?;
     if config.tenants.is_none() && !addr.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing to serve on {addr} without a tenants file: anyone could call it; \
-             pass --tenants FILE or listen on a loopback address"
-        );
+        return Err(ServeError::OpenToTheNetwork(addr));
     }
     let core = Core::start(&config, clock).await?;
 
@@ -427,17 +494,23 @@ pub async fn serve_with_listeners(
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(streamwatch::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+        .build_v1()
+        .map_err(ServeError::Reflection)?;
     let reflection_v1alpha = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(streamwatch::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
+        .build_v1alpha()
+        .map_err(ServeError::Reflection)?;
     let auth = AuthInterceptor::new(core.tenants.clone());
     let metrics_end = CancellationToken::new();
-    let metrics_addr = metrics.as_ref().map(TcpListener::local_addr).transpose()?;
+    let metrics_addr = metrics
+        .as_ref()
+        .map(TcpListener::local_addr)
+        .transpose()
+        .map_err(ServeError::Listener)?;
     let metrics_task = match metrics {
         Some(listener) => {
-            let metrics_addr = listener.local_addr()?;
+            let metrics_addr = listener.local_addr().map_err(ServeError::Listener)?;
             tracing::info!(%metrics_addr, "serving metrics on /metrics");
             Some(tokio::spawn(metrics::serve(
                 core.metrics.clone(),
@@ -499,7 +572,7 @@ pub async fn serve_with_listeners(
         }
     };
     reloads.abort();
-    core.shutdown().await?;
+    core.shutdown().await.map_err(ServeError::Flush)?;
     metrics_end.cancel();
     if let Some(task) = metrics_task
         && let Ok(Err(e)) = task.await
@@ -507,15 +580,15 @@ pub async fn serve_with_listeners(
         tracing::warn!(error = %e, "the metrics endpoint failed");
     }
     tracing::info!("stopped");
-    served.context("the gRPC server failed")
+    served.map_err(ServeError::Server)
 }
 
 /// Writes `--address-file`: whole or not at all (a reader never sees half of it).
 fn write_addresses(
-    path: &std::path::Path,
-    grpc: std::net::SocketAddr,
-    metrics: Option<std::net::SocketAddr>,
-) -> anyhow::Result<()> {
+    path: &Path,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> Result<(), ServeError> {
     let mut text = format!("grpc={grpc}\n");
     if let Some(metrics) = metrics {
         text.push_str(&format!("metrics={metrics}\n"));
@@ -523,7 +596,10 @@ fn write_addresses(
     let partial = path.with_extension("partial");
     std::fs::write(&partial, text)
         .and_then(|()| std::fs::rename(&partial, path))
-        .with_context(|| format!("cannot write the address file {}", path.display()))
+        .map_err(|source| ServeError::AddressFile {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// Reloads the tenants file on every SIGHUP; a file that cannot be loaded is

@@ -21,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
     let served = serve(config, listener, shutdown_signal()).await;
     // Exporting the last spans blocks on the runtime's threads: not on one of them.
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
-    served
+    Ok(served?)
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -435,7 +435,7 @@ pub async fn serve(
     metrics: Arc<Metrics>,
     listener: tokio::net::TcpListener,
     end: CancellationToken,
-) -> anyhow::Result<()> {
+) -> std::io::Result<()> {
     let app = axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
@@ -450,14 +450,20 @@ pub async fn serve(
     );
     axum::serve(listener, app)
         .with_graceful_shutdown(async move { end.cancelled().await })
-        .await?;
-    Ok(())
+        .await
+}
+
+/// The metrics endpoint's address cannot be listened on (taken, or not this host's).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen for metrics on {addr}")]
+pub struct BindError {
+    pub addr: SocketAddr,
+    source: std::io::Error,
 }
 
 /// Binds the metrics endpoint (refusing to start when the address is taken).
-pub async fn bind(addr: SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
-    use anyhow::Context;
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .with_context(|| format!("cannot listen for metrics on {addr}"))
+        .map_err(|source| BindError { addr, source })
 }

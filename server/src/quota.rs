@@ -67,7 +67,7 @@ impl Quotas {
     };
 
     /// Checks the values make sense; `at` names the table in errors.
-    pub fn validate(&self, at: &str) -> Result<(), String> {
+    pub fn validate(&self, at: &str) -> Result<(), QuotasError> {
         for (name, value) in [
             ("max_active_watches", self.max_active_watches),
             ("max_streams", self.max_streams),
@@ -75,11 +75,22 @@ impl Quotas {
             ("ingest_burst", self.ingest_burst),
         ] {
             if value == 0 {
-                return Err(format!("{at}.{name}: must be at least 1"));
+                return Err(QuotasError::Zero {
+                    at: at.to_owned(),
+                    name,
+                });
             }
         }
         Ok(())
     }
+}
+
+/// Why a `[tenant.quotas]` table is refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuotasError {
+    /// A limit of 0 would refuse every call; `at` is the table, `name` the field.
+    #[error("{at}.{name}: must be at least 1")]
+    Zero { at: String, name: &'static str },
 }
 
 /// A token bucket on tokio's clock: `rate` tokens a second up to `capacity`.
@@ -434,6 +445,9 @@ mod tests {
             ..Quotas::default()
         };
         let err = q.validate("tenant[0].quotas").unwrap_err();
-        assert_eq!(err, "tenant[0].quotas.max_streams: must be at least 1");
+        assert_eq!(
+            err.to_string(),
+            "tenant[0].quotas.max_streams: must be at least 1"
+        );
     }
 }

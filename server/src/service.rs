@@ -467,7 +467,7 @@ impl Service {
                 let pinned = self.tenants.current().callback_host_pinned(tenant, url);
                 address::check(&parsed, pinned)
                     .await
-                    .map_err(|message| Error::invalid(&field, message))?;
+                    .map_err(|e| e.invalid(&field))?;
             }
         }
         Ok(())

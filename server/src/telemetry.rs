@@ -19,7 +19,6 @@ use std::{
     time::Instant,
 };
 
-use anyhow::Context as _;
 use opentelemetry::{
     propagation::{Extractor, Injector, TextMapPropagator},
     trace::{SpanContext, TraceContextExt, TracerProvider as _},
@@ -83,16 +82,30 @@ impl Telemetry {
     }
 }
 
+/// Why telemetry cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// The OTLP span exporter for `endpoint` cannot be built (a malformed endpoint).
+    #[error("cannot set up the OTLP exporter for {endpoint}")]
+    Exporter {
+        endpoint: String,
+        source: opentelemetry_otlp::ExporterBuildError,
+    },
+}
+
 /// Installs the subscriber with the exporter the environment asks for.
 /// Must run inside the tokio runtime (the gRPC exporter lives on it).
-pub fn init(format: LogFormat) -> anyhow::Result<Telemetry> {
+pub fn init(format: LogFormat) -> Result<Telemetry, TelemetryError> {
     init_with(format, otlp_endpoint_from_env())
 }
 
 /// Installs the subscriber, exporting spans to `otlp_endpoint` when given.
 /// A second call in one process (tests start many servers) keeps the first
 /// subscriber and exports nothing.
-pub fn init_with(format: LogFormat, otlp_endpoint: Option<String>) -> anyhow::Result<Telemetry> {
+pub fn init_with(
+    format: LogFormat,
+    otlp_endpoint: Option<String>,
+) -> Result<Telemetry, TelemetryError> {
     let (subscriber, telemetry) = subscriber(format, otlp_endpoint)?;
     if subscriber.try_init().is_err() {
         telemetry.shutdown();
@@ -120,7 +133,7 @@ pub enum LogFormat {
 pub fn subscriber(
     format: LogFormat,
     otlp_endpoint: Option<String>,
-) -> anyhow::Result<(impl tracing::Subscriber + Send + Sync + 'static, Telemetry)> {
+) -> Result<(impl tracing::Subscriber + Send + Sync + 'static, Telemetry), TelemetryError> {
     let logs = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colours for a terminal only, not for files and log collectors.
     let ansi = std::io::stderr().is_terminal();
@@ -144,7 +157,10 @@ pub fn subscriber(
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
                 .build()
-                .with_context(|| format!("cannot set up the OTLP exporter for {endpoint}"))?;
+                .map_err(|source| TelemetryError::Exporter {
+                    endpoint: endpoint.clone(),
+                    source,
+                })?;
             let mut resource = Resource::builder();
             if std::env::var_os("OTEL_SERVICE_NAME").is_none() {
                 resource = resource.with_service_name(SERVICE_NAME);

@@ -24,7 +24,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context as _;
 use futures::Stream;
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
@@ -37,7 +36,7 @@ use tokio_rustls::{
     rustls::{
         RootCertStore, ServerConfig,
         pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-        server::WebPkiClientVerifier,
+        server::{VerifierBuilderError, WebPkiClientVerifier},
     },
 };
 use tokio_util::sync::PollSemaphore;
@@ -135,37 +134,92 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Why the TLS files cannot serve: each names the file (and flag) at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read the {what} {}", .path.display())]
+    Read {
+        what: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{}: the {what} is not PEM", .path.display())]
+    NotPem { what: &'static str, path: PathBuf },
+    #[error("{}: the {what} is not valid PEM", .path.display())]
+    InvalidPem {
+        what: &'static str,
+        path: PathBuf,
+        source: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    #[error("{}: the {what} holds no certificate", .path.display())]
+    NoCertificate { what: &'static str, path: PathBuf },
+    #[error("{}: no private key in the TLS key (--tls-key)", .path.display())]
+    NoKey {
+        path: PathBuf,
+        source: tokio_rustls::rustls::pki_types::pem::Error,
+    },
+    #[error("{}: not a usable CA certificate", .path.display())]
+    UnusableCa {
+        path: PathBuf,
+        source: tokio_rustls::rustls::Error,
+    },
+    #[error("invalid client CA certificate (--tls-client-ca)")]
+    ClientVerifier(#[source] VerifierBuilderError),
+    /// The certificate and key do not make a server configuration (a key
+    /// that does not match, an unsupported key type).
+    #[error("invalid TLS certificate or key")]
+    CertificateOrKey(#[source] tokio_rustls::rustls::Error),
+}
+
+/// The PEM file at `path` (the `what` of a flag, in errors).
+fn read_pem(path: &PathBuf, what: &'static str) -> Result<Vec<u8>, TlsError> {
+    let pem = std::fs::read(path).map_err(|source| TlsError::Read {
+        what,
+        path: path.clone(),
+        source,
+    })?;
+    if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
+        return Err(TlsError::NotPem {
+            what,
+            path: path.clone(),
+        });
+    }
+    Ok(pem)
+}
+
+/// The certificates of the PEM file at `path`: at least one.
+fn read_certificates(
+    path: &PathBuf,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(&read_pem(path, what)?)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::InvalidPem {
+            what,
+            path: path.clone(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            what,
+            path: path.clone(),
+        });
+    }
+    Ok(chain)
+}
+
 impl TransportArgs {
     /// The server's TLS acceptor, or `None` for plaintext.
-    pub fn tls(&self) -> anyhow::Result<Option<TlsAcceptor>> {
+    pub fn tls(&self) -> Result<Option<TlsAcceptor>, TlsError> {
         let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) else {
             return Ok(None);
         };
         install_crypto_provider();
-        let read = |path: &PathBuf, what: &str| {
-            let pem = std::fs::read(path)
-                .with_context(|| format!("cannot read the {what} {}", path.display()))?;
-            if !pem.windows(11).any(|w| w == b"-----BEGIN ") {
-                anyhow::bail!("{}: the {what} is not PEM", path.display());
-            }
-            Ok(pem)
-        };
-        let certificates = |path: &PathBuf, what: &str| {
-            let chain = CertificateDer::pem_slice_iter(&read(path, what)?)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{}: the {what} is not valid PEM", path.display()))?;
-            if chain.is_empty() {
-                anyhow::bail!("{}: the {what} holds no certificate", path.display());
-            }
-            Ok(chain)
-        };
-        let chain = certificates(cert, "TLS certificate (--tls-cert)")?;
-        let key = PrivateKeyDer::from_pem_slice(&read(key, "TLS key (--tls-key)")?).with_context(
-            || {
-                format!(
-                    "{}: no private key in the TLS key (--tls-key)",
-                    key.display()
-                )
+        let chain = read_certificates(cert, "TLS certificate (--tls-cert)")?;
+        let key = PrivateKeyDer::from_pem_slice(&read_pem(key, "TLS key (--tls-key)")?).map_err(
+            |source| TlsError::NoKey {
+                path: key.clone(),
+                source,
             },
         )?;
         let builder = ServerConfig::builder();
@@ -173,20 +227,24 @@ impl TransportArgs {
             None => builder.with_no_client_auth(),
             Some(ca) => {
                 let mut roots = RootCertStore::empty();
-                for certificate in certificates(ca, "client CA certificate (--tls-client-ca)")? {
-                    roots.add(certificate).with_context(|| {
-                        format!("{}: not a usable CA certificate", ca.display())
-                    })?;
+                for certificate in read_certificates(ca, "client CA certificate (--tls-client-ca)")?
+                {
+                    roots
+                        .add(certificate)
+                        .map_err(|source| TlsError::UnusableCa {
+                            path: ca.clone(),
+                            source,
+                        })?;
                 }
                 let verifier = WebPkiClientVerifier::builder(roots.into())
                     .build()
-                    .context("invalid client CA certificate (--tls-client-ca)")?;
+                    .map_err(TlsError::ClientVerifier)?;
                 builder.with_client_cert_verifier(verifier)
             }
         };
         let mut config = builder
             .with_single_cert(chain, key)
-            .context("invalid TLS certificate or key")?;
+            .map_err(TlsError::CertificateOrKey)?;
         config.alpn_protocols = vec![ALPN_H2.to_vec()];
         Ok(Some(TlsAcceptor::from(Arc::new(config))))
     }
@@ -241,7 +299,7 @@ struct Limits {
 pub fn incoming(
     listener: TcpListener,
     args: &TransportArgs,
-) -> anyhow::Result<impl Stream<Item = io::Result<Connection>> + Send + 'static> {
+) -> Result<impl Stream<Item = io::Result<Connection>> + Send + 'static, TlsError> {
     let places = |n: usize| Arc::new(Semaphore::new(n.clamp(1, Semaphore::MAX_PERMITS)));
     let limits = Arc::new(Limits {
         handshakes: places(args.max_handshakes),

@@ -61,7 +61,7 @@ use crate::{
     metrics::Metrics,
     observer::ObserverHandle,
     store::{
-        Fence, Store,
+        Fence, Store, StoreError,
         dynamodb::{ClusterView, DynamoStore, LeaseItem, ReplicaItem, shard_of},
     },
     watch::{WatchId, WatchKey},
@@ -118,18 +118,45 @@ pub struct ClusterArgs {
     pub log_poll: Duration,
 }
 
+/// Settings under which leases could not work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterArgsError {
+    #[error("--heartbeat, --route-refresh and --log-poll must be above zero")]
+    ZeroInterval,
+    /// A lease would expire on one late heartbeat.
+    #[error(
+        "--lease-duration ({}) must be at least twice --heartbeat ({}): a lease must survive a late renewal",
+        humantime::format_duration(*.lease_duration),
+        humantime::format_duration(*.heartbeat)
+    )]
+    LeaseTooShort {
+        lease_duration: Duration,
+        heartbeat: Duration,
+    },
+}
+
+/// Why a replica cannot join the cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Settings(#[from] ClusterArgsError),
+    /// The table could not be read or written (its shard count, the first
+    /// heartbeat, the first route refresh), or holds another shard count.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 impl ClusterArgs {
     /// Refuses settings under which leases could not work.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), ClusterArgsError> {
         if self.heartbeat.is_zero() || self.route_refresh.is_zero() || self.log_poll.is_zero() {
-            return Err("--heartbeat, --route-refresh and --log-poll must be above zero".into());
+            return Err(ClusterArgsError::ZeroInterval);
         }
         if self.lease_duration < self.heartbeat * 2 {
-            return Err(format!(
-                "--lease-duration ({}) must be at least twice --heartbeat ({}): a lease must survive a late renewal",
-                humantime::format_duration(self.lease_duration),
-                humantime::format_duration(self.heartbeat)
-            ));
+            return Err(ClusterArgsError::LeaseTooShort {
+                lease_duration: self.lease_duration,
+                heartbeat: self.heartbeat,
+            });
         }
         Ok(())
     }
@@ -298,8 +325,8 @@ impl Cluster {
         store: Arc<DynamoStore>,
         clock: Clock,
         metrics: Arc<Metrics>,
-    ) -> anyhow::Result<Self> {
-        args.check().map_err(anyhow::Error::msg)?;
+    ) -> Result<Self, ClusterError> {
+        args.check()?;
         store.ensure_shards().await?;
         let (settled_tx, settled) = watch::channel(Timestamp::from_millis(0));
         let (fresh_tx, routes_fresh) = watch::channel(None);
@@ -347,7 +374,7 @@ impl Cluster {
         local_settled: watch::Receiver<Timestamp>,
         visibility: Duration,
         end: CancellationToken,
-    ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
+    ) -> crate::store::Result<Vec<tokio::task::JoinHandle<()>>> {
         let mut leases = Leases {
             store: self.store.clone(),
             ownership: self.ownership.clone(),
@@ -716,7 +743,7 @@ impl Leases {
     }
 
     /// Writes this replica's item: its heartbeat moves, which keeps its leases.
-    async fn beat(&mut self) -> anyhow::Result<()> {
+    async fn beat(&mut self) -> crate::store::Result<()> {
         let started = Instant::now();
         self.beats += 1;
         let local_settled = *self.local_settled.borrow();
@@ -736,7 +763,7 @@ impl Leases {
         Ok(())
     }
 
-    async fn heartbeat(&mut self) -> anyhow::Result<()> {
+    async fn heartbeat(&mut self) -> crate::store::Result<()> {
         let me = self.ownership.replica.clone();
         let now = Instant::now();
         let mut view = self.store.cluster_view().await?;
@@ -925,7 +952,7 @@ impl RouteRefresher {
         }
     }
 
-    async fn refresh(&mut self) -> anyhow::Result<()> {
+    async fn refresh(&mut self) -> crate::store::Result<()> {
         let started = Instant::now();
         let wall = self.clock.now();
         let version = self.store.routes_version().await?;
@@ -964,7 +991,7 @@ impl RouteRefresher {
     /// Reads the route items written since the last read (with room for
     /// clocks to disagree), routes them, and has the observer time those
     /// in shards this replica owns.
-    async fn read_routes(&mut self, wall: Timestamp) -> anyhow::Result<()> {
+    async fn read_routes(&mut self, wall: Timestamp) -> crate::store::Result<()> {
         let since =
             Timestamp::from_millis(self.cursor.as_millis() - ROUTE_LOOKBACK.as_millis() as i64);
         let mut fresh: Vec<(WatchKey, u32)> = Vec::new();
@@ -1007,7 +1034,7 @@ impl RouteRefresher {
                     for key in &adopt {
                         known.remove(key);
                     }
-                    return Err(e.into());
+                    return Err(e);
                 }
             }
         }
@@ -1018,7 +1045,7 @@ impl RouteRefresher {
     /// Rebuilds the route table from the `live` index: adds what is missing,
     /// drops watches that finished (kept while their route item is recent,
     /// since the index may lag).
-    async fn reload(&mut self, wall: Timestamp) -> anyhow::Result<()> {
+    async fn reload(&mut self, wall: Timestamp) -> crate::store::Result<()> {
         let live = Store::live_watches(&*self.store, wall).await?;
         let mut known = self.book.known.lock().unwrap_or_else(|p| p.into_inner());
         let listed: HashSet<WatchKey> = live.iter().map(|w| w.key()).collect();

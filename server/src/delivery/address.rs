@@ -8,6 +8,8 @@ use std::{
     time::Duration,
 };
 
+use crate::error::Error;
+
 /// How long StartWatch waits for DNS when checking a webhook's host.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -38,15 +40,36 @@ fn is_guarded_v4(v4: Ipv4Addr) -> bool {
         || v4 == Ipv4Addr::new(100, 100, 100, 200)
 }
 
+/// Why a callback URL may not be connected to.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    #[error("has no host")]
+    NoHost,
+    /// The host resolves to (or is) a guarded address no pattern pins.
+    #[error(
+        "host leads to {0}, a loopback, link-local or metadata address; only a callback_urls \
+         pattern naming this host exactly allows it"
+    )]
+    Guarded(IpAddr),
+}
+
+impl AddressError {
+    /// As the service's error: the URL in request field `field` is bad
+    /// input (INVALID_ARGUMENT naming it). The one mapping of this error.
+    pub fn invalid(self, field: &str) -> Error {
+        Error::invalid(field, self.to_string())
+    }
+}
+
 /// Checks that `url`'s host does not lead to a guarded address (unless
 /// `pinned`: a tenant pattern names this host exactly). A host that does not
 /// resolve now passes: it is checked again on every delivery.
-pub async fn check(url: &reqwest::Url, pinned: bool) -> Result<(), String> {
+pub async fn check(url: &reqwest::Url, pinned: bool) -> Result<(), AddressError> {
     if pinned {
         return Ok(());
     }
     let Some(host) = url.host() else {
-        return Err("has no host".into());
+        return Err(AddressError::NoHost);
     };
     let port = url.port_or_known_default().unwrap_or(443);
     let addrs: Vec<SocketAddr> = match host {
@@ -61,11 +84,7 @@ pub async fn check(url: &reqwest::Url, pinned: bool) -> Result<(), String> {
         }
     };
     match addrs.iter().find(|a| is_guarded(a.ip())) {
-        Some(a) => Err(format!(
-            "host leads to {}, a loopback, link-local or metadata address; only a callback_urls \
-             pattern naming this host exactly allows it",
-            a.ip()
-        )),
+        Some(a) => Err(AddressError::Guarded(a.ip())),
         None => Ok(()),
     }
 }
@@ -122,7 +141,7 @@ mod tests {
     #[tokio::test]
     async fn literal_guarded_hosts_need_a_pinned_pattern() {
         let url = reqwest::Url::parse("http://169.254.169.254/latest/meta-data/").unwrap();
-        let err = check(&url, false).await.unwrap_err();
+        let err = check(&url, false).await.unwrap_err().to_string();
         assert!(err.contains("169.254.169.254"), "{err}");
         assert!(check(&url, true).await.is_ok());
         let url = reqwest::Url::parse("http://[fd00:ec2::254]/").unwrap();

@@ -55,11 +55,12 @@ struct Aws {
 
 impl Targets {
     /// `timeout` bounds one attempt; manifests are read through `manifests`.
+    /// Fails only when no HTTP client can be built (no TLS roots).
     pub fn new(
         tenants: LiveTenants,
         timeout: Duration,
         manifests: Manifests,
-    ) -> anyhow::Result<Self> {
+    ) -> Result<Self, reqwest::Error> {
         let builder = || {
             reqwest::Client::builder()
                 .timeout(timeout)
@@ -125,7 +126,7 @@ impl Targets {
         // A literal address never reaches the resolver: check it here.
         address::check(&url, pinned)
             .await
-            .map_err(|e| Failure::new("", e))?;
+            .map_err(|e| Failure::new("", e.to_string()))?;
         let client = if pinned {
             &self.http_pinned
         } else {

@@ -38,43 +38,54 @@ struct Manifest {
     success: Option<serde_json::Value>,
 }
 
+/// Why a marker's manifest cannot complete the watch (the check's `problem`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("the marker is not a committer manifest (JSON object): {0}")]
+    NotAManifest(String),
+    /// The committer wrote `"success": false`.
+    #[error("the marker's manifest says the job failed (\"success\": false)")]
+    JobFailed,
+    #[error("the marker's manifest has \"success\": {0}; expected true or false")]
+    BadSuccess(String),
+    #[error("the marker's manifest has no \"filenames\" list")]
+    NoFilenames,
+    #[error("the marker's manifest lists {0} files; at most {MAX_LISTED_FILES} are checked")]
+    TooManyFiles(usize),
+    #[error("the marker's manifest filenames[{0}] is not a string")]
+    NotAString(usize),
+    /// A listed file outside the watch's bucket (or not an S3 URI).
+    #[error("the marker's manifest lists {name:?}, which is not in bucket {bucket}")]
+    OtherBucket { name: String, bucket: String },
+}
+
 /// The keys a marker's body lists, or why it cannot complete the watch. An
 /// empty body (the classic committer's marker) lists nothing.
-pub fn listed_keys(body: &[u8], bucket: &str) -> Result<Vec<String>, String> {
+pub fn listed_keys(body: &[u8], bucket: &str) -> Result<Vec<String>, ManifestError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(Vec::new());
     }
-    let manifest: Manifest = serde_json::from_slice(body)
-        .map_err(|e| format!("the marker is not a committer manifest (JSON object): {e}"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(body).map_err(|e| ManifestError::NotAManifest(e.to_string()))?;
     match manifest.success {
         None | Some(serde_json::Value::Bool(true)) => {}
-        Some(serde_json::Value::Bool(false)) => {
-            return Err("the marker's manifest says the job failed (\"success\": false)".into());
-        }
-        Some(other) => {
-            return Err(format!(
-                "the marker's manifest has \"success\": {other}; expected true or false"
-            ));
-        }
+        Some(serde_json::Value::Bool(false)) => return Err(ManifestError::JobFailed),
+        Some(other) => return Err(ManifestError::BadSuccess(other.to_string())),
     }
     let Some(serde_json::Value::Array(files)) = manifest.filenames else {
-        return Err("the marker's manifest has no \"filenames\" list".into());
+        return Err(ManifestError::NoFilenames);
     };
     if files.len() > MAX_LISTED_FILES {
-        return Err(format!(
-            "the marker's manifest lists {} files; at most {MAX_LISTED_FILES} are checked",
-            files.len()
-        ));
+        return Err(ManifestError::TooManyFiles(files.len()));
     }
     files
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let name = f
-                .as_str()
-                .ok_or_else(|| format!("the marker's manifest filenames[{i}] is not a string"))?;
-            file_key(name, bucket).ok_or_else(|| {
-                format!("the marker's manifest lists {name:?}, which is not in bucket {bucket}")
+            let name = f.as_str().ok_or(ManifestError::NotAString(i))?;
+            file_key(name, bucket).ok_or_else(|| ManifestError::OtherBucket {
+                name: name.to_owned(),
+                bucket: bucket.to_owned(),
             })
         })
         .collect()
@@ -99,7 +110,8 @@ fn file_key(name: &str, bucket: &str) -> Option<String> {
     Some(decoded.into_owned())
 }
 
-/// Reads `watch`'s marker and looks up the files it lists.
+/// Reads `watch`'s marker and looks up the files it lists; a failure to read
+/// it (or the store) as text, for the observer's log and retry.
 pub async fn check(
     s3: &aws_sdk_s3::Client,
     store: &dyn Store,
@@ -142,7 +154,7 @@ pub async fn check(
         .into_bytes();
     match listed_keys(&body, objects.bucket.as_str()) {
         Err(problem) => Ok(Checked {
-            check: check(0, problem),
+            check: check(0, problem.to_string()),
             missing: Vec::new(),
         }),
         Ok(keys) => {
@@ -231,7 +243,7 @@ mod tests {
             ),
             (b"{\"filenames\": [\"gs://lake/x\"]}", "not in bucket lake"),
         ] {
-            let err = listed_keys(body, "lake").unwrap_err();
+            let err = listed_keys(body, "lake").unwrap_err().to_string();
             assert!(
                 err.contains(says),
                 "{}: {err}",

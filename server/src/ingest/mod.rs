@@ -109,10 +109,62 @@ struct DetailObject {
 /// Longest object key S3 allows, in bytes of UTF-8.
 pub const MAX_KEY_BYTES: usize = 1024;
 
+/// Why an object key in a notification cannot be taken.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// A `%` not followed by two hex digits, at byte `at`.
+    #[error("key {raw:?} has an invalid percent-escape at byte {at}")]
+    InvalidEscape { raw: String, at: usize },
+    #[error("key {raw:?} does not decode to UTF-8")]
+    NotUtf8 { raw: String },
+    #[error("key is empty")]
+    Empty,
+    /// Longer than [`MAX_KEY_BYTES`] once decoded.
+    #[error("key is {bytes} bytes; S3 keys are at most {MAX_KEY_BYTES}")]
+    TooLong { bytes: usize },
+}
+
+/// Why a notification document is rejected; a rejected document changes
+/// nothing. Parser messages are kept as text (serde's errors are not `Clone`).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    #[error("document is {bytes} bytes; at most {MAX_DOCUMENT_BYTES}")]
+    TooLarge { bytes: usize },
+    #[error("malformed JSON: {0}")]
+    MalformedJson(String),
+    #[error("a notification document must be a JSON object")]
+    NotAnObject,
+    #[error("invalid SNS event: {0}")]
+    InvalidSnsEvent(String),
+    #[error("invalid S3 event: {0}")]
+    InvalidS3Event(String),
+    /// `Records[index].field` is absent (or an empty bucket name).
+    #[error("Records[{index}].{field} is missing")]
+    MissingField { index: usize, field: &'static str },
+    #[error("Records[{index}].s3.object.{key}")]
+    RecordKey { index: usize, key: KeyError },
+    #[error("invalid SNS envelope: {0}")]
+    InvalidSnsEnvelope(String),
+    #[error("SNS envelopes nested too deep")]
+    NestedTooDeep,
+    #[error("SNS Message is not JSON: {0}")]
+    SnsMessageNotJson(String),
+    #[error("invalid EventBridge S3 event: {0}")]
+    InvalidEventBridge(String),
+    #[error("EventBridge source {0:?} is not aws.s3")]
+    NotS3Source(String),
+    #[error("detail.object.{0}")]
+    DetailKey(KeyError),
+    #[error(
+        "not a storage notification: expected S3 Records, an SNS envelope, an EventBridge event or s3:TestEvent"
+    )]
+    Unrecognised,
+}
+
 /// Decodes a key as S3 writes it into notifications (form-encoded: `+` is a
 /// space). A `%` not followed by two hex digits is an error, not a literal:
 /// taken literally, `a%ZZ` and `a%25ZZ` would count as one key.
-pub fn decode_key(raw: &str) -> Result<String, String> {
+pub fn decode_key(raw: &str) -> Result<String, KeyError> {
     let bytes = raw.as_bytes();
     if let Some(at) = bytes.iter().enumerate().position(|(i, b)| {
         *b == b'%'
@@ -120,23 +172,23 @@ pub fn decode_key(raw: &str) -> Result<String, String> {
                 .get(i + 1..i + 3)
                 .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit))
     }) {
-        return Err(format!(
-            "key {raw:?} has an invalid percent-escape at byte {at}"
-        ));
+        return Err(KeyError::InvalidEscape {
+            raw: raw.to_owned(),
+            at,
+        });
     }
     let spaced = raw.replace('+', " ");
     let key = percent_encoding::percent_decode_str(&spaced)
         .decode_utf8()
         .map(|k| k.into_owned())
-        .map_err(|_| format!("key {raw:?} does not decode to UTF-8"))?;
+        .map_err(|_| KeyError::NotUtf8 {
+            raw: raw.to_owned(),
+        })?;
     if key.is_empty() {
-        return Err("key is empty".into());
+        return Err(KeyError::Empty);
     }
     if key.len() > MAX_KEY_BYTES {
-        return Err(format!(
-            "key is {} bytes; S3 keys are at most {MAX_KEY_BYTES}",
-            key.len()
-        ));
+        return Err(KeyError::TooLong { bytes: key.len() });
     }
     Ok(key)
 }
@@ -153,22 +205,17 @@ fn kind_of(event_name: &str) -> NotificationKind {
 }
 
 /// Parses one notification document.
-pub fn parse_document(raw: &str) -> Result<Document, String> {
+pub fn parse_document(raw: &str) -> Result<Document, DocumentError> {
     if raw.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!(
-            "document is {} bytes; at most {MAX_DOCUMENT_BYTES}",
-            raw.len()
-        ));
+        return Err(DocumentError::TooLarge { bytes: raw.len() });
     }
     let value: serde_json::Value =
-        serde_json::from_str(raw).map_err(|e| format!("malformed JSON: {e}"))?;
+        serde_json::from_str(raw).map_err(|e| DocumentError::MalformedJson(e.to_string()))?;
     parse_value(&value, 0)
 }
 
-fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, String> {
-    let obj = value
-        .as_object()
-        .ok_or("a notification document must be a JSON object")?;
+fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, DocumentError> {
+    let obj = value.as_object().ok_or(DocumentError::NotAnObject)?;
     if obj.get("Event").and_then(|e| e.as_str()) == Some("s3:TestEvent") {
         return Ok(Document::Test);
     }
@@ -178,8 +225,8 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
             .and_then(|r| r.first())
             .is_some_and(|r| r.get("Sns").is_some());
         if is_sns {
-            let event =
-                SnsEvent::deserialize(value).map_err(|e| format!("invalid SNS event: {e}"))?;
+            let event = SnsEvent::deserialize(value)
+                .map_err(|e| DocumentError::InvalidSnsEvent(e.to_string()))?;
             let mut out = Vec::new();
             for record in event.records {
                 if let Document::Records(mut inner) = parse_sns_message(&record.sns.message, depth)?
@@ -190,22 +237,21 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
             return Ok(Document::Records(out));
         }
         let event = S3Event::deserialize(&*with_optional_parts(value))
-            .map_err(|e| format!("invalid S3 event: {e}"))?;
+            .map_err(|e| DocumentError::InvalidS3Event(e.to_string()))?;
         let mut out = Vec::with_capacity(event.records.len());
         for (i, record) in event.records.into_iter().enumerate() {
             let bucket = record.s3.bucket.name.filter(|b| !b.is_empty());
-            let bucket = bucket.ok_or_else(|| format!("Records[{i}].s3.bucket.name is missing"))?;
+            let missing = |field| DocumentError::MissingField { index: i, field };
+            let bucket = bucket.ok_or_else(|| missing("s3.bucket.name"))?;
             let key = record
                 .s3
                 .object
                 .key
-                .ok_or_else(|| format!("Records[{i}].s3.object.key is missing"))?;
-            let name = record
-                .event_name
-                .ok_or_else(|| format!("Records[{i}].eventName is missing"))?;
+                .ok_or_else(|| missing("s3.object.key"))?;
+            let name = record.event_name.ok_or_else(|| missing("eventName"))?;
             out.push(Notification {
                 bucket,
-                key: decode_key(&key).map_err(|e| format!("Records[{i}].s3.object.{e}"))?,
+                key: decode_key(&key).map_err(|key| DocumentError::RecordKey { index: i, key })?,
                 kind: kind_of(&name),
                 sequencer: record.s3.object.sequencer.unwrap_or_default(),
                 size: record
@@ -222,18 +268,15 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
     if obj.get("Type").and_then(|t| t.as_str()) == Some("Notification")
         && obj.contains_key("Message")
     {
-        let message =
-            SnsMessage::deserialize(value).map_err(|e| format!("invalid SNS envelope: {e}"))?;
+        let message = SnsMessage::deserialize(value)
+            .map_err(|e| DocumentError::InvalidSnsEnvelope(e.to_string()))?;
         return parse_sns_message(&message.message, depth);
     }
     if obj.contains_key("detail-type") && obj.contains_key("detail") {
         let event = EventBridgeEvent::<S3Detail>::deserialize(value)
-            .map_err(|e| format!("invalid EventBridge S3 event: {e}"))?;
+            .map_err(|e| DocumentError::InvalidEventBridge(e.to_string()))?;
         if event.source != "aws.s3" {
-            return Err(format!(
-                "EventBridge source {:?} is not aws.s3",
-                event.source
-            ));
+            return Err(DocumentError::NotS3Source(event.source));
         }
         let kind = match event.detail_type.as_str() {
             "Object Created" => NotificationKind::Created,
@@ -242,14 +285,14 @@ fn parse_value(value: &serde_json::Value, depth: usize) -> Result<Document, Stri
         };
         return Ok(Document::Records(vec![Notification {
             bucket: event.detail.bucket.name,
-            key: decode_key(&event.detail.object.key).map_err(|e| format!("detail.object.{e}"))?,
+            key: decode_key(&event.detail.object.key).map_err(DocumentError::DetailKey)?,
             kind,
             sequencer: event.detail.object.sequencer.unwrap_or_default(),
             size: event.detail.object.size.unwrap_or(0),
             event_time: event.time.and_then(|t| event_instant(t.timestamp_millis())),
         }]));
     }
-    Err("not a storage notification: expected S3 Records, an SNS envelope, an EventBridge event or s3:TestEvent".into())
+    Err(DocumentError::Unrecognised)
 }
 
 /// Record parts that carry nothing streamwatch reads and that some
@@ -273,12 +316,12 @@ fn with_optional_parts(value: &serde_json::Value) -> std::borrow::Cow<'_, serde_
     std::borrow::Cow::Owned(filled)
 }
 
-fn parse_sns_message(message: &str, depth: usize) -> Result<Document, String> {
+fn parse_sns_message(message: &str, depth: usize) -> Result<Document, DocumentError> {
     if depth >= MAX_DEPTH {
-        return Err("SNS envelopes nested too deep".into());
+        return Err(DocumentError::NestedTooDeep);
     }
-    let inner: serde_json::Value =
-        serde_json::from_str(message).map_err(|e| format!("SNS Message is not JSON: {e}"))?;
+    let inner: serde_json::Value = serde_json::from_str(message)
+        .map_err(|e| DocumentError::SnsMessageNotJson(e.to_string()))?;
     parse_value(&inner, depth + 1)
 }
 
@@ -724,7 +767,7 @@ impl Ingest {
                         ));
                     }
                 }
-                Err(reason) => report.rejected.push((index, reason)),
+                Err(reason) => report.rejected.push((index, reason.to_string())),
             }
         }
         report.records = notifications.len() as u64;
@@ -1176,11 +1219,16 @@ mod tests {
             ),
         ];
         for (doc, expected) in cases {
-            let err = parse_document(doc).expect_err(doc);
+            let err = parse_document(doc).expect_err(doc).to_string();
             assert!(err.contains(expected), "{doc}: {err}");
         }
         let huge = format!("{{\"pad\": \"{}\"}}", "x".repeat(MAX_DOCUMENT_BYTES));
-        assert!(parse_document(&huge).unwrap_err().contains("at most"));
+        assert!(
+            parse_document(&huge)
+                .unwrap_err()
+                .to_string()
+                .contains("at most")
+        );
     }
 
     #[test]
@@ -1195,6 +1243,7 @@ mod tests {
         assert!(
             parse_document(&doc)
                 .unwrap_err()
+                .to_string()
                 .contains("nested too deep")
         );
     }
@@ -1208,7 +1257,7 @@ mod tests {
     #[test]
     fn invalid_percent_escapes_are_rejected_not_taken_literally() {
         for raw in ["a%ZZ", "a%", "a%2", "%G0b", "x%%41"] {
-            let reason = decode_key(raw).expect_err(raw);
+            let reason = decode_key(raw).expect_err(raw).to_string();
             assert!(reason.contains("invalid percent-escape"), "{raw}: {reason}");
         }
         assert_eq!(
@@ -1218,7 +1267,7 @@ mod tests {
         );
         let doc = include_str!("../../tests/fixtures/s3_put.json")
             .replace("day%3D1/old.json", "day%3D1/a%ZZ");
-        let reason = parse_document(&doc).unwrap_err();
+        let reason = parse_document(&doc).unwrap_err().to_string();
         assert!(reason.contains("Records[1].s3.object.key"), "{reason}");
     }
 
@@ -1226,7 +1275,7 @@ mod tests {
     fn keys_longer_than_s3_allows_are_rejected() {
         let longest = "k".repeat(MAX_KEY_BYTES);
         assert_eq!(decode_key(&longest).unwrap(), longest);
-        let reason = decode_key(&format!("{longest}k")).unwrap_err();
+        let reason = decode_key(&format!("{longest}k")).unwrap_err().to_string();
         assert!(reason.contains("1025 bytes"), "{reason}");
         // Measured after decoding: escapes do not count.
         assert!(decode_key(&"%6B".repeat(MAX_KEY_BYTES)).is_ok());

@@ -5,7 +5,11 @@
 //! count nothing; a key no notification told of counts (and is activity, so
 //! the watch keeps waiting). The store's exact counting does the comparison.
 
-use aws_sdk_s3::{Client, error::DisplayErrorContext};
+use aws_sdk_s3::{
+    Client,
+    error::{DisplayErrorContext, SdkError},
+    operation::list_objects_v2::ListObjectsV2Error,
+};
 
 use crate::{
     clock::Timestamp,
@@ -24,6 +28,15 @@ pub struct Listed {
     pub last_modified: Option<Timestamp>,
 }
 
+/// Why a prefix could not be listed.
+#[derive(Debug, thiserror::Error)]
+pub enum ListError {
+    /// A ListObjectsV2 call failed: no such bucket, no permission, or S3
+    /// could not be reached.
+    #[error("{}", DisplayErrorContext(.0))]
+    Request(Box<SdkError<ListObjectsV2Error>>),
+}
+
 pub struct Reconciler {
     pub(crate) s3: Client,
 }
@@ -34,7 +47,7 @@ impl Reconciler {
     }
 
     /// Every object under `prefix` in `bucket`.
-    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<Listed>, String> {
+    pub async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<Listed>, ListError> {
         let mut keys = Vec::new();
         let mut pages = self
             .s3
@@ -45,7 +58,7 @@ impl Reconciler {
             .into_paginator()
             .send();
         while let Some(page) = pages.next().await {
-            let page = page.map_err(|e| DisplayErrorContext(e).to_string())?;
+            let page = page.map_err(|e| ListError::Request(Box::new(e)))?;
             keys.extend(
                 page.contents
                     .unwrap_or_default()
@@ -66,7 +79,8 @@ impl Reconciler {
     }
 
     /// Lists `watch`'s prefix and records what it finds. Returns the watch and
-    /// its events when objects no notification told of were counted.
+    /// its events when objects no notification told of were counted; a
+    /// failure as text, for the observer's log and retry.
     pub async fn reconcile(
         &self,
         store: &dyn Store,
@@ -79,7 +93,8 @@ impl Reconciler {
         };
         let listed = self
             .list(objects.bucket.as_str(), objects.prefix.as_str())
-            .await?;
+            .await
+            .map_err(|e| e.to_string())?;
         let matcher = objects.filter.matcher();
         let prefix = objects.prefix.as_str();
         let activities: Vec<Activity> = listed

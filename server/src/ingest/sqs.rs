@@ -27,7 +27,8 @@ use std::{
 
 use aws_sdk_sqs::{
     Client,
-    error::DisplayErrorContext,
+    error::{DisplayErrorContext, SdkError},
+    operation::get_queue_attributes::GetQueueAttributesError,
     types::{
         ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
         QueueAttributeName,
@@ -78,15 +79,24 @@ fn sqs_error(e: impl std::error::Error + 'static) -> String {
     DisplayErrorContext(e).to_string()
 }
 
+/// Why a queue cannot be consumed.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// GetQueueAttributes failed: no such queue, no permission to read it,
+    /// or SQS could not be reached.
+    #[error("{}", DisplayErrorContext(.0))]
+    Unreadable(Box<SdkError<GetQueueAttributesError>>),
+}
+
 /// Checks that the queue at `url` exists and may be read (GetQueueAttributes).
-pub async fn check(client: &Client, url: &str) -> Result<Duration, String> {
+pub async fn check(client: &Client, url: &str) -> Result<Duration, QueueError> {
     let out = client
         .get_queue_attributes()
         .queue_url(url)
         .attribute_names(QueueAttributeName::VisibilityTimeout)
         .send()
         .await
-        .map_err(sqs_error)?;
+        .map_err(|e| QueueError::Unreadable(Box::new(e)))?;
     Ok(out
         .attributes
         .and_then(|a| {

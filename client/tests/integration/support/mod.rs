@@ -19,7 +19,7 @@ pub struct TestServer {
     pub addr: SocketAddr,
     dir: Arc<tempfile::TempDir>,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: Option<JoinHandle<Result<(), streamwatch_server::ServeError>>>,
 }
 
 impl TestServer {

@@ -89,7 +89,7 @@ pub struct TestServer {
     pub dir: DataDir,
     config: Config,
     stop: Option<oneshot::Sender<()>>,
-    task: Option<JoinHandle<anyhow::Result<()>>>,
+    task: Option<JoinHandle<Result<(), streamwatch_server::ServeError>>>,
 }
 
 impl TestServer {
