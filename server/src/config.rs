@@ -129,6 +129,7 @@ pub struct Config {
     pub log_format: LogFormat,
 }
 
+/// `--sqs-wait`, as a clap value parser: its error is text clap prints after the flag.
 fn parse_sqs_wait(raw: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
     if d > Duration::from_secs(20) || d.subsec_nanos() != 0 {
@@ -137,6 +138,8 @@ fn parse_sqs_wait(raw: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// `--manifest-part-size`, as a clap value parser: its error is text clap prints
+/// after the flag.
 fn parse_part_size(raw: &str) -> Result<usize, String> {
     use crate::delivery::manifest::{MAX_PART_SIZE, MIN_PART_SIZE};
     let n: usize = raw.parse().map_err(|e| format!("{e}"))?;

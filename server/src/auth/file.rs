@@ -53,6 +53,7 @@ struct TenantEntry {
     forwarder: bool,
 }
 
+/// Why the tenants file cannot be loaded; the table in force stays.
 #[derive(Debug, thiserror::Error)]
 pub enum TenantsError {
     #[error("cannot read {path}: {source}")]

@@ -107,6 +107,8 @@ pub struct TransportArgs {
     pub idle_timeout: Duration,
 }
 
+/// A duration above zero, as a clap value parser: its error is text clap
+/// prints after the flag.
 fn positive_duration(raw: &str) -> Result<Duration, String> {
     let d = humantime::parse_duration(raw).map_err(|e| e.to_string())?;
     if d.is_zero() {
