@@ -68,7 +68,7 @@ pub enum StartupError {
 }
 
 /// The running service without its gRPC front: store, observer, hub and the
-/// operations over them. [`serve`] puts gRPC in front; tests drive it directly.
+/// operations over them. [`serve`](crate::serve) puts gRPC in front; tests drive it directly.
 pub struct Core {
     pub service: Arc<Service>,
     pub tenants: LiveTenants,

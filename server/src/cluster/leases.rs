@@ -86,7 +86,7 @@ pub(super) struct Leases {
     /// The longest visibility timeout of this replica's queues.
     visibility: Duration,
     settled: watch::Sender<Timestamp>,
-    /// Replicas whose heartbeat stood still for a lease duration (for [`Routing`]).
+    /// Replicas whose heartbeat stood still for a lease duration (for [`Routing`](super::Routing)).
     silent: Arc<RwLock<HashSet<String>>>,
     freshness: Arc<Freshness>,
 }

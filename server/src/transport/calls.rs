@@ -12,7 +12,7 @@ use std::{
 
 use super::connection::{ConnectionInfo, ConnectionState};
 
-/// Counts the calls open on each connection (see [`Connection`]): a call is
+/// Counts the calls open on each connection (see [`Connection`](super::Connection)): a call is
 /// open from its request until its response body ends or is dropped.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CountCallsLayer;
