@@ -30,12 +30,34 @@ pub(super) struct BucketRoutes {
     lengths: BTreeMap<usize, usize>,
 }
 
-/// What one watch takes below its prefix.
+/// What one watch takes below its prefix: every key (`None`, the common
+/// case: one pointer per route), or what a filter and a marker key say.
 #[derive(Clone, Debug)]
-struct Route {
+struct Route(Option<Box<Takes>>);
+
+#[derive(Clone, Debug)]
+struct Takes {
     filter: Option<Arc<KeyMatcher>>,
     /// The marker key below the prefix (`policy.marker`): routed whatever the filter says.
     marker: Option<Box<str>>,
+}
+
+impl Route {
+    /// Whether the watch takes the key `below` its prefix, and whether that
+    /// key is its marker.
+    fn takes(&self, below: &str) -> Option<bool> {
+        let Some(takes) = &self.0 else {
+            return Some(false);
+        };
+        if takes.marker.as_deref() == Some(below) {
+            return Some(true);
+        }
+        takes
+            .filter
+            .as_ref()
+            .is_none_or(|f| f.matches(below))
+            .then_some(false)
+    }
 }
 
 /// The watches of one prefix: nearly always one, kept in place (a map per
@@ -121,13 +143,9 @@ impl BucketRoutes {
             .filter_map(move |&len| Some((key.get(..len)?, &key[len..])))
             .filter_map(|(prefix, below)| Some((self.by_prefix.get(prefix)?, below)))
             .flat_map(|(watches, below)| {
-                watches.iter().filter_map(move |(key, route)| {
-                    if route.marker.as_deref() == Some(below) {
-                        return Some((key, true));
-                    }
-                    let takes = route.filter.as_ref().is_none_or(|f| f.matches(below));
-                    takes.then_some((key, false))
-                })
+                watches
+                    .iter()
+                    .filter_map(move |(key, route)| Some((key, route.takes(below)?)))
             })
     }
 
@@ -197,10 +215,13 @@ impl Routes {
         filter: &KeyFilter,
         marker: Option<&str>,
     ) {
-        let route = Route {
-            filter: filter.matcher().map(Arc::new),
-            marker: marker.map(Into::into),
-        };
+        let filter = filter.matcher().map(Arc::new);
+        let route = Route((filter.is_some() || marker.is_some()).then(|| {
+            Box::new(Takes {
+                filter,
+                marker: marker.map(Into::into),
+            })
+        }));
         let mut map = self.by_bucket.write().unwrap_or_else(|p| p.into_inner());
         map.entry(bucket.clone())
             .or_default()
