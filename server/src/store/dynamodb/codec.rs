@@ -339,7 +339,7 @@ pub(super) fn item_event(tenant: &TenantId, id: &WatchId, item: &Item) -> Result
     })
 }
 
-/// The route item of a new watch (see [`DynamoStore::routes_since`]).
+/// The route item of a new watch (see [`DynamoStore::routes_since`](super::DynamoStore::routes_since)).
 pub(super) fn route_item(w: &Watch) -> Item {
     let created = w.created_at.as_millis();
     let mut item = Item::new();
