@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 fn polling(delay: Option<prost_types::Duration>, max_repeats: u32, schedule: i32) -> v1::Policy {
     v1::Policy {
@@ -329,8 +329,7 @@ async fn bad_documents_are_rejected_one_by_one_and_change_nothing() {
         .ingest_s3_events(vec![
             "{\"Records\": [".into(),
             good,
-            "{\"Service\":\"Amazon S3\",\"Event\":\"s3:TestEvent\",\"Bucket\":\"data-lake\"}"
-                .into(),
+            s3_test_event("data-lake"),
             half_bad,
             "{\"something\": \"else\"}".into(),
             "bad%FF".into(),

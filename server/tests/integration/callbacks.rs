@@ -18,10 +18,10 @@ use std::{
     time::Duration,
 };
 
-use crate::support::*;
 use hmac::{Hmac, Mac};
-use sha2::{Digest, Sha256};
+use sha2::Sha256;
 use streamwatch_client::{ConnectOptions, proto as v1};
+use streamwatch_testkit::*;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpListener,
@@ -126,7 +126,7 @@ async fn receiver(
 /// The `acme` tenant, allowed webhooks to loopback under `/hooks/` (the
 /// pattern names the host exactly, so loopback is allowed), plus `extra` patterns.
 fn tenants_file(dir: &DataDir, extra: &[&str]) -> PathBuf {
-    let digest = hex::encode(Sha256::digest(ACME_TOKEN.as_bytes()));
+    let digest = token_digest(ACME_TOKEN);
     let mut patterns = vec!["\"http://127.0.0.1:*/hooks/*\"".to_owned()];
     patterns.extend(extra.iter().map(|p| format!("{p:?}")));
     let path = dir.path().join("tenants.toml");
@@ -163,28 +163,21 @@ async fn start_server(dir: &DataDir, extra_patterns: &[&str]) -> TestServer {
     config.tenants = Some(tenants_file(dir, extra_patterns));
     config.delivery_backoff = Duration::from_millis(100);
     config.delivery_timeout = Duration::from_secs(2);
-    TestServer::start_with(dir.clone(), config, None).await
+    TestServer::start_with(dir.clone(), config).await
 }
 
-/// Reads the watch until its first delivery is no longer PENDING.
+/// Reads the watch until its first delivery is no longer PENDING (it is
+/// recorded by a task the client cannot await).
 async fn finished_delivery(client: &mut streamwatch_client::Client, id: &str) -> v1::Watch {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    eventually("the delivery finishes", LIMIT, async || {
         let watch = client.get_watch(id).await.unwrap();
-        if watch
+        let finished = watch
             .deliveries
             .first()
-            .is_some_and(|d| d.state != v1::DeliveryState::Pending as i32)
-        {
-            return watch;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "delivery never finished: {watch:?}"
-        );
-        // The delivery is recorded by a task the client cannot await; poll its record.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+            .is_some_and(|d| d.state != v1::DeliveryState::Pending as i32);
+        if finished { Ok(watch) } else { Err(watch) }
+    })
+    .await
 }
 
 #[tokio::test]
@@ -346,8 +339,8 @@ async fn start_binary(dir: &DataDir) -> (tokio::process::Child, String) {
         .args(["--delivery-backoff", "100ms", "--delivery-timeout", "1s"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
-    let (child, bound) = spawn_binary(command, dir.path(), false).await;
-    (child, bound.endpoint)
+    let server = ServerProcess::spawn(command, dir.path(), false).await;
+    (server.child, server.endpoint)
 }
 
 #[tokio::test]
@@ -421,7 +414,6 @@ async fn a_server_killed_before_delivering_delivers_after_restart() {
 
 /// A queue on the emulator and its ARN.
 async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
-    use aws_sdk_sqs::types::QueueAttributeName;
     let url = sqs
         .create_queue()
         .queue_name(name)
@@ -430,24 +422,13 @@ async fn queue(sqs: &aws_sdk_sqs::Client, name: &str) -> (String, String) {
         .unwrap()
         .queue_url
         .unwrap();
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&url)
-        .attribute_names(QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&QueueAttributeName::QueueArn)
-        .unwrap();
+    let arn = aws::queue_arn(sqs, &url).await;
     (url, arn)
 }
 
 /// The first message on `url`, waiting for it.
 async fn one_message(sqs: &aws_sdk_sqs::Client, url: &str) -> aws_sdk_sqs::types::Message {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    eventually(&format!("a message on {url}"), LIMIT, async || {
         let out = sqs
             .receive_message()
             .queue_url(url)
@@ -456,18 +437,14 @@ async fn one_message(sqs: &aws_sdk_sqs::Client, url: &str) -> aws_sdk_sqs::types
             .send()
             .await
             .unwrap();
-        if let Some(m) = out.messages.unwrap_or_default().into_iter().next() {
-            return m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no message on {url}"
-        );
-    }
+        out.messages.unwrap_or_default().into_iter().next()
+    })
+    .await
 }
 
 #[tokio::test]
 async fn an_sqs_target_receives_the_completion() {
+    require_emulator!();
     let sqs = aws::sqs().await;
     let (url, _) = queue(&sqs, &aws::unique("done")).await;
     let server = start_server(&DataDir::new(), &[&url]).await;
@@ -492,9 +469,9 @@ async fn an_sqs_target_receives_the_completion() {
 
 #[tokio::test]
 async fn an_sns_target_publishes_the_completion() {
+    require_emulator!();
     let sqs = aws::sqs().await;
-    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    let sns = aws_sdk_sns::Client::new(&shared);
+    let sns = aws_sdk_sns::Client::new(&aws::sdk_config().await);
     let topic = sns
         .create_topic()
         .name(aws::unique("done"))
@@ -555,31 +532,27 @@ fn counting_to(objects: u64, targets: Vec<v1::NotifyTarget>) -> v1::StartWatchRe
     start_request("data-lake", "", policy)
 }
 
-/// Reads the watch until `count` deliveries exist and none is PENDING.
+/// Reads the watch until `count` deliveries exist and none is PENDING
+/// (they are recorded by a task the client cannot await).
 async fn deliveries_finished(
     client: &mut streamwatch_client::Client,
     id: &str,
     count: usize,
 ) -> v1::Watch {
-    let deadline = tokio::time::Instant::now() + LIMIT * 2;
-    loop {
+    eventually("the deliveries finish", LIMIT * 2, async || {
         let watch = client.get_watch(id).await.unwrap();
-        if watch.deliveries.len() == count
+        let finished = watch.deliveries.len() == count
             && watch
                 .deliveries
                 .iter()
-                .all(|d| d.state != v1::DeliveryState::Pending as i32)
-        {
-            return watch;
+                .all(|d| d.state != v1::DeliveryState::Pending as i32);
+        if finished {
+            Ok(watch)
+        } else {
+            Err(watch.deliveries)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "deliveries never finished: {:?}",
-            watch.deliveries
-        );
-        // The delivery is recorded by a task the client cannot await; poll its record.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 /// The manifest at `s3://bucket/key`: its bytes, lines and user metadata.
@@ -620,6 +593,7 @@ fn keys_of(lines: &[serde_json::Value]) -> Vec<String> {
 
 #[tokio::test]
 async fn a_manifest_target_writes_the_counted_keys_to_s3() {
+    require_emulator!();
     let s3 = aws::s3().await;
     let bucket = aws::unique("manifests");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
@@ -698,6 +672,7 @@ async fn a_manifest_target_writes_the_counted_keys_to_s3() {
 
 #[tokio::test]
 async fn a_manifest_larger_than_a_part_is_a_multipart_upload() {
+    require_emulator!();
     let s3 = aws::s3().await;
     let bucket = aws::unique("manifests");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
@@ -706,7 +681,7 @@ async fn a_manifest_larger_than_a_part_is_a_multipart_upload() {
     config.tenants = Some(tenants_file(&dir, &[]));
     config.manifest_part_size = streamwatch_server::delivery::manifest::MIN_PART_SIZE;
     config.delivery_timeout = Duration::from_secs(20);
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = TestServer::start_with(dir, config).await;
     let mut client = server.client_with_token(ACME_TOKEN).await;
     // 6,000 keys of 1,000 bytes: about 6.2 MB of manifest, two 5 MiB parts.
     let n = 6000;
@@ -744,6 +719,7 @@ async fn a_manifest_larger_than_a_part_is_a_multipart_upload() {
 
 #[tokio::test]
 async fn a_retried_manifest_delivery_rewrites_the_same_object() {
+    require_emulator!();
     let s3 = aws::s3().await;
     // The bucket does not exist yet: the first attempts fail.
     let bucket = aws::unique("manifests");
@@ -760,23 +736,20 @@ async fn a_retried_manifest_delivery_rewrites_the_same_object() {
         .ingest_s3_events(vec![created("data-lake", &["a.json", "b c.json"])])
         .await
         .unwrap();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    // The attempt is recorded by a task the client cannot await; poll its record.
+    let d = eventually("a failed attempt", LIMIT, async || {
         let watch = client.get_watch(&id).await.unwrap();
-        if let Some(d) = watch.deliveries.first()
-            && d.attempts >= 1
-        {
-            assert_eq!(d.state, v1::DeliveryState::Pending as i32, "{d:?}");
-            assert_eq!(
-                d.last_error,
-                "PutObject: NoSuchBucket: The specified bucket does not exist"
-            );
-            break;
+        match watch.deliveries.first() {
+            Some(d) if d.attempts >= 1 => Ok(d.clone()),
+            _ => Err(watch.deliveries),
         }
-        assert!(tokio::time::Instant::now() < deadline, "no failed attempt");
-        // The attempt is recorded by a task the client cannot await; poll its record.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
+    assert_eq!(d.state, v1::DeliveryState::Pending as i32, "{d:?}");
+    assert_eq!(
+        d.last_error,
+        "PutObject: NoSuchBucket: The specified bucket does not exist"
+    );
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let done = finished_delivery(&mut client, &id).await;
     let d = &done.deliveries[0];
@@ -823,6 +796,7 @@ async fn a_retried_manifest_delivery_rewrites_the_same_object() {
 
 #[tokio::test]
 async fn a_reopened_watch_s_second_manifest_covers_the_whole_data_set() {
+    require_emulator!();
     let s3 = aws::s3().await;
     let bucket = aws::unique("manifests");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
@@ -863,6 +837,7 @@ async fn a_reopened_watch_s_second_manifest_covers_the_whole_data_set() {
 
 #[tokio::test]
 async fn a_manifest_a_later_completion_supersedes_is_not_written() {
+    require_emulator!();
     let s3 = aws::s3().await;
     // No bucket yet: generation 1's manifest is still pending when generation 2 completes.
     let bucket = aws::unique("manifests");
@@ -882,34 +857,31 @@ async fn a_manifest_a_later_completion_supersedes_is_not_written() {
     read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
     // Generation 1's first attempt has failed on the missing bucket before
     // generation 2 completes (an attempt already under way would write).
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    // No event tells of a failed attempt: GetWatch shows it.
+    eventually("a failed first attempt", LIMIT, async || {
         let watch = client.get_watch(&id).await.unwrap();
         let tried = watch
             .deliveries
             .first()
             .is_some_and(|d| d.attempts >= 1 && d.state == v1::DeliveryState::Pending as i32);
-        if tried {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no failed first attempt: {watch:?}"
-        );
-        // No event tells of a failed attempt: GetWatch shows it.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        if tried { Ok(()) } else { Err(watch) }
+    })
+    .await;
     client
         .ingest_s3_events(vec![created("data-lake", &["c.json"])])
         .await
         .unwrap();
     read_until(&mut events, LIMIT, |e| kind(e) == "completed").await;
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while client.get_watch(&id).await.unwrap().deliveries.len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "no second delivery");
-        // Deliveries are written with the event; the read may race the commit.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Deliveries are written with the event; the read may race the commit.
+    eventually("a second delivery", LIMIT, async || {
+        let deliveries = client.get_watch(&id).await.unwrap().deliveries;
+        if deliveries.len() >= 2 {
+            Ok(())
+        } else {
+            Err(deliveries)
+        }
+    })
+    .await;
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let done = deliveries_finished(&mut client, &id, 2).await;
     let (first, second) = (&done.deliveries[0], &done.deliveries[1]);

@@ -8,8 +8,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::support::*;
-use aws_sdk_s3::types::{Event, NotificationConfiguration, QueueConfiguration};
 use futures::{StreamExt, TryStreamExt};
 use streamwatch_client::proto as v1;
 use streamwatch_server::{
@@ -22,6 +20,7 @@ use streamwatch_server::{
         Bucket, EventKind, Labels, Lifecycle, Policy, Prefix, Source, TenantId, WatchId, WatchState,
     },
 };
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(180);
 /// Lease settings of the replicas under test (the README gives the defaults).
@@ -33,7 +32,7 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
 #[tokio::test]
 async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
-    aws::require_emulator();
+    require_emulator!();
     let table = aws::unique("lease");
     let client = DynamoStore::client_from_env().await;
     let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
@@ -191,7 +190,7 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
 
 #[tokio::test]
 async fn replicas_acknowledge_the_route_version_they_loaded() {
-    aws::require_emulator();
+    require_emulator!();
     let table = aws::unique("routes");
     let client = DynamoStore::client_from_env().await;
     let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
@@ -271,13 +270,12 @@ impl Replica {
         }
         // Serving: the table is there (the next replica needs the one this
         // one creates) and the replica answers.
-        let (child, bound) = spawn_binary(command, dir.path(), true).await;
-        let (endpoint, metrics) = (bound.endpoint, bound.metrics.expect("metrics served"));
+        let server = ServerProcess::spawn(command, dir.path(), true).await;
         Self {
-            child,
-            endpoint,
+            child: server.child,
+            endpoint: server.endpoint,
             log,
-            metrics,
+            metrics: server.metrics.expect("metrics served"),
         }
     }
 
@@ -318,55 +316,9 @@ impl Replica {
     }
 }
 
-/// A bucket whose object-created notifications go to a new queue (with a
-/// dead-letter queue); returns `(bucket, queue url)`.
-async fn bucket_to_queue(s3: &aws_sdk_s3::Client, sqs: &aws_sdk_sqs::Client) -> (String, String) {
-    let name = aws::unique("cluster");
-    // Short visibility: what a killed replica had received is redelivered quickly.
-    let (queue, _dlq) = aws::queue_with_dlq(sqs, &name, 5, Duration::from_secs(2)).await;
-    let arn = sqs
-        .get_queue_attributes()
-        .queue_url(&queue)
-        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .send()
-        .await
-        .unwrap()
-        .attributes
-        .unwrap()
-        .remove(&aws_sdk_sqs::types::QueueAttributeName::QueueArn)
-        .unwrap();
-    s3.create_bucket().bucket(&name).send().await.unwrap();
-    s3.put_bucket_notification_configuration()
-        .bucket(&name)
-        .notification_configuration(
-            NotificationConfiguration::builder()
-                .queue_configurations(
-                    QueueConfiguration::builder()
-                        .queue_arn(arn)
-                        .events(Event::S3ObjectCreated)
-                        .build()
-                        .unwrap(),
-                )
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap();
-    (name, queue)
-}
-
-async fn s3() -> aws_sdk_s3::Client {
-    aws::require_emulator();
-    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(true)
-            .build(),
-    )
-}
-
 #[tokio::test]
 async fn an_owner_does_not_re_read_watches_whose_deadline_is_far_on_every_poll() {
+    require_emulator!();
     let sqs = aws::sqs().await;
     let (queue, _dlq) =
         aws::queue_with_dlq(&sqs, &aws::unique("observe"), 5, Duration::from_secs(30)).await;
@@ -413,8 +365,10 @@ const OBJECTS_PER_WATCH: usize = 2;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_replicas_complete_every_watch_exactly_once_across_a_kill_9() {
-    let (s3, sqs) = (s3().await, aws::sqs().await);
-    let (bucket, queue) = bucket_to_queue(&s3, &sqs).await;
+    require_emulator!();
+    let (s3, sqs) = (aws::s3().await, aws::sqs().await);
+    // Short visibility: what a killed replica had received is redelivered quickly.
+    let (bucket, queue) = aws::bucket_to_queue(&s3, &sqs, "cluster", Duration::from_secs(2)).await;
     let table = aws::unique("cluster");
     let dir = DataDir::new();
     let mut replicas = vec![Replica::spawn(&dir, "replica-0", &table, &queue, true).await];

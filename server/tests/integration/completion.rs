@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 

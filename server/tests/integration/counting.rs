@@ -3,8 +3,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 async fn active_watch(
     client: &mut streamwatch_client::Client,

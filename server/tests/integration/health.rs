@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_server::clock::Clock;
+use streamwatch_testkit::*;
 use tokio::net::TcpListener;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
@@ -15,6 +15,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn a_missing_queue_stops_startup_naming_it() {
+    require_emulator!();
     let sqs = aws::sqs().await;
     let (present, _dlq) =
         aws::queue_with_dlq(&sqs, &aws::unique("present"), 5, Duration::from_secs(30)).await;

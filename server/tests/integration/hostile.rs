@@ -8,8 +8,8 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::support::{pki::Pki, *};
 use streamwatch_client::{Client, ConnectOptions};
+use streamwatch_testkit::{pki::Pki, *};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
@@ -42,7 +42,7 @@ async fn server_with(places: usize, tls: Option<&Pki>) -> TestServer {
         config.transport.tls_cert = Some(pair.cert);
         config.transport.tls_key = Some(pair.key);
     }
-    TestServer::start_with(dir, config, None).await
+    TestServer::start_with(dir, config).await
 }
 
 /// Waits until the server closes `socket` (end of stream, or a reset), and
@@ -105,7 +105,7 @@ async fn connections_in_their_handshake_are_bounded_and_make_room_at_the_deadlin
     let mut config = dir.config(false);
     config.transport.max_handshakes = 2;
     config.transport.handshake_timeout = HANDSHAKE;
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = TestServer::start_with(dir, config).await;
 
     let opened = Instant::now();
     let mut silent = Vec::new();
@@ -217,13 +217,10 @@ async fn a_document_of_100_000_records_is_rejected_whole() {
     )
     .await
     .watch_id;
-    let record = |i: usize| {
-        format!(
-            r#"{{"eventTime":"2026-11-26T10:00:00Z","eventName":"ObjectCreated:Put","s3":{{"bucket":{{"name":"data-lake"}},"object":{{"key":"k{i}"}}}}}}"#
-        )
-    };
-    let records: Vec<String> = (0..100_000).map(record).collect();
-    let huge = format!(r#"{{"Records":[{}]}}"#, records.join(","));
+    let records: Vec<String> = (0..100_000)
+        .map(|i| minimal_created("data-lake", &format!("k{i}")))
+        .collect();
+    let huge = records_document(&records);
     let report = client
         .ingest_s3_events(vec![huge, created("data-lake", &["good"])])
         .await
@@ -247,10 +244,7 @@ async fn a_document_of_100_000_records_is_rejected_whole() {
     );
 
     // The same records in documents small enough to parse: the call is refused whole.
-    let documents: Vec<String> = records
-        .chunks(1000)
-        .map(|c| format!(r#"{{"Records":[{}]}}"#, c.join(",")))
-        .collect();
+    let documents: Vec<String> = records.chunks(1000).map(records_document).collect();
     let refused = client.ingest_s3_events(documents).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused}");
     assert!(

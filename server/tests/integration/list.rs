@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 #[tokio::test]
 async fn filters_by_state_and_labels_and_pages() {

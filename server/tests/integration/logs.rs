@@ -4,9 +4,9 @@
 
 use std::process::Stdio;
 
-use crate::support::{ACME_TOKEN, DataDir, begin, created, quiet_period, start_request};
 use serde_json::Value;
 use streamwatch_client::{Client, ConnectOptions, proto as v1};
+use streamwatch_testkit::{ACME_TOKEN, DataDir, begin, created, quiet_period, start_request};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const LIMIT: std::time::Duration = std::time::Duration::from_secs(20);

@@ -1,6 +1,7 @@
 //! The server's integration tests, one binary: each module is one area (its
-//! own header says what it proves); `support` starts servers and builds
-//! notification documents for all of them; `decision` is the decision harness.
+//! own header says what it proves); the workspace's test kit
+//! (`streamwatch-testkit`) starts servers, builds notification documents and
+//! waits for them; `decision` is the decision harness.
 
 mod bad_input;
 mod callbacks;
@@ -22,7 +23,6 @@ mod restart;
 mod resume;
 mod sqs_ingest;
 mod store_conformance;
-mod support;
 mod tenancy;
 mod tls;
 mod traces;

@@ -3,9 +3,9 @@
 
 use std::{net::SocketAddr, time::Duration};
 
-use crate::support::{TestServer, begin, created, read_until, start_request};
 use prometheus_parse::{Scrape, Value};
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::{TestServer, begin, created, eventually, read_until, start_request};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const LIMIT: Duration = Duration::from_secs(10);
@@ -146,18 +146,22 @@ async fn counters_move_by_what_the_calls_did() {
     assert_eq!(d("streamwatch_subscriber_catch_ups_total", &[]), 0.0);
 
     // The stream ended with the completion; the watch left the observer.
-    let idle = tokio::time::timeout(LIMIT, async {
-        loop {
+    eventually(
+        "the gauges fall back to 0 (subscribers, live watches)",
+        LIMIT,
+        async || {
             let (_, now) = scrape(metrics).await;
-            if value(&now, "streamwatch_subscribers", &[]) == 0.0
-                && value(&now, "streamwatch_live_watches", &[]) == 0.0
-            {
-                return;
+            let gauges = (
+                value(&now, "streamwatch_subscribers", &[]),
+                value(&now, "streamwatch_live_watches", &[]),
+            );
+            if gauges == (0.0, 0.0) {
+                Ok(())
+            } else {
+                Err(gauges)
             }
-            tokio::task::yield_now().await;
-        }
-    })
+        },
+    )
     .await;
-    assert!(idle.is_ok(), "gauges fall back to 0");
     server.stop().await;
 }

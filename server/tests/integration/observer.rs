@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use futures::StreamExt;
 use streamwatch_server::{
     Core,
@@ -16,6 +15,7 @@ use streamwatch_server::{
         Bucket, DelaySchedule, EventKind, Policy, Prefix, Rule, Source, TenantId, Watch, WatchEvent,
     },
 };
+use streamwatch_testkit::*;
 
 const T0: i64 = 1_800_000_000_000;
 

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -16,7 +16,7 @@ async fn server_with_acme_quotas(quotas: &str) -> TestServer {
     let mut config = dir.config(true);
     config.tenants =
         Some(dir.write_tenants(&tenants_toml(&format!("[tenant.quotas]\n{quotas}"), "")));
-    TestServer::start_with(dir, config, None).await
+    TestServer::start_with(dir, config).await
 }
 
 fn hour() -> v1::Policy {
@@ -84,20 +84,14 @@ async fn open_event_streams_are_capped_per_tenant_and_freed_when_closed() {
     drop(open);
     // The server frees the place when it sees the stream reset; no event
     // tells the client when that happened, so retry until it has.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    eventually("the place is freed", LIMIT, async || {
         match acme.events(&a.watch_id, 0).await {
-            Ok(_) => break,
-            Err(e) if e.code() == tonic::Code::ResourceExhausted => {
-                assert!(
-                    tokio::time::Instant::now() < deadline,
-                    "the place was never freed"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == tonic::Code::ResourceExhausted => Err(e),
             Err(e) => panic!("{e}"),
         }
-    }
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -260,29 +254,30 @@ async fn reopening_by_late_data_counts_against_max_active_watches() {
     assert_eq!(report.counted, (CYCLES * MAX) as u64);
 
     // Each watch is decided: reopened, or left completed saying why.
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    let (reopened, refused) = loop {
-        let mut reopened = 0;
-        let mut refused = 0;
-        for id in &ids {
-            let w = acme.get_watch(id).await.unwrap();
-            if w.generation == 2 {
-                reopened += 1;
-            } else if w.reason.contains("max_active_watches") {
-                assert_eq!(w.state(), v1::WatchState::Completed);
-                refused += 1;
+    // Decisions come from the observer's loop: no event reaches this client.
+    let (reopened, refused) = eventually(
+        "every watch decided (reopened, refused)",
+        LIMIT,
+        async || {
+            let mut reopened = 0;
+            let mut refused = 0;
+            for id in &ids {
+                let w = acme.get_watch(id).await.unwrap();
+                if w.generation == 2 {
+                    reopened += 1;
+                } else if w.reason.contains("max_active_watches") {
+                    assert_eq!(w.state(), v1::WatchState::Completed);
+                    refused += 1;
+                }
             }
-        }
-        if reopened + refused == ids.len() {
-            break (reopened, refused);
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{reopened} reopened, {refused} refused of {}",
-            ids.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await; // decisions come from the observer's loop
-    };
+            if reopened + refused == ids.len() {
+                Ok((reopened, refused))
+            } else {
+                Err((reopened, refused))
+            }
+        },
+    )
+    .await;
     assert_eq!((reopened, refused), (MAX, CYCLES * MAX - MAX));
     let active = acme
         .list_watches(v1::ListWatchesRequest {

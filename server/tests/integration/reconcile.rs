@@ -6,20 +6,10 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-async fn s3() -> aws_sdk_s3::Client {
-    aws::require_emulator();
-    let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-    aws_sdk_s3::Client::from_conf(
-        aws_sdk_s3::config::Builder::from(&shared)
-            .force_path_style(true)
-            .build(),
-    )
-}
 
 /// A server with AWS access (it consumes a queue of its own), as listing S3
 /// needs.
@@ -31,7 +21,7 @@ async fn server_with_queue(name: &str) -> TestServer {
     let mut config = dir.config(false);
     config.sqs_queue_urls = vec![queue];
     config.sqs_wait = Duration::from_secs(1);
-    TestServer::start_with(dir, config, None).await
+    TestServer::start_with(dir, config).await
 }
 
 fn completed_count(events: &[v1::WatchEvent]) -> u64 {
@@ -43,7 +33,8 @@ fn completed_count(events: &[v1::WatchEvent]) -> u64 {
 
 #[tokio::test]
 async fn reconcile_counts_objects_whose_notifications_were_lost() {
-    let s3 = s3().await;
+    require_emulator!();
+    let s3 = aws::s3().await;
     let bucket = aws::unique("reconcile");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let keys = [
@@ -111,7 +102,8 @@ async fn reconcile_counts_objects_whose_notifications_were_lost() {
 
 #[tokio::test]
 async fn reconcile_counts_only_the_keys_the_filter_takes() {
-    let s3 = s3().await;
+    require_emulator!();
+    let s3 = aws::s3().await;
     let bucket = aws::unique("reconfilter");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let objects = [
@@ -216,24 +208,21 @@ async fn until_reason(
     id: &str,
     wanted: &str,
 ) -> v1::Watch {
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
+    eventually(&format!("the reason {wanted:?}"), LIMIT, async || {
         let watch = client.get_watch(id).await.unwrap();
         if watch.reason == wanted {
-            return watch;
+            Ok(watch)
+        } else {
+            Err(watch.reason)
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "reason stayed {:?}",
-            watch.reason
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test]
 async fn a_verified_marker_completes_only_once_every_file_its_manifest_lists_is_counted() {
-    let s3 = s3().await;
+    require_emulator!();
+    let s3 = aws::s3().await;
     let bucket = aws::unique("marker");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let part = |i: u32| format!("out/day=1/part-0000{i}-3b1c.c000.snappy.parquet");
@@ -347,7 +336,8 @@ fn rfc3339(secs: i64, nanos: u32) -> String {
 
 #[tokio::test]
 async fn adaptive_with_a_listing_waits_for_objects_whose_notifications_are_held_back() {
-    let s3 = s3().await;
+    require_emulator!();
+    let s3 = aws::s3().await;
     let bucket = aws::unique("creation");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let server = server_with_queue("creation").await;
@@ -426,7 +416,8 @@ async fn adaptive_with_a_listing_waits_for_objects_whose_notifications_are_held_
 
 #[tokio::test]
 async fn a_series_completes_its_third_run_on_the_count_the_first_two_ended_with() {
-    let s3 = s3().await;
+    require_emulator!();
+    let s3 = aws::s3().await;
     let bucket = aws::unique("series");
     s3.create_bucket().bucket(&bucket).send().await.unwrap();
     let server = server_with_queue("series").await;

@@ -10,8 +10,8 @@
 
 use std::{process::Stdio, time::Duration};
 
-use crate::support::*;
 use streamwatch_client::{Client, ConnectOptions};
+use streamwatch_testkit::*;
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::Child,
@@ -39,7 +39,11 @@ impl Binary {
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
-        let (mut child, bound) = spawn_binary(command, dir.path(), false).await;
+        let ServerProcess {
+            mut child,
+            endpoint,
+            ..
+        } = ServerProcess::spawn(command, dir.path(), false).await;
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, log) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -52,7 +56,7 @@ impl Binary {
         });
         let mut binary = Self {
             child,
-            endpoint: bound.endpoint,
+            endpoint,
             log,
         };
         binary.wait_for_log("serving").await;

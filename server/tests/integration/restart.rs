@@ -8,8 +8,8 @@ use std::{process::Stdio, time::Duration};
 
 use futures::StreamExt;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(30);
 
@@ -118,7 +118,7 @@ async fn a_deadline_that_passed_while_down_is_decided_at_startup() {
     .watch_id;
     let dir = server.stop().await;
     tokio::time::sleep(Duration::from_millis(300)).await; // the server is down; nothing to await
-    let server = TestServer::start_in(dir, false, None).await;
+    let server = TestServer::start_in(dir, false).await;
     let mut client = server.client().await;
     let events = read_to_end(client.events(&id, 0).await.unwrap(), LIMIT).await;
     assert_eq!(kinds(&events), ["started", "completed"]);
@@ -178,8 +178,8 @@ async fn start_binary(dir: &DataDir) -> (tokio::process::Child, String) {
         .arg(dir.db())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null());
-    let (child, bound) = spawn_binary(command, dir.path(), false).await;
-    (child, bound.endpoint)
+    let server = ServerProcess::spawn(command, dir.path(), false).await;
+    (server.child, server.endpoint)
 }
 
 #[tokio::test]

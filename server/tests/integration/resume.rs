@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(20);
 

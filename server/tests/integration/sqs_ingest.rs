@@ -8,8 +8,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
 
@@ -63,11 +63,12 @@ async fn visible(sqs: &aws_sdk_sqs::Client, queue: &str) -> u64 {
 
 #[tokio::test]
 async fn queued_notifications_count_exactly_and_leave_the_queue() {
+    require_emulator!();
     let sqs = aws::sqs().await;
     let (queue, _dlq) =
         aws::queue_with_dlq(&sqs, &aws::unique("ingest"), 5, Duration::from_secs(30)).await;
     let dir = DataDir::new();
-    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue)).await;
     let mut client = server.client().await;
     let watch = begin(
         &mut client,
@@ -80,6 +81,7 @@ async fn queued_notifications_count_exactly_and_leave_the_queue() {
         .collect();
     // Redeliveries, an SNS-wrapped copy and a test event ride along.
     bodies.extend(bodies[..10].to_vec());
+    bodies.push(sns_wrapped(&bodies[10]));
     bodies.push(include_str!("../fixtures/s3_test_event.json").to_owned());
     send(&sqs, &queue, bodies).await;
 
@@ -92,23 +94,26 @@ async fn queued_notifications_count_exactly_and_leave_the_queue() {
         client.get_watch(&watch.watch_id).await.unwrap().event_count,
         40
     );
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while visible(&sqs, &queue).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "recorded messages were not deleted"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await; // SQS has no change notification to await
-    }
+    // SQS has no change notification to await.
+    eventually(
+        "the recorded messages are deleted",
+        LIMIT,
+        async || match visible(&sqs, &queue).await {
+            0 => Ok(()),
+            left => Err(left),
+        },
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn a_body_that_is_not_a_notification_goes_to_the_dead_letter_queue() {
+    require_emulator!();
     let sqs = aws::sqs().await;
     let (queue, dlq) =
         aws::queue_with_dlq(&sqs, &aws::unique("poison"), 2, Duration::from_secs(1)).await;
     let dir = DataDir::new();
-    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue)).await;
     let mut client = server.client().await;
     let watch = begin(
         &mut client,
@@ -125,23 +130,21 @@ async fn a_body_that_is_not_a_notification_goes_to_the_dead_letter_queue() {
     )
     .await;
 
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    let poison = loop {
-        let out = sqs
-            .receive_message()
-            .queue_url(&dlq)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        if let Some(m) = out.messages.unwrap_or_default().into_iter().next() {
-            break m;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the poison message never reached the dead-letter queue"
-        );
-    };
+    let poison = eventually(
+        "the poison message reaches the dead-letter queue",
+        LIMIT,
+        async || {
+            let out = sqs
+                .receive_message()
+                .queue_url(&dlq)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            out.messages.unwrap_or_default().into_iter().next()
+        },
+    )
+    .await;
     assert_eq!(poison.body(), Some("{\"this is\": \"not a notification\"}"));
     assert_eq!(
         client
@@ -156,12 +159,13 @@ async fn a_body_that_is_not_a_notification_goes_to_the_dead_letter_queue() {
 
 #[tokio::test]
 async fn a_watch_waits_for_its_backed_up_queue_before_completing() {
+    require_emulator!();
     let sqs = aws::sqs().await;
     let (queue, _dlq) =
         aws::queue_with_dlq(&sqs, &aws::unique("backlog"), 5, Duration::from_secs(30)).await;
     let dir = DataDir::new();
     // Start the watch with no consumer running, so its notifications pile up.
-    let first = TestServer::start_in(dir.clone(), false, None).await;
+    let first = TestServer::start_in(dir.clone(), false).await;
     let watch = begin(
         &mut first.client().await,
         start_request("data-lake", "", quiet_period(Duration::from_millis(300))),
@@ -174,7 +178,7 @@ async fn a_watch_waits_for_its_backed_up_queue_before_completing() {
     send(&sqs, &queue, bodies).await;
 
     // By now the quiet deadline has long passed; only the backlog says otherwise.
-    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue)).await;
     let mut client = server.client().await;
     let events = read_to_end(client.events(&watch.watch_id, 0).await.unwrap(), LIMIT).await;
     let Some(v1::watch_event::Kind::Completed(done)) = &events.last().unwrap().kind else {
@@ -198,37 +202,42 @@ async fn hold_back(
 ) -> Vec<String> {
     let mut held = Vec::new();
     let mut missing: Vec<&String> = keys.iter().collect();
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while !missing.is_empty() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no notification of {missing:?} reached the queue"
-        );
-        let out = sqs
-            .receive_message()
-            .queue_url(queue)
-            .max_number_of_messages(10)
-            .visibility_timeout(hold.as_secs() as i32)
-            .wait_time_seconds(1)
-            .send()
-            .await
-            .unwrap();
-        for m in out.messages.unwrap_or_default() {
-            let (body, receipt) = (m.body().unwrap_or_default(), m.receipt_handle().unwrap());
-            // Keys are URL-encoded in notifications (the emulator encodes `/` too).
-            let names = |k: &str| [k.to_owned(), k.replace('/', "%2F")];
-            match missing
-                .iter()
-                .position(|k| names(k).iter().any(|n| body.contains(n.as_str())))
-            {
-                Some(i) => {
-                    missing.remove(i);
-                    held.push(receipt.to_owned());
+    eventually(
+        "each notification to hold back reaches the queue",
+        LIMIT,
+        async || {
+            let out = sqs
+                .receive_message()
+                .queue_url(queue)
+                .max_number_of_messages(10)
+                .visibility_timeout(hold.as_secs() as i32)
+                .wait_time_seconds(1)
+                .send()
+                .await
+                .unwrap();
+            for m in out.messages.unwrap_or_default() {
+                let (body, receipt) = (m.body().unwrap_or_default(), m.receipt_handle().unwrap());
+                // Keys are URL-encoded in notifications (the emulator encodes `/` too).
+                let names = |k: &str| [k.to_owned(), k.replace('/', "%2F")];
+                match missing
+                    .iter()
+                    .position(|k| names(k).iter().any(|n| body.contains(n.as_str())))
+                {
+                    Some(i) => {
+                        missing.remove(i);
+                        held.push(receipt.to_owned());
+                    }
+                    None => release(sqs, queue, &[receipt.to_owned()]).await,
                 }
-                None => release(sqs, queue, &[receipt.to_owned()]).await,
             }
-        }
-    }
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(missing.clone())
+            }
+        },
+    )
+    .await;
     held
 }
 
@@ -247,11 +256,12 @@ async fn release(sqs: &aws_sdk_sqs::Client, queue: &str, receipts: &[String]) {
 
 #[tokio::test]
 async fn a_reconciling_watch_counts_held_back_notifications_by_listing_and_never_twice() {
+    require_emulator!();
     let (s3, sqs) = (aws::s3().await, aws::sqs().await);
     let (bucket, queue) =
         aws::bucket_to_queue(&s3, &sqs, "heldback", Duration::from_secs(30)).await;
     let dir = DataDir::new();
-    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue)).await;
     let mut client = server.client().await;
     let policy = |reconcile: bool| {
         let mut p = quiet_period(Duration::from_secs(3));
@@ -280,7 +290,7 @@ async fn a_reconciling_watch_counts_held_back_notifications_by_listing_and_never
     }
     let held = hold_back(&sqs, &queue, &keys[5..], Duration::from_secs(600)).await;
 
-    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue), None).await;
+    let server = TestServer::start_with(dir.clone(), sqs_config(&dir, &queue)).await;
     let mut client = server.client().await;
     let completed =
         |e: &v1::WatchEvent| matches!(e.kind, Some(v1::watch_event::Kind::Completed(_)));
@@ -302,20 +312,16 @@ async fn a_reconciling_watch_counts_held_back_notifications_by_listing_and_never
     // The listing counted the 3 objects while their notifications were
     // still held: once the server has deleted what it received, only those
     // are left (never fewer).
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    loop {
-        let left = visible(&sqs, &queue).await;
-        assert!(left >= 3, "a held notification left the queue: {left}");
-        if left == 3 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server kept {} received notifications",
-            left - 3
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await; // SQS has no change notification to await
-    }
+    eventually(
+        "the server deletes what it received (messages left in the queue)",
+        LIMIT,
+        async || {
+            let left = visible(&sqs, &queue).await;
+            assert!(left >= 3, "a held notification left the queue: {left}");
+            if left == 3 { Ok(()) } else { Err(left) }
+        },
+    )
+    .await;
 
     // The held notifications arrive: the watch that never listed counts
     // them (and reopens); the one that listed counts nothing twice.
@@ -327,14 +333,15 @@ async fn a_reconciling_watch_counts_held_back_notifications_by_listing_and_never
         kinds(&reopened)
     );
     assert_eq!(completed_count(&reopened), 8);
-    let deadline = tokio::time::Instant::now() + LIMIT;
-    while visible(&sqs, &queue).await > 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the released notifications were not consumed"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await; // SQS has no change notification to await
-    }
+    eventually(
+        "the released notifications are consumed",
+        LIMIT,
+        async || match visible(&sqs, &queue).await {
+            0 => Ok(()),
+            left => Err(left),
+        },
+    )
+    .await;
     let watch = client.get_watch(&listing.watch_id).await.unwrap();
     assert_eq!(
         (watch.object_count, watch.event_count, watch.generation),
@@ -393,7 +400,7 @@ mod from_a_bucket {
         let dir = DataDir::new();
         let mut config = dir.config(false);
         config.sqs_queue_urls = vec![queue.clone()];
-        let server = TestServer::start_with(dir.clone(), config, None).await;
+        let server = TestServer::start_with(dir.clone(), config).await;
         let mut client = server.client().await;
         let mut followers = Vec::new();
         for mut policy in policies {
@@ -469,6 +476,7 @@ mod from_a_bucket {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_quiet_window_and_the_polling_rule_complete_on_a_short_confirming_receive() {
+        require_emulator!();
         let window = Duration::from_secs(3);
         let run = run(
             vec![quiet_period(window), polling(Duration::from_secs(1), 3)],
@@ -506,6 +514,7 @@ mod from_a_bucket {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     #[ignore = "measurement: cargo nextest run -p streamwatch-server --test integration -E 'test(/^sqs_ingest::/)' --run-ignored only --no-capture"]
     async fn measure_completion_after_the_last_put() {
+        require_emulator!();
         let runs: usize = std::env::var("SOONER_RUNS")
             .ok()
             .and_then(|r| r.parse().ok())

@@ -1381,7 +1381,7 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 }
 
 async fn dynamodb() -> (Arc<dyn Store>, ()) {
-    crate::support::aws::require_emulator();
+    streamwatch_testkit::aws::expect_emulator();
     let table = format!("conformance-{}", rand_suffix());
     let store = DynamoStore::new(
         DynamoStore::client_from_env().await,
@@ -1410,6 +1410,7 @@ macro_rules! conformance {
             $(
                 #[tokio::test]
                 async fn $test() {
+                    streamwatch_testkit::require_emulator!();
                     let (store, _guard) = super::dynamodb().await;
                     super::$test(store).await;
                 }

@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::*;
 
 #[tokio::test]
 async fn another_tenants_watch_is_not_found_by_any_rpc() {
@@ -163,7 +163,7 @@ async fn a_forwarder_relays_a_shared_buckets_notifications_to_every_allowed_tena
     let dir = DataDir::new();
     let mut config = dir.config(true);
     config.tenants = Some(dir.write_tenants(&tenants_toml("forwarder = true", "")));
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = TestServer::start_with(dir, config).await;
     let mut relay = server.client_with_token(ACME_TOKEN).await;
     let mut globex = server.client_with_token(GLOBEX_TOKEN).await;
     let policy = quiet_period(Duration::from_secs(3600));

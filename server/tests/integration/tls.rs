@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use crate::support::{pki::Pki, *};
 use streamwatch_client::{Client, ConnectOptions, Error};
+use streamwatch_testkit::{pki::Pki, *};
 
 struct TlsServer {
     server: TestServer,
@@ -25,7 +25,7 @@ async fn tls_server(client_ca: bool) -> TlsServer {
     config.transport.tls_cert = Some(server_pair.cert);
     config.transport.tls_key = Some(server_pair.key);
     config.transport.tls_client_ca = client_ca.then(|| pki.ca.clone());
-    let server = TestServer::start_with(dir, config, None).await;
+    let server = TestServer::start_with(dir, config).await;
     TlsServer { server, pki }
 }
 

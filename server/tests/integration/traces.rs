@@ -11,7 +11,6 @@ use std::{
     time::Duration,
 };
 
-use crate::support::{ACME_TOKEN, TestServer, begin, created, read_until, start_request};
 use opentelemetry_proto::tonic::{
     collector::trace::v1::{
         ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -21,6 +20,7 @@ use opentelemetry_proto::tonic::{
     trace::v1::{Span, span::SpanKind, status::StatusCode},
 };
 use streamwatch_client::{Client, ConnectOptions, proto as v1};
+use streamwatch_testkit::{ACME_TOKEN, TestServer, begin, created, read_until, start_request};
 use tokio_stream::wrappers::TcpListenerStream;
 
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
