@@ -332,6 +332,36 @@ async fn health(endpoint: String) -> Result<(), String> {
     }
 }
 
+/// A loopback port that refuses connections, for as long as this value
+/// lives: bound but never listening, so nothing else can take it meanwhile.
+pub struct ClosedPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().expect("a socket");
+        socket.bind(loopback()).expect("bind");
+        let addr = socket.local_addr().expect("local addr");
+        Self {
+            addr,
+            _socket: socket,
+        }
+    }
+
+    /// `http://` and the address.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The server binary (or another that takes `--listen` and
 /// `--address-file` and serves health), started as a child process.
 pub struct ServerProcess {

@@ -4,7 +4,8 @@
 
 use std::path::PathBuf;
 
-use crate::support::*;
+use crate::cli::*;
+use streamwatch_testkit::*;
 
 fn assert_summary(run: &Run) {
     assert_eq!(run.code, 0, "{run:?}");

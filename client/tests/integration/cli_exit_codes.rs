@@ -3,21 +3,23 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use crate::cli::*;
 use streamwatch_client::WatchRequest;
+use streamwatch_testkit::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_completed_watch_exits_0() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = start_watch(
+    let id = begin(
         &mut client,
         WatchRequest::new("lake").quiet_period(Duration::from_millis(300)),
     )
-    .await;
+    .await
+    .watch_id;
     client
-        .ingest_s3_events(vec![created("lake", &["a"])])
+        .ingest_s3_events(vec![created_once("lake", &["a"])])
         .await
         .unwrap();
     let run = server.cli().run(&["wait", &id]).await;
@@ -129,13 +131,9 @@ async fn usage_errors_exit_1_not_a_watch_state() {
 
 #[tokio::test]
 async fn an_unreachable_server_exits_1() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let closed = ClosedPort::new();
     let run = Cli::new()
-        .env("STREAMWATCH_ENDPOINT", &format!("http://127.0.0.1:{port}"))
+        .env("STREAMWATCH_ENDPOINT", &closed.endpoint())
         .run(&["list"])
         .await;
     assert_eq!(run.code, 1, "{run:?}");

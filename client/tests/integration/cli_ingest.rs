@@ -4,16 +4,18 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use crate::cli::*;
 use streamwatch_client::WatchRequest;
+use streamwatch_testkit::*;
 
 async fn quiet_watch(server: &TestServer) -> String {
     let mut client = server.client().await;
-    start_watch(
+    begin(
         &mut client,
         WatchRequest::new("lake").quiet_period(Duration::from_secs(3600)),
     )
     .await
+    .watch_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -27,8 +29,8 @@ async fn a_file_of_json_lines() {
         &file,
         format!(
             "{}\n\n{}\n",
-            created("lake", &["a", "b"]),
-            created("lake", &["c", "a"])
+            created_once("lake", &["a", "b"]),
+            created_once("lake", &["c", "a"])
         ),
     )
     .unwrap();
@@ -61,11 +63,11 @@ async fn a_json_array_on_stdin() {
     let server = TestServer::start().await;
     let id = quiet_watch(&server).await;
     // An array of documents: as objects, or as strings holding one.
-    let document: serde_json::Value = serde_json::from_str(&created("lake", &["x"])).unwrap();
+    let document: serde_json::Value = serde_json::from_str(&created_once("lake", &["x"])).unwrap();
     let input = serde_json::json!([
         document,
-        created("lake", &["y", "z"]),
-        created("other", &["w"])
+        created_once("lake", &["y", "z"]),
+        created_once("other", &["w"])
     ]);
     let run = server
         .cli()
@@ -85,7 +87,7 @@ async fn a_json_array_on_stdin() {
 async fn malformed_input_sends_nothing_and_exits_1() {
     let server = TestServer::start().await;
     let id = quiet_watch(&server).await;
-    let input = format!("{}\n{{\"Records\": [", created("lake", &["a"]));
+    let input = format!("{}\n{{\"Records\": [", created_once("lake", &["a"]));
     let run = server.cli().stdin(input).run(&["ingest", "-"]).await;
     assert_eq!(run.code, 1, "{run:?}");
     assert!(

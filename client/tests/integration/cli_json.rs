@@ -4,8 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use crate::support::*;
+use crate::cli::*;
 use serde_json::Value;
+use streamwatch_testkit::*;
 
 fn keys(object: &Value) -> BTreeSet<&str> {
     object
@@ -80,7 +81,10 @@ async fn start_events_get_list_and_wait_print_json_objects() {
 
     let mut client = server.client().await;
     client
-        .ingest_s3_events(vec![created("lake", &["day=1/a", "day=1/b", "day=2/c"])])
+        .ingest_s3_events(vec![created_once(
+            "lake",
+            &["day=1/a", "day=1/b", "day=2/c"],
+        )])
         .await
         .unwrap();
 
@@ -217,7 +221,7 @@ async fn objects_prints_the_manifest_of_a_filtered_watch_across_pages() {
     let landed: Vec<&str> = landed.iter().map(String::as_str).collect();
     let mut client = server.client().await;
     client
-        .ingest_s3_events(vec![created("lake", &landed)])
+        .ingest_s3_events(vec![created_once("lake", &landed)])
         .await
         .unwrap();
 

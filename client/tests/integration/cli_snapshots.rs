@@ -3,9 +3,10 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use crate::cli::*;
 use snapbox::{assert_data_eq, file};
 use streamwatch_client::WatchRequest;
+use streamwatch_testkit::*;
 
 #[tokio::test]
 async fn top_level_help() {
@@ -25,7 +26,7 @@ async fn start_help() {
 async fn a_completed_watch_for_a_human() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
-    let id = start_watch(
+    let id = begin(
         &mut client,
         WatchRequest::new("lake")
             .prefix("day=1/")
@@ -33,9 +34,10 @@ async fn a_completed_watch_for_a_human() {
             .timeout(Duration::from_secs(3600))
             .label("job", "report"),
     )
-    .await;
+    .await
+    .watch_id;
     client
-        .ingest_s3_events(vec![created("lake", &["day=1/a", "day=1/b"])])
+        .ingest_s3_events(vec![created_once("lake", &["day=1/a", "day=1/b"])])
         .await
         .unwrap();
     client.wait_for_completion(&id).await.unwrap();

@@ -3,82 +3,33 @@
 //! `--tls-key` reach a server started with `--tls-client-ca`, as the tenant
 //! that lists the certificate's subject; without the certificate it fails.
 
-use crate::support::*;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
-use streamwatch_server::{clock::Clock, config::Config};
-
-/// Writes a PEM certificate and key signed by `issuer` into `dir`.
-fn issue(
-    dir: &std::path::Path,
-    name: &str,
-    mut params: CertificateParams,
-    issuer: &Issuer<'_, KeyPair>,
-) -> (String, String) {
-    params.distinguished_name.push(DnType::CommonName, name);
-    let key = KeyPair::generate().unwrap();
-    let cert = params.signed_by(&key, issuer).unwrap();
-    let (cert_path, key_path) = (
-        dir.join(format!("{name}.pem")),
-        dir.join(format!("{name}.key")),
-    );
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (
-        cert_path.display().to_string(),
-        key_path.display().to_string(),
-    )
-}
+use crate::cli::*;
+use streamwatch_testkit::{pki::Pki, *};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cli_authenticates_with_a_client_certificate() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "cli-test-ca");
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_path = dir.path().join("ca.pem");
-    std::fs::write(&ca_path, ca_params.self_signed(&ca_key).unwrap().pem()).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let mut server_params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
-    server_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let (server_cert, server_key) = issue(dir.path(), "localhost", server_params, &issuer);
-    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let (client_cert, client_key) = issue(dir.path(), "ops-laptop", client_params, &issuer);
+    let pki = Pki::new("cli-test-ca");
+    let server_pair = pki.server();
+    let client_pair = pki.client("ops-laptop");
+    let (client_cert, client_key) = (
+        client_pair.cert.display().to_string(),
+        client_pair.key.display().to_string(),
+    );
+    let ca_path = pki.ca.clone();
 
-    let tenants = dir.path().join("tenants.toml");
-    std::fs::write(
-        &tenants,
-        // The digest of a token nobody uses: this tenant signs in by certificate.
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    // The digest of a token nobody uses: this tenant signs in by certificate.
+    config.tenants = Some(dir.write_tenants(
         "[[tenant]]\nid = \"ops\"\n\
          token_sha256 = [\"10cddafc055f819d71c5b078fe950e289a53a8b68b7e9a0904ca4e73c6eee361\"]\n\
          buckets = [\"ops-*\"]\nclient_subjects = [\"ops-laptop\"]\n",
-    )
-    .unwrap();
-    let mut config = Config::embedded_default();
-    config.data = dir.path().join("streamwatch.db");
-    config.tenants = Some(tenants);
-    config.transport.tls_cert = Some(server_cert.into());
-    config.transport.tls_key = Some(server_key.into());
-    config.transport.tls_client_ca = Some(ca_path.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!(
-        "https://127.0.0.1:{}",
-        listener.local_addr().unwrap().port()
-    );
-    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(streamwatch_server::serve_with_clock(
-        config,
-        listener,
-        Clock::new(),
-        async move {
-            let _ = stopped.await;
-        },
     ));
+    config.transport.tls_cert = Some(server_pair.cert);
+    config.transport.tls_key = Some(server_pair.key);
+    config.transport.tls_client_ca = Some(ca_path.clone());
+    let server = TestServer::start_with(dir, config).await;
+    let endpoint = format!("https://127.0.0.1:{}", server.addr.port());
 
     let cli = || {
         Cli::new()

@@ -5,8 +5,8 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::support::*;
 use streamwatch_client::{Client, ConnectOptions, Error};
+use streamwatch_testkit::*;
 
 fn ca() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ca.pem")
@@ -95,12 +95,8 @@ async fn tls_to_a_plaintext_server_fails_the_handshake() {
 
 #[tokio::test]
 async fn a_closed_port_is_a_retryable_connect_error() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let error = Client::connect(format!("http://127.0.0.1:{port}"))
+    let closed = ClosedPort::new();
+    let error = Client::connect(closed.endpoint())
         .await
         .err()
         .expect("nothing listens");

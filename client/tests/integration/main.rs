@@ -1,7 +1,9 @@
 //! The client's integration tests, one binary: the CLI, the library's
-//! connection options and typed requests, each against a real server;
-//! `support` starts it.
+//! connection options and typed requests, each against a real server that
+//! the workspace's test kit (`streamwatch-testkit`) starts; `cli` runs the
+//! `streamwatch` binary.
 
+mod cli;
 mod cli_demo;
 mod cli_exit_codes;
 mod cli_ingest;
@@ -10,6 +12,5 @@ mod cli_snapshots;
 mod cli_tls;
 mod connect_options;
 mod resume_across_restart;
-mod support;
 mod trace_context;
 mod typed_requests;

@@ -4,9 +4,10 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use crate::cli::*;
 use futures::StreamExt;
 use streamwatch_client::{WatchRequest, proto::WatchState};
+use streamwatch_testkit::*;
 use tokio::sync::mpsc;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,13 +15,14 @@ async fn wait_for_completion_survives_a_restart_mid_watch() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
     // Long enough that the watch cannot complete while the server restarts.
-    let id = start_watch(
+    let id = begin(
         &mut client,
         WatchRequest::new("lake")
             .prefix("day=1/")
             .quiet_period(Duration::from_secs(3)),
     )
-    .await;
+    .await
+    .watch_id;
 
     let mut subscription = client.subscribe(&id, 0);
     let streamed = tokio::spawn(async move {
@@ -47,7 +49,7 @@ async fn wait_for_completion_survives_a_restart_mid_watch() {
     });
 
     client
-        .ingest_s3_events(vec![created("lake", &["day=1/a", "day=1/b"])])
+        .ingest_s3_events(vec![created_once("lake", &["day=1/a", "day=1/b"])])
         .await
         .unwrap();
     // The waiter has seen the first objects before the server goes away.
@@ -65,7 +67,7 @@ async fn wait_for_completion_survives_a_restart_mid_watch() {
     let server = server.restart().await;
     // The same client: its connection comes back by itself.
     let report = client
-        .ingest_s3_events(vec![created("lake", &["day=1/b", "day=1/c"])])
+        .ingest_s3_events(vec![created_once("lake", &["day=1/b", "day=1/c"])])
         .await
         .unwrap();
     assert_eq!((report.counted, report.duplicates), (1, 1));

@@ -6,13 +6,14 @@
 
 use std::time::Duration;
 
-use crate::support::*;
+use crate::cli::*;
 use opentelemetry::{
     Context,
     context::FutureExt,
     trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState},
 };
 use streamwatch_client::{Client, ConnectOptions, Error, WatchRequest};
+use streamwatch_testkit::*;
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 

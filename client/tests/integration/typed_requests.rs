@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use crate::support::*;
 use streamwatch_client::{
     DelaySchedule, ListFilter, Policy, WatchRequest,
     proto::{self as v1, WatchState, policy::Rule},
 };
+use streamwatch_testkit::*;
 
 fn secs(d: &Option<prost_types::Duration>) -> Option<i64> {
     d.as_ref().map(|d| d.seconds)
@@ -18,7 +18,7 @@ async fn policies_round_trip_through_the_server() {
     let server = TestServer::start().await;
     let mut client = server.client().await;
 
-    let polling = start_watch(
+    let polling = begin(
         &mut client,
         WatchRequest::new("lake").prefix("p/").policy(
             Policy::polling(Duration::from_secs(30), 4)
@@ -28,7 +28,8 @@ async fn policies_round_trip_through_the_server() {
                 .late_window(Duration::from_secs(60)),
         ),
     )
-    .await;
+    .await
+    .watch_id;
     let policy = client.get_watch(&polling).await.unwrap().policy.unwrap();
     let Some(Rule::Polling(rule)) = &policy.rule else {
         panic!("{policy:?}")
@@ -46,14 +47,15 @@ async fn policies_round_trip_through_the_server() {
         (2, Some(3600), Some(60))
     );
 
-    let counted = start_watch(
+    let counted = begin(
         &mut client,
         WatchRequest::new("lake")
             .expected_count(10)
             .label("job", "report")
             .client_token("report-1"),
     )
-    .await;
+    .await
+    .watch_id;
     let watch = client.get_watch(&counted).await.unwrap();
     assert!(matches!(
         watch.policy.unwrap().rule,
@@ -77,7 +79,7 @@ async fn policies_round_trip_through_the_server() {
         (counted.clone(), false)
     );
 
-    let default = start_watch(&mut client, WatchRequest::new("lake")).await;
+    let default = begin(&mut client, WatchRequest::new("lake")).await.watch_id;
     let policy = client.get_watch(&default).await.unwrap().policy.unwrap();
     let Some(Rule::QuietPeriod(rule)) = &policy.rule else {
         panic!("{policy:?}")
