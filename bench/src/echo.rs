@@ -1,8 +1,10 @@
 //! The bare tonic server the RPC benchmark compares with: the same generated
 //! `WatchService`, answering GetWatch with a fixed response (the bytes of a
 //! real GetWatch answer) and nothing else: no auth, no store, no routing.
+//! Like the real server it reports the address it bound (`--address-file`)
+//! and answers health checks, so the test kit starts both the same way.
 
-use std::{net::SocketAddr, pin::Pin};
+use std::{net::SocketAddr, path::PathBuf, pin::Pin};
 
 use clap::Args;
 use prost::Message;
@@ -14,8 +16,11 @@ use tonic::{Request, Response, Status};
 
 #[derive(Clone, Debug, Args)]
 pub struct EchoArgs {
-    #[arg(long)]
+    #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Write `grpc=ADDRESS` to this file once serving
+    #[arg(long, value_name = "FILE")]
+    address_file: Option<PathBuf>,
     /// The GetWatchResponse to answer with, protobuf bytes in hex
     #[arg(long)]
     response: String,
@@ -83,9 +88,19 @@ impl WatchService for Echo {
 
 pub async fn serve(args: EchoArgs) -> anyhow::Result<()> {
     let response = v1::GetWatchResponse::decode(hex::decode(&args.response)?.as_slice())?;
-    tonic::transport::Server::builder()
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    let addr = listener.local_addr()?;
+    let (_health, health_service) = tonic_health::server::health_reporter();
+    let server = tonic::transport::Server::builder()
+        .add_service(health_service)
         .add_service(WatchServiceServer::new(Echo { response }))
-        .serve(args.listen)
-        .await?;
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    if let Some(path) = &args.address_file {
+        // Whole or not at all: a reader never sees half of it.
+        let partial = path.with_extension("partial");
+        std::fs::write(&partial, format!("grpc={addr}\n"))?;
+        std::fs::rename(&partial, path)?;
+    }
+    server.await?;
     Ok(())
 }

@@ -1,21 +1,19 @@
 //! The server under test as a child process: the release (or debug) binary
-//! next to this one, on a free loopback port with a fresh SQLite file, and
-//! what the kernel says it uses (resident memory, CPU time).
+//! next to this one on a fresh SQLite file, started by the test kit on a
+//! loopback port it picks and reports, and what the kernel says it uses
+//! (resident memory, CPU time).
 
-use std::{
-    path::PathBuf,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, process::Stdio};
 
 use anyhow::{Context, bail};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 use tonic::transport::{Channel, Endpoint};
 
 pub struct ServerProcess {
-    child: Child,
+    process: streamwatch_testkit::ServerProcess,
     pub endpoint: String,
-    _dir: Option<tempfile::TempDir>,
+    /// Its data file and the file it reports its address in.
+    _dir: tempfile::TempDir,
 }
 
 /// A sibling executable of this one (`cargo build` puts them side by side).
@@ -30,69 +28,33 @@ pub fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 impl ServerProcess {
     /// `streamwatch-server` on a fresh SQLite file.
     pub async fn streamwatch() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
         let mut command = Command::new(sibling("streamwatch-server")?);
-        command
-            .args(["--listen", &format!("127.0.0.1:{port}"), "--data"])
-            .arg(dir.path().join("bench.db"));
-        Self::spawn(command, port, Some(dir)).await
+        command.arg("--data").arg(dir.path().join("bench.db"));
+        Self::spawn(command, dir).await
     }
 
     /// This binary's bare tonic server answering GetWatch with `response`.
     pub async fn echo(response: &[u8]) -> anyhow::Result<Self> {
-        let port = free_port()?;
+        let dir = tempfile::tempdir()?;
         let mut command = Command::new(std::env::current_exe()?);
-        command.args([
-            "echo-server",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--response",
-            &hex::encode(response),
-        ]);
-        Self::spawn(command, port, None).await
+        command.args(["echo-server", "--response", &hex::encode(response)]);
+        Self::spawn(command, dir).await
     }
 
-    async fn spawn(
-        mut command: Command,
-        port: u16,
-        dir: Option<tempfile::TempDir>,
-    ) -> anyhow::Result<Self> {
-        let child = command
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
+    async fn spawn(mut command: Command, dir: tempfile::TempDir) -> anyhow::Result<Self> {
+        command.env("RUST_LOG", "warn").stdout(Stdio::null());
+        let process = streamwatch_testkit::ServerProcess::try_spawn(command, dir.path(), false)
+            .await
             .context("cannot start the server")?;
-        let endpoint = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if Endpoint::from_shared(endpoint.clone())?
-                .connect()
-                .await
-                .is_ok()
-            {
-                return Ok(Self {
-                    child,
-                    endpoint,
-                    _dir: dir,
-                });
-            }
-            if Instant::now() > deadline {
-                bail!("the server on port {port} did not come up");
-            }
-            // Nothing to await: the port is not open yet.
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        Ok(Self {
+            endpoint: process.endpoint.clone(),
+            process,
+            _dir: dir,
+        })
     }
 
     /// `n` separate HTTP/2 connections to the server.
@@ -109,7 +71,7 @@ impl ServerProcess {
     }
 
     fn pid(&self) -> anyhow::Result<u32> {
-        self.child.id().context("the server has exited")
+        self.process.child.id().context("the server has exited")
     }
 
     /// Resident memory, in bytes.

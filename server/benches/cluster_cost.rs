@@ -12,8 +12,10 @@
 //!
 //! The replicas run the binary of the bench's cargo profile, and, when
 //! `STREAMWATCH_SERVER_BEFORE` names another build, parts 1 and 2 run on it
-//! first, for a before/after table. Request counts do not depend on the
-//! profile (the emulator, not the replicas, bounds the speed).
+//! first, for a before/after table (replicas listen on ports the kernel
+//! picks and report them with `--address-file`: that build must have the
+//! flag). Request counts do not depend on the profile (the emulator, not the
+//! replicas, bounds the speed).
 //!
 //! 1. Takeover after `kill -9`: three replicas, 16 shards, 3s leases, a 1s
 //!    heartbeat. Once the leases are spread, the replica holding the most is
@@ -71,6 +73,7 @@ use anyhow::Context;
 use futures::{StreamExt, TryStreamExt};
 use prometheus_parse::{Scrape, Value};
 use streamwatch_client::proto as v1;
+use streamwatch_testkit::{ServerProcess, aws, created};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SHARDS: u32 = 16;
@@ -106,17 +109,6 @@ const RATES: Rates = Rates {
     sqs_request: 0.40,
     as_of: "2024-11-01 (aws.amazon.com/dynamodb/pricing/on-demand, aws.amazon.com/sqs/pricing)",
 };
-
-fn unique(prefix: &str) -> String {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    format!("{prefix}-{}", &id[id.len() - 12..])
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
 
 /// `GET /metrics` over HTTP/1.1, parsed.
 async fn scrape(addr: SocketAddr) -> anyhow::Result<Scrape> {
@@ -178,7 +170,7 @@ impl Cluster {
         label: &str,
         replicas: usize,
     ) -> anyhow::Result<Self> {
-        let table = unique(label);
+        let table = aws::unique(label);
         let queue = sqs
             .create_queue()
             .queue_name(&table)
@@ -211,19 +203,15 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Starts one more replica (the first creates the table) and waits for its gRPC port.
+    /// Starts one more replica (the first creates the table) and waits until it serves.
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let name = format!("replica-{}", self.spawned);
         let create = self.spawned == 0;
         self.spawned += 1;
-        let listen: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
-        let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
         let log = self.logs.join(format!("{name}.log"));
         let secs = |d: Duration| format!("{}s", d.as_secs());
         let mut command = tokio::process::Command::new(&self.bin);
         command
-            .arg("--listen")
-            .arg(listen.to_string())
             .args(["--store", "dynamodb", "--table", &self.table])
             .args(["--cluster", "--replica-id", &name])
             .args(["--shards", &SHARDS.to_string()])
@@ -235,52 +223,24 @@ impl Cluster {
             ])
             .args(["--route-refresh", &secs(ROUTE_REFRESH), "--log-poll", "1s"])
             .args(["--sqs-queue-url", &self.queue, "--sqs-wait", "1s"])
-            .arg("--metrics-addr")
-            .arg(metrics.to_string())
             .arg("--data")
             .arg(self.data.path().join(format!("{name}.db")))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .kill_on_drop(true);
+            .stderr(std::fs::File::create(&log)?);
         if create {
             command.arg("--create-table");
         }
-        let mut child = command.spawn().context("spawn a replica")?;
-        let endpoint = format!("http://{listen}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while streamwatch_client::Client::connect(endpoint.clone())
+        // Ports the kernel picks, reported by the replica once its store is
+        // open (and the table created, for the next replica).
+        let ServerProcess {
+            child,
+            endpoint,
+            metrics,
+        } = ServerProcess::try_spawn(command, self.data.path(), true)
             .await
-            .is_err()
-        {
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("{name} exited ({status}); see {}", log.display());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{name} did not come up within 60s; see {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        // The ports are bound before the store is opened (and the table
-        // created): a replica is up once it serves /metrics with its leases.
-        loop {
-            if let Ok(s) = scrape(metrics).await
-                && s.samples.iter().any(|s| s.metric == LEASES_HELD)
-            {
-                break;
-            }
-            if let Some(status) = child.try_wait()? {
-                anyhow::bail!("{name} exited ({status}); see {}", log.display());
-            }
-            anyhow::ensure!(
-                Instant::now() < deadline,
-                "{name} did not serve /metrics within 60s; see {}",
-                log.display()
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+            .with_context(|| format!("{name}; see {}", log.display()))?;
+        let metrics = metrics.context("the replica serves /metrics")?;
         self.replicas.push(Replica {
             name,
             child,
@@ -515,7 +475,7 @@ async fn idle_requests(
     let prefixes: Vec<String> = (0..watches).map(|i| format!("set-{i:03}/")).collect();
     let started = Instant::now();
     let mut starts = cluster
-        .start_watches(&unique("idle"), &prefixes, QUIET)
+        .start_watches(&aws::unique("idle"), &prefixes, QUIET)
         .await?;
     starts.sort();
     let (start_median, start_max) = (median(&starts), *starts.last().expect("watches"));
@@ -610,7 +570,7 @@ async fn lifecycle(
         ]
     };
     let before = units(&cluster.scrapes().await?);
-    let bucket = unique("day");
+    let bucket = aws::unique("day");
     let prefixes: Vec<String> = (0..watches).map(|i| format!("set-{i:03}/")).collect();
     cluster
         .start_watches(&bucket, &prefixes, Duration::from_secs(3))
@@ -618,7 +578,7 @@ async fn lifecycle(
     let bodies: Vec<String> = (0..watches * objects)
         .map(|i| {
             let key = format!("set-{:03}/part-{i:05}.json", i % watches);
-            notification(&bucket, &key, 0x0055_AED6_DCD9_0281 + i as u64)
+            created(&bucket, &[&key])
         })
         .collect();
     for (c, chunk) in bodies.chunks(10).enumerate() {
@@ -717,17 +677,6 @@ fn monthly_price(
     (total, detail)
 }
 
-fn notification(bucket: &str, key: &str, sequencer: u64) -> String {
-    serde_json::json!({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-        "eventTime": "2026-11-26T10:00:00.000Z", "eventName": "ObjectCreated:Put",
-        "s3": {"s3SchemaVersion": "1.0", "configurationId": "landing",
-            "bucket": {"name": bucket, "arn": format!("arn:aws:s3:::{bucket}")},
-            "object": {"key": key, "size": 1024, "sequencer": format!("{sequencer:018X}")}}
-    }]})
-    .to_string()
-}
-
 /// Notifications per second from the first send until `replicas` counted all `n`.
 async fn ingest(
     build: &Build,
@@ -738,7 +687,7 @@ async fn ingest(
 ) -> anyhow::Result<f64> {
     let cluster = Cluster::start(&build.bin, sqs, logs, "ingest", replicas).await?;
     cluster.balanced().await?;
-    let bucket = unique("ingest");
+    let bucket = aws::unique("ingest");
     let prefixes: Vec<String> = (0..50).map(|i| format!("set-{i:02}/")).collect();
     cluster.start_watches(&bucket, &prefixes, QUIET).await?;
     let counted = [("outcome", "counted")];
@@ -747,7 +696,7 @@ async fn ingest(
     let bodies: Vec<String> = (0..n)
         .map(|i| {
             let key = format!("set-{:02}/part-{i:05}.json", i % 50);
-            notification(&bucket, &key, 0x0055_AED6_DCD9_0281 + i as u64)
+            created(&bucket, &[&key])
         })
         .collect();
     let started = Instant::now();
@@ -813,10 +762,8 @@ async fn main() -> anyhow::Result<()> {
     } else {
         (300, Duration::from_secs(60), 2_000, (30, 10))
     };
-    let sqs = aws_sdk_sqs::Client::new(
-        &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-    );
-    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(unique("cluster_cost"));
+    let sqs = aws::sqs().await;
+    let logs = Path::new(env!("CARGO_TARGET_TMPDIR")).join(aws::unique("cluster_cost"));
     std::fs::create_dir_all(&logs)?;
     println!(
         "Cluster mode against the AWS emulator; replica logs in {}",

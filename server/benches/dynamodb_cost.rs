@@ -26,6 +26,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use streamwatch_testkit::{aws, created};
+
 use streamwatch_server::{
     Core,
     clock::{Clock, Timestamp},
@@ -38,15 +40,10 @@ use streamwatch_server::{
     watch::{Bucket, DelaySchedule, Policy, Prefix, Rule, Source, TenantId, Watch, WatchId},
 };
 
-fn name(prefix: &str) -> String {
-    let id = uuid::Uuid::now_v7().simple().to_string();
-    format!("{prefix}-{}", &id[id.len() - 12..])
-}
-
 async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     let store = Arc::new(DynamoStore::new(
         DynamoStore::client_from_env().await,
-        name("bench"),
+        aws::unique("bench"),
         Duration::from_secs(3600),
     ));
     store.create_table().await?;
@@ -143,12 +140,10 @@ fn snapshot(store: &DynamoStore) -> (u64, u64, u64) {
 }
 
 async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
-    let sqs = aws_sdk_sqs::Client::new(
-        &aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await,
-    );
+    let sqs = aws::sqs().await;
     let queue = sqs
         .create_queue()
-        .queue_name(name("bench"))
+        .queue_name(aws::unique("bench"))
         .send()
         .await?
         .queue_url
@@ -157,7 +152,7 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     let mut config = Config::embedded_default();
     config.data = dir.path().join("unused.db");
     config.store = StoreKind::Dynamodb;
-    config.table = Some(name("bench"));
+    config.table = Some(aws::unique("bench"));
     config.create_table = true;
     config.sqs_queue_urls = vec![queue.clone()];
     config.sqs_wait = Duration::from_secs(1);
@@ -186,14 +181,10 @@ async fn sqs_to_dynamodb(objects: usize) -> anyhow::Result<()> {
     let started = Instant::now();
     for chunk in (0..objects).collect::<Vec<_>>().chunks(10) {
         let entries = chunk.iter().map(|i| {
-            let body = serde_json::json!({"Records": [{
-                "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-                "eventTime": "2026-11-26T10:00:00.000Z", "eventName": "ObjectCreated:Put",
-                "s3": {"s3SchemaVersion": "1.0", "bucket": {"name": "data-lake"},
-                       "object": {"key": format!("part-{i:06}.json"), "size": 1}}}]});
+            let body = created("data-lake", &[&format!("part-{i:06}.json")]);
             aws_sdk_sqs::types::SendMessageBatchRequestEntry::builder()
                 .id(i.to_string())
-                .message_body(body.to_string())
+                .message_body(body)
                 .build()
                 .expect("entry")
         });
@@ -293,7 +284,7 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
     // server/DECISIONS.md).
     let store = Arc::new(DynamoStore::new(
         DynamoStore::client_from_env().await,
-        name("bench"),
+        aws::unique("bench"),
         Duration::from_secs(3600),
     ));
     store.create_table().await?;

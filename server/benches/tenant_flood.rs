@@ -23,31 +23,17 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sha2::{Digest, Sha256};
-use streamwatch_client::{Client, ConnectOptions, proto as v1};
-use streamwatch_server::config::Config;
+use streamwatch_client::{Client, proto as v1};
+use streamwatch_testkit::{DataDir, TestServer, created, token_digest};
 
 const QUIET_TOKEN: &str = "quiet-tenant-token-0123456789";
 const FLOOD_TOKEN: &str = "flood-tenant-token-0123456789";
 const FLOODERS: usize = 4;
 const FLOOD_DOCUMENTS_PER_CALL: usize = 10;
 
-fn digest(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
-}
-
+/// One object created under `key`.
 fn document(bucket: &str, key: &str) -> String {
-    serde_json::json!({"Records": [{
-        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
-        "eventTime": "2026-11-26T10:00:00.000Z", "eventName": "ObjectCreated:Put",
-        "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-        "requestParameters": {"sourceIPAddress": "203.0.113.10"},
-        "responseElements": {"x-amz-request-id": "C3D13FE58DE4C810", "x-amz-id-2": "x"},
-        "s3": {"s3SchemaVersion": "1.0", "configurationId": "landing",
-            "bucket": {"name": bucket, "ownerIdentity": {"principalId": "A"}, "arn": format!("arn:aws:s3:::{bucket}")},
-            "object": {"key": key, "size": 1024, "eTag": "d41d8cd98f00b204e9800998ecf8427e", "sequencer": "0055AED6DCD90281E5"}}
-    }]})
-    .to_string()
+    created(bucket, &[key])
 }
 
 fn quantile(sorted: &[Duration], q: f64) -> Duration {
@@ -89,30 +75,17 @@ async fn quiet_calls(
 }
 
 async fn run(flood_quotas: Option<&str>, calls: usize) -> anyhow::Result<Vec<Phase>> {
-    let dir = tempfile::tempdir()?;
-    let tenants = dir.path().join("tenants.toml");
-    std::fs::write(
-        &tenants,
-        format!(
-            "[[tenant]]\nid = \"quiet\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"quiet-*\"]\n\n\
-             [[tenant]]\nid = \"flood\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"flood-*\"]\n{}\n",
-            digest(QUIET_TOKEN),
-            digest(FLOOD_TOKEN),
-            flood_quotas.unwrap_or("")
-        ),
-    )?;
-    let mut config = Config::embedded_default();
-    config.data = dir.path().join("bench.db");
-    config.tenants = Some(tenants);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let endpoint = format!("http://{}", listener.local_addr()?);
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(streamwatch_server::serve(config, listener, async move {
-        let _ = stopped.await;
-    }));
-    let connect =
-        |token: &str| Client::connect_with(endpoint.clone(), ConnectOptions::new().token(token));
-    let mut quiet = connect(QUIET_TOKEN).await?;
+    let dir = DataDir::new();
+    let mut config = dir.config(false);
+    config.tenants = Some(dir.write_tenants(&format!(
+        "[[tenant]]\nid = \"quiet\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"quiet-*\"]\n\n\
+         [[tenant]]\nid = \"flood\"\ntoken_sha256 = [\"{}\"]\nbuckets = [\"flood-*\"]\n{}\n",
+        token_digest(QUIET_TOKEN),
+        token_digest(FLOOD_TOKEN),
+        flood_quotas.unwrap_or("")
+    )));
+    let server = TestServer::start_with(dir, config).await;
+    let mut quiet = server.client_with_token(QUIET_TOKEN).await;
     let policy = v1::Policy {
         rule: Some(v1::policy::Rule::QuietPeriod(v1::QuietPeriodRule {
             window: Some(prost_types::Duration {
@@ -130,7 +103,7 @@ async fn run(flood_quotas: Option<&str>, calls: usize) -> anyhow::Result<Vec<Pha
         })
         .await?;
     let watch_id = started.watch.expect("watch").watch_id;
-    let mut flood = connect(FLOOD_TOKEN).await?;
+    let mut flood = server.client_with_token(FLOOD_TOKEN).await;
     flood
         .start_watch(v1::StartWatchRequest {
             bucket: "flood-lake".into(),
@@ -149,7 +122,7 @@ async fn run(flood_quotas: Option<&str>, calls: usize) -> anyhow::Result<Vec<Pha
     let mut flooders = Vec::new();
     for f in 0..FLOODERS {
         // Each flooder on its own connection, as separate clients would be.
-        let mut client = connect(FLOOD_TOKEN).await?;
+        let mut client = server.client_with_token(FLOOD_TOKEN).await;
         let (flooding, served, refused) = (flooding.clone(), served.clone(), refused.clone());
         flooders.push(tokio::spawn(async move {
             let mut i = 0u64;
@@ -170,8 +143,7 @@ async fn run(flood_quotas: Option<&str>, calls: usize) -> anyhow::Result<Vec<Pha
     for flooder in flooders {
         flooder.await?;
     }
-    let _ = stop.send(());
-    server.await??;
+    server.stop().await;
 
     let flood_name = if flood_quotas.is_some() {
         "flood held to its quota"

@@ -29,8 +29,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     trace_service_server::{TraceService, TraceServiceServer},
 };
 use streamwatch_client::{Client, ConnectOptions, proto as v1};
-use streamwatch_server::{clock::Clock, config::Config, telemetry};
-use tokio::{net::TcpListener, runtime::Runtime, sync::oneshot};
+use streamwatch_server::telemetry;
+use streamwatch_testkit::{DataDir, TestServer};
+use tokio::{net::TcpListener, runtime::Runtime};
 use tokio_stream::wrappers::TcpListenerStream;
 
 /// Counts the spans exported to it.
@@ -76,9 +77,7 @@ fn runtime(name: &str, threads: usize, dispatch: Option<tracing::Dispatch>) -> R
 struct Server {
     runtime: Runtime,
     endpoint: String,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), streamwatch_server::ServeError>>,
-    _dir: tempfile::TempDir,
+    server: TestServer,
 }
 
 /// A server on its own runtime; its exporter's gRPC channel lives on `exports`
@@ -89,35 +88,17 @@ fn start_server(
     otlp: Option<String>,
     exports: &Runtime,
 ) -> anyhow::Result<(Server, telemetry::Telemetry)> {
-    let dir = tempfile::tempdir()?;
     let (subscriber, telemetry) =
         exports.block_on(async { telemetry::subscriber(telemetry::LogFormat::Text, otlp) })?;
     let dispatch = tracing::Dispatch::new(subscriber);
     let runtime = runtime(name, 2, Some(dispatch));
-    let mut config = Config::embedded_default();
-    config.data = dir.path().join("bench.db");
-    let (endpoint, stop, task) = runtime.block_on(async {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let endpoint = format!("http://{}", listener.local_addr()?);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(streamwatch_server::serve_with_listeners(
-            config,
-            listener,
-            None,
-            Clock::new(),
-            async move {
-                let _ = stopped.await;
-            },
-        ));
-        anyhow::Ok((endpoint, stop, task))
-    })?;
+    // Started on the server's runtime: it serves there.
+    let server = runtime.block_on(TestServer::start_in(DataDir::new(), false));
     Ok((
         Server {
             runtime,
-            endpoint,
-            stop,
-            task,
-            _dir: dir,
+            endpoint: server.endpoint(),
+            server,
         },
         telemetry,
     ))
@@ -251,11 +232,14 @@ fn main() -> anyhow::Result<()> {
     );
     println!("spans received by the OTLP receiver: {exported}");
 
-    for (server, telemetry) in [(exporting, exporter), (plain, no_exporter)] {
-        let _ = server.stop.send(());
-        server.runtime.block_on(async {
-            let _ = server.task.await;
-        });
+    for (
+        Server {
+            runtime, server, ..
+        },
+        telemetry,
+    ) in [(exporting, exporter), (plain, no_exporter)]
+    {
+        runtime.block_on(server.stop());
         telemetry.shutdown();
     }
     Ok(())

@@ -11,7 +11,9 @@ use streamwatch::v1::{
     watch_service_client::WatchServiceClient,
 };
 
-use super::{delays, follow, object_created, start_watch};
+use streamwatch_testkit::created_once;
+
+use super::{delays, follow, start_watch};
 use crate::{
     Options,
     process::ServerProcess,
@@ -50,7 +52,7 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
             ready.recv().await;
         }
         let docs: Vec<String> = (0..n)
-            .map(|i| object_created(BUCKET, &format!("c{run}/w{i}/part-0.json"), i as u64))
+            .map(|i| created_once(BUCKET, &[&format!("c{run}/w{i}/part-0.json")]))
             .collect();
         let mut ingest = IngestServiceClient::new(channels[1].clone());
         for documents in docs.chunks(1000) {

@@ -9,7 +9,9 @@ use streamwatch::v1::{
     watch_service_client::WatchServiceClient,
 };
 
-use super::{delays, follow, object_created, start_watch};
+use streamwatch_testkit::created_once;
+
+use super::{delays, follow, start_watch};
 use crate::{
     Options,
     process::ServerProcess,
@@ -46,7 +48,7 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
         per_stream.push(server.rss()?.saturating_sub(rss_before) as f64 / n as f64);
         IngestServiceClient::new(channels[1].clone())
             .ingest_s3_events(v1::IngestS3EventsRequest {
-                documents: vec![object_created(BUCKET, &format!("{prefix}part-0.json"), 1)],
+                documents: vec![created_once(BUCKET, &[&format!("{prefix}part-0.json")])],
             })
             .await?;
         let mut completions = Vec::with_capacity(n);

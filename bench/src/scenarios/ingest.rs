@@ -16,7 +16,9 @@ use streamwatch::v1::{
 };
 use streamwatch_server::ingest::parse_document;
 
-use super::{object_created, start_watch};
+use streamwatch_testkit::created_once;
+
+use super::start_watch;
 use crate::{Options, process::ServerProcess, report::Report};
 
 const WATCHES: usize = 10;
@@ -35,7 +37,7 @@ fn documents(root: &str, n: usize, duplicates: bool) -> (Vec<String>, u64) {
                 distinct += 1;
             }
             let key = format!("{root}w{}/part-{original:08}.json", original % WATCHES);
-            object_created(BUCKET, &key, original as u64)
+            created_once(BUCKET, &[&key])
         })
         .collect();
     (docs, distinct)

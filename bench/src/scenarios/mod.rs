@@ -1,6 +1,6 @@
 //! The scenarios, one module each, and what they share: starting
-//! quiet-period watches and writing S3 notification documents as S3 sends
-//! them.
+//! quiet-period watches and following them to completion (notification
+//! documents come from the test kit).
 
 pub mod completion;
 pub mod fanout;
@@ -41,42 +41,6 @@ pub async fn start_watch(
         .await?
         .into_inner();
     Ok(response.watch.context("no watch in the answer")?.watch_id)
-}
-
-/// One `ObjectCreated:Put` notification document, shaped as S3 delivers it
-/// to SQS (one record per message).
-pub fn object_created(bucket: &str, key: &str, sequencer: u64) -> String {
-    serde_json::json!({
-        "Records": [{
-            "eventVersion": "2.1",
-            "eventSource": "aws:s3",
-            "awsRegion": "us-east-1",
-            "eventTime": "2026-11-26T12:00:00.000Z",
-            "eventName": "ObjectCreated:Put",
-            "userIdentity": {"principalId": "AWS:AIDAEXAMPLE"},
-            "requestParameters": {"sourceIPAddress": "10.0.0.1"},
-            "responseElements": {
-                "x-amz-request-id": "C3D13FE58DE4C810",
-                "x-amz-id-2": "FMyUVURIY8/IgAtTv8xRjskZQpcIZ9KG4V5Wp6S7S/JRWeUWerMUE5JgHvANOjpD"
-            },
-            "s3": {
-                "s3SchemaVersion": "1.0",
-                "configurationId": "streamwatch",
-                "bucket": {
-                    "name": bucket,
-                    "ownerIdentity": {"principalId": "A3NL1KOZZKExample"},
-                    "arn": format!("arn:aws:s3:::{bucket}")
-                },
-                "object": {
-                    "key": key,
-                    "size": 1024,
-                    "eTag": "d41d8cd98f00b204e9800998ecf8427e",
-                    "sequencer": format!("{sequencer:016X}")
-                }
-            }
-        }]
-    })
-    .to_string()
 }
 
 /// Milliseconds since the Unix epoch of a protobuf timestamp.

@@ -17,7 +17,9 @@ use streamwatch::v1::{
     watch_service_client::WatchServiceClient,
 };
 
-use super::{object_created, start_watch};
+use streamwatch_testkit::created_once;
+
+use super::start_watch;
 use crate::{Options, process::ServerProcess, report::Report};
 
 const BUCKET: &str = "bench-lake";
@@ -72,7 +74,7 @@ pub async fn run(options: &Options, report: &mut Report) -> anyhow::Result<()> {
     // One activity for each of the first `k` watches: each pushes its deadline back.
     let k = n.min(100_000);
     let docs: Vec<String> = (0..k)
-        .map(|i| object_created(BUCKET, &format!("w{i}/part-0.json"), i as u64))
+        .map(|i| created_once(BUCKET, &[&format!("w{i}/part-0.json")]))
         .collect();
     let mut ingest = IngestServiceClient::new(channels[0].clone());
     let cpu_activity_before = server.cpu_seconds()?;
