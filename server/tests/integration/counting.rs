@@ -1,4 +1,5 @@
-//! Counting is exact: distinct keys, redeliveries never twice, overwrites and
+//! Counting is exact: distinct keys, redeliveries never twice (whichever
+//! envelope they come in: S3's own, SNS, EventBridge), overwrites and
 //! removals as activity, and every watch whose prefix matches gets its count.
 
 use std::time::Duration;
@@ -50,6 +51,54 @@ async fn duplicates_within_one_document_count_once() {
     let report = client.ingest_s3_events(vec![doc]).await.unwrap();
     assert_eq!((report.counted, report.duplicates), (1, 1));
     assert_eq!(client.get_watch(&id).await.unwrap().object_count, 1);
+}
+
+#[tokio::test]
+async fn one_event_told_directly_through_sns_and_through_eventbridge_counts_once() {
+    let server = TestServer::start().await;
+    let mut client = server.client().await;
+    let id = active_watch(&mut client, "data-lake", "day=1/").await;
+    // Encoded in each envelope as S3 writes keys: `day%3D1/part+0001.json`.
+    let key = "day=1/part 0001.json";
+    let direct = s3_document("data-lake", &[(PUT, key, "0055AED6DCD90281E5")]);
+    let report = client
+        .ingest_s3_events(vec![
+            direct.clone(),
+            sns_wrapped(&direct),
+            eventbridge("data-lake", "Object Created", key, "0055AED6DCD90281E5"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.records, report.counted, report.duplicates),
+        (3, 1, 2),
+        "{report:?}"
+    );
+    // The removal, told by EventBridge, is activity of its own.
+    let report = client
+        .ingest_s3_events(vec![eventbridge(
+            "data-lake",
+            "Object Deleted",
+            key,
+            "0055AED6DCD90281E6",
+        )])
+        .await
+        .unwrap();
+    assert_eq!(report.counted, 1, "{report:?}");
+    let watch = client.get_watch(&id).await.unwrap();
+    assert_eq!(
+        (watch.object_count, watch.event_count, watch.removed_count),
+        (1, 1, 1)
+    );
+    let objects = client
+        .list_watch_objects(v1::ListWatchObjectsRequest {
+            watch_id: id,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .objects;
+    assert_eq!(objects[0].key, key, "decoded once, in every envelope");
 }
 
 #[tokio::test]
