@@ -11,7 +11,7 @@
 //! - [`watches`]: requests, real clients' calls and what tests assert on events.
 //! - [`wait`]: [`eventually`], a bounded wait for a state that only polling
 //!   can see, and reading event streams to an event within a limit.
-//! - [`aws`] (feature `aws`): clients and resources on the AWS emulator, and
+//! - [`aws`]: clients and resources on the AWS emulator, and
 //!   [`require_emulator!`], which skips a test without one (fails it in CI).
 //! - [`pki`] (feature `pki`): certificates made for a test.
 //!
@@ -20,7 +20,6 @@
 //! tests and benchmarks: a crate's unit tests link their own copy of the
 //! crate, which the kit's types do not match.
 
-#[cfg(feature = "aws")]
 pub mod aws;
 pub mod documents;
 #[cfg(feature = "pki")]
