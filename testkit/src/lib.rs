@@ -5,7 +5,8 @@
 //!   loopback port the kernel picks, restartable on the same data file) or
 //!   as the binary ([`ServerProcess`], which reports the addresses it bound
 //!   through `--address-file`), each handed over once its health service
-//!   answers; data directories, the test tenants and their tokens.
+//!   answers; data directories, the test tenants and their tokens, a
+//!   port that refuses connections.
 //! - [`documents`]: notification documents as S3 delivers them (straight,
 //!   wrapped by SNS, as EventBridge events, S3's test event).
 //! - [`watches`]: requests, real clients' calls and what tests assert on events.

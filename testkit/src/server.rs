@@ -5,7 +5,8 @@
 //! --address-file FILE`, the server writes the addresses it bound). Either
 //! is handed over once its health service answers SERVING, or the start
 //! fails with the server's own error. Also the data directory a server
-//! keeps across restarts and the test tenants with their tokens.
+//! keeps across restarts, the test tenants with their tokens, and a port
+//! that refuses connections ([`ClosedPort`]).
 //!
 //! Never binds a port to learn a free number for someone else to bind.
 
