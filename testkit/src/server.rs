@@ -305,10 +305,21 @@ fn client_options() -> ConnectOptions {
     })
 }
 
-fn outcome(ended: Result<Result<(), streamwatch_server::ServeError>, tokio::task::JoinError>) -> String {
+fn outcome(
+    ended: Result<Result<(), streamwatch_server::ServeError>, tokio::task::JoinError>,
+) -> String {
     match ended {
         Ok(Ok(())) => "it returned without an error".into(),
-        Ok(Err(e)) => format!("{e:#}"),
+        Ok(Err(e)) => {
+            // The error and every cause under it.
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        }
         Err(e) => format!("its task failed: {e}"),
     }
 }
