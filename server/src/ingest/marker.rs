@@ -11,11 +11,15 @@
 //! versions, `"success": true`. The committers list only a job's first files
 //! (S3A: 100), so a check proves those, not the whole data set.
 
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::{
+    error::{DisplayErrorContext, SdkError},
+    operation::get_object::GetObjectError,
+    primitives::ByteStreamError,
+};
 use serde::Deserialize;
 
 use crate::{
-    store::Store,
+    store::{Store, StoreError},
     watch::{ManifestCheck, Watch},
 };
 
@@ -57,6 +61,29 @@ pub enum ManifestError {
     /// A listed file outside the watch's bucket (or not an S3 URI).
     #[error("the marker's manifest lists {name:?}, which is not in bucket {bucket}")]
     OtherBucket { name: String, bucket: String },
+}
+
+/// Why a marker's manifest could not be checked at all (the observer logs it
+/// and checks again later). What a manifest that was read says against the
+/// watch is a [`ManifestError`], kept in the check instead.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    /// Only a watch of objects with a marker rule is checked.
+    #[error("the watch has no marker rule")]
+    NoMarker,
+    /// GetObject of the marker failed: no such key, no permission, or S3
+    /// could not be reached.
+    #[error("cannot read the marker {key}: {}", DisplayErrorContext(.error))]
+    Get {
+        key: String,
+        error: Box<SdkError<GetObjectError>>,
+    },
+    /// The marker's body broke off while it was read.
+    #[error("cannot read the marker {key}: {error}")]
+    Body { key: String, error: ByteStreamError },
+    /// The counted keys could not be looked up.
+    #[error("cannot look up the files the marker lists: {0}")]
+    Store(StoreError),
 }
 
 /// The keys a marker's body lists, or why it cannot complete the watch. An
@@ -110,26 +137,32 @@ fn file_key(name: &str, bucket: &str) -> Option<String> {
     Some(decoded.into_owned())
 }
 
-/// Reads `watch`'s marker and looks up the files it lists; a failure to read
-/// it (or the store) as text, for the observer's log and retry.
+/// Reads `watch`'s marker and looks up the files it lists.
 pub async fn check(
     s3: &aws_sdk_s3::Client,
     store: &dyn Store,
     watch: &Watch,
-) -> Result<Checked, String> {
-    let marker = watch.marker_key().ok_or("the watch has no marker rule")?;
-    let objects = watch
-        .source
-        .as_objects()
-        .ok_or("a watch group has no marker")?;
+) -> Result<Checked, CheckError> {
+    // A group has no marker of its own.
+    let (Some(marker), Some(objects)) = (watch.marker_key(), watch.source.as_objects()) else {
+        return Err(CheckError::NoMarker);
+    };
     let key = format!("{}{marker}", objects.prefix.as_str());
-    let object = s3
+    let object = match s3
         .get_object()
         .bucket(objects.bucket.as_str())
         .key(&key)
         .send()
         .await
-        .map_err(|e| format!("cannot read the marker {key}: {}", DisplayErrorContext(e)))?;
+    {
+        Ok(object) => object,
+        Err(error) => {
+            return Err(CheckError::Get {
+                key,
+                error: Box::new(error),
+            });
+        }
+    };
     let check = |listed: u64, problem: String| ManifestCheck {
         marker: watch.counters.marker_count,
         activity: watch.counters.activity(),
@@ -146,12 +179,10 @@ pub async fn check(
             missing: Vec::new(),
         });
     }
-    let body = object
-        .body
-        .collect()
-        .await
-        .map_err(|e| format!("cannot read the marker {key}: {e}"))?
-        .into_bytes();
+    let body = match object.body.collect().await {
+        Ok(body) => body.into_bytes(),
+        Err(error) => return Err(CheckError::Body { key, error }),
+    };
     match listed_keys(&body, objects.bucket.as_str()) {
         Err(problem) => Ok(Checked {
             check: check(0, problem.to_string()),
@@ -159,7 +190,9 @@ pub async fn check(
         }),
         Ok(keys) => {
             let listed = keys.len() as u64;
-            let mut checked = missing(store, watch, keys).await?;
+            let mut checked = missing(store, watch, keys)
+                .await
+                .map_err(CheckError::Store)?;
             checked.check.listed = listed;
             Ok(checked)
         }
@@ -172,11 +205,8 @@ pub async fn missing(
     store: &dyn Store,
     watch: &Watch,
     keys: Vec<String>,
-) -> Result<Checked, String> {
-    let counted = store
-        .counted_keys(&watch.tenant, &watch.id, &keys)
-        .await
-        .map_err(|e| e.to_string())?;
+) -> Result<Checked, StoreError> {
+    let counted = store.counted_keys(&watch.tenant, &watch.id, &keys).await?;
     let missing: Vec<String> = keys
         .into_iter()
         .zip(counted)

@@ -13,7 +13,7 @@ use aws_sdk_s3::{
 
 use crate::{
     clock::Timestamp,
-    store::{Activity, ActivityKind, Store},
+    store::{Activity, ActivityKind, Store, StoreError},
     watch::{Watch, WatchEvent},
 };
 
@@ -35,6 +35,16 @@ pub enum ListError {
     /// could not be reached.
     #[error("{}", DisplayErrorContext(.0))]
     Request(Box<SdkError<ListObjectsV2Error>>),
+}
+
+/// Why a reconciliation did not finish (the observer logs it and lists again later).
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("cannot list the prefix: {0}")]
+    List(ListError),
+    /// What the listing found could not be recorded.
+    #[error("cannot record the listed objects: {0}")]
+    Store(StoreError),
 }
 
 pub struct Reconciler {
@@ -79,14 +89,13 @@ impl Reconciler {
     }
 
     /// Lists `watch`'s prefix and records what it finds. Returns the watch and
-    /// its events when objects no notification told of were counted; a
-    /// failure as text, for the observer's log and retry.
+    /// its events when objects no notification told of were counted.
     pub async fn reconcile(
         &self,
         store: &dyn Store,
         watch: &Watch,
         now: Timestamp,
-    ) -> Result<Option<(Watch, Vec<WatchEvent>)>, String> {
+    ) -> Result<Option<(Watch, Vec<WatchEvent>)>, ReconcileError> {
         let Some(objects) = watch.source.as_objects() else {
             // A group counts no objects of its own (and takes no reconcile).
             return Ok(None);
@@ -94,7 +103,7 @@ impl Reconciler {
         let listed = self
             .list(objects.bucket.as_str(), objects.prefix.as_str())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ReconcileError::List)?;
         let matcher = objects.filter.matcher();
         let prefix = objects.prefix.as_str();
         let activities: Vec<Activity> = listed
@@ -124,12 +133,83 @@ impl Reconciler {
         let outcome = store
             .record(activities, now)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(ReconcileError::Store)?;
         let missed = outcome.updated.into_iter().next();
         if let Some((w, _)) = &missed {
             tracing::warn!(tenant = %w.tenant, watch_id = %w.id, listed = found,
                 objects = w.counters.object_count, "reconciliation found objects no notification told of");
         }
         Ok(missed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, retry::RetryConfig};
+
+    use super::*;
+    use crate::{
+        store::{Created, NewWatch, sqlite::SqliteStore},
+        watch::{Bucket, Labels, Policy, Prefix, Rule, Source, TenantId, WatchId},
+    };
+
+    #[tokio::test]
+    async fn a_prefix_that_cannot_be_listed_is_a_list_error_and_counts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path().join("r.db")).unwrap();
+        let now = Timestamp::from_millis(1_800_000_000_000);
+        let new = NewWatch {
+            tenant: TenantId::parse("tenant", "acme").unwrap(),
+            id: WatchId::generate(),
+            source: Source::objects(
+                Bucket::parse("bucket", "acme-lake").unwrap(),
+                Prefix::parse("prefix", "day=1/").unwrap(),
+                Default::default(),
+            ),
+            policy: Policy {
+                rule: Rule::QuietPeriod {
+                    window: Duration::from_secs(60),
+                },
+                ..Policy::default()
+            },
+            labels: Labels::default(),
+            client_token: None,
+            created_at: now,
+            trace: Default::default(),
+        };
+        let Created::New { watch, .. } = store.create_watch(new).await.unwrap() else {
+            panic!("a new watch");
+        };
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port(); // the listener is closed again at once
+        let s3 = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .force_path_style(true)
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("testing", "testing", None, None, "test"))
+            .retry_config(RetryConfig::disabled())
+            .build();
+
+        let error = Reconciler::new(Client::from_conf(s3))
+            .reconcile(&store, &watch, now)
+            .await
+            .unwrap_err();
+        assert!(matches!(error, ReconcileError::List(_)), "{error:?}");
+        assert!(
+            error.to_string().starts_with("cannot list the prefix: "),
+            "{error}"
+        );
+        let after = store
+            .get_watch(&watch.tenant, &watch.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(after.last_seq, watch.last_seq, "nothing recorded");
     }
 }

@@ -68,14 +68,14 @@ impl Observer {
         let keys = entry.watch.member_keys();
         let (store, tx, group) = (self.store.clone(), self.tx.clone(), key.clone());
         tokio::spawn(async move {
-            let result = store.watches(&keys).await.map_err(|e| e.to_string());
+            let result = store.watches(&keys).await;
             let _ = tx.send(Command::Members { group, result }).await;
         });
     }
 
     /// Takes in a group's members as read from the store, and decides the
     /// group once every member is known.
-    pub(super) fn members_read(&mut self, group: WatchKey, result: Result<Vec<Watch>, String>) {
+    pub(super) fn members_read(&mut self, group: WatchKey, result: Result<Vec<Watch>, StoreError>) {
         let Some(entry) = self.watches.get_mut(&group) else {
             return;
         };

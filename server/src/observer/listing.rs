@@ -10,7 +10,7 @@ impl Observer {
     pub(super) fn manifest_checked(
         &mut self,
         key: WatchKey,
-        result: Result<marker::Checked, String>,
+        result: Result<marker::Checked, marker::CheckError>,
     ) {
         let Some(entry) = self.watches.get_mut(&key) else {
             return;
@@ -75,10 +75,13 @@ impl Observer {
                         .manifest
                         .as_ref()
                         .map_or(0, |c| c.listed);
-                    marker::missing(&*store, &watch, keys).await.map(|mut c| {
-                        c.check.listed = listed;
-                        c
-                    })
+                    marker::missing(&*store, &watch, keys)
+                        .await
+                        .map(|mut c| {
+                            c.check.listed = listed;
+                            c
+                        })
+                        .map_err(marker::CheckError::Store)
                 }
                 None => marker::check(&reconciler.s3, &*store, &watch).await,
             };
@@ -140,7 +143,7 @@ impl Observer {
         key: WatchKey,
         activity: u64,
         probe: Option<Timestamp>,
-        result: Result<Option<Box<Watch>>, String>,
+        result: Result<Option<Box<Watch>>, ReconcileError>,
     ) {
         let Some(entry) = self.watches.get_mut(&key) else {
             return;

@@ -49,7 +49,10 @@ use crate::{
     auth::LiveTenants,
     clock::{Clock, Timestamp},
     error::Error,
-    ingest::{Routes, Watermarks, marker, reconcile::Reconciler},
+    ingest::{
+        Routes, Watermarks, marker,
+        reconcile::{ReconcileError, Reconciler},
+    },
     metrics::Metrics,
     policy::{self, Member},
     quota::Limiter,
@@ -113,12 +116,12 @@ enum Command {
         key: WatchKey,
         activity: u64,
         probe: Option<Timestamp>,
-        result: Result<Option<Box<Watch>>, String>,
+        result: Result<Option<Box<Watch>>, ReconcileError>,
     },
     /// A check of `key`'s marker manifest finished.
     ManifestChecked {
         key: WatchKey,
-        result: Result<marker::Checked, String>,
+        result: Result<marker::Checked, marker::CheckError>,
     },
     /// Watches of a shard this replica just took (or started elsewhere in one it holds).
     Adopt(Vec<Watch>),
@@ -129,7 +132,7 @@ enum Command {
     /// The members of `group` as read from the store.
     Members {
         group: WatchKey,
-        result: Result<Vec<Watch>, String>,
+        result: Result<Vec<Watch>, StoreError>,
     },
 }
 
