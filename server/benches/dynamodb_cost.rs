@@ -42,7 +42,7 @@ use streamwatch_server::{
 
 async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     let store = Arc::new(DynamoStore::new(
-        DynamoStore::client_from_env().await,
+        aws::dynamodb().await,
         aws::unique("bench"),
         Duration::from_secs(3600),
     ));
@@ -283,7 +283,7 @@ async fn classic_side_by_side() -> anyhow::Result<()> {
     // samples (the shortest fixed schedule without a false completion in
     // server/DECISIONS.md).
     let store = Arc::new(DynamoStore::new(
-        DynamoStore::client_from_env().await,
+        aws::dynamodb().await,
         aws::unique("bench"),
         Duration::from_secs(3600),
     ));

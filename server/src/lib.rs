@@ -9,13 +9,15 @@
 //! operations), [`api`] (protobuf mapping), [`auth`] (tenants), [`cluster`]
 //! (many replicas on one table), [`quota`]
 //! (per-tenant limits), [`transport`] (TLS and connection limits), [`config`],
-//! [`telemetry`] (logs and traces), [`metrics`] (Prometheus).
+//! [`aws`] (the one AWS configuration), [`telemetry`] (logs and traces),
+//! [`metrics`] (Prometheus).
 //!
 //! [`Core`] (in `startup`) assembles the service from its configuration;
 //! [`serve`] puts gRPC in front of it.
 
 pub mod api;
 pub mod auth;
+pub mod aws;
 pub mod clock;
 pub mod cluster;
 pub mod config;

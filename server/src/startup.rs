@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{
     auth::{LiveTenants, TenantsError},
+    aws::{AwsConfig, s3_config},
     clock::Clock,
     cluster::{Cluster, ClusterError},
     config::{Config, StoreKind},
@@ -162,8 +163,11 @@ impl Core {
     /// starts the observer and the queue consumers.
     pub async fn start(config: &Config, clock: Clock) -> Result<Self, StartupError> {
         let tenants = LiveTenants::load(config.tenants.as_deref())?;
+        // Loaded here when the store or the queues need it; otherwise only
+        // if a delivery to an AWS target does.
+        let shared_aws = AwsConfig::new();
         let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
-            Some(aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await)
+            Some(shared_aws.get().await)
         } else {
             None
         };
@@ -171,7 +175,7 @@ impl Core {
         if config.cluster.cluster && config.store != StoreKind::Dynamodb {
             return Err(StartupError::ClusterNeedsDynamodb);
         }
-        let (store, dynamodb) = open_store(config, aws.as_ref()).await?;
+        let (store, dynamodb) = open_store(config, aws).await?;
         let cluster = match (&dynamodb, config.cluster.cluster) {
             (Some(dynamodb), true) => Some(
                 Cluster::new(&config.cluster, dynamodb.clone(), clock, metrics.clone())
@@ -186,7 +190,7 @@ impl Core {
             // wrote is read back from memory (see `store::cached`).
             store = Arc::new(Cached::new(store, cached::DEFAULT_CAPACITY));
         }
-        let (sqs, visibility) = match (&aws, config.sqs_queue_urls.is_empty()) {
+        let (sqs, visibility) = match (aws, config.sqs_queue_urls.is_empty()) {
             (Some(aws), false) => {
                 let (sqs, visibility) = open_queues(aws, &config.sqs_queue_urls).await?;
                 (Some(sqs), visibility)
@@ -211,13 +215,9 @@ impl Core {
             // Ends with the streams, at shutdown.
             tokio::spawn(hub.clone().follow_log(c.log_poll()));
         }
-        let reconciler = aws.as_ref().map(|shared| {
-            // Emulators serve buckets by path, not by host name.
-            let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
-            let s3 = aws_sdk_s3::config::Builder::from(shared)
-                .force_path_style(path_style)
-                .build();
-            Arc::new(Reconciler::new(aws_sdk_s3::Client::from_conf(s3)))
+        let reconciler = aws.map(|shared| {
+            let s3 = aws_sdk_s3::Client::from_conf(s3_config(shared).build());
+            Arc::new(Reconciler::new(s3))
         });
         let (mut observer, observer_handle) = Observer::new(
             store.clone(),
@@ -260,6 +260,7 @@ impl Core {
                     tenants.clone(),
                     config.delivery_timeout,
                     Manifests::new(store.clone(), config.manifest_part_size),
+                    shared_aws.clone(),
                 )
                 .map_err(StartupError::Callbacks)?,
             ),

@@ -12,7 +12,12 @@ use sha2::Sha256;
 use tokio::sync::OnceCell;
 
 use super::{Failure, Transport, address, manifest::Manifests};
-use crate::{auth::LiveTenants, store::Delivery, watch::NotifyTarget};
+use crate::{
+    auth::LiveTenants,
+    aws::{AwsConfig, s3_config},
+    store::Delivery,
+    watch::NotifyTarget,
+};
 
 /// The webhook header carrying the body's signature.
 pub const SIGNATURE_HEADER: &str = "x-streamwatch-signature";
@@ -40,13 +45,15 @@ pub struct Targets {
     http: reqwest::Client,
     /// For hosts a tenant pattern names exactly.
     http_pinned: reqwest::Client,
+    /// The process's AWS configuration, loaded by the first delivery that
+    /// needs it unless something else already did.
+    shared_aws: AwsConfig,
     aws: OnceCell<Aws>,
     manifests: Manifests,
     timeout: Duration,
 }
 
-/// AWS clients, made on the first delivery that needs one (credentials and
-/// region from the standard chain).
+/// AWS clients, made on the first delivery that needs one.
 struct Aws {
     sqs: aws_sdk_sqs::Client,
     sns: aws_sdk_sns::Client,
@@ -54,12 +61,14 @@ struct Aws {
 }
 
 impl Targets {
-    /// `timeout` bounds one attempt; manifests are read through `manifests`.
-    /// Fails only when no HTTP client can be built (no TLS roots).
+    /// `timeout` bounds one attempt; manifests are read through `manifests`;
+    /// SQS, SNS and S3 are called with `aws`. Fails only when no HTTP client
+    /// can be built (no TLS roots).
     pub fn new(
         tenants: LiveTenants,
         timeout: Duration,
         manifests: Manifests,
+        aws: AwsConfig,
     ) -> Result<Self, reqwest::Error> {
         let builder = || {
             reqwest::Client::builder()
@@ -74,6 +83,7 @@ impl Targets {
                 .dns_resolver(Arc::new(address::GuardedResolver))
                 .build()?,
             http_pinned: builder().build()?,
+            shared_aws: aws,
             aws: OnceCell::new(),
             manifests,
             timeout,
@@ -83,21 +93,17 @@ impl Targets {
     async fn aws(&self) -> &Aws {
         self.aws
             .get_or_init(|| async {
-                let shared = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
+                let shared = self.shared_aws.get().await;
                 let timeouts = aws_config::timeout::TimeoutConfig::builder()
                     .operation_timeout(self.timeout)
                     .build();
-                let sqs = aws_sdk_sqs::config::Builder::from(&shared)
+                let sqs = aws_sdk_sqs::config::Builder::from(shared)
                     .timeout_config(timeouts.clone())
                     .build();
-                let sns = aws_sdk_sns::config::Builder::from(&shared)
+                let sns = aws_sdk_sns::config::Builder::from(shared)
                     .timeout_config(timeouts.clone())
                     .build();
-                // Emulators serve buckets by path, not by host name.
-                let s3 = aws_sdk_s3::config::Builder::from(&shared)
-                    .timeout_config(timeouts)
-                    .force_path_style(std::env::var_os("AWS_ENDPOINT_URL").is_some())
-                    .build();
+                let s3 = s3_config(shared).timeout_config(timeouts).build();
                 Aws {
                     sqs: aws_sdk_sqs::Client::from_conf(sqs),
                     sns: aws_sdk_sns::Client::from_conf(sns),
@@ -314,6 +320,7 @@ mod tests {
             LiveTenants::fixed(tenants),
             Duration::from_secs(2),
             manifests,
+            AwsConfig::new(),
         )
         .unwrap();
         (targets, dir)

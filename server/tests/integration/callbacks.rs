@@ -783,6 +783,7 @@ async fn a_retried_manifest_delivery_rewrites_the_same_object() {
             store,
             streamwatch_server::delivery::manifest::DEFAULT_PART_SIZE,
         ),
+        streamwatch_server::aws::AwsConfig::new(),
     )
     .unwrap();
     let status = streamwatch_server::delivery::Transport::send(&targets, &stored[0])

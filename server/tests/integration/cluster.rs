@@ -34,7 +34,7 @@ const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
     require_emulator!();
     let table = aws::unique("lease");
-    let client = DynamoStore::client_from_env().await;
+    let client = aws::dynamodb().await;
     let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
     store.create_table().await.unwrap();
     store.ensure_shards().await.unwrap();
@@ -178,12 +178,8 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         "a take of the lease as replica-b held it fails once released"
     );
     // So does a replica started with another shard count.
-    let other = DynamoStore::new(
-        DynamoStore::client_from_env().await,
-        &table,
-        Duration::from_secs(3600),
-    )
-    .with_shards(2);
+    let other =
+        DynamoStore::new(aws::dynamodb().await, &table, Duration::from_secs(3600)).with_shards(2);
     let refused = other.ensure_shards().await.unwrap_err().to_string();
     assert!(refused.contains("--shards 1"), "{refused}");
 }
@@ -192,7 +188,7 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
 async fn replicas_acknowledge_the_route_version_they_loaded() {
     require_emulator!();
     let table = aws::unique("routes");
-    let client = DynamoStore::client_from_env().await;
+    let client = aws::dynamodb().await;
     let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
     store.create_table().await.unwrap();
     let now = Timestamp::from_millis(1_800_000_000_000);

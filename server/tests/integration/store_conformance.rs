@@ -1384,7 +1384,7 @@ async fn dynamodb() -> (Arc<dyn Store>, ()) {
     streamwatch_testkit::aws::expect_emulator();
     let table = format!("conformance-{}", rand_suffix());
     let store = DynamoStore::new(
-        DynamoStore::client_from_env().await,
+        streamwatch_testkit::aws::dynamodb().await,
         table,
         Duration::from_secs(3600),
     );

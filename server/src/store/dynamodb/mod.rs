@@ -124,12 +124,6 @@ impl DynamoStore {
         self.shards
     }
 
-    /// A client from the standard AWS configuration chain (`AWS_ENDPOINT_URL`, region, credentials).
-    pub async fn client_from_env() -> Client {
-        let config = aws_config::load_defaults(aws_config::BehaviorVersion::latest()).await;
-        Client::new(&config)
-    }
-
     fn count(&self, requests: u64, items: u64, write_units: u64, read_units: u64) {
         self.stats.requests.fetch_add(requests, Ordering::Relaxed);
         self.stats.items.fetch_add(items, Ordering::Relaxed);
