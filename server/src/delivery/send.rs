@@ -70,6 +70,8 @@ impl Targets {
         manifests: Manifests,
         aws: AwsConfig,
     ) -> Result<Self, reqwest::Error> {
+        // reqwest builds its TLS on the process's provider and panics without one.
+        crate::transport::install_crypto_provider();
         let builder = || {
             reqwest::Client::builder()
                 .timeout(timeout)

@@ -117,10 +117,12 @@ fn positive_duration(raw: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
-/// Chooses ring as the process's TLS provider. Err when a provider is
-/// already installed (a second server in this process): fine.
-fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
+/// Installs aws-lc-rs (the one TLS provider this process links; the AWS
+/// SDK requires it) as the process's default, which the server's acceptor
+/// and the webhook clients take. Err when one is already installed (a
+/// second server in this process): fine.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
 /// A server builder with the HTTP/2 limits and keepalives set, counting the
