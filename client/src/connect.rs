@@ -7,7 +7,6 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use opentelemetry::trace::TraceContextExt;
 use tonic::{
     Status,
     metadata::AsciiMetadataValue,
@@ -66,7 +65,8 @@ impl ConnectOptions {
     }
 
     /// Sends this W3C trace context (`traceparent`, and `tracestate` unless
-    /// empty) with every call, instead of the current OpenTelemetry context's.
+    /// empty) with every call, instead of the current OpenTelemetry
+    /// context's (feature `otel`).
     pub fn trace_context(
         mut self,
         traceparent: impl Into<String>,
@@ -226,7 +226,8 @@ pub fn is_traceparent(s: &str) -> bool {
 }
 
 /// Adds `authorization: Bearer <token>` and the W3C trace context (the
-/// configured one, else the current OpenTelemetry context's span) to every call.
+/// configured one, else, with feature `otel`, the current OpenTelemetry
+/// context's span) to every call.
 #[derive(Clone)]
 pub struct CallMetadata {
     bearer: Option<AsciiMetadataValue>,
@@ -246,29 +247,39 @@ impl Interceptor for CallMetadata {
                     metadata.insert("tracestate", state.clone());
                 }
             }
-            None => {
-                let cx = opentelemetry::Context::current();
-                let span = cx.span();
-                let sc = span.span_context();
-                if sc.is_valid() {
-                    let parent = format!(
-                        "00-{}-{}-{:02x}",
-                        sc.trace_id(),
-                        sc.span_id(),
-                        sc.trace_flags().to_u8()
-                    );
-                    if let Ok(parent) = parent.parse() {
-                        metadata.insert("traceparent", parent);
-                    }
-                    let state = sc.trace_state().header();
-                    if !state.is_empty()
-                        && let Ok(state) = state.parse()
-                    {
-                        metadata.insert("tracestate", state);
-                    }
-                }
-            }
+            #[cfg(feature = "otel")]
+            None => current_span_context(metadata),
+            #[cfg(not(feature = "otel"))]
+            None => {}
         }
         Ok(request)
+    }
+}
+
+/// Adds the current OpenTelemetry context's span, if it has a valid one.
+#[cfg(feature = "otel")]
+fn current_span_context(metadata: &mut tonic::metadata::MetadataMap) {
+    use opentelemetry::trace::TraceContextExt;
+
+    let cx = opentelemetry::Context::current();
+    let span = cx.span();
+    let sc = span.span_context();
+    if !sc.is_valid() {
+        return;
+    }
+    let parent = format!(
+        "00-{}-{}-{:02x}",
+        sc.trace_id(),
+        sc.span_id(),
+        sc.trace_flags().to_u8()
+    );
+    if let Ok(parent) = parent.parse() {
+        metadata.insert("traceparent", parent);
+    }
+    let state = sc.trace_state().header();
+    if !state.is_empty()
+        && let Ok(state) = state.parse()
+    {
+        metadata.insert("tracestate", state);
     }
 }

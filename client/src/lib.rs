@@ -19,7 +19,8 @@
 //! ```
 //!
 //! The library itself never prints, reads files or starts processes; the
-//! `streamwatch` binary (feature `cli`) does that.
+//! `streamwatch` binary (feature `cli`) does that. Feature `otel` (on by
+//! default, as `cli` is) sends the current OpenTelemetry context with each call.
 
 mod client;
 mod connect;

@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use crate::cli::*;
+#[cfg(feature = "otel")]
 use opentelemetry::{
     Context,
     context::FutureExt,
@@ -17,6 +18,7 @@ use streamwatch_testkit::*;
 
 const TRACEPARENT: &str = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
 
+#[cfg(feature = "otel")]
 #[tokio::test]
 async fn the_current_opentelemetry_context_travels_with_each_call() {
     let server = TestServer::start().await;
