@@ -94,6 +94,9 @@ pub enum QuotasError {
 }
 
 /// A token bucket on tokio's clock: `rate` tokens a second up to `capacity`.
+/// Not `governor`'s: its clocks are not tokio's (which the tests pause), and
+/// its rate is fixed per limiter, where ours is read from the tenants file at
+/// each call, so a reload applies at once and keeps each tenant's tokens.
 #[derive(Debug)]
 pub struct TokenBucket {
     tokens: f64,
