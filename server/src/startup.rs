@@ -77,6 +77,10 @@ pub struct Core {
     streams_end: CancellationToken,
     observer_end: CancellationToken,
     observer_task: tokio::task::JoinHandle<()>,
+    /// Stops the observer when the core is dropped without [`Core::shutdown`]
+    /// (a serve that fails after starting it): its thread would otherwise
+    /// keep the runtime, and so the process, from ever ending.
+    _observer_stop: tokio_util::sync::DropGuard,
     consumers_end: CancellationToken,
     consumers: Vec<tokio::task::JoinHandle<()>>,
     /// Per queue URL, what its consumers did.
@@ -335,6 +339,7 @@ impl Core {
             tenants,
             store,
             streams_end,
+            _observer_stop: observer_end.clone().drop_guard(),
             observer_end,
             observer_task,
             consumers_end,

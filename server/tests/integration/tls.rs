@@ -230,3 +230,33 @@ async fn with_a_client_ca_a_client_without_a_certificate_from_it_is_refused() {
         .await
         .expect("the CA's certificate is accepted");
 }
+
+/// A certificate that cannot be read fails the start after the store and the
+/// observer are up: the binary must still exit, with the error naming the
+/// file, not wait forever for the observer's thread.
+#[tokio::test]
+async fn a_server_whose_certificate_is_unreadable_exits_naming_it() {
+    let dir = DataDir::new();
+    let bad = dir.path().join("not-a-certificate.pem");
+    std::fs::write(&bad, "not PEM").expect("write file");
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_streamwatch-server"))
+        .args(["--listen", "127.0.0.1:0", "--data"])
+        .arg(dir.db())
+        .arg("--tls-cert")
+        .arg(&bad)
+        .arg("--tls-key")
+        .arg(&bad)
+        .env("RUST_BACKTRACE", "0")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(START_LIMIT, output)
+        .await
+        .expect("the server exits instead of hanging")
+        .expect("run the server");
+    assert!(!output.status.success(), "{:?}", output.status);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("not-a-certificate.pem") && stderr.contains("--tls-cert"),
+        "{stderr}"
+    );
+}
