@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use crate::store::dynamodb::LeaseItem;
+use crate::store::LeaseItem;
 
 /// A lease as this replica sees it.
 #[derive(Clone, Debug)]

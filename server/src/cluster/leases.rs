@@ -26,10 +26,7 @@ use crate::{
     clock::{Clock, Timestamp},
     metrics::Metrics,
     observer::ObserverHandle,
-    store::{
-        Store,
-        dynamodb::{ClusterView, DynamoStore, LeaseItem, ReplicaItem},
-    },
+    store::{ClusterTable, ClusterView, LeaseItem, ReplicaItem},
     watch::WatchKey,
 };
 
@@ -69,7 +66,7 @@ fn observe<K: std::hash::Hash + Eq, T: PartialEq>(
 
 /// The lease task: one heartbeat every `--heartbeat`.
 pub(super) struct Leases {
-    store: Arc<DynamoStore>,
+    store: Arc<dyn ClusterTable>,
     ownership: Arc<Ownership>,
     observer: ObserverHandle,
     clock: Clock,
@@ -330,7 +327,7 @@ impl Leases {
         tokio::spawn(async move {
             let mut wait = Duration::from_millis(200);
             while ownership.holds(shard) {
-                match shard_watches(&store, &book, shard).await {
+                match shard_watches(&*store, &book, shard).await {
                     Ok(watches) => {
                         observer.adopt(watches).await;
                         return;
@@ -349,7 +346,7 @@ impl Leases {
 /// Every live watch of `shard`: the `live` index plus the watches route
 /// items told of (the index may not show the newest yet).
 async fn shard_watches(
-    store: &DynamoStore,
+    store: &dyn ClusterTable,
     book: &RouteBook,
     shard: u32,
 ) -> crate::store::Result<Vec<crate::watch::Watch>> {

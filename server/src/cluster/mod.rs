@@ -77,10 +77,7 @@ use crate::{
     ingest::Routes,
     metrics::Metrics,
     observer::ObserverHandle,
-    store::{
-        StoreError,
-        dynamodb::{DynamoStore, LeaseItem},
-    },
+    store::{ClusterTable, LeaseItem, StoreError},
 };
 
 /// Why a replica cannot join the cluster.
@@ -107,7 +104,7 @@ pub struct Cluster {
     pub settled: watch::Receiver<Timestamp>,
     /// The start of the last successful route refresh (for ingest).
     pub routes_fresh: watch::Receiver<Option<Instant>>,
-    store: Arc<DynamoStore>,
+    store: Arc<dyn ClusterTable>,
     args: ClusterArgs,
     clock: Clock,
     metrics: Arc<Metrics>,
@@ -119,7 +116,7 @@ impl Cluster {
     /// Checks the settings and the table's shard count.
     pub async fn new(
         args: &ClusterArgs,
-        store: Arc<DynamoStore>,
+        store: Arc<dyn ClusterTable>,
         clock: Clock,
         metrics: Arc<Metrics>,
     ) -> Result<Self, ClusterError> {
@@ -133,7 +130,7 @@ impl Cluster {
         let route_staleness = args.route_refresh * 2;
         Ok(Self {
             routing: Arc::new(Routing::new(
-                store.clone(),
+                Arc::new(store.clone()),
                 route_staleness,
                 (args.route_refresh / 4)
                     .clamp(Duration::from_millis(25), Duration::from_millis(250)),
@@ -208,7 +205,7 @@ impl Cluster {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::dynamodb::ReplicaItem;
+    use crate::store::ReplicaItem;
 
     /// A replica item with its heartbeat and acknowledged route version.
     pub(super) fn replica(id: &str, heartbeat: u64, routes: u64) -> ReplicaItem {

@@ -21,7 +21,7 @@ use crate::{
     clock::{Clock, Timestamp},
     ingest::Routes,
     observer::ObserverHandle,
-    store::{Store, dynamodb::DynamoStore},
+    store::{ClusterTable, Store},
     watch::WatchKey,
 };
 
@@ -118,7 +118,7 @@ fn fresh_from(
 
 /// The route task: reads the route items of watches started anywhere.
 pub(super) struct RouteRefresher {
-    store: Arc<DynamoStore>,
+    store: Arc<dyn ClusterTable>,
     routes: Arc<Routes>,
     book: Arc<RouteBook>,
     ownership: Arc<Ownership>,

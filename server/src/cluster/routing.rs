@@ -16,7 +16,7 @@ use tokio::{sync::watch, time::Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::route_refresh::ROUTE_REQUERY;
-use crate::store::dynamodb::{DynamoStore, ReplicaItem};
+use crate::store::{ClusterTable, ReplicaItem};
 
 /// Bumps of the route version a StartWatch tries before it waits out
 /// [`ROUTE_REQUERY`] instead.
@@ -50,13 +50,13 @@ pub trait RouteTable: Send + Sync {
 }
 
 #[async_trait::async_trait]
-impl RouteTable for DynamoStore {
+impl RouteTable for Arc<dyn ClusterTable> {
     async fn bump_routes(&self) -> crate::store::Result<u64> {
-        DynamoStore::bump_routes(self).await
+        ClusterTable::bump_routes(&**self).await
     }
 
     async fn replicas(&self) -> crate::store::Result<Vec<ReplicaItem>> {
-        DynamoStore::replicas(self).await
+        ClusterTable::replicas(&**self).await
     }
 }
 

@@ -34,12 +34,14 @@
 //! meets them, classified; no backend error type leaves this module.
 
 pub mod cached;
+pub mod cluster_table;
 pub mod dynamodb;
 pub mod measured;
 pub mod publishing;
 mod rules;
 pub mod sqlite;
 
+pub use cluster_table::{ClusterTable, ClusterView, LeaseItem, ReplicaItem, RouteEntry, shard_of};
 pub use rules::{KeyEvent, outbox_for, sequencer_identity};
 
 use std::time::Duration;

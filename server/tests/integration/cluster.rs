@@ -13,8 +13,8 @@ use streamwatch_client::proto as v1;
 use streamwatch_server::{
     clock::Timestamp,
     store::{
-        Applied, Change, Created, Guard, NewWatch, Store, StoreError,
-        dynamodb::{DynamoStore, LeaseItem, ReplicaItem},
+        Applied, Change, ClusterTable, Created, Guard, LeaseItem, NewWatch, ReplicaItem, Store,
+        StoreError, dynamodb::DynamoStore,
     },
     watch::{
         Bucket, EventKind, Labels, Lifecycle, Policy, Prefix, Source, TenantId, WatchId, WatchState,

@@ -23,13 +23,13 @@ use aws_sdk_dynamodb::{
     types::{ConditionCheck, ReturnValue, TransactWriteItem},
 };
 
-use super::{
-    DynamoStore, Item, Result, StoreError, aws, built, get_n, get_s, item_watch, n, s, shard_of,
-};
+use async_trait::async_trait;
+
+use super::{DynamoStore, Item, Result, StoreError, aws, built, get_n, get_s, item_watch, n, s};
 use crate::{
     clock::Timestamp,
-    store::Fence,
-    watch::{Source, TenantId, Watch, WatchId, WatchKey},
+    store::{ClusterTable, ClusterView, Fence, LeaseItem, ReplicaItem, RouteEntry},
+    watch::{TenantId, Watch, WatchId, WatchKey},
 };
 
 const CLUSTER_PK: &str = "CLUSTER";
@@ -44,58 +44,6 @@ pub fn route_pk(created_ms: i64) -> String {
 
 fn lease_sk(shard: u32) -> String {
     format!("LEASE#{shard:05}")
-}
-
-/// One shard's lease as read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct LeaseItem {
-    pub shard: u32,
-    /// The replica holding it; empty when free.
-    pub owner: String,
-    /// The fencing token: changes whenever the owner does.
-    pub version: u64,
-}
-
-impl LeaseItem {
-    pub fn fence(&self) -> Fence {
-        Fence {
-            shard: self.shard,
-            owner: self.owner.clone(),
-            version: self.version,
-        }
-    }
-}
-
-/// One replica's heartbeat as read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplicaItem {
-    pub id: String,
-    pub heartbeat: u64,
-    /// How far its queue consumers have recorded everything ([`Timestamp::MAX`] without queues).
-    pub settled: Timestamp,
-    /// The longest visibility timeout of its queues: how long after it stops
-    /// a message it had received may still come back.
-    pub visibility: Duration,
-    /// The route version whose route items it has loaded (0: none yet).
-    pub routes: u64,
-}
-
-/// Every lease and replica of the table, read at once.
-#[derive(Clone, Debug, Default)]
-pub struct ClusterView {
-    pub leases: Vec<LeaseItem>,
-    pub replicas: Vec<ReplicaItem>,
-}
-
-/// A watch as routing needs it, from its route item.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteEntry {
-    pub key: WatchKey,
-    /// What the watch routes (nothing, for a group: it is listed to be adopted).
-    pub source: Source,
-    /// The marker key below the prefix (`policy.marker`).
-    pub marker: Option<String>,
-    pub created_at: Timestamp,
 }
 
 fn conditional_failed<E: aws_sdk_dynamodb::error::ProvideErrorMetadata, R>(
@@ -146,9 +94,91 @@ impl DynamoStore {
         self.count(1, 1, u64::from(written), u64::from(!written));
     }
 
+    /// Changes `lease` (as last read) by `update` (`:me` is `owner`), if
+    /// its owner and version are still as read; the lease after the change.
+    async fn change_lease(
+        &self,
+        lease: &LeaseItem,
+        update: &str,
+        owner: &str,
+        now: Timestamp,
+    ) -> Result<Option<LeaseItem>> {
+        let mut request = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(lease_sk(lease.shard)))
+            .condition_expression("#owner = :seen AND version = :version")
+            .update_expression(update)
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":seen", s(&lease.owner))
+            .expression_attribute_values(":version", n(lease.version))
+            .expression_attribute_values(":me", s(owner))
+            .expression_attribute_values(":now", n(now.as_millis()));
+        if update.contains(":one") {
+            request = request.expression_attribute_values(":one", n(1));
+        }
+        let out = request.return_values(ReturnValue::AllNew).send().await;
+        self.count_lease_request(true);
+        match out {
+            Ok(out) => {
+                Ok(Some(item_lease(out.attributes.as_ref().ok_or_else(
+                    || super::corrupt("lease update returned nothing"),
+                )?)?))
+            }
+            Err(e) if conditional_failed(&e) => Ok(None),
+            Err(e) => Err(aws(e)),
+        }
+    }
+
+    /// The transaction item that makes a write require `fence`.
+    pub(super) fn lease_check(&self, fence: &Fence) -> Result<TransactWriteItem> {
+        let check = ConditionCheck::builder()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(lease_sk(fence.shard)))
+            .condition_expression("#owner = :me AND version = :version")
+            .expression_attribute_names("#owner", "owner")
+            .expression_attribute_values(":me", s(&fence.owner))
+            .expression_attribute_values(":version", n(fence.version))
+            .build()
+            .map_err(built)?;
+        Ok(TransactWriteItem::builder().condition_check(check).build())
+    }
+
+    /// Whether `fence` still holds (strongly consistent).
+    pub(super) async fn lease_holds(&self, fence: &Fence) -> Result<bool> {
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(CLUSTER_PK))
+            .key("sk", s(lease_sk(fence.shard)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(aws)?;
+        self.count_lease_request(false);
+        Ok(match out.item {
+            Some(item) => {
+                let lease = item_lease(&item)?;
+                lease.owner == fence.owner && lease.version == fence.version
+            }
+            None => false,
+        })
+    }
+}
+
+#[async_trait]
+impl ClusterTable for DynamoStore {
+    fn shards(&self) -> u32 {
+        self.shards
+    }
+
     /// Records the shard count in the table, or checks it against the one
     /// recorded: replicas that split watches differently would lose some.
-    pub async fn ensure_shards(&self) -> Result<()> {
+    async fn ensure_shards(&self) -> Result<()> {
         let put = self
             .client
             .put_item()
@@ -194,7 +224,7 @@ impl DynamoStore {
     }
 
     /// Every lease and replica item (one strongly consistent Query).
-    pub async fn cluster_view(&self) -> Result<ClusterView> {
+    async fn cluster_view(&self) -> Result<ClusterView> {
         let mut view = ClusterView::default();
         let mut start = None;
         loop {
@@ -226,7 +256,7 @@ impl DynamoStore {
     }
 
     /// Creates `shard`'s lease, free, unless it exists.
-    pub async fn create_lease(&self, shard: u32) -> Result<()> {
+    async fn create_lease(&self, shard: u32) -> Result<()> {
         let put = self
             .client
             .put_item()
@@ -249,7 +279,7 @@ impl DynamoStore {
     /// Takes `seen` (free, expired or stolen) for `me`, if its owner and
     /// version are still as read (two takers cannot both win); the new
     /// version fences off the old owner. `None` when someone else moved first.
-    pub async fn take_lease(
+    async fn take_lease(
         &self,
         seen: &LeaseItem,
         me: &str,
@@ -265,53 +295,15 @@ impl DynamoStore {
     }
 
     /// Gives up a lease held by `lease.owner`, so another replica takes it at once.
-    pub async fn release_lease(&self, lease: &LeaseItem, now: Timestamp) -> Result<()> {
+    async fn release_lease(&self, lease: &LeaseItem, now: Timestamp) -> Result<()> {
         self.change_lease(lease, "SET #owner = :me, taken_at = :now", "", now)
             .await
             .map(|_| ())
     }
 
-    /// Changes `lease` (as last read) by `update` (`:me` is `owner`), if
-    /// its owner and version are still as read; the lease after the change.
-    async fn change_lease(
-        &self,
-        lease: &LeaseItem,
-        update: &str,
-        owner: &str,
-        now: Timestamp,
-    ) -> Result<Option<LeaseItem>> {
-        let mut request = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("pk", s(CLUSTER_PK))
-            .key("sk", s(lease_sk(lease.shard)))
-            .condition_expression("#owner = :seen AND version = :version")
-            .update_expression(update)
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_values(":seen", s(&lease.owner))
-            .expression_attribute_values(":version", n(lease.version))
-            .expression_attribute_values(":me", s(owner))
-            .expression_attribute_values(":now", n(now.as_millis()));
-        if update.contains(":one") {
-            request = request.expression_attribute_values(":one", n(1));
-        }
-        let out = request.return_values(ReturnValue::AllNew).send().await;
-        self.count_lease_request(true);
-        match out {
-            Ok(out) => {
-                Ok(Some(item_lease(out.attributes.as_ref().ok_or_else(
-                    || super::corrupt("lease update returned nothing"),
-                )?)?))
-            }
-            Err(e) if conditional_failed(&e) => Ok(None),
-            Err(e) => Err(aws(e)),
-        }
-    }
-
     /// Writes `replica`'s heartbeat and how far its queues have settled
     /// (its `routes` are written by [`Self::ack_routes`] alone).
-    pub async fn beat(&self, replica: &ReplicaItem, now: Timestamp) -> Result<()> {
+    async fn beat(&self, replica: &ReplicaItem, now: Timestamp) -> Result<()> {
         let expires = now.plus(REPLICA_ITEM_LIFETIME).as_millis() / 1000;
         self.client
             .update_item()
@@ -337,7 +329,7 @@ impl DynamoStore {
 
     /// Bumps the route version after a route item was written; the version
     /// after the bump (a replica that loaded it routes to that watch).
-    pub async fn bump_routes(&self) -> Result<u64> {
+    async fn bump_routes(&self) -> Result<u64> {
         let out = self
             .client
             .update_item()
@@ -360,7 +352,7 @@ impl DynamoStore {
 
     /// The route version (strongly consistent: a version read after a bump
     /// returned is at least that bump's).
-    pub async fn routes_version(&self) -> Result<u64> {
+    async fn routes_version(&self) -> Result<u64> {
         let out = self
             .client
             .get_item()
@@ -380,7 +372,7 @@ impl DynamoStore {
 
     /// Records in `replica`'s item that it has loaded the route items of
     /// `version` (nothing when the item is gone: it left).
-    pub async fn ack_routes(&self, replica: &str, version: u64) -> Result<()> {
+    async fn ack_routes(&self, replica: &str, version: u64) -> Result<()> {
         let out = self
             .client
             .update_item()
@@ -403,7 +395,7 @@ impl DynamoStore {
 
     /// Every replica item (one strongly consistent Query), for the route
     /// versions they acknowledged.
-    pub async fn replicas(&self) -> Result<Vec<ReplicaItem>> {
+    async fn replicas(&self) -> Result<Vec<ReplicaItem>> {
         let items = self
             .query_counted(
                 None,
@@ -423,7 +415,7 @@ impl DynamoStore {
 
     /// Removes `replica`'s heartbeat item: the others stop counting it as
     /// live at once (it released its leases and its queues are drained).
-    pub async fn leave(&self, replica: &str) -> Result<()> {
+    async fn leave(&self, replica: &str) -> Result<()> {
         self.client
             .delete_item()
             .table_name(&self.table)
@@ -436,50 +428,9 @@ impl DynamoStore {
         Ok(())
     }
 
-    /// The transaction item that makes a write require `fence`.
-    pub(super) fn lease_check(&self, fence: &Fence) -> Result<TransactWriteItem> {
-        let check = ConditionCheck::builder()
-            .table_name(&self.table)
-            .key("pk", s(CLUSTER_PK))
-            .key("sk", s(lease_sk(fence.shard)))
-            .condition_expression("#owner = :me AND version = :version")
-            .expression_attribute_names("#owner", "owner")
-            .expression_attribute_values(":me", s(&fence.owner))
-            .expression_attribute_values(":version", n(fence.version))
-            .build()
-            .map_err(built)?;
-        Ok(TransactWriteItem::builder().condition_check(check).build())
-    }
-
-    /// Whether `fence` still holds (strongly consistent).
-    pub(super) async fn lease_holds(&self, fence: &Fence) -> Result<bool> {
-        let out = self
-            .client
-            .get_item()
-            .table_name(&self.table)
-            .key("pk", s(CLUSTER_PK))
-            .key("sk", s(lease_sk(fence.shard)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(aws)?;
-        self.count_lease_request(false);
-        Ok(match out.item {
-            Some(item) => {
-                let lease = item_lease(&item)?;
-                lease.owner == fence.owner && lease.version == fence.version
-            }
-            None => false,
-        })
-    }
-
     /// The watches created from `since` on (by their creator's clock), read
     /// strongly consistent from their route items.
-    pub async fn routes_since(
-        &self,
-        since: Timestamp,
-        until: Timestamp,
-    ) -> Result<Vec<RouteEntry>> {
+    async fn routes_since(&self, since: Timestamp, until: Timestamp) -> Result<Vec<RouteEntry>> {
         let (first, last) = (
             since.as_millis().div_euclid(60_000),
             until.as_millis().div_euclid(60_000),
@@ -512,7 +463,7 @@ impl DynamoStore {
     }
 
     /// The live watches of one shard (from the eventually consistent `live` index).
-    pub async fn live_in_shard(&self, shard: u32) -> Result<Vec<Watch>> {
+    async fn live_in_shard(&self, shard: u32) -> Result<Vec<Watch>> {
         let items = self
             .query_all(
                 Some(super::LIVE_INDEX),
@@ -521,10 +472,5 @@ impl DynamoStore {
             )
             .await?;
         items.iter().map(item_watch).collect()
-    }
-
-    /// The shard `id` belongs to in this table.
-    pub fn shard(&self, id: &WatchId) -> u32 {
-        shard_of(id, self.shards)
     }
 }

@@ -141,11 +141,7 @@ pub(super) fn pair_sk(kind: ActivityKind, key: &str, sequencer: &str) -> String 
     }
 }
 
-/// The shard of `shards` a watch belongs to: stable across processes and versions.
-pub fn shard_of(id: &WatchId, shards: u32) -> u32 {
-    let digest = Sha256::digest(id.as_str().as_bytes());
-    u32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]) % shards.max(1)
-}
+pub use crate::store::cluster_table::shard_of;
 
 pub(super) fn watch_item(w: &Watch, shards: u32) -> Result<Item> {
     let mut item = Item::new();

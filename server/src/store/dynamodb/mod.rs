@@ -45,7 +45,6 @@ use std::{
 use async_trait::async_trait;
 use aws_sdk_dynamodb::Client;
 
-pub use cluster::{ClusterView, LeaseItem, ReplicaItem, RouteEntry};
 pub use codec::shard_of;
 
 use self::{
@@ -57,8 +56,9 @@ use self::{
     transact::{Change, put_request},
 };
 use super::{
-    Activity, Applied, Change as LifecycleChange, Claimed, Created, Delivery, ListQuery,
-    ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Result, Store, StoreError, rules,
+    Activity, Applied, Change as LifecycleChange, Claimed, ClusterTable, Created, Delivery,
+    ListQuery, ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Result, Store, StoreError,
+    rules,
 };
 use crate::{
     clock::Timestamp,
@@ -350,7 +350,7 @@ impl Store for DynamoStore {
     async fn live_watches(&self, _now: Timestamp) -> Result<Vec<Watch>> {
         let mut out = Vec::new();
         for shard in 0..self.shards {
-            out.extend(self.live_in_shard(shard).await?);
+            out.extend(ClusterTable::live_in_shard(self, shard).await?);
         }
         Ok(out)
     }
