@@ -8,7 +8,7 @@
 //! It must never serve before every live watch is resumed, nor flush the
 //! store while anything still writes to it.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
@@ -21,16 +21,17 @@ use crate::{
     delivery::{Deliverer, DeliveryStats, Targets, manifest::Manifests},
     hub::Hub,
     ingest::{
-        self, Ingest, Routes, Watermarks,
+        Ingest, Routes, Watermarks,
+        queue::{Queue, QueueError, SqsQueue},
         reconcile::Reconciler,
-        sqs::{QueueConsumer, QueueError, QueueStats},
+        sqs::{QueueConsumer, QueueStats},
     },
     metrics::{Metrics, Sources},
     observer::Observer,
     quota::Limiter,
     service::Service,
     store::{
-        Store, StoreError,
+        ClusterTable, Store, StoreError,
         cached::{self, Cached},
         dynamodb::DynamoStore,
         measured::Measured,
@@ -96,115 +97,152 @@ pub struct Core {
     pub metrics: Arc<Metrics>,
 }
 
-/// Opens the store `config` names (`aws` is the shared AWS configuration,
-/// loaded when the store needs it); the DynamoDB store also comes back on its own, for its request counts.
-async fn open_store(
-    config: &Config,
-    aws: Option<&aws_config::SdkConfig>,
-) -> Result<(Arc<dyn Store>, Option<Arc<DynamoStore>>), StartupError> {
-    Ok(match config.store {
-        StoreKind::Sqlite => (
-            Arc::new(SqliteStore::open(&config.data).map_err(|source| {
-                StartupError::OpenStore {
-                    path: config.data.clone(),
-                    source,
-                }
-            })?),
-            None,
-        ),
-        StoreKind::Dynamodb => {
-            let table = config.table.clone().ok_or(StartupError::NoTable)?;
-            let aws = aws.ok_or(StartupError::NoAwsConfig)?;
-            let store =
-                DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &table, config.retention)
-                    .with_shards(config.cluster.shards);
-            if config.create_table && store.check().await.is_err() {
-                store
-                    .create_table()
-                    .await
-                    .map_err(|source| StartupError::CreateTable {
-                        table: table.clone(),
-                        source,
-                    })?;
-                tracing::info!(%table, "created the DynamoDB table");
-            }
-            store
-                .check()
-                .await
-                .map_err(|source| StartupError::ReachTable {
-                    table: table.clone(),
-                    source,
-                })?;
-            let store = Arc::new(store);
-            (store.clone(), Some(store))
+/// What a [`Core`] runs on: its store, the cluster table when clustered,
+/// its queues. [`Backends::open`] opens what the configuration names; a
+/// cluster simulation passes its own.
+pub struct Backends {
+    /// The store (when clustered, the same one as `cluster`).
+    pub store: Arc<dyn Store>,
+    /// Whether this process is the store's only writer (SQLite): a watch it
+    /// wrote is then read back from memory (see `store::cached`).
+    pub sole_writer: bool,
+    /// The table replicas coordinate through (`--cluster`).
+    pub cluster: Option<Arc<dyn ClusterTable>>,
+    /// The queues to consume.
+    pub queues: Vec<Arc<dyn Queue>>,
+    /// The longest visibility timeout of `queues`.
+    pub visibility: Duration,
+    /// S3 listings for reconciling watches (none: reconciling is refused).
+    pub reconciler: Option<Arc<Reconciler>>,
+    /// The AWS configuration deliveries to AWS targets use (loaded on first need).
+    pub aws: AwsConfig,
+    /// The DynamoDB store, for its request counts in `/metrics`.
+    pub dynamodb: Option<Arc<DynamoStore>>,
+}
+
+impl Backends {
+    /// Opens the store `config` names, checks every queue (it exists and may
+    /// be read) and joins nothing yet. The AWS configuration is loaded here
+    /// only when the store or the queues need it.
+    pub async fn open(config: &Config) -> Result<Self, StartupError> {
+        if config.cluster.cluster && config.store != StoreKind::Dynamodb {
+            return Err(StartupError::ClusterNeedsDynamodb);
         }
-    })
-}
-
-/// An SQS client for `urls`, once each queue has answered (it exists and
-/// may be read), and the longest visibility timeout among them.
-async fn open_queues(
-    aws: &aws_config::SdkConfig,
-    urls: &[String],
-) -> Result<(aws_sdk_sqs::Client, std::time::Duration), StartupError> {
-    let sqs = aws_sdk_sqs::Client::new(aws);
-    let mut longest = std::time::Duration::ZERO;
-    for url in urls {
-        let visibility =
-            ingest::sqs::check(&sqs, url)
-                .await
-                .map_err(|source| StartupError::Queue {
-                    url: url.clone(),
-                    source,
-                })?;
-        longest = longest.max(visibility);
-    }
-    Ok((sqs, longest))
-}
-
-impl Core {
-    /// Opens the store, checks every queue, resumes every live watch and
-    /// starts the observer and the queue consumers.
-    pub async fn start(config: &Config, clock: Clock) -> Result<Self, StartupError> {
-        let tenants = LiveTenants::load(config.tenants.as_deref())?;
-        // Loaded here when the store or the queues need it; otherwise only
-        // if a delivery to an AWS target does.
         let shared_aws = AwsConfig::new();
         let aws = if config.store == StoreKind::Dynamodb || !config.sqs_queue_urls.is_empty() {
             Some(shared_aws.get().await)
         } else {
             None
         };
-        let metrics = Arc::new(Metrics::new());
-        if config.cluster.cluster && config.store != StoreKind::Dynamodb {
-            return Err(StartupError::ClusterNeedsDynamodb);
+        let mut backends = match config.store {
+            StoreKind::Sqlite => Self {
+                store: Arc::new(SqliteStore::open(&config.data).map_err(|source| {
+                    StartupError::OpenStore {
+                        path: config.data.clone(),
+                        source,
+                    }
+                })?),
+                sole_writer: true,
+                cluster: None,
+                queues: Vec::new(),
+                visibility: Duration::ZERO,
+                reconciler: None,
+                aws: shared_aws.clone(),
+                dynamodb: None,
+            },
+            StoreKind::Dynamodb => {
+                let store = Arc::new(open_dynamodb(config, aws).await?);
+                Self {
+                    store: store.clone(),
+                    sole_writer: false,
+                    cluster: config
+                        .cluster
+                        .cluster
+                        .then(|| store.clone() as Arc<dyn ClusterTable>),
+                    queues: Vec::new(),
+                    visibility: Duration::ZERO,
+                    reconciler: None,
+                    aws: shared_aws.clone(),
+                    dynamodb: Some(store),
+                }
+            }
+        };
+        if let Some(aws) = aws {
+            let sqs = aws_sdk_sqs::Client::new(aws);
+            for url in &config.sqs_queue_urls {
+                let queue = SqsQueue::new(sqs.clone(), url);
+                let visibility = queue.check().await.map_err(|source| StartupError::Queue {
+                    url: url.clone(),
+                    source,
+                })?;
+                backends.visibility = backends.visibility.max(visibility);
+                backends.queues.push(Arc::new(queue));
+            }
+            let s3 = aws_sdk_s3::Client::from_conf(s3_config(aws).build());
+            backends.reconciler = Some(Arc::new(Reconciler::new(s3)));
         }
-        let (store, dynamodb) = open_store(config, aws).await?;
-        let cluster = match (&dynamodb, config.cluster.cluster) {
-            (Some(dynamodb), true) => Some(
-                Cluster::new(&config.cluster, dynamodb.clone(), clock, metrics.clone())
+        Ok(backends)
+    }
+}
+
+/// Opens (and with `--create-table`, creates) the DynamoDB table `config` names.
+async fn open_dynamodb(
+    config: &Config,
+    aws: Option<&aws_config::SdkConfig>,
+) -> Result<DynamoStore, StartupError> {
+    let table = config.table.clone().ok_or(StartupError::NoTable)?;
+    let aws = aws.ok_or(StartupError::NoAwsConfig)?;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(aws), &table, config.retention)
+        .with_shards(config.cluster.shards);
+    if config.create_table && store.check().await.is_err() {
+        store
+            .create_table()
+            .await
+            .map_err(|source| StartupError::CreateTable {
+                table: table.clone(),
+                source,
+            })?;
+        tracing::info!(%table, "created the DynamoDB table");
+    }
+    store
+        .check()
+        .await
+        .map_err(|source| StartupError::ReachTable { table, source })?;
+    Ok(store)
+}
+
+impl Core {
+    /// Opens what `config` names ([`Backends::open`]) and starts on it ([`Core::start_on`]).
+    pub async fn start(config: &Config, clock: Clock) -> Result<Self, StartupError> {
+        let tenants = LiveTenants::load(config.tenants.as_deref())?;
+        let backends = Backends::open(config).await?;
+        Self::start_on(config, clock, backends, tenants).await
+    }
+
+    /// Joins the cluster (when `backends` has a cluster table), resumes
+    /// every live watch and starts the observer, the deliveries and the
+    /// queue consumers on `backends`.
+    pub async fn start_on(
+        config: &Config,
+        clock: Clock,
+        backends: Backends,
+        tenants: LiveTenants,
+    ) -> Result<Self, StartupError> {
+        let metrics = Arc::new(Metrics::new());
+        let cluster = match &backends.cluster {
+            Some(table) if config.cluster.cluster => Some(
+                Cluster::new(&config.cluster, table.clone(), clock, metrics.clone())
                     .await
                     .map_err(StartupError::Cluster)?,
             ),
             _ => None,
         };
-        let mut store: Arc<dyn Store> = Arc::new(Measured::new(store, metrics.clone()));
-        if config.store == StoreKind::Sqlite {
-            // This process is the SQLite store's only writer: a watch it
-            // wrote is read back from memory (see `store::cached`).
+        let mut store: Arc<dyn Store> = Arc::new(Measured::new(backends.store, metrics.clone()));
+        if backends.sole_writer {
             store = Arc::new(Cached::new(store, cached::DEFAULT_CAPACITY));
         }
-        let (sqs, visibility) = match (aws, config.sqs_queue_urls.is_empty()) {
-            (Some(aws), false) => {
-                let (sqs, visibility) = open_queues(aws, &config.sqs_queue_urls).await?;
-                (Some(sqs), visibility)
-            }
-            _ => (None, std::time::Duration::ZERO),
-        };
         let consumers_per_queue = config.sqs_consumers.max(1);
-        let watermarks = Arc::new(Watermarks::new(
-            config.sqs_queue_urls.len() * consumers_per_queue,
-        ));
+        let watermarks = Arc::new(Watermarks::new(backends.queues.len() * consumers_per_queue));
         let streams_end = CancellationToken::new();
         let observer_end = CancellationToken::new();
         let routes = Arc::new(match &cluster {
@@ -219,10 +257,7 @@ impl Core {
             // Ends with the streams, at shutdown.
             tokio::spawn(hub.clone().follow_log(c.log_poll()));
         }
-        let reconciler = aws.map(|shared| {
-            let s3 = aws_sdk_s3::Client::from_conf(s3_config(shared).build());
-            Arc::new(Reconciler::new(s3))
-        });
+        let reconciler = backends.reconciler;
         let (mut observer, observer_handle) = Observer::new(
             store.clone(),
             routes.clone(),
@@ -234,7 +269,7 @@ impl Core {
             reconciler.clone(),
             metrics.clone(),
         );
-        if !config.sqs_queue_urls.is_empty() {
+        if !backends.queues.is_empty() {
             observer.confirm_with(watermarks.clone());
         }
         let limiter = Arc::new(Limiter::default());
@@ -248,7 +283,7 @@ impl Core {
                         routes.clone(),
                         observer_handle.clone(),
                         watermarks.subscribe(),
-                        visibility,
+                        backends.visibility,
                         cluster_end.clone(),
                     )
                     .await
@@ -264,7 +299,7 @@ impl Core {
                     tenants.clone(),
                     config.delivery_timeout,
                     Manifests::new(store.clone(), config.manifest_part_size),
-                    shared_aws.clone(),
+                    backends.aws,
                 )
                 .map_err(StartupError::Callbacks)?,
             ),
@@ -298,29 +333,26 @@ impl Core {
         let consumers_end = CancellationToken::new();
         let mut consumers = Vec::new();
         let mut queue_stats = Vec::new();
-        if let Some(sqs) = sqs {
-            for (q, url) in config.sqs_queue_urls.iter().enumerate() {
-                let stats = Arc::new(QueueStats::default());
-                queue_stats.push((url.clone(), stats.clone()));
-                for c in 0..consumers_per_queue {
-                    let consumer = QueueConsumer {
-                        client: sqs.clone(),
-                        url: url.clone(),
-                        mark: q * consumers_per_queue + c,
-                        ingest: ingest.clone(),
-                        watermarks: watermarks.clone(),
-                        clock,
-                        wait: config.sqs_wait,
-                        stats: stats.clone(),
-                    };
-                    consumers.push(tokio::spawn(consumer.run(consumers_end.clone())));
-                }
+        for (q, queue) in backends.queues.iter().enumerate() {
+            let stats = Arc::new(QueueStats::default());
+            queue_stats.push((queue.url().to_owned(), stats.clone()));
+            for c in 0..consumers_per_queue {
+                let consumer = QueueConsumer {
+                    queue: queue.clone(),
+                    mark: q * consumers_per_queue + c,
+                    ingest: ingest.clone(),
+                    watermarks: watermarks.clone(),
+                    clock,
+                    wait: config.sqs_wait,
+                    stats: stats.clone(),
+                };
+                consumers.push(tokio::spawn(consumer.run(consumers_end.clone())));
             }
         }
         metrics.collect_from(Sources {
             hub: hub.clone(),
             queues: queue_stats.clone(),
-            dynamodb,
+            dynamodb: backends.dynamodb,
         });
         let service = Arc::new(Service {
             store: store.clone(),

@@ -11,7 +11,8 @@
 //! in-memory routing table the observer keeps current, with the batches
 //! routed but not yet recorded, so no watch is called quiet while activity
 //! for it is on its way), `watermarks` ([`Watermarks`]: how far the queues
-//! have caught up), [`sqs`] (the queue consumers), [`reconcile`] (S3
+//! have caught up), [`queue`] (SQS, or any [`queue::Queue`]), [`sqs`] (the
+//! queue consumers), [`reconcile`] (S3
 //! listings) and [`marker`] (a marker's manifest).
 //!
 //! It must never decide completion (the policy does) nor count a rejected
@@ -19,6 +20,7 @@
 
 pub mod marker;
 mod parse;
+pub mod queue;
 pub mod reconcile;
 mod routes;
 pub mod sqs;

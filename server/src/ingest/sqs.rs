@@ -25,29 +25,20 @@ use std::{
     time::Duration,
 };
 
-use aws_sdk_sqs::{
-    Client,
-    error::{DisplayErrorContext, SdkError},
-    operation::get_queue_attributes::GetQueueAttributesError,
-    types::{
-        ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry, Message,
-        QueueAttributeName,
-    },
-};
 use tokio_util::sync::CancellationToken;
 
-use super::{Audience, Document, Ingest, IngestReport, Watermarks, parse_document};
+use super::{
+    Audience, Document, Ingest, IngestReport, Watermarks, parse_document,
+    queue::{DEFAULT_VISIBILITY, Queue, Received},
+};
 use crate::clock::{Clock, Timestamp};
 
-/// Messages per receive: SQS's maximum.
-pub const BATCH: i32 = 10;
+pub use super::queue::BATCH;
 /// How long one receive waits for messages: SQS's maximum.
 pub const DEFAULT_WAIT: Duration = Duration::from_secs(20);
 /// The wait of a receive that confirms the queue has caught up: the shortest
 /// long poll (a zero-wait short poll asks only some of SQS's servers).
 pub const CONFIRM_WAIT: Duration = Duration::from_secs(1);
-/// Visibility timeout assumed when the queue's cannot be read.
-const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
 /// Pause after a failed receive or record before trying again.
 const BACKOFF: Duration = Duration::from_secs(1);
 
@@ -64,8 +55,7 @@ pub struct QueueStats {
 }
 
 pub struct QueueConsumer {
-    pub client: Client,
-    pub url: String,
+    pub queue: Arc<dyn Queue>,
     /// This consumer's slot in the watermarks.
     pub mark: usize,
     pub ingest: Arc<Ingest>,
@@ -73,37 +63,6 @@ pub struct QueueConsumer {
     pub clock: Clock,
     pub wait: Duration,
     pub stats: Arc<QueueStats>,
-}
-
-fn sqs_error(e: impl std::error::Error + 'static) -> String {
-    DisplayErrorContext(e).to_string()
-}
-
-/// Why a queue cannot be consumed.
-#[derive(Debug, thiserror::Error)]
-pub enum QueueError {
-    /// GetQueueAttributes failed: no such queue, no permission to read it,
-    /// or SQS could not be reached.
-    #[error("{}", DisplayErrorContext(.0))]
-    Unreadable(Box<SdkError<GetQueueAttributesError>>),
-}
-
-/// Checks that the queue at `url` exists and may be read (GetQueueAttributes).
-pub async fn check(client: &Client, url: &str) -> Result<Duration, QueueError> {
-    let out = client
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::VisibilityTimeout)
-        .send()
-        .await
-        .map_err(|e| QueueError::Unreadable(Box::new(e)))?;
-    Ok(out
-        .attributes
-        .and_then(|a| {
-            a.get(&QueueAttributeName::VisibilityTimeout)
-                .and_then(|v| v.parse().ok())
-        })
-        .map_or(DEFAULT_VISIBILITY, Duration::from_secs))
 }
 
 /// What a consumer does next.
@@ -139,8 +98,15 @@ fn next_step(now: Timestamp, wanted: Option<Timestamp>, wait: Duration) -> Next 
 impl QueueConsumer {
     /// Consumes until `shutdown` is cancelled.
     pub async fn run(self, shutdown: CancellationToken) {
-        let visibility = self.visibility().await;
-        tracing::info!(queue = %self.url, ?visibility, wait = ?self.wait, "consuming notifications");
+        let url = self.queue.url().to_owned();
+        let visibility = match self.queue.visibility().await {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(queue = %url, error = %e, "cannot read the visibility timeout");
+                DEFAULT_VISIBILITY
+            }
+        };
+        tracing::info!(queue = %url, ?visibility, wait = ?self.wait, "consuming notifications");
         while !shutdown.is_cancelled() {
             let wanted = self.watermarks.next_wanted();
             let wait = match next_step(self.clock.now(), wanted, self.wait) {
@@ -153,25 +119,18 @@ impl QueueConsumer {
                 }
             };
             let started = self.clock.now();
-            let receive = self
-                .client
-                .receive_message()
-                .queue_url(&self.url)
-                .max_number_of_messages(BATCH)
-                .wait_time_seconds(i32::try_from(wait.as_secs()).unwrap_or(20))
-                .send();
             let messages = tokio::select! {
                 () = shutdown.cancelled() => return,
-                received = receive => match received {
-                    Ok(out) => out.messages.unwrap_or_default(),
+                received = self.queue.receive(wait) => match received {
+                    Ok(messages) => messages,
                     Err(e) => {
-                        tracing::warn!(queue = %self.url, error = %sqs_error(e), "receive failed; retrying");
+                        tracing::warn!(queue = %url, error = %e, "receive failed; retrying");
                         tokio::time::sleep(BACKOFF).await;
                         continue;
                     }
                 },
             };
-            let full = messages.len() >= BATCH as usize;
+            let full = messages.len() >= BATCH;
             if self.process(messages, visibility).await {
                 if !full {
                     self.watermarks.advance(self.mark, started);
@@ -182,31 +141,8 @@ impl QueueConsumer {
         }
     }
 
-    async fn visibility(&self) -> Duration {
-        let out = self
-            .client
-            .get_queue_attributes()
-            .queue_url(&self.url)
-            .attribute_names(QueueAttributeName::VisibilityTimeout)
-            .send()
-            .await;
-        match out {
-            Ok(out) => out
-                .attributes
-                .and_then(|a| {
-                    a.get(&QueueAttributeName::VisibilityTimeout)
-                        .and_then(|v| v.parse().ok())
-                })
-                .map_or(DEFAULT_VISIBILITY, Duration::from_secs),
-            Err(e) => {
-                tracing::warn!(queue = %self.url, error = %sqs_error(e), "cannot read the visibility timeout");
-                DEFAULT_VISIBILITY
-            }
-        }
-    }
-
     /// Records one received batch; true when everything parseable is durable.
-    async fn process(&self, messages: Vec<Message>, visibility: Duration) -> bool {
+    async fn process(&self, messages: Vec<Received>, visibility: Duration) -> bool {
         if messages.is_empty() {
             return true;
         }
@@ -215,19 +151,16 @@ impl QueueConsumer {
             .fetch_add(messages.len() as u64, Ordering::Relaxed);
         let mut notifications = Vec::new();
         let mut done = Vec::new();
-        for m in &messages {
-            let Some(receipt) = m.receipt_handle() else {
-                continue;
-            };
-            match parse_document(m.body().unwrap_or_default()) {
+        for m in messages {
+            match parse_document(&m.body) {
                 Ok(Document::Records(records)) => {
                     notifications.extend(records);
-                    done.push(receipt.to_owned());
+                    done.push(m.receipt);
                 }
-                Ok(Document::Test) => done.push(receipt.to_owned()),
+                Ok(Document::Test) => done.push(m.receipt),
                 Err(reason) => {
                     self.stats.unparseable.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(queue = %self.url, message_id = m.message_id().unwrap_or_default(), %reason,
+                    tracing::warn!(queue = %self.queue.url(), message_id = %m.id, %reason,
                         "not a storage notification; leaving it for the dead-letter queue");
                 }
             }
@@ -249,7 +182,7 @@ impl QueueConsumer {
         drop(record);
         if let Err(e) = recorded {
             self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(queue = %self.url, error = %e, "recording a batch failed; making it visible again");
+            tracing::error!(queue = %self.queue.url(), error = %e, "recording a batch failed; making it visible again");
             self.set_visibility(&done, Duration::ZERO).await;
             return false;
         }
@@ -257,63 +190,25 @@ impl QueueConsumer {
             .counted
             .fetch_add(report.counted, Ordering::Relaxed);
         // A message that could not be deleted comes back as a duplicate: harmless.
-        self.delete(&done).await;
+        match self.queue.delete(&done).await {
+            Ok(failed) => {
+                self.stats
+                    .deleted
+                    .fetch_add((done.len() - failed) as u64, Ordering::Relaxed);
+                if failed > 0 {
+                    tracing::warn!(queue = %self.queue.url(), failed, "some recorded messages could not be deleted");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(queue = %self.queue.url(), error = %e, "cannot delete recorded messages");
+            }
+        }
         true
     }
 
     async fn set_visibility(&self, receipts: &[String], to: Duration) {
-        for chunk in receipts.chunks(BATCH as usize) {
-            let entries = chunk.iter().enumerate().filter_map(|(i, r)| {
-                ChangeMessageVisibilityBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .visibility_timeout(i32::try_from(to.as_secs()).unwrap_or(i32::MAX))
-                    .build()
-                    .ok()
-            });
-            let sent = self
-                .client
-                .change_message_visibility_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries.collect()))
-                .send()
-                .await;
-            if let Err(e) = sent {
-                tracing::warn!(queue = %self.url, error = %sqs_error(e), "cannot change message visibility");
-            }
-        }
-    }
-
-    async fn delete(&self, receipts: &[String]) {
-        for chunk in receipts.chunks(BATCH as usize) {
-            let entries = chunk.iter().enumerate().filter_map(|(i, r)| {
-                DeleteMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .receipt_handle(r)
-                    .build()
-                    .ok()
-            });
-            match self
-                .client
-                .delete_message_batch()
-                .queue_url(&self.url)
-                .set_entries(Some(entries.collect()))
-                .send()
-                .await
-            {
-                Ok(out) => {
-                    let failed = out.failed.len();
-                    self.stats
-                        .deleted
-                        .fetch_add((chunk.len() - failed) as u64, Ordering::Relaxed);
-                    if failed > 0 {
-                        tracing::warn!(queue = %self.url, failed, "some recorded messages could not be deleted");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(queue = %self.url, error = %sqs_error(e), "cannot delete recorded messages");
-                }
-            }
+        if let Err(e) = self.queue.change_visibility(receipts, to).await {
+            tracing::warn!(queue = %self.queue.url(), error = %e, "cannot change message visibility");
         }
     }
 }
