@@ -52,7 +52,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::interceptor::InterceptedService;
 use tonic_health::ServingStatus;
 
-pub use crate::startup::{Core, StartupError};
+pub use crate::startup::{Backends, Core, StartupError};
 use crate::{
     api::{IngestApi, WatchApi},
     auth::{AuthInterceptor, LiveTenants},

@@ -118,6 +118,9 @@ pub struct Backends {
     pub aws: AwsConfig,
     /// The DynamoDB store, for its request counts in `/metrics`.
     pub dynamodb: Option<Arc<DynamoStore>>,
+    /// Seeds the random bits of new watch ids, so a simulation replays
+    /// them; none (always, in a server): from the system's randomness.
+    pub id_seed: Option<u64>,
 }
 
 impl Backends {
@@ -149,6 +152,7 @@ impl Backends {
                 reconciler: None,
                 aws: shared_aws.clone(),
                 dynamodb: None,
+                id_seed: None,
             },
             StoreKind::Dynamodb => {
                 let store = Arc::new(open_dynamodb(config, aws).await?);
@@ -164,6 +168,7 @@ impl Backends {
                     reconciler: None,
                     aws: shared_aws.clone(),
                     dynamodb: Some(store),
+                    id_seed: None,
                 }
             }
         };
@@ -365,6 +370,11 @@ impl Core {
             reconcile_available: reconciler.is_some(),
             routing: cluster.as_ref().map(|(c, _)| c.routing.clone()),
             replays: Arc::new(tokio::sync::Semaphore::new(1)),
+            ids: std::sync::Mutex::new(
+                backends
+                    .id_seed
+                    .map_or_else(fastrand::Rng::new, fastrand::Rng::with_seed),
+            ),
         });
         Ok(Self {
             service,

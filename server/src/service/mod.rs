@@ -77,6 +77,8 @@ pub struct Service {
     pub(crate) routing: Option<Arc<crate::cluster::Routing>>,
     /// ReplayWatch runs one replay at a time: it is CPU-bound.
     pub(crate) replays: Arc<tokio::sync::Semaphore>,
+    /// Where new watch ids take their random bits.
+    pub(crate) ids: std::sync::Mutex<fastrand::Rng>,
 }
 impl Service {
     /// Gives each group among `watches` its members' counters, summed.

@@ -92,7 +92,10 @@ impl Service {
             .await?;
         let new = NewWatch {
             tenant: tenant.clone(),
-            id: WatchId::generate(),
+            id: WatchId::at(
+                self.clock.now(),
+                &mut self.ids.lock().unwrap_or_else(|p| p.into_inner()),
+            ),
             source: start.source,
             policy: start.policy,
             labels: start.labels,

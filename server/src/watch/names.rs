@@ -67,6 +67,15 @@ impl WatchId {
         Self(uuid::Uuid::now_v7().hyphenated().to_string().into())
     }
 
+    /// The id of a watch created at `at`, its other 74 bits from `random`.
+    pub fn at(at: crate::clock::Timestamp, random: &mut fastrand::Rng) -> Self {
+        let mut bytes = [0; 10];
+        random.fill(&mut bytes);
+        let millis = u64::try_from(at.as_millis()).unwrap_or(0);
+        let id = uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid();
+        Self(id.hyphenated().to_string().into())
+    }
+
     pub fn parse(field: &str, raw: &str) -> Result<Self, Error> {
         if raw.is_empty() {
             return Err(invalid(field, "is required"));
