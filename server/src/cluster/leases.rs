@@ -24,6 +24,7 @@ use super::{
 };
 use crate::{
     clock::{Clock, Timestamp},
+    ingest::Routes,
     metrics::Metrics,
     observer::ObserverHandle,
     store::{ClusterTable, ClusterView, LeaseItem, ReplicaItem},
@@ -65,8 +66,13 @@ fn observe<K: std::hash::Hash + Eq, T: PartialEq>(
 }
 
 /// The lease task: one heartbeat every `--heartbeat`.
+/// Plans per heartbeat: the first, and one more after a take lost to another replica.
+const TAKE_ROUNDS: usize = 2;
+
 pub(super) struct Leases {
     store: Arc<dyn ClusterTable>,
+    /// What this replica received and has not recorded yet.
+    routes: Arc<Routes>,
     ownership: Arc<Ownership>,
     observer: ObserverHandle,
     clock: Clock,
@@ -141,8 +147,10 @@ impl Leases {
         observer: ObserverHandle,
         local_settled: watch::Receiver<Timestamp>,
         visibility: Duration,
+        routes: Arc<Routes>,
     ) -> Self {
         Self {
+            routes,
             store: cluster.store.clone(),
             ownership: cluster.ownership.clone(),
             observer,
@@ -198,7 +206,12 @@ impl Leases {
     pub(super) async fn beat(&mut self) -> crate::store::Result<()> {
         let started = Instant::now();
         self.beats += 1;
-        let local_settled = *self.local_settled.borrow();
+        // Received but not yet recorded (an IngestS3Events call, say) is
+        // not settled: the others hold completions until it is recorded.
+        let receiving = self.routes.oldest_receiving().map_or(Timestamp::MAX, |at| {
+            Timestamp::from_millis(at.as_millis().saturating_sub(1))
+        });
+        let local_settled = (*self.local_settled.borrow()).min(receiving);
         self.store
             .beat(
                 &ReplicaItem {
@@ -274,21 +287,41 @@ impl Leases {
             }
         }
 
+        // A take another replica won is planned again at once from a fresh
+        // read, not a heartbeat later: an expired lease changes hands
+        // within the beat that found it expired.
+        for round in 0..TAKE_ROUNDS {
+            if round > 0 {
+                view = self.store.cluster_view().await?;
+            }
+            if !self.take(&me, &view, live, now).await {
+                break;
+            }
+        }
+        self.metrics.leases_held(self.ownership.held().len());
+        Ok(())
+    }
+
+    /// Takes what the balance plans from `view`; whether a take lost to
+    /// another replica (the plan may be worth making again).
+    async fn take(&mut self, me: &str, view: &ClusterView, live: usize, now: Instant) -> bool {
+        let read: HashMap<u32, &LeaseItem> = view.leases.iter().map(|l| (l.shard, l)).collect();
         let seen = judge(
-            &me,
+            me,
             &self.ownership,
-            &view,
+            view,
             &mut self.seen_leases,
             now,
             self.args.lease_duration,
         );
-        let takes = balance::plan(&me, &seen, live);
+        let takes = balance::plan(me, &seen, live);
         let at = self.clock.now();
+        let mut lost = false;
         // Conditional on the lease as read (the plan sees a lease of an
         // earlier process under this id as free).
         let taken = futures::future::join_all(takes.iter().map(|l| {
             let as_read = read.get(&l.shard).copied().unwrap_or(l);
-            self.store.take_lease(as_read, &me, at)
+            self.store.take_lease(as_read, me, at)
         }))
         .await;
         for (seen, taken) in takes.iter().zip(taken) {
@@ -307,12 +340,11 @@ impl Leases {
                     self.ownership.insert(lease.shard, lease.version);
                     self.adopt(lease.shard);
                 }
-                Ok(None) => {} // Someone else moved first.
+                Ok(None) => lost = true, // Someone else moved first.
                 Err(e) => tracing::warn!(shard = seen.shard, error = %e, "cannot take a lease"),
             }
         }
-        self.metrics.leases_held(self.ownership.held().len());
-        Ok(())
+        lost
     }
 
     /// Hands the observer every live watch of a shard just taken, off the

@@ -163,7 +163,13 @@ impl Cluster {
         visibility: Duration,
         end: CancellationToken,
     ) -> crate::store::Result<Vec<tokio::task::JoinHandle<()>>> {
-        let mut leases = Leases::new(self, observer.clone(), local_settled, visibility);
+        let mut leases = Leases::new(
+            self,
+            observer.clone(),
+            local_settled,
+            visibility,
+            routes.clone(),
+        );
         // The replica item exists before the first route refresh: a watch
         // started after another replica read the replica items is one this
         // replica's first refresh finds.

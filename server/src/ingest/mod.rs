@@ -227,6 +227,7 @@ impl Ingest {
         audience: Audience<'_>,
         report: &mut IngestReport,
     ) -> Result<(), Error> {
+        let _receiving = self.routes.receive(self.clock.now());
         self.routes.wait_fresh().await?;
         let mut activities = Vec::new();
         let tenants = self.tenants.current();

@@ -1,7 +1,9 @@
 //! The routing table: which watches want which bucket's keys (by prefix,
 //! then each watch's key filter and marker key), and which watches have a
 //! batch routed but not yet recorded (in flight), so the observer never
-//! calls a watch quiet while activity for it is on its way. In a cluster the
+//! calls a watch quiet while activity for it is on its way, and when the
+//! oldest batch still being routed or recorded was received (the other
+//! replicas of a cluster hold completions for it). In a cluster the
 //! table is fed from other replicas too, and routing waits until it is fresh
 //! (see [`crate::cluster`]).
 //!
@@ -14,6 +16,7 @@ use std::{
 };
 
 use crate::{
+    clock::Timestamp,
     error::Error,
     watch::{Bucket, KeyFilter, KeyMatcher, Prefix, Source, WatchKey},
 };
@@ -163,6 +166,10 @@ const FRESH_ROUTES_WAIT: std::time::Duration = std::time::Duration::from_secs(10
 pub struct Routes {
     pub(super) by_bucket: RwLock<HashMap<Bucket, BucketRoutes>>,
     in_flight: Mutex<HashMap<WatchKey, usize>>,
+    /// When each batch being routed or recorded was received, with how many
+    /// batches were received then: a cluster's other replicas wait for what
+    /// this replica received (see [`Routes::oldest_receiving`]).
+    receiving: Mutex<BTreeMap<Timestamp, usize>>,
     /// In a cluster: when the last route refresh started, and how old it may
     /// be when a notification is routed (see [`crate::cluster`]).
     freshness: Option<(
@@ -260,6 +267,31 @@ impl Routes {
             .unwrap_or_else(|p| p.into_inner())
             .get(key)
             .is_some_and(|n| *n > 0)
+    }
+
+    /// The earliest instant at which a batch still being routed or
+    /// recorded was received (none when nothing is).
+    pub fn oldest_receiving(&self) -> Option<Timestamp> {
+        self.receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .next()
+            .copied()
+    }
+
+    /// Marks a batch received at `at` as on its way until the guard drops.
+    pub(super) fn receive(self: &Arc<Self>, at: Timestamp) -> Receiving {
+        *self
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(at)
+            .or_default() += 1;
+        Receiving {
+            routes: self.clone(),
+            at,
+        }
     }
 
     pub(super) fn begin(self: &Arc<Self>, keys: Vec<WatchKey>) -> InFlight {
@@ -462,5 +494,27 @@ mod tests {
         assert!(err(&[], &["ok", &long]).contains("exclude[1]"));
         let many = vec!["*"; crate::watch::MAX_KEY_PATTERNS + 1];
         assert!(err(&many, &[]).contains("invalid include: has 33 patterns"));
+    }
+}
+
+/// A batch received and not yet recorded (or refused), until dropped.
+pub(super) struct Receiving {
+    routes: Arc<Routes>,
+    at: Timestamp,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let mut map = self
+            .routes
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.at) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.at);
+            }
+        }
     }
 }
