@@ -21,6 +21,7 @@ mod reconcile;
 mod reload;
 mod restart;
 mod resume;
+mod simulation;
 mod sqs_ingest;
 mod store_conformance;
 mod tenancy;

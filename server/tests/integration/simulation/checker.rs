@@ -1,0 +1,229 @@
+//! Judges one run's [`History`]: what must hold whatever the faults.
+//!
+//! - every notification the service accepted is counted exactly once: each
+//!   watch ends COMPLETED with as many objects and created events as
+//!   distinct keys were sent (none lost, none twice);
+//! - its log has seqs 1..n, at most one terminal event per generation, and
+//!   every COMPLETED counted every notification accepted before its
+//!   decision instant and came at least the quiet window after the last of
+//!   them (never early, never while a notification was received but not
+//!   recorded);
+//! - every transition was written under the lease of its shard as it stood
+//!   at the commit (no write by a fenced owner lands);
+//! - a replica that went down alone lost its leases to the others within
+//!   [`takeover_bound`];
+//! - every subscriber saw the whole log, in order, each event once,
+//!   whichever replicas it read from.
+
+use std::{collections::BTreeMap, time::Duration};
+
+use streamwatch_server::watch::EventKind;
+use tokio::time::Instant;
+
+use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, QUIET, kind_name};
+
+/// How long after its holder went down a lease may stay with it: the taker
+/// sees the holder's heartbeat stand still for a lease duration, at the
+/// heartbeat it next reads the cluster (and its first read may come a
+/// heartbeat after the holder's last beat).
+pub fn takeover_bound() -> Duration {
+    LEASE + HEARTBEAT * 2 + Duration::from_secs(1)
+}
+
+/// Instants are milliseconds on the replicas' clocks: a millisecond of slack.
+const SLACK: Duration = Duration::from_millis(1);
+
+pub fn check(h: &History) -> Result<(), String> {
+    counts(h)?;
+    logs(h)?;
+    fences(h)?;
+    takeovers(h)?;
+    subscribers(h)?;
+    Ok(())
+}
+
+fn counts(h: &History) -> Result<(), String> {
+    for w in &h.watches {
+        let keys: std::collections::BTreeSet<_> = w.sent.iter().map(|s| &s.key).collect();
+        let c = &w.watch.counters;
+        if c.object_count != keys.len() as u64 || c.event_count != keys.len() as u64 {
+            return Err(format!(
+                "watch {} counted {} objects and {} created events of {} sent",
+                w.watch.id,
+                c.object_count,
+                c.event_count,
+                keys.len()
+            ));
+        }
+    }
+    if !h.completed_all {
+        return Err("a watch did not complete with everything sent".into());
+    }
+    Ok(())
+}
+
+/// The cluster-time instant of a replica's wall time `ms`.
+fn instant_of(h: &History, owner: &str, ms: i64) -> Instant {
+    let skew = h.skews.get(owner).copied().unwrap_or(0);
+    let since = ms - BASE_WALL_MS - skew;
+    h.started + Duration::from_millis(u64::try_from(since).unwrap_or(0))
+}
+
+fn logs(h: &History) -> Result<(), String> {
+    for w in &h.watches {
+        let id = &w.watch.id;
+        for (i, e) in w.log.iter().enumerate() {
+            if e.seq != i as u64 + 1 {
+                return Err(format!("watch {id}: event {} has seq {}", i + 1, e.seq));
+            }
+        }
+        let mut terminal: BTreeMap<u32, &str> = BTreeMap::new();
+        for e in &w.log {
+            let kind = kind_name(&e.kind);
+            if matches!(kind, "COMPLETED" | "TIMED_OUT" | "CANCELLED")
+                && let Some(first) = terminal.insert(e.generation, kind)
+            {
+                return Err(format!(
+                    "watch {id}: generation {} ended twice ({first}, then {kind} at seq {})",
+                    e.generation, e.seq
+                ));
+            }
+        }
+        // Who wrote each COMPLETED, for its clock.
+        let writers: Vec<String> = h
+            .commits
+            .iter()
+            .filter(|c| c.key.id == *id && c.events.iter().any(|k| *k == "COMPLETED"))
+            .map(|c| {
+                c.fence
+                    .as_ref()
+                    .map(|f| f.owner.clone())
+                    .unwrap_or_default()
+            })
+            .collect();
+        let completions = w
+            .log
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Completed { .. }));
+        for (n, e) in completions.enumerate() {
+            let EventKind::Completed { object_count, .. } = &e.kind else {
+                unreachable!("filtered");
+            };
+            let owner = writers.get(n).map(String::as_str).unwrap_or_default();
+            let decided = instant_of(h, owner, e.time.as_millis());
+            let before: Vec<_> = w
+                .sent
+                .iter()
+                .filter(|s| s.accepted + SLACK < decided)
+                .collect();
+            let distinct: std::collections::BTreeSet<_> = before.iter().map(|s| &s.key).collect();
+            if (*object_count as usize) < distinct.len() {
+                let missing: Vec<_> = before
+                    .iter()
+                    .map(|s| {
+                        format!(
+                            "{} accepted at {:?}{}",
+                            s.key,
+                            s.accepted - h.started,
+                            if s.by_rpc { " by IngestS3Events" } else { "" }
+                        )
+                    })
+                    .collect();
+                return Err(format!(
+                    "watch {id} completed at {:?} (seq {}, by {owner}) with {object_count} objects, \
+                     though {} were accepted before: {missing:?}",
+                    decided - h.started,
+                    e.seq,
+                    distinct.len()
+                ));
+            }
+            if let Some(last) = before.iter().map(|s| s.accepted).max()
+                && decided + SLACK < last + QUIET
+            {
+                return Err(format!(
+                    "watch {id} completed at {:?} (seq {}), before the quiet window after {:?}",
+                    decided - h.started,
+                    e.seq,
+                    last - h.started
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn fences(h: &History) -> Result<(), String> {
+    // Lease changes and commits in the store's one commit order.
+    let mut leases: BTreeMap<u32, (String, u64)> = BTreeMap::new();
+    let mut changes = h.leases.iter().peekable();
+    for c in &h.commits {
+        while let Some(l) = changes.next_if(|l| l.at <= c.at) {
+            leases.insert(l.shard, (l.owner.clone(), l.version));
+        }
+        if c.events.iter().all(|k| *k == "STARTED") {
+            continue;
+        }
+        let Some(fence) = &c.fence else {
+            return Err(format!(
+                "watch {}: {:?} written without a fence",
+                c.key.id, c.events
+            ));
+        };
+        let held = leases.get(&fence.shard);
+        if held != Some(&(fence.owner.clone(), fence.version)) {
+            return Err(format!(
+                "watch {}: {:?} written by {} under version {} of shard {}, which was then {held:?}",
+                c.key.id, c.events, fence.owner, fence.version, fence.shard
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn takeovers(h: &History) -> Result<(), String> {
+    let bound = takeover_bound();
+    for o in &h.outages {
+        let lasted = o.until.map_or(Duration::MAX, |u| u - o.at);
+        if lasted <= bound {
+            continue;
+        }
+        // Only an outage alone: another fault may stop the takers.
+        let alone = h.outages.iter().all(|other| {
+            std::ptr::eq(other, o)
+                || other.at > o.at + bound
+                || other.until.is_some_and(|u| u + bound < o.at)
+        }) && h.faults.len() == h.outages.len();
+        if !alone {
+            continue;
+        }
+        for &shard in &o.shards {
+            let taken = h.leases.iter().any(|l| {
+                // By another replica, or by this one restarted under its id.
+                l.shard == shard && !l.owner.is_empty() && l.at > o.at && l.at <= o.at + bound
+            });
+            if !taken {
+                return Err(format!(
+                    "shard {shard} of {} (down at {:?}) was not taken over within {bound:?}",
+                    o.replica,
+                    o.at - h.started
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn subscribers(h: &History) -> Result<(), String> {
+    for w in &h.watches {
+        let log: Vec<u64> = w.log.iter().map(|e| e.seq).collect();
+        for (n, seen) in w.subscribers.iter().enumerate() {
+            if *seen != log {
+                return Err(format!(
+                    "watch {}: subscriber {n} saw {seen:?}, the log is {log:?}",
+                    w.watch.id
+                ));
+            }
+        }
+    }
+    Ok(())
+}
