@@ -1,7 +1,8 @@
 //! State: watches, their counters, the keys they have seen and their event
 //! logs. [`Store`] is the only way the rest of the service reads or changes
 //! state, and every call is scoped to a tenant. Backends: [`sqlite`] (the
-//! embedded default) and [`dynamodb`] (shared by many replicas). In front of
+//! embedded default), [`dynamodb`] (shared by many replicas) and [`memory`]
+//! (DynamoDB's semantics in one process, for cluster tests). In front of
 //! the backend, outermost first: [`publishing`] (hands every committed event
 //! to the hub, once), [`cached`] (SQLite only: a watch this process wrote is
 //! read back from memory) and [`measured`] (traces and times each write).
@@ -37,6 +38,7 @@ pub mod cached;
 pub mod cluster_table;
 pub mod dynamodb;
 pub mod measured;
+pub mod memory;
 pub mod publishing;
 mod rules;
 pub mod sqlite;
