@@ -1,10 +1,13 @@
-//! Many replicas on one DynamoDB table and one SQS queue, against the AWS
-//! emulator: a replica that lost its shard lease cannot write a transition,
-//! and three replicas fed by S3 -> SQS complete every watch exactly once,
-//! with exact counts and gap-free streams, across a kill -9 of one of them.
+//! Many replicas on one cluster table and one SQS queue: a replica that
+//! lost its shard lease cannot write a transition, and replicas acknowledge
+//! the route version they loaded (both on the in-memory store and on
+//! DynamoDB against the AWS emulator); against the emulator, three replicas
+//! fed by S3 -> SQS complete every watch exactly once, with exact counts and
+//! gap-free streams, across a kill -9 of one of them.
 
 use std::{
     process::Stdio,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -13,8 +16,8 @@ use streamwatch_client::proto as v1;
 use streamwatch_server::{
     clock::Timestamp,
     store::{
-        Applied, Change, ClusterTable, Created, Guard, LeaseItem, NewWatch, ReplicaItem, Store,
-        StoreError, dynamodb::DynamoStore,
+        Applied, Change, ClusterTable, Created, Guard, LeaseItem, NewWatch, ReplicaItem,
+        StoreError, dynamodb::DynamoStore, memory::MemoryStore,
     },
     watch::{
         Bucket, EventKind, Labels, Lifecycle, Policy, Prefix, Source, TenantId, WatchId, WatchState,
@@ -30,13 +33,65 @@ const HEARTBEAT: &str = "1s";
 /// refresh takes up to a couple of seconds (milliseconds on DynamoDB).
 const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 
-#[tokio::test]
-async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
-    require_emulator!();
-    let table = aws::unique("lease");
-    let client = aws::dynamodb().await;
-    let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
+/// A cluster table of one shard, and the same table as a replica started
+/// with two shards sees it.
+struct Table {
+    store: Arc<dyn ClusterTable>,
+    two_shards: Arc<dyn ClusterTable>,
+}
+
+async fn on_dynamodb(name: &str) -> Table {
+    let table = aws::unique(name);
+    let store =
+        DynamoStore::new(aws::dynamodb().await, &table, Duration::from_secs(3600)).with_shards(1);
     store.create_table().await.unwrap();
+    let two_shards =
+        DynamoStore::new(aws::dynamodb().await, &table, Duration::from_secs(3600)).with_shards(2);
+    Table {
+        store: Arc::new(store),
+        two_shards: Arc::new(two_shards),
+    }
+}
+
+fn on_memory() -> Table {
+    let store = MemoryStore::new(1);
+    let two_shards = store.sharing_with_shards(2);
+    Table {
+        store: Arc::new(store),
+        two_shards: Arc::new(two_shards),
+    }
+}
+
+/// Each table-level test on the in-memory store and on DynamoDB.
+macro_rules! table_tests {
+    ($($test:ident),* $(,)?) => {
+        mod on_memory {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    super::$test(super::on_memory()).await;
+                }
+            )*
+        }
+        mod on_dynamodb {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    streamwatch_testkit::require_emulator!();
+                    super::$test(super::on_dynamodb("table").await).await;
+                }
+            )*
+        }
+    };
+}
+
+table_tests!(
+    a_replica_that_lost_its_lease_cannot_write_a_transition,
+    replicas_acknowledge_the_route_version_they_loaded,
+);
+
+async fn a_replica_that_lost_its_lease_cannot_write_a_transition(table: Table) {
+    let store = &*table.store;
     store.ensure_shards().await.unwrap();
     store.create_lease(0).await.unwrap();
     let now = Timestamp::from_millis(1_800_000_000_000);
@@ -178,19 +233,17 @@ async fn a_replica_that_lost_its_lease_cannot_write_a_transition() {
         "a take of the lease as replica-b held it fails once released"
     );
     // So does a replica started with another shard count.
-    let other =
-        DynamoStore::new(aws::dynamodb().await, &table, Duration::from_secs(3600)).with_shards(2);
-    let refused = other.ensure_shards().await.unwrap_err().to_string();
+    let refused = table
+        .two_shards
+        .ensure_shards()
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(refused.contains("--shards 1"), "{refused}");
 }
 
-#[tokio::test]
-async fn replicas_acknowledge_the_route_version_they_loaded() {
-    require_emulator!();
-    let table = aws::unique("routes");
-    let client = aws::dynamodb().await;
-    let store = DynamoStore::new(client, &table, Duration::from_secs(3600)).with_shards(1);
-    store.create_table().await.unwrap();
+async fn replicas_acknowledge_the_route_version_they_loaded(table: Table) {
+    let store = &*table.store;
     let now = Timestamp::from_millis(1_800_000_000_000);
     let replica = |id: &str, heartbeat: u64| ReplicaItem {
         id: id.into(),

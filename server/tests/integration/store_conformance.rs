@@ -1,6 +1,7 @@
 //! One conformance suite for every `Store` backend: the same behaviour on
-//! the embedded SQLite file and on DynamoDB (against the AWS emulator the
-//! test run starts; `AWS_ENDPOINT_URL` points at it).
+//! the embedded SQLite file, on DynamoDB (against the AWS emulator the
+//! test run starts; `AWS_ENDPOINT_URL` points at it) and on the in-memory
+//! store that stands in for DynamoDB in one process.
 
 use std::{sync::Arc, time::Duration};
 
@@ -9,7 +10,7 @@ use streamwatch_server::{
     store::{
         Activity, ActivityKind, Applied, Change, Created, DeliveryState, Guard, ListQuery,
         ManifestEntry, NewWatch, ObjectsQuery, Recorded, Store, dynamodb::DynamoStore,
-        sqlite::SqliteStore,
+        memory::MemoryStore, sqlite::SqliteStore,
     },
     watch::{
         Bucket, EventKind, KeyFilter, Lifecycle, Notify, NotifyTarget, Policy, Prefix, Rule,
@@ -1395,6 +1396,10 @@ async fn dynamodb() -> (Arc<dyn Store>, ()) {
     (Arc::new(store), ())
 }
 
+async fn memory() -> (Arc<dyn Store>, ()) {
+    (Arc::new(MemoryStore::new(64)), ())
+}
+
 macro_rules! conformance {
     ($($test:ident),* $(,)?) => {
         mod on_sqlite {
@@ -1402,6 +1407,15 @@ macro_rules! conformance {
                 #[tokio::test]
                 async fn $test() {
                     let (store, _guard) = super::sqlite().await;
+                    super::$test(store).await;
+                }
+            )*
+        }
+        mod on_memory {
+            $(
+                #[tokio::test]
+                async fn $test() {
+                    let (store, _guard) = super::memory().await;
                     super::$test(store).await;
                 }
             )*

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use tokio::time::Instant;
 
-use super::{LeaseChange, MemoryStore, Tables};
+use super::{LeaseChange, MemoryStore, transact::Tables};
 use crate::{
     clock::Timestamp,
     store::{ClusterTable, ClusterView, LeaseItem, ReplicaItem, Result, RouteEntry, StoreError},

@@ -8,7 +8,10 @@
 //! are read strongly consistent (DynamoDB reads them from its lagging
 //! index, whose stale entries then fail their condition).
 
-use super::{Change, Check, MAX_ATTEMPTS, MemoryStore, Op, Write, delivery_id};
+use super::{
+    MAX_ATTEMPTS, MemoryStore,
+    transact::{Change, Check, Op, Write, delivery_id},
+};
 use crate::{
     clock::Timestamp,
     store::{Claimed, Delivery, DeliveryState, Result, StoreError},

@@ -4,11 +4,11 @@
 //! SQLite's:
 //!
 //! - every change is read, then written as one all-or-nothing transaction
-//!   of conditioned items ([`Op`]): the watch's `last_seq` as read (a new
+//!   of conditioned items: the watch's `last_seq` as read (a new
 //!   watch: its absence), the seen items as read, a client token's absence,
 //!   a fenced change's lease (owner and version at commit), a delivery's
-//!   lease. A cancelled transaction reports which conditions failed
-//!   ([`Cancelled`]); callers read again and retry, as the DynamoDB store
+//!   lease. A cancelled transaction reports which conditions failed;
+//!   callers read again and retry, as the DynamoDB store
 //!   does, and a change whose fence failed is [`StoreError::Fenced`];
 //! - every request takes the lock, does its work, drops the lock and then
 //!   yields (`tokio::task::yield_now`, the network's round trip), so
@@ -26,19 +26,24 @@
 //! committed lease change ([`MemoryStore::lease_history`]) and every
 //! committed [`Store::apply`] ([`MemoryStore::commits`]).
 //!
-//! The rest, each in its own file: `record` (counting activity, the
-//! manifest), `deliveries` (the outbox's claims and attempts) and `cluster`
-//! (leases, replicas, routes, the lagging index). Nothing expires: retired
-//! watches and finished deliveries stay readable for the process's life.
+//! This module is the [`Store`] impl: creating watches, lifecycle changes
+//! (fenced by a shard lease), reading watches and events, and retiring.
+//! The rest, each in its own file: `transact` (the tables and the
+//! conditioned transaction), `record` (counting activity, the manifest),
+//! `deliveries` (the outbox's claims and attempts) and `cluster` (leases,
+//! replicas, routes, the lagging index). Nothing expires: retired watches
+//! and finished deliveries stay readable for the process's life.
 
 mod cluster;
 mod deliveries;
 mod record;
 #[cfg(test)]
 mod tests;
+mod transact;
+
+use self::transact::{Change, Check, Op, Tables, Write};
 
 use std::{
-    collections::{BTreeMap, BTreeSet, VecDeque},
     sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
@@ -48,8 +53,8 @@ use tokio::time::Instant;
 
 use super::{
     Activity, Applied, Change as LifecycleChange, Claimed, ClusterTable, Created, Delivery, Fence,
-    LeaseItem, ListQuery, ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, ReplicaItem,
-    Result, RouteEntry, Store, StoreError, rules, shard_of,
+    ListQuery, ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Result, RouteEntry, Store,
+    StoreError, rules, shard_of,
 };
 use crate::{
     clock::Timestamp,
@@ -80,206 +85,11 @@ pub struct Commit {
     pub events: Vec<&'static str>,
 }
 
-/// A seen item: the watch, the activity kind (0 created, 1 removed, 2
-/// marker) and the key.
-type SeenId = (WatchKey, u8, String);
-
-fn seen_id(a: &Activity) -> SeenId {
-    let kind = match a.kind {
-        super::ActivityKind::Created => 0,
-        super::ActivityKind::Removed => 1,
-        super::ActivityKind::Marker => 2,
-    };
-    (
-        WatchKey {
-            tenant: a.tenant.clone(),
-            id: a.watch_id.clone(),
-        },
-        kind,
-        a.key.clone(),
-    )
-}
-
-/// What a seen item keeps: one of the key's sequencers (an identity) and
-/// its first counted notification.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Seen {
-    sequencer: String,
-    size: u64,
-    event_time: Option<Timestamp>,
-    generation: u32,
-    recorded_at: Timestamp,
-}
-
-/// An outbox entry's identity: its watch, event and target.
-type DeliveryId = (WatchKey, u64, u32);
-
-fn delivery_id(d: &Delivery) -> DeliveryId {
-    (
-        WatchKey {
-            tenant: d.tenant.clone(),
-            id: d.watch_id.clone(),
-        },
-        d.seq,
-        d.target_index,
-    )
-}
-
-/// The condition of one transaction item, checked at commit.
-#[derive(Clone, Debug, PartialEq, Eq)]
-enum Check {
-    WatchAbsent(WatchKey),
-    /// The watch exists with this `last_seq`.
-    WatchAt(WatchKey, u64),
-    /// The lease names the fence's owner at its version.
-    Lease(Fence),
-    TokenAbsent(TenantId, String),
-    SeenAbsent(SeenId),
-    /// The seen item holds this sequencer.
-    SeenHolds(SeenId, String),
-    PairAbsent(SeenId, String),
-    /// The entry is pending and leased until this instant.
-    Leased(DeliveryId, Timestamp),
-}
-
-/// What one transaction item writes.
-#[derive(Clone, Debug)]
-enum Write {
-    Watch(Watch),
-    Event(WatchEvent),
-    Delivery(Delivery),
-    Seen(SeenId, Seen),
-    Pair(SeenId, String),
-    Token(TenantId, String, WatchId),
-    Route(RouteEntry),
-}
-
-/// One item of a transaction: a condition, a write, or both.
-#[derive(Clone, Debug)]
-struct Op {
-    check: Option<Check>,
-    write: Option<Write>,
-}
-
-impl Op {
-    fn put(check: Check, write: Write) -> Self {
-        Self {
-            check: Some(check),
-            write: Some(write),
-        }
-    }
-
-    fn check(check: Check) -> Self {
-        Self {
-            check: Some(check),
-            write: None,
-        }
-    }
-
-    fn write(write: Write) -> Self {
-        Self {
-            check: None,
-            write: Some(write),
-        }
-    }
-}
-
-/// A cancelled transaction: the conditions that failed, in item order.
-#[derive(Debug)]
-struct Cancelled {
-    failed: Vec<Check>,
-}
-
-impl Cancelled {
-    fn lease_failed(&self) -> bool {
-        self.failed.iter().any(|c| matches!(c, Check::Lease(_)))
-    }
-
-    fn delivery_lease_failed(&self) -> bool {
-        self.failed.iter().any(|c| matches!(c, Check::Leased(..)))
-    }
-}
-
-/// An update of the `live` index: visible from `at`; `None` removes.
-type IndexUpdate = (Instant, Option<Watch>);
-
-/// Everything stored, behind one lock.
-#[derive(Default)]
-struct Tables {
-    watches: BTreeMap<WatchKey, Watch>,
-    events: BTreeMap<WatchKey, BTreeMap<u64, WatchEvent>>,
-    seen: BTreeMap<SeenId, Seen>,
-    pairs: BTreeSet<(SeenId, String)>,
-    tokens: BTreeMap<(TenantId, String), WatchId>,
-    outbox: BTreeMap<DeliveryId, Delivery>,
-    /// Route items by creation instant (ms), then watch.
-    routes: BTreeMap<(i64, WatchKey), RouteEntry>,
-    /// The `live` index by shard, each watch's updates oldest first.
-    index: BTreeMap<u32, BTreeMap<WatchKey, VecDeque<IndexUpdate>>>,
-    recorded_shards: Option<u32>,
-    leases: BTreeMap<u32, LeaseItem>,
-    replicas: BTreeMap<String, ReplicaItem>,
-    routes_version: u64,
-    lease_history: Vec<LeaseChange>,
-    commits: Vec<Commit>,
-}
-
-impl Tables {
-    fn watch(&self, key: &WatchKey) -> Option<Watch> {
-        self.watches.get(key).cloned()
-    }
-
-    fn holds(&self, check: &Check) -> bool {
-        match check {
-            Check::WatchAbsent(key) => !self.watches.contains_key(key),
-            Check::WatchAt(key, seq) => self.watches.get(key).is_some_and(|w| w.last_seq == *seq),
-            Check::Lease(fence) => self
-                .leases
-                .get(&fence.shard)
-                .is_some_and(|l| l.owner == fence.owner && l.version == fence.version),
-            Check::TokenAbsent(tenant, token) => {
-                !self.tokens.contains_key(&(tenant.clone(), token.clone()))
-            }
-            Check::SeenAbsent(id) => !self.seen.contains_key(id),
-            Check::SeenHolds(id, sequencer) => {
-                self.seen.get(id).is_some_and(|s| &s.sequencer == sequencer)
-            }
-            Check::PairAbsent(id, sequencer) => {
-                !self.pairs.contains(&(id.clone(), sequencer.clone()))
-            }
-            Check::Leased(id, lease) => self.outbox.get(id).is_some_and(|d| {
-                d.state == super::DeliveryState::Pending && d.next_attempt_at == *lease
-            }),
-        }
-    }
-
-    /// Queues an index update of `watch`'s item, visible from `at`.
-    fn index(&mut self, shard: u32, key: WatchKey, at: Instant, watch: Option<Watch>) {
-        self.index
-            .entry(shard)
-            .or_default()
-            .entry(key)
-            .or_default()
-            .push_back((at, watch));
-    }
-}
-
 /// Dynamo-like tables in memory; clones of the handle share them.
 pub struct MemoryStore {
     tables: Arc<Mutex<Tables>>,
     shards: u32,
     index_lag: Duration,
-}
-
-/// A watch read and the events to append, as one conditioned transaction
-/// (see [`MemoryStore::commit`]).
-struct Change {
-    watch: Watch,
-    /// `None`: a new watch.
-    expected_last_seq: Option<u64>,
-    events: Vec<EventKind>,
-    extra: Vec<Op>,
-    now: Timestamp,
 }
 
 impl MemoryStore {
@@ -328,110 +138,6 @@ impl MemoryStore {
         let out = f(&mut self.lock());
         tokio::task::yield_now().await;
         out
-    }
-
-    /// Writes `ops` if every condition holds, else nothing. A committed
-    /// `apply` is recorded for [`Self::commits`] when `audit` says so.
-    async fn transact(
-        &self,
-        ops: Vec<Op>,
-        audit: Option<(WatchKey, Option<Fence>)>,
-    ) -> std::result::Result<(), Cancelled> {
-        self.request(|t| {
-            let failed: Vec<Check> = ops
-                .iter()
-                .filter_map(|op| op.check.as_ref())
-                .filter(|check| !t.holds(check))
-                .cloned()
-                .collect();
-            if !failed.is_empty() {
-                return Err(Cancelled { failed });
-            }
-            let now = Instant::now();
-            let mut appended = Vec::new();
-            for write in ops.into_iter().filter_map(|op| op.write) {
-                match write {
-                    Write::Watch(watch) => {
-                        let key = watch.key();
-                        let shard = shard_of(&watch.id, self.shards);
-                        t.index(
-                            shard,
-                            key.clone(),
-                            now + self.index_lag,
-                            Some(watch.clone()),
-                        );
-                        t.watches.insert(key, watch);
-                    }
-                    Write::Event(event) => {
-                        appended.push(event.kind.name());
-                        let key = WatchKey {
-                            tenant: event.tenant.clone(),
-                            id: event.watch_id.clone(),
-                        };
-                        t.events.entry(key).or_default().insert(event.seq, event);
-                    }
-                    Write::Delivery(d) => {
-                        t.outbox.insert(delivery_id(&d), d);
-                    }
-                    Write::Seen(id, seen) => {
-                        t.seen.insert(id, seen);
-                    }
-                    Write::Pair(id, sequencer) => {
-                        t.pairs.insert((id, sequencer));
-                    }
-                    Write::Token(tenant, token, id) => {
-                        t.tokens.insert((tenant, token), id);
-                    }
-                    Write::Route(route) => {
-                        let at = route.created_at.as_millis();
-                        t.routes.insert((at, route.key.clone()), route);
-                    }
-                }
-            }
-            if let Some((key, fence)) = audit {
-                t.commits.push(Commit {
-                    at: now,
-                    key,
-                    fence,
-                    events: appended,
-                });
-            }
-            Ok(())
-        })
-        .await
-    }
-
-    /// Writes `change` if the watch's `last_seq` is still the one read (a
-    /// new watch: if it does not exist), with its events (their `seq`s from
-    /// [`rules::sequence`]), their outbox entries and `extra`.
-    async fn commit(
-        &self,
-        change: Change,
-        audit: Option<Option<Fence>>,
-    ) -> std::result::Result<(Watch, Vec<WatchEvent>), Cancelled> {
-        let Change {
-            mut watch,
-            expected_last_seq,
-            events,
-            extra,
-            now,
-        } = change;
-        let appended = rules::sequence(&mut watch, events, now);
-        let key = watch.key();
-        let check = match expected_last_seq {
-            Some(seq) => Check::WatchAt(key.clone(), seq),
-            None => Check::WatchAbsent(key.clone()),
-        };
-        let mut ops = vec![Op::put(check, Write::Watch(watch.clone()))];
-        ops.extend(appended.iter().cloned().map(|e| Op::write(Write::Event(e))));
-        ops.extend(
-            rules::outbox_for(&watch, &appended, now)
-                .into_iter()
-                .map(|d| Op::write(Write::Delivery(d))),
-        );
-        ops.extend(extra);
-        self.transact(ops, audit.map(|fence| (key, fence))).await?;
-        Ok((watch, appended))
     }
 }
 

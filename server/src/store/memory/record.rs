@@ -14,7 +14,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use super::{Change, Check, MAX_ATTEMPTS, MemoryStore, Op, Seen, SeenId, Write, seen_id};
+use super::{
+    MAX_ATTEMPTS, MemoryStore,
+    transact::{Change, Check, Op, Seen, SeenId, Write, seen_id},
+};
 use crate::{
     clock::Timestamp,
     store::{
