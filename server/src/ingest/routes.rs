@@ -330,6 +330,28 @@ impl Drop for InFlight {
     }
 }
 
+/// A batch received and not yet recorded (or refused), until dropped.
+pub(super) struct Receiving {
+    routes: Arc<Routes>,
+    at: Timestamp,
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let mut map = self
+            .routes
+            .receiving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.at) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.at);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashSet;
@@ -494,27 +516,5 @@ mod tests {
         assert!(err(&[], &["ok", &long]).contains("exclude[1]"));
         let many = vec!["*"; crate::watch::MAX_KEY_PATTERNS + 1];
         assert!(err(&many, &[]).contains("invalid include: has 33 patterns"));
-    }
-}
-
-/// A batch received and not yet recorded (or refused), until dropped.
-pub(super) struct Receiving {
-    routes: Arc<Routes>,
-    at: Timestamp,
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        let mut map = self
-            .routes
-            .receiving
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = map.get_mut(&self.at) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.at);
-            }
-        }
     }
 }

@@ -30,7 +30,9 @@ impl Tables {
             lease.version += 1;
         }
         let changed = lease.clone();
+        self.audited += 1;
         self.lease_history.push(LeaseChange {
+            order: self.audited,
             at: Instant::now(),
             shard: changed.shard,
             owner: changed.owner.clone(),
@@ -102,7 +104,10 @@ impl ClusterTable for MemoryStore {
                 version: 0,
             };
             t.leases.insert(shard, free);
+            t.audited += 1;
+            let order = t.audited;
             t.lease_history.push(LeaseChange {
+                order,
                 at: Instant::now(),
                 shard,
                 owner: String::new(),

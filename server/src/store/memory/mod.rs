@@ -67,6 +67,8 @@ const MAX_ATTEMPTS: usize = 20;
 /// One committed change of a shard's lease (its creation, a take, a release).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseChange {
+    /// Its place among every lease change and commit (the store's one order).
+    pub order: u64,
     pub at: Instant,
     pub shard: u32,
     /// Empty when the change freed it.
@@ -77,6 +79,8 @@ pub struct LeaseChange {
 /// One committed [`Store::apply`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Commit {
+    /// Its place among every lease change and commit (the store's one order).
+    pub order: u64,
     pub at: Instant,
     pub key: WatchKey,
     /// The lease it was written under, if any.

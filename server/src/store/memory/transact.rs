@@ -165,6 +165,8 @@ pub(super) struct Tables {
     pub(super) routes_version: u64,
     pub(super) lease_history: Vec<LeaseChange>,
     pub(super) commits: Vec<Commit>,
+    /// How many lease changes and commits were recorded.
+    pub(super) audited: u64,
 }
 
 impl Tables {
@@ -280,7 +282,10 @@ impl MemoryStore {
                 }
             }
             if let Some((key, fence)) = audit {
+                t.audited += 1;
+                let order = t.audited;
                 t.commits.push(Commit {
+                    order,
                     at: now,
                     key,
                     fence,

@@ -47,12 +47,34 @@ fn counts(h: &History) -> Result<(), String> {
         let keys: std::collections::BTreeSet<_> = w.sent.iter().map(|s| &s.key).collect();
         let c = &w.watch.counters;
         if c.object_count != keys.len() as u64 || c.event_count != keys.len() as u64 {
+            let sent: Vec<_> = w
+                .sent
+                .iter()
+                .map(|s| {
+                    format!(
+                        "{} at {:?}{}",
+                        s.key,
+                        s.accepted - h.started,
+                        if s.by_rpc { " by IngestS3Events" } else { "" }
+                    )
+                })
+                .collect();
             return Err(format!(
-                "watch {} counted {} objects and {} created events of {} sent",
+                "watch {} ({:?}) counted {} objects and {} created events of {} sent: {sent:?}; log: {:?}",
                 w.watch.id,
+                w.watch.lifecycle.state,
                 c.object_count,
                 c.event_count,
-                keys.len()
+                keys.len(),
+                w.log
+                    .iter()
+                    .map(|e| format!(
+                        "{} {} {:?}",
+                        e.seq,
+                        kind_name(&e.kind),
+                        instant_of(h, "", e.time.as_millis()) - h.started
+                    ))
+                    .collect::<Vec<_>>()
             ));
         }
     }
@@ -93,7 +115,7 @@ fn logs(h: &History) -> Result<(), String> {
         let writers: Vec<String> = h
             .commits
             .iter()
-            .filter(|c| c.key.id == *id && c.events.iter().any(|k| *k == "COMPLETED"))
+            .filter(|c| c.key.id == *id && c.events.contains(&"COMPLETED"))
             .map(|c| {
                 c.fence
                     .as_ref()
@@ -157,7 +179,7 @@ fn fences(h: &History) -> Result<(), String> {
     let mut leases: BTreeMap<u32, (String, u64)> = BTreeMap::new();
     let mut changes = h.leases.iter().peekable();
     for c in &h.commits {
-        while let Some(l) = changes.next_if(|l| l.at <= c.at) {
+        while let Some(l) = changes.next_if(|l| l.order < c.order) {
             leases.insert(l.shard, (l.owner.clone(), l.version));
         }
         if c.events.iter().all(|k| *k == "STARTED") {

@@ -58,10 +58,6 @@ impl Faults {
         self.state.lock().unwrap().killed = true;
     }
 
-    pub fn killed(&self) -> bool {
-        self.state.lock().unwrap().killed
-    }
-
     pub fn stall_until(&self, until: Instant) {
         self.state.lock().unwrap().stalled_until = Some(until);
     }

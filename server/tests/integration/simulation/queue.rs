@@ -98,11 +98,6 @@ impl MemoryQueue {
         self.arrived.notify_waiters();
     }
 
-    /// Messages not yet deleted.
-    pub fn len(&self) -> usize {
-        self.state.lock().unwrap().messages.len()
-    }
-
     fn take_visible(&self) -> (Vec<Received>, Option<Instant>) {
         let mut state = self.state.lock().unwrap();
         let now = Instant::now();

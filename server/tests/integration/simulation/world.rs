@@ -38,6 +38,8 @@ pub const LEASE: Duration = Duration::from_secs(10);
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 pub const QUIET: Duration = Duration::from_secs(5);
 pub const VISIBILITY: Duration = Duration::from_secs(10);
+/// How far a replica's clock may be from true time, either way.
+pub const MAX_SKEW_MS: i64 = 250;
 /// How long after the last fault the run waits for every watch to complete.
 const SETTLE_LIMIT: Duration = Duration::from_secs(600);
 /// Wall time at the start of every run (each replica's clock adds its skew).
@@ -104,7 +106,6 @@ pub struct Outage {
 
 #[derive(Debug)]
 pub struct History {
-    pub seed: u64,
     pub started: Instant,
     pub simulated: Duration,
     pub skews: BTreeMap<String, i64>,
@@ -113,8 +114,6 @@ pub struct History {
     pub commits: Vec<Commit>,
     pub leases: Vec<LeaseChange>,
     pub outages: Vec<Outage>,
-    /// Instants at which at least one replica suffered a fault.
-    pub faulty_until: Instant,
     pub completed_all: bool,
 }
 
@@ -174,7 +173,6 @@ struct Replica {
 
 struct World {
     seed: u64,
-    rng: fastrand::Rng,
     started: Instant,
     table: Arc<MemoryStore>,
     queue: Arc<MemoryQueue>,
@@ -281,7 +279,7 @@ async fn play(seed: u64, verbose: bool) -> History {
     let replicas = (0..REPLICAS)
         .map(|i| {
             let id = format!("r{i}");
-            let skew_ms = 0;
+            let skew_ms = rng.i64(-MAX_SKEW_MS..=MAX_SKEW_MS);
             skews.insert(id.clone(), skew_ms);
             Arc::new(tokio::sync::Mutex::new(Replica {
                 id,
@@ -294,7 +292,6 @@ async fn play(seed: u64, verbose: bool) -> History {
         .collect();
     let world = Arc::new(World {
         seed,
-        rng: rng.fork(),
         started,
         table,
         queue,
@@ -324,7 +321,6 @@ async fn play(seed: u64, verbose: bool) -> History {
         produced.push(p.await.expect("producer"));
     }
     faults_task.await.expect("faults");
-    let faulty_until = Instant::now();
     // Every watch completes with everything sent, or the run says it did not.
     let limit = Instant::now() + SETTLE_LIMIT;
     let mut completed_all = false;
@@ -377,7 +373,6 @@ async fn play(seed: u64, verbose: bool) -> History {
     }
     let outages = world.outages.lock().unwrap().clone();
     History {
-        seed,
         started,
         simulated: started.elapsed(),
         skews,
@@ -386,7 +381,6 @@ async fn play(seed: u64, verbose: bool) -> History {
         commits: world.table.commits(),
         leases: world.table.lease_history(),
         outages,
-        faulty_until,
         completed_all,
     }
 }
@@ -534,6 +528,9 @@ async fn some_service(
     for i in 0..REPLICAS {
         let r = world.replicas[(pick + i) % REPLICAS].lock().await;
         if let Some(core) = &r.core {
+            if world.verbose {
+                eprintln!("{:?}: calling {}", Instant::now() - world.started, r.id);
+            }
             return Some(core.service.clone());
         }
     }
@@ -571,7 +568,17 @@ async fn produce(
         if let Some(service) = some_service(world, pick).await {
             let tenant = tenant();
             let call = service.start_watch(&tenant, start.clone());
-            if let Ok(Ok((watch, _))) = tokio::time::timeout(Duration::from_secs(5), call).await {
+            let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
+            if world.verbose {
+                eprintln!(
+                    "{:?}: StartWatch {w}: {:?}",
+                    Instant::now() - world.started,
+                    answer
+                        .as_ref()
+                        .map(|a| a.as_ref().map(|(w, new)| (w.id.clone(), *new)))
+                );
+            }
+            if let Ok(Ok((watch, _))) = answer {
                 break watch;
             }
         }
@@ -625,7 +632,11 @@ async fn ingest(world: &World, document: &str, rng: &mut fastrand::Rng) -> Insta
         if let Some(service) = some_service(world, rng.usize(0..REPLICAS)).await {
             let began = Instant::now();
             let call = service.ingest(&tenant, &documents);
-            if let Ok(Ok(report)) = tokio::time::timeout(Duration::from_secs(2), call).await
+            let answer = tokio::time::timeout(Duration::from_secs(2), call).await;
+            if world.verbose {
+                eprintln!("{:?}: IngestS3Events: {answer:?}", began - world.started);
+            }
+            if let Ok(Ok(report)) = answer
                 && report.rejected.is_empty()
             {
                 return began;
