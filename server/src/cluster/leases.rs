@@ -230,7 +230,6 @@ impl Leases {
 
     pub(super) async fn heartbeat(&mut self) -> crate::store::Result<()> {
         let me = self.ownership.replica.clone();
-        let now = Instant::now();
         let mut view = self.store.cluster_view().await?;
         let shards = self.store.shards();
         if view.leases.len() < shards as usize {
@@ -240,6 +239,11 @@ impl Leases {
             }
             view = self.store.cluster_view().await?;
         }
+        // What was read is stamped with when the read came back, never when
+        // it was sent: a read delayed (a slow store, a paused process) must
+        // not make a value seen now look seen long ago, and its holder
+        // silent or its leases expired.
+        let now = Instant::now();
         self.beat().await?;
 
         // Who is alive: replicas whose heartbeat moved within a lease
@@ -260,6 +264,7 @@ impl Leases {
             if quiet_for < self.args.lease_duration {
                 live += 1;
             } else {
+                tracing::debug!(replica = %replica.id, ?quiet_for, "a replica's heartbeat stands still");
                 silent.insert(replica.id.clone());
             }
             if quiet_for < self.args.lease_duration + replica.visibility {
