@@ -104,6 +104,8 @@ pub struct Cluster {
     pub settled: watch::Receiver<Timestamp>,
     /// The start of the last successful route refresh (for ingest).
     pub routes_fresh: watch::Receiver<Option<Instant>>,
+    /// Until when this replica may record what it received (for ingest).
+    pub horizon: watch::Receiver<Option<Instant>>,
     store: Arc<dyn ClusterTable>,
     args: ClusterArgs,
     clock: Clock,
@@ -123,7 +125,7 @@ impl Cluster {
         args.check()?;
         store.ensure_shards().await?;
         let (settled_tx, settled) = watch::channel(Timestamp::from_millis(0));
-        let (freshness, routes_fresh) = Freshness::new(args);
+        let (freshness, routes_fresh, horizon) = Freshness::new(args);
         let replica = args.replica();
         tracing::info!(%replica, shards = store.shards(), lease_duration = ?args.lease_duration,
             heartbeat = ?args.heartbeat, "joining the cluster");
@@ -140,6 +142,7 @@ impl Cluster {
             route_staleness,
             settled,
             routes_fresh,
+            horizon,
             store,
             args: args.clone(),
             clock,

@@ -176,6 +176,9 @@ pub struct Routes {
         tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
         std::time::Duration,
     )>,
+    /// In a cluster: until when this replica may record what it received
+    /// (see [`Routes::before_horizon`]).
+    horizon: Option<tokio::sync::watch::Receiver<Option<tokio::time::Instant>>>,
 }
 
 impl Routes {
@@ -184,10 +187,52 @@ impl Routes {
     pub fn refreshed(
         fresh: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
         staleness: std::time::Duration,
+        horizon: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     ) -> Self {
         Self {
             freshness: Some((fresh, staleness)),
+            horizon: Some(horizon),
             ..Self::default()
+        }
+    }
+
+    /// Runs `record` unless this replica's horizon passes first: a replica
+    /// whose heartbeat has not landed for a lease duration less a heartbeat
+    /// may be counted out by the others, who then decide without waiting for
+    /// what it received. What it has not recorded by then it does not
+    /// record (the caller hears UNAVAILABLE, the queue redelivers), so a
+    /// decision never misses a notification a replica held (outside a
+    /// cluster: `record`, as is).
+    pub(super) async fn before_horizon<T>(
+        &self,
+        record: impl std::future::Future<Output = crate::store::Result<T>>,
+    ) -> crate::store::Result<T> {
+        let Some(horizon) = &self.horizon else {
+            return record.await;
+        };
+        let mut horizon = horizon.clone();
+        let passed = || {
+            crate::store::StoreError::Unavailable(
+                "this replica's heartbeat has not reached the store for a lease duration; \
+                 another replica takes the notification"
+                    .into(),
+            )
+        };
+        tokio::pin!(record);
+        let mut open = true;
+        loop {
+            let Some(until) = *horizon.borrow_and_update() else {
+                return Err(passed());
+            };
+            if until <= tokio::time::Instant::now() {
+                return Err(passed());
+            }
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(until) => {}
+                changed = horizon.changed(), if open => open = changed.is_ok(),
+                recorded = &mut record => return recorded,
+            }
         }
     }
 
@@ -197,6 +242,17 @@ impl Routes {
         let Some((fresh, staleness)) = &self.freshness else {
             return Ok(());
         };
+        if let Some(horizon) = &self.horizon
+            && horizon
+                .borrow()
+                .is_none_or(|until| until <= tokio::time::Instant::now())
+        {
+            // Counted out by the others, perhaps: another replica takes it.
+            return Err(Error::Unavailable {
+                message: "this replica has lost touch with the cluster's table; retry".into(),
+                retry_after: Some(crate::store::BUSY_RETRY),
+            });
+        }
         let mut fresh = fresh.clone();
         let is_fresh =
             |at: &Option<tokio::time::Instant>| at.is_some_and(|at| at.elapsed() <= *staleness);
