@@ -173,6 +173,13 @@ impl Cluster {
             visibility,
             routes.clone(),
         );
+        let me = &self.ownership.replica;
+        if self.store.replicas().await?.iter().any(|r| &r.id == me) {
+            tracing::warn!(replica = %me, ?visibility,
+                "an earlier process under this replica id stopped without leaving; \
+                 holding completions until what it had received is back in the queue");
+            leases.after_crash();
+        }
         // The replica item exists before the first route refresh: a watch
         // started after another replica read the replica items is one this
         // replica's first refresh finds.

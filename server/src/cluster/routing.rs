@@ -151,7 +151,12 @@ impl Routing {
                         .unwrap_or_else(|p| p.into_inner())
                         .clone();
                     let acked = acked_everywhere(&replicas, &silent);
-                    tracing::debug!(?silent, acked, read = replicas.len(), "route acknowledgements");
+                    tracing::debug!(
+                        ?silent,
+                        acked,
+                        read = replicas.len(),
+                        "route acknowledgements"
+                    );
                     self.acked.send_replace((Some(started), acked));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the route acknowledgements"),
