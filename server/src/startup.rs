@@ -251,11 +251,9 @@ impl Core {
         let streams_end = CancellationToken::new();
         let observer_end = CancellationToken::new();
         let routes = Arc::new(match &cluster {
-            Some(c) => Routes::refreshed(
-                c.routes_fresh.clone(),
-                c.route_staleness,
-                c.horizon.clone(),
-            ),
+            Some(c) => {
+                Routes::refreshed(c.routes_fresh.clone(), c.route_staleness, c.horizon.clone())
+            }
             None => Routes::default(),
         });
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));

@@ -4,10 +4,10 @@
 //!   watch ends COMPLETED with as many objects and created events as
 //!   distinct keys were sent (none lost, none twice);
 //! - its log has seqs 1..n, at most one terminal event per generation, and
-//!   every COMPLETED counted every notification accepted before its
-//!   decision instant and came at least the quiet window after the last of
-//!   them (never early, never while a notification was received but not
-//!   recorded);
+//!   no COMPLETED leaves out a notification accepted within the quiet window
+//!   after the last one it counted (it would have completed while that
+//!   notification was received but not recorded), nor comes before that
+//!   window ended;
 //! - every transition was written under the lease of its shard as it stood
 //!   at the commit (no write by a fenced owner lands);
 //! - a replica that went down alone lost its leases to the others within
@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, time::Duration};
 use streamwatch_server::watch::EventKind;
 use tokio::time::Instant;
 
-use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, QUIET, kind_name};
+use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, QUIET, Sent, kind_name};
 
 /// How long after its holder went down a lease may stay with it: the taker
 /// sees the holder's heartbeat stand still for a lease duration, at the
@@ -115,7 +115,7 @@ fn logs(h: &History) -> Result<(), String> {
         let writers: Vec<String> = h
             .commits
             .iter()
-            .filter(|c| c.key.id == *id && c.events.contains(&"COMPLETED"))
+            .filter(|c| c.key.id == *id && c.events.contains(&"completed"))
             .map(|c| {
                 c.fence
                     .as_ref()
@@ -133,35 +133,49 @@ fn logs(h: &History) -> Result<(), String> {
             };
             let owner = writers.get(n).map(String::as_str).unwrap_or_default();
             let decided = instant_of(h, owner, e.time.as_millis());
-            let before: Vec<_> = w
+            // What this completion counted: the keys first counted in its
+            // generation or before (a reopening counts late keys in the next).
+            let counted = |s: &&Sent| {
+                w.generations
+                    .get(&s.key)
+                    .is_some_and(|g| *g <= e.generation)
+            };
+            // (From the watch's start when it counted nothing.)
+            let last = w
                 .sent
                 .iter()
-                .filter(|s| s.accepted + SLACK < decided)
+                .filter(counted)
+                .map(|s| s.accepted)
+                .max()
+                .unwrap_or(w.created);
+            // Quiet from the last counted notification's arrival (it was
+            // recorded then or later) until the deadline: anything accepted
+            // in between and not counted was received, not recorded, and the
+            // watch completed anyway.
+            let missed: Vec<String> = w
+                .sent
+                .iter()
+                .filter(|s| !counted(s) && s.accepted + SLACK < last + QUIET)
+                .map(|s| {
+                    format!(
+                        "{} accepted at {:?}{}",
+                        s.key,
+                        s.accepted - h.started,
+                        if s.by_rpc { " by IngestS3Events" } else { "" }
+                    )
+                })
                 .collect();
-            let distinct: std::collections::BTreeSet<_> = before.iter().map(|s| &s.key).collect();
-            if (*object_count as usize) < distinct.len() {
-                let missing: Vec<_> = before
-                    .iter()
-                    .map(|s| {
-                        format!(
-                            "{} accepted at {:?}{}",
-                            s.key,
-                            s.accepted - h.started,
-                            if s.by_rpc { " by IngestS3Events" } else { "" }
-                        )
-                    })
-                    .collect();
+            if !missed.is_empty() {
                 return Err(format!(
-                    "watch {id} completed at {:?} (seq {}, by {owner}) with {object_count} objects, \
-                     though {} were accepted before: {missing:?}",
+                    "watch {id} completed at {:?} (seq {}, generation {}, by {owner}) with \
+                     {object_count} objects, the last accepted at {:?}, without {missed:?}",
                     decided - h.started,
                     e.seq,
-                    distinct.len()
+                    e.generation,
+                    last - h.started,
                 ));
             }
-            if let Some(last) = before.iter().map(|s| s.accepted).max()
-                && decided + SLACK < last + QUIET
-            {
+            if decided + SLACK < last + QUIET {
                 return Err(format!(
                     "watch {id} completed at {:?} (seq {}), before the quiet window after {:?}",
                     decided - h.started,
@@ -182,7 +196,7 @@ fn fences(h: &History) -> Result<(), String> {
         while let Some(l) = changes.next_if(|l| l.order < c.order) {
             leases.insert(l.shard, (l.owner.clone(), l.version));
         }
-        if c.events.iter().all(|k| *k == "STARTED") {
+        if c.events.iter().all(|k| *k == "started") {
             continue;
         }
         let Some(fence) = &c.fence else {

@@ -24,12 +24,7 @@ use std::time::Duration;
 /// Seeds that still break an invariant, with what they show (a part of the
 /// checker's message); each must go on breaking it until fixed, and then
 /// leave this list.
-///
-/// - 756: `IngestS3Events` on r2 ignored a notification (no route) 22 ms
-///   after StartWatch returned on r0, which had just come back from a 22 s
-///   stall (its create and route bump ran when the stall ended): the wait for
-///   every replica to route the watch let it return before r2 had loaded it.
-const OPEN: &[(u64, &str)] = &[(756, "counted 7 objects and 7 created events of 8 sent")];
+const OPEN: &[(u64, &str)] = &[];
 
 /// The seeds each of the four tests runs: ranges that do not overlap.
 fn seeds(part: u64) -> Vec<u64> {

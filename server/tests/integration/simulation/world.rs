@@ -16,7 +16,7 @@ use streamwatch_server::{
     config::Config,
     service::StartWatch,
     store::{
-        ClusterTable, Store,
+        ClusterTable, ObjectsQuery, Store,
         memory::{Commit, LeaseChange, MemoryStore},
     },
     watch::{
@@ -88,8 +88,12 @@ pub struct Sent {
 #[derive(Debug)]
 pub struct WatchHistory {
     pub watch: Watch,
+    /// Its `created_at`, in cluster time (by the clock of the replica that created it).
+    pub created: Instant,
     pub sent: Vec<Sent>,
     pub log: Vec<WatchEvent>,
+    /// The generation each key was first counted in (the watch's manifest).
+    pub generations: BTreeMap<String, u32>,
     /// What each subscriber received, in order.
     pub subscribers: Vec<Vec<u64>>,
 }
@@ -326,7 +330,7 @@ async fn play(seed: u64, verbose: bool) -> History {
     let mut completed_all = false;
     while Instant::now() < limit {
         let mut done = true;
-        for (watch, sent, _) in &produced {
+        for (watch, _, sent, _) in &produced {
             let now = world
                 .table
                 .get_watch(&watch.tenant, &watch.id)
@@ -349,12 +353,24 @@ async fn play(seed: u64, verbose: bool) -> History {
     // Let subscribers catch up with the log, then read what they saw.
     tokio::time::sleep(Duration::from_secs(10)).await;
     let mut histories = Vec::new();
-    for (watch, sent, subscribers) in produced {
+    for (watch, created, sent, subscribers) in produced {
         let log = world
             .table
             .events_after(&watch.tenant, &watch.id, 0, 100_000)
             .await
             .expect("memory store");
+        let query = ObjectsQuery {
+            limit: 100_000,
+            ..Default::default()
+        };
+        let generations = world
+            .table
+            .list_objects(&watch.tenant, &watch.id, &query)
+            .await
+            .expect("memory store")
+            .into_iter()
+            .map(|o| (o.key, o.generation))
+            .collect();
         let watch = world
             .table
             .get_watch(&watch.tenant, &watch.id)
@@ -363,8 +379,10 @@ async fn play(seed: u64, verbose: bool) -> History {
             .expect("watch");
         histories.push(WatchHistory {
             watch,
+            created,
             sent,
             log,
+            generations,
             subscribers: subscribers
                 .iter()
                 .map(|s| s.lock().unwrap().clone())
@@ -405,7 +423,7 @@ fn draw_faults(rng: &mut fastrand::Rng) -> Vec<(Duration, Fault)> {
             },
             3 => Fault::Slow {
                 replica,
-                at_most: Duration::from_millis(rng.u64(100..3_000)),
+                at_most: Duration::from_millis(rng.u64(100..8_000)),
                 lasting: Duration::from_millis(rng.u64(5_000..30_000)),
             },
             4 => Fault::Failing {
@@ -525,13 +543,21 @@ async fn some_service(
     world: &World,
     pick: usize,
 ) -> Option<Arc<streamwatch_server::service::Service>> {
+    some_replica(world, pick).await.map(|(_, service)| service)
+}
+
+/// [`some_service`], with the clock skew of its replica.
+async fn some_replica(
+    world: &World,
+    pick: usize,
+) -> Option<(i64, Arc<streamwatch_server::service::Service>)> {
     for i in 0..REPLICAS {
         let r = world.replicas[(pick + i) % REPLICAS].lock().await;
         if let Some(core) = &r.core {
             if world.verbose {
                 eprintln!("{:?}: calling {}", Instant::now() - world.started, r.id);
             }
-            return Some(core.service.clone());
+            return Some((r.skew_ms, core.service.clone()));
         }
     }
     None
@@ -544,7 +570,7 @@ async fn produce(
     world: &Arc<World>,
     w: usize,
     rng: &mut fastrand::Rng,
-) -> (Watch, Vec<Sent>, Vec<Seen>) {
+) -> (Watch, Instant, Vec<Sent>, Vec<Seen>) {
     let prefix = format!("w{w}/");
     let start = StartWatch {
         source: Source::objects(
@@ -563,9 +589,9 @@ async fn produce(
         trace: Default::default(),
     };
     // StartWatch is retried with its client token until a replica answers.
-    let watch = loop {
+    let (watch, created) = loop {
         let pick = rng.usize(0..REPLICAS);
-        if let Some(service) = some_service(world, pick).await {
+        if let Some((skew_ms, service)) = some_replica(world, pick).await {
             let tenant = tenant();
             let call = service.start_watch(&tenant, start.clone());
             let answer = tokio::time::timeout(Duration::from_secs(5), call).await;
@@ -579,7 +605,21 @@ async fn produce(
                 );
             }
             if let Ok(Ok((watch, _))) = answer {
-                break watch;
+                if world.verbose {
+                    let version = world.table.routes_version().await;
+                    let acks: Vec<_> = world
+                        .table
+                        .replicas()
+                        .await
+                        .unwrap_or_default()
+                        .into_iter()
+                        .map(|r| (r.id, r.routes, r.heartbeat))
+                        .collect();
+                    eprintln!("  route version {version:?}, acknowledged {acks:?}");
+                }
+                let since = watch.created_at.as_millis() - BASE_WALL_MS - skew_ms;
+                let created = world.started + Duration::from_millis(since.max(0) as u64);
+                break (watch, created);
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -621,7 +661,7 @@ async fn produce(
             by_rpc,
         });
     }
-    (watch, sent, subscribers)
+    (watch, created, sent, subscribers)
 }
 
 /// IngestS3Events on some replica until one accepts; when the call that
@@ -632,7 +672,14 @@ async fn ingest(world: &World, document: &str, rng: &mut fastrand::Rng) -> Insta
         if let Some(service) = some_service(world, rng.usize(0..REPLICAS)).await {
             let began = Instant::now();
             let call = service.ingest(&tenant, &documents);
-            let answer = tokio::time::timeout(Duration::from_secs(2), call).await;
+            // Half the callers give up on a call after 2 s; the others wait
+            // as long as a client without a deadline would.
+            let patience = if rng.bool() {
+                Duration::from_secs(2)
+            } else {
+                Duration::from_secs(60)
+            };
+            let answer = tokio::time::timeout(patience, call).await;
             if world.verbose {
                 eprintln!("{:?}: IngestS3Events: {answer:?}", began - world.started);
             }
