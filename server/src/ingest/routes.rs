@@ -573,4 +573,57 @@ mod tests {
         let many = vec!["*"; crate::watch::MAX_KEY_PATTERNS + 1];
         assert!(err(&many, &[]).contains("invalid include: has 33 patterns"));
     }
+
+    /// A cluster's table with a horizon the test moves.
+    fn with_horizon(
+        at: Option<tokio::time::Instant>,
+    ) -> (
+        Routes,
+        tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
+    ) {
+        let (_fresh_tx, fresh) = tokio::sync::watch::channel(Some(tokio::time::Instant::now()));
+        let (horizon_tx, horizon) = tokio::sync::watch::channel(at);
+        (
+            Routes::refreshed(fresh, std::time::Duration::from_secs(1), horizon),
+            horizon_tx,
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_recording_not_done_by_the_horizon_is_abandoned_and_one_moved_on_completes() {
+        use std::time::Duration;
+        let now = tokio::time::Instant::now();
+        let slow = || async {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            Ok::<_, crate::store::StoreError>(())
+        };
+        let (routes, _horizon) = with_horizon(Some(now + Duration::from_secs(2)));
+        let abandoned = routes.before_horizon(slow()).await;
+        assert!(
+            matches!(abandoned, Err(crate::store::StoreError::Unavailable(ref m)) if m.contains("heartbeat")),
+            "{abandoned:?}"
+        );
+        assert_eq!(tokio::time::Instant::now(), now + Duration::from_secs(2));
+
+        // Heartbeats that land move the horizon on, and the recording completes.
+        let now = tokio::time::Instant::now();
+        let (routes, horizon) = with_horizon(Some(now + Duration::from_secs(4)));
+        let beats = async {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            horizon.send_replace(Some(tokio::time::Instant::now() + Duration::from_secs(7)));
+        };
+        let (recorded, ()) = tokio::join!(routes.before_horizon(slow()), beats);
+        assert!(recorded.is_ok(), "{recorded:?}");
+
+        // Past it, nothing is recorded at all.
+        let (routes, _horizon) = with_horizon(Some(tokio::time::Instant::now()));
+        let mut ran = false;
+        let refused = routes
+            .before_horizon(async {
+                ran = true;
+                Ok::<_, crate::store::StoreError>(())
+            })
+            .await;
+        assert!(refused.is_err() && !ran);
+    }
 }
