@@ -20,7 +20,7 @@ use std::{collections::BTreeMap, time::Duration};
 use streamwatch_server::watch::EventKind;
 use tokio::time::Instant;
 
-use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, QUIET, Sent, kind_name};
+use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, Outage, QUIET, Sent, kind_name};
 
 /// How long after its holder went down a lease may stay with it: the taker
 /// sees the holder's heartbeat stand still for a lease duration, at the
@@ -225,7 +225,7 @@ fn takeovers(h: &History) -> Result<(), String> {
         }
         // Only an outage alone: another fault may stop the takers.
         let alone = h.outages.iter().all(|other| {
-            std::ptr::eq(other, o)
+            std::ptr::eq(other as *const Outage, o as *const Outage)
                 || other.at > o.at + bound
                 || other.until.is_some_and(|u| u + bound < o.at)
         }) && h.faults.len() == h.outages.len();

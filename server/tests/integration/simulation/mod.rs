@@ -17,6 +17,8 @@
 mod checker;
 mod faults;
 mod queue;
+mod schedule;
+mod workload;
 mod world;
 
 use std::time::Duration;
