@@ -142,6 +142,14 @@ fn judge(
         .collect()
 }
 
+/// Sleeps until `at`; never returns without one.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 impl Leases {
     /// `cluster`'s lease task: `observer` times the watches of the shards it
     /// takes; `local_settled` is how far this replica's queues (longest
@@ -182,9 +190,18 @@ impl Leases {
         tick.tick().await;
         let mut local_closed = false;
         loop {
+            // A lease another replica holds may expire between two beats:
+            // read again then, so it changes hands a lease duration after its
+            // holder's heartbeat was first seen standing, not a beat later.
+            let expiry = self.next_expiry();
             tokio::select! {
                 () = end.cancelled() => return,
                 _ = tick.tick() => {
+                    if let Err(e) = self.heartbeat().await {
+                        tracing::warn!(error = %e, "heartbeat failed; leases expire unless the next one succeeds");
+                    }
+                }
+                () = sleep_until_some(expiry) => {
                     if let Err(e) = self.heartbeat().await {
                         tracing::warn!(error = %e, "heartbeat failed; leases expire unless the next one succeeds");
                     }
@@ -217,6 +234,19 @@ impl Leases {
             None => {}
         }
         settled
+    }
+
+    /// The next instant a lease another replica holds expires by this
+    /// replica's clock, if its holder's heartbeat stays as last read.
+    fn next_expiry(&self) -> Option<Instant> {
+        let me = &self.ownership.replica;
+        let now = Instant::now();
+        self.seen_leases
+            .values()
+            .filter(|o| !o.value.0.is_empty() && &o.value.0 != me)
+            .map(|o| o.changed + self.args.lease_duration)
+            .filter(|at| *at > now)
+            .min()
     }
 
     fn publish_settled(&mut self) {

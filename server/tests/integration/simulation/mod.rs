@@ -52,6 +52,7 @@ fn run_part(part: u64) {
     let started = std::time::Instant::now();
     let seeds = seeds(part);
     let mut simulated = Duration::ZERO;
+    let mut takeovers = Vec::new();
     for &seed in &seeds {
         let history = world::run(seed, verbose);
         simulated += history.simulated;
@@ -79,6 +80,11 @@ fn run_part(part: u64) {
                 );
             }
         }
+        takeovers.extend(
+            checker::takeover_times(&history)
+                .into_iter()
+                .filter_map(|(.., took)| took),
+        );
         if let Err(violation) = checker::check(&history) {
             panic!(
                 "seed {seed} broke an invariant: {violation}\nfaults: {:#?}\n\
@@ -87,11 +93,23 @@ fn run_part(part: u64) {
             );
         }
     }
+    takeovers.sort();
+    let at = |q: f64| {
+        takeovers
+            .get(((takeovers.len() as f64 - 1.0) * q).round() as usize)
+            .map_or(0.0, Duration::as_secs_f64)
+    };
     eprintln!(
-        "simulated {} seeds ({:.0} s of cluster time) in {:.1} s",
+        "simulated {} seeds ({:.0} s of cluster time) in {:.1} s; {} takeovers: \
+         median {:.1} s, p99 {:.1} s, max {:.1} s (bound {:?})",
         seeds.len(),
         simulated.as_secs_f64(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        takeovers.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0),
+        checker::takeover_bound()
     );
 }
 
