@@ -95,6 +95,8 @@ pub struct Core {
     pub delivery_stats: Arc<DeliveryStats>,
     /// What `/metrics` shows.
     pub metrics: Arc<Metrics>,
+    /// Removed once the store is flushed at shutdown (see [`Backends::running_marker`]).
+    running_marker: Option<PathBuf>,
 }
 
 /// What a [`Core`] runs on: its store, the cluster table when clustered,
@@ -121,6 +123,12 @@ pub struct Backends {
     /// Seeds the random bits of new watch ids, so a simulation replays
     /// them; none (always, in a server): from the system's randomness.
     pub id_seed: Option<u64>,
+    /// Whether the previous process on this store stopped without shutting
+    /// down (SQLite: it left its running marker behind).
+    pub crashed: bool,
+    /// The file that says a process runs on this store, removed at a clean
+    /// shutdown (SQLite only).
+    pub running_marker: Option<PathBuf>,
 }
 
 impl Backends {
@@ -138,22 +146,34 @@ impl Backends {
             None
         };
         let mut backends = match config.store {
-            StoreKind::Sqlite => Self {
-                store: Arc::new(SqliteStore::open(&config.data).map_err(|source| {
-                    StartupError::OpenStore {
+            StoreKind::Sqlite => {
+                let store =
+                    SqliteStore::open(&config.data).map_err(|source| StartupError::OpenStore {
                         path: config.data.clone(),
                         source,
+                    })?;
+                let marker = running_marker(&config.data);
+                let crashed = marker.exists();
+                std::fs::write(&marker, std::process::id().to_string()).map_err(|e| {
+                    StartupError::OpenStore {
+                        path: marker.clone(),
+                        source: StoreError::Unavailable(e.to_string()),
                     }
-                })?),
-                sole_writer: true,
-                cluster: None,
-                queues: Vec::new(),
-                visibility: Duration::ZERO,
-                reconciler: None,
-                aws: shared_aws.clone(),
-                dynamodb: None,
-                id_seed: None,
-            },
+                })?;
+                Self {
+                    store: Arc::new(store),
+                    sole_writer: true,
+                    cluster: None,
+                    queues: Vec::new(),
+                    visibility: Duration::ZERO,
+                    reconciler: None,
+                    aws: shared_aws.clone(),
+                    dynamodb: None,
+                    id_seed: None,
+                    crashed,
+                    running_marker: Some(marker),
+                }
+            }
             StoreKind::Dynamodb => {
                 let store = Arc::new(open_dynamodb(config, aws).await?);
                 Self {
@@ -169,6 +189,8 @@ impl Backends {
                     aws: shared_aws.clone(),
                     dynamodb: Some(store),
                     id_seed: None,
+                    crashed: false,
+                    running_marker: None,
                 }
             }
         };
@@ -188,6 +210,13 @@ impl Backends {
         }
         Ok(backends)
     }
+}
+
+/// The file beside an SQLite store that says a process runs on it.
+fn running_marker(data: &std::path::Path) -> PathBuf {
+    let mut name = data.as_os_str().to_owned();
+    name.push(".running");
+    PathBuf::from(name)
 }
 
 /// Opens (and with `--create-table`, creates) the DynamoDB table `config` names.
@@ -282,10 +311,11 @@ impl Core {
         let limiter = Arc::new(Limiter::default());
         observer.limit_reopening(tenants.clone(), limiter.clone());
         let cluster_end = CancellationToken::new();
+        let mut crashed = backends.crashed;
         let cluster = match cluster {
             Some(c) => {
                 observer.clustered(c.ownership.clone(), c.log_poll());
-                let tasks = c
+                let (tasks, replica_crashed) = c
                     .start(
                         routes.clone(),
                         observer_handle.clone(),
@@ -295,6 +325,7 @@ impl Core {
                     )
                     .await
                     .map_err(|e| StartupError::Cluster(e.into()))?;
+                crashed |= replica_crashed;
                 Some((c, tasks))
             }
             None => None,
@@ -337,6 +368,15 @@ impl Core {
             clock,
             metrics: metrics.clone(),
         });
+        // After a crash, what the earlier process's long polls took stays
+        // hidden in the queues for up to a visibility timeout: no mark moves
+        // (and so no decision waiting on the queues is made) until then.
+        let hold_until = (crashed && !backends.queues.is_empty()).then(|| {
+            tracing::warn!(visibility = ?backends.visibility,
+                "the previous process stopped without shutting down; holding decisions \
+                 until what it had received from the queues is visible again");
+            tokio::time::Instant::now() + backends.visibility
+        });
         let consumers_end = CancellationToken::new();
         let mut consumers = Vec::new();
         let mut queue_stats = Vec::new();
@@ -352,6 +392,7 @@ impl Core {
                     clock,
                     wait: config.sqs_wait,
                     stats: stats.clone(),
+                    hold_until,
                 };
                 consumers.push(tokio::spawn(consumer.run(consumers_end.clone())));
             }
@@ -395,6 +436,7 @@ impl Core {
             cluster_end,
             delivery_stats,
             metrics,
+            running_marker: backends.running_marker,
         })
     }
 
@@ -422,6 +464,13 @@ impl Core {
             // Nothing writes under the leases now: hand them over at once.
             cluster.release().await;
         }
-        self.store.close().await
+        self.store.close().await?;
+        if let Some(marker) = &self.running_marker
+            && let Err(e) = std::fs::remove_file(marker)
+        {
+            tracing::warn!(marker = %marker.display(), error = %e,
+                "cannot remove the running marker; the next start waits out the queues' visibility timeout");
+        }
+        Ok(())
     }
 }

@@ -85,10 +85,6 @@ pub(super) struct Leases {
     beats: u64,
     /// The least settled instant among the other live replicas.
     remote_settled: Timestamp,
-    /// After a crash under this replica's id: until when (and settled no
-    /// further than what instant) the earlier process's received messages
-    /// may still be hidden in the queue.
-    crashed: Option<(Instant, Timestamp)>,
     local_settled: watch::Receiver<Timestamp>,
     /// The longest visibility timeout of this replica's queues.
     visibility: Duration,
@@ -175,7 +171,6 @@ impl Leases {
             // Unlike any value an earlier process under this id wrote.
             beats: cluster.clock.now().as_millis().max(0) as u64,
             remote_settled: Timestamp::MAX,
-            crashed: None,
             local_settled,
             visibility,
             settled: cluster.settled_tx.clone(),
@@ -215,27 +210,6 @@ impl Leases {
         }
     }
 
-    /// An earlier process under this id stopped without leaving (it left
-    /// its replica item): what its consumers had received and not recorded
-    /// is hidden in the queue for up to a visibility timeout, and the others
-    /// saw no gap in this id's heartbeat to wait for it. So this replica
-    /// holds completions (its own and, through its watermark, the others')
-    /// until that timeout has passed since it started.
-    pub(super) fn after_crash(&mut self) {
-        self.crashed = Some((Instant::now() + self.visibility, self.clock.now()));
-    }
-
-    /// How far what this replica received is recorded, as far as it knows.
-    fn local_settled(&mut self) -> Timestamp {
-        let mut settled = *self.local_settled.borrow();
-        match self.crashed {
-            Some((until, _)) if until <= Instant::now() => self.crashed = None,
-            Some((_, started)) => settled = settled.min(started),
-            None => {}
-        }
-        settled
-    }
-
     /// The next instant a lease another replica holds expires by this
     /// replica's clock, if its holder's heartbeat stays as last read.
     fn next_expiry(&self) -> Option<Instant> {
@@ -249,8 +223,8 @@ impl Leases {
             .min()
     }
 
-    fn publish_settled(&mut self) {
-        let settled = self.local_settled().min(self.remote_settled);
+    fn publish_settled(&self) {
+        let settled = (*self.local_settled.borrow()).min(self.remote_settled);
         self.settled.send_if_modified(|current| {
             let changed = *current != settled;
             *current = settled;
@@ -267,7 +241,7 @@ impl Leases {
         let receiving = self.routes.oldest_receiving().map_or(Timestamp::MAX, |at| {
             Timestamp::from_millis(at.as_millis().saturating_sub(1))
         });
-        let local_settled = self.local_settled().min(receiving);
+        let local_settled = (*self.local_settled.borrow()).min(receiving);
         self.store
             .beat(
                 &ReplicaItem {

@@ -157,7 +157,9 @@ impl Cluster {
     }
 
     /// Starts the lease and route tasks: the first heartbeat (which takes
-    /// free leases) and the first route refresh are done when this returns.
+    /// free leases) and the first route refresh are done when this returns;
+    /// also whether an earlier process under this replica id stopped without
+    /// leaving.
     pub async fn start(
         &self,
         routes: Arc<Routes>,
@@ -165,7 +167,7 @@ impl Cluster {
         local_settled: watch::Receiver<Timestamp>,
         visibility: Duration,
         end: CancellationToken,
-    ) -> crate::store::Result<Vec<tokio::task::JoinHandle<()>>> {
+    ) -> crate::store::Result<(Vec<tokio::task::JoinHandle<()>>, bool)> {
         let mut leases = Leases::new(
             self,
             observer.clone(),
@@ -173,13 +175,10 @@ impl Cluster {
             visibility,
             routes.clone(),
         );
+        // An earlier process under this id that stopped without leaving
+        // left its replica item (see `Core::start_on` for what follows).
         let me = &self.ownership.replica;
-        if self.store.replicas().await?.iter().any(|r| &r.id == me) {
-            tracing::warn!(replica = %me, ?visibility,
-                "an earlier process under this replica id stopped without leaving; \
-                 holding completions until what it had received is back in the queue");
-            leases.after_crash();
-        }
+        let crashed = self.store.replicas().await?.iter().any(|r| &r.id == me);
         // The replica item exists before the first route refresh: a watch
         // started after another replica read the replica items is one this
         // replica's first refresh finds.
@@ -188,11 +187,14 @@ impl Cluster {
         refresher.refresh().await?;
         leases.heartbeat().await?;
         let every = self.args.route_refresh;
-        Ok(vec![
-            tokio::spawn(refresher.run(every, end.clone())),
-            tokio::spawn(leases.run(end.clone())),
-            tokio::spawn(self.routing.clone().poll_acks(end)),
-        ])
+        Ok((
+            vec![
+                tokio::spawn(refresher.run(every, end.clone())),
+                tokio::spawn(leases.run(end.clone())),
+                tokio::spawn(self.routing.clone().poll_acks(end)),
+            ],
+            crashed,
+        ))
     }
 
     /// Gives up every lease this replica holds and leaves the replica list,

@@ -63,6 +63,9 @@ pub struct QueueConsumer {
     pub clock: Clock,
     pub wait: Duration,
     pub stats: Arc<QueueStats>,
+    /// After a crash: no receive started before this moves the mark (what
+    /// the earlier process received is hidden in the queue until then).
+    pub hold_until: Option<tokio::time::Instant>,
 }
 
 /// What a consumer does next.
@@ -119,6 +122,9 @@ impl QueueConsumer {
                 }
             };
             let started = self.clock.now();
+            let held = self
+                .hold_until
+                .is_some_and(|until| tokio::time::Instant::now() < until);
             let messages = tokio::select! {
                 () = shutdown.cancelled() => return,
                 received = self.queue.receive(wait) => match received {
@@ -132,7 +138,7 @@ impl QueueConsumer {
             };
             let full = messages.len() >= BATCH;
             if self.process(messages, visibility).await {
-                if !full {
+                if !full && !held {
                     self.watermarks.advance(self.mark, started);
                 }
             } else {

@@ -15,6 +15,7 @@
 //! seed is printed with the command that replays it.
 
 mod checker;
+mod crash;
 mod faults;
 mod queue;
 mod schedule;

@@ -179,6 +179,8 @@ impl World {
             aws: Default::default(),
             dynamodb: None,
             id_seed: Some(self.seed ^ (slot as u64) << 40 ^ r.incarnation),
+            crashed: false,
+            running_marker: None,
         };
         let clock = Clock::starting_at(Timestamp::from_millis(
             BASE_WALL_MS + (Instant::now() - self.started).as_millis() as i64 + r.skew_ms,
@@ -214,6 +216,8 @@ fn backends_again(b: &Backends) -> Backends {
         aws: b.aws.clone(),
         dynamodb: None,
         id_seed: b.id_seed,
+        crashed: false,
+        running_marker: None,
     }
 }
 
