@@ -5,6 +5,11 @@
 //! store. A failure to start is a [`StartupError`] naming what could not be
 //! set up.
 //!
+//! After a crash (SQLite: the running marker beside the store was left
+//! behind; a cluster: the replica item of an earlier process under this id),
+//! no queue mark moves until the queues' visibility timeout has passed:
+//! what the crashed process's long poll took is hidden until then.
+//!
 //! It must never serve before every live watch is resumed, nor flush the
 //! store while anything still writes to it.
 
@@ -280,9 +285,7 @@ impl Core {
         let streams_end = CancellationToken::new();
         let observer_end = CancellationToken::new();
         let routes = Arc::new(match &cluster {
-            Some(c) => {
-                Routes::refreshed(c.routes_fresh.clone(), c.route_staleness, c.horizon.clone())
-            }
+            Some(c) => Routes::refreshed(c.routes_fresh.clone(), c.route_staleness),
             None => Routes::default(),
         });
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));

@@ -1,5 +1,7 @@
-//! The lease task ([`Leases`]): every `--heartbeat` it writes this
-//! replica's item (its heartbeat and queue watermark), reads every lease and
+//! The lease task ([`Leases`]): every `--heartbeat`, and when a lease another
+//! replica holds expires between two, it writes this replica's item (its
+//! heartbeat and its watermark: its queues' marks, held before what it
+//! received and has not recorded), reads every lease and
 //! replica, judges which leases expired by its own clock, takes free and
 //! expired ones and what [`super::balance`] plans, gives the observer the
 //! watches of shards it took and takes back those of shards it lost, and
@@ -65,10 +67,11 @@ fn observe<K: std::hash::Hash + Eq, T: PartialEq>(
     }
 }
 
-/// The lease task: one heartbeat every `--heartbeat`.
 /// Plans per heartbeat: the first, and one more after a take lost to another replica.
 const TAKE_ROUNDS: usize = 2;
 
+/// The lease task: one heartbeat every `--heartbeat`, and one more when a
+/// lease another replica holds expires between two.
 pub(super) struct Leases {
     store: Arc<dyn ClusterTable>,
     /// What this replica received and has not recorded yet.

@@ -35,6 +35,10 @@
 //!   A replica that stopped beating holds completions back for a lease
 //!   duration plus its queues' visibility timeout: the messages it had
 //!   received come back to the queue by then, for the others to count.
+//!   A replica's watermark also stays before what it received and has not
+//!   recorded (an `IngestS3Events` call), and a replica restarted under the
+//!   id of a crashed process holds its queue marks for their visibility
+//!   timeout (`crate::startup`).
 //! - **Events from the shared log.** Owners re-read their watches for
 //!   activity other replicas counted (every `--log-poll` those whose decision
 //!   is near or may come at any count, the others every [`SWEEP`]), and
@@ -104,8 +108,6 @@ pub struct Cluster {
     pub settled: watch::Receiver<Timestamp>,
     /// The start of the last successful route refresh (for ingest).
     pub routes_fresh: watch::Receiver<Option<Instant>>,
-    /// Until when this replica may record what it received (for ingest).
-    pub horizon: watch::Receiver<Option<Instant>>,
     store: Arc<dyn ClusterTable>,
     args: ClusterArgs,
     clock: Clock,
@@ -125,7 +127,7 @@ impl Cluster {
         args.check()?;
         store.ensure_shards().await?;
         let (settled_tx, settled) = watch::channel(Timestamp::from_millis(0));
-        let (freshness, routes_fresh, horizon) = Freshness::new(args);
+        let (freshness, routes_fresh) = Freshness::new(args);
         let replica = args.replica();
         tracing::info!(%replica, shards = store.shards(), lease_duration = ?args.lease_duration,
             heartbeat = ?args.heartbeat, "joining the cluster");
@@ -142,7 +144,6 @@ impl Cluster {
             route_staleness,
             settled,
             routes_fresh,
-            horizon,
             store,
             args: args.clone(),
             clock,

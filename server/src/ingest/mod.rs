@@ -290,10 +290,7 @@ impl Ingest {
         keys.sort();
         keys.dedup();
         let in_flight = self.routes.begin(keys.clone());
-        let recorded = self
-            .routes
-            .before_horizon(self.store.record(activities, self.clock.now()))
-            .await;
+        let recorded = self.store.record(activities, self.clock.now()).await;
         // Settle before telling the observer: from here on it either sees the
         // new counters or its guarded write conflicts and re-reads them.
         drop(in_flight);

@@ -176,9 +176,6 @@ pub struct Routes {
         tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
         std::time::Duration,
     )>,
-    /// In a cluster: until when this replica may record what it received
-    /// (see [`Routes::before_horizon`]).
-    horizon: Option<tokio::sync::watch::Receiver<Option<tokio::time::Instant>>>,
 }
 
 impl Routes {
@@ -187,52 +184,10 @@ impl Routes {
     pub fn refreshed(
         fresh: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
         staleness: std::time::Duration,
-        horizon: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     ) -> Self {
         Self {
             freshness: Some((fresh, staleness)),
-            horizon: Some(horizon),
             ..Self::default()
-        }
-    }
-
-    /// Runs `record` unless this replica's horizon passes first: a replica
-    /// whose heartbeat has not landed for a lease duration less a heartbeat
-    /// may be counted out by the others, who then decide without waiting for
-    /// what it received. What it has not recorded by then it does not
-    /// record (the caller hears UNAVAILABLE, the queue redelivers), so a
-    /// decision never misses a notification a replica held (outside a
-    /// cluster: `record`, as is).
-    pub(super) async fn before_horizon<T>(
-        &self,
-        record: impl std::future::Future<Output = crate::store::Result<T>>,
-    ) -> crate::store::Result<T> {
-        let Some(horizon) = &self.horizon else {
-            return record.await;
-        };
-        let mut horizon = horizon.clone();
-        let passed = || {
-            crate::store::StoreError::Unavailable(
-                "this replica's heartbeat has not reached the store for a lease duration; \
-                 another replica takes the notification"
-                    .into(),
-            )
-        };
-        tokio::pin!(record);
-        let mut open = true;
-        loop {
-            let Some(until) = *horizon.borrow_and_update() else {
-                return Err(passed());
-            };
-            if until <= tokio::time::Instant::now() {
-                return Err(passed());
-            }
-            tokio::select! {
-                biased;
-                () = tokio::time::sleep_until(until) => {}
-                changed = horizon.changed(), if open => open = changed.is_ok(),
-                recorded = &mut record => return recorded,
-            }
         }
     }
 
@@ -242,17 +197,6 @@ impl Routes {
         let Some((fresh, staleness)) = &self.freshness else {
             return Ok(());
         };
-        if let Some(horizon) = &self.horizon
-            && horizon
-                .borrow()
-                .is_none_or(|until| until <= tokio::time::Instant::now())
-        {
-            // Counted out by the others, perhaps: another replica takes it.
-            return Err(Error::Unavailable {
-                message: "this replica has lost touch with the cluster's table; retry".into(),
-                retry_after: Some(crate::store::BUSY_RETRY),
-            });
-        }
         let mut fresh = fresh.clone();
         let is_fresh =
             |at: &Option<tokio::time::Instant>| at.is_some_and(|at| at.elapsed() <= *staleness);
@@ -572,58 +516,5 @@ mod tests {
         assert!(err(&[], &["ok", &long]).contains("exclude[1]"));
         let many = vec!["*"; crate::watch::MAX_KEY_PATTERNS + 1];
         assert!(err(&many, &[]).contains("invalid include: has 33 patterns"));
-    }
-
-    /// A cluster's table with a horizon the test moves.
-    fn with_horizon(
-        at: Option<tokio::time::Instant>,
-    ) -> (
-        Routes,
-        tokio::sync::watch::Sender<Option<tokio::time::Instant>>,
-    ) {
-        let (_fresh_tx, fresh) = tokio::sync::watch::channel(Some(tokio::time::Instant::now()));
-        let (horizon_tx, horizon) = tokio::sync::watch::channel(at);
-        (
-            Routes::refreshed(fresh, std::time::Duration::from_secs(1), horizon),
-            horizon_tx,
-        )
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_recording_not_done_by_the_horizon_is_abandoned_and_one_moved_on_completes() {
-        use std::time::Duration;
-        let now = tokio::time::Instant::now();
-        let slow = || async {
-            tokio::time::sleep(Duration::from_secs(5)).await;
-            Ok::<_, crate::store::StoreError>(())
-        };
-        let (routes, _horizon) = with_horizon(Some(now + Duration::from_secs(2)));
-        let abandoned = routes.before_horizon(slow()).await;
-        assert!(
-            matches!(abandoned, Err(crate::store::StoreError::Unavailable(ref m)) if m.contains("heartbeat")),
-            "{abandoned:?}"
-        );
-        assert_eq!(tokio::time::Instant::now(), now + Duration::from_secs(2));
-
-        // Heartbeats that land move the horizon on, and the recording completes.
-        let now = tokio::time::Instant::now();
-        let (routes, horizon) = with_horizon(Some(now + Duration::from_secs(4)));
-        let beats = async {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            horizon.send_replace(Some(tokio::time::Instant::now() + Duration::from_secs(7)));
-        };
-        let (recorded, ()) = tokio::join!(routes.before_horizon(slow()), beats);
-        assert!(recorded.is_ok(), "{recorded:?}");
-
-        // Past it, nothing is recorded at all.
-        let (routes, _horizon) = with_horizon(Some(tokio::time::Instant::now()));
-        let mut ran = false;
-        let refused = routes
-            .before_horizon(async {
-                ran = true;
-                Ok::<_, crate::store::StoreError>(())
-            })
-            .await;
-        assert!(refused.is_err() && !ran);
     }
 }
