@@ -396,6 +396,7 @@ impl Core {
                     wait: config.sqs_wait,
                     stats: stats.clone(),
                     hold_until,
+                    in_touch: cluster.as_ref().map(|(c, _)| c.in_touch.clone()),
                 };
                 consumers.push(tokio::spawn(consumer.run(consumers_end.clone())));
             }

@@ -108,6 +108,8 @@ pub struct Cluster {
     pub settled: watch::Receiver<Timestamp>,
     /// The start of the last successful route refresh (for ingest).
     pub routes_fresh: watch::Receiver<Option<Instant>>,
+    /// Until when this replica's consumers may take messages off the queues.
+    pub in_touch: watch::Receiver<Option<Instant>>,
     store: Arc<dyn ClusterTable>,
     args: ClusterArgs,
     clock: Clock,
@@ -127,7 +129,7 @@ impl Cluster {
         args.check()?;
         store.ensure_shards().await?;
         let (settled_tx, settled) = watch::channel(Timestamp::from_millis(0));
-        let (freshness, routes_fresh) = Freshness::new(args);
+        let (freshness, routes_fresh, in_touch) = Freshness::new(args);
         let replica = args.replica();
         tracing::info!(%replica, shards = store.shards(), lease_duration = ?args.lease_duration,
             heartbeat = ?args.heartbeat, "joining the cluster");
@@ -144,6 +146,7 @@ impl Cluster {
             route_staleness,
             settled,
             routes_fresh,
+            in_touch,
             store,
             args: args.clone(),
             clock,

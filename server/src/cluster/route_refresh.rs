@@ -55,6 +55,11 @@ pub(super) struct Known {
 /// watermark, a lease duration after they last saw its heartbeat move).
 pub(super) struct Freshness {
     tx: watch::Sender<Option<Instant>>,
+    /// Until when this replica's consumers may take messages off the
+    /// queues: a lease duration less a heartbeat after its last heartbeat
+    /// that landed started (the others may stop waiting for its watermark
+    /// a lease duration after they last saw that heartbeat move).
+    in_touch: watch::Sender<Option<Instant>>,
     /// The starts of the last route refresh and of the last heartbeat that landed.
     last: Mutex<(Option<Instant>, Option<Instant>)>,
     beat_bound: Duration,
@@ -63,15 +68,23 @@ pub(super) struct Freshness {
 
 impl Freshness {
     /// How fresh routes are under `args`, and where ingest follows it.
-    pub(super) fn new(args: &ClusterArgs) -> (Self, watch::Receiver<Option<Instant>>) {
+    pub(super) fn new(
+        args: &ClusterArgs,
+    ) -> (
+        Self,
+        watch::Receiver<Option<Instant>>,
+        watch::Receiver<Option<Instant>>,
+    ) {
         let (tx, fresh) = watch::channel(None);
+        let (in_touch, in_touch_rx) = watch::channel(None);
         let freshness = Self {
             tx,
+            in_touch,
             last: Mutex::default(),
             beat_bound: args.lease_duration.saturating_sub(args.heartbeat),
             staleness: args.route_refresh * 2,
         };
-        (freshness, fresh)
+        (freshness, fresh, in_touch_rx)
     }
 
     fn routes_read(&self, at: Instant) {
@@ -84,6 +97,7 @@ impl Freshness {
         let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
         last.1 = Some(at);
         self.publish(*last);
+        self.in_touch.send_replace(Some(at + self.beat_bound));
     }
 
     /// Publishes the instant the routes count as refreshed at (ingest routes

@@ -66,6 +66,12 @@ pub struct QueueConsumer {
     /// After a crash: no receive started before this moves the mark (what
     /// the earlier process received is hidden in the queue until then).
     pub hold_until: Option<tokio::time::Instant>,
+    /// In a cluster: until when this replica is in touch with the table
+    /// (its heartbeat landed recently enough). Past it, the consumer takes
+    /// nothing off the queue: the others may stop waiting for this
+    /// replica's watermark, and a message it took and could not record would
+    /// be hidden from their confirming receives while they decide.
+    pub in_touch: Option<tokio::sync::watch::Receiver<Option<tokio::time::Instant>>>,
 }
 
 /// What a consumer does next.
@@ -121,6 +127,12 @@ impl QueueConsumer {
                     }
                 }
             };
+            // A long poll ends while this replica is still in touch.
+            let wait = match self.wait_in_touch(&shutdown).await {
+                None => return,
+                Some(Some(left)) => wait.min(Duration::from_secs(left.as_secs())),
+                Some(None) => wait,
+            };
             let started = self.clock.now();
             let held = self
                 .hold_until
@@ -143,6 +155,39 @@ impl QueueConsumer {
                 }
             } else {
                 tokio::time::sleep(BACKOFF).await;
+            }
+        }
+    }
+
+    /// Returns once this replica is in touch with the cluster's table, with
+    /// how long it stays so if no heartbeat lands (at once, with no bound,
+    /// outside a cluster); `None` when shut down first.
+    async fn wait_in_touch(&self, shutdown: &CancellationToken) -> Option<Option<Duration>> {
+        let Some(in_touch) = &self.in_touch else {
+            return Some(None);
+        };
+        let left = |until: &Option<tokio::time::Instant>| {
+            until.map(|until| until.saturating_duration_since(tokio::time::Instant::now()))
+        };
+        let mut in_touch = in_touch.clone();
+        // Room for at least the shortest long poll.
+        let touching = |until: &Option<tokio::time::Instant>| {
+            until.is_some_and(|until| until > tokio::time::Instant::now() + CONFIRM_WAIT)
+        };
+        if touching(&in_touch.borrow_and_update()) {
+            return Some(left(&in_touch.borrow()));
+        }
+        tracing::warn!(queue = %self.queue.url(),
+            "this replica's heartbeat has not reached the table lately; taking nothing off the queue until it does");
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return None,
+                changed = in_touch.changed() => {
+                    changed.ok()?;
+                    if touching(&in_touch.borrow_and_update()) {
+                        return Some(left(&in_touch.borrow()));
+                    }
+                }
             }
         }
     }

@@ -65,7 +65,7 @@ pub fn draw_faults(rng: &mut fastrand::Rng) -> Vec<(Duration, Fault)> {
             },
             2 => Fault::CutOff {
                 replica,
-                lasting: Duration::from_millis(rng.u64(2_000..20_000)),
+                lasting: Duration::from_millis(rng.u64(2_000..40_000)),
             },
             3 => Fault::Slow {
                 replica,
