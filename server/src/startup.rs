@@ -285,7 +285,11 @@ impl Core {
         let streams_end = CancellationToken::new();
         let observer_end = CancellationToken::new();
         let routes = Arc::new(match &cluster {
-            Some(c) => Routes::refreshed(c.routes_fresh.clone(), c.route_staleness),
+            Some(c) => Routes::refreshed(
+                c.routes_fresh.clone(),
+                c.route_staleness,
+                c.in_touch.clone(),
+            ),
             None => Routes::default(),
         });
         let hub = Arc::new(Hub::new(store.clone(), clock, streams_end.clone()));

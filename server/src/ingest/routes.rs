@@ -176,6 +176,8 @@ pub struct Routes {
         tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
         std::time::Duration,
     )>,
+    /// In a cluster: until when this replica is in touch with the table.
+    in_touch: Option<tokio::sync::watch::Receiver<Option<tokio::time::Instant>>>,
 }
 
 impl Routes {
@@ -184,9 +186,11 @@ impl Routes {
     pub fn refreshed(
         fresh: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
         staleness: std::time::Duration,
+        in_touch: tokio::sync::watch::Receiver<Option<tokio::time::Instant>>,
     ) -> Self {
         Self {
             freshness: Some((fresh, staleness)),
+            in_touch: Some(in_touch),
             ..Self::default()
         }
     }
@@ -197,6 +201,18 @@ impl Routes {
         let Some((fresh, staleness)) = &self.freshness else {
             return Ok(());
         };
+        if let Some(in_touch) = &self.in_touch
+            && in_touch
+                .borrow()
+                .is_none_or(|until| until <= tokio::time::Instant::now())
+        {
+            // The others may have counted this replica out: another replica
+            // takes the notification, at once rather than after a wait.
+            return Err(Error::Unavailable {
+                message: "this replica has lost touch with the cluster's table; retry".into(),
+                retry_after: Some(crate::store::BUSY_RETRY),
+            });
+        }
         let mut fresh = fresh.clone();
         let is_fresh =
             |at: &Option<tokio::time::Instant>| at.is_some_and(|at| at.elapsed() <= *staleness);

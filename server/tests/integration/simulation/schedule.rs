@@ -181,5 +181,5 @@ pub async fn inflict(world: Arc<World>, faults: Vec<(Duration, Fault)>) {
         r.await.expect("restart");
     }
     // Every fault has ended by the time the longest one could.
-    tokio::time::sleep(Duration::from_secs(30)).await;
+    tokio::time::sleep(Duration::from_secs(45)).await;
 }
