@@ -177,7 +177,9 @@ impl Ingest {
             .notifications(Notifications::Rejected, report.rejected.len() as u64);
         self.metrics
             .notifications(Notifications::Ignored, report.ignored);
-        self.record(&notifications, audience, &mut report).await?;
+        self.routes
+            .within_touch(self.record(&notifications, audience, &mut report))
+            .await?;
         Ok(report)
     }
 

@@ -208,10 +208,7 @@ impl Routes {
         {
             // The others may have counted this replica out: another replica
             // takes the notification, at once rather than after a wait.
-            return Err(Error::Unavailable {
-                message: "this replica has lost touch with the cluster's table; retry".into(),
-                retry_after: Some(crate::store::BUSY_RETRY),
-            });
+            return Err(out_of_touch());
         }
         let mut fresh = fresh.clone();
         let is_fresh =
@@ -225,6 +222,38 @@ impl Routes {
                 message: "the routing table could not be refreshed from the store; retry".into(),
                 retry_after: Some(crate::store::BUSY_RETRY),
             }),
+        }
+    }
+
+    /// Runs `work` (an `IngestS3Events` call's recording) unless this replica
+    /// loses touch with the cluster's table first: the others may then count
+    /// it out and decide without it, so the caller hears UNAVAILABLE and
+    /// sends the notification to another replica (at once outside a
+    /// cluster). Queue consumers do not use this: a message they took and
+    /// gave back would hide from the others' confirming receives.
+    pub(super) async fn within_touch<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, Error> {
+        let Some(in_touch) = &self.in_touch else {
+            return work.await;
+        };
+        let mut in_touch = in_touch.clone();
+        tokio::pin!(work);
+        let mut open = true;
+        loop {
+            let Some(until) = *in_touch.borrow_and_update() else {
+                return Err(out_of_touch());
+            };
+            if until <= tokio::time::Instant::now() {
+                return Err(out_of_touch());
+            }
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep_until(until) => {}
+                changed = in_touch.changed(), if open => open = changed.is_ok(),
+                done = &mut work => return done,
+            }
         }
     }
 
@@ -343,6 +372,13 @@ impl Drop for InFlight {
                 }
             }
         }
+    }
+}
+
+fn out_of_touch() -> Error {
+    Error::Unavailable {
+        message: "this replica has lost touch with the cluster's table; retry".into(),
+        retry_after: Some(crate::store::BUSY_RETRY),
     }
 }
 
