@@ -5,6 +5,8 @@
 
 use std::{sync::Arc, time::Duration};
 
+use aws_sdk_dynamodb::types::AttributeValue;
+
 use streamwatch_server::{
     clock::Timestamp,
     store::{
@@ -1375,6 +1377,48 @@ async fn keeps_a_watch_groups_members(store: Arc<dyn Store>) {
     );
 }
 
+/// A lifecycle change that appends no event (a polling sample) and a
+/// recording, started together: whichever writes first, the other builds on
+/// it. A recording based on a read from before the sample must not write
+/// the old lifecycle back.
+async fn a_change_without_events_survives_a_concurrent_recording(store: Arc<dyn Store>) {
+    for round in 0..3 {
+        let new = new_watch("acme", None);
+        let watch = create(&*store, new.clone()).await;
+        let mut sampled = watch.lifecycle.clone();
+        sampled.polling.repeated = 3;
+        sampled.polling.next_sample_at = Some(NOW.plus(Duration::from_secs(60)));
+        // Holds before and after the recording.
+        let guard = Guard {
+            state: WatchState::Active,
+            generation: 1,
+            activity: None,
+        };
+        let sample = Change::new(&new.tenant, &new.id, guard, sampled.clone(), vec![], NOW);
+        let object = activity(&new, ActivityKind::Created, "day=1/a", "0A");
+        // `futures::join!` polls the sample first: both read the watch
+        // before either writes, and the sample lands first (memory; DynamoDB
+        // mostly: its recording reads the seen items in between).
+        let (applied, recorded) =
+            futures::join!(store.apply(sample), store.record(vec![object], NOW));
+        assert!(
+            matches!(applied, Ok(Some(Applied::Done { .. }))),
+            "round {round}: {applied:?}"
+        );
+        assert_eq!(recorded.unwrap().results, [Recorded::Counted]);
+        let now = store
+            .get_watch(&new.tenant, &new.id)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(now.counters.object_count, 1, "round {round}");
+        assert_eq!(
+            now.lifecycle.polling, sampled.polling,
+            "round {round}: the sample survives"
+        );
+    }
+}
+
 async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let store = SqliteStore::open(dir.path().join("conformance.db")).unwrap();
@@ -1435,6 +1479,7 @@ macro_rules! conformance {
 
 conformance!(
     creates_reads_and_isolates_tenants,
+    a_change_without_events_survives_a_concurrent_recording,
     client_tokens_are_idempotent_per_tenant,
     records_each_key_exactly_once,
     counts_do_not_depend_on_arrival_order,
@@ -1458,3 +1503,61 @@ conformance!(
     late_objects_belong_to_the_generation_their_reopening_starts,
     reads_many_watches_each_once,
 );
+
+/// A watch item written before items kept a `rev` (a table from an earlier
+/// version) still takes changes, known by its `last_seq`, and gets a `rev`.
+#[tokio::test]
+async fn dynamodb_changes_a_watch_item_written_before_revisions() {
+    streamwatch_testkit::require_emulator!();
+    streamwatch_testkit::aws::expect_emulator();
+    let client = streamwatch_testkit::aws::dynamodb().await;
+    let table = format!("conformance-{}", rand_suffix());
+    let store = DynamoStore::new(client.clone(), table.clone(), Duration::from_secs(3600));
+    store.create_table().await.unwrap();
+    let new = new_watch("acme", None);
+    let watch = create(&store, new.clone()).await;
+    let key = |item: aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder| {
+        item.table_name(&table)
+            .key("pk", AttributeValue::S(format!("W#acme#{}", new.id)))
+            .key("sk", AttributeValue::S("WATCH".into()))
+    };
+    let rev = || async {
+        let item = key(client.get_item()).send().await.unwrap().item.unwrap();
+        item.get("rev").map(|v| v.as_n().unwrap().clone())
+    };
+    assert_eq!(rev().await.as_deref(), Some("1"), "a new item starts at 1");
+    client
+        .update_item()
+        .table_name(&table)
+        .key("pk", AttributeValue::S(format!("W#acme#{}", new.id)))
+        .key("sk", AttributeValue::S("WATCH".into()))
+        .update_expression("REMOVE rev")
+        .send()
+        .await
+        .unwrap();
+
+    let mut sampled = watch.lifecycle.clone();
+    sampled.polling.repeated = 2;
+    let sample = Change::new(
+        &new.tenant,
+        &new.id,
+        Guard::exact(&watch),
+        sampled.clone(),
+        vec![],
+        NOW,
+    );
+    let applied = store.apply(sample).await.unwrap();
+    assert!(matches!(applied, Some(Applied::Done { .. })), "{applied:?}");
+    assert_eq!(rev().await.as_deref(), Some("1"));
+    let object = activity(&new, ActivityKind::Created, "day=1/a", "0A");
+    let recorded = store.record(vec![object], NOW).await.unwrap();
+    assert_eq!(recorded.results, [Recorded::Counted]);
+    assert_eq!(rev().await.as_deref(), Some("2"));
+    let now = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(now.lifecycle.polling, sampled.polling);
+    assert_eq!(now.counters.object_count, 1);
+}

@@ -3,7 +3,7 @@
 //!
 //! | item | `pk` | `sk` | notes |
 //! |---|---|---|---|
-//! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields (`filter`: the key filter as JSON, absent when none); `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
+//! | watch | `W#{tenant}#{watch_id}` | `WATCH` | all fields (`filter`: the key filter as JSON, absent when none); `rev`, the count of its writes; `list_pk` = `T#{tenant}`, `list_sk` = watch id (GSI `by_tenant`, newest first); `live_shard` = `LIVE#{0..63}` until the watch is retired (sparse GSI `live`) |
 //! | seen key | `W#{tenant}#{watch_id}` | `K#c#{key}` / `K#r#{key}` | `sequencer`: one of the key's (empty while only notifications without one told of it); `size`, `event_time` (ms, when told) and `generation` of its first counted notification (items written before them read as 0, none, 1); keys over 1000 bytes are stored as `K#c#~{sha256}` with the key in `key`. The `K#c#` items, in sort key order, are the manifest |
 //! | seen sequencer | `W#{tenant}#{watch_id}` | `S#c#{len}#{sequencer}#{key}` / `S#r#…` | one per further distinct sequencer of a seen key; over 1000 bytes, `S#c#~{sha256}` |
 //! | event | `W#{tenant}#{watch_id}` | `E#{seq:020}` | `time`, `generation`, `payload` (the event as JSON) |
@@ -11,9 +11,10 @@
 //! | outbox entry | `W#{tenant}#{watch_id}` | `O#{seq:020}#{target:05}` | `record` (the delivery as JSON), `next_at`; `live_shard` = `OUTBOX` while pending (same sparse GSI `live`) |
 //!
 //! Every change to a watch is one `TransactWriteItems` conditioned on the
-//! watch's `last_seq` being what was read, so concurrent writers (ingest on
-//! any replica, the observer) serialize on it, and the events it appends get
-//! gapless `seq`s; a cancelled transaction is read again and retried. What a
+//! watch item's `rev` (bumped by every write of it) being what was read, so
+//! concurrent writers (ingest on any replica, the observer) serialize on it,
+//! a change appending no event is not lost to one based on an older read,
+//! and the events it appends get gapless `seq`s; a cancelled transaction is read again and retried. What a
 //! change does is the store rules' judgement, checked on the watch as
 //! read (a lifecycle change's guard too: the condition only says the watch
 //! did not move since). Retired watches' items get the `expires_at` TTL.
@@ -173,7 +174,7 @@ impl Store for DynamoStore {
                 events: vec![rules::started(&watch)],
                 now: watch.created_at,
                 watch,
-                expected_last_seq: None,
+                expected: None,
                 extra,
             };
             if let Some((watch, events)) = self.commit(change).await? {
@@ -258,13 +259,12 @@ impl Store for DynamoStore {
             fence,
         } = change;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(mut watch) = self.load(&tenant, &id).await? else {
+            let Some((mut watch, read)) = self.load_at(&tenant, &id).await? else {
                 return Ok(None);
             };
             if !guard.holds(&watch) {
                 return Ok(Some(Applied::Conflict(watch)));
             }
-            let expected = watch.last_seq;
             watch.lifecycle = lifecycle.clone();
             // With a fence, the write also needs the caller's lease of the watch's shard.
             let extra = match &fence {
@@ -273,7 +273,7 @@ impl Store for DynamoStore {
             };
             let change = Change {
                 watch,
-                expected_last_seq: Some(expected),
+                expected: Some(read),
                 events: events.clone(),
                 extra,
                 now,
@@ -373,17 +373,19 @@ impl Store for DynamoStore {
             .await?;
         let mut writes = Vec::new();
         let mut token = None;
+        let mut watch_units = None;
         for mut item in items {
             if get_s(&item, "sk")?.starts_with("O#") {
                 // Outbox entries get their TTL when their delivery finishes.
                 continue;
             }
             if get_s(&item, "sk")? == "WATCH" {
-                item.remove("live_shard");
                 token = item
                     .get("client_token")
                     .and_then(|v| v.as_s().ok())
                     .cloned();
+                watch_units = Some(item_bytes(&item).div_ceil(1024).max(1));
+                continue;
             }
             item.insert(TTL_ATTRIBUTE.into(), n(expires));
             writes.push(put_request(item)?);
@@ -408,6 +410,34 @@ impl Store for DynamoStore {
                 if request.values().all(Vec::is_empty) {
                     break;
                 }
+            }
+        }
+        // The watch item last, so a retirement cut short stays live and is
+        // retired again. An update, not a put of the item as read: a change
+        // that committed since is kept, and one based on an earlier read fails.
+        if let Some(units) = watch_units {
+            let updated = self
+                .client
+                .update_item()
+                .table_name(&self.table)
+                .key("pk", s(&pk))
+                .key("sk", s("WATCH"))
+                .update_expression(
+                    "SET #ttl = :expires, rev = if_not_exists(rev, :zero) + :one REMOVE live_shard",
+                )
+                .condition_expression("attribute_exists(pk)")
+                .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+                .expression_attribute_values(":expires", n(expires))
+                .expression_attribute_values(":zero", n(0))
+                .expression_attribute_values(":one", n(1))
+                .send()
+                .await;
+            self.count(1, 1, units, 0);
+            match updated {
+                Ok(_) => {}
+                Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
+                    if e.err().is_conditional_check_failed_exception() => {}
+                Err(e) => return Err(aws(e)),
             }
         }
         Ok(())

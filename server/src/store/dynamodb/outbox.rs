@@ -88,10 +88,10 @@ impl DynamoStore {
         let lease_value = [(":lease", n(lease.as_millis()))];
         for _ in 0..MAX_ATTEMPTS {
             let watch = match &event {
-                Some(_) => self.load(&delivery.tenant, &delivery.watch_id).await?,
+                Some(_) => self.load_at(&delivery.tenant, &delivery.watch_id).await?,
                 None => None,
             };
-            let Some(watch) = watch else {
+            let Some((watch, read)) = watch else {
                 let put = self
                     .client
                     .put_item()
@@ -112,10 +112,9 @@ impl DynamoStore {
                     Err(e) => Err(aws(e)),
                 };
             };
-            let expected = watch.last_seq;
             let change = Change {
                 watch,
-                expected_last_seq: Some(expected),
+                expected: Some(read),
                 events: event.clone().into_iter().collect(),
                 extra: vec![self.put(item.clone(), condition, &lease_value)?],
                 now,

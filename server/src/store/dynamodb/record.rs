@@ -172,10 +172,10 @@ impl DynamoStore {
         for chunk in transactions(&parts) {
             let mut done = false;
             for _ in 0..MAX_ATTEMPTS {
-                let Some(mut watch) = self
-                    .load(&tenant, &id)
+                let Some((mut watch, read)) = self
+                    .load_at(&tenant, &id)
                     .await?
-                    .filter(|w| w.accepts_activity(now))
+                    .filter(|(w, _)| w.accepts_activity(now))
                 else {
                     results.extend(
                         chunk.iter().flat_map(|k| {
@@ -291,11 +291,10 @@ impl DynamoStore {
                     }
                     continue;
                 }
-                let expected = watch.last_seq;
                 let change = Change {
                     events: vec![rules::progress(&watch)],
                     watch,
-                    expected_last_seq: Some(expected),
+                    expected: Some(read),
                     extra: puts,
                     now,
                 };

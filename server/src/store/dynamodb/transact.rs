@@ -1,6 +1,7 @@
 //! The transaction engine of the DynamoDB store: reading a watch, and
 //! writing a change of it as one `TransactWriteItems` conditioned on its
-//! `last_seq` being what was read (a new watch: on its item not existing),
+//! item being unwritten since it was read ([`Read`]; a new watch: on its
+//! item not existing),
 //! with its appended events (their `seq`s from [`rules::sequence`]) and
 //! their outbox entries ([`rules::outbox_for`]). A cancelled transaction is
 //! reported, not retried: callers read again and retry. Also the batched
@@ -20,7 +21,9 @@ use aws_sdk_dynamodb::{
 
 use super::{
     DynamoStore, MAX_ATTEMPTS,
-    codec::{Item, delivery_item, event_item, item_bytes, item_watch, n, s, watch_item, watch_pk},
+    codec::{
+        Item, delivery_item, event_item, get_n, item_bytes, item_watch, n, s, watch_item, watch_pk,
+    },
     error::{aws, built},
 };
 use crate::{
@@ -29,10 +32,36 @@ use crate::{
     watch::{EventKind, TenantId, Watch, WatchEvent, WatchId},
 };
 
+/// Which write of a watch's item a read saw. Every commit bumps the item's
+/// `rev`, so a change commits only on the item it was based on, even when
+/// the write in between appended no event (a polling sample). An item
+/// written before `rev` was kept has none, and is known by its `last_seq`.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Read {
+    last_seq: u64,
+    rev: Option<u64>,
+}
+
+impl Read {
+    /// The condition a commit based on this read puts on the item, and the
+    /// `rev` it writes.
+    fn condition(&self) -> (&'static str, AttributeValue, u64) {
+        match self.rev {
+            Some(rev) => ("rev = :expected", n(rev), rev + 1),
+            None => (
+                "attribute_not_exists(rev) AND last_seq = :expected",
+                n(self.last_seq),
+                1,
+            ),
+        }
+    }
+}
+
 /// A watch read and the events to append, as one conditioned transaction.
 pub(super) struct Change {
     pub watch: Watch,
-    pub expected_last_seq: Option<u64>,
+    /// The read the change is based on; `None`: a new watch.
+    pub expected: Option<Read>,
     pub events: Vec<EventKind>,
     pub extra: Vec<TransactWriteItem>,
     pub now: Timestamp,
@@ -49,6 +78,15 @@ pub(super) fn put_request(item: Item) -> Result<WriteRequest> {
 
 impl DynamoStore {
     pub(super) async fn load(&self, tenant: &TenantId, id: &WatchId) -> Result<Option<Watch>> {
+        Ok(self.load_at(tenant, id).await?.map(|(watch, _)| watch))
+    }
+
+    /// The watch and the read a change of it is based on.
+    pub(super) async fn load_at(
+        &self,
+        tenant: &TenantId,
+        id: &WatchId,
+    ) -> Result<Option<(Watch, Read)>> {
         let out = self
             .client
             .get_item()
@@ -60,7 +98,14 @@ impl DynamoStore {
             .await
             .map_err(aws)?;
         self.count(1, 1, 0, 1);
-        out.item.as_ref().map(item_watch).transpose()
+        let Some(item) = out.item else {
+            return Ok(None);
+        };
+        let read = Read {
+            last_seq: get_n(&item, "last_seq")?,
+            rev: item.get("rev").map(|_| get_n(&item, "rev")).transpose()?,
+        };
+        Ok(Some((item_watch(&item)?, read)))
     }
 
     pub(super) fn put(
@@ -81,28 +126,28 @@ impl DynamoStore {
             .build())
     }
 
-    /// Writes `change` if the watch's `last_seq` is still the one read; `None` when it moved.
+    /// Writes `change` if the watch's item is still the one read; `None` when it moved.
     pub(super) async fn commit(&self, change: Change) -> Result<Option<(Watch, Vec<WatchEvent>)>> {
         let Change {
             mut watch,
-            expected_last_seq,
+            expected,
             events,
             extra,
             now,
         } = change;
         let appended = rules::sequence(&mut watch, events, now);
         let mut items = Vec::with_capacity(2 + appended.len() + extra.len());
-        items.push(match expected_last_seq {
-            Some(seq) => self.put(
-                watch_item(&watch, self.shards)?,
-                "last_seq = :expected",
-                &[(":expected", n(seq))],
-            )?,
-            None => self.put(
-                watch_item(&watch, self.shards)?,
-                "attribute_not_exists(pk)",
-                &[],
-            )?,
+        let mut item = watch_item(&watch, self.shards)?;
+        items.push(match expected {
+            Some(read) => {
+                let (condition, value, rev) = read.condition();
+                item.insert("rev".into(), n(rev));
+                self.put(item, condition, &[(":expected", value)])?
+            }
+            None => {
+                item.insert("rev".into(), n(1));
+                self.put(item, "attribute_not_exists(pk)", &[])?
+            }
         });
         for e in &appended {
             items.push(self.put(event_item(e)?, "attribute_not_exists(pk)", &[])?);

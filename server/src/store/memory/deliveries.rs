@@ -77,20 +77,19 @@ impl MemoryStore {
         };
         for _ in 0..MAX_ATTEMPTS {
             let watch = match &event {
-                Some(_) => self.request(|t| t.watch(&id.0)).await,
+                Some(_) => self.request(|t| t.watch_at(&id.0)).await,
                 None => None,
             };
-            let Some(watch) = watch else {
+            let Some((watch, revision)) = watch else {
                 return Ok(self
                     .transact(vec![put()], None)
                     .await
                     .ok()
                     .map(|()| Vec::new()));
             };
-            let expected = watch.last_seq;
             let change = Change {
                 watch,
-                expected_last_seq: Some(expected),
+                expected_revision: Some(revision),
                 events: event.clone().into_iter().collect(),
                 extra: vec![put()],
                 now,

@@ -4,7 +4,7 @@
 //! SQLite's:
 //!
 //! - every change is read, then written as one all-or-nothing transaction
-//!   of conditioned items: the watch's `last_seq` as read (a new
+//!   of conditioned items: the watch's revision as read (a new
 //!   watch: its absence), the seen items as read, a client token's absence,
 //!   a fenced change's lease (owner and version at commit), a delivery's
 //!   lease. A cancelled transaction reports which conditions failed;
@@ -187,7 +187,7 @@ impl Store for MemoryStore {
                 events: vec![rules::started(&watch)],
                 now: watch.created_at,
                 watch,
-                expected_last_seq: None,
+                expected_revision: None,
                 extra,
             };
             if let Ok((watch, events)) = self.commit(change, None).await {
@@ -216,7 +216,7 @@ impl Store for MemoryStore {
                     .rev()
                     .filter(|(k, _)| &k.tenant == tenant)
                     .filter(|(k, _)| query.after.as_ref().is_none_or(|after| &k.id < after))
-                    .map(|(_, w)| w)
+                    .map(|(_, (w, _))| w)
                     .filter(|w| query.state.is_none_or(|s| w.lifecycle.state == s))
                     .filter(|w| query.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
                     .take(query.limit)
@@ -242,19 +242,18 @@ impl Store for MemoryStore {
             ..
         } = change;
         for _ in 0..MAX_ATTEMPTS {
-            let Some(mut watch) = self.request(|t| t.watch(&key)).await else {
+            let Some((mut watch, revision)) = self.request(|t| t.watch_at(&key)).await else {
                 return Ok(None);
             };
             if !guard.holds(&watch) {
                 return Ok(Some(Applied::Conflict(watch)));
             }
-            let expected = watch.last_seq;
             watch.lifecycle = lifecycle.clone();
             // With a fence, the write also needs the caller's lease of the watch's shard.
             let extra = fence.iter().cloned().map(|f| Op::check(Check::Lease(f)));
             let change = Change {
                 watch,
-                expected_last_seq: Some(expected),
+                expected_revision: Some(revision),
                 events: events.clone(),
                 extra: extra.collect(),
                 now,

@@ -87,7 +87,7 @@ impl MemoryStore {
         for _ in 0..MAX_ATTEMPTS {
             let (watch, stored, known_pairs) = self
                 .request(|t| {
-                    let watch = t.watch(&key).filter(|w| w.accepts_activity(now));
+                    let watch = t.watch_at(&key).filter(|w| w.0.accepts_activity(now));
                     let mut stored = BTreeMap::new();
                     let mut pairs = BTreeSet::new();
                     for (_, id, sequencer) in &occurrences {
@@ -102,7 +102,7 @@ impl MemoryStore {
                     (watch, stored, pairs)
                 })
                 .await;
-            let Some(mut watch) = watch else {
+            let Some((mut watch, revision)) = watch else {
                 let outcome = indexes.iter().map(|&i| (i, Recorded::NotLive)).collect();
                 return Ok((outcome, None));
             };
@@ -167,11 +167,10 @@ impl MemoryStore {
                 }
                 continue;
             }
-            let expected = watch.last_seq;
             let change = Change {
                 events: vec![rules::progress(&watch)],
                 watch,
-                expected_last_seq: Some(expected),
+                expected_revision: Some(revision),
                 extra: ops,
                 now,
             };

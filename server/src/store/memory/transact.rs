@@ -4,7 +4,7 @@
 //! condition and writes all of the items or none, under the lock, reporting
 //! the conditions that failed ([`Cancelled`]). [`MemoryStore::commit`] turns
 //! a watch read and its new events into such a transaction, as the DynamoDB
-//! store's `commit` does (the watch's `last_seq` as read, its events, their
+//! store's `commit` does (the watch's revision as read, its events, their
 //! outbox entries). A watch put also queues its update of the `live` index,
 //! visible `index_lag` later. It never decides what a change is (that is
 //! `rules`).
@@ -72,7 +72,7 @@ pub(super) fn delivery_id(d: &Delivery) -> DeliveryId {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum Check {
     WatchAbsent(WatchKey),
-    /// The watch exists with this `last_seq`.
+    /// The watch exists at this revision (unwritten since it was read).
     WatchAt(WatchKey, u64),
     /// The lease names the fence's owner at its version.
     Lease(Fence),
@@ -149,7 +149,8 @@ pub(super) type IndexUpdate = (Instant, Option<Watch>);
 /// Everything stored, behind one lock.
 #[derive(Default)]
 pub(super) struct Tables {
-    pub(super) watches: BTreeMap<WatchKey, Watch>,
+    /// Each watch and its revision: how many times its item was written.
+    pub(super) watches: BTreeMap<WatchKey, (Watch, u64)>,
     pub(super) events: BTreeMap<WatchKey, BTreeMap<u64, WatchEvent>>,
     pub(super) seen: BTreeMap<SeenId, Seen>,
     pub(super) pairs: BTreeSet<(SeenId, String)>,
@@ -171,13 +172,20 @@ pub(super) struct Tables {
 
 impl Tables {
     pub(super) fn watch(&self, key: &WatchKey) -> Option<Watch> {
+        self.watches.get(key).map(|(w, _)| w.clone())
+    }
+
+    /// The watch and its revision, for a change based on this read.
+    pub(super) fn watch_at(&self, key: &WatchKey) -> Option<(Watch, u64)> {
         self.watches.get(key).cloned()
     }
 
     fn holds(&self, check: &Check) -> bool {
         match check {
             Check::WatchAbsent(key) => !self.watches.contains_key(key),
-            Check::WatchAt(key, seq) => self.watches.get(key).is_some_and(|w| w.last_seq == *seq),
+            Check::WatchAt(key, revision) => {
+                self.watches.get(key).is_some_and(|w| w.1 == *revision)
+            }
             Check::Lease(fence) => self
                 .leases
                 .get(&fence.shard)
@@ -214,8 +222,8 @@ impl Tables {
 /// (see [`MemoryStore::commit`]).
 pub(super) struct Change {
     pub(super) watch: Watch,
-    /// `None`: a new watch.
-    pub(super) expected_last_seq: Option<u64>,
+    /// The revision read; `None`: a new watch.
+    pub(super) expected_revision: Option<u64>,
     pub(super) events: Vec<EventKind>,
     pub(super) extra: Vec<Op>,
     pub(super) now: Timestamp,
@@ -253,7 +261,8 @@ impl MemoryStore {
                             now + self.index_lag,
                             Some(watch.clone()),
                         );
-                        t.watches.insert(key, watch);
+                        let revision = t.watches.get(&key).map_or(0, |w| w.1) + 1;
+                        t.watches.insert(key, (watch, revision));
                     }
                     Write::Event(event) => {
                         appended.push(event.kind.name());
@@ -297,7 +306,7 @@ impl MemoryStore {
         .await
     }
 
-    /// Writes `change` if the watch's `last_seq` is still the one read (a
+    /// Writes `change` if the watch is still at the revision read (a
     /// new watch: if it does not exist), with its events (their `seq`s from
     /// [`rules::sequence`]), their outbox entries and `extra`.
     pub(super) async fn commit(
@@ -307,15 +316,15 @@ impl MemoryStore {
     ) -> std::result::Result<(Watch, Vec<WatchEvent>), Cancelled> {
         let Change {
             mut watch,
-            expected_last_seq,
+            expected_revision,
             events,
             extra,
             now,
         } = change;
         let appended = rules::sequence(&mut watch, events, now);
         let key = watch.key();
-        let check = match expected_last_seq {
-            Some(seq) => Check::WatchAt(key.clone(), seq),
+        let check = match expected_revision {
+            Some(revision) => Check::WatchAt(key.clone(), revision),
             None => Check::WatchAbsent(key.clone()),
         };
         let mut ops = vec![Op::put(check, Write::Watch(Box::new(watch.clone())))];
