@@ -1561,3 +1561,59 @@ async fn dynamodb_changes_a_watch_item_written_before_revisions() {
     assert_eq!(now.lifecycle.polling, sampled.polling);
     assert_eq!(now.counters.object_count, 1);
 }
+
+/// Retiring a watch gives every item of it an expiry (the TTL attribute)
+/// but its pending outbox entries, its client token too, and takes the
+/// watch out of the live index with one more write of its item.
+#[tokio::test]
+async fn dynamodb_retiring_gives_every_item_an_expiry() {
+    streamwatch_testkit::require_emulator!();
+    streamwatch_testkit::aws::expect_emulator();
+    let client = streamwatch_testkit::aws::dynamodb().await;
+    let table = format!("conformance-{}", rand_suffix());
+    let store = DynamoStore::new(client.clone(), table.clone(), Duration::from_secs(3600));
+    store.create_table().await.unwrap();
+    let new = new_watch("acme", Some("retire-me"));
+    create(&store, new.clone()).await;
+    let objects = (0..30)
+        .map(|i| activity(&new, ActivityKind::Created, &format!("day=1/{i}"), ""))
+        .collect();
+    store.record(objects, NOW).await.unwrap();
+    store.retire(&new.tenant, &new.id, NOW).await.unwrap();
+
+    let scan = client.scan().table_name(&table).send().await.unwrap();
+    // The watch's partition and its token (route items live elsewhere).
+    let partitions = [format!("W#acme#{}", new.id), "C#acme#retire-me".to_owned()];
+    let items: Vec<_> = scan
+        .items
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|i| partitions.contains(i["pk"].as_s().unwrap()))
+        .collect();
+    let expiry = (NOW.as_millis() / 1000 + 3600).to_string();
+    let sks: Vec<&str> = items
+        .iter()
+        .map(|i| i["sk"].as_s().unwrap().as_str())
+        .collect();
+    assert_eq!(
+        sks.iter().filter(|sk| sk.starts_with("K#c#")).count(),
+        30,
+        "{sks:?}"
+    );
+    assert!(sks.contains(&"TOKEN") && sks.contains(&"WATCH"), "{sks:?}");
+    for item in &items {
+        let sk = item["sk"].as_s().unwrap();
+        let expires = item.get("expires_at").map(|v| v.as_n().unwrap().as_str());
+        assert_eq!(expires, Some(expiry.as_str()), "{sk}");
+    }
+    let watch = items
+        .iter()
+        .find(|i| i["sk"].as_s().unwrap() == "WATCH")
+        .unwrap();
+    assert!(!watch.contains_key("live_shard"));
+    assert_eq!(
+        watch["rev"].as_n().unwrap(),
+        "3",
+        "created, recorded, retired"
+    );
+}

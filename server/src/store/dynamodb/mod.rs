@@ -54,7 +54,7 @@ use self::{
         route_item, s, stored, token_item, token_pk, watch_pk,
     },
     error::{aws, built},
-    transact::{Change, put_request},
+    transact::Change,
 };
 use super::{
     Activity, Applied, Change as LifecycleChange, Claimed, ClusterTable, Created, Delivery,
@@ -368,52 +368,41 @@ impl Store for DynamoStore {
     async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()> {
         let expires = now.plus(self.retention).as_millis() / 1000;
         let pk = watch_pk(tenant, id);
-        let items = self
-            .query_all(None, "pk = :pk", vec![(":pk", s(&pk))])
-            .await?;
-        let mut writes = Vec::new();
-        let mut token = None;
+        let values = [(":pk", s(&pk))];
         let mut watch_units = None;
-        for mut item in items {
-            if get_s(&item, "sk")?.starts_with("O#") {
-                // Outbox entries get their TTL when their delivery finishes.
-                continue;
-            }
-            if get_s(&item, "sk")? == "WATCH" {
-                token = item
-                    .get("client_token")
-                    .and_then(|v| v.as_s().ok())
-                    .cloned();
-                watch_units = Some(item_bytes(&item).div_ceil(1024).max(1));
-                continue;
-            }
-            item.insert(TTL_ATTRIBUTE.into(), n(expires));
-            writes.push(put_request(item)?);
-        }
-        if let Some(token) = token {
-            let mut item = token_item(tenant, &token, id);
-            item.insert(TTL_ATTRIBUTE.into(), n(expires));
-            writes.push(put_request(item)?);
-        }
-        for chunk in writes.chunks(25) {
-            let mut request = HashMap::from([(self.table.clone(), chunk.to_vec())]);
-            for _ in 0..MAX_ATTEMPTS {
-                let out = self
-                    .client
-                    .batch_write_item()
-                    .set_request_items(Some(request))
-                    .send()
-                    .await
-                    .map_err(aws)?;
-                self.count(1, chunk.len() as u64, chunk.len() as u64, 0);
-                request = out.unprocessed_items.unwrap_or_default();
-                if request.values().all(Vec::is_empty) {
-                    break;
+        let mut start = None;
+        // A page at a time, so a watch of many objects is never all in memory.
+        loop {
+            let (page, next) = self
+                .query_page(None, "pk = :pk", &values, start, None)
+                .await?;
+            let mut puts = Vec::with_capacity(page.len());
+            for mut item in page {
+                let sk = get_s(&item, "sk")?;
+                if sk.starts_with("O#") {
+                    // Outbox entries get their TTL when their delivery finishes.
+                    continue;
                 }
+                if sk == "WATCH" {
+                    if let Some(token) = item.get("client_token").and_then(|v| v.as_s().ok()) {
+                        let mut token = token_item(tenant, token, id);
+                        token.insert(TTL_ATTRIBUTE.into(), n(expires));
+                        puts.push(token);
+                    }
+                    watch_units = Some(item_bytes(&item).div_ceil(1024).max(1));
+                    continue;
+                }
+                item.insert(TTL_ATTRIBUTE.into(), n(expires));
+                puts.push(item);
+            }
+            self.put_all(puts).await?;
+            match next {
+                Some(next) => start = Some(next),
+                None => break,
             }
         }
-        // The watch item last, so a retirement cut short stays live and is
-        // retired again. An update, not a put of the item as read: a change
+        // The watch item last, so a retirement cut short leaves the watch in
+        // the live index, to be retired again once recovered. An update, not a put of the item as read: a change
         // that committed since is kept, and one based on an earlier read fails.
         if let Some(units) = watch_units {
             let updated = self

@@ -276,40 +276,102 @@ impl DynamoStore {
         let mut items = Vec::new();
         let mut start = None;
         loop {
-            let mut q = self
-                .client
-                .query()
-                .table_name(&self.table)
-                .key_condition_expression(key_condition)
-                .set_exclusive_start_key(start.take());
-            if let Some(index) = index {
-                q = q.index_name(index);
-            } else {
-                q = q.consistent_read(true);
-            }
-            for (k, v) in &values {
-                q = q.expression_attribute_values(*k, v.clone());
-            }
-            let out = q.send().await;
-            if let Some(also) = also {
-                also.fetch_add(1, Ordering::Relaxed);
-            }
-            let out = out.map_err(aws)?;
-            let page = out.items.unwrap_or_default();
-            self.count(
-                1,
-                page.len() as u64,
-                0,
-                page.iter()
-                    .map(|i| item_bytes(i).div_ceil(4096))
-                    .sum::<u64>()
-                    .max(1),
-            );
+            let (page, next) = self
+                .query_page(index, key_condition, &values, start, also)
+                .await?;
             items.extend(page);
-            match out.last_evaluated_key {
-                Some(k) if !k.is_empty() => start = Some(k),
-                _ => return Ok(items),
+            match next {
+                Some(next) => start = Some(next),
+                None => return Ok(items),
             }
         }
+    }
+
+    /// One page of a query (up to 1 MB), from `start`, and where the next
+    /// page starts; `None` after the last.
+    pub(super) async fn query_page(
+        &self,
+        index: Option<&str>,
+        key_condition: &str,
+        values: &[(&str, AttributeValue)],
+        start: Option<Item>,
+        also: Option<&AtomicU64>,
+    ) -> Result<(Vec<Item>, Option<Item>)> {
+        let mut q = self
+            .client
+            .query()
+            .table_name(&self.table)
+            .key_condition_expression(key_condition)
+            .set_exclusive_start_key(start);
+        if let Some(index) = index {
+            q = q.index_name(index);
+        } else {
+            q = q.consistent_read(true);
+        }
+        for (k, v) in values {
+            q = q.expression_attribute_values(*k, v.clone());
+        }
+        let out = q.send().await;
+        if let Some(also) = also {
+            also.fetch_add(1, Ordering::Relaxed);
+        }
+        let out = out.map_err(aws)?;
+        let page = out.items.unwrap_or_default();
+        self.count(
+            1,
+            page.len() as u64,
+            0,
+            page.iter()
+                .map(|i| item_bytes(i).div_ceil(4096))
+                .sum::<u64>()
+                .max(1),
+        );
+        let next = out.last_evaluated_key.filter(|k| !k.is_empty());
+        Ok((page, next))
+    }
+
+    /// Puts `items` with BatchWriteItem, 25 at a time, sending again what
+    /// DynamoDB leaves unprocessed (after a growing pause); an error if some
+    /// are still unwritten after [`MAX_ATTEMPTS`].
+    pub(super) async fn put_all(&self, items: Vec<Item>) -> Result<()> {
+        let writes = items
+            .into_iter()
+            .map(put_request)
+            .collect::<Result<Vec<_>>>()?;
+        for chunk in writes.chunks(25) {
+            let mut request = HashMap::from([(self.table.clone(), chunk.to_vec())]);
+            for attempt in 0..MAX_ATTEMPTS {
+                if attempt > 0 {
+                    let pause = 10u64 << attempt.min(6);
+                    tokio::time::sleep(std::time::Duration::from_millis(pause)).await;
+                }
+                let sent: u64 = request.values().map(|w| w.len() as u64).sum();
+                let units: u64 = request
+                    .values()
+                    .flatten()
+                    .filter_map(|w| w.put_request())
+                    .map(|p| item_bytes(p.item()).div_ceil(1024).max(1))
+                    .sum();
+                let out = self
+                    .client
+                    .batch_write_item()
+                    .set_request_items(Some(request))
+                    .send()
+                    .await
+                    .map_err(aws)?;
+                self.count(1, sent, units, 0);
+                request = out.unprocessed_items.unwrap_or_default();
+                request.retain(|_, w| !w.is_empty());
+                if request.is_empty() {
+                    break;
+                }
+            }
+            if !request.is_empty() {
+                return Err(StoreError::Busy(format!(
+                    "DynamoDB left items unwritten after {MAX_ATTEMPTS} attempts"
+                )));
+            }
+        }
+        Ok(())
     }
 }
