@@ -32,6 +32,8 @@ const LIVE_CAPACITY: usize = 256;
 const SUBSCRIBER_BUFFER: usize = 64;
 /// Events read from the log per store call.
 const LOG_PAGE: usize = 1000;
+/// How long a subscriber has to make room for the shutdown notice.
+const SHUTDOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Hub {
     store: Arc<dyn Store>,
@@ -231,12 +233,28 @@ enum Flow {
     Stop,
 }
 
+fn shutting_down() -> Error {
+    Error::unavailable("the server is shutting down; resume with after_seq")
+}
+
 impl Subscription {
     async fn run(mut self) {
         let Some(mut live) = self.live.take() else {
             return;
         };
-        self.follow(&mut live).await;
+        // Shutdown ends the stream wherever it is: waiting for an event, but
+        // also reading the log from a slow store or handing an event to a
+        // client that does not read.
+        let shutdown = self.hub.shutdown.clone();
+        let shut_down = tokio::select! {
+            biased;
+            () = shutdown.cancelled() => true,
+            () = self.follow(&mut live) => false,
+        };
+        if shut_down {
+            // A client that does not make room for it soon just sees the end.
+            let _ = tokio::time::timeout(SHUTDOWN_NOTICE, self.tx.send(Err(shutting_down()))).await;
+        }
         // Handed back, so that dropping the subscription releases it.
         self.live = Some(live);
     }
@@ -250,10 +268,6 @@ impl Subscription {
             let ends_at = self.ends_at.map(|at| hub.clock.instant_at(at));
             let flow = tokio::select! {
                 biased;
-                () = hub.shutdown.cancelled() => {
-                    let _ = self.tx.send(Err(Error::unavailable("the server is shutting down; resume with after_seq"))).await;
-                    Flow::Stop
-                }
                 () = self.tx.closed() => Flow::Stop,
                 received = live.recv() => match received {
                     Ok(event) if event.seq <= self.cursor => Flow::Continue,
@@ -486,6 +500,49 @@ mod tests {
         assert!(
             hub.lagged_total.load(Ordering::Relaxed) >= 1,
             "the subscriber fell behind the live path and caught up from the log"
+        );
+    }
+
+    #[tokio::test]
+    async fn shutdown_ends_a_stream_at_once_even_when_its_client_does_not_read() {
+        const EVENTS: usize = 1_000;
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
+        let clock = Clock::new();
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(store.clone(), clock, shutdown.clone()));
+        let (watch, _) = new_watch(&store, &clock).await;
+        for i in 0..EVENTS {
+            let activity = Activity {
+                tenant: watch.tenant.clone(),
+                watch_id: watch.id.clone(),
+                kind: ActivityKind::Created,
+                key: format!("k{i}"),
+                sequencer: String::new(),
+                size: 0,
+                event_time: None,
+            };
+            store.record(vec![activity], clock.now()).await.unwrap();
+        }
+        // Replaying the log, the subscription fills the client's buffer and
+        // waits for room.
+        let stream = hub.subscribe(&watch, 0);
+        while stream.as_ref().len() < SUBSCRIBER_BUFFER {
+            tokio::task::yield_now().await;
+        }
+        shutdown.cancel();
+
+        let received: Vec<_> = stream.collect().await;
+        let (last, delivered) = received.split_last().unwrap();
+        assert!(
+            matches!(last, Err(Error::Unavailable { .. })),
+            "the stream ends with UNAVAILABLE: {last:?}"
+        );
+        assert!(delivered.iter().all(Result::is_ok));
+        assert!(
+            delivered.len() <= SUBSCRIBER_BUFFER,
+            "what the buffer held, not the rest of the log: {} events",
+            delivered.len()
         );
     }
 }

@@ -84,7 +84,7 @@ impl crate::observer::Owned for Ownership {
         Ownership::fence(self, id)
     }
 
-    fn lose(&self, shard: u32, version: u64) {
-        Ownership::lose(self, shard, version);
+    fn lose(&self, shard: u32, version: u64) -> bool {
+        Ownership::lose(self, shard, version)
     }
 }

@@ -224,12 +224,22 @@ impl Observer {
                 None
             }
             Err(StoreError::Fenced { shard }) => {
+                self.metrics.fenced_write();
+                if let (Some(c), Some(fence)) = (&self.cluster, &t.fence)
+                    && !c.ownership.lose(shard, fence.version)
+                    && c.ownership
+                        .fence(id)
+                        .is_some_and(|now| now.version != fence.version)
+                {
+                    // Written under a lease this replica lost and has taken
+                    // again since (a write slower than the takeover): its
+                    // watches are observed under the new lease. Decide again.
+                    tracing::warn!(tenant = %tenant, watch_id = %id, shard, version = fence.version,
+                        "transition refused under an older lease of this shard; deciding again");
+                    return Some(t.key);
+                }
                 tracing::warn!(tenant = %tenant, watch_id = %id, shard,
                     "transition refused: another replica took this shard's lease; no longer observing it");
-                self.metrics.fenced_write();
-                if let (Some(c), Some(fence)) = (&self.cluster, &t.fence) {
-                    c.ownership.lose(shard, fence.version);
-                }
                 self.disown(shard);
                 None
             }

@@ -146,8 +146,10 @@ pub trait Owned: Send + Sync {
     fn owns(&self, id: &WatchId) -> bool {
         self.fence(id).is_some()
     }
-    /// A write came back fenced at `version`: the shard is no longer held.
-    fn lose(&self, shard: u32, version: u64);
+    /// A write came back fenced at `version`: the shard is no longer held
+    /// at that version. Whether it was (false: lost already, or taken
+    /// again since, at a newer version that stays).
+    fn lose(&self, shard: u32, version: u64) -> bool;
 }
 
 /// The way in to the observer task.

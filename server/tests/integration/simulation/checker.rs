@@ -78,8 +78,11 @@ fn counts(h: &History) -> Result<(), String> {
             ));
         }
     }
-    if !h.completed_all {
-        return Err("a watch did not complete with everything sent".into());
+    if !h.unfinished.is_empty() {
+        return Err(format!(
+            "not completed with everything sent: {:?}",
+            h.unfinished
+        ));
     }
     Ok(())
 }

@@ -74,7 +74,8 @@ pub struct History {
     pub commits: Vec<Commit>,
     pub leases: Vec<LeaseChange>,
     pub outages: Vec<Outage>,
-    pub completed_all: bool,
+    /// The watches not completed with everything sent once the run gave up waiting.
+    pub unfinished: Vec<String>,
 }
 
 impl History {
@@ -287,9 +288,9 @@ async fn play(seed: u64, verbose: bool) -> History {
     faults_task.await.expect("faults");
     // Every watch completes with everything sent, or the run says it did not.
     let limit = Instant::now() + SETTLE_LIMIT;
-    let mut completed_all = false;
+    let mut unfinished = Vec::new();
     while Instant::now() < limit {
-        let mut done = true;
+        unfinished.clear();
         for (watch, _, sent, _) in &produced {
             let now = world
                 .table
@@ -301,14 +302,25 @@ async fn play(seed: u64, verbose: bool) -> History {
             if now.lifecycle.state != WatchState::Completed
                 || now.counters.object_count != keys.len() as u64
             {
-                done = false;
+                unfinished.push(format!(
+                    "watch {} {:?} with {} of {} objects: {:?}",
+                    now.id,
+                    now.lifecycle.state,
+                    now.counters.object_count,
+                    keys.len(),
+                    now.lifecycle.reason
+                ));
             }
         }
-        if done {
-            completed_all = true;
+        if unfinished.is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if world.verbose && !unfinished.is_empty() {
+        for r in world.table.replicas().await.expect("memory store") {
+            eprintln!("replica item at the end: {r:?}");
+        }
     }
     // Let subscribers catch up with the log, then read what they saw.
     tokio::time::sleep(Duration::from_secs(10)).await;
@@ -359,6 +371,6 @@ async fn play(seed: u64, verbose: bool) -> History {
         commits: world.table.commits(),
         leases: world.table.lease_history(),
         outages,
-        completed_all,
+        unfinished,
     }
 }
