@@ -7,7 +7,7 @@
 //!   no COMPLETED leaves out a notification accepted within the quiet window
 //!   after the last one it counted (it would have completed while that
 //!   notification was received but not recorded), nor comes before that
-//!   window ended;
+//!   window ended (for the polling rule: its delay times its repeats);
 //! - every transition was written under the lease of its shard as it stood
 //!   at the commit (no write by a fenced owner lands);
 //! - a replica that went down alone lost its leases to the others within
@@ -17,10 +17,10 @@
 
 use std::{collections::BTreeMap, time::Duration};
 
-use streamwatch_server::watch::EventKind;
+use streamwatch_server::watch::{DelaySchedule, EventKind, Rule};
 use tokio::time::Instant;
 
-use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, Outage, QUIET, Sent, kind_name};
+use super::world::{BASE_WALL_MS, HEARTBEAT, History, LEASE, Outage, Sent, kind_name};
 
 /// How long after its holder went down a lease may stay with it: the taker
 /// first reads the holder's last heartbeat up to a heartbeat after it was
@@ -114,6 +114,7 @@ fn logs(h: &History) -> Result<(), String> {
                 ));
             }
         }
+        let window = quiet_window(&w.watch.policy.rule);
         // Who wrote each COMPLETED, for its clock.
         let writers: Vec<String> = h
             .commits
@@ -158,7 +159,7 @@ fn logs(h: &History) -> Result<(), String> {
             let missed: Vec<String> = w
                 .sent
                 .iter()
-                .filter(|s| !counted(s) && s.accepted + SLACK < last + QUIET)
+                .filter(|s| !counted(s) && s.accepted + SLACK < last + window)
                 .map(|s| {
                     format!(
                         "{} accepted at {:?}{}",
@@ -178,7 +179,7 @@ fn logs(h: &History) -> Result<(), String> {
                     last - h.started,
                 ));
             }
-            if decided + SLACK < last + QUIET {
+            if decided + SLACK < last + window {
                 return Err(format!(
                     "watch {id} completed at {:?} (seq {}), before the quiet window after {:?}",
                     decided - h.started,
@@ -189,6 +190,23 @@ fn logs(h: &History) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// How long a watch's rule stays quiet before completing. The polling rule
+/// (fixed schedule): its last sample that saw the count move came after the
+/// last counted notification was recorded, and each unchanged sample after
+/// that is a delay later and stands for an instant every consumer had caught
+/// up to, so whatever was accepted before it is counted in it.
+fn quiet_window(rule: &Rule) -> Duration {
+    match rule {
+        Rule::QuietPeriod { window } => *window,
+        Rule::Polling {
+            delay,
+            max_repeats,
+            schedule: DelaySchedule::Fixed,
+        } => *delay * *max_repeats,
+        other => unreachable!("the workload starts no {other:?}"),
+    }
 }
 
 fn fences(h: &History) -> Result<(), String> {

@@ -25,6 +25,8 @@ mod world;
 
 use std::time::Duration;
 
+use self::world::Rules;
+
 /// Seeds that still break an invariant, with what they show (a part of the
 /// checker's message); each must go on breaking it until fixed, and then
 /// leave this list.
@@ -32,23 +34,33 @@ const OPEN: &[(u64, &str)] = &[];
 
 /// Seeds past the usual range that once broke an invariant, run with it:
 /// each fails on the code before its fix (with the workload as it stood).
-const FIXED: &[u64] = &[
-    // A fenced write under a lease lost and taken again made its replica
-    // stop observing the shard it held again: two watches never completed.
-    1153, 5000, // A stream stuck reading the log of a killed replica never ended.
-    2314,
-];
+/// 1153 and 5000: a fenced write under a lease its replica had lost and
+/// taken again made the replica stop observing the shard it held again, and
+/// two watches never completed. 2314: a stream stuck reading the log of a
+/// killed replica never ended.
+const FIXED: &[u64] = &[1153, 5000, 2314];
 
-/// The seeds each of the four tests runs: ranges that do not overlap.
-fn seeds(part: u64) -> Vec<u64> {
-    if let Ok(one) = std::env::var("STREAMWATCH_SIM_SEED") {
-        let seed: u64 = one.parse().expect("STREAMWATCH_SIM_SEED is a number");
-        return if seed % 4 == part { vec![seed] } else { vec![] };
-    }
-    let per_part: u64 = std::env::var("STREAMWATCH_SIM_SEEDS")
+/// `STREAMWATCH_SIM_SEED`, when set.
+fn one_seed() -> Option<u64> {
+    let one = std::env::var("STREAMWATCH_SIM_SEED").ok()?;
+    Some(one.parse().expect("STREAMWATCH_SIM_SEED is a number"))
+}
+
+/// Seeds per test: `STREAMWATCH_SIM_SEEDS`, 250 by default.
+fn per_test() -> u64 {
+    std::env::var("STREAMWATCH_SIM_SEEDS")
         .ok()
         .and_then(|n| n.parse().ok())
-        .unwrap_or(250);
+        .unwrap_or(250)
+}
+
+/// The seeds each of the four tests of quiet-period watches runs: ranges
+/// that do not overlap, and the [`FIXED`] seeds past them.
+fn seeds(part: u64) -> Vec<u64> {
+    if let Some(seed) = one_seed() {
+        return if seed % 4 == part { vec![seed] } else { vec![] };
+    }
+    let per_part = per_test();
     let fixed = FIXED
         .iter()
         .filter(|s| *s % 4 == part && **s >= per_part * 4);
@@ -59,6 +71,15 @@ fn seeds(part: u64) -> Vec<u64> {
 }
 
 fn run_part(part: u64) {
+    run_seeds(
+        &seeds(part),
+        Rules::Quiet,
+        &format!("seeds_{part}_mod_4_hold_every_invariant"),
+    );
+}
+
+/// Runs `seeds` with `rules`; `test` names the test, for the replay command.
+fn run_seeds(seeds: &[u64], rules: Rules, test: &str) {
     let verbose = std::env::var("STREAMWATCH_SIM_SEED").is_ok();
     if verbose && std::env::var("RUST_LOG").is_ok() {
         let _ = tracing_subscriber::fmt()
@@ -67,11 +88,10 @@ fn run_part(part: u64) {
             .try_init();
     }
     let started = std::time::Instant::now();
-    let seeds = seeds(part);
     let mut simulated = Duration::ZERO;
     let mut takeovers = Vec::new();
-    for &seed in &seeds {
-        let history = world::run(seed, verbose);
+    for &seed in seeds {
+        let history = world::run(seed, rules, verbose);
         simulated += history.simulated;
         if let Some((_, what)) = OPEN.iter().find(|(s, _)| *s == seed) {
             let violation = checker::check(&history)
@@ -105,7 +125,8 @@ fn run_part(part: u64) {
         if let Err(violation) = checker::check(&history) {
             panic!(
                 "seed {seed} broke an invariant: {violation}\nfaults: {:#?}\n\
-                 replay: STREAMWATCH_SIM_SEED={seed} cargo test -p streamwatch-server --test integration simulation -- --nocapture",
+                 replay: STREAMWATCH_SIM_SEED={seed} cargo test -p streamwatch-server --test integration \
+                 simulation::{test} -- --nocapture",
                 history.faults
             );
         }
@@ -151,10 +172,23 @@ fn seeds_3_mod_4_hold_every_invariant() {
 }
 
 #[test]
+fn polling_watches_hold_every_invariant_too() {
+    let seeds: Vec<u64> = match one_seed() {
+        Some(seed) => vec![seed],
+        None => (0..per_test()).collect(),
+    };
+    run_seeds(
+        &seeds,
+        Rules::PollingToo,
+        "polling_watches_hold_every_invariant_too",
+    );
+}
+
+#[test]
 fn a_seed_replays_the_same_history() {
-    for seed in [7, 1234] {
-        let first = world::run(seed, false);
-        let second = world::run(seed, false);
+    for (seed, rules) in [(7, Rules::Quiet), (1234, Rules::PollingToo)] {
+        let first = world::run(seed, rules, false);
+        let second = world::run(seed, rules, false);
         assert_eq!(
             first.digest(),
             second.digest(),

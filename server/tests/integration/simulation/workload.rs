@@ -17,7 +17,9 @@ use streamwatch_server::{
 use streamwatch_testkit::documents;
 use tokio::time::Instant;
 
-use super::world::{BASE_WALL_MS, QUIET, REPLICAS, Sent, World, tenant};
+use super::world::{
+    BASE_WALL_MS, POLL_DELAY, POLL_REPEATS, QUIET, REPLICAS, Rules, Sent, World, tenant,
+};
 
 const BUCKET: &str = "data-lake";
 
@@ -49,6 +51,14 @@ pub async fn produce(
     rng: &mut fastrand::Rng,
 ) -> (Watch, Instant, Vec<Sent>, Vec<Seen>) {
     let prefix = format!("w{w}/");
+    let rule = match world.rules {
+        Rules::PollingToo if w % 2 == 1 => Rule::Polling {
+            delay: POLL_DELAY,
+            max_repeats: POLL_REPEATS,
+            schedule: Default::default(),
+        },
+        _ => Rule::QuietPeriod { window: QUIET },
+    };
     let start = StartWatch {
         source: Source::objects(
             Bucket::parse("bucket", BUCKET).unwrap(),
@@ -56,7 +66,7 @@ pub async fn produce(
             Default::default(),
         ),
         policy: Policy {
-            rule: Rule::QuietPeriod { window: QUIET },
+            rule,
             // Late data reopens the watch: nothing sent is ever dropped.
             late_window: Some(Duration::from_secs(3600)),
             ..Policy::default()

@@ -34,6 +34,21 @@ pub const SHARDS: u32 = 8;
 pub const LEASE: Duration = Duration::from_secs(10);
 pub const HEARTBEAT: Duration = Duration::from_secs(3);
 pub const QUIET: Duration = Duration::from_secs(5);
+/// The polling rule's watches ([`Rules::PollingToo`]): samples a second
+/// apart, done after five unchanged ones (a window as long as [`QUIET`]).
+pub const POLL_DELAY: Duration = Duration::from_secs(1);
+pub const POLL_REPEATS: u32 = 5;
+
+/// The rules a run's watches complete by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rules {
+    /// Every watch: a quiet period of [`QUIET`].
+    Quiet,
+    /// Every other watch samples its count instead (the polling rule): a
+    /// sample that sees the count move changes the watch without an event,
+    /// next to recordings on every replica.
+    PollingToo,
+}
 pub const VISIBILITY: Duration = Duration::from_secs(10);
 /// How far a replica's clock may be from true time, either way.
 pub const MAX_SKEW_MS: i64 = 250;
@@ -141,6 +156,7 @@ pub struct World {
     /// Killed incarnations: kept until the run ends, their calls never returning.
     pub zombies: Mutex<Vec<Core>>,
     pub outages: Mutex<Vec<Outage>>,
+    pub rules: Rules,
     pub verbose: bool,
 }
 
@@ -223,18 +239,18 @@ fn backends_again(b: &Backends) -> Backends {
 }
 
 /// Runs seed `seed` on a fresh paused runtime.
-pub fn run(seed: u64, verbose: bool) -> History {
+pub fn run(seed: u64, rules: Rules, verbose: bool) -> History {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .start_paused(true)
         .build()
         .expect("runtime");
-    let history = runtime.block_on(play(seed, verbose));
+    let history = runtime.block_on(play(seed, rules, verbose));
     runtime.shutdown_background();
     history
 }
 
-async fn play(seed: u64, verbose: bool) -> History {
+async fn play(seed: u64, rules: Rules, verbose: bool) -> History {
     let mut rng = fastrand::Rng::with_seed(seed);
     let started = Instant::now();
     let table =
@@ -263,6 +279,7 @@ async fn play(seed: u64, verbose: bool) -> History {
         replicas,
         zombies: Mutex::default(),
         outages: Mutex::default(),
+        rules,
         verbose,
     });
     for slot in 0..REPLICAS {
