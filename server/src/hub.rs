@@ -32,8 +32,6 @@ const LIVE_CAPACITY: usize = 256;
 const SUBSCRIBER_BUFFER: usize = 64;
 /// Events read from the log per store call.
 const LOG_PAGE: usize = 1000;
-/// How long a subscriber has to make room for the shutdown notice.
-const SHUTDOWN_NOTICE: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Hub {
     store: Arc<dyn Store>,
@@ -252,8 +250,9 @@ impl Subscription {
             () = self.follow(&mut live) => false,
         };
         if shut_down {
-            // A client that does not make room for it soon just sees the end.
-            let _ = tokio::time::timeout(SHUTDOWN_NOTICE, self.tx.send(Err(shutting_down()))).await;
+            // Behind what the client has not read yet: a client that never
+            // reads gets its connection closed at the end of the grace period.
+            let _ = self.tx.send(Err(shutting_down())).await;
         }
         // Handed back, so that dropping the subscription releases it.
         self.live = Some(live);
