@@ -391,13 +391,45 @@ mod tests {
         (watch, events)
     }
 
-    #[tokio::test]
-    async fn finished_subscriptions_release_their_watchs_live_path() {
-        const WATCHES: usize = 200;
+    /// A hub on a fresh SQLite store; the directory lives as long as the store.
+    fn sqlite_hub(
+        shutdown: CancellationToken,
+    ) -> (tempfile::TempDir, Arc<dyn Store>, Clock, Arc<Hub>) {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
         let clock = Clock::new();
-        let hub = Arc::new(Hub::new(store.clone(), clock, CancellationToken::new()));
+        let hub = Arc::new(Hub::new(store.clone(), clock, shutdown));
+        (dir, store, clock, hub)
+    }
+
+    /// Records one new object of `watch`: one PROGRESS event.
+    async fn record_one(
+        store: &Arc<dyn Store>,
+        clock: &Clock,
+        watch: &Watch,
+        i: usize,
+    ) -> Vec<WatchEvent> {
+        let activity = Activity {
+            tenant: watch.tenant.clone(),
+            watch_id: watch.id.clone(),
+            kind: ActivityKind::Created,
+            key: format!("k{i}"),
+            sequencer: String::new(),
+            size: 0,
+            event_time: None,
+        };
+        let outcome = store.record(vec![activity], clock.now()).await.unwrap();
+        outcome
+            .updated
+            .into_iter()
+            .flat_map(|(_, events)| events)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn finished_subscriptions_release_their_watchs_live_path() {
+        const WATCHES: usize = 200;
+        let (_dir, store, clock, hub) = sqlite_hub(CancellationToken::new());
         let mut streams = Vec::new();
         let mut finished = Vec::new();
         for _ in 0..WATCHES {
@@ -454,12 +486,8 @@ mod tests {
     #[tokio::test]
     async fn a_subscriber_that_stops_reading_holds_a_bounded_buffer_and_catches_up_from_the_log() {
         const EVENTS: usize = 10_000;
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
-        let clock = Clock::new();
-        let hub = Arc::new(Hub::new(store.clone(), clock, CancellationToken::new()));
+        let (_dir, store, clock, hub) = sqlite_hub(CancellationToken::new());
         let (watch, events) = new_watch(&store, &clock).await;
-        let tenant = watch.tenant.clone();
         hub.publish(&events);
         let mut stream = hub.subscribe(&watch, 0);
         assert_eq!(
@@ -470,19 +498,7 @@ mod tests {
 
         // One PROGRESS event per recorded batch, none of them read.
         for i in 0..EVENTS {
-            let activity = Activity {
-                tenant: tenant.clone(),
-                watch_id: watch.id.clone(),
-                kind: ActivityKind::Created,
-                key: format!("k{i}"),
-                sequencer: String::new(),
-                size: 0,
-                event_time: None,
-            };
-            let outcome = store.record(vec![activity], clock.now()).await.unwrap();
-            for (_, events) in outcome.updated {
-                hub.publish(&events);
-            }
+            hub.publish(&record_one(&store, &clock, &watch, i).await);
         }
         assert!(
             hub.buffered(&watch.key()) <= LIVE_CAPACITY,
@@ -505,23 +521,11 @@ mod tests {
     #[tokio::test]
     async fn shutdown_ends_a_stream_at_once_even_when_its_client_does_not_read() {
         const EVENTS: usize = 1_000;
-        let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path().join("s.db")).unwrap());
-        let clock = Clock::new();
         let shutdown = CancellationToken::new();
-        let hub = Arc::new(Hub::new(store.clone(), clock, shutdown.clone()));
+        let (_dir, store, clock, hub) = sqlite_hub(shutdown.clone());
         let (watch, _) = new_watch(&store, &clock).await;
         for i in 0..EVENTS {
-            let activity = Activity {
-                tenant: watch.tenant.clone(),
-                watch_id: watch.id.clone(),
-                kind: ActivityKind::Created,
-                key: format!("k{i}"),
-                sequencer: String::new(),
-                size: 0,
-                event_time: None,
-            };
-            store.record(vec![activity], clock.now()).await.unwrap();
+            record_one(&store, &clock, &watch, i).await;
         }
         // Replaying the log, the subscription fills the client's buffer and
         // waits for room.

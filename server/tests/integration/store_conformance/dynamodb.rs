@@ -10,11 +10,7 @@ use super::*;
 #[tokio::test]
 async fn dynamodb_changes_a_watch_item_written_before_revisions() {
     streamwatch_testkit::require_emulator!();
-    streamwatch_testkit::aws::expect_emulator();
-    let client = streamwatch_testkit::aws::dynamodb().await;
-    let table = format!("conformance-{}", rand_suffix());
-    let store = DynamoStore::new(client.clone(), table.clone(), Duration::from_secs(3600));
-    store.create_table().await.unwrap();
+    let (client, table, store) = dynamodb_table().await;
     let new = new_watch("acme", None);
     let watch = create(&store, new.clone()).await;
     let key = |item: aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder| {
@@ -69,11 +65,7 @@ async fn dynamodb_changes_a_watch_item_written_before_revisions() {
 #[tokio::test]
 async fn dynamodb_retiring_gives_every_item_an_expiry() {
     streamwatch_testkit::require_emulator!();
-    streamwatch_testkit::aws::expect_emulator();
-    let client = streamwatch_testkit::aws::dynamodb().await;
-    let table = format!("conformance-{}", rand_suffix());
-    let store = DynamoStore::new(client.clone(), table.clone(), Duration::from_secs(3600));
-    store.create_table().await.unwrap();
+    let (client, table, store) = dynamodb_table().await;
     let new = new_watch("acme", Some("retire-me"));
     create(&store, new.clone()).await;
     let objects = (0..30)

@@ -88,18 +88,21 @@ async fn sqlite() -> (Arc<dyn Store>, tempfile::TempDir) {
 }
 
 async fn dynamodb() -> (Arc<dyn Store>, ()) {
+    let (_, _, store) = dynamodb_table().await;
+    (Arc::new(store), ())
+}
+
+/// A store on a new table of the emulator, its client and the table's name.
+async fn dynamodb_table() -> (aws_sdk_dynamodb::Client, String, DynamoStore) {
     streamwatch_testkit::aws::expect_emulator();
+    let client = streamwatch_testkit::aws::dynamodb().await;
     let table = format!("conformance-{}", rand_suffix());
-    let store = DynamoStore::new(
-        streamwatch_testkit::aws::dynamodb().await,
-        table,
-        Duration::from_secs(3600),
-    );
+    let store = DynamoStore::new(client.clone(), table.clone(), Duration::from_secs(3600));
     store
         .create_table()
         .await
         .expect("create the table in the emulator");
-    (Arc::new(store), ())
+    (client, table, store)
 }
 
 async fn memory() -> (Arc<dyn Store>, ()) {
