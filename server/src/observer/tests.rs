@@ -1,5 +1,6 @@
 //! The observer's loop against a store whose writes can be held: a write
-//! on its way delays no other watch's decision.
+//! on its way delays no other watch's decision, and one refused under a
+//! lease lost and taken again since is decided again under the new one.
 
 use std::{sync::Mutex, time::Duration};
 
@@ -10,8 +11,9 @@ use super::*;
 use crate::{
     hub::Hub,
     store::{
-        Activity, ActivityKind, Change, Claimed, Created, Delivery, ListQuery, ManifestEntry,
-        NewWatch, ObjectsQuery, RecordOutcome, Result, publishing::Publishing, sqlite::SqliteStore,
+        Activity, ActivityKind, Change, Claimed, ClusterTable, Created, Delivery, Fence, ListQuery,
+        ManifestEntry, NewWatch, ObjectsQuery, RecordOutcome, Result, memory::MemoryStore,
+        publishing::Publishing, sqlite::SqliteStore,
     },
     watch::{Bucket, Labels, Policy, Prefix, Source, TenantId},
 };
@@ -232,6 +234,91 @@ async fn a_held_write_delays_no_other_watchs_deadline() {
     gated.open.send_replace(true);
     let (kind, _) = terminal(&hub, &stuck).await;
     assert_eq!(kind, "completed", "written once let through");
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// One replica's hold on the one shard of a cluster, at a version.
+struct Held(Mutex<Option<u64>>);
+
+impl Owned for Held {
+    fn shard(&self, _: &WatchId) -> u32 {
+        0
+    }
+
+    fn fence(&self, _: &WatchId) -> Option<Fence> {
+        let version = (*self.0.lock().unwrap())?;
+        Some(Fence {
+            shard: 0,
+            owner: "r1".into(),
+            version,
+        })
+    }
+
+    fn lose(&self, _: u32, version: u64) -> bool {
+        let mut held = self.0.lock().unwrap();
+        let lost = *held == Some(version);
+        if lost {
+            *held = None;
+        }
+        lost
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_write_refused_under_a_lease_lost_and_taken_again_is_decided_again() {
+    let table = Arc::new(MemoryStore::new(1));
+    table.create_lease(0).await.unwrap();
+    let free = table.cluster_view().await.unwrap().leases.remove(0);
+    let t0 = Timestamp::from_millis(T0);
+    let first = table.take_lease(&free, "r1", t0).await.unwrap().unwrap();
+    let held = Arc::new(Held(Mutex::new(Some(first.version))));
+
+    let (open, _) = tokio::sync::watch::channel(false);
+    let gated = Arc::new(Gated {
+        inner: table.clone(),
+        held: Mutex::new(None),
+        open,
+    });
+    let clock = Clock::starting_at(t0);
+    let shutdown = CancellationToken::new();
+    let hub = Arc::new(Hub::new(gated.clone(), clock, shutdown.clone()));
+    let store: Arc<dyn Store> = Arc::new(Publishing::new(gated.clone(), hub.clone()));
+    let (_settled_tx, settled) = tokio::sync::watch::channel(Timestamp::MAX);
+    let (mut observer, handle) = Observer::new(
+        store.clone(),
+        Arc::new(Routes::default()),
+        clock,
+        settled,
+        None,
+        Arc::new(Metrics::new()),
+    );
+    observer.clustered(held.clone(), Duration::from_secs(60));
+    let running = tokio::spawn(observer.run(shutdown.clone()));
+
+    // Due at 10 s: its completion is written under the first lease, and waits.
+    let watch = watch_of_one(&*store, 10, t0).await;
+    *gated.held.lock().unwrap() = Some(watch.id.clone());
+    handle.arm(watch.clone()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+
+    // Meanwhile another replica takes the lease, and this one takes it back.
+    let lease = table.cluster_view().await.unwrap().leases.remove(0);
+    let other = table.take_lease(&lease, "r2", t0).await.unwrap().unwrap();
+    let again = table.take_lease(&other, "r1", t0).await.unwrap().unwrap();
+    *held.0.lock().unwrap() = Some(again.version);
+
+    // The held write is refused (its lease is gone); the watch is still this
+    // replica's, and completes under the lease it holds now.
+    gated.open.send_replace(true);
+    let (kind, _) = terminal(&hub, &watch).await;
+    assert_eq!(kind, "completed");
+    let commits = table.commits();
+    let fences: Vec<u64> = commits
+        .iter()
+        .filter_map(|c| c.fence.as_ref().map(|f| f.version))
+        .collect();
+    assert_eq!(fences, [again.version], "written once, under the new lease");
     shutdown.cancel();
     running.await.unwrap();
 }
