@@ -14,10 +14,11 @@
 //! watch item's `rev` (bumped by every write of it) being what was read, so
 //! concurrent writers (ingest on any replica, the observer) serialize on it,
 //! a change appending no event is not lost to one based on an older read,
-//! and the events it appends get gapless `seq`s; a cancelled transaction is read again and retried. What a
-//! change does is the store rules' judgement, checked on the watch as
-//! read (a lifecycle change's guard too: the condition only says the watch
-//! did not move since). Retired watches' items get the `expires_at` TTL.
+//! and the events it appends get gapless `seq`s; a cancelled transaction is
+//! read again and retried. What a change does is the store rules'
+//! judgement, checked on the watch as read (a lifecycle change's guard too:
+//! the condition only says the watch did not move since). Retired watches'
+//! items get the `expires_at` TTL.
 //!
 //! This module is the [`Store`] impl: creating watches, lifecycle changes
 //! (fenced by a shard lease in a cluster), reading watches and events, and
@@ -402,8 +403,9 @@ impl Store for DynamoStore {
             }
         }
         // The watch item last, so a retirement cut short leaves the watch in
-        // the live index, to be retired again once recovered. An update, not a put of the item as read: a change
-        // that committed since is kept, and one based on an earlier read fails.
+        // the live index, to be retired again once recovered. An update, not
+        // a put of the item as read: a change that committed since is kept,
+        // and one based on an earlier read fails.
         if let Some(units) = watch_units {
             let updated = self
                 .client
