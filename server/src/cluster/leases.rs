@@ -67,9 +67,6 @@ fn observe<K: std::hash::Hash + Eq, T: PartialEq>(
     }
 }
 
-/// Plans per heartbeat: the first, and one more after a take lost to another replica.
-const TAKE_ROUNDS: usize = 2;
-
 /// The lease task: one heartbeat every `--heartbeat`, and one more when a
 /// lease another replica holds expires between two.
 pub(super) struct Leases {
@@ -84,6 +81,8 @@ pub(super) struct Leases {
     book: Arc<RouteBook>,
     seen_leases: HashMap<u32, Observed<Holding>>,
     seen_replicas: HashMap<String, Observed<u64>>,
+    /// When the leases were last judged: an expiry after it is still due.
+    judged: Instant,
     /// This replica's heartbeat value: moves on every beat.
     beats: u64,
     /// The least settled instant among the other live replicas.
@@ -141,6 +140,23 @@ fn judge(
         .collect()
 }
 
+/// The next instant a lease another replica holds expires by `me`'s clock,
+/// if its holder's heartbeat stays as last read, among those not judged
+/// since `judged`. One that has passed is still due (the loop may have woken
+/// for something else at that very instant): at once, then.
+fn next_expiry(
+    me: &str,
+    seen: &HashMap<u32, Observed<Holding>>,
+    lease_duration: Duration,
+    judged: Instant,
+) -> Option<Instant> {
+    seen.values()
+        .filter(|o| !o.value.0.is_empty() && o.value.0 != me)
+        .map(|o| o.changed + lease_duration)
+        .filter(|at| *at > judged)
+        .min()
+}
+
 /// Sleeps until `at`; never returns without one.
 async fn sleep_until_some(at: Option<Instant>) {
     match at {
@@ -171,6 +187,7 @@ impl Leases {
             book: cluster.book.clone(),
             seen_leases: HashMap::new(),
             seen_replicas: HashMap::new(),
+            judged: Instant::now(),
             // Unlike any value an earlier process under this id wrote.
             beats: cluster.clock.now().as_millis().max(0) as u64,
             remote_settled: Timestamp::MAX,
@@ -200,6 +217,11 @@ impl Leases {
                     }
                 }
                 () = sleep_until_some(expiry) => {
+                    // Tried: if the read fails, the next beat tries again
+                    // (no spinning on an expiry that stays due).
+                    if let Some(at) = expiry {
+                        self.judged = self.judged.max(at);
+                    }
                     if let Err(e) = self.heartbeat().await {
                         tracing::warn!(error = %e, "heartbeat failed; leases expire unless the next one succeeds");
                     }
@@ -213,17 +235,13 @@ impl Leases {
         }
     }
 
-    /// The next instant a lease another replica holds expires by this
-    /// replica's clock, if its holder's heartbeat stays as last read.
     fn next_expiry(&self) -> Option<Instant> {
-        let me = &self.ownership.replica;
-        let now = Instant::now();
-        self.seen_leases
-            .values()
-            .filter(|o| !o.value.0.is_empty() && &o.value.0 != me)
-            .map(|o| o.changed + self.args.lease_duration)
-            .filter(|at| *at > now)
-            .min()
+        next_expiry(
+            &self.ownership.replica,
+            &self.seen_leases,
+            self.args.lease_duration,
+            self.judged,
+        )
     }
 
     fn publish_settled(&self) {
@@ -327,8 +345,10 @@ impl Leases {
 
         // A take another replica won is planned again at once from a fresh
         // read, not a heartbeat later: an expired lease changes hands
-        // within the beat that found it expired.
-        for round in 0..TAKE_ROUNDS {
+        // within the beat that found it expired. Each lost take is a lease
+        // that changed hands, so there are at most as many rounds as leases
+        // (two replicas racing for three expired leases can lose twice).
+        for round in 0..=view.leases.len() {
             if round > 0 {
                 view = self.store.cluster_view().await?;
             }
@@ -352,6 +372,7 @@ impl Leases {
             now,
             self.args.lease_duration,
         );
+        self.judged = now;
         let takes = balance::plan(me, &seen, live);
         let at = self.clock.now();
         let mut lost = false;
@@ -453,6 +474,25 @@ mod tests {
 
     fn view(leases: Vec<LeaseItem>, replicas: Vec<ReplicaItem>) -> ClusterView {
         ClusterView { leases, replicas }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_expiry_the_loop_woke_past_without_judging_stays_due() {
+        let held = Ownership::new("a".into(), 1);
+        let start = Instant::now();
+        let mut seen = HashMap::new();
+        let other = view(vec![lease(0, "b", 1)], vec![replica("b", 7, 0)]);
+        judge("a", &held, &other, &mut seen, start, LEASE);
+        let expiry = start + LEASE;
+        assert_eq!(next_expiry("a", &seen, LEASE, start), Some(expiry));
+        // The loop ran at (or after) the expiry for another reason, and
+        // judged nothing: the expiry is still due, at once.
+        tokio::time::advance(LEASE + Duration::from_millis(1)).await;
+        assert_eq!(next_expiry("a", &seen, LEASE, start), Some(expiry));
+        // Judged: nothing is due until the heartbeat moves again.
+        let now = Instant::now();
+        judge("a", &held, &other, &mut seen, now, LEASE);
+        assert_eq!(next_expiry("a", &seen, LEASE, now), None);
     }
 
     /// Shards judged expired on each heartbeat at `at[i]` of `views[i]`.
