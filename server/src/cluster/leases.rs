@@ -217,11 +217,9 @@ impl Leases {
                     }
                 }
                 () = sleep_until_some(expiry) => {
-                    // Tried: if the read fails, the next beat tries again
-                    // (no spinning on an expiry that stays due).
-                    if let Some(at) = expiry {
-                        self.judged = self.judged.max(at);
-                    }
+                    // Tried, with every expiry due by now: if the read fails,
+                    // the next beat tries again (no spinning on them).
+                    self.judged = self.judged.max(Instant::now());
                     if let Err(e) = self.heartbeat().await {
                         tracing::warn!(error = %e, "heartbeat failed; leases expire unless the next one succeeds");
                     }
