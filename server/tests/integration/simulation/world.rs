@@ -38,6 +38,13 @@ pub const QUIET: Duration = Duration::from_secs(5);
 /// apart, done after five unchanged ones (a window as long as [`QUIET`]).
 pub const POLL_DELAY: Duration = Duration::from_secs(1);
 pub const POLL_REPEATS: u32 = 5;
+pub const VISIBILITY: Duration = Duration::from_secs(10);
+/// How far a replica's clock may be from true time, either way.
+pub const MAX_SKEW_MS: i64 = 250;
+/// How long after the last fault the run waits for every watch to complete.
+const SETTLE_LIMIT: Duration = Duration::from_secs(600);
+/// Wall time at the start of every run (each replica's clock adds its skew).
+pub const BASE_WALL_MS: i64 = 1_800_000_000_000;
 
 /// The rules a run's watches complete by.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,13 +56,6 @@ pub enum Rules {
     /// next to recordings on every replica.
     PollingToo,
 }
-pub const VISIBILITY: Duration = Duration::from_secs(10);
-/// How far a replica's clock may be from true time, either way.
-pub const MAX_SKEW_MS: i64 = 250;
-/// How long after the last fault the run waits for every watch to complete.
-const SETTLE_LIMIT: Duration = Duration::from_secs(600);
-/// Wall time at the start of every run (each replica's clock adds its skew).
-pub const BASE_WALL_MS: i64 = 1_800_000_000_000;
 
 /// One notification a producer sent, and when the service accepted it.
 #[derive(Clone, Debug)]
