@@ -187,40 +187,82 @@ async fn terminal(hub: &Arc<Hub>, watch: &Watch) -> (&'static str, Timestamp) {
         .expect("a terminal event within a minute")
 }
 
+/// An observer on `inner` behind a [`Gated`] store, publishing to a hub;
+/// with `owned`, one replica's of a cluster.
+struct Running {
+    gated: Arc<Gated>,
+    hub: Arc<Hub>,
+    store: Arc<dyn Store>,
+    handle: ObserverHandle,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+    _settled: tokio::sync::watch::Sender<Timestamp>,
+}
+
+impl Running {
+    fn start(inner: Arc<dyn Store>, t0: Timestamp, owned: Option<Arc<dyn Owned>>) -> Self {
+        let (open, _) = tokio::sync::watch::channel(false);
+        let gated = Arc::new(Gated {
+            inner,
+            held: Mutex::new(None),
+            open,
+        });
+        let clock = Clock::starting_at(t0);
+        let shutdown = CancellationToken::new();
+        let hub = Arc::new(Hub::new(gated.clone(), clock, shutdown.clone()));
+        let store: Arc<dyn Store> = Arc::new(Publishing::new(gated.clone(), hub.clone()));
+        let (settled_tx, settled) = tokio::sync::watch::channel(Timestamp::MAX);
+        let (mut observer, handle) = Observer::new(
+            store.clone(),
+            Arc::new(Routes::default()),
+            clock,
+            settled,
+            None,
+            Arc::new(Metrics::new()),
+        );
+        if let Some(owned) = owned {
+            observer.clustered(owned, Duration::from_secs(60));
+        }
+        let task = tokio::spawn(observer.run(shutdown.clone()));
+        Self {
+            gated,
+            hub,
+            store,
+            handle,
+            shutdown,
+            task,
+            _settled: settled_tx,
+        }
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.unwrap();
+    }
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_held_write_delays_no_other_watchs_deadline() {
     let dir = tempfile::tempdir().unwrap();
-    let (open, _) = tokio::sync::watch::channel(false);
-    let gated = Arc::new(Gated {
-        inner: Arc::new(SqliteStore::open(dir.path().join("o.db")).unwrap()),
-        held: Mutex::new(None),
-        open,
-    });
     let t0 = Timestamp::from_millis(T0);
-    let clock = Clock::starting_at(t0);
-    let shutdown = CancellationToken::new();
-    let hub = Arc::new(Hub::new(gated.clone(), clock, shutdown.clone()));
-    let store: Arc<dyn Store> = Arc::new(Publishing::new(gated.clone(), hub.clone()));
-    let (_settled_tx, settled) = tokio::sync::watch::channel(Timestamp::MAX);
-    let (observer, handle) = Observer::new(
-        store.clone(),
-        Arc::new(Routes::default()),
-        clock,
-        settled,
-        None,
-        Arc::new(Metrics::new()),
+    let inner = Arc::new(SqliteStore::open(dir.path().join("o.db")).unwrap());
+    let running = Running::start(inner, t0, None);
+    let (gated, hub, store, handle) = (
+        &running.gated,
+        &running.hub,
+        &running.store,
+        &running.handle,
     );
-    let running = tokio::spawn(observer.run(shutdown.clone()));
 
     // `stuck` is due at 10 s and its write waits; `next` is due at 20 s.
-    let stuck = watch_of_one(&*store, 10, t0).await;
-    let next = watch_of_one(&*store, 20, t0).await;
+    let stuck = watch_of_one(&**store, 10, t0).await;
+    let next = watch_of_one(&**store, 20, t0).await;
     *gated.held.lock().unwrap() = Some(stuck.id.clone());
     handle.arm(stuck.clone()).await.unwrap();
     handle.arm(next.clone()).await.unwrap();
 
     assert_eq!(
-        terminal(&hub, &next).await,
+        terminal(hub, &next).await,
         ("completed", t0.plus(Duration::from_secs(20))),
         "decided at its deadline while the other watch's write waits"
     );
@@ -232,10 +274,9 @@ async fn a_held_write_delays_no_other_watchs_deadline() {
     assert_eq!(held.state(), WatchState::Active, "its write is still held");
 
     gated.open.send_replace(true);
-    let (kind, _) = terminal(&hub, &stuck).await;
+    let (kind, _) = terminal(hub, &stuck).await;
     assert_eq!(kind, "completed", "written once let through");
-    shutdown.cancel();
-    running.await.unwrap();
+    running.stop().await;
 }
 
 /// One replica's hold on the one shard of a cluster, at a version.
@@ -274,30 +315,16 @@ async fn a_write_refused_under_a_lease_lost_and_taken_again_is_decided_again() {
     let first = table.take_lease(&free, "r1", t0).await.unwrap().unwrap();
     let held = Arc::new(Held(Mutex::new(Some(first.version))));
 
-    let (open, _) = tokio::sync::watch::channel(false);
-    let gated = Arc::new(Gated {
-        inner: table.clone(),
-        held: Mutex::new(None),
-        open,
-    });
-    let clock = Clock::starting_at(t0);
-    let shutdown = CancellationToken::new();
-    let hub = Arc::new(Hub::new(gated.clone(), clock, shutdown.clone()));
-    let store: Arc<dyn Store> = Arc::new(Publishing::new(gated.clone(), hub.clone()));
-    let (_settled_tx, settled) = tokio::sync::watch::channel(Timestamp::MAX);
-    let (mut observer, handle) = Observer::new(
-        store.clone(),
-        Arc::new(Routes::default()),
-        clock,
-        settled,
-        None,
-        Arc::new(Metrics::new()),
+    let running = Running::start(table.clone(), t0, Some(held.clone()));
+    let (gated, hub, store, handle) = (
+        &running.gated,
+        &running.hub,
+        &running.store,
+        &running.handle,
     );
-    observer.clustered(held.clone(), Duration::from_secs(60));
-    let running = tokio::spawn(observer.run(shutdown.clone()));
 
     // Due at 10 s: its completion is written under the first lease, and waits.
-    let watch = watch_of_one(&*store, 10, t0).await;
+    let watch = watch_of_one(&**store, 10, t0).await;
     *gated.held.lock().unwrap() = Some(watch.id.clone());
     handle.arm(watch.clone()).await.unwrap();
     tokio::time::sleep(Duration::from_secs(11)).await;
@@ -311,7 +338,7 @@ async fn a_write_refused_under_a_lease_lost_and_taken_again_is_decided_again() {
     // The held write is refused (its lease is gone); the watch is still this
     // replica's, and completes under the lease it holds now.
     gated.open.send_replace(true);
-    let (kind, _) = terminal(&hub, &watch).await;
+    let (kind, _) = terminal(hub, &watch).await;
     assert_eq!(kind, "completed");
     let commits = table.commits();
     let fences: Vec<u64> = commits
@@ -319,6 +346,5 @@ async fn a_write_refused_under_a_lease_lost_and_taken_again_is_decided_again() {
         .filter_map(|c| c.fence.as_ref().map(|f| f.version))
         .collect();
     assert_eq!(fences, [again.version], "written once, under the new lease");
-    shutdown.cancel();
-    running.await.unwrap();
+    running.stop().await;
 }
