@@ -8,7 +8,7 @@
 //! replica sees every event.
 
 use std::{
-    collections::HashMap,
+    collections::BTreeMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicI64, AtomicU64, Ordering},
@@ -36,7 +36,8 @@ const LOG_PAGE: usize = 1000;
 pub struct Hub {
     store: Arc<dyn Store>,
     clock: Clock,
-    channels: Mutex<HashMap<WatchKey, Channel>>,
+    /// Ordered: the log is re-read in the same order in every process.
+    channels: Mutex<BTreeMap<WatchKey, Channel>>,
     shutdown: CancellationToken,
     /// Times a subscriber fell behind the live path and caught up from the log.
     pub lagged_total: AtomicU64,
@@ -49,7 +50,7 @@ impl Hub {
         Self {
             store,
             clock,
-            channels: Mutex::new(HashMap::new()),
+            channels: Mutex::new(BTreeMap::new()),
             shutdown,
             lagged_total: AtomicU64::new(0),
             subscribers: AtomicI64::new(0),
@@ -123,10 +124,11 @@ impl Hub {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                biased;
                 () = self.shutdown.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let followed: HashMap<WatchKey, u64> = {
+            let followed: BTreeMap<WatchKey, u64> = {
                 let channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
                 channels
                     .iter()

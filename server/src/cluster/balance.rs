@@ -4,7 +4,7 @@
 //! leases first, and steals from the most loaded replica only while that one
 //! holds more than the target, so a balanced cluster stays put.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 
 use crate::store::LeaseItem;
 
@@ -47,7 +47,7 @@ pub fn plan(me: &str, leases: &[Seen], live: usize) -> Vec<LeaseItem> {
         return take;
     }
     // Nothing free: steal from the busiest live owner, down to the target.
-    let mut held: HashMap<&str, Vec<&LeaseItem>> = HashMap::new();
+    let mut held: BTreeMap<&str, Vec<&LeaseItem>> = BTreeMap::new();
     for s in leases
         .iter()
         .filter(|s| !s.expired && !s.lease.owner.is_empty() && s.lease.owner != me)

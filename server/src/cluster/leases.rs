@@ -11,7 +11,7 @@
 //! both win.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -41,8 +41,8 @@ struct Observed<T> {
     changed: Instant,
 }
 
-fn observe<K: std::hash::Hash + Eq, T: PartialEq>(
-    seen: &mut HashMap<K, Observed<T>>,
+fn observe<K: Ord, T: PartialEq>(
+    seen: &mut BTreeMap<K, Observed<T>>,
     key: K,
     value: T,
     now: Instant,
@@ -79,8 +79,9 @@ pub(super) struct Leases {
     args: ClusterArgs,
     metrics: Arc<Metrics>,
     book: Arc<RouteBook>,
-    seen_leases: HashMap<u32, Observed<Holding>>,
-    seen_replicas: HashMap<String, Observed<u64>>,
+    /// Ordered: leases are taken and given up in the same order in every process.
+    seen_leases: BTreeMap<u32, Observed<Holding>>,
+    seen_replicas: BTreeMap<String, Observed<u64>>,
     /// When the leases were last judged: an expiry after it is still due.
     judged: Instant,
     /// This replica's heartbeat value: moves on every beat.
@@ -92,7 +93,7 @@ pub(super) struct Leases {
     visibility: Duration,
     settled: watch::Sender<Timestamp>,
     /// Replicas whose heartbeat stood still for a lease duration (for [`Routing`](super::Routing)).
-    silent: Arc<RwLock<HashSet<String>>>,
+    silent: Arc<RwLock<BTreeSet<String>>>,
     freshness: Arc<Freshness>,
 }
 
@@ -108,11 +109,11 @@ fn judge(
     me: &str,
     held: &Ownership,
     view: &ClusterView,
-    seen: &mut HashMap<u32, Observed<Holding>>,
+    seen: &mut BTreeMap<u32, Observed<Holding>>,
     now: Instant,
     lease_duration: Duration,
 ) -> Vec<balance::Seen> {
-    let beats: HashMap<&str, u64> = view
+    let beats: BTreeMap<&str, u64> = view
         .replicas
         .iter()
         .map(|r| (r.id.as_str(), r.heartbeat))
@@ -146,7 +147,7 @@ fn judge(
 /// for something else at that very instant): at once, then.
 fn next_expiry(
     me: &str,
-    seen: &HashMap<u32, Observed<Holding>>,
+    seen: &BTreeMap<u32, Observed<Holding>>,
     lease_duration: Duration,
     judged: Instant,
 ) -> Option<Instant> {
@@ -185,8 +186,8 @@ impl Leases {
             args: cluster.args.clone(),
             metrics: cluster.metrics.clone(),
             book: cluster.book.clone(),
-            seen_leases: HashMap::new(),
-            seen_replicas: HashMap::new(),
+            seen_leases: BTreeMap::new(),
+            seen_replicas: BTreeMap::new(),
             judged: Instant::now(),
             // Unlike any value an earlier process under this id wrote.
             beats: cluster.clock.now().as_millis().max(0) as u64,
@@ -210,6 +211,7 @@ impl Leases {
             // holder's heartbeat was first seen standing, not a beat later.
             let expiry = self.next_expiry();
             tokio::select! {
+                biased;
                 () = end.cancelled() => return,
                 _ = tick.tick() => {
                     if let Err(e) = self.heartbeat().await {
@@ -282,7 +284,7 @@ impl Leases {
         let mut view = self.store.cluster_view().await?;
         let shards = self.store.shards();
         if view.leases.len() < shards as usize {
-            let present: HashSet<u32> = view.leases.iter().map(|l| l.shard).collect();
+            let present: BTreeSet<u32> = view.leases.iter().map(|l| l.shard).collect();
             for shard in (0..shards).filter(|s| !present.contains(s)) {
                 self.store.create_lease(shard).await?;
             }
@@ -301,7 +303,7 @@ impl Leases {
         // but not recorded reaches the queue again only then.
         let mut live = 1;
         let mut remote_settled = Timestamp::MAX;
-        let mut silent = HashSet::new();
+        let mut silent = BTreeSet::new();
         for replica in view.replicas.iter().filter(|r| r.id != me) {
             let changed = observe(
                 &mut self.seen_replicas,
@@ -326,7 +328,7 @@ impl Leases {
 
         // What this replica holds stays held while the lease still names it
         // at the version it took; otherwise another replica took it.
-        let read: HashMap<u32, &LeaseItem> = view.leases.iter().map(|l| (l.shard, l)).collect();
+        let read: BTreeMap<u32, &LeaseItem> = view.leases.iter().map(|l| (l.shard, l)).collect();
         for (shard, version) in self.ownership.held() {
             let kept = read
                 .get(&shard)
@@ -361,7 +363,7 @@ impl Leases {
     /// Takes what the balance plans from `view`; whether a take lost to
     /// another replica (the plan may be worth making again).
     async fn take(&mut self, me: &str, view: &ClusterView, live: usize, now: Instant) -> bool {
-        let read: HashMap<u32, &LeaseItem> = view.leases.iter().map(|l| (l.shard, l)).collect();
+        let read: BTreeMap<u32, &LeaseItem> = view.leases.iter().map(|l| (l.shard, l)).collect();
         let seen = judge(
             me,
             &self.ownership,
@@ -440,7 +442,7 @@ async fn shard_watches(
     shard: u32,
 ) -> crate::store::Result<Vec<crate::watch::Watch>> {
     let mut watches = store.live_in_shard(shard).await?;
-    let listed: HashSet<WatchKey> = watches.iter().map(|w| w.key()).collect();
+    let listed: BTreeSet<WatchKey> = watches.iter().map(|w| w.key()).collect();
     let recent: Vec<WatchKey> = {
         let known = book.known.lock().unwrap_or_else(|p| p.into_inner());
         known
@@ -478,7 +480,7 @@ mod tests {
     async fn an_expiry_the_loop_woke_past_without_judging_stays_due() {
         let held = Ownership::new("a".into(), 1);
         let start = Instant::now();
-        let mut seen = HashMap::new();
+        let mut seen = BTreeMap::new();
         let other = view(vec![lease(0, "b", 1)], vec![replica("b", 7, 0)]);
         judge("a", &held, &other, &mut seen, start, LEASE);
         let expiry = start + LEASE;
@@ -500,7 +502,7 @@ mod tests {
         beats: &[(Duration, ClusterView)],
     ) -> Vec<Vec<u32>> {
         let start = Instant::now();
-        let mut seen = HashMap::new();
+        let mut seen = BTreeMap::new();
         beats
             .iter()
             .map(|(at, view)| {
@@ -578,7 +580,7 @@ mod tests {
     fn a_lease_of_an_earlier_process_under_this_id_reads_as_free() {
         let held = Ownership::new("a".into(), 2);
         held.insert(1, 3);
-        let mut seen = HashMap::new();
+        let mut seen = BTreeMap::new();
         let judged = judge(
             "a",
             &held,

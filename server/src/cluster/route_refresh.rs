@@ -8,7 +8,7 @@
 //! less a heartbeat after the last heartbeat landed.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -39,7 +39,7 @@ pub(super) const ROUTE_REQUERY: Duration = Duration::from_secs(15);
 /// hand to the observer when a shard's lease is taken).
 #[derive(Default)]
 pub(super) struct RouteBook {
-    pub(super) known: Mutex<HashMap<WatchKey, Known>>,
+    pub(super) known: Mutex<BTreeMap<WatchKey, Known>>,
 }
 
 pub(super) struct Known {
@@ -177,6 +177,7 @@ impl RouteRefresher {
         tick.tick().await;
         loop {
             tokio::select! {
+                biased;
                 () = end.cancelled() => return,
                 _ = tick.tick() => {
                     if let Err(e) = self.refresh().await {
@@ -283,7 +284,7 @@ impl RouteRefresher {
     async fn reload(&mut self, wall: Timestamp) -> crate::store::Result<()> {
         let live = Store::live_watches(&*self.store, wall).await?;
         let mut known = self.book.known.lock().unwrap_or_else(|p| p.into_inner());
-        let listed: HashSet<WatchKey> = live.iter().map(|w| w.key()).collect();
+        let listed: BTreeSet<WatchKey> = live.iter().map(|w| w.key()).collect();
         let keep_after =
             Timestamp::from_millis(wall.as_millis() - 2 * ROUTE_LOOKBACK.as_millis() as i64);
         known.retain(|key, k| {
@@ -294,7 +295,7 @@ impl RouteRefresher {
             keep
         });
         for w in &live {
-            if let std::collections::hash_map::Entry::Vacant(slot) = known.entry(w.key()) {
+            if let std::collections::btree_map::Entry::Vacant(slot) = known.entry(w.key()) {
                 self.routes
                     .add_source(&w.source, slot.key(), w.marker_key());
                 slot.insert(Known {

@@ -7,7 +7,7 @@
 //! find the watch.
 
 use std::{
-    collections::HashSet,
+    collections::BTreeSet,
     sync::{Arc, RwLock},
     time::Duration,
 };
@@ -32,7 +32,7 @@ pub struct Routing {
     bound: Duration,
     poll: Duration,
     /// Replicas whose heartbeat stood still for a lease duration (from the lease task).
-    pub(super) silent: Arc<RwLock<HashSet<String>>>,
+    pub(super) silent: Arc<RwLock<BTreeSet<String>>>,
     /// StartWatches waiting.
     waiting: watch::Sender<usize>,
     /// The last read of the acknowledgements: when it started, and the
@@ -71,7 +71,7 @@ impl Drop for Waiting<'_> {
 
 /// The route version every replica of `replicas` except the `silent` ones
 /// has loaded (`u64::MAX` when none is left to wait for).
-fn acked_everywhere(replicas: &[ReplicaItem], silent: &HashSet<String>) -> u64 {
+fn acked_everywhere(replicas: &[ReplicaItem], silent: &BTreeSet<String>) -> u64 {
     replicas
         .iter()
         .filter(|r| !silent.contains(&r.id))
@@ -139,6 +139,7 @@ impl Routing {
         let mut waiting = self.waiting.subscribe();
         loop {
             tokio::select! {
+                biased;
                 () = end.cancelled() => return,
                 someone = waiting.wait_for(|n| *n > 0) => if someone.is_err() { return },
             }
@@ -162,6 +163,7 @@ impl Routing {
                 Err(e) => tracing::warn!(error = %e, "cannot read the route acknowledgements"),
             }
             tokio::select! {
+                biased;
                 () = end.cancelled() => return,
                 () = tokio::time::sleep(self.poll) => {}
             }
@@ -179,8 +181,8 @@ mod tests {
     #[test]
     fn routes_are_acknowledged_everywhere_at_the_least_version_of_the_replicas_not_silent() {
         let replicas = [replica("a", 1, 7), replica("b", 1, 5), replica("c", 1, 2)];
-        assert_eq!(acked_everywhere(&replicas, &HashSet::new()), 2);
-        let silent: HashSet<String> = ["c".to_owned()].into();
+        assert_eq!(acked_everywhere(&replicas, &BTreeSet::new()), 2);
+        let silent: BTreeSet<String> = ["c".to_owned()].into();
         assert_eq!(acked_everywhere(&replicas, &silent), 5);
         assert_eq!(acked_everywhere(&[], &silent), u64::MAX);
     }

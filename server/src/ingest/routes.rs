@@ -65,11 +65,12 @@ impl Route {
 
 /// The watches of one prefix: nearly always one, kept in place (a map per
 /// prefix would cost a million watches on distinct prefixes a few hundred
-/// megabytes); a map once a second watch shares the prefix.
+/// megabytes); a map once a second watch shares the prefix, ordered so the
+/// watches of a notification are recorded in the same order every run.
 #[derive(Clone, Debug)]
 enum Watchers {
     One(WatchKey, Route),
-    Many(HashMap<WatchKey, Route>),
+    Many(BTreeMap<WatchKey, Route>),
 }
 
 impl Watchers {
@@ -78,7 +79,7 @@ impl Watchers {
             Self::One(only, existing) if *only == key => *existing = route,
             Self::One(only, existing) => {
                 let first = (only.clone(), existing.clone());
-                *self = Self::Many(HashMap::from([first, (key, route)]));
+                *self = Self::Many(BTreeMap::from([first, (key, route)]));
             }
             Self::Many(map) => {
                 map.insert(key, route);

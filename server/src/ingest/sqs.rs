@@ -122,6 +122,7 @@ impl QueueConsumer {
                 Next::Receive(wait) => wait,
                 Next::PauseUntil(at) => {
                     tokio::select! {
+                        biased;
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep_until(self.clock.instant_at(at)) => continue,
                     }
@@ -138,6 +139,7 @@ impl QueueConsumer {
                 .hold_until
                 .is_some_and(|until| tokio::time::Instant::now() < until);
             let messages = tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return,
                 received = self.queue.receive(wait) => match received {
                     Ok(messages) => messages,
@@ -181,6 +183,7 @@ impl QueueConsumer {
             "this replica's heartbeat has not reached the table lately; taking nothing off the queue until it does");
         loop {
             tokio::select! {
+                biased;
                 () = shutdown.cancelled() => return None,
                 changed = in_touch.changed() => {
                     changed.ok()?;
@@ -226,6 +229,7 @@ impl QueueConsumer {
         let mut extend = tokio::time::interval_at(tokio::time::Instant::now() + half, half);
         let recorded = loop {
             tokio::select! {
+                biased;
                 recorded = &mut record => break recorded,
                 _ = extend.tick() => self.set_visibility(&done, visibility).await,
             }

@@ -3,6 +3,7 @@
 //! watches need, kept aside. No decisions and no I/O here.
 
 use super::*;
+use std::collections::HashMap;
 
 /// A live watch the observer times. Boxed in the table (a million of them
 /// would otherwise double in place on every resize), with what only some

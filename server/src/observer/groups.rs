@@ -49,7 +49,7 @@ impl Observer {
     /// may be a member of another).
     pub(super) fn evaluate_groups(&mut self) {
         while !self.regroup.is_empty() {
-            let keys: Vec<WatchKey> = self.regroup.drain().collect();
+            let keys: Vec<WatchKey> = std::mem::take(&mut self.regroup).into_iter().collect();
             for batch in keys.chunks(MAX_BATCH) {
                 self.evaluate_all(batch.to_vec());
             }

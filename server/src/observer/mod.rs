@@ -33,7 +33,7 @@
 //! members' index.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet},
     sync::Arc,
     time::Duration,
 };
@@ -239,11 +239,14 @@ pub struct Observer {
     clock: Clock,
     rx: mpsc::Receiver<Command>,
     queue: DelayQueue<WatchKey>,
-    watches: HashMap<WatchKey, Box<Entry>>,
+    /// Ordered maps and sets, here and below: what a replica decides and
+    /// writes follows their order, the same in every process (a seed of the
+    /// cluster simulation plays one history), where a hash map's changes.
+    watches: BTreeMap<WatchKey, Box<Entry>>,
     /// How far ingest has settled (see [`policy::evaluate`]).
     settled: tokio::sync::watch::Receiver<Timestamp>,
     /// Watches waiting for ingest to settle past an instant.
-    held: HashSet<WatchKey>,
+    held: BTreeSet<WatchKey>,
     /// Lists S3 for watches with `policy.reconcile` (servers with AWS access).
     reconciler: Option<Arc<Reconciler>>,
     /// For results of work done off the loop.
@@ -255,9 +258,9 @@ pub struct Observer {
     metrics: Arc<Metrics>,
     cluster: Option<Clustered>,
     /// Each member of a timed group, to the groups that contain it.
-    groups_of: HashMap<WatchKey, HashSet<WatchKey>>,
+    groups_of: BTreeMap<WatchKey, BTreeSet<WatchKey>>,
     /// Groups whose members changed, to be decided again.
-    regroup: HashSet<WatchKey>,
+    regroup: BTreeSet<WatchKey>,
 }
 
 impl Observer {
@@ -283,16 +286,16 @@ impl Observer {
             rx,
             tx: tx.clone(),
             queue: DelayQueue::new(),
-            watches: HashMap::new(),
+            watches: BTreeMap::new(),
             settled,
-            held: HashSet::new(),
+            held: BTreeSet::new(),
             reconciler,
             confirm: None,
             writer,
             metrics,
             cluster: None,
-            groups_of: HashMap::new(),
-            regroup: HashSet::new(),
+            groups_of: BTreeMap::new(),
+            regroup: BTreeSet::new(),
         };
         (observer, ObserverHandle { tx })
     }
@@ -579,7 +582,7 @@ impl Observer {
             .map(|(key, _)| key)
             .chain(self.groups_of.keys())
             .cloned()
-            .collect::<HashSet<_>>()
+            .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
         if keys.is_empty() {
