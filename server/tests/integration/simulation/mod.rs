@@ -12,9 +12,11 @@
 //!
 //! Seeds: `STREAMWATCH_SIM_SEEDS=n` runs n per test (default 250, four
 //! tests of quiet-period watches and one with polling ones), plus the seeds
-//! in [`FIXED`]; `STREAMWATCH_SIM_SEED=s` runs seed s alone, logging, up to
-//! [`REPLAYS`] times until it breaks an invariant. A failing seed is printed
-//! with the command that replays it.
+//! in [`FIXED`]; `STREAMWATCH_SIM_SEED=s` runs seed s alone, logging. A
+//! failing seed is printed with the command that replays it, and a seed
+//! plays one history: the seed fixes tokio's RNG too (`select!` and the
+//! watch channel draw from it; see `.cargo/config.toml`), and what the
+//! replicas iterate over on the way to the store is kept in ordered maps.
 
 mod checker;
 mod crash;
@@ -40,9 +42,6 @@ const OPEN: &[(u64, &str)] = &[];
 /// two watches never completed. 2314: a stream stuck reading the log of a
 /// killed replica never ended.
 const FIXED: &[u64] = &[1153, 5000, 2314];
-
-/// How many times `STREAMWATCH_SIM_SEED` runs its seed, at most.
-const REPLAYS: usize = 10;
 
 /// `STREAMWATCH_SIM_SEED`, when set.
 fn one_seed() -> Option<u64> {
@@ -94,11 +93,7 @@ fn run_seeds(seeds: &[u64], rules: Rules, test: &str) {
     let started = std::time::Instant::now();
     let mut simulated = Duration::ZERO;
     let mut takeovers = Vec::new();
-    // A replay runs its seed again until it breaks an invariant: tokio's
-    // `select!` picks among branches ready at once with an RNG seeded per
-    // process, so now and then a seed has two histories.
-    let runs = if verbose { REPLAYS } else { 1 };
-    for seed in seeds.iter().flat_map(|s| std::iter::repeat_n(*s, runs)) {
+    for &seed in seeds {
         let history = world::run(seed, rules, verbose);
         simulated += history.simulated;
         if let Some((_, what)) = OPEN.iter().find(|(s, _)| *s == seed) {
@@ -192,15 +187,40 @@ fn polling_watches_hold_every_invariant_too() {
     );
 }
 
+/// Seeds that played two histories in one run of three or more: the first
+/// seven while tokio's RNG was unseeded, the last four (with it seeded)
+/// while the lease task, the observer, the hub and the routing table
+/// iterated hash maps, whose order differs per process and per map.
+const ONCE_TWO_HISTORIES: &[(u64, Rules)] = &[
+    (436, Rules::Quiet),
+    (638, Rules::Quiet),
+    (1078, Rules::Quiet),
+    (1136, Rules::Quiet),
+    (301, Rules::PollingToo),
+    (723, Rules::PollingToo),
+    (883, Rules::PollingToo),
+    (57, Rules::PollingToo),
+    (905, Rules::PollingToo),
+    (917, Rules::PollingToo),
+    (975, Rules::PollingToo),
+];
+
 #[test]
 fn a_seed_replays_the_same_history() {
-    for (seed, rules) in [(7, Rules::Quiet), (1234, Rules::PollingToo)] {
-        let first = world::run(seed, rules, false);
-        let second = world::run(seed, rules, false);
-        assert_eq!(
-            first.digest(),
-            second.digest(),
-            "seed {seed} ran two different histories"
+    if !cfg!(tokio_unstable) {
+        panic!(
+            "built without `--cfg tokio_unstable` (set in .cargo/config.toml; a RUSTFLAGS \
+             variable replaces it): tokio's RNG cannot be seeded, so a seed can play two histories"
         );
+    }
+    for &(seed, rules) in ONCE_TWO_HISTORIES {
+        let first = world::run(seed, rules, false).digest();
+        for _ in 0..2 {
+            assert_eq!(
+                first,
+                world::run(seed, rules, false).digest(),
+                "seed {seed} ran two different histories"
+            );
+        }
     }
 }

@@ -238,13 +238,14 @@ fn backends_again(b: &Backends) -> Backends {
     }
 }
 
-/// Runs seed `seed` on a fresh paused runtime.
+/// Runs seed `seed` on a fresh paused runtime, whose own RNG (what
+/// `select!` and the watch channel draw from) the seed fixes too.
 pub fn run(seed: u64, rules: Rules, verbose: bool) -> History {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .start_paused(true)
-        .build()
-        .expect("runtime");
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    builder.enable_all().start_paused(true);
+    #[cfg(tokio_unstable)]
+    builder.rng_seed(tokio::runtime::RngSeed::from_bytes(&seed.to_le_bytes()));
+    let runtime = builder.build().expect("runtime");
     let history = runtime.block_on(play(seed, rules, verbose));
     runtime.shutdown_background();
     history
