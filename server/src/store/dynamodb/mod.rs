@@ -55,7 +55,7 @@ use self::{
         route_item, s, stored, token_item, token_pk, watch_pk,
     },
     error::{aws, built},
-    transact::Change,
+    transact::{Change, query_units},
 };
 use super::{
     Activity, Applied, Change as LifecycleChange, Claimed, ClusterTable, Created, Delivery,
@@ -231,7 +231,7 @@ impl Store for DynamoStore {
             }
             let page = q.send().await.map_err(aws)?;
             let items = page.items.unwrap_or_default();
-            self.count(1, items.len() as u64, 0, 1);
+            self.count(1, items.len() as u64, 0, query_units(&items, false));
             for item in &items {
                 out.push(item_watch(item)?);
                 if out.len() == query.limit {
@@ -323,16 +323,7 @@ impl Store for DynamoStore {
             .await
             .map_err(aws)?;
         let items = out.items.unwrap_or_default();
-        self.count(
-            1,
-            items.len() as u64,
-            0,
-            items
-                .iter()
-                .map(|i| item_bytes(i).div_ceil(4096))
-                .sum::<u64>()
-                .max(1),
-        );
+        self.count(1, items.len() as u64, 0, query_units(&items, true));
         items
             .iter()
             .map(|item| item_event(tenant, id, item))

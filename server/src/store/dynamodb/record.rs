@@ -14,11 +14,9 @@ use std::collections::{HashMap, HashSet};
 
 use super::{
     DynamoStore, MAX_ATTEMPTS,
-    codec::{
-        Item, corrupt, get_n, get_opt_ts, get_s, item_bytes, key_sk, n, opt_s, pair_sk, s, watch_pk,
-    },
+    codec::{Item, corrupt, get_n, get_opt_ts, get_s, key_sk, n, opt_s, pair_sk, s, watch_pk},
     error::aws,
-    transact::Change,
+    transact::{Change, query_units},
 };
 use crate::{
     clock::Timestamp,
@@ -372,9 +370,7 @@ impl DynamoStore {
                 .await
                 .map_err(aws)?;
             let items = page.items.unwrap_or_default();
-            // A Query is billed on the total size it read, rounded up to 4 KB.
-            let bytes: u64 = items.iter().map(item_bytes).sum();
-            self.count(1, items.len() as u64, 0, bytes.div_ceil(4096).max(1));
+            self.count(1, items.len() as u64, 0, query_units(&items, true));
             for item in &items {
                 let generation = get_n(item, "generation").unwrap_or(1);
                 if query.generation.is_some_and(|g| g != generation) || out.len() == limit {

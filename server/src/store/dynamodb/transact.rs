@@ -67,6 +67,14 @@ pub(super) struct Change {
     pub now: Timestamp,
 }
 
+/// The read units of a query that returned `items`: DynamoDB bills the
+/// total size it read, rounded up to 4 KB, a unit per 4 KB read strongly
+/// consistent and half of one eventually (as every index is read).
+pub(super) fn query_units(items: &[Item], consistent: bool) -> u64 {
+    let bytes: u64 = items.iter().map(item_bytes).sum();
+    bytes.div_ceil(if consistent { 4096 } else { 8192 }).max(1)
+}
+
 /// A BatchWriteItem put of `item`.
 pub(super) fn put_request(item: Item) -> Result<WriteRequest> {
     let put = PutRequest::builder()
@@ -317,15 +325,7 @@ impl DynamoStore {
         }
         let out = out.map_err(aws)?;
         let page = out.items.unwrap_or_default();
-        self.count(
-            1,
-            page.len() as u64,
-            0,
-            page.iter()
-                .map(|i| item_bytes(i).div_ceil(4096))
-                .sum::<u64>()
-                .max(1),
-        );
+        self.count(1, page.len() as u64, 0, query_units(&page, index.is_none()));
         let next = out.last_evaluated_key.filter(|k| !k.is_empty());
         Ok((page, next))
     }
