@@ -40,7 +40,14 @@ use streamwatch_server::{
     watch::{Bucket, DelaySchedule, Policy, Prefix, Rule, Source, TenantId, Watch, WatchId},
 };
 
-async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
+/// Records `objects` objects into one watch, `batch` per call, lists its
+/// manifest and retires it; `timeout`: the watch's (a bounded life: its
+/// items are written with their expiry, so retiring writes none of them).
+async fn cost_per_1000(
+    objects: usize,
+    batch: usize,
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
     let store = Arc::new(DynamoStore::new(
         aws::dynamodb().await,
         aws::unique("bench"),
@@ -58,7 +65,10 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
             Prefix::parse("prefix", "")?,
             Default::default(),
         ),
-        policy: Policy::default(),
+        policy: Policy {
+            timeout,
+            ..Policy::default()
+        },
         labels: Default::default(),
         client_token: None,
         created_at: now,
@@ -126,6 +136,23 @@ async fn cost_per_1000(objects: usize, batch: usize) -> anyhow::Result<()> {
     println!(
         "list the manifest of {objects} objects in pages of 1,000: {:.1} requests, {:.0} RCU per 1,000 objects",
         per_k(after.0 - before.0),
+        per_k(after.2 - before.2),
+    );
+
+    let before = snapshot(&store);
+    store.retire(&tenant, &id, now).await?;
+    let after = snapshot(&store);
+    let life = match timeout {
+        Some(t) => format!("timeout {}", humantime::format_duration(t)),
+        None => "no timeout".to_owned(),
+    };
+    println!(
+        "retire the watch ({life}): {} requests, {} WCU, {} RCU ({:.0}, {:.0} and {:.0} per 1,000 objects)",
+        after.0 - before.0,
+        after.1 - before.1,
+        after.2 - before.2,
+        per_k(after.0 - before.0),
+        per_k(after.1 - before.1),
         per_k(after.2 - before.2),
     );
     Ok(())
@@ -422,8 +449,11 @@ async fn main() -> anyhow::Result<()> {
     let scale = if quick { 1 } else { 10 };
     println!("DynamoDB cost and SQS ingest rate against the AWS emulator");
     for (objects, batch) in [(20 * scale, 1), (100 * scale, 10), (200 * scale, 100)] {
-        cost_per_1000(objects, batch).await?;
+        cost_per_1000(objects, batch, None).await?;
     }
+    // A watch with a timeout and no late window: the same recording, and a
+    // retirement that writes the watch item alone.
+    cost_per_1000(100 * scale, 10, Some(Duration::from_secs(6 * 3600))).await?;
     let objects = 100 * scale;
     println!(
         "classic design (UpdateItem ADD 1 per notification, one GetItem per poll): 1,000 requests and \

@@ -188,7 +188,7 @@ pub fn replay_in_series(policy: &Policy, history: &History, prior: Option<Series
         while let Some(a) = history.arrivals.get(next).filter(|a| a.at == now) {
             next += 1;
             let created = history.created.get(a.object as usize).copied();
-            if let Some(created) = created.filter(|_| watch.accepts_activity(now))
+            if let Some(created) = created.filter(|_| watch.counts_activity(now))
                 && seen.insert(a.object)
             {
                 count(&mut watch, created);

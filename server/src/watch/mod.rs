@@ -227,6 +227,11 @@ fn is_zero(n: &u32) -> bool {
 /// (a daily export, an hourly partition) that learn from each other.
 pub const SERIES_LABEL: &str = "series";
 
+/// How long past its timeout a watch no observer has timed out yet still
+/// counts activity ([`Watch::counts_activity`]); the DynamoDB store counts
+/// its items' retention from then.
+pub const TIMEOUT_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// What a new adaptive watch learnt from the completed adaptive watches of
 /// its series (the newest few, of its tenant).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -391,10 +396,33 @@ impl Watch {
         }
     }
 
-    /// Whether activity at `now` still counts into this watch.
+    /// When this watch's life is bounded, the instant it is over by: its
+    /// timeout, for a watch with one and no late window (nothing can reopen
+    /// it, so its one generation ends by then). `None`: it may go on for good.
+    pub fn over_by(&self) -> Option<Timestamp> {
+        if self.policy.late_window.is_some() {
+            return None;
+        }
+        let timeout = self.policy.timeout?;
+        Some(self.lifecycle.generation_started_at.plus(timeout))
+    }
+
+    /// Whether this watch is still live at `now`: active, or completed
+    /// and inside its late window.
     pub fn accepts_activity(&self, now: Timestamp) -> bool {
         self.lifecycle.state == WatchState::Active
             || self.late_window_end().is_some_and(|end| now <= end)
+    }
+
+    /// Whether a notification recorded at `now` counts into this watch: it
+    /// is live, and not more than [`TIMEOUT_GRACE`] past the end of a
+    /// bounded life ([`Self::over_by`]). A watch no observer timed out in
+    /// time is over all the same, and its stored items may be expiring.
+    pub fn counts_activity(&self, now: Timestamp) -> bool {
+        self.accepts_activity(now)
+            && self
+                .over_by()
+                .is_none_or(|end| now < end.plus(TIMEOUT_GRACE))
     }
 }
 

@@ -17,8 +17,14 @@
 //! and the events it appends get gapless `seq`s; a cancelled transaction is
 //! read again and retried. What a change does is the store rules'
 //! judgement, checked on the watch as read (a lifecycle change's guard too:
-//! the condition only says the watch did not move since). Retired watches'
-//! items get the `expires_at` TTL.
+//! the condition only says the watch did not move since).
+//!
+//! Expiry (the `expires_at` TTL): a watch whose life is bounded (a timeout,
+//! no late window) has its items written with an expiry from the start,
+//! its retention counted from a day past its timeout (kept on the watch
+//! item as `items_expire_at`), so retiring it writes only its watch item.
+//! Any other watch's items are written again with their expiry when it
+//! retires, as are those of a bounded watch retired too late for theirs.
 //!
 //! This module is the [`Store`] impl: creating watches, lifecycle changes
 //! (fenced by a shard lease in a cluster), reading watches and events, and
@@ -51,8 +57,8 @@ pub use codec::shard_of;
 
 use self::{
     codec::{
-        Item, corrupt, event_sk, get_n, get_s, item_bytes, item_event, item_source, item_watch, n,
-        route_item, s, stored, token_item, token_pk, watch_pk,
+        Item, corrupt, event_sk, get_n, get_s, item_event, item_source, item_watch, n, route_item,
+        s, stored, token_item, token_pk, watch_pk,
     },
     error::{aws, built},
     transact::{Change, query_units},
@@ -64,7 +70,7 @@ use super::{
 };
 use crate::{
     clock::Timestamp,
-    watch::{EventKind, TenantId, Watch, WatchEvent, WatchId, WatchKey},
+    watch::{EventKind, TIMEOUT_GRACE, TenantId, Watch, WatchEvent, WatchId, WatchKey},
 };
 
 /// Shards of the `live` index and of observer ownership (`--shards`), unless configured.
@@ -74,6 +80,8 @@ const MAX_ATTEMPTS: usize = 20;
 pub const BY_TENANT_INDEX: &str = "by_tenant";
 pub const LIVE_INDEX: &str = "live";
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The watch item's record of the expiry its other items were written with.
+const ITEMS_EXPIRY: &str = "items_expire_at";
 
 /// Counts of what the store asked of DynamoDB, for cost reports.
 #[derive(Debug, Default)]
@@ -126,6 +134,50 @@ impl DynamoStore {
         self.shards
     }
 
+    /// The expiry (`expires_at`, seconds) a watch's items are written with
+    /// from the start, for a watch whose life is bounded ([`Watch::over_by`]):
+    /// its retention counted from [`TIMEOUT_GRACE`] past its timeout, when
+    /// activity no longer counts into it even if no observer timed it out,
+    /// so retiring it need not write them again. `None`: they get theirs
+    /// when it retires.
+    fn items_expiry(&self, watch: &Watch) -> Option<i64> {
+        let over_by = watch.over_by()?;
+        Some(over_by.plus(TIMEOUT_GRACE).plus(self.retention).as_millis() / 1000)
+    }
+
+    /// Writes every item of `watch` but its own and its outbox entries
+    /// (they get their expiry when their delivery finishes) again with the
+    /// expiry `expires`, its client token's too; a page at a time, so a
+    /// watch of many objects is never all in memory.
+    async fn expire_items(&self, watch: &Watch, expires: i64) -> Result<()> {
+        if let Some(token) = &watch.client_token {
+            let mut token = token_item(&watch.tenant, token, &watch.id);
+            token.insert(TTL_ATTRIBUTE.into(), n(expires));
+            self.put_all(vec![token]).await?;
+        }
+        let values = [(":pk", s(watch_pk(&watch.tenant, &watch.id)))];
+        let mut start = None;
+        loop {
+            let (page, next) = self
+                .query_page(None, "pk = :pk", &values, start, None)
+                .await?;
+            let mut puts = Vec::with_capacity(page.len());
+            for mut item in page {
+                let sk = get_s(&item, "sk")?;
+                if sk.starts_with("O#") || sk == "WATCH" {
+                    continue;
+                }
+                item.insert(TTL_ATTRIBUTE.into(), n(expires));
+                puts.push(item);
+            }
+            self.put_all(puts).await?;
+            match next {
+                Some(next) => start = Some(next),
+                None => return Ok(()),
+            }
+        }
+    }
+
     fn count(&self, requests: u64, items: u64, write_units: u64, read_units: u64) {
         self.stats.requests.fetch_add(requests, Ordering::Relaxed);
         self.stats.items.fetch_add(items, Ordering::Relaxed);
@@ -168,7 +220,10 @@ impl Store for DynamoStore {
             let watch = fresh.clone();
             let mut extra = vec![self.put(route_item(&watch), "attribute_not_exists(pk)", &[])?];
             if let Some(token) = &watch.client_token {
-                let item = token_item(&watch.tenant, token, &watch.id);
+                let mut item = token_item(&watch.tenant, token, &watch.id);
+                if let Some(at) = self.items_expiry(&watch) {
+                    item.insert(TTL_ATTRIBUTE.into(), n(at));
+                }
                 extra.push(self.put(item, "attribute_not_exists(pk)", &[])?);
             }
             let change = Change {
@@ -359,70 +414,46 @@ impl Store for DynamoStore {
 
     async fn retire(&self, tenant: &TenantId, id: &WatchId, now: Timestamp) -> Result<()> {
         let expires = now.plus(self.retention).as_millis() / 1000;
-        let pk = watch_pk(tenant, id);
-        let values = [(":pk", s(&pk))];
-        let mut watch_units = None;
-        let mut start = None;
-        // A page at a time, so a watch of many objects is never all in memory.
-        loop {
-            let (page, next) = self
-                .query_page(None, "pk = :pk", &values, start, None)
-                .await?;
-            let mut puts = Vec::with_capacity(page.len());
-            for mut item in page {
-                let sk = get_s(&item, "sk")?;
-                if sk.starts_with("O#") {
-                    // Outbox entries get their TTL when their delivery finishes.
-                    continue;
-                }
-                if sk == "WATCH" {
-                    if let Some(token) = item.get("client_token").and_then(|v| v.as_s().ok()) {
-                        let mut token = token_item(tenant, token, id);
-                        token.insert(TTL_ATTRIBUTE.into(), n(expires));
-                        puts.push(token);
-                    }
-                    watch_units = Some(item_bytes(&item).div_ceil(1024).max(1));
-                    continue;
-                }
-                item.insert(TTL_ATTRIBUTE.into(), n(expires));
-                puts.push(item);
-            }
-            self.put_all(puts).await?;
-            match next {
-                Some(next) => start = Some(next),
-                None => break,
-            }
+        let Some((watch, read)) = self.load_at(tenant, id).await? else {
+            return Ok(());
+        };
+        // Items written with an expiry that keeps them long enough stay as
+        // they are; otherwise (a watch that may have gone on for good, or
+        // one retired later than its items' expiry allows for) every one
+        // is written again with this one.
+        if read.items_expire_at().is_none_or(|at| at < expires) {
+            self.expire_items(&watch, expires).await?;
         }
         // The watch item last, so a retirement cut short leaves the watch in
         // the live index, to be retired again once recovered. An update, not
         // a put of the item as read: a change that committed since is kept,
         // and one based on an earlier read fails.
-        if let Some(units) = watch_units {
-            let updated = self
-                .client
-                .update_item()
-                .table_name(&self.table)
-                .key("pk", s(&pk))
-                .key("sk", s("WATCH"))
-                .update_expression(
-                    "SET #ttl = :expires, rev = if_not_exists(rev, :zero) + :one REMOVE live_shard",
-                )
-                .condition_expression("attribute_exists(pk)")
-                .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
-                .expression_attribute_values(":expires", n(expires))
-                .expression_attribute_values(":zero", n(0))
-                .expression_attribute_values(":one", n(1))
-                .send()
-                .await;
-            self.count(1, 1, units, 0);
-            match updated {
-                Ok(_) => {}
-                Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
-                    if e.err().is_conditional_check_failed_exception() => {}
-                Err(e) => return Err(aws(e)),
+        let updated = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", s(watch_pk(tenant, id)))
+            .key("sk", s("WATCH"))
+            .update_expression(
+                "SET #ttl = :expires, rev = if_not_exists(rev, :zero) + :one REMOVE live_shard",
+            )
+            .condition_expression("attribute_exists(pk)")
+            .expression_attribute_names("#ttl", TTL_ATTRIBUTE)
+            .expression_attribute_values(":expires", n(expires))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":one", n(1))
+            .send()
+            .await;
+        self.count(1, 1, read.bytes().div_ceil(1024).max(1), 0);
+        match updated {
+            Ok(_) => Ok(()),
+            Err(aws_sdk_dynamodb::error::SdkError::ServiceError(e))
+                if e.err().is_conditional_check_failed_exception() =>
+            {
+                Ok(())
             }
+            Err(e) => Err(aws(e)),
         }
-        Ok(())
     }
 
     async fn claim_deliveries(

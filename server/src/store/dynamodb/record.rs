@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
-    DynamoStore, MAX_ATTEMPTS,
+    DynamoStore, MAX_ATTEMPTS, TTL_ATTRIBUTE,
     codec::{Item, corrupt, get_n, get_opt_ts, get_s, key_sk, n, opt_s, pair_sk, s, watch_pk},
     error::aws,
     transact::{Change, query_units},
@@ -173,7 +173,7 @@ impl DynamoStore {
                 let Some((mut watch, read)) = self
                     .load_at(&tenant, &id)
                     .await?
-                    .filter(|(w, _)| w.accepts_activity(now))
+                    .filter(|(w, _)| w.counts_activity(now))
                 else {
                     results.extend(
                         chunk.iter().flat_map(|k| {
@@ -238,6 +238,9 @@ impl DynamoStore {
                                     item.insert("pk".into(), s(&pk));
                                     item.insert("sk".into(), s(sk));
                                     item.insert("sequencer".into(), s(sequencer));
+                                    if let Some(at) = read.items_expire_at() {
+                                        item.insert(TTL_ATTRIBUTE.into(), n(at));
+                                    }
                                     puts.push(self.put(item, "attribute_not_exists(pk)", &[])?);
                                 }
                                 KeyEvent::OtherSequencer.given_pair(!new)
@@ -266,6 +269,9 @@ impl DynamoStore {
                                 }
                                 item.insert("generation".into(), n(watch.counting_generation()));
                                 item.insert("recorded_at".into(), n(now.as_millis()));
+                                if let Some(at) = read.items_expire_at() {
+                                    item.insert(TTL_ATTRIBUTE.into(), n(at));
+                                }
                                 item
                             }
                         };

@@ -20,7 +20,7 @@ use aws_sdk_dynamodb::{
 };
 
 use super::{
-    DynamoStore, MAX_ATTEMPTS,
+    DynamoStore, ITEMS_EXPIRY, MAX_ATTEMPTS, TTL_ATTRIBUTE,
     codec::{
         Item, delivery_item, event_item, get_n, item_bytes, item_watch, n, s, watch_item, watch_pk,
     },
@@ -40,9 +40,23 @@ use crate::{
 pub(super) struct Read {
     last_seq: u64,
     rev: Option<u64>,
+    /// The expiry every item of the watch is written with, when it has
+    /// one ([`DynamoStore::items_expiry`], kept on the watch item).
+    items_expire_at: Option<i64>,
+    /// The watch item's size in bytes, as read.
+    bytes: u64,
 }
 
 impl Read {
+    /// The expiry (`expires_at`, seconds) to write on the watch's items.
+    pub(super) fn items_expire_at(&self) -> Option<i64> {
+        self.items_expire_at
+    }
+
+    pub(super) fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
     /// The condition a commit based on this read puts on the item, and the
     /// `rev` it writes.
     fn condition(&self) -> (&'static str, AttributeValue, u64) {
@@ -112,6 +126,11 @@ impl DynamoStore {
         let read = Read {
             last_seq: get_n(&item, "last_seq")?,
             rev: item.get("rev").map(|_| get_n(&item, "rev")).transpose()?,
+            items_expire_at: item
+                .get(ITEMS_EXPIRY)
+                .map(|_| get_n(&item, ITEMS_EXPIRY))
+                .transpose()?,
+            bytes: item_bytes(&item),
         };
         Ok(Some((item_watch(&item)?, read)))
     }
@@ -146,6 +165,13 @@ impl DynamoStore {
         let appended = rules::sequence(&mut watch, events, now);
         let mut items = Vec::with_capacity(2 + appended.len() + extra.len());
         let mut item = watch_item(&watch, self.shards)?;
+        let expiry = match &expected {
+            Some(read) => read.items_expire_at,
+            None => self.items_expiry(&watch),
+        };
+        if let Some(at) = expiry {
+            item.insert(ITEMS_EXPIRY.into(), n(at));
+        }
         items.push(match expected {
             Some(read) => {
                 let (condition, value, rev) = read.condition();
@@ -158,7 +184,11 @@ impl DynamoStore {
             }
         });
         for e in &appended {
-            items.push(self.put(event_item(e)?, "attribute_not_exists(pk)", &[])?);
+            let mut event = event_item(e)?;
+            if let Some(at) = expiry {
+                event.insert(TTL_ATTRIBUTE.into(), n(at));
+            }
+            items.push(self.put(event, "attribute_not_exists(pk)", &[])?);
         }
         for d in rules::outbox_for(&watch, &appended, now) {
             items.push(self.put(delivery_item(&d, None)?, "attribute_not_exists(pk)", &[])?);

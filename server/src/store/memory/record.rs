@@ -87,7 +87,7 @@ impl MemoryStore {
         for _ in 0..MAX_ATTEMPTS {
             let (watch, stored, known_pairs) = self
                 .request(|t| {
-                    let watch = t.watch_at(&key).filter(|w| w.0.accepts_activity(now));
+                    let watch = t.watch_at(&key).filter(|w| w.0.counts_activity(now));
                     let mut stored = BTreeMap::new();
                     let mut pairs = BTreeSet::new();
                     for (_, id, sequencer) in &occurrences {

@@ -88,7 +88,7 @@ pub(super) fn record(
             Entry::Occupied(e) => e.into_mut(),
             Entry::Vacant(e) => {
                 let loaded =
-                    load_watch(conn, &a.tenant, &a.watch_id)?.filter(|w| w.accepts_activity(now));
+                    load_watch(conn, &a.tenant, &a.watch_id)?.filter(|w| w.counts_activity(now));
                 if loaded.is_some() {
                     order.push(e.key().clone());
                 }

@@ -154,6 +154,7 @@ conformance!(
     concurrent_recorders_never_double_count,
     concurrent_shuffled_recorders_count_each_event_once,
     finished_watches_take_no_activity,
+    a_watch_a_day_past_its_timeout_takes_no_activity,
     lifecycle_changes_are_guarded,
     events_page_in_order,
     lists_filter_and_page_newest_first,

@@ -337,3 +337,48 @@ pub(super) async fn finished_watches_take_no_activity(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(out.results, [Recorded::NotLive]);
 }
+
+/// A watch with a timeout and no late window that no observer has timed out
+/// yet takes activity until a day past its timeout, and none after: it is
+/// over all the same (and on DynamoDB its items' expiry counts from then).
+pub(super) async fn a_watch_a_day_past_its_timeout_takes_no_activity(store: Arc<dyn Store>) {
+    let mut new = new_watch("acme", None);
+    new.policy.timeout = Some(Duration::from_secs(3600));
+    create(&*store, new.clone()).await;
+    let grace_ends = NOW.plus(Duration::from_secs(3600 + 24 * 3600));
+    let at = |t: Timestamp, key: &str| {
+        let store = store.clone();
+        let a = activity(&new, ActivityKind::Created, key, "");
+        async move { store.record(vec![a], t).await.unwrap().results }
+    };
+    let just_before = Timestamp::from_millis(grace_ends.as_millis() - 1);
+    assert_eq!(at(just_before, "day=1/a").await, [Recorded::Counted]);
+    assert_eq!(at(grace_ends, "day=1/b").await, [Recorded::NotLive]);
+    let watch = store
+        .get_watch(&new.tenant, &new.id)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(watch.state(), WatchState::Active);
+    assert_eq!(watch.counters.object_count, 1);
+
+    // Without a timeout, or with a late window, a watch may go on for good.
+    for policy in [
+        Policy::default(),
+        Policy {
+            timeout: Some(Duration::from_secs(3600)),
+            late_window: Some(Duration::from_secs(60)),
+            ..Policy::default()
+        },
+    ] {
+        let new = NewWatch {
+            id: WatchId::generate(),
+            policy,
+            ..new.clone()
+        };
+        create(&*store, new.clone()).await;
+        let a = activity(&new, ActivityKind::Created, "day=1/a", "");
+        let out = store.record(vec![a], grace_ends).await.unwrap();
+        assert_eq!(out.results, [Recorded::Counted]);
+    }
+}
