@@ -32,15 +32,17 @@
 //!    (owners re-reading their watches, log follow): observation, per
 //!    watch-hour. Also how long each StartWatch took (`--route-refresh 2s`:
 //!    the staleness bound is 4s).
-//! 3. A day's watches, priced: three replicas, 30 watches (quiet period 3s)
-//!    each sent 10 notifications through the queue, until all completed; the
-//!    read and write units the replicas counted by DynamoDB's rules, less
-//!    the lease and route requests meanwhile, are one watch's cost. With the
-//!    fixed cost of part 2 and the SQS requests per object (S3's send, and
-//!    receive and delete in batches of 10), it prices a month of 1,000 and
-//!    100,000 watches a day of 100 objects each, observed for an hour, at
-//!    the on-demand rates in [`RATES`]: with each build's fixed and
-//!    observation cost (part 2's read units), and this build's watch.
+//! 3. A day's watches, priced: three replicas, 30 watches (quiet period 3s;
+//!    once without a timeout, once with one of 6h) each sent 10
+//!    notifications through the queue, until all completed and were
+//!    retired; the read and write units the replicas counted by DynamoDB's
+//!    rules, less the lease and route requests meanwhile, are one watch's
+//!    cost. With the fixed cost of part 2 and the SQS requests per object
+//!    (S3's send, and receive and delete in batches of 10), it prices a
+//!    month of 1,000 and 100,000 watches a day of 100 objects each,
+//!    observed for an hour, at the on-demand rates in [`RATES`]: with each
+//!    build's fixed and observation cost (part 2's read units), and this
+//!    build's watch.
 //! 4. Ingest throughput of one replica and of three (unless `--no-ingest`):
 //!    N S3 notifications sent straight to the queue (SendMessageBatch, 10 a
 //!    call) for 50 watches, from the first send until the replicas'
@@ -87,6 +89,7 @@ const ROUTE_REQUESTS: &str = "streamwatch_dynamodb_route_requests_total";
 const WRITE_UNITS: &str = "streamwatch_dynamodb_write_units_total";
 const READ_UNITS: &str = "streamwatch_dynamodb_read_units_total";
 const NOTIFICATIONS: &str = "streamwatch_notifications_total";
+const STORE_WRITES: &str = "streamwatch_store_transaction_duration_seconds";
 const QUIET: Duration = Duration::from_secs(3600);
 const ROUTE_REFRESH: Duration = Duration::from_secs(2);
 /// From the last start to the idle measure: longer than a route refresh
@@ -140,6 +143,20 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
         .map(|s| match &s.value {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
             _ => 0.0,
+        })
+        .sum()
+}
+
+/// How many observations `name`'s histogram carrying `labels` holds.
+fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
+    scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name)
+        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .filter_map(|s| match &s.value {
+            Value::Histogram(buckets) => buckets.last().map(|b| b.count as u64),
+            _ => None,
         })
         .sum()
 }
@@ -289,13 +306,14 @@ impl Cluster {
         }
     }
 
-    /// Starts a watch (quiet period `quiet`) per prefix, spread over the
-    /// replicas; how long each StartWatch took.
+    /// Starts a watch (quiet period `quiet`, and `timeout` when given) per
+    /// prefix, spread over the replicas; how long each StartWatch took.
     async fn start_watches(
         &self,
         bucket: &str,
         prefixes: &[String],
         quiet: Duration,
+        timeout: Option<Duration>,
     ) -> anyhow::Result<Vec<Duration>> {
         let mut clients = Vec::new();
         for r in &self.replicas {
@@ -309,6 +327,10 @@ impl Cluster {
                 }),
             })),
             min_objects: u64::from(quiet != QUIET),
+            timeout: timeout.map(|t| prost_types::Duration {
+                seconds: t.as_secs() as i64,
+                nanos: 0,
+            }),
             ..Default::default()
         };
         // StartWatch waits until every replica routes to the watch: many at once.
@@ -475,7 +497,7 @@ async fn idle_requests(
     let prefixes: Vec<String> = (0..watches).map(|i| format!("set-{i:03}/")).collect();
     let started = Instant::now();
     let mut starts = cluster
-        .start_watches(&aws::unique("idle"), &prefixes, QUIET)
+        .start_watches(&aws::unique("idle"), &prefixes, QUIET, None)
         .await?;
     starts.sort();
     let (start_median, start_max) = (median(&starts), *starts.last().expect("watches"));
@@ -552,9 +574,15 @@ async fn lifecycle(
     logs: &Path,
     watches: usize,
     objects: usize,
+    timeout: Option<Duration>,
 ) -> anyhow::Result<Lifecycle> {
+    let life = match timeout {
+        Some(t) => format!("timeout {}", humantime::format_duration(t)),
+        None => "no timeout".to_owned(),
+    };
     println!(
-        "3. [{}] {watches} watches (quiet 3s) on 3 replicas, {objects} notifications each through the queue, until all completed",
+        "3. [{}] {watches} watches (quiet 3s, {life}) on 3 replicas, {objects} notifications each through \
+         the queue, until all completed and retired",
         build.label
     );
     let cluster = Cluster::start(&build.bin, sqs, logs, "lifecycle", 3).await?;
@@ -573,7 +601,7 @@ async fn lifecycle(
     let bucket = aws::unique("day");
     let prefixes: Vec<String> = (0..watches).map(|i| format!("set-{i:03}/")).collect();
     cluster
-        .start_watches(&bucket, &prefixes, Duration::from_secs(3))
+        .start_watches(&bucket, &prefixes, Duration::from_secs(3), timeout)
         .await?;
     let bodies: Vec<String> = (0..watches * objects)
         .map(|i| {
@@ -617,7 +645,26 @@ async fn lifecycle(
         );
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let after = units(&cluster.scrapes().await?);
+    // A watch is retired once it completed (no late window): its last writes.
+    let retired = |scrapes: &[Scrape]| -> u64 {
+        scrapes
+            .iter()
+            .map(|s| observations(s, STORE_WRITES, &[("operation", "retire")]))
+            .sum()
+    };
+    let after = loop {
+        let scrapes = cluster.scrapes().await?;
+        let done = retired(&scrapes) as usize;
+        if done >= watches {
+            break units(&scrapes);
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{done} of {watches} watches retired in 600s; logs in {}",
+            cluster.logs.display()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let d: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
     // Lease requests: a Query and a write each heartbeat; route requests:
     // mostly reads. Both are the fixed cost, priced apart.
@@ -689,7 +736,9 @@ async fn ingest(
     cluster.balanced().await?;
     let bucket = aws::unique("ingest");
     let prefixes: Vec<String> = (0..50).map(|i| format!("set-{i:02}/")).collect();
-    cluster.start_watches(&bucket, &prefixes, QUIET).await?;
+    cluster
+        .start_watches(&bucket, &prefixes, QUIET, None)
+        .await?;
     let counted = [("outcome", "counted")];
     let base = cluster.total(NOTIFICATIONS, &counted).await?;
     let requests_before = cluster.total(REQUESTS, &[]).await?;
@@ -804,7 +853,16 @@ async fn main() -> anyhow::Result<()> {
         );
     }
     let after = builds.last().expect("this build");
-    let watch = lifecycle(after, &sqs, &logs, day.0, day.1).await?;
+    // A watch without a timeout has its items written again when it is
+    // retired; one with a timeout (and no late window) had them written
+    // with their expiry.
+    let mut days = Vec::new();
+    for timeout in [None, Some(Duration::from_secs(6 * 3600))] {
+        days.push((
+            timeout,
+            lifecycle(after, &sqs, &logs, day.0, day.1, timeout).await?,
+        ));
+    }
     println!(
         "   monthly on-demand price, 3 replicas at this run's settings (heartbeat {}s, route refresh {}s, \
          default --sqs-wait 20s), watches of 100 objects observed for an hour; DynamoDB ${}/M write units, \
@@ -818,9 +876,18 @@ async fn main() -> anyhow::Result<()> {
     );
     // Each build's fixed and observation cost, with this build's cost of a watch's objects.
     for (label, _, idle) in &figures {
-        for per_day in [1_000.0, 100_000.0] {
-            let (total, detail) = monthly_price(per_day, idle, &watch, Duration::from_secs(20));
-            println!("   [{label}] {per_day:>7.0} watches a day: ${total:.2} a month ({detail})");
+        for (timeout, watch) in &days {
+            let life = if timeout.is_some() {
+                "timeout 6h"
+            } else {
+                "no timeout"
+            };
+            for per_day in [1_000.0, 100_000.0] {
+                let (total, detail) = monthly_price(per_day, idle, watch, Duration::from_secs(20));
+                println!(
+                    "   [{label}, {life}] {per_day:>7.0} watches a day: ${total:.2} a month ({detail})"
+                );
+            }
         }
     }
     if !no_ingest {
