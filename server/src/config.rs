@@ -63,7 +63,8 @@ pub struct Config {
     #[arg(long, env = "STREAMWATCH_CREATE_TABLE")]
     pub create_table: bool,
 
-    /// How long a finished watch's items stay in DynamoDB (TTL) once it can no longer change.
+    /// How long a finished watch's items stay in DynamoDB (TTL) once it can no longer change (a watch
+    /// with a timeout and no late window: counted from a day past its timeout, or later).
     #[arg(long, env = "STREAMWATCH_RETENTION", default_value = DEFAULT_RETENTION, value_parser = humantime::parse_duration)]
     pub retention: Duration,
 

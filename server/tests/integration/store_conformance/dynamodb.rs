@@ -1,13 +1,16 @@
 //! What only the DynamoDB store has: items written by an earlier version,
 //! and the expiry (TTL) of every item, from the start or at retirement.
 
-use std::{collections::HashMap, sync::atomic::Ordering};
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::atomic::Ordering,
+};
 
 use aws_sdk_dynamodb::types::AttributeValue;
 
-type Item = HashMap<String, AttributeValue>;
-
 use super::*;
+
+type Item = HashMap<String, AttributeValue>;
 
 /// A watch item written before items kept a `rev` (a table from an earlier
 /// version) still takes changes, known by its `last_seq`, and gets a `rev`.
@@ -69,7 +72,7 @@ async fn items_of(
     client: &aws_sdk_dynamodb::Client,
     table: &str,
     new: &NewWatch,
-) -> std::collections::BTreeMap<String, Item> {
+) -> BTreeMap<String, Item> {
     let mut partitions = vec![format!("W#acme#{}", new.id)];
     partitions.extend(new.client_token.iter().map(|t| format!("C#acme#{t}")));
     let scan = client.scan().table_name(table).send().await.unwrap();
