@@ -133,14 +133,24 @@ async fn scrape(addr: SocketAddr) -> anyhow::Result<Scrape> {
     Ok(Scrape::parse(body.lines().map(|l| Ok(l.to_owned())))?)
 }
 
-/// The sum of `name`'s samples carrying `labels` (0 when there is none yet).
-fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+/// `name`'s samples carrying `labels`.
+fn samples<'a>(
+    scrape: &'a Scrape,
+    name: &'a str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = &'a Value> {
     scrape
         .samples
         .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .map(|s| match &s.value {
+        .filter(move |s| s.metric == name)
+        .filter(move |s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
+        .map(|s| &s.value)
+}
+
+/// The sum of `name`'s samples carrying `labels` (0 when there is none yet).
+fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(scrape, name, labels)
+        .map(|v| match v {
             Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
             _ => 0.0,
         })
@@ -149,12 +159,8 @@ fn value(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 /// How many observations `name`'s histogram carrying `labels` holds.
 fn observations(scrape: &Scrape, name: &str, labels: &[(&str, &str)]) -> u64 {
-    scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name)
-        .filter(|s| labels.iter().all(|(k, v)| s.labels.get(k) == Some(v)))
-        .filter_map(|s| match &s.value {
+    samples(scrape, name, labels)
+        .filter_map(|v| match v {
             Value::Histogram(buckets) => buckets.last().map(|b| b.count as u64),
             _ => None,
         })
