@@ -150,27 +150,26 @@ impl DynamoStore {
     /// expiry `expires`, its client token's too; a page at a time, so a
     /// watch of many objects is never all in memory.
     async fn expire_items(&self, watch: &Watch, expires: i64) -> Result<()> {
-        if let Some(token) = &watch.client_token {
-            let mut token = token_item(&watch.tenant, token, &watch.id);
-            token.insert(TTL_ATTRIBUTE.into(), n(expires));
-            self.put_all(vec![token]).await?;
-        }
+        // The token goes out with the first page.
+        let mut puts: Vec<Item> = (watch.client_token.iter())
+            .map(|token| token_item(&watch.tenant, token, &watch.id))
+            .collect();
         let values = [(":pk", s(watch_pk(&watch.tenant, &watch.id)))];
         let mut start = None;
         loop {
             let (page, next) = self
                 .query_page(None, "pk = :pk", &values, start, None)
                 .await?;
-            let mut puts = Vec::with_capacity(page.len());
-            for mut item in page {
+            for item in page {
                 let sk = get_s(&item, "sk")?;
-                if sk.starts_with("O#") || sk == "WATCH" {
-                    continue;
+                if !(sk.starts_with("O#") || sk == "WATCH") {
+                    puts.push(item);
                 }
-                item.insert(TTL_ATTRIBUTE.into(), n(expires));
-                puts.push(item);
             }
-            self.put_all(puts).await?;
+            for item in &mut puts {
+                item.insert(TTL_ATTRIBUTE.into(), n(expires));
+            }
+            self.put_all(std::mem::take(&mut puts)).await?;
             match next {
                 Some(next) => start = Some(next),
                 None => return Ok(()),
